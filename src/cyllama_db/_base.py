@@ -1,0 +1,79 @@
+"""What every store mixin of :class:`~cyllama_db.CyllamaDB` shares.
+
+Each store module (``config.py``, ``cache.py``, ...) defines a mixin class
+deriving from :class:`StoreBase`; ``CyllamaDB`` is the composition of them.
+A store reaches the database only through ``self._pool`` and decorates each
+public method with :func:`db_op`, which turns it into a no-op returning the
+empty answer when the database is disabled, and raises a clear error after
+``close()``.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from .errors import DatabaseClosedError
+
+if TYPE_CHECKING:
+    from ._pool import ConnectionPool
+    from ._settings import Settings
+
+__all__ = ["StoreBase", "db_op", "db_stats_provider"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Functions ``(conn) -> dict`` whose results ``get_db_stats()`` merges.
+DB_STATS_PROVIDERS: list[Callable[[sqlite3.Connection], dict[str, Any]]] = []
+
+
+def db_stats_provider(fn: Callable[[sqlite3.Connection], dict[str, Any]]) -> Callable[[sqlite3.Connection], dict[str, Any]]:
+    """Register a store's contribution to ``get_db_stats()`` (e.g. its row count)."""
+    if fn not in DB_STATS_PROVIDERS:
+        DB_STATS_PROVIDERS.append(fn)
+    return fn
+
+
+def db_op(empty: Callable[[], Any] | None = None) -> Callable[[F], F]:
+    """Decorate a public store method: disabled -> ``empty()``; closed -> error."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(self: StoreBase, *args: Any, **kwargs: Any) -> Any:
+            if not self.enabled:
+                return empty() if empty is not None else None
+            if self._pool is None or self._pool.closed:
+                raise DatabaseClosedError(self.path)
+            return fn(self, *args, **kwargs)
+
+        return cast(F, wrapper)
+
+    return decorate
+
+
+class StoreBase:
+    """Attributes the facade provides to every store mixin."""
+
+    settings: Settings
+    _pool: ConnectionPool | None
+
+    #: Seconds since the epoch; tests replace it to move time (TTL, retention).
+    clock: Callable[[], float] = staticmethod(time.time)
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.enabled
+
+    @property
+    def path(self) -> str:
+        return self.settings.path
+
+    @property
+    def pool(self) -> ConnectionPool:
+        """The connection pool (raises once closed)."""
+        if self._pool is None or self._pool.closed:
+            raise DatabaseClosedError(self.path)
+        return self._pool

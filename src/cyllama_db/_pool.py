@@ -1,0 +1,184 @@
+"""Thread-local SQLite connections with one write-transaction helper.
+
+File databases get one connection per thread (re-opened in a forked child,
+as diskcache's ``Cache._con`` does), all in WAL mode so readers never block
+the single writer.  Every write goes through :meth:`ConnectionPool.transaction`,
+which uses ``BEGIN IMMEDIATE``: taking the write lock up front means two
+writers never both hold a read snapshot and then deadlock on upgrade, which is
+what produces "database is locked" despite a busy timeout.
+
+In-memory databases (``":memory:"`` or the fallback after a file could not be
+opened) use a single connection shared by every thread behind a lock, because
+SQLite's shared-cache memory databases report table locks immediately instead
+of waiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .errors import DatabaseClosedError, ReadOnlyDatabaseError
+
+__all__ = ["ConnectionPool"]
+
+
+class ConnectionPool:
+    """Hands out the calling thread's connection; closes them all on :meth:`close`."""
+
+    def __init__(self, path: str, *, busy_timeout: float = 30.0, memory: bool = False) -> None:
+        self.path = path
+        self.memory = memory
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._registry_lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._closed = False
+        self._shared: sqlite3.Connection | None = None
+        self._shared_lock = threading.RLock()
+        if memory:
+            self._shared = self._open(":memory:")
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _open(self, target: str) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves; the sqlite3
+        # module's implicit transactions would otherwise wrap reads too.
+        conn = sqlite3.connect(
+            target,
+            timeout=self.busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if target != ":memory:":
+            conn.execute("PRAGMA journal_mode = WAL")
+            # NORMAL is durable across application crashes in WAL mode; only an
+            # OS crash or power loss can drop the last commits.
+            conn.execute("PRAGMA synchronous = NORMAL")
+        with self._registry_lock:
+            self._connections.append(conn)
+        return conn
+
+    def _thread_connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise DatabaseClosedError(self.path)
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        pid = os.getpid()
+        if conn is not None and getattr(self._local, "pid", None) == pid:
+            return conn
+        # A connection inherited through fork() must not be used (SQLite's locks
+        # are per-process); open a fresh one and forget the parent's.
+        if conn is not None:
+            with self._registry_lock:
+                self._connections = [c for c in self._connections if c is not conn]
+            self._local.depth = 0
+        conn = self._open(self.path)
+        self._local.conn = conn
+        self._local.pid = pid
+        return conn
+
+    # -- use -------------------------------------------------------------------------------
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """The connection to read with (autocommit: each statement sees committed data)."""
+        if self._shared is not None:
+            if self._closed:
+                raise DatabaseClosedError(self.path)
+            with self._shared_lock:
+                yield self._shared
+        else:
+            yield self._thread_connection()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``); commits on success, rolls back on error.
+
+        Nested use joins the outer transaction, so helpers that write can be
+        called both on their own and from inside a larger transaction.
+        """
+        if self._shared is not None:
+            if self._closed:
+                raise DatabaseClosedError(self.path)
+            with self._shared_lock:
+                yield from self._transaction_on(self._shared, self._shared_state())
+        else:
+            conn = self._thread_connection()
+            yield from self._transaction_on(conn, self._local)
+
+    def _shared_state(self) -> threading.local:
+        # The shared connection is guarded by an RLock, so only one thread is
+        # ever inside; a single depth counter for it is enough.
+        state = getattr(self, "_shared_depth", None)
+        if state is None:
+            state = threading.local()
+            self._shared_depth = state
+        return state
+
+    @staticmethod
+    def _transaction_on(conn: sqlite3.Connection, state: threading.local) -> Iterator[sqlite3.Connection]:
+        depth = getattr(state, "depth", 0)
+        if depth:
+            state.depth = depth + 1
+            try:
+                yield conn
+            finally:
+                state.depth = depth
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            _raise_if_readonly(exc)
+            raise
+        state.depth = 1
+        try:
+            yield conn
+        except BaseException:
+            state.depth = 0
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        state.depth = 0
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            _raise_if_readonly(exc)
+            raise
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def connection_count(self) -> int:
+        """How many connections are open (one per thread that used the pool)."""
+        with self._registry_lock:
+            return len(self._connections)
+
+    def close(self) -> None:
+        """Close every thread's connection; later use raises :class:`DatabaseClosedError`."""
+        with self._registry_lock:
+            if self._closed:
+                return
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            with contextlib.suppress(sqlite3.Error):  # closing is best effort
+                conn.close()
+
+
+def _raise_if_readonly(exc: sqlite3.OperationalError) -> None:
+    if "readonly" in str(exc) or "read-only" in str(exc):
+        raise ReadOnlyDatabaseError(
+            f"cannot write to the database: {exc}. Check the file's permissions "
+            "or point CYLLAMA_DB_PATH at a writable location."
+        ) from exc

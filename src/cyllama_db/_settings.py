@@ -1,0 +1,225 @@
+"""Resolution of every setting: constructor argument > environment variable > default.
+
+The environment is read when a :class:`Settings` is built (at ``CyllamaDB()``
+time, not at import), so tests and scripts can set variables late.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from ._time import parse_duration
+from .errors import ConfigurationError
+
+__all__ = ["DEFAULT", "ENV_VARS", "LOG_LEVELS", "Settings", "default_db_path"]
+
+#: Every environment variable cyllama-db reads, with what it means.
+ENV_VARS: dict[str, str] = {
+    "CYLLAMA_DB_PATH": "database file (default: the platform's user data dir /cyllama/cyllama.db)",
+    "CYLLAMA_DB_ENABLED": "1 (default) or 0: 0 makes every call a no-op and creates no file",
+    "CYLLAMA_CACHE_TTL": "default cache entry lifetime: seconds or 30m/24h/7d; 'none' = never expires",
+    "CYLLAMA_CACHE_MAX_SIZE_MB": "cache size limit in MB (default 100)",
+    "CYLLAMA_LOG_LEVEL": "lowest level stored in the logs table: DEBUG, INFO, WARNING, ERROR, CRITICAL",
+    "CYLLAMA_LOG_TO_DB": "1 to attach the library's own logger to the logs table (default 0)",
+    "CYLLAMA_METRICS_RETENTION": "how long metrics samples are kept: seconds or 10m/1h (default 10m)",
+    "CYLLAMA_DB_BUSY_TIMEOUT": "seconds a writer waits for another writer's lock (default 30)",
+}
+
+LOG_LEVELS: dict[str, int] = {
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "CRITICAL": logging.CRITICAL,
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_NEVER = {"none", "never", "forever", "inf"}
+
+
+class _Default:
+    """Marks "argument not given" where ``None`` is itself a meaningful value."""
+
+    _instance: _Default | None = None
+
+    def __new__(cls) -> _Default:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+DEFAULT: Any = _Default()
+
+
+def default_db_path() -> Path:
+    """The platform's per-user data location: ``<user_data_dir>/cyllama/cyllama.db``."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("cyllama", appauthor=False)) / "cyllama.db"
+
+
+def _env(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name)
+    return None if value is None or value.strip() == "" else value.strip()
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigurationError(f"{name}={raw!r} is not a boolean: use 1 or 0 (true/false, yes/no)")
+
+
+def _parse_ttl(name: str, raw: Any) -> timedelta | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str) and raw.strip().lower() in _NEVER:
+        return None
+    try:
+        ttl = parse_duration(raw)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(
+            f"{name}={raw!r} is not a duration: use seconds (604800), 30m, 24h, 7d or 'none'"
+        ) from exc
+    if ttl.total_seconds() <= 0:
+        raise ConfigurationError(f"{name}={raw!r} must be positive (or 'none' for no expiry)")
+    return ttl
+
+
+def _parse_positive_float(name: str, raw: Any) -> float:
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        value = float(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{name}={raw!r} is not a number") from exc
+    if not value > 0 or value == float("inf"):
+        raise ConfigurationError(f"{name}={raw!r} must be a positive, finite number")
+    return value
+
+
+def _parse_level(name: str, raw: Any) -> str:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        for level_name, number in LOG_LEVELS.items():
+            if number == raw:
+                return level_name
+    if isinstance(raw, str) and raw.strip().upper() in LOG_LEVELS:
+        return raw.strip().upper()
+    raise ConfigurationError(
+        f"{name}={raw!r} is not a log level: use one of {', '.join(LOG_LEVELS)}"
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of one :class:`~cyllama_db.CyllamaDB`, resolved once."""
+
+    path: str  #: resolved file path, or ":memory:"
+    enabled: bool
+    cache_ttl: timedelta | None
+    max_cache_size_mb: float
+    log_level: str
+    log_to_db: bool
+    metrics_retention: timedelta
+    busy_timeout: float
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        enabled: bool | None = None,
+        cache_ttl: Any = DEFAULT,
+        max_cache_size_mb: float | None = None,
+        log_level: str | int | None = None,
+        log_to_db: bool | None = None,
+        metrics_retention: Any = None,
+        busy_timeout: float | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Build settings from arguments, then the environment, then defaults."""
+        env = os.environ if environ is None else environ
+
+        if enabled is None:
+            raw = _env(env, "CYLLAMA_DB_ENABLED")
+            enabled = True if raw is None else _parse_bool("CYLLAMA_DB_ENABLED", raw)
+        elif not isinstance(enabled, bool):
+            raise ConfigurationError(f"enabled must be True or False, got {enabled!r}")
+
+        if path is None:
+            raw = _env(env, "CYLLAMA_DB_PATH")
+            resolved = raw if raw is not None else str(default_db_path())
+        elif isinstance(path, (str, os.PathLike)):
+            resolved = os.fspath(path)
+        else:
+            raise ConfigurationError(
+                f"path must be a str or os.PathLike, got {type(path).__name__}"
+            )
+        if resolved != ":memory:":
+            resolved = os.path.abspath(os.path.expanduser(resolved))
+
+        if cache_ttl is DEFAULT:
+            raw = _env(env, "CYLLAMA_CACHE_TTL")
+            ttl = timedelta(days=7) if raw is None else _parse_ttl("CYLLAMA_CACHE_TTL", raw)
+        else:
+            ttl = _parse_ttl("cache_ttl", cache_ttl)
+
+        if max_cache_size_mb is None:
+            raw = _env(env, "CYLLAMA_CACHE_MAX_SIZE_MB")
+            size = 100.0 if raw is None else _parse_positive_float("CYLLAMA_CACHE_MAX_SIZE_MB", raw)
+        else:
+            size = _parse_positive_float("max_cache_size_mb", max_cache_size_mb)
+
+        if log_level is None:
+            raw = _env(env, "CYLLAMA_LOG_LEVEL")
+            level = "INFO" if raw is None else _parse_level("CYLLAMA_LOG_LEVEL", raw)
+        else:
+            level = _parse_level("log_level", log_level)
+
+        if log_to_db is None:
+            raw = _env(env, "CYLLAMA_LOG_TO_DB")
+            to_db = False if raw is None else _parse_bool("CYLLAMA_LOG_TO_DB", raw)
+        else:
+            to_db = bool(log_to_db)
+
+        if metrics_retention is None:
+            raw = _env(env, "CYLLAMA_METRICS_RETENTION")
+            retention = (
+                timedelta(minutes=10)
+                if raw is None
+                else _parse_ttl("CYLLAMA_METRICS_RETENTION", raw) or timedelta(minutes=10)
+            )
+        else:
+            retention = _parse_ttl("metrics_retention", metrics_retention) or timedelta(minutes=10)
+
+        if busy_timeout is None:
+            raw = _env(env, "CYLLAMA_DB_BUSY_TIMEOUT")
+            busy = 30.0 if raw is None else _parse_positive_float("CYLLAMA_DB_BUSY_TIMEOUT", raw)
+        else:
+            busy = _parse_positive_float("busy_timeout", busy_timeout)
+
+        return cls(
+            path=resolved,
+            enabled=enabled,
+            cache_ttl=ttl,
+            max_cache_size_mb=size,
+            log_level=level,
+            log_to_db=to_db,
+            metrics_retention=retention,
+            busy_timeout=busy,
+        )

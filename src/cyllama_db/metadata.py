@@ -1,0 +1,73 @@
+"""The dashboard design's ``metadata`` table: string values under string keys.
+
+The library keeps two keys itself: ``db_version`` (the schema version) and
+``server_start_time`` (Unix milliseconds when this process opened the
+database; the metrics store derives ``uptime`` from it).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from ._base import StoreBase, db_op, db_stats_provider
+
+__all__ = ["RESERVED_METADATA_KEYS", "MetadataMixin"]
+
+RESERVED_METADATA_KEYS = ("db_version", "server_start_time")
+
+
+@db_stats_provider
+def _metadata_counts(conn: sqlite3.Connection) -> dict[str, Any]:
+    return {"metadata_entries": conn.execute("SELECT COUNT(*) FROM metadata").fetchone()[0]}
+
+
+def _check_key(key: object) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"metadata key must be a str, got {type(key).__name__}")
+    if not key:
+        raise ValueError("metadata key must not be empty")
+    return key
+
+
+class MetadataMixin(StoreBase):
+    """``set_metadata`` / ``get_metadata`` / ``delete_metadata`` / ``get_all_metadata``."""
+
+    @db_op()
+    def set_metadata(self, key: str, value: str | int | float) -> None:
+        """Store ``value`` under ``key``; numbers are stored as their text, like the design's."""
+        _check_key(key)
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise TypeError(
+                f"metadata value for {key!r} must be a str (or a number, stored as text), "
+                f"got {type(value).__name__}; use set_config() for typed values"
+            )
+        with self.pool.transaction() as conn:
+            conn.execute(
+                "INSERT INTO metadata (key, value, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
+                " updated_at = excluded.updated_at",
+                (key, str(value), int(self.clock() * 1000)),
+            )
+
+    @db_op()
+    def get_metadata(self, key: str) -> str | None:
+        """The text stored under ``key``, or None when absent."""
+        _check_key(key)
+        with self.pool.read() as conn:
+            row = conn.execute("SELECT value FROM metadata WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    @db_op(empty=dict)
+    def get_all_metadata(self) -> dict[str, str]:
+        """Every metadata entry as ``{key: value}``."""
+        with self.pool.read() as conn:
+            return dict(conn.execute("SELECT key, value FROM metadata ORDER BY key").fetchall())
+
+    @db_op(empty=lambda: False)
+    def delete_metadata(self, key: str) -> bool:
+        """Remove ``key``; return whether it existed."""
+        _check_key(key)
+        with self.pool.transaction() as conn:
+            cursor = conn.execute("DELETE FROM metadata WHERE key = ?", (key,))
+        return cursor.rowcount > 0

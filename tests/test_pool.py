@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from cyllama_db import CyllamaDB
+
+
+def _writer_process(path: str, worker: int, count: int) -> None:
+    db = CyllamaDB(path)
+    for i in range(count):
+        with db.pool.transaction() as conn:
+            conn.execute("INSERT INTO t (worker, n) VALUES (?, ?)", (worker, i))
+        db.set_config(f"p{worker}-{i}", i)
+    db.close()
+
+
+def _make_table(db: CyllamaDB) -> None:
+    with db.pool.transaction() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS t (worker INTEGER, n INTEGER)")
+
+
+def test_eight_threads_writing_lose_nothing(file_db: CyllamaDB) -> None:
+    _make_table(file_db)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def work(worker: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(100):
+                with file_db.pool.transaction() as conn:
+                    # read-modify-write: only correct if transactions serialise
+                    conn.execute("INSERT INTO t (worker, n) VALUES (?, ?)", (worker, i))
+                file_db.set_config(f"t{worker}-{i}", i)
+        except BaseException as exc:  # pragma: no cover - the assertion below reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with file_db.pool.read() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 800
+    assert len(file_db.get_all_config()) == 800
+
+
+def test_read_modify_write_is_serialised(file_db: CyllamaDB) -> None:
+    with file_db.pool.transaction() as conn:
+        conn.execute("CREATE TABLE counter (n INTEGER)")
+        conn.execute("INSERT INTO counter VALUES (0)")
+
+    def bump() -> None:
+        for _ in range(50):
+            with file_db.pool.transaction() as conn:
+                (n,) = conn.execute("SELECT n FROM counter").fetchone()
+                conn.execute("UPDATE counter SET n = ?", (n + 1,))
+
+    threads = [threading.Thread(target=bump) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with file_db.pool.read() as conn:
+        assert conn.execute("SELECT n FROM counter").fetchone()[0] == 400
+
+
+def test_four_processes_writing_lose_nothing(db_path: Path) -> None:
+    with CyllamaDB(db_path) as db:
+        _make_table(db)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer_process, args=(str(db_path), w, 100)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    with CyllamaDB(db_path) as db:
+        with db.pool.read() as conn:
+            rows = conn.execute("SELECT worker, COUNT(*) FROM t GROUP BY worker").fetchall()
+        assert sorted(rows) == [(0, 100), (1, 100), (2, 100), (3, 100)]
+        assert len(db.get_all_config()) == 400
+
+
+def test_transaction_rolls_back_on_error(file_db: CyllamaDB) -> None:
+    _make_table(file_db)
+    with pytest.raises(RuntimeError), file_db.pool.transaction() as conn:
+        conn.execute("INSERT INTO t VALUES (1, 1)")
+        raise RuntimeError("boom")
+    with file_db.pool.read() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 0
+        assert not conn.in_transaction
+
+
+def test_nested_transactions_join_the_outer_one(any_db: CyllamaDB) -> None:
+    _make_table(any_db)
+    with any_db.pool.transaction() as outer:
+        outer.execute("INSERT INTO t VALUES (1, 1)")
+        with any_db.pool.transaction() as inner:
+            assert inner is outer
+            inner.execute("INSERT INTO t VALUES (2, 2)")
+        any_db.set_config("inside", True)  # a store method inside a transaction
+        assert outer.in_transaction
+    with any_db.pool.read() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 2
+    assert any_db.get_config("inside") is True
+
+
+def test_nested_failure_rolls_back_everything(any_db: CyllamaDB) -> None:
+    _make_table(any_db)
+    with pytest.raises(ValueError), any_db.pool.transaction() as outer:
+        outer.execute("INSERT INTO t VALUES (1, 1)")
+        with any_db.pool.transaction() as inner:
+            inner.execute("INSERT INTO t VALUES (2, 2)")
+            raise ValueError("inner")
+    with any_db.pool.read() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 0
+    # and the pool is usable afterwards
+    any_db.set_config("after", 1)
+    assert any_db.get_config("after") == 1
+
+
+def test_one_connection_per_thread(file_db: CyllamaDB) -> None:
+    seen: list[int] = []
+
+    def grab() -> None:
+        with file_db.pool.read() as a, file_db.pool.read() as b:
+            assert a is b
+            seen.append(id(a))
+
+    threads = [threading.Thread(target=grab) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(seen)) == 3
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_opens_its_own_connection(file_db: CyllamaDB) -> None:
+    file_db.set_config("parent", 1)
+    with file_db.pool.read() as conn:
+        parent_conn = conn
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            with file_db.pool.read() as conn:
+                fresh = conn is not parent_conn
+            file_db.set_config("child", 2)
+            code = 0 if fresh and file_db.get_config("parent") == 1 else 3
+        finally:
+            os.write(write_fd, bytes([code]))
+            os._exit(0)
+    os.close(write_fd)
+    result = os.read(read_fd, 1)
+    os.waitpid(pid, 0)
+    assert result == b"\x00"
+    assert file_db.get_config("child") == 2
+
+
+def test_locked_error_never_escapes_a_busy_writer(db_path: Path) -> None:
+    """A second writer waits for the first instead of failing with 'database is locked'."""
+    with CyllamaDB(db_path, busy_timeout=10) as db:
+        _make_table(db)
+        other = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        released = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+        released.start()
+        with db.pool.transaction() as conn:
+            conn.execute("INSERT INTO t VALUES (9, 9)")
+        released.join()
+        other.close()
+        with db.pool.read() as conn:
+            assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 1
+
+
+if sys.platform == "win32":  # pragma: no cover
+    pytest.skip("process tests assume POSIX", allow_module_level=True)

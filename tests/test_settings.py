@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from cyllama_db import ConfigurationError, CyllamaDB, Settings
+from cyllama_db._time import parse_duration
+
+
+def test_defaults_without_environment(tmp_path: Path) -> None:
+    s = Settings.resolve(environ={})
+    assert s.enabled is True
+    assert s.cache_ttl == timedelta(days=7)
+    assert s.max_cache_size_mb == 100.0
+    assert s.log_level == "INFO"
+    assert s.log_to_db is False
+    assert s.metrics_retention == timedelta(minutes=10)
+    assert s.path.endswith("cyllama/cyllama.db")
+
+
+def test_default_path_is_under_user_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert Settings.resolve().path == str(tmp_path / "xdg" / "cyllama" / "cyllama.db")
+
+
+def test_environment_is_read_at_call_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CYLLAMA_DB_PATH", str(tmp_path / "env.db"))
+    monkeypatch.setenv("CYLLAMA_CACHE_TTL", "3600")
+    monkeypatch.setenv("CYLLAMA_CACHE_MAX_SIZE_MB", "12.5")
+    monkeypatch.setenv("CYLLAMA_LOG_LEVEL", "debug")
+    monkeypatch.setenv("CYLLAMA_LOG_TO_DB", "1")
+    monkeypatch.setenv("CYLLAMA_METRICS_RETENTION", "5m")
+    s = Settings.resolve()
+    assert s.path == str(tmp_path / "env.db")
+    assert s.cache_ttl == timedelta(hours=1)
+    assert s.max_cache_size_mb == 12.5
+    assert s.log_level == "DEBUG"
+    assert s.log_to_db is True
+    assert s.metrics_retention == timedelta(minutes=5)
+
+
+def test_argument_beats_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CYLLAMA_DB_PATH", str(tmp_path / "env.db"))
+    monkeypatch.setenv("CYLLAMA_CACHE_TTL", "3600")
+    monkeypatch.setenv("CYLLAMA_DB_ENABLED", "0")
+    s = Settings.resolve(path=tmp_path / "arg.db", cache_ttl=None, enabled=True)
+    assert s.path == str(tmp_path / "arg.db")
+    assert s.cache_ttl is None
+    assert s.enabled is True
+
+
+def test_tilde_is_expanded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert Settings.resolve(path="~/x/y.db").path == str(tmp_path / "x" / "y.db")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CYLLAMA_DB_ENABLED", "maybe"),
+        ("CYLLAMA_CACHE_TTL", "soon"),
+        ("CYLLAMA_CACHE_TTL", "-5"),
+        ("CYLLAMA_CACHE_MAX_SIZE_MB", "big"),
+        ("CYLLAMA_CACHE_MAX_SIZE_MB", "-1"),
+        ("CYLLAMA_LOG_LEVEL", "LOUD"),
+        ("CYLLAMA_LOG_TO_DB", "2"),
+        ("CYLLAMA_METRICS_RETENTION", "10 parsecs"),
+        ("CYLLAMA_DB_BUSY_TIMEOUT", "0"),
+    ],
+)
+def test_malformed_environment_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=name):
+        Settings.resolve()
+    # ConfigurationError is a ValueError, so generic handlers catch it too.
+    with pytest.raises(ValueError):
+        CyllamaDB(":memory:")
+
+
+def test_ttl_none_spellings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CYLLAMA_CACHE_TTL", "never")
+    assert Settings.resolve().cache_ttl is None
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ConfigurationError, match="max_cache_size_mb"):
+        Settings.resolve(max_cache_size_mb="lots")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="log_level"):
+        Settings.resolve(log_level="chatty")
+    with pytest.raises(ConfigurationError, match="path"):
+        Settings.resolve(path=42)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="enabled"):
+        Settings.resolve(enabled="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("90s", 90), ("15m", 900), ("24h", 86400), ("7d", 604800), ("2w", 1209600), ("250ms", 0.25)],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text).total_seconds() == pytest.approx(seconds)
+
+
+def test_parse_duration_rejects_garbage() -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("7 days ago")
