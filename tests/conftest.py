@@ -53,3 +53,16 @@ def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CyllamaDB
     db = CyllamaDB(":memory:" if request.param == "memory" else tmp_path / "contract.db")
     yield db
     db.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real, tiny random-weight llama GGUF that llama.cpp loads in milliseconds.
+
+    Tests that run it need llama-cpp-python; they are skipped (with the reason
+    printed) only where it is not installed.
+    """
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install '.[llama]')")
+    from cyllama_db.testing import write_tiny_llama
+
+    return Path(write_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama.gguf"))
