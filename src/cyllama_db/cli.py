@@ -1,0 +1,1373 @@
+"""The ``cyllama-db`` command line (also ``python -m cyllama_db``).
+
+Standard library only (argparse). Every command opens the database given by
+``--db`` (else ``$CYLLAMA_DB_PATH``, else the per-user default), does one thing
+and exits with 0 (success), 1 (an error: the message is one line on stderr)
+or 2 (a usage mistake: unknown option, malformed value). Read commands take
+``--json`` and then print JSON (datetimes as ISO-8601) instead of tables.
+
+:func:`build_parser` returns the parser; ``docs/cli.md`` documents every
+command and option it defines (a test checks that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import math
+import os
+import shlex
+import sqlite3
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, is_dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+
+from ._time import parse_duration
+
+if TYPE_CHECKING:
+    from .database import CyllamaDB
+
+__all__ = ["build_parser", "main"]
+
+PROG = "cyllama-db"
+
+Handler = Callable[[argparse.Namespace], int]
+
+# Exceptions that mean "the request cannot be done as asked": reported as one
+# line on stderr with exit code 1. Anything else is a bug and keeps its
+# traceback (set CYLLAMA_DEBUG=1 to see tracebacks for these too).
+_USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    LookupError,
+    OSError,
+    sqlite3.Error,
+    ImportError,
+    RuntimeError,
+)
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+class UsageError(Exception):
+    """A malformed command line: reported on one line, exit code 2."""
+
+    def __init__(self, message: str, prog: str = PROG) -> None:
+        super().__init__(message)
+        self.message = message
+        self.prog = prog
+
+
+class CommandError(Exception):
+    """The command cannot do what was asked: one line on stderr, exit code 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors raised (one line, exit 2) instead of printed with the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self.prog)
+
+
+# -- argument types ------------------------------------------------------------------------
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {value}")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse_bool(text: str, what: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise UsageError(f"{what}: {text!r} is not a boolean (use true/false, 1/0, yes/no, on/off)")
+
+
+def _typed_value(text: str, type_name: str, what: str) -> Any:
+    """``text`` converted to ``type_name`` (a config ``--type``); UsageError if it does not fit."""
+    try:
+        if type_name == "str":
+            return text
+        if type_name == "int":
+            return int(text)
+        if type_name == "float":
+            return float(text)
+        if type_name == "bool":
+            return _parse_bool(text, what)
+        if type_name == "json":
+            return json.loads(text)
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{what}: {text!r} is not a valid {type_name} ({exc})") from None
+    raise UsageError(f"{what}: unknown type {type_name!r}")
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-ready data: datetimes ISO-8601, non-finite floats None."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):
+        return _plain(to_dict())
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain(asdict(value))
+    return str(value)
+
+
+def _print_json(data: Any, stream: TextIO | None = None) -> None:
+    out = sys.stdout if stream is None else stream
+    out.write(json.dumps(_plain(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def _fmt(value: Any) -> str:
+    """One table cell."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, datetime):
+        return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value == int(value) and abs(value) < 1e15:
+            return str(int(value))
+        return f"{value:.2f}" if abs(value) >= 0.01 else f"{value:.3g}"
+    if isinstance(value, dict | list):
+        return json.dumps(_plain(value), ensure_ascii=False)
+    return str(value)
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{float(value) * 100:.1f}%"
+
+
+def _human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(size) < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"  # pragma: no cover - loop always returns
+
+
+def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str], stream: TextIO | None = None) -> None:
+    """Print an aligned text table (numbers right-aligned)."""
+    out = sys.stdout if stream is None else stream
+    cells = [[_fmt(v) for v in row] for row in rows]
+    numeric = [
+        bool(rows)
+        and all(
+            (isinstance(row[i], int | float) and not isinstance(row[i], bool)) or row[i] is None
+            for row in rows
+        )
+        for i in range(len(headers))
+    ]
+    widths = [
+        max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [
+            v.rjust(widths[i]) if numeric[i] else v.ljust(widths[i]) for i, v in enumerate(values)
+        ]
+        return "  ".join(parts).rstrip()
+
+    out.write(line(headers) + "\n")
+    out.write("  ".join("-" * w for w in widths) + "\n")
+    for row in cells:
+        out.write(line(row) + "\n")
+
+
+def _pairs(pairs: Sequence[tuple[str, Any]], stream: TextIO | None = None) -> None:
+    """Print ``key: value`` lines with the values aligned."""
+    out = sys.stdout if stream is None else stream
+    width = max((len(k) for k, _ in pairs), default=0)
+    for key, value in pairs:
+        out.write(f"{(key + ':').ljust(width + 1)} {_fmt(value)}\n")
+
+
+class _Progress:
+    """``progress(done, total)`` that draws a percentage on a terminal's stderr line."""
+
+    def __init__(self, label: str, stream: TextIO) -> None:
+        self.label = label
+        self.stream = stream
+        self._last = 0.0
+        self._drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self._last < 0.1:
+            return
+        self._last = now
+        pct = 100.0 if total <= 0 else 100.0 * done / total
+        self.stream.write(f"\r{self.label}: {pct:5.1f}% ({done}/{total})")
+        self.stream.flush()
+        self._drawn = True
+
+    def finish(self) -> None:
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _progress_for(label: str) -> _Progress | None:
+    stream = sys.stderr
+    isatty = getattr(stream, "isatty", None)
+    return _Progress(label, stream) if callable(isatty) and isatty() else None
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """Let SIGTERM end a long-running command as Ctrl-C does: cleanly, exit code 0."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# -- opening the database ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _open(args: argparse.Namespace) -> Iterator[CyllamaDB]:
+    from .database import CyllamaDB
+
+    # The command line is an explicit request to use the database, so
+    # CYLLAMA_DB_ENABLED=0 (meant for library calls) does not turn it off.
+    db = CyllamaDB(getattr(args, "db", None), enabled=True)
+    try:
+        if db.fallback_reason is not None:
+            raise CommandError(f"cannot open database {db.settings.path}: {db.fallback_reason}")
+        yield db
+    finally:
+        db.close()
+
+
+def _require(db: Any, method: str, store: str) -> Callable[..., Any]:
+    fn = getattr(db, method, None)
+    if fn is None:
+        raise CommandError(
+            f"this cyllama-db has no {store} store yet ({method}() is missing); upgrade cyllama-db"
+        )
+    return fn
+
+
+# -- info / vacuum / migrate ---------------------------------------------------------------
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from . import migrations
+
+    with _open(args) as db:
+        stats = db.get_db_stats()
+        size = db.get_database_size()
+    file_bytes = size if db.is_memory else _file_bytes(db.path)
+    counts = {
+        k: v
+        for k, v in stats.items()
+        if k not in ("path", "file_size_mb", "schema_version")
+        and isinstance(v, int)
+        and not isinstance(v, bool)
+    }
+    info = {
+        "path": stats.get("path"),
+        "file_bytes": file_bytes,
+        "used_bytes": size,
+        "schema_version": stats.get("schema_version"),
+        "latest_schema_version": migrations.latest_version(),
+        "counts": counts,
+        **{k: v for k, v in stats.items()
+           if k not in counts and k not in ("path", "schema_version", "file_size_mb")},
+    }
+    if args.json:
+        _print_json(info)
+        return 0
+    pairs: list[tuple[str, Any]] = [
+        ("path", info["path"]),
+        ("size", f"{_human_bytes(file_bytes)} on disk, {_human_bytes(size)} in use"),
+        ("schema version", f"{info['schema_version']} (this cyllama-db: {info['latest_schema_version']})"),
+    ]
+    pairs += [(name.replace("_", " "), n) for name, n in sorted(counts.items())]
+    _pairs(pairs)
+    return 0
+
+
+def _cmd_vacuum(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        before = _file_bytes(db.path)
+        db.vacuum()
+        after = _file_bytes(db.path)
+    print(f"vacuumed {db.path}: {_human_bytes(before)} -> {_human_bytes(after)}")
+    return 0
+
+
+def _file_bytes(path: str) -> int:
+    return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
+
+
+def _read_only_versions(path: str) -> dict[int, tuple[str | None, str | None]]:
+    """``{version: (name, applied_at)}`` read without migrating (or creating) the file."""
+    if path == ":memory:" or not os.path.exists(path):
+        return {}
+    uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=30)
+    try:
+        has = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_version'"
+        ).fetchone()
+        if has is None:
+            return {}
+        cols = {r[1] for r in conn.execute("PRAGMA table_info(schema_version)")}
+        name_col = "name" if "name" in cols else "NULL"
+        return {
+            int(v): (n, a)
+            for v, n, a in conn.execute(f"SELECT version, {name_col}, applied_at FROM schema_version")
+        }
+    finally:
+        conn.close()
+
+
+def _db_file(args: argparse.Namespace) -> str:
+    from ._settings import Settings
+
+    return Settings.resolve(path=getattr(args, "db", None), enabled=True).path
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from . import database, migrations
+
+    del database  # imported for its side effect: every store registers its migrations
+
+    path = _db_file(args)
+    applied = _read_only_versions(path)
+    if args.status:
+        known = {m.version: m.name for m in migrations.registered_migrations()}
+        rows = []
+        for version in sorted(set(known) | set(applied)):
+            if version in applied:
+                state = "applied" if version in known else "unknown (newer cyllama-db)"
+                name, at = applied[version]
+                name = known.get(version, name)
+            else:
+                state, name, at = "pending", known[version], None
+            rows.append({"version": version, "name": name, "status": state, "applied_at": at})
+        result = {
+            "path": path,
+            "exists": path == ":memory:" or os.path.exists(path),
+            "schema_version": max(applied, default=0),
+            "latest_version": migrations.latest_version(),
+            "migrations": rows,
+        }
+        if args.json:
+            _print_json(result)
+            return 0
+        print(f"{path}: schema version {result['schema_version']}, "
+              f"this cyllama-db knows up to {result['latest_version']}")
+        _table([[r["version"], r["name"], r["status"], r["applied_at"]] for r in rows],
+               ["version", "name", "status", "applied_at"])
+        return 0
+    before = max(applied, default=0)
+    with _open(args) as db:
+        after = db.schema_version()
+    result = {"path": path, "from_version": before, "to_version": after,
+              "applied": [v for v in range(before + 1, after + 1)]}
+    if args.json:
+        _print_json(result)
+    elif after == before:
+        print(f"{path}: up to date (schema version {after})")
+    else:
+        print(f"{path}: migrated from schema version {before} to {after}")
+    return 0
+
+
+# -- config --------------------------------------------------------------------------------
+
+
+def _value_type(key: str, value: Any) -> str:
+    from .config import encode_value
+
+    return encode_value(key, value)[1]
+
+
+def _show_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(_plain(value), ensure_ascii=False)
+
+
+def _cmd_config_get(args: argparse.Namespace) -> int:
+    missing = object()
+    with _open(args) as db:
+        value = db.get_config(args.key, missing)
+    if value is missing:
+        raise CommandError(f"config key {args.key!r} is not set (see: {PROG} config list)")
+    if args.json:
+        _print_json({"key": args.key, "value": value, "type": _value_type(args.key, value)})
+    else:
+        print(_show_value(value))
+    return 0
+
+
+def _cmd_config_set(args: argparse.Namespace) -> int:
+    value = _typed_value(args.value, args.type, f"config set {args.key} --type {args.type}")
+    with _open(args) as db:
+        db.set_config(args.key, value)
+    print(f"{args.key} = {_show_value(value)} ({args.type})")
+    return 0
+
+
+def _cmd_config_list(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        items = db.get_all_config()
+    if args.json:
+        _print_json([{"key": k, "value": v, "type": _value_type(k, v)} for k, v in items.items()])
+        return 0
+    if not items:
+        print("no config entries")
+        return 0
+    _table([[k, _value_type(k, v), _show_value(v)] for k, v in items.items()], ["key", "type", "value"])
+    return 0
+
+
+def _cmd_config_unset(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        existed = db.delete_config(args.key)
+    if not existed:
+        raise CommandError(f"config key {args.key!r} is not set")
+    print(f"removed {args.key}")
+    return 0
+
+
+# -- export / import -----------------------------------------------------------------------
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "jsonl" and not args.table:
+        raise UsageError("--format jsonl needs --table TABLE (one table per file)", f"{PROG} export")
+    if args.format == "sqlite" and args.table:
+        raise UsageError("--table only applies to --format jsonl", f"{PROG} export")
+    if args.path == "-" and args.format != "jsonl":
+        raise UsageError("only --format jsonl can be written to stdout ('-')", f"{PROG} export")
+    progress = _progress_for("exporting")
+    with _open(args) as db:
+        target: Any = sys.stdout if args.path == "-" else args.path
+        try:
+            result = db.export_database(
+                target,
+                format=args.format,
+                table=args.table,
+                overwrite=args.force,
+                include_secrets=args.include_secrets,
+                progress=progress,
+            )
+        finally:
+            if progress is not None:
+                progress.finish()
+    if args.path == "-":
+        return 0
+    if args.json:
+        _print_json(result)
+    elif result["format"] == "jsonl":
+        print(f"exported {result['rows']} rows of {result['table']} to {result['path']}")
+    else:
+        note = f", {result['redacted_secrets']} secrets redacted" if result["redacted_secrets"] else ""
+        print(f"exported {db.path} to {result['path']} "
+              f"({_human_bytes(result['bytes'])}, schema version {result['schema_version']}{note})")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    progress = _progress_for("importing")
+    with _open(args) as db:
+        try:
+            report = db.import_database(args.path, on_conflict=args.on_conflict, progress=progress)
+        finally:
+            if progress is not None:
+                progress.finish()
+    if args.json:
+        _print_json(report)
+        return 0
+    print(f"imported {report['source']} (schema version {report['source_schema_version']}) "
+          f"into {db.path}")
+    rows = [
+        [t, e["mode"] if e["key"] is None else "by " + ",".join(e["key"]), e["rows"], e["inserted"],
+         e["unchanged"] + e["duplicates"], e["conflicts"], e["replaced"]]
+        for t, e in report["tables"].items()
+    ]
+    _table(rows, ["table", "merge", "rows", "added", "already there", "conflicts", "replaced"])
+    if report["conflict_count"]:
+        kept = report["on_conflict"] == "keep"
+        print(f"\n{report['conflict_count']} conflicts (on-conflict={report['on_conflict']}):")
+        for c in report["conflicts"][:20]:
+            print(f"  {c['table']} {_fmt(c['key'])}: {c['resolution']}")
+        if report["conflict_count"] > 20:
+            print(f"  ... and {report['conflict_count'] - 20} more (--json lists them)")
+        if kept:
+            print("the current rows were kept; use --on-conflict replace or newer to take imported ones")
+    if report["skipped_tables"]:
+        print(f"skipped tables this database does not have: {', '.join(report['skipped_tables'])}")
+    if report.get("cache_evicted"):
+        print(f"cache size limit: {report['cache_evicted']} entries evicted")
+    return 0
+
+
+# -- cache ---------------------------------------------------------------------------------
+
+
+_CACHE_LIST_COLUMNS = (
+    "cache_key", "kind", "model_name", "model_path", "prompt", "finish_reason", "tokens_generated",
+    "size_bytes", "hit_count", "created_at", "expires_at", "last_hit_at", "last_used_at",
+)
+_CACHE_TIMES = ("created_at", "expires_at", "last_hit_at", "last_used_at")
+
+
+def _cache_columns(db: Any) -> list[str]:
+    _require(db, "get_cache_stats", "cache")
+    with db.pool.read() as conn:
+        return [r[1] for r in conn.execute("PRAGMA table_info(cache)")]
+
+
+def _cache_record(names: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    from ._time import from_timestamp
+
+    record = dict(zip(names, row, strict=True))
+    for name in _CACHE_TIMES:
+        if isinstance(record.get(name), int | float):
+            record[name] = from_timestamp(record[name])
+    for name in ("config_json", "response_json"):
+        if isinstance(record.get(name), str):
+            with contextlib.suppress(ValueError):
+                record[name[: -len("_json")]] = json.loads(record.pop(name))
+    return record
+
+
+def _cache_entries(db: Any, limit: int, order: str, model: str | None) -> list[dict[str, Any]]:
+    lister = getattr(db, "list_cache_entries", None)
+    if callable(lister):  # the store's own listing, where it has one
+        return [dict(e) for e in lister(limit=limit, order=order, model_path=model)]
+    available = _cache_columns(db)
+    names = [c for c in _CACHE_LIST_COLUMNS if c in available]
+    where, params = "", []
+    if model:
+        where = " WHERE model_path = ? OR model_name = ?"
+        params = [os.path.abspath(os.path.expanduser(model)), os.path.basename(model)]
+    by = "created_at DESC" if order == "newest" else "hit_count DESC, last_used_at DESC"
+    with db.pool.read() as conn:
+        rows = conn.execute(
+            f"SELECT {', '.join(names)} FROM cache{where} ORDER BY {by}, id DESC LIMIT ?",
+            (*params, limit),
+        ).fetchall()
+    return [_cache_record(names, row) for row in rows]
+
+
+def _cmd_cache_list(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        entries = _cache_entries(db, args.n, args.sort, args.model)
+    if args.json:
+        _print_json(entries)
+        return 0
+    if not entries:
+        print("no cache entries")
+        return 0
+    _table(
+        [[str(e.get("cache_key", ""))[:16], e.get("model_name") or _short_path(e.get("model_path")),
+          e.get("hit_count"), e.get("size_bytes"), e.get("created_at"), e.get("expires_at"),
+          _preview(e.get("prompt"))] for e in entries],
+        ["key", "model", "hits", "bytes", "created", "expires", "prompt"],
+    )
+    return 0
+
+
+def _short_path(path: Any) -> str:
+    return "-" if not path else os.path.basename(str(path))
+
+
+def _preview(text: Any, width: int = 40) -> str:
+    if text is None:
+        return "-"
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _cmd_cache_show(args: argparse.Namespace) -> int:
+    prefix = args.key.strip().lower()
+    if not prefix:
+        raise UsageError("KEY must not be empty", f"{PROG} cache show")
+    with _open(args) as db:
+        names = _cache_columns(db)
+        with db.pool.read() as conn:
+            # A key prefix is an index range on the unique cache_key index.
+            rows = conn.execute(
+                f"SELECT {', '.join(names)} FROM cache WHERE cache_key >= ? AND cache_key < ?"
+                " ORDER BY cache_key LIMIT 2",
+                (prefix, prefix + "\U0010ffff"),
+            ).fetchall()
+    if not rows:
+        raise CommandError(f"no cache entry with key {args.key!r} (see: {PROG} cache list)")
+    if len(rows) > 1:
+        raise CommandError(f"key prefix {args.key!r} matches several entries; give more of the key")
+    entry = _cache_record(names, rows[0])
+    entry.pop("id", None)
+    if args.json:
+        _print_json(entry)
+    else:
+        _pairs([(k, v.replace("\n", "\\n") if isinstance(v, str) else v) for k, v in entry.items()])
+    return 0
+
+
+def _cmd_cache_invalidate(args: argparse.Namespace) -> int:
+    if not (args.all or args.model or args.prompt is not None or args.older_than is not None):
+        raise UsageError(
+            "give --model, --prompt, --older-than or --all (to empty the whole cache)",
+            f"{PROG} cache invalidate",
+        )
+    if args.all and (args.model or args.prompt is not None or args.older_than is not None):
+        raise UsageError("--all cannot be combined with other criteria", f"{PROG} cache invalidate")
+    with _open(args) as db:
+        fn = _require(db, "invalidate_cache", "cache")
+        removed = fn(prompt=args.prompt, model_path=args.model, older_than=args.older_than)
+    print(f"removed {removed} cache entries")
+    return 0
+
+
+def _cmd_cache_cleanup(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        removed = _require(db, "cleanup_cache", "cache")()
+    print(f"removed {removed} expired or over-limit cache entries")
+    return 0
+
+
+def _cmd_cache_stats(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        stats = dict(_require(db, "get_cache_stats", "cache")())
+        summary = db.get_stats_summary() if hasattr(db, "get_stats_summary") else {}
+    # Hits over lookups is only known for recorded generations: take it from the statistics.
+    stats["hit_rate"] = summary.get("cache_hit_rate") if summary.get("total_generations") else None
+    if args.json:
+        _print_json(stats)
+        return 0
+    limit = stats.get("max_size_mb")
+    used = stats.get("size_bytes")
+    pairs: list[tuple[str, Any]] = [
+        ("entries", stats.get("entries")),
+        ("size", f"{_human_bytes(used)}"
+                 + (f" of {_human_bytes(limit * 1_048_576)} ({100 * used / (limit * 1_048_576):.1f}%)"
+                    if limit and used is not None else "")),
+        ("hits served", stats.get("hits")),
+        ("hit rate", _pct(stats["hit_rate"]) + " of recorded generations"
+         if stats["hit_rate"] is not None else "- (no generations recorded)"),
+        ("expired", stats.get("expired")),
+        ("oldest", stats.get("oldest")),
+    ]
+    for kind, n in (stats.get("by_kind") or {}).items():
+        pairs.append((f"{kind} entries", n))
+    ttl = stats.get("default_ttl_seconds")
+    pairs.append(("default ttl", "never expires" if ttl is None else f"{ttl / 3600:g} h"))
+    _pairs(pairs)
+    return 0
+
+
+# -- stats / history -----------------------------------------------------------------------
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        summary = _require(db, "get_stats_summary", "statistics")(
+            model_path=args.model, since=args.since, until=args.until
+        )
+    if args.json:
+        _print_json(summary)
+        return 0
+    print(f"generations: {summary['total_generations']}   tokens: {summary['total_tokens']}   "
+          f"cache hit rate: {_pct(summary.get('cache_hit_rate'))}   "
+          f"avg tokens/s: {_fmt(summary.get('avg_tokens_per_second'))}")
+    by_model = summary.get("by_model") or {}
+    if by_model:
+        print()
+        _table(
+            [[m.get("model_name") or _short_path(path), m.get("generations"), m.get("tokens"),
+              _pct(m.get("cache_hit_rate")), m.get("avg_tokens_per_second"),
+              m.get("p50_latency_ms"), m.get("p95_latency_ms")] for path, m in by_model.items()],
+            ["model", "generations", "tokens", "hit rate", "tok/s", "p50 ms", "p95 ms"],
+        )
+    return 0
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        rows = _require(db, "get_generation_history", "statistics")(
+            limit=args.n, offset=args.offset, model_path=args.model
+        )
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no generations recorded")
+        return 0
+    _table(
+        [[r.get("created_at"), r.get("model_name") or _short_path(r.get("model_path")),
+          r.get("prompt_tokens"), r.get("generated_tokens"), r.get("total_time_ms"),
+          r.get("tokens_per_second"), r.get("cache_hit"), r.get("finish_reason")] for r in rows],
+        ["time", "model", "prompt tok", "gen tok", "total ms", "tok/s", "hit", "finish"],
+    )
+    return 0
+
+
+# -- logs ----------------------------------------------------------------------------------
+
+
+def _log_line(entry: Mapping[str, Any]) -> str:
+    when = _fmt(entry.get("created_at"))
+    category = entry.get("category") or "-"
+    text = f"{when} {str(entry.get('level', '')).ljust(8)} {category}: {entry.get('message', '')}"
+    if entry.get("error_type"):
+        text += f" [{entry['error_type']}: {entry.get('error_message') or ''}]"
+    return text
+
+
+def _emit_logs(entries: Sequence[Mapping[str, Any]], as_json: bool, stream: TextIO) -> None:
+    for entry in entries:
+        if as_json:
+            stream.write(json.dumps(_plain(entry), ensure_ascii=False) + "\n")
+        else:
+            stream.write(_log_line(entry) + "\n")
+    stream.flush()
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        get_logs = _require(db, "get_logs", "logs")
+        entries = list(reversed(get_logs(
+            level=args.level, category=args.category, since=args.since, limit=args.n
+        )))
+        if not args.follow:
+            if args.json:
+                _print_json(entries)
+            elif not entries:
+                print("no log entries")
+            else:
+                _emit_logs(entries, False, sys.stdout)
+            return 0
+        # Follow: JSON lines, since a JSON array would never end.
+        _emit_logs(entries, args.json, sys.stdout)
+        last = max((e["created_at"] for e in entries), default=None)
+        # Ids already printed at the newest timestamp: the next query starts there.
+        seen = {e.get("id") for e in entries if e["created_at"] == last}
+        try:
+            while True:
+                time.sleep(args.interval)
+                since: Any = last if last is not None else args.since
+                fresh = [
+                    e for e in reversed(get_logs(level=args.level, category=args.category,
+                                                 since=since, limit=100_000))
+                    if not (e["created_at"] == last and e.get("id") in seen)
+                ]
+                if not fresh:
+                    continue
+                _emit_logs(fresh, args.json, sys.stdout)
+                newest = max(e["created_at"] for e in fresh)
+                if last is None or newest > last:
+                    last, seen = newest, set()
+                seen |= {e.get("id") for e in fresh if e["created_at"] == last}
+        except KeyboardInterrupt:
+            return 0
+
+
+# -- models --------------------------------------------------------------------------------
+
+
+def _param_value(name: str, text: str) -> Any:
+    """A ``--param name=value`` value converted to the parameter's type."""
+    from ._params import PARAMS_BY_NAME
+
+    param = PARAMS_BY_NAME.get(name)
+    kind = None if param is None else param.type
+    what = f"--param {name}"
+    if text.lower() in ("null", "none") and kind not in (None, "str"):
+        return None
+    if kind in ("int", "float", "bool", "json"):
+        return _typed_value(text, kind, what)
+    if kind == "gpu_layers":
+        if text in ("all", "auto"):
+            return text
+        return _typed_value(text, "int", what)
+    if kind == "str" or param is not None:
+        return text
+    # An unknown name: let the registry say so (with suggestions); keep JSON scalars typed.
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _params_from(pairs: Sequence[tuple[str, str]] | None) -> dict[str, Any]:
+    return {name: _param_value(name, value) for name, value in (pairs or [])}
+
+
+def _redacted(model: Mapping[str, Any], show_secrets: bool) -> dict[str, Any]:
+    from ._params import redact
+
+    return redact(dict(model), show_secrets=show_secrets)
+
+
+def _find_model(db: Any, name: str) -> dict[str, Any]:
+    model = _require(db, "get_model_by_name", "model registry")(name)
+    if model is None:
+        raise CommandError(f"no model named {name!r} (see: {PROG} models list)")
+    return dict(model)
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    filters = {}
+    if args.status:
+        filters["status"] = args.status
+    if args.type:
+        filters["type"] = args.type
+    with _open(args) as db:
+        models = [dict(m) for m in _require(db, "get_models", "model registry")(**filters)]
+    models = [_redacted(m, args.show_secrets) for m in models]
+    if args.json:
+        _print_json(models)
+        return 0
+    if not models:
+        print("no models registered")
+        return 0
+    _table(
+        [[m.get("id"), m.get("name"), m.get("type"), m.get("status"), m.get("quantization"),
+          m.get("size_label"), m.get("last_used_at"), m.get("model_path")] for m in models],
+        ["id", "name", "type", "status", "quant", "size", "last used", "path"],
+    )
+    return 0
+
+
+def _cmd_models_show(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        model = _redacted(_find_model(db, args.name), args.show_secrets)
+    if args.json:
+        _print_json(model)
+        return 0
+    # The full GGUF key/value set is long: --json shows it.
+    _pairs([
+        (k, v.replace("\n", "\\n") if isinstance(v, str) else v)
+        for k, v in model.items()
+        if v is not None and k not in ("metadata", "gguf_metadata")
+    ])
+    return 0
+
+
+def _cmd_models_add(args: argparse.Namespace) -> int:
+    params = _params_from(args.param)
+    if args.type:
+        params["type"] = args.type
+    if args.status:
+        params["status"] = args.status
+    with _open(args) as db:
+        result = _require(db, "register_model", "model registry")(args.path, name=args.name, **params)
+        # An id (or the record itself): print what was registered either way.
+        found = db.get_model(result) if isinstance(result, int) else result
+    record: dict[str, Any] = dict(found or {"name": args.name, "id": result})
+    print(f"registered {record['name']!r} (id {record['id']}): "
+          f"{record.get('architecture') or '?'} {record.get('size_label') or ''} "
+          f"{record.get('quantization') or ''}".rstrip())
+    return 0
+
+
+def _cmd_models_update(args: argparse.Namespace) -> int:
+    params = _params_from(args.param)
+    if args.status:
+        params["status"] = args.status
+    if args.type:
+        params["type"] = args.type
+    if args.rename:
+        params["name"] = args.rename
+    if not params:
+        raise UsageError("nothing to change: give --param KEY=VALUE, --status, --type or --rename",
+                         f"{PROG} models update")
+    with _open(args) as db:
+        _find_model(db, args.name)
+        _require(db, "update_model", "model registry")(args.name, **params)
+    print(f"updated {args.name!r}: {', '.join(sorted(params))}")
+    return 0
+
+
+def _cmd_models_rm(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        _find_model(db, args.name)
+        _require(db, "delete_model", "model registry")(args.name)
+    print(f"removed {args.name!r}")
+    return 0
+
+
+def _cmd_models_args(args: argparse.Namespace) -> int:
+    import warnings
+
+    with _open(args) as db:
+        model = _find_model(db, args.name)
+        if args.llama_kwargs:
+            kwargs = _require(db, "to_llama_kwargs", "model registry")(model)
+        else:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                argv = _require(db, "to_server_args", "model registry")(
+                    model, redact_secrets=not args.show_secrets
+                )
+    if args.llama_kwargs:
+        if not args.show_secrets:
+            kwargs = _redacted(kwargs, False)
+        if args.json:
+            _print_json(kwargs)
+        else:
+            for key, value in kwargs.items():
+                print(f"{key}={value!r}")
+        return 0
+    if args.json:
+        _print_json(argv)
+    else:
+        print(shlex.join(["llama-server", *argv]))
+    for w in caught:
+        print(f"note: {w.message}", file=sys.stderr)
+    return 0
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+_METRIC_COLUMNS = (
+    ("cpu_usage", "cpu %"),
+    ("memory_usage", "mem %"),
+    ("disk_usage", "disk %"),
+    ("gpu_usage", "gpu %"),
+    ("gpu_temperature", "gpu °C"),
+    ("gpu_memory_used", "gpu MB"),
+    ("gpu_power_usage", "gpu W"),
+    ("active_models", "models"),
+    ("requests_per_minute", "req/min"),
+)
+
+
+def _metric_row(sample: Mapping[str, Any]) -> list[Any]:
+    stamp = sample.get("timestamp")
+    if isinstance(stamp, int | float):
+        stamp = datetime.fromtimestamp(stamp / 1000).astimezone()
+    return [stamp, *(sample.get(k) for k, _ in _METRIC_COLUMNS)]
+
+
+def _cmd_metrics_sample(args: argparse.Namespace) -> int:
+    from . import metrics
+
+    with _open(args) as db:
+        sample = metrics.sample_metrics(db)
+        if not args.no_save:
+            db.save_metrics(sample)
+    if args.json:
+        _print_json(sample)
+        return 0
+    _table([_metric_row(sample)], ["time", *(h for _, h in _METRIC_COLUMNS)])
+    return 0
+
+
+def _cmd_metrics_watch(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        sampler = _require(db, "start_metrics_sampler", "metrics")(interval=args.interval)
+        headers = ["time", *(h for _, h in _METRIC_COLUMNS)]
+        if not args.json:
+            print("  ".join(headers), flush=True)
+        try:
+            while True:
+                count = sampler.samples_taken + 1
+                if not sampler.wait_for_samples(count, timeout=max(args.interval * 5, 5.0)):
+                    if not sampler.running:
+                        raise CommandError(f"the metrics sampler stopped: {sampler.last_error}")
+                    continue
+                history = db.get_metrics_history(minutes=max(args.interval * 3 / 60, 0.1))
+                if not history:
+                    continue
+                latest = history[-1]
+                if args.json:
+                    print(json.dumps(_plain(latest), ensure_ascii=False), flush=True)
+                else:
+                    print("  ".join(_fmt(v) for v in _metric_row(latest)), flush=True)
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            sampler.stop()
+
+
+def _cmd_metrics_history(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        rows = _require(db, "get_metrics_history", "metrics")(minutes=args.minutes)
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print(f"no samples in the last {_fmt(args.minutes)} minutes "
+              f"(start one: {PROG} metrics watch, or {PROG} dashboard)")
+        return 0
+    _table([_metric_row(r) for r in rows], ["time", *(h for _, h in _METRIC_COLUMNS)])
+    return 0
+
+
+# -- dashboard -----------------------------------------------------------------------------
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from . import dashboard
+
+    with _open(args) as db:
+        server = dashboard.make_server(db, args.host, args.port, refresh_seconds=args.refresh)
+        sampler = None
+        if not args.no_sampler and hasattr(db, "start_metrics_sampler"):
+            try:
+                sampler = db.start_metrics_sampler(interval=args.interval)
+            except ImportError as exc:
+                print(f"{PROG}: warning: metrics are not sampled: {exc}", file=sys.stderr)
+        if not dashboard.is_loopback(args.host):
+            print(f"{PROG}: warning: serving on {args.host}, reachable from other machines; "
+                  "the dashboard has no authentication", file=sys.stderr)
+        print(f"dashboard for {db.path} at {server.url} (Ctrl-C to stop)", flush=True)
+        try:
+            server.serve_forever(poll_interval=0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+            if sampler is not None:
+                sampler.stop()
+    return 0
+
+
+# -- the parser ----------------------------------------------------------------------------
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _command(
+    subparsers: Any, name: str, handler: Handler, help_text: str, *, read: bool = False
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name, help=help_text, description=help_text
+    )
+    parser.set_defaults(handler=handler)
+    # Also accepted after the command (`cyllama-db info --db x.db`); SUPPRESS
+    # keeps a --db given before the command when this one is absent.
+    parser.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS,
+                        help="database file (same as the global --db)")
+    if read:
+        _add_json(parser)
+    return parser
+
+
+def _group(subparsers: Any, name: str, help_text: str) -> Any:
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    sub = parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+    return sub
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cyllama-db`` argument parser (every command and option)."""
+    from . import __version__
+
+    parser = _Parser(
+        prog=PROG,
+        description="Inspect and maintain a cyllama-db database (cache, statistics, logs, "
+        "models, metrics, config).",
+        epilog="The database is --db PATH, else $CYLLAMA_DB_PATH, else the per-user default.",
+    )
+    parser.add_argument(
+        "--db",
+        metavar="PATH",
+        help="database file (default: $CYLLAMA_DB_PATH, else the per-user data dir)",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    _command(sub, "info", _cmd_info, "path, size, schema version and row counts per store",
+             read=True)
+    _command(sub, "vacuum", _cmd_vacuum, "rebuild the file to reclaim free space")
+    p = _command(sub, "migrate", _cmd_migrate,
+                 "apply pending schema migrations (--status: only show them)", read=True)
+    p.add_argument("--status", action="store_true",
+                   help="list migrations and whether each is applied, without changing the file")
+
+    # config
+    config = _group(sub, "config", "typed key/value configuration")
+    p = _command(config, "get", _cmd_config_get, "print one value", read=True)
+    p.add_argument("key")
+    p = _command(config, "set", _cmd_config_set, "store a value")
+    p.add_argument("key")
+    p.add_argument("value")
+    p.add_argument("--type", choices=("str", "int", "float", "bool", "json"), default="str",
+                   help="how to read VALUE (default: str)")
+    _command(config, "list", _cmd_config_list, "every key with its type and value", read=True)
+    p = _command(config, "unset", _cmd_config_unset, "remove a key")
+    p.add_argument("key")
+
+    # export / import
+    p = _command(sub, "export", _cmd_export,
+                 "write a consistent copy of the database (safe while others write)")
+    p.add_argument("path", help="file to write ('-' = stdout, jsonl only)")
+    p.add_argument("--format", choices=("sqlite", "jsonl"), default="sqlite",
+                   help="sqlite: a complete database file (default); jsonl: one table, a JSON object per row")
+    p.add_argument("--table", help="the table to write with --format jsonl")
+    p.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
+    p.add_argument("--include-secrets", action="store_true",
+                   help="keep secret model parameters (hf_token, api_key) instead of '***'")
+    _add_json(p)
+    p = _command(sub, "import", _cmd_import,
+                 "merge another cyllama-db database file into this one", read=True)
+    p.add_argument("path", help="database file written by `cyllama-db export`")
+    p.add_argument("--on-conflict", choices=("keep", "replace", "newer"), default="keep",
+                   help="when a keyed row differs: keep the current one (default), replace it, "
+                   "or take the newer")
+
+    # cache
+    cache = _group(sub, "cache", "the response cache")
+    p = _command(cache, "list", _cmd_cache_list, "cache entries", read=True)
+    p.add_argument("-n", type=_positive_int, default=20, metavar="N", help="how many (default 20)")
+    p.add_argument("--sort", choices=("newest", "hits"), default="newest",
+                   help="newest first (default) or most-hit first")
+    p.add_argument("--model", metavar="PATH", help="only entries of this model")
+    p = _command(cache, "show", _cmd_cache_show, "one entry in full", read=True)
+    p.add_argument("key", help="the cache key (a unique prefix is enough)")
+    p = _command(cache, "invalidate", _cmd_cache_invalidate, "remove matching entries")
+    p.add_argument("--model", metavar="PATH", help="entries of this model")
+    p.add_argument("--prompt", help="entries for this exact prompt")
+    p.add_argument("--older-than", type=_duration, metavar="DURATION",
+                   help="entries created longer ago than this (e.g. 7d, 12h)")
+    p.add_argument("--all", action="store_true", help="every entry")
+    _command(cache, "cleanup", _cmd_cache_cleanup,
+             "remove expired entries, then least recently used ones over the size limit")
+    _command(cache, "stats", _cmd_cache_stats, "entries, size and hit rate", read=True)
+
+    # stats / history
+    p = _command(sub, "stats", _cmd_stats, "generation statistics per model", read=True)
+    p.add_argument("--model", metavar="PATH", help="only this model")
+    p.add_argument("--since", type=_duration, metavar="DURATION",
+                   help="only the last DURATION (e.g. 7d, 24h)")
+    p.add_argument("--until", type=_duration, metavar="DURATION",
+                   help="only up to DURATION ago")
+    p = _command(sub, "history", _cmd_history, "recorded generations, newest first", read=True)
+    p.add_argument("-n", type=_positive_int, default=20, metavar="N", help="how many (default 20)")
+    p.add_argument("--offset", type=_non_negative_int, default=0, help="skip this many first")
+    p.add_argument("--model", metavar="PATH", help="only this model")
+
+    # logs
+    p = _command(sub, "logs", _cmd_logs, "structured log entries, oldest of the last N first",
+                 read=True)
+    p.add_argument("-n", type=_positive_int, default=50, metavar="N", help="how many (default 50)")
+    p.add_argument("--level", type=str.upper,
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                   help="this level and above")
+    p.add_argument("--category", help="only this category (logger name)")
+    p.add_argument("--since", type=_duration, metavar="DURATION", help="only the last DURATION")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing new entries until Ctrl-C (with --json: JSON lines)")
+    p.add_argument("--interval", type=_positive_float, default=1.0, metavar="SECONDS",
+                   help="how often --follow checks for new entries (default 1)")
+
+    # models
+    models = _group(sub, "models", "the model registry")
+    p = _command(models, "list", _cmd_models_list, "registered models", read=True)
+    p.add_argument("--status", choices=("running", "stopped", "loading", "error"),
+                   help="only models with this status")
+    p.add_argument("--type", help="only models of this type (e.g. llama)")
+    p.add_argument("--show-secrets", action="store_true", help="print secrets instead of '***'")
+    p = _command(models, "show", _cmd_models_show, "every stored field of one model", read=True)
+    p.add_argument("name")
+    p.add_argument("--show-secrets", action="store_true", help="print secrets instead of '***'")
+    p = _command(models, "add", _cmd_models_add,
+                 "register a GGUF file (reads its metadata, not its weights)")
+    p.add_argument("path", help="the .gguf file")
+    p.add_argument("--name", help="registry name (default: from the file)")
+    p.add_argument("--type", help="model type (default: llama)")
+    p.add_argument("--status", choices=("running", "stopped", "loading", "error"),
+                   help="initial status")
+    p.add_argument("--param", type=_key_value, action="append", metavar="KEY=VALUE",
+                   help="a llama-server parameter, e.g. ctx_size=8192 (repeatable)")
+    p = _command(models, "update", _cmd_models_update, "change a model's parameters")
+    p.add_argument("name")
+    p.add_argument("--param", type=_key_value, action="append", metavar="KEY=VALUE",
+                   help="a parameter to set (repeatable; VALUE null unsets it)")
+    p.add_argument("--status", choices=("running", "stopped", "loading", "error"),
+                   help="new status")
+    p.add_argument("--type", help="new model type")
+    p.add_argument("--rename", metavar="NEW_NAME", help="new registry name")
+    p = _command(models, "rm", _cmd_models_rm, "remove a model from the registry")
+    p.add_argument("name")
+    p = _command(models, "args", _cmd_models_args,
+                 "the model's llama-server command line (or Llama() keyword arguments)", read=True)
+    p.add_argument("name")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--server", action="store_true",
+                       help="llama-server argv (the default)")
+    which.add_argument("--llama-kwargs", action="store_true",
+                       help="keyword arguments for llama_cpp.Llama(...)")
+    p.add_argument("--show-secrets", action="store_true", help="print secrets instead of '***'")
+
+    # metrics
+    metrics = _group(sub, "metrics", "CPU, memory, disk and GPU samples")
+    p = _command(metrics, "sample", _cmd_metrics_sample, "take one sample, save and print it",
+                 read=True)
+    p.add_argument("--no-save", action="store_true", help="print the sample without saving it")
+    p = _command(metrics, "watch", _cmd_metrics_watch,
+                 "sample every --interval seconds in the foreground until Ctrl-C", read=True)
+    p.add_argument("--interval", type=_positive_float, default=1.0, metavar="SECONDS",
+                   help="seconds between samples (default 1)")
+    p = _command(metrics, "history", _cmd_metrics_history, "saved samples, oldest first",
+                 read=True)
+    p.add_argument("--minutes", type=_positive_float, default=10.0,
+                   help="how far back (default 10)")
+
+    # dashboard
+    p = _command(sub, "dashboard", _cmd_dashboard,
+                 "serve a local web page with charts of metrics, statistics, cache and models")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_port, default=8765, help="port (default 8765; 0 = any free)")
+    p.add_argument("--interval", type=_positive_float, default=1.0, metavar="SECONDS",
+                   help="metrics sampling interval (default 1)")
+    p.add_argument("--no-sampler", action="store_true",
+                   help="do not sample metrics (another process does)")
+    p.add_argument("--refresh", type=_positive_float, default=5.0, metavar="SECONDS",
+                   help="how often the page refreshes its data (default 5)")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    handler: Handler = args.handler
+    return handler(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (0 ok, 1 error, 2 usage)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        with _stop_on_sigterm():
+            return _run(args)
+    except UsageError as exc:
+        print(f"{exc.prog}: error: {exc.message} (see: {exc.prog} --help)", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help, --version
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: not an error of ours.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except CommandError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except _USER_ERRORS as exc:
+        if os.environ.get("CYLLAMA_DEBUG"):
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        from .errors import CyllamaDBError
+
+        if isinstance(exc, CyllamaDBError) and not os.environ.get("CYLLAMA_DEBUG"):
+            print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 1
+        raise

@@ -1,0 +1,452 @@
+"""A local web page showing what the database knows: ``cyllama-db dashboard``.
+
+Standard library only (``http.server``), no build step and nothing fetched
+from the internet: the page is one HTML document plus a small script and
+style sheet shipped inside the package (``cyllama_db/_static``); the script
+asks this server for JSON and draws the charts as inline SVG.
+
+Routes (all ``GET``):
+
+==================  ============================================================
+``/``               the page
+``/static/<file>``  ``dashboard.js`` / ``dashboard.css``
+``/api/summary``    everything the page shows, in one document
+``/api/info``       path, size, schema version, row counts
+``/api/metrics``    metrics history (``?minutes=N``, default: the retention window)
+``/api/stats``      the statistics summary (``?since=7d``), ``by_model`` as a list
+``/api/cache``      cache entries, size, limit and hit rate
+``/api/models``     registered models (secrets always redacted)
+==================  ============================================================
+
+It listens on 127.0.0.1 by default. It has no authentication: serve it on
+another address only on a network you trust. While bound to loopback it
+answers only requests whose ``Host`` is a loopback name, which stops other
+web sites from reading it through DNS rebinding.
+
+Use it from Python::
+
+    server = make_server(db, port=0)          # 0: any free port
+    print(server.url)
+    server.serve_forever()
+"""
+
+from __future__ import annotations
+
+import html
+import ipaddress
+import json
+import logging
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from ._time import parse_duration
+
+if TYPE_CHECKING:
+    from .database import CyllamaDB
+
+__all__ = ["DashboardServer", "dashboard_data", "is_loopback", "make_server"]
+
+logger = logging.getLogger("cyllama_db.dashboard")
+
+_STATIC = {
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
+
+# Nothing but this server: the page must work offline and cannot leak data elsewhere.
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+_METRIC_KEYS = (
+    "cpu_usage",
+    "memory_usage",
+    "disk_usage",
+    "gpu_usage",
+    "gpu_temperature",
+    "gpu_memory_used",
+    "gpu_memory_total",
+    "gpu_power_usage",
+    "active_models",
+    "uptime",
+    "requests_per_minute",
+)
+
+_MODEL_FIELDS = (
+    "id",
+    "name",
+    "type",
+    "status",
+    "model_path",
+    "architecture",
+    "quantization",
+    "size_label",
+    "parameter_count",
+    "context_length",
+    "ctx_size",
+    "size_bytes",
+    "last_used_at",
+    "updated_at",
+)
+
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>cyllama-db dashboard</title>
+<link rel="stylesheet" href="static/dashboard.css">
+</head>
+<body data-refresh="{refresh}">
+<header>
+  <h1>cyllama-db</h1>
+  <span class="meta">database <code id="db-path">{path}</code></span>
+  <span class="meta">size <span id="db-size">–</span></span>
+  <span class="meta">schema <span id="db-schema">–</span></span>
+  <span id="status">loading…</span>
+</header>
+<main>
+  <div class="section-title"><h2>System metrics</h2>
+    <p class="note" id="metrics-window">CPU, memory, GPU and requests per minute</p></div>
+  <div class="grid" id="charts"><noscript><p class="note">The charts need JavaScript;
+    the data is at <a href="api/summary">api/summary</a>.</p></noscript></div>
+  <div class="grid wide-left">
+    <section class="card"><h2>Generations per model</h2><div id="stats"></div></section>
+    <section class="card"><h2>Response cache</h2><div id="cache"></div></section>
+  </div>
+  <section class="card"><h2>Models <span class="value" id="models-count"></span></h2>
+    <div id="models"></div></section>
+</main>
+<script src="static/dashboard.js"></script>
+</body>
+</html>
+"""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or name to listen on) is this machine only."""
+    name = host.strip().strip("[]").lower()
+    if name in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _error_text(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _section(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one data provider; a failing store yields an error note, not a broken page."""
+    try:
+        return {"available": True, **fn()}
+    except _Unavailable:
+        return {"available": False}
+    except Exception as exc:  # one store's failure must not blank the whole page
+        logger.warning("dashboard data failed: %s", exc, exc_info=True)
+        return {"available": False, "error": _error_text(exc)}
+
+
+class _Unavailable(Exception):
+    """The store behind a section does not exist in this cyllama-db."""
+
+
+def _method(db: Any, name: str) -> Callable[..., Any]:
+    fn = getattr(db, name, None)
+    if not callable(fn):
+        raise _Unavailable(name)
+    return fn
+
+
+# -- data ----------------------------------------------------------------------------------
+
+
+def _info(db: CyllamaDB) -> dict[str, Any]:
+    import os
+
+    stats = db.get_db_stats()
+    if db.is_memory:
+        file_bytes = db.get_database_size()
+    else:
+        file_bytes = sum(os.path.getsize(p) for p in (db.path, db.path + "-wal") if os.path.exists(p))
+    counts = {
+        k: v for k, v in stats.items()
+        if isinstance(v, int) and not isinstance(v, bool) and k != "schema_version"
+    }
+    return {
+        "path": db.path,
+        "file_bytes": file_bytes,
+        "schema_version": stats.get("schema_version"),
+        "counts": counts,
+    }
+
+
+def _window_minutes(db: CyllamaDB) -> float:
+    return max(db.settings.metrics_retention.total_seconds() / 60.0, 1 / 60)
+
+
+def _metrics(db: CyllamaDB, minutes: float | None = None) -> dict[str, Any]:
+    history = _method(db, "get_metrics_history")
+    window = _window_minutes(db) if minutes is None else minutes
+    rows = []
+    for row in history(minutes=window):
+        compact = {"t": row.get("timestamp_ms")}
+        if compact["t"] is None and row.get("timestamp") is not None:
+            compact["t"] = int(row["timestamp"].timestamp() * 1000)
+        compact.update({k: row.get(k) for k in _METRIC_KEYS})
+        rows.append(compact)
+    return {"window_minutes": window, "rows": rows}
+
+
+def _stats(db: CyllamaDB, since: Any = None) -> dict[str, Any]:
+    summary = dict(_method(db, "get_stats_summary")(since=since))
+    by_model = summary.pop("by_model", {}) or {}
+    summary["by_model"] = [
+        {"model_path": path, **figures}
+        for path, figures in sorted(
+            by_model.items(), key=lambda item: -(item[1].get("generations") or 0)
+        )
+    ]
+    return summary
+
+
+def _cache(db: CyllamaDB) -> dict[str, Any]:
+    get_stats = getattr(db, "get_cache_stats", None)
+    if callable(get_stats):
+        data = dict(get_stats())
+    elif callable(getattr(db, "get_cached_response", None)):
+        counts = db.get_db_stats()
+        data = {"entries": counts.get("cache_entries")}
+    else:
+        raise _Unavailable("cache")
+    data.setdefault("max_size_bytes", int(db.settings.max_cache_size_mb * 1_048_576))
+    if data.get("hit_rate") is None and callable(getattr(db, "get_stats_summary", None)):
+        data["hit_rate"] = db.get_stats_summary().get("cache_hit_rate")
+    return data
+
+
+def _models(db: CyllamaDB) -> dict[str, Any]:
+    from ._params import redact
+
+    rows = []
+    for model in _method(db, "get_models")():
+        shown = redact(dict(model))  # secrets never leave the process through the dashboard
+        rows.append({k: shown.get(k) for k in _MODEL_FIELDS})
+    return {"rows": rows}
+
+
+def dashboard_data(db: CyllamaDB) -> dict[str, Any]:
+    """Everything the page shows, as JSON-ready data (``/api/summary``)."""
+    from .cli import _plain
+
+    return _plain(
+        {
+            "generated_at_ms": int(db.clock() * 1000),
+            "database": _section(lambda: _info(db)),
+            "metrics": _section(lambda: _metrics(db)),
+            "stats": _section(lambda: _stats(db)),
+            "cache": _section(lambda: _cache(db)),
+            "models": _section(lambda: _models(db)),
+        }
+    )
+
+
+# -- the server ----------------------------------------------------------------------------
+
+
+class DashboardServer(ThreadingHTTPServer):
+    """A threading HTTP server bound to one database; ``url`` is where it listens."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, db: CyllamaDB, host: str, port: int, *, refresh_seconds: float = 5.0) -> None:
+        self.db = db
+        self.refresh_seconds = float(refresh_seconds)
+        self.host = host
+        self.loopback = is_loopback(host)
+        # IPv6 literals need an AF_INET6 socket.
+        if ":" in host.strip("[]"):
+            import socket
+
+            self.address_family = socket.AF_INET6
+        super().__init__((host.strip("[]"), port), _Handler)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = self.host.strip("[]")
+        shown = f"[{host}]" if ":" in host else host
+        if host in ("0.0.0.0", "::"):
+            shown = "127.0.0.1" if host == "0.0.0.0" else "[::1]"
+        return f"http://{shown}:{self.port}/"
+
+    def start_background(self) -> threading.Thread:
+        """Serve from a daemon thread (tests, notebooks); stop with ``shutdown()``."""
+        thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="cyllama-dashboard", daemon=True
+        )
+        thread.start()
+        return thread
+
+
+def make_server(
+    db: CyllamaDB | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    *,
+    refresh_seconds: float = 5.0,
+) -> DashboardServer:
+    """A :class:`DashboardServer` for ``db`` (default: the global database), not yet serving.
+
+    ``port=0`` picks a free port (see ``server.url``). Call ``serve_forever()``
+    to serve, or ``start_background()`` to serve from a daemon thread.
+    """
+    if db is None:
+        from .database import get_db
+
+        db = get_db()
+    if not (refresh_seconds > 0):
+        raise ValueError(f"refresh_seconds must be positive, got {refresh_seconds!r}")
+    return DashboardServer(db, host, port, refresh_seconds=refresh_seconds)
+
+
+def _allowed_host(header: str | None) -> bool:
+    if not header:
+        return True  # HTTP/1.0 clients send none; nothing to rebind
+    host = header.strip()
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return is_loopback(host)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: DashboardServer
+    server_version = "cyllama-db-dashboard"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("%s - %s", self.address_string(), format % args)
+
+    # -- responses -------------------------------------------------------------------------
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Content-Security-Policy", _CSP)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, data: Any, status: int = HTTPStatus.OK) -> None:
+        from .cli import _plain
+
+        body = json.dumps(_plain(data), ensure_ascii=False, allow_nan=False).encode("utf-8")
+        self._send(status, body, "application/json; charset=utf-8")
+
+    def _error(self, status: int, message: str) -> None:
+        self._json({"error": message}, status)
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        if self.server.loopback and not _allowed_host(self.headers.get("Host")):
+            self._error(HTTPStatus.FORBIDDEN, "this dashboard only answers requests for localhost")
+            return
+        parsed = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(parsed.query)
+        route = parsed.path.rstrip("/") or "/"
+        db = self.server.db
+        started = time.perf_counter()
+        try:
+            if route in ("/", "/index.html"):
+                page = _PAGE.format(
+                    refresh=f"{self.server.refresh_seconds:g}", path=html.escape(db.path)
+                )
+                self._send(HTTPStatus.OK, page.encode("utf-8"), "text/html; charset=utf-8")
+            elif route.startswith("/static/"):
+                self._static(route[len("/static/"):])
+            elif route == "/api/summary":
+                self._json(dashboard_data(db))
+            elif route == "/api/info":
+                self._json(_info(db))
+            elif route == "/api/metrics":
+                minutes = _minutes(query)
+                self._json(_section(lambda: _metrics(db, minutes)))
+            elif route == "/api/stats":
+                since = _since(query)
+                self._json(_section(lambda: _stats(db, since)))
+            elif route == "/api/cache":
+                self._json(_section(lambda: _cache(db)))
+            elif route == "/api/models":
+                self._json(_section(lambda: _models(db)))
+            else:
+                self._error(HTTPStatus.NOT_FOUND, f"no such page: {parsed.path}")
+        except _BadRequest as exc:
+            self._error(HTTPStatus.BAD_REQUEST, str(exc))
+        except Exception as exc:  # report, keep serving
+            logger.warning("dashboard request %s failed: %s", self.path, exc, exc_info=True)
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, _error_text(exc))
+        finally:
+            logger.debug("%s served in %.1f ms", self.path, (time.perf_counter() - started) * 1000)
+
+    def _static(self, name: str) -> None:
+        content_type = _STATIC.get(name)
+        if content_type is None:  # also rejects any path with '/' or '..'
+            self._error(HTTPStatus.NOT_FOUND, f"no such file: {name}")
+            return
+        body = resources.files("cyllama_db").joinpath("_static").joinpath(name).read_bytes()
+        self._send(HTTPStatus.OK, body, content_type)
+
+
+class _BadRequest(ValueError):
+    pass
+
+
+def _one(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[-1] if values else None
+
+
+def _minutes(query: dict[str, list[str]]) -> float | None:
+    raw = _one(query, "minutes")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _BadRequest(f"minutes must be a number, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise _BadRequest(f"minutes must be positive, got {raw!r}")
+    return value
+
+
+def _since(query: dict[str, list[str]]) -> Any:
+    raw = _one(query, "since")
+    if raw is None:
+        return None
+    try:
+        return parse_duration(raw)
+    except ValueError as exc:
+        raise _BadRequest(f"since: {exc}") from None

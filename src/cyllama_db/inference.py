@@ -1,0 +1,1255 @@
+"""The inference wrapper: ``LLM`` and ``complete()`` on llama-cpp-python, with the response cache.
+
+A generation that was done once is not paid for again: every call first
+looks its cache key up in the database (``db=None`` means the global
+:func:`~cyllama_db.get_db`), and only on a miss reaches llama.cpp. Models
+load lazily, on the first miss, so a process that only replays cached
+answers never imports ``llama_cpp`` at all.
+
+After every call, hit or miss, the result is handed to
+``db.record_generation()`` (the statistics store) when the database is
+enabled; a failure there is logged, never raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING, Any, Final, Literal, Union
+
+from ._cacheutil import (
+    SingleFlight,
+    canonical_json,
+    canonical_messages,
+    chat_key,
+    completion_key,
+    keyable,
+    model_identity,
+)
+from .errors import (
+    ContextOverflowError,
+    GenerationError,
+    MissingDependencyError,
+    ModelBusyError,
+    ModelLoadError,
+    ModelNotFoundError,
+    UncacheableError,
+)
+
+if TYPE_CHECKING:
+    from .database import CyllamaDB
+
+__all__ = [
+    "LLM",
+    "MAX_SHARED_MODELS",
+    "GenerationConfig",
+    "GenerationStats",
+    "Response",
+    "Stream",
+    "chat",
+    "complete",
+    "loaded_model_paths",
+    "unload_models",
+]
+
+logger = logging.getLogger("cyllama_db.inference")
+
+Kind = Literal["completion", "chat"]
+Messages = Sequence[Mapping[str, Any]]
+DBArg = Union["CyllamaDB", None, bool]
+
+#: How many models ``complete()``/``chat()`` keep loaded between calls (least
+#: recently used beyond this are released). ``LLM`` objects own their model
+#: and are not counted.
+MAX_SHARED_MODELS: int = 2
+
+# -- configuration -------------------------------------------------------------------------------
+
+_FLOAT_FIELDS: Final = (
+    "temperature",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "repeat_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+    "mirostat_tau",
+    "mirostat_eta",
+)
+_UNIT_FIELDS: Final = ("top_p", "min_p", "typical_p")
+
+
+def _check_float(name: str, value: Any, *, minimum: float | None = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"GenerationConfig.{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"GenerationConfig.{name} must be finite, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"GenerationConfig.{name} must be >= {minimum:g}, got {value!r}")
+    return value
+
+
+def _check_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"GenerationConfig.{name} must be an int, got {type(value).__name__}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Sampling options of one generation (immutable; derive variants with :meth:`replace`).
+
+    Defaults are llama-cpp-python's ``create_completion`` defaults, except
+    ``max_tokens`` (512 rather than 16):
+
+    ==================== ========= ===================================================
+    field                default   meaning
+    ==================== ========= ===================================================
+    max_tokens           512       most tokens to generate; None = until the context fills
+    temperature          0.8       0 = greedy (deterministic)
+    top_k                40        keep the k most likely tokens (0 = all)
+    top_p                0.95      nucleus sampling
+    min_p                0.05      drop tokens below min_p x the top probability
+    typical_p            1.0       locally typical sampling (1.0 = off)
+    repeat_penalty       1.0       penalty on recently seen tokens (1.0 = off)
+    frequency_penalty    0.0       OpenAI-style frequency penalty
+    presence_penalty     0.0       OpenAI-style presence penalty
+    mirostat_mode        0         0 off, 1 Mirostat, 2 Mirostat 2.0
+    mirostat_tau         5.0       Mirostat target entropy
+    mirostat_eta         0.1       Mirostat learning rate
+    stop_sequences       ()        strings that end the generation (sorted, deduplicated)
+    seed                 None      sampling seed; None = the model's; not part of cache keys
+    grammar              None      GBNF grammar text constraining the output
+    logit_bias           None      {token_id: bias} added to logits
+    ==================== ========= ===================================================
+    """
+
+    max_tokens: int | None = 512
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    mirostat_mode: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    stop_sequences: tuple[str, ...] = ()
+    seed: int | None = None
+    grammar: str | None = None
+    logit_bias: Mapping[int, float] | None = None
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        if self.max_tokens is not None:
+            max_tokens = _check_int("max_tokens", self.max_tokens)
+            if max_tokens < 1:
+                raise ValueError(
+                    f"GenerationConfig.max_tokens must be >= 1, got {max_tokens} "
+                    "(use None to generate until the context is full)"
+                )
+            put("max_tokens", max_tokens)
+        for name in _FLOAT_FIELDS:
+            put(name, _check_float(name, getattr(self, name)))
+        for name in _UNIT_FIELDS:
+            if getattr(self, name) > 1.0:
+                raise ValueError(f"GenerationConfig.{name} must be between 0 and 1, got {getattr(self, name)!r}")
+        if self.repeat_penalty <= 0:
+            raise ValueError(f"GenerationConfig.repeat_penalty must be > 0, got {self.repeat_penalty!r}")
+        put("frequency_penalty", _check_float("frequency_penalty", self.frequency_penalty, minimum=None))
+        put("presence_penalty", _check_float("presence_penalty", self.presence_penalty, minimum=None))
+        top_k = _check_int("top_k", self.top_k)
+        if top_k < 0:
+            raise ValueError(f"GenerationConfig.top_k must be >= 0 (0 = no limit), got {top_k}")
+        put("top_k", top_k)
+        mode = _check_int("mirostat_mode", self.mirostat_mode)
+        if mode not in (0, 1, 2):
+            raise ValueError(f"GenerationConfig.mirostat_mode must be 0, 1 or 2, got {mode}")
+        put("mirostat_mode", mode)
+        put("stop_sequences", _normalise_stops(self.stop_sequences))
+        if self.seed is not None:
+            put("seed", _check_int("seed", self.seed))
+        if self.grammar is not None and not isinstance(self.grammar, str):
+            raise TypeError(f"GenerationConfig.grammar must be GBNF text (str), got {type(self.grammar).__name__}")
+        if self.logit_bias is not None:
+            put("logit_bias", _normalise_bias(self.logit_bias))
+
+    # The canonical JSON is cached on the instance: keying a hit must not
+    # re-serialise the config every time.
+    def cache_json(self) -> str:
+        """Canonical JSON of the fields that decide the output (everything but ``seed``)."""
+        cached: str | None = self.__dict__.get("_cache_json")
+        if cached is None:
+            data = self.to_dict()
+            del data["seed"]
+            cached = canonical_json(data)
+            object.__setattr__(self, "_cache_json", cached)
+        return cached
+
+    def __hash__(self) -> int:
+        return hash((self.cache_json(), self.seed))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # logit_bias is a read-only mapping proxy, which pickle cannot copy.
+        return (GenerationConfig.from_dict, (self.to_dict(),))
+
+    def replace(self, **changes: Any) -> GenerationConfig:
+        """A copy with ``changes`` applied; an unknown name raises ``TypeError`` naming it."""
+        unknown = [name for name in changes if name not in _CONFIG_FIELDS]
+        if unknown:
+            raise TypeError(_unknown_message("GenerationConfig", unknown[0], _CONFIG_FIELDS))
+        if not changes:
+            return self
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as a JSON-ready value (``logit_bias`` keys become strings)."""
+        out = {f: getattr(self, f) for f in _CONFIG_FIELDS}
+        out["stop_sequences"] = list(self.stop_sequences)
+        if self.logit_bias is not None:
+            out["logit_bias"] = {str(k): v for k, v in self.logit_bias.items()}
+        return out
+
+    def to_json(self) -> str:
+        """Canonical JSON of every field (cached on the instance)."""
+        cached: str | None = self.__dict__.get("_json")
+        if cached is None:
+            cached = canonical_json(self.to_dict())
+            object.__setattr__(self, "_json", cached)
+        return cached
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GenerationConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError`` naming them."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"expected a mapping of GenerationConfig fields, got {type(data).__name__}")
+        unknown = [k for k in data if k not in _CONFIG_FIELDS]
+        if unknown:
+            raise TypeError(_unknown_message("GenerationConfig", str(unknown[0]), _CONFIG_FIELDS))
+        return cls(**data)
+
+    @classmethod
+    def coerce(cls, value: GenerationConfig | Mapping[str, Any] | None) -> GenerationConfig:
+        """``value`` as a config: a config as is, a mapping via :meth:`from_dict`, None = defaults."""
+        if value is None:
+            return _DEFAULT_CONFIG
+        if isinstance(value, GenerationConfig):
+            return value
+        if isinstance(value, Mapping):
+            return cls.from_dict(value)
+        raise TypeError(f"config must be a GenerationConfig or a dict, got {type(value).__name__}")
+
+
+def _normalise_stops(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    try:
+        items = list(value)
+    except TypeError:
+        raise TypeError(
+            f"GenerationConfig.stop_sequences must be a str or a list of str, got {type(value).__name__}"
+        ) from None
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise TypeError(f"GenerationConfig.stop_sequences must contain non-empty strings, got {item!r}")
+    # Sorted so that the order the user listed them in does not split cache entries.
+    return tuple(sorted(set(items)))
+
+
+def _normalise_bias(value: Any) -> Mapping[int, float]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"GenerationConfig.logit_bias must be a dict {{token_id: bias}}, got {type(value).__name__}")
+    out: dict[int, float] = {}
+    for k, v in value.items():
+        try:
+            token = int(k)
+        except (TypeError, ValueError):
+            raise TypeError(f"GenerationConfig.logit_bias keys must be token ids, got {k!r}") from None
+        out[token] = _check_float(f"logit_bias[{token}]", v, minimum=None)
+    return MappingProxyType(dict(sorted(out.items())))
+
+
+_CONFIG_FIELDS: Final = tuple(f.name for f in dataclasses.fields(GenerationConfig))
+_DEFAULT_CONFIG: Final = GenerationConfig()
+
+
+def _unknown_message(owner: str, name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"{owner} got an unexpected keyword argument {name!r}.{hint}"
+
+
+# -- results -------------------------------------------------------------------------------------
+
+_STATS_INT: Final = ("prompt_tokens", "generated_tokens", "total_tokens")
+_STATS_FLOAT: Final = ("prompt_time_ms", "generation_time_ms", "total_time_ms", "tokens_per_second")
+
+
+@dataclass
+class GenerationStats:
+    """Token counts and timings of one generation (every field optional).
+
+    Times come from llama.cpp's own performance counters (prompt
+    evaluation and token generation) where available; ``total_time_ms`` is
+    the wall time of the call. For a cache hit the counts are those of the
+    original generation, the prompt/generation times are 0, the total is the
+    time the lookup took, and ``tokens_per_second`` is None.
+    """
+
+    prompt_tokens: int | None = None
+    generated_tokens: int | None = None
+    total_tokens: int | None = None
+    prompt_time_ms: float | None = None
+    generation_time_ms: float | None = None
+    total_time_ms: float | None = None
+    tokens_per_second: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in _STATS_INT:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"GenerationStats.{name} must be an int or None, got {value!r}")
+        for name in _STATS_FLOAT:
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise TypeError(f"GenerationStats.{name} must be a finite number or None, got {value!r}")
+                object.__setattr__(self, name, float(value))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _STATS_INT + _STATS_FLOAT}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GenerationStats:
+        unknown = [k for k in data if k not in _STATS_INT + _STATS_FLOAT]
+        if unknown:
+            raise TypeError(_unknown_message("GenerationStats", str(unknown[0]), _STATS_INT + _STATS_FLOAT))
+        return cls(**data)
+
+
+@dataclass
+class Response:
+    """The result of one generation; ``str(response)`` is the text.
+
+    ``finish_reason`` is llama.cpp's: ``"stop"`` (end of sequence or a stop
+    sequence), ``"length"`` (``max_tokens`` reached), or ``"cancelled"`` for
+    a stream the consumer closed early.
+    """
+
+    text: str
+    finish_reason: str | None = None
+    model_path: str = ""
+    cache_hit: bool = False
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise TypeError(f"Response.text must be a str, got {type(self.text).__name__}")
+        if self.stats is None:
+            self.stats = GenerationStats()
+        elif isinstance(self.stats, Mapping):
+            self.stats = GenerationStats.from_dict(self.stats)
+        elif not isinstance(self.stats, GenerationStats):
+            raise TypeError(f"Response.stats must be a GenerationStats, got {type(self.stats).__name__}")
+
+    def __str__(self) -> str:
+        return self.text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "model_path": self.model_path,
+            "cache_hit": self.cache_hit,
+            "stats": self.stats.to_dict(),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Response:
+        unknown = [k for k in data if k not in ("text", "finish_reason", "model_path", "cache_hit", "stats")]
+        if unknown:
+            raise TypeError(f"Response.from_dict got an unexpected key {unknown[0]!r}")
+        if "text" not in data:
+            raise TypeError("Response.from_dict needs a 'text' key")
+        stats = data.get("stats") or {}
+        return cls(
+            text=data["text"],
+            finish_reason=data.get("finish_reason"),
+            model_path=data.get("model_path", ""),
+            cache_hit=bool(data.get("cache_hit", False)),
+            stats=GenerationStats.from_dict(stats),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Response:
+        return cls.from_dict(json.loads(text))
+
+
+def hit_stats(original: GenerationStats, elapsed_ms: float) -> GenerationStats:
+    """The stats of a cache hit: the original's token counts, no model time, the lookup's wall time."""
+    return GenerationStats(
+        prompt_tokens=original.prompt_tokens,
+        generated_tokens=original.generated_tokens,
+        total_tokens=original.total_tokens,
+        prompt_time_ms=0.0,
+        generation_time_ms=0.0,
+        total_time_ms=elapsed_ms,
+        tokens_per_second=None,
+    )
+
+
+def _hit_stats_fast(
+    prompt_tokens: int | None, generated: int | None, total: int | None, elapsed_ms: float
+) -> GenerationStats:
+    # The hit path builds one of these per lookup; the values come from our
+    # own table, so __post_init__'s validation is skipped.
+    stats = object.__new__(GenerationStats)
+    stats.__dict__.update(
+        prompt_tokens=prompt_tokens,
+        generated_tokens=generated,
+        total_tokens=total,
+        prompt_time_ms=0.0,
+        generation_time_ms=0.0,
+        total_time_ms=float(elapsed_ms),
+        tokens_per_second=None,
+    )
+    return stats
+
+
+def _hit_response(text: str, finish_reason: str | None, model_path: str, stats: GenerationStats) -> Response:
+    # As _hit_stats_fast: values read back from our own table need no validation.
+    response = object.__new__(Response)
+    response.__dict__.update(
+        text=text, finish_reason=finish_reason, model_path=model_path, cache_hit=True, stats=stats
+    )
+    return response
+
+
+def _as_hit(response: Response, started: float) -> Response:
+    elapsed = (time.perf_counter() - started) * 1000.0
+    return dataclasses.replace(response, cache_hit=True, stats=hit_stats(response.stats, elapsed))
+
+
+# A word with its leading whitespace, long runs cut at 8 characters (about a
+# token or two), so replayed streams arrive in pieces of a familiar size.
+_WORDS = re.compile(r"\s*\S{1,8}|\s+")
+
+
+def _replay_chunks(text: str) -> list[str]:
+    """Split cached text into word-sized chunks that join back to exactly ``text``."""
+    return _WORDS.findall(text)
+
+
+class Stream:
+    """An iterator of text chunks from ``llm(prompt, stream=True)``.
+
+    ``cache_hit`` says whether the chunks are a replay of a cached response.
+    ``response`` is the complete :class:`Response` once the stream is
+    exhausted (at once for a hit), else None; ``text`` is what has been
+    produced so far. A streamed miss is stored in the cache only when the
+    stream runs to the end: ``close()`` (or leaving a ``with`` block, or
+    dropping the stream) before that stops generation and stores nothing.
+    """
+
+    def __init__(
+        self, model_path: str, cache_hit: bool, source: Callable[[Stream], Generator[str, None, None]]
+    ) -> None:
+        self.model_path = model_path
+        self.cache_hit = cache_hit
+        self.response: Response | None = None
+        self._parts: list[str] = []
+        self._source = source(self)
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> str:
+        piece = next(self._source)
+        self._parts.append(piece)
+        return piece
+
+    @property
+    def text(self) -> str:
+        """The text received so far (all of it once the stream is exhausted)."""
+        return "".join(self._parts)
+
+    def close(self) -> None:
+        """Stop the stream; an unfinished generation is abandoned and not cached."""
+        self._source.close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "done" if self.response is not None else "open"
+        return f"<Stream {os.path.basename(self.model_path)} cache_hit={self.cache_hit} {state}>"
+
+
+# -- llama.cpp plumbing --------------------------------------------------------------------------
+
+#: ``llama_cpp.Llama(...)`` load options (llama-cpp-python 0.3.x); ``seed`` is
+#: deliberately absent: it is a per-call ``GenerationConfig`` field here.
+LOAD_OPTIONS: Final = frozenset(
+    {
+        "attention_type", "chat_format", "chat_handler", "draft_model", "embedding", "flash_attn",
+        "kv_overrides", "last_n_tokens_size", "logits_all", "lora_base", "lora_path", "lora_scale",
+        "main_gpu", "n_batch", "n_ctx", "n_gpu_layers", "n_threads", "n_threads_batch", "n_ubatch",
+        "no_perf", "numa", "offload_kqv", "op_offload", "pooling_type", "rope_freq_base",
+        "rope_freq_scale", "rope_scaling_type", "split_mode", "spm_infill", "swa_full",
+        "tensor_split", "tokenizer", "type_k", "type_v", "use_mlock", "use_mmap", "vocab_only",
+        "yarn_attn_factor", "yarn_beta_fast", "yarn_beta_slow", "yarn_ext_factor", "yarn_orig_ctx",
+    }
+)
+
+
+def _import_llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "llama-cpp-python is needed to generate (cached answers replay without it): "
+            "pip install 'cyllama-db[llama]'"
+        ) from exc
+    return llama_cpp
+
+
+def _sampling_kwargs(config: GenerationConfig) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "max_tokens": config.max_tokens,
+        "temperature": config.temperature,
+        "top_k": config.top_k,
+        "top_p": config.top_p,
+        "min_p": config.min_p,
+        "typical_p": config.typical_p,
+        "repeat_penalty": config.repeat_penalty,
+        "frequency_penalty": config.frequency_penalty,
+        "presence_penalty": config.presence_penalty,
+        "mirostat_mode": config.mirostat_mode,
+        "mirostat_tau": config.mirostat_tau,
+        "mirostat_eta": config.mirostat_eta,
+        "stop": list(config.stop_sequences),
+        "seed": config.seed,
+    }
+    if config.logit_bias:
+        kwargs["logit_bias"] = dict(config.logit_bias)
+    if config.grammar is not None:
+        from llama_cpp import LlamaGrammar
+
+        try:
+            kwargs["grammar"] = LlamaGrammar.from_string(config.grammar, verbose=False)
+        except Exception as exc:
+            raise ValueError(f"GenerationConfig.grammar is not valid GBNF: {exc}") from exc
+    return kwargs
+
+
+def _perf(llama: Any) -> tuple[float, float] | None:
+    """(prompt eval ms, generation ms) from llama.cpp's context counters, if it keeps them."""
+    import llama_cpp
+
+    try:
+        data = llama_cpp.llama_perf_context(llama.ctx)
+    except Exception:  # pragma: no cover - very old bindings without perf counters
+        return None
+    if data.t_p_eval_ms == 0 and data.t_eval_ms == 0:
+        return None  # no_perf=True, or nothing was evaluated
+    return float(data.t_p_eval_ms), float(data.t_eval_ms)
+
+
+def _reset_perf(llama: Any) -> None:
+    import llama_cpp
+
+    with contextlib.suppress(Exception):
+        llama_cpp.llama_perf_context_reset(llama.ctx)
+
+
+def _make_stats(
+    prompt_tokens: int | None,
+    generated: int | None,
+    perf: tuple[float, float] | None,
+    wall_ms: float,
+) -> GenerationStats:
+    if perf is None:
+        prompt_ms, gen_ms = None, wall_ms
+    else:
+        prompt_ms, gen_ms = perf
+    total = prompt_tokens + generated if prompt_tokens is not None and generated is not None else None
+    tps = generated / (gen_ms / 1000.0) if generated and gen_ms and gen_ms > 0 else None
+    return GenerationStats(
+        prompt_tokens=prompt_tokens,
+        generated_tokens=generated,
+        total_tokens=total,
+        prompt_time_ms=prompt_ms,
+        generation_time_ms=gen_ms,
+        total_time_ms=wall_ms,
+        tokens_per_second=tps,
+    )
+
+
+class _ModelLock:
+    """A lock that knows its owner, so a thread re-entering its own open stream gets an error, not a hang."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.owner: int | None = None
+
+    def acquire(self, path: str) -> None:
+        if self.owner == threading.get_ident():
+            raise ModelBusyError(
+                f"this thread has an unfinished stream on {path!r}; exhaust it or call its "
+                "close() before starting another generation on the same model"
+            )
+        self._lock.acquire()
+        self.owner = threading.get_ident()
+
+    def release(self) -> None:
+        self.owner = None
+        self._lock.release()
+
+
+def _stat_sig(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+# -- the database side ---------------------------------------------------------------------------
+
+
+def _resolve_db(db: Any) -> CyllamaDB | None:
+    """The database to use for one call, or None for "no database"."""
+    if db is False:
+        return None
+    if db is None or db is True:
+        from .database import get_db
+
+        db = get_db()
+    return db if db.enabled else None
+
+
+def _check_db_arg(db: Any) -> None:
+    from .database import CyllamaDB
+
+    if db is None or isinstance(db, (bool, CyllamaDB)):
+        return
+    raise TypeError(f"db must be a CyllamaDB, None (the global database) or False, got {type(db).__name__}")
+
+
+def _record(db: CyllamaDB | None, model_path: str, response: Response, config: GenerationConfig) -> None:
+    """Hand one generation to the statistics store; never let it break the generation."""
+    if db is None:
+        return
+    record = getattr(db, "record_generation", None)
+    if record is None:
+        return
+    try:
+        record(model_path, response, config, cache_hit=response.cache_hit)
+    except Exception as exc:
+        logger.warning("could not record generation statistics for %s: %s", model_path, exc, exc_info=True)
+
+
+_flights: SingleFlight[Response] = SingleFlight()
+
+# "Use the LLM's own db setting" (None already means "the global database").
+_OWN_DB: Final = object()
+
+# Every LLM that currently holds a loaded model (for loaded_model_paths()).
+_loaded: weakref.WeakSet[LLM] = weakref.WeakSet()
+_loaded_lock = threading.Lock()
+
+
+# -- LLM -----------------------------------------------------------------------------------------
+
+
+class LLM:
+    """A llama.cpp model with a persistent response cache in front of it.
+
+    Args:
+        model_path: the ``.gguf`` file.
+        config: default :class:`GenerationConfig` (or a dict of its fields).
+        db: the :class:`~cyllama_db.CyllamaDB` to cache in and record
+            statistics to; ``None`` = the global database (:func:`~cyllama_db.get_db`,
+            looked up at each call so a later ``configure_db()`` applies);
+            ``False`` = no database at all.
+        cache: ``False`` skips the response cache (statistics are still
+            recorded).
+        verbose: let llama.cpp print its load and timing logs to stderr.
+        **kwargs: ``llama_cpp.Llama`` load options (``n_ctx``,
+            ``n_gpu_layers``, ``n_threads``, ``chat_format``...) go to the model;
+            :class:`GenerationConfig` fields override ``config``. Any other name
+            raises ``TypeError``.
+
+    The model loads on the first call that misses the cache, and again if the
+    file on disk changes. One generation runs at a time per ``LLM`` (llama.cpp
+    contexts are not thread-safe); other threads wait. Identical concurrent
+    misses generate once and share the result.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        config: GenerationConfig | Mapping[str, Any] | None = None,
+        db: DBArg = None,
+        cache: bool = True,
+        verbose: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(model_path, (str, os.PathLike)):
+            raise TypeError(f"model_path must be a str or os.PathLike, got {type(model_path).__name__}")
+        path = os.path.abspath(os.fspath(model_path))
+        if not os.path.isfile(path):
+            raise ModelNotFoundError(path)
+        _check_db_arg(db)
+        base = GenerationConfig.coerce(config)
+        load: dict[str, Any] = {}
+        overrides: dict[str, Any] = {}
+        for name, value in kwargs.items():
+            if name in _CONFIG_FIELDS:
+                overrides[name] = value
+            elif name in LOAD_OPTIONS:
+                load[name] = value
+            else:
+                raise TypeError(_unknown_message("LLM()", name, sorted(_CONFIG_FIELDS + tuple(LOAD_OPTIONS))))
+        self.model_path: str = path
+        self.config: GenerationConfig = base.replace(**overrides)
+        self.load_options: dict[str, Any] = load
+        self.cache = bool(cache)
+        self.verbose = bool(verbose)
+        self._db = db
+        self._llama: Any = None
+        self._loaded_sig: tuple[int, int, int, int] | None = None
+        self._lock = _ModelLock()
+        self._active_stream: weakref.ref[Stream] | None = None
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def __call__(self, prompt: str, stream: bool = False, **overrides: Any) -> Any:
+        """Complete ``prompt`` (plain text, no chat template): a :class:`Response`, or a :class:`Stream` of text chunks."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__} (use llm.chat() for messages)")
+        return self._request("completion", prompt, stream, overrides)
+
+    def chat(self, messages: Messages, stream: bool = False, **overrides: Any) -> Any:
+        """Answer chat ``messages`` through the model's chat template: a :class:`Response` or :class:`Stream`."""
+        return self._request("chat", messages, stream, overrides)
+
+    @property
+    def db(self) -> CyllamaDB | None:
+        """The database this LLM uses right now (None when disabled or ``db=False``)."""
+        return _resolve_db(self._db)
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is in memory."""
+        return self._llama is not None
+
+    @property
+    def llama(self) -> Any:
+        """The underlying ``llama_cpp.Llama`` (loads the model if needed)."""
+        self._lock.acquire(self.model_path)
+        try:
+            return self._load_locked()
+        finally:
+            self._lock.release()
+
+    def cache_key(self, prompt: str | Messages, **overrides: Any) -> str:
+        """The cache key a call with ``prompt`` (a str, or chat messages) and ``overrides`` uses."""
+        config = self.config.replace(**overrides)
+        identity = model_identity(self.model_path)
+        if isinstance(prompt, str):
+            return completion_key(prompt, identity, config.cache_json())
+        return chat_key(canonical_messages(prompt), identity, config.cache_json())
+
+    def close(self) -> None:
+        """Free the model's memory (a later call loads it again). Closes this thread's open stream."""
+        stream = self._active_stream() if self._active_stream is not None else None
+        if stream is not None and self._lock.owner == threading.get_ident():
+            stream.close()
+        self._lock.acquire(self.model_path)
+        try:
+            self._free_locked()
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"LLM({self.model_path!r}, loaded={self.loaded})"
+
+    # -- the request path ------------------------------------------------------------------------
+
+    def _request(
+        self,
+        kind: Kind,
+        payload: Any,
+        stream: bool,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        config: GenerationConfig | None = None,
+        db: Any = _OWN_DB,
+        cache: bool | None = None,
+        ttl: Any = None,
+    ) -> Response | Stream:
+        started = time.perf_counter()
+        if config is None:
+            config = self.config.replace(**overrides) if overrides else self.config
+        if kind == "chat":
+            prompt_text = canonical_messages(payload)
+            payload = json.loads(prompt_text)
+        else:
+            prompt_text = payload
+        database = _resolve_db(self._db if db is _OWN_DB else db)
+        use_cache = database is not None and (self.cache if cache is None else cache)
+        if database is None or not use_cache:
+            if stream:
+                return self._stream(kind, payload, config, database, None)
+            response = self._generate(kind, payload, config)
+            _record(database, self.model_path, response, config)
+            return response
+
+        identity = model_identity(self.model_path)
+        if kind == "chat":
+            key = chat_key(prompt_text, identity, config.cache_json())
+        else:
+            key = completion_key(prompt_text, identity, config.cache_json())
+        hit = database._cache_lookup(key, self.model_path, started)
+        if hit is not None:
+            _record(database, self.model_path, hit, config)
+            return _replay(hit) if stream else hit
+        entry = _Entry(key, kind, prompt_text, identity, ttl)
+        # Per database: a caller sharing another database's result would
+        # never store it in its own.
+        flight_key = f"{id(database)}:{key}"
+
+        if stream and not _flights.in_flight(flight_key):
+            return self._stream(kind, payload, config, database, entry)
+
+        def lead() -> Response:
+            # Re-check under the flight: a leader that finished just before
+            # this call registered has already stored its answer.
+            again = database._cache_lookup(key, self.model_path, started)
+            if again is not None:
+                return again
+            response = self._generate(kind, payload, config)
+            self._store(database, entry, config, response)
+            return response
+
+        response, shared = _flights.run(flight_key, lead)
+        if shared or response.cache_hit:
+            response = _as_hit(response, started)
+        _record(database, self.model_path, response, config)
+        return _replay(response) if stream else response
+
+    def _store(self, db: CyllamaDB, entry: _Entry, config: GenerationConfig, response: Response) -> None:
+        try:
+            db._cache_store_response(
+                key=entry.key,
+                kind=entry.kind,
+                prompt=entry.prompt_text,
+                model_path=self.model_path,
+                identity=entry.identity,
+                config=config,
+                response=response,
+                ttl=entry.ttl,
+            )
+        except Exception as exc:
+            # Losing a cache write must not lose the generation it paid for.
+            logger.warning("could not cache the response for %s: %s", self.model_path, exc, exc_info=True)
+
+    # -- generation ------------------------------------------------------------------------------
+
+    @contextmanager
+    def _model(self) -> Iterator[Any]:
+        self._lock.acquire(self.model_path)
+        try:
+            yield self._load_locked()
+        finally:
+            self._lock.release()
+
+    def _generate(self, kind: Kind, payload: Any, config: GenerationConfig) -> Response:
+        with self._model() as llama:
+            kwargs = _sampling_kwargs(config)
+            _reset_perf(llama)
+            t0 = time.perf_counter()
+            try:
+                if kind == "completion":
+                    out = llama.create_completion(payload, stream=False, **kwargs)
+                else:
+                    out = llama.create_chat_completion(messages=payload, stream=False, **kwargs)
+            except Exception as exc:
+                raise self._generation_error(exc, llama) from exc
+            wall_ms = (time.perf_counter() - t0) * 1000.0
+            perf = _perf(llama)
+        choice = out["choices"][0]
+        if kind == "completion":
+            text = choice.get("text") or ""
+        else:
+            text = (choice.get("message") or {}).get("content") or ""
+        usage = out.get("usage") or {}
+        return Response(
+            text=text,
+            finish_reason=choice.get("finish_reason"),
+            model_path=self.model_path,
+            cache_hit=False,
+            stats=_make_stats(usage.get("prompt_tokens"), usage.get("completion_tokens"), perf, wall_ms),
+        )
+
+    def _stream(
+        self,
+        kind: Kind,
+        payload: Any,
+        config: GenerationConfig,
+        db: CyllamaDB | None,
+        entry: _Entry | None,
+    ) -> Stream:
+        # Load now, so a bad path or file fails at the call rather than at the first chunk.
+        self._lock.acquire(self.model_path)
+        try:
+            self._load_locked()
+        finally:
+            self._lock.release()
+        kwargs = _sampling_kwargs(config)
+
+        def produce(stream: Stream) -> Generator[str, None, None]:
+            self._lock.acquire(self.model_path)
+            self._active_stream = weakref.ref(stream)
+            chunks: Any = None
+            completed = False
+            started_generation = False
+            failed = False
+            finish: str | None = None
+            llama: Any = None
+            t0 = time.perf_counter()
+            try:
+                llama = self._load_locked()
+                _reset_perf(llama)
+                t0 = time.perf_counter()
+                try:
+                    if kind == "completion":
+                        chunks = llama.create_completion(payload, stream=True, **kwargs)
+                    else:
+                        chunks = llama.create_chat_completion(messages=payload, stream=True, **kwargs)
+                    started_generation = True
+                    for chunk in chunks:
+                        choice = chunk["choices"][0]
+                        if kind == "completion":
+                            piece = choice.get("text") or ""
+                        else:
+                            piece = (choice.get("delta") or {}).get("content") or ""
+                        if choice.get("finish_reason"):
+                            finish = choice["finish_reason"]
+                        if piece:
+                            yield piece
+                except GeneratorExit:
+                    raise
+                except Exception as exc:
+                    failed = True
+                    raise self._generation_error(exc, llama) from exc
+                completed = True
+            finally:
+                response = None
+                # A failed generation is logged (ERROR) and raised, not recorded
+                # as a result; one the consumer stopped is recorded as "cancelled".
+                if started_generation and not failed:
+                    if chunks is not None:
+                        chunks.close()
+                    response = self._stream_response(
+                        kind, payload, stream.text, finish if completed else "cancelled", llama, t0
+                    )
+                self._active_stream = None
+                self._lock.release()
+                if response is not None:
+                    if completed:
+                        stream.response = response
+                        if db is not None and entry is not None:
+                            self._store(db, entry, config, response)
+                    _record(db, self.model_path, response, config)
+
+        return Stream(self.model_path, False, produce)
+
+    def _stream_response(
+        self, kind: Kind, payload: Any, text: str, finish: str | None, llama: Any, t0: float
+    ) -> Response:
+        wall_ms = (time.perf_counter() - t0) * 1000.0
+        perf = _perf(llama)
+        # Streams carry no usage block: count by re-tokenising, which matches
+        # what was sampled for ordinary text (BPE round-trips).
+        try:
+            generated: int | None = len(llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
+            prompt_tokens: int | None = (
+                len(llama.tokenize(payload.encode("utf-8"), add_bos=True, special=True))
+                if kind == "completion"
+                else None
+            )
+        except Exception:  # pragma: no cover - tokenising what the model produced cannot fail in practice
+            generated = prompt_tokens = None
+        return Response(
+            text=text,
+            finish_reason=finish,
+            model_path=self.model_path,
+            cache_hit=False,
+            stats=_make_stats(prompt_tokens, generated, perf, wall_ms),
+        )
+
+    def _generation_error(self, exc: Exception, llama: Any) -> Exception:
+        message = str(exc)
+        overflow = "exceed context window" in message
+        if not overflow and "could not broadcast input array" in message:
+            # llama-cpp-python sizes its token buffer by the n_ctx asked for,
+            # while llama.cpp pads small contexts (to 256) and llama-cpp-python
+            # checks against that: a prompt between the two surfaces as a
+            # numpy error rather than its own check.
+            overflow = True
+            message = f"the prompt does not fit in n_ctx={len(llama.input_ids)}"
+        if isinstance(exc, ValueError) and overflow:
+            n_ctx = None
+            with contextlib.suppress(Exception):
+                n_ctx = min(int(llama.n_ctx()), len(llama.input_ids))
+            error: Exception = ContextOverflowError(self.model_path, message, n_ctx)
+        elif isinstance(exc, (ValueError, TypeError)) and "GenerationConfig" in message:
+            error = exc
+        else:
+            error = GenerationError(f"generation with model {self.model_path!r} failed: {type(exc).__name__}: {exc}")
+        logger.error("generation failed for %s: %s", self.model_path, error, exc_info=exc)
+        return error
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    def _load_locked(self) -> Any:
+        sig = _stat_sig(self.model_path)
+        if self._llama is not None:
+            if sig == self._loaded_sig:
+                return self._llama
+            logger.info("model file %s changed on disk; reloading it", self.model_path)
+            self._free_locked()
+        if sig is None:
+            error: ModelLoadError = ModelNotFoundError(self.model_path)
+            logger.error("cannot load model: %s", error)
+            raise error
+        llama_cpp = _import_llama_cpp()
+        t0 = time.perf_counter()
+        try:
+            llama = llama_cpp.Llama(model_path=self.model_path, verbose=self.verbose, **self.load_options)
+        except Exception as exc:
+            error = self._load_error(exc)
+            logger.error("cannot load model: %s", error, exc_info=exc)
+            raise error from exc
+        logger.info("loaded model %s in %.0f ms", self.model_path, (time.perf_counter() - t0) * 1000)
+        self._llama = llama
+        self._loaded_sig = sig
+        with _loaded_lock:
+            _loaded.add(self)
+        return llama
+
+    def _load_error(self, exc: Exception) -> ModelLoadError:
+        path = self.model_path
+        if not os.path.exists(path):
+            return ModelNotFoundError(path)
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(4)
+        except OSError as os_exc:
+            return ModelLoadError(path, f"cannot read the file: {os_exc}")
+        if head != b"GGUF":
+            return ModelLoadError(
+                path,
+                f"not a GGUF file (it starts with {head!r}, a GGUF file with b'GGUF'); "
+                "llama.cpp only loads .gguf models",
+            )
+        return ModelLoadError(
+            path,
+            f"llama.cpp rejected it ({type(exc).__name__}: {exc}); a truncated download, an "
+            "architecture this llama.cpp build does not know, or too little memory are the usual causes",
+        )
+
+    def _free_locked(self) -> None:
+        llama, self._llama = self._llama, None
+        self._loaded_sig = None
+        with _loaded_lock:
+            _loaded.discard(self)
+        if llama is not None:
+            llama.close()
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """What storing a miss needs, computed once on the lookup path."""
+
+    key: str
+    kind: Kind
+    prompt_text: str
+    identity: str
+    ttl: Any
+
+
+def _replay(response: Response) -> Stream:
+    def produce(stream: Stream) -> Generator[str, None, None]:
+        yield from _replay_chunks(response.text)
+
+    replay = Stream(response.model_path, response.cache_hit, produce)
+    replay.response = response
+    return replay
+
+
+def loaded_model_paths() -> list[str]:
+    """Absolute paths of the models this process has loaded through ``LLM``/``complete()``."""
+    with _loaded_lock:
+        return sorted({llm.model_path for llm in _loaded if llm.loaded})
+
+
+# -- complete() / chat() -------------------------------------------------------------------------
+
+_shared: OrderedDict[tuple[Any, ...], LLM] = OrderedDict()
+_shared_lock = threading.Lock()
+
+
+def _option_token(value: Any) -> str:
+    try:
+        return canonical_json(keyable(value, "option"))
+    except (UncacheableError, ValueError):
+        return f"id:{id(value)}"
+
+
+def _shared_llm(model_path: str | os.PathLike[str], load: dict[str, Any], verbose: bool) -> LLM:
+    path = os.path.abspath(os.fspath(model_path))
+    key = (path, verbose, tuple(sorted((k, _option_token(v)) for k, v in load.items())))
+    with _shared_lock:
+        llm = _shared.get(key)
+        if llm is not None:
+            _shared.move_to_end(key)
+            return llm
+    llm = LLM(path, db=False, cache=True, verbose=verbose, **load)
+    with _shared_lock:
+        existing = _shared.get(key)
+        if existing is not None:
+            return existing
+        _shared[key] = llm
+        while len(_shared) > max(1, MAX_SHARED_MODELS):
+            _key, evicted = _shared.popitem(last=False)
+            # Not closed here: a call in flight on another thread may still be
+            # using it; the model is freed when the last reference goes.
+            logger.debug("releasing shared model %s", evicted.model_path)
+    return llm
+
+
+def _split_kwargs(kwargs: Mapping[str, Any], owner: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    load: dict[str, Any] = {}
+    overrides: dict[str, Any] = {}
+    for name, value in kwargs.items():
+        if name in _CONFIG_FIELDS:
+            overrides[name] = value
+        elif name in LOAD_OPTIONS:
+            load[name] = value
+        else:
+            raise TypeError(_unknown_message(owner, name, sorted(_CONFIG_FIELDS + tuple(LOAD_OPTIONS))))
+    return load, overrides
+
+
+def complete(
+    prompt: str,
+    model_path: str | os.PathLike[str],
+    db: DBArg = None,
+    config: GenerationConfig | Mapping[str, Any] | None = None,
+    stream: bool = False,
+    *,
+    cache: bool = True,
+    verbose: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Complete ``prompt`` with the model at ``model_path``, through the response cache.
+
+    Models stay loaded between calls (the :data:`MAX_SHARED_MODELS` most
+    recently used). ``kwargs`` are ``GenerationConfig`` fields (overriding
+    ``config``) or ``llama_cpp.Llama`` load options; other names raise
+    ``TypeError``. ``db``/``cache`` as for :class:`LLM`. Returns a
+    :class:`Response`, or a :class:`Stream` when ``stream=True``.
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__} (use chat() for messages)")
+    return _shared_call("completion", prompt, model_path, db, config, stream, cache, verbose, kwargs, "complete()")
+
+
+def chat(
+    messages: Messages,
+    model_path: str | os.PathLike[str],
+    db: DBArg = None,
+    config: GenerationConfig | Mapping[str, Any] | None = None,
+    stream: bool = False,
+    *,
+    cache: bool = True,
+    verbose: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Like :func:`complete` for chat ``messages`` (applies the model's chat template)."""
+    return _shared_call("chat", messages, model_path, db, config, stream, cache, verbose, kwargs, "chat()")
+
+
+def _shared_call(
+    kind: Kind,
+    payload: Any,
+    model_path: str | os.PathLike[str],
+    db: Any,
+    config: Any,
+    stream: bool,
+    cache: bool,
+    verbose: bool,
+    kwargs: Mapping[str, Any],
+    owner: str,
+) -> Any:
+    _check_db_arg(db)
+    load, overrides = _split_kwargs(kwargs, owner)
+    call_config = GenerationConfig.coerce(config).replace(**overrides)
+    llm = _shared_llm(model_path, load, verbose)
+    return llm._request(kind, payload, stream, config=call_config, db=db, cache=cache)
+
+
+def unload_models() -> int:
+    """Release every model ``complete()``/``chat()`` keeps loaded; returns how many."""
+    with _shared_lock:
+        models = list(_shared.values())
+        _shared.clear()
+    for llm in models:
+        llm.close()
+    return len(models)

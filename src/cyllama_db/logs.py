@@ -1,0 +1,543 @@
+"""Structured logs: the seed design's ``logs`` table, and a ``logging`` handler writing to it.
+
+``db.log(...)`` writes one row; :class:`CyllamaDBHandler` turns records of
+Python's :mod:`logging` into rows (level, logger name as ``category``,
+``extra`` fields as ``context``, ``exc_info`` as the error columns).  With
+``log_to_db`` set, the database attaches a handler to the library's own
+``cyllama_db`` logger when it opens and detaches it when it closes.
+
+Two rules keep logging from hurting the code that logs:
+
+- the handler never raises: a failed write goes to
+  :meth:`logging.Handler.handleError` (a traceback on stderr, as for every
+  standard handler), and
+- a thread-local flag is set while a row is being written, so a record the
+  database itself emits during that write is dropped by this handler instead
+  of recursing into it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import traceback
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from ._base import StoreBase, db_op, db_stats_provider
+from ._settings import LOG_LEVELS
+from ._time import from_timestamp, to_timestamp
+from .migrations import execute_script, migration
+
+__all__ = ["LOG_COLUMNS", "CyllamaDBHandler", "LogsMixin", "level_name"]
+
+LIBRARY_LOGGER = "cyllama_db"
+
+#: Characters of a prompt kept in ``prompt_preview``.
+PROMPT_PREVIEW_CHARS = 100
+
+#: The fields of a row returned by ``get_logs``.
+LOG_COLUMNS = (
+    "id",
+    "level",
+    "category",
+    "message",
+    "context",
+    "model_path",
+    "prompt_preview",
+    "error_type",
+    "error_message",
+    "stack_trace",
+    "created_at",
+)
+
+_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
+
+_LEVEL_CHECK = ", ".join(f"'{name}'" for name in LOG_LEVELS)
+
+
+@migration(4, "structured logs")
+def _create_logs_table(conn: sqlite3.Connection) -> None:
+    # created_at follows level and category in their indexes: "WARNING and
+    # above, newest first" and "this category, newest first" read in order.
+    execute_script(
+        conn,
+        f"""
+        CREATE TABLE IF NOT EXISTS logs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            level TEXT NOT NULL CHECK (level IN ({_LEVEL_CHECK})),
+            category TEXT,
+            message TEXT NOT NULL,
+            context_json TEXT,
+            model_path TEXT,
+            prompt_preview TEXT,
+            error_type TEXT,
+            error_message TEXT,
+            stack_trace TEXT,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS idx_logs_level ON logs(level, created_at);
+        CREATE INDEX IF NOT EXISTS idx_logs_category ON logs(category, created_at);
+        CREATE INDEX IF NOT EXISTS idx_logs_created ON logs(created_at);
+        """,
+    )
+
+
+@db_stats_provider
+def _logs_counts(conn: sqlite3.Connection) -> dict[str, Any]:
+    return {"log_entries": conn.execute("SELECT COUNT(*) FROM logs").fetchone()[0]}
+
+
+def level_name(level: str | int, argument: str = "level") -> str:
+    """The standard name of ``level`` (``"warning"``, ``30`` -> ``"WARNING"``).
+
+    Raises ``ValueError`` naming ``argument`` for anything that is not one
+    of DEBUG, INFO, WARNING, ERROR, CRITICAL (or their numbers).
+    """
+    if isinstance(level, str):
+        name = level.strip().upper()
+        name = _ALIASES.get(name, name)
+        if name in LOG_LEVELS:
+            return name
+    elif isinstance(level, int) and not isinstance(level, bool):
+        for name, number in LOG_LEVELS.items():
+            if number == level:
+                return name
+    raise ValueError(
+        f"{argument}={level!r} is not a log level: use one of {', '.join(LOG_LEVELS)} "
+        "(or logging.DEBUG ... logging.CRITICAL)"
+    )
+
+
+def _floor_level(levelno: int) -> str | None:
+    """The highest standard level at or below ``levelno`` (custom levels such as 25)."""
+    found = None
+    for name, number in LOG_LEVELS.items():
+        if number <= levelno:
+            found = name
+    return found
+
+
+def _json_default(value: Any) -> Any:
+    # Logging must not fail over a context value JSON cannot hold: store its text.
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return repr(value)
+
+
+def _split_context(context: Mapping[str, Any] | None) -> tuple[str | None, str | None, str | None]:
+    """(context_json, model_path, prompt_preview): the two known keys get their own columns."""
+    if context is None:
+        return None, None, None
+    rest = dict(context)
+    model_path = rest.pop("model_path", None)
+    prompt = rest.pop("prompt", None)
+    preview = rest.pop("prompt_preview", None)
+    if prompt is not None:
+        preview = prompt
+    text = json.dumps(rest, default=_json_default, ensure_ascii=False) if rest else None
+    if isinstance(model_path, os.PathLike):
+        model_path = os.fspath(model_path)
+    return (
+        text,
+        None if model_path is None else str(model_path),
+        None if preview is None else str(preview)[:PROMPT_PREVIEW_CHARS],
+    )
+
+
+def _error_fields(
+    error: BaseException | None,
+) -> tuple[str | None, str | None, str | None]:
+    if error is None:
+        return None, None, None
+    kind = type(error)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    trace = "".join(traceback.format_exception(kind, error, error.__traceback__))
+    return name, str(error), trace
+
+
+# Set while this thread writes a log row; records emitted meanwhile are dropped
+# by CyllamaDBHandler rather than written (and logged, and written...).
+_writing = threading.local()
+
+
+def _in_write() -> bool:
+    return bool(getattr(_writing, "active", False))
+
+
+class LogsMixin(StoreBase):
+    """``log``, ``get_logs``, ``prune_logs``; attaches the library logger with ``log_to_db``."""
+
+    _log_handler: CyllamaDBHandler | None = None
+
+    def _store_init(self) -> None:
+        if self.settings.log_to_db:
+            self._log_handler = _attach_library_logger(self)
+            try:
+                self._log_open_events()
+            except Exception as exc:  # bookkeeping; never fail an open over it
+                logging.getLogger(LIBRARY_LOGGER).debug("could not log the open: %s", exc)
+
+    def _store_close(self) -> None:
+        handler, self._log_handler = self._log_handler, None
+        if handler is not None:
+            _detach_library_logger(handler)
+
+    def _log_open_events(self) -> None:
+        """Write what happened while opening, before the handler could be attached."""
+        threshold = LOG_LEVELS[self.settings.log_level]
+        fallback = getattr(self, "fallback_reason", None)
+        if fallback is not None and threshold <= logging.WARNING:
+            self._write_log(
+                "WARNING",
+                f"cannot use database {self.settings.path}; fell back to an in-memory database",
+                category=LIBRARY_LOGGER,
+                context={"reason": fallback},
+            )
+        if threshold > logging.INFO:
+            return
+        # metadata.db_version still holds the version of the previous open
+        # (it is updated after the store hooks): anything newer ran just now.
+        with self.pool.read() as conn:
+            row = conn.execute("SELECT value FROM metadata WHERE key = 'db_version'").fetchone()
+            previous = int(row[0]) if row is not None and str(row[0]).isdigit() else 0
+            applied = conn.execute(
+                "SELECT version, name FROM schema_version WHERE version > ? ORDER BY version",
+                (previous,),
+            ).fetchall()
+        for version, name in applied:
+            self._write_log(
+                "INFO",
+                f"applied migration {version} ({name}) to {self.path}",
+                category=f"{LIBRARY_LOGGER}.migrations",
+            )
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @property
+    def log_level(self) -> str:
+        """The lowest level stored (``settings.log_level``)."""
+        return self.settings.log_level
+
+    @db_op()
+    def log(
+        self,
+        level: str | int,
+        message: str,
+        category: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        error: BaseException | None = None,
+    ) -> int | None:
+        """Write one log row; return its id, or ``None`` if ``level`` is below :attr:`log_level`.
+
+        Args:
+            level: ``"DEBUG"``, ``"INFO"``, ``"WARNING"``, ``"ERROR"``,
+                ``"CRITICAL"`` (any case) or the ``logging`` constant;
+                anything else raises ``ValueError``.
+            message: the text.
+            category: free-form group, e.g. ``"generation"`` or a logger name.
+            context: JSON-able details. ``model_path`` and ``prompt`` go to
+                their own columns (the prompt cut to its first 100
+                characters as ``prompt_preview``); the rest is stored as JSON
+                (values JSON cannot hold are stored as their ``repr``).
+            error: an exception: fills ``error_type``, ``error_message`` and
+                ``stack_trace``.
+        """
+        name = level_name(level)
+        if not isinstance(message, str):
+            raise TypeError(f"log message must be a str, got {type(message).__name__}")
+        if category is not None and not isinstance(category, str):
+            raise TypeError(f"log category must be a str or None, got {type(category).__name__}")
+        if context is not None and not isinstance(context, Mapping):
+            raise TypeError(f"log context must be a mapping or None, got {type(context).__name__}")
+        if error is not None and not isinstance(error, BaseException):
+            raise TypeError(f"log error must be an exception or None, got {type(error).__name__}")
+        if LOG_LEVELS[name] < LOG_LEVELS[self.settings.log_level]:
+            return None
+        error_type, error_message, trace = _error_fields(error)
+        return self._write_log(
+            name,
+            message,
+            category=category,
+            context=context,
+            error_type=error_type,
+            error_message=error_message,
+            stack_trace=trace,
+        )
+
+    def _write_log(
+        self,
+        level: str,
+        message: str,
+        *,
+        category: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        error_type: str | None = None,
+        error_message: str | None = None,
+        stack_trace: str | None = None,
+        created_at: float | None = None,
+    ) -> int | None:
+        context_json, model_path, preview = _split_context(context)
+        outer = _in_write()
+        _writing.active = True
+        try:
+            with self.pool.transaction() as conn:
+                cursor = conn.execute(
+                    "INSERT INTO logs (level, category, message, context_json, model_path,"
+                    " prompt_preview, error_type, error_message, stack_trace, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        level,
+                        category,
+                        message,
+                        context_json,
+                        model_path,
+                        preview,
+                        error_type,
+                        error_message,
+                        stack_trace,
+                        self.clock() if created_at is None else created_at,
+                    ),
+                )
+        finally:
+            _writing.active = outer
+        return cursor.lastrowid
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @db_op(empty=list)
+    def get_logs(
+        self,
+        level: str | int | None = None,
+        category: str | None = None,
+        since: datetime | timedelta | float | None = None,
+        limit: int = 100,
+        *,
+        until: datetime | timedelta | float | None = None,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Log rows, newest first, as plain dicts.
+
+        Args:
+            level: that level and above (``"WARNING"`` gives warnings,
+                errors and critical rows).
+            category: that category and its dotted children, as in
+                ``logging``'s hierarchy (``"cyllama_db"`` also matches
+                ``"cyllama_db.cache"``).
+            since: first moment included (datetime, Unix seconds, or a
+                timedelta meaning "that long ago").
+            until: first moment excluded.
+            limit: at most this many rows; ``offset`` skips the newest ones.
+
+        Each dict has ``id``, ``level``, ``category``, ``message``,
+        ``context`` (the decoded dict or ``None``), ``model_path``,
+        ``prompt_preview``, ``error_type``, ``error_message``,
+        ``stack_trace`` and ``created_at`` (an aware UTC datetime).
+        """
+        for value, arg in ((limit, "limit"), (offset, "offset")):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{arg} must be an int, got {type(value).__name__}")
+            if value < 0:
+                raise ValueError(f"{arg} must not be negative, got {value}")
+        clauses: list[str] = []
+        args: list[Any] = []
+        if level is not None:
+            floor = LOG_LEVELS[level_name(level)]
+            names = [name for name, number in LOG_LEVELS.items() if number >= floor]
+            clauses.append(f"level IN ({', '.join('?' * len(names))})")
+            args += names
+        if category is not None:
+            if not isinstance(category, str):
+                raise TypeError(f"category must be a str, got {type(category).__name__}")
+            # "cat." <= child < "cat/" ('/' follows '.'): an index range, unlike LIKE.
+            clauses.append("(category = ? OR (category >= ? AND category < ?))")
+            args += [category, category + ".", category + "/"]
+        now = self.clock()
+        if since is not None:
+            clauses.append("created_at >= ?")
+            args.append(to_timestamp(since, now=now))
+        if until is not None:
+            clauses.append("created_at < ?")
+            args.append(to_timestamp(until, now=now))
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self.pool.read() as conn:
+            rows = conn.execute(
+                "SELECT id, level, category, message, context_json, model_path, prompt_preview,"
+                f" error_type, error_message, stack_trace, created_at FROM logs{where}"
+                " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+                (*args, limit, offset),
+            ).fetchall()
+        out = []
+        for row in rows:
+            record = dict(zip(LOG_COLUMNS, row, strict=True))
+            record["context"] = None if row[4] is None else json.loads(row[4])
+            record["created_at"] = from_timestamp(row[10])
+            out.append(record)
+        return out
+
+    # -- retention -------------------------------------------------------------------------
+
+    @db_op(empty=int)
+    def prune_logs(
+        self,
+        older_than: datetime | timedelta | float | None = None,
+        keep_last: int | None = None,
+    ) -> int:
+        """Delete log rows; return how many.
+
+        Each argument is a separate limit, and a row goes if either says so:
+        ``older_than`` (datetime, Unix seconds, or a timedelta meaning "that
+        long ago") removes rows written before it; ``keep_last=N`` keeps only
+        the newest N rows. At least one is required.
+        """
+        if older_than is None and keep_last is None:
+            raise TypeError("prune_logs() needs older_than=..., keep_last=... or both")
+        if keep_last is not None and (
+            isinstance(keep_last, bool) or not isinstance(keep_last, int)
+        ):
+            raise TypeError(f"keep_last must be an int, got {type(keep_last).__name__}")
+        if keep_last is not None and keep_last < 0:
+            raise ValueError(f"keep_last must not be negative, got {keep_last}")
+        removed = 0
+        with self.pool.transaction() as conn:
+            if older_than is not None:
+                cutoff = to_timestamp(older_than, now=self.clock())
+                removed += conn.execute("DELETE FROM logs WHERE created_at < ?", (cutoff,)).rowcount
+            if keep_last is not None:
+                removed += conn.execute(
+                    "DELETE FROM logs WHERE id NOT IN"
+                    " (SELECT id FROM logs ORDER BY created_at DESC, id DESC LIMIT ?)",
+                    (keep_last,),
+                ).rowcount
+        return removed
+
+
+# -- the logging handler -----------------------------------------------------------------------
+
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_RECORD_ATTRS = frozenset(
+    logging.LogRecord("x", logging.INFO, __file__, 0, "", (), None).__dict__
+) | {"message", "asctime", "taskName"}
+
+
+class CyllamaDBHandler(logging.Handler):
+    """A :class:`logging.Handler` that writes records into a database's ``logs`` table.
+
+    Args:
+        db: the database; ``None`` means the global one (:func:`~cyllama_db.get_db`),
+            looked up at each record.
+        level: the handler's own level (records below the database's
+            ``log_level`` are never stored either).
+
+    Each record becomes a row: its level (custom levels are stored as the
+    standard level below them), the logger name as ``category``, the
+    formatted message, fields passed with ``extra=`` as ``context``, and
+    ``exc_info`` / ``stack_info`` as the error columns. A failed write never
+    raises into the logging call: it goes to :meth:`handleError`.
+    """
+
+    def __init__(self, db: Any = None, level: int | str = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.db = db
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # No handler lock: the database serialises writes itself, and holding
+        # a lock here while waiting for the database's lock could deadlock
+        # against a thread that logs while holding the database's lock.
+        rv = self.filter(record)
+        if isinstance(rv, logging.LogRecord):
+            record = rv
+        if rv:
+            self.emit(record)
+        return bool(rv)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _in_write():
+            return  # the database logging about its own write: do not recurse
+        _writing.active = True
+        try:
+            db = self.db
+            if db is None:
+                from .database import get_db
+
+                db = get_db()
+            if not db.enabled:
+                return
+            name = _floor_level(record.levelno)
+            if name is None or LOG_LEVELS[name] < LOG_LEVELS[db.settings.log_level]:
+                return
+            extra = {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS}
+            error_type = error_message = trace = None
+            if record.exc_info and record.exc_info[1] is not None:
+                error_type, error_message, trace = _error_fields(record.exc_info[1])
+            if record.stack_info:
+                trace = f"{trace}\n{record.stack_info}" if trace else record.stack_info
+            db._write_log(
+                name,
+                record.getMessage(),
+                category=record.name,
+                context=extra or None,
+                error_type=error_type,
+                error_message=error_message,
+                stack_trace=trace,
+                created_at=record.created,
+            )
+        except Exception:
+            self.handleError(record)
+        finally:
+            _writing.active = False
+
+
+# -- attaching the library logger -------------------------------------------------------------
+
+_attach_lock = threading.Lock()
+_attached: list[CyllamaDBHandler] = []
+_saved_level: list[int] = []
+
+
+def _attach_library_logger(db: Any) -> CyllamaDBHandler:
+    """Route the ``cyllama_db`` logger's records at ``db.log_level`` and above into ``db``.
+
+    The logger's level is lowered to that level while a handler is attached
+    (records below a logger's level are never created), and restored when
+    the last one is detached.
+    """
+    threshold = LOG_LEVELS[db.settings.log_level]
+    handler = CyllamaDBHandler(db, level=threshold)
+    lib = logging.getLogger(LIBRARY_LOGGER)
+    with _attach_lock:
+        if not _attached:
+            _saved_level[:] = [lib.level]
+        _attached.append(handler)
+        if lib.getEffectiveLevel() > threshold:
+            lib.setLevel(threshold)
+        lib.addHandler(handler)
+    return handler
+
+
+def _detach_library_logger(handler: CyllamaDBHandler) -> None:
+    lib = logging.getLogger(LIBRARY_LOGGER)
+    with _attach_lock:
+        lib.removeHandler(handler)
+        if handler in _attached:
+            _attached.remove(handler)
+        if _saved_level:
+            lib.setLevel(_saved_level[0])
+        if _attached:
+            lowest = min(int(h.level) for h in _attached)
+            if lib.getEffectiveLevel() > lowest:
+                lib.setLevel(lowest)
+        else:
+            _saved_level.clear()

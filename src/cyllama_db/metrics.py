@@ -1,0 +1,759 @@
+"""The dashboard design's ``metrics_history`` table and a sampler that keeps it filled.
+
+One row per sample: CPU, memory and disk use (psutil), the first GPU's
+utilisation, temperature, memory and power (NVML, through ``nvidia-ml-py``),
+every GPU's readings as JSON, and three figures of this library: models
+active, uptime and requests per minute.  Rows older than the retention window
+(``CYLLAMA_METRICS_RETENTION``, 10 minutes by default) are removed by every
+insert with one indexed range delete, so the table stays a few hundred rows.
+
+psutil and pynvml are imported only when a sample is taken.  Without psutil,
+sampling raises :class:`~cyllama_db.errors.MissingDependencyError` naming the
+``[metrics]`` extra; without NVML, a GPU or a working NVML call, the GPU
+fields are ``None`` (logged once at DEBUG), never an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+import os
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ._base import StoreBase, db_op, db_stats_provider
+from ._time import from_timestamp
+from .errors import DatabaseClosedError, MissingDependencyError
+from .migrations import execute_script, migration
+
+if TYPE_CHECKING:
+    from ._pool import ConnectionPool
+
+__all__ = [
+    "METRICS_FIELDS",
+    "MetricsMixin",
+    "MetricsSampler",
+    "sample_metrics",
+]
+
+logger = logging.getLogger("cyllama_db.metrics")
+
+#: The seed design's value columns, in its order (``timestamp`` and ``gpus`` come besides).
+METRICS_FIELDS = (
+    "cpu_usage",
+    "memory_usage",
+    "disk_usage",
+    "gpu_usage",
+    "gpu_temperature",
+    "gpu_memory_used",
+    "gpu_memory_total",
+    "gpu_power_usage",
+    "active_models",
+    "uptime",
+    "requests_per_minute",
+)
+_INTEGER_FIELDS = frozenset({"active_models", "uptime"})
+_GPU_FIELDS = (
+    "gpu_usage",
+    "gpu_temperature",
+    "gpu_memory_used",
+    "gpu_memory_total",
+    "gpu_power_usage",
+)
+_ACCEPTED_KEYS = frozenset(METRICS_FIELDS) | {"timestamp", "gpus"}
+
+_MIB = 1024 * 1024
+# Unix milliseconds below this (1973-03-03) are almost surely Unix seconds
+# passed by mistake; such a row would be stored in 1970 and dropped at once.
+_MIN_TIMESTAMP_MS = 100_000_000_000
+
+_INSERT_SQL = (
+    "INSERT INTO metrics_history (timestamp, "
+    + ", ".join(METRICS_FIELDS)
+    + ", gpus_json, created_at) VALUES ("
+    + ", ".join("?" * (len(METRICS_FIELDS) + 3))
+    + ")"
+)
+#: The retention delete run by every insert: a range on ``idx_metrics_timestamp``.
+RETENTION_SQL = "DELETE FROM metrics_history WHERE timestamp < ?"
+_HISTORY_SQL = (
+    "SELECT id, timestamp, "
+    + ", ".join(METRICS_FIELDS)
+    + ", gpus_json, created_at FROM metrics_history"
+    " WHERE timestamp >= ? ORDER BY timestamp, id"
+)
+
+
+@migration(6, "metrics history")
+def _create_metrics_history(conn: sqlite3.Connection) -> None:
+    # The seed's columns plus gpus_json (every GPU's readings). The seed's
+    # index on created_at is left out: nothing queries by it (retention is a
+    # range on timestamp) and each index costs every 1 Hz insert a b-tree write.
+    execute_script(
+        conn,
+        """
+        CREATE TABLE IF NOT EXISTS metrics_history (
+            id INTEGER PRIMARY KEY,
+            timestamp INTEGER NOT NULL,
+            cpu_usage REAL,
+            memory_usage REAL,
+            disk_usage REAL,
+            gpu_usage REAL,
+            gpu_temperature REAL,
+            gpu_memory_used REAL,
+            gpu_memory_total REAL,
+            gpu_power_usage REAL,
+            active_models INTEGER,
+            uptime INTEGER,
+            requests_per_minute REAL,
+            gpus_json TEXT,
+            created_at INTEGER NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS idx_metrics_timestamp ON metrics_history(timestamp);
+        """,
+    )
+
+
+@db_stats_provider
+def _metrics_counts(conn: sqlite3.Connection) -> dict[str, Any]:
+    return {"metrics_samples": conn.execute("SELECT COUNT(*) FROM metrics_history").fetchone()[0]}
+
+
+# -- validation ----------------------------------------------------------------------------
+
+
+def _number(key: str, value: Any) -> float | int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"metrics value for {key!r} must be a number or None, got {type(value).__name__}"
+        )
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"metrics value for {key!r} must be finite, got {value!r}")
+    if key not in _INTEGER_FIELDS:
+        return number
+    # INTEGER columns (counts, whole seconds) get a rounded int, so 3599.8 s
+    # of uptime reads back as 3600 rather than failing; ints stay exact.
+    result = int(value) if isinstance(value, numbers.Integral) else round(number)
+    if not -(2**63) <= result < 2**63:
+        raise ValueError(f"metrics value for {key!r} is out of SQLite's integer range: {value!r}")
+    return result
+
+
+def _timestamp_ms(value: Any) -> int:
+    if isinstance(value, datetime):
+        return round(value.timestamp() * 1000)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            "metrics 'timestamp' must be Unix milliseconds (int) or a datetime, "
+            f"got {type(value).__name__}"
+        )
+    if not math.isfinite(float(value)) or value < _MIN_TIMESTAMP_MS:
+        raise ValueError(
+            f"metrics 'timestamp' {value!r} is not Unix milliseconds (looks like seconds or is "
+            "out of range); pass int(time.time() * 1000) or a datetime"
+        )
+    return round(float(value))
+
+
+def _gpus_json(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(g, Mapping) for g in value):
+        raise TypeError(
+            "metrics value for 'gpus' must be a list of dicts (one per GPU), "
+            f"got {type(value).__name__}"
+        )
+    if not value:
+        return None
+    try:
+        return json.dumps([dict(g) for g in value], allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"metrics value for 'gpus' is not JSON-serialisable: {exc}") from exc
+
+
+def _check_sample(sample: Any) -> Mapping[str, Any]:
+    if not isinstance(sample, Mapping):
+        raise TypeError(
+            f"save_metrics() takes a dict of metrics, got {type(sample).__name__}"
+        )
+    unknown = sorted(str(k) for k in sample if k not in _ACCEPTED_KEYS)
+    if unknown:
+        raise ValueError(
+            f"unknown metrics key(s) {', '.join(map(repr, unknown))}; "
+            f"accepted keys: timestamp, gpus, {', '.join(METRICS_FIELDS)}"
+        )
+    return sample
+
+
+def _check_interval(interval: Any) -> float:
+    if isinstance(interval, bool) or not isinstance(interval, numbers.Real):
+        raise TypeError(f"interval must be a number of seconds, got {type(interval).__name__}")
+    value = float(interval)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"interval must be a positive, finite number of seconds, got {interval!r}")
+    return value
+
+
+# -- the store -----------------------------------------------------------------------------
+
+
+class MetricsMixin(StoreBase):
+    """``save_metrics`` / ``get_metrics_history`` / ``start_metrics_sampler``."""
+
+    _metrics_samplers: set[MetricsSampler]
+    _metrics_lock: threading.Lock
+
+    def _store_init(self) -> None:
+        self._metrics_samplers = set()
+        self._metrics_lock = threading.Lock()
+
+    def _store_close(self) -> None:
+        # Stop samplers before the connections close, so none is cut off in
+        # the middle of a write (a sampler that outlives its join timeout
+        # exits on its next DatabaseClosedError).
+        lock = getattr(self, "_metrics_lock", None)
+        if lock is None:
+            return
+        with lock:
+            samplers = list(self._metrics_samplers)
+        for sampler in samplers:
+            sampler.stop()
+
+    def _register_sampler(self, sampler: MetricsSampler, active: bool) -> None:
+        lock = getattr(self, "_metrics_lock", None)
+        if lock is None:  # disabled databases never start samplers
+            return
+        with lock:
+            if active:
+                self._metrics_samplers.add(sampler)
+            else:
+                self._metrics_samplers.discard(sampler)
+
+    @db_op()
+    def save_metrics(self, sample: Mapping[str, Any]) -> int | None:
+        """Store one sample; return its row id (``None`` when the database is disabled).
+
+        ``sample`` is a dict with any of :data:`METRICS_FIELDS` (missing ones are
+        stored as NULL), optionally ``timestamp`` (Unix milliseconds or a
+        datetime; default now) and ``gpus`` (a list of per-GPU dicts, stored
+        as JSON).  :func:`sample_metrics` returns exactly such a dict.  Rows
+        older than ``settings.metrics_retention`` are deleted in the same
+        transaction (an indexed range delete).
+
+        Raises:
+            TypeError: ``sample`` is not a dict, or a value is not a number/None.
+            ValueError: an unknown key, a non-finite value or a timestamp that
+                is not Unix milliseconds.
+        """
+        _check_sample(sample)
+        values = [_number(key, sample.get(key)) for key in METRICS_FIELDS]
+        gpus_json = _gpus_json(sample.get("gpus"))
+        now_ms = round(self.clock() * 1000)
+        raw_ts = sample.get("timestamp")
+        timestamp = now_ms if raw_ts is None else _timestamp_ms(raw_ts)
+        cutoff = now_ms - round(self.settings.metrics_retention.total_seconds() * 1000)
+        with self.pool.transaction() as conn:
+            cursor = conn.execute(_INSERT_SQL, (timestamp, *values, gpus_json, now_ms))
+            conn.execute(RETENTION_SQL, (cutoff,))
+        return cursor.lastrowid
+
+    @db_op(empty=list)
+    def get_metrics_history(self, minutes: float = 10) -> list[dict[str, Any]]:
+        """The samples of the last ``minutes`` minutes, oldest first.
+
+        Each row is a plain dict: ``id``, ``timestamp`` (aware UTC datetime),
+        ``timestamp_ms`` (the stored Unix milliseconds, for JSON), the
+        :data:`METRICS_FIELDS` (``None`` where not measured), ``gpus`` (list of
+        per-GPU dicts, ``[]`` if none) and ``created_at`` (datetime).
+        """
+        if isinstance(minutes, bool) or not isinstance(minutes, numbers.Real):
+            raise TypeError(f"minutes must be a number, got {type(minutes).__name__}")
+        if not (float(minutes) > 0 and math.isfinite(float(minutes))):
+            raise ValueError(f"minutes must be a positive, finite number, got {minutes!r}")
+        since_ms = round((self.clock() - float(minutes) * 60) * 1000)
+        with self.pool.read() as conn:
+            rows = conn.execute(_HISTORY_SQL, (since_ms,)).fetchall()
+        history = []
+        for row in rows:
+            record: dict[str, Any] = {
+                "id": row[0],
+                "timestamp": from_timestamp(row[1] / 1000),
+                "timestamp_ms": row[1],
+            }
+            record.update(zip(METRICS_FIELDS, row[2:-2], strict=True))
+            record["gpus"] = json.loads(row[-2]) if row[-2] else []
+            record["created_at"] = from_timestamp(row[-1] / 1000)
+            history.append(record)
+        return history
+
+    def start_metrics_sampler(
+        self,
+        interval: float = 1.0,
+        *,
+        nvml: Any = None,
+        disk_path: str | os.PathLike[str] | None = None,
+    ) -> MetricsSampler:
+        """Start a :class:`MetricsSampler` saving one sample every ``interval`` seconds.
+
+        The sampler stops with ``stop()``, at the end of a ``with`` block, or
+        when this database is closed.  On a disabled database it is returned
+        without starting (no thread, no cost).
+        """
+        return MetricsSampler(self, interval, nvml=nvml, disk_path=disk_path).start()
+
+
+# -- sampling ------------------------------------------------------------------------------
+
+
+def _import_psutil() -> Any:
+    try:
+        import psutil
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "sampling metrics needs psutil, which is not installed: "
+            "pip install 'cyllama-db[metrics]' (or pip install psutil)"
+        ) from exc
+    return psutil
+
+
+_cpu_state = threading.local()
+
+
+def _prime_cpu(psutil: Any) -> None:
+    """Start this thread's CPU-percent window (psutil's first reading is meaningless)."""
+    psutil.cpu_percent(interval=None)
+    _cpu_state.primed = True
+
+
+def _cpu_percent(psutil: Any) -> float:
+    if getattr(_cpu_state, "primed", False):
+        return float(psutil.cpu_percent(interval=None))
+    # A one-off sample in a fresh thread: measure over a short blocking
+    # window, which also primes the non-blocking reading for next time.
+    value = float(psutil.cpu_percent(interval=0.1))
+    _cpu_state.primed = True
+    return value
+
+
+class _GPUReader:
+    """Reads every GPU through one NVML module; initialised once, failures logged once."""
+
+    def __init__(self, nvml: Any) -> None:
+        self.nvml = nvml
+        self._lock = threading.Lock()
+        self._handles: list[Any] | None = None
+        self._unavailable = nvml is None
+        self._logged: set[str] = set()
+        if nvml is None:
+            self._debug_once("import", "pynvml (nvidia-ml-py) is not installed; GPU metrics are None")
+
+    def _debug_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            logger.debug(message, *args)
+
+    def _init(self) -> None:
+        nvml = self.nvml
+        try:
+            nvml.nvmlInit()
+            count = int(nvml.nvmlDeviceGetCount())
+            self._handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        except Exception as exc:
+            self._unavailable = True
+            self._debug_once("init", "NVML unavailable (%s: %s); GPU metrics are None", type(exc).__name__, exc)
+            return
+        if not self._handles:
+            self._debug_once("none", "NVML found no GPU; GPU metrics are None")
+
+    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:
+            self._debug_once(
+                f"call:{what}", "NVML %s failed (%s: %s); that reading is None", what, type(exc).__name__, exc
+            )
+            return None
+
+    def read(self) -> list[dict[str, Any]]:
+        with self._lock:
+            if self._handles is None and not self._unavailable:
+                self._init()
+            handles = [] if self._unavailable else list(self._handles or ())
+        return [self._read_one(index, handle) for index, handle in enumerate(handles)]
+
+    def _read_one(self, index: int, handle: Any) -> dict[str, Any]:
+        nvml = self.nvml
+        name = self._call("nvmlDeviceGetName", nvml.nvmlDeviceGetName, handle)
+        if isinstance(name, bytes):  # nvidia-ml-py < 11.515 returns bytes
+            name = name.decode("utf-8", "replace")
+        util = self._call("nvmlDeviceGetUtilizationRates", nvml.nvmlDeviceGetUtilizationRates, handle)
+        temp = self._call(
+            "nvmlDeviceGetTemperature",
+            nvml.nvmlDeviceGetTemperature,
+            handle,
+            getattr(nvml, "NVML_TEMPERATURE_GPU", 0),
+        )
+        memory = self._call("nvmlDeviceGetMemoryInfo", nvml.nvmlDeviceGetMemoryInfo, handle)
+        power_mw = self._call("nvmlDeviceGetPowerUsage", nvml.nvmlDeviceGetPowerUsage, handle)
+        return {
+            "index": index,
+            "name": name if isinstance(name, str) else None,
+            "gpu_usage": _as_float(getattr(util, "gpu", None)),
+            "gpu_temperature": _as_float(temp),
+            "gpu_memory_used": _scaled(getattr(memory, "used", None), _MIB),
+            "gpu_memory_total": _scaled(getattr(memory, "total", None), _MIB),
+            "gpu_power_usage": _scaled(power_mw, 1000),
+        }
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def _scaled(value: Any, divisor: float) -> float | None:
+    number = _as_float(value)
+    return None if number is None else number / divisor
+
+
+_DEFAULT_NVML = object()
+_readers: dict[int, tuple[Any, _GPUReader]] = {}
+_readers_lock = threading.Lock()
+
+
+def _reader_for(nvml: Any) -> _GPUReader:
+    """The shared reader of ``nvml`` (``_DEFAULT_NVML``: pynvml, imported on first use)."""
+    key = id(nvml)
+    with _readers_lock:
+        entry = _readers.get(key)
+        if entry is not None and entry[0] is nvml:
+            return entry[1]
+        module = nvml
+        if nvml is _DEFAULT_NVML:
+            try:
+                import pynvml
+            except ImportError:
+                module = None
+            else:
+                module = pynvml
+        reader = _GPUReader(module)
+        # The key object is kept alive in the entry, so its id is not reused.
+        _readers[key] = (nvml, reader)
+        return reader
+
+
+def _loaded_model_paths() -> list[str]:
+    # A model loaded through cyllama_db.inference means that module was
+    # imported; if it was not, nothing was loaded and importing it now
+    # (with whatever it pulls in) would be wasted.
+    module = sys.modules.get(f"{__package__}.inference")
+    fn = getattr(module, "loaded_model_paths", None)
+    if fn is None:
+        return []
+    try:
+        paths: Iterable[Any] = fn()
+        return [os.fspath(p) for p in paths]
+    except Exception as exc:
+        logger.debug("loaded_model_paths() failed: %s", exc)
+        return []
+
+
+def _norm_path(path: str) -> str:
+    return os.path.normcase(os.path.abspath(path))
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT name FROM pragma_table_info(?)", (table,))}
+
+
+def _library_figures(pool: ConnectionPool | None, now: float) -> tuple[list[str | None], int | None, float | None]:
+    """Registry models running, uptime seconds and requests in the last minute, from the database."""
+    if pool is None:
+        return [], None, None
+    running: list[str | None] = []
+    uptime = None
+    rpm = None
+    with pool.read() as conn:
+        row = conn.execute("SELECT value FROM metadata WHERE key = 'server_start_time'").fetchone()
+        if row is not None:
+            try:
+                uptime = max(0, round(now - int(row[0]) / 1000))
+            except ValueError:
+                logger.debug("server_start_time metadata is not Unix ms: %r", row[0])
+        # The registry and stats stores may be absent (or older) in this
+        # file: use them only where their table and columns exist.
+        model_columns = _columns(conn, "models")
+        if "status" in model_columns:
+            path_sql = "model_path" if "model_path" in model_columns else "NULL"
+            running = [
+                r[0]
+                for r in conn.execute(f"SELECT {path_sql} FROM models WHERE status = 'running'")
+            ]
+        if "created_at" in _columns(conn, "stats"):
+            rpm = float(
+                conn.execute("SELECT COUNT(*) FROM stats WHERE created_at >= ?", (now - 60,)).fetchone()[0]
+            )
+    return running, uptime, rpm
+
+
+def sample_metrics(
+    db: MetricsMixin | None = None,
+    *,
+    nvml: Any = None,
+    disk_path: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Take one sample of this machine, ready for :meth:`save_metrics`.
+
+    Args:
+        db: the database whose ``uptime`` (since its ``server_start_time``),
+            running registry models and ``requests_per_minute`` (rows of its
+            ``stats`` table in the last 60 s) are included. ``None``: those
+            come from this process only (``uptime`` and
+            ``requests_per_minute`` are ``None``).
+        nvml: an NVML module to read GPUs with (default: ``pynvml`` from
+            ``nvidia-ml-py``, imported here); tests pass a fake.
+        disk_path: the filesystem whose use is ``disk_usage`` (default: the
+            database file's, else the root of the current drive).
+
+    Returns:
+        ``timestamp`` (Unix ms), every :data:`METRICS_FIELDS` value (GPU
+        fields from the first GPU, ``None`` without one) and ``gpus``, a list
+        with every GPU's readings (``index``, ``name`` and the five GPU fields).
+
+    ``cpu_usage`` covers the time since this thread's previous sample; the
+    first call in a thread measures over 0.1 s instead (it blocks that long).
+
+    Raises:
+        MissingDependencyError: psutil is not installed (``pip install 'cyllama-db[metrics]'``).
+        DatabaseClosedError: ``db`` is closed.
+    """
+    psutil = _import_psutil()
+    clock = db.clock if db is not None else time.time
+    pool = None
+    if db is not None and db.enabled:
+        pool = db.pool  # raises DatabaseClosedError if closed
+    if disk_path is None:
+        if db is not None and db.enabled and db.path != ":memory:":
+            disk_path = os.path.dirname(db.path)
+        else:
+            disk_path = os.path.abspath(os.sep)
+
+    sample: dict[str, Any] = {
+        "cpu_usage": _cpu_percent(psutil),
+        "memory_usage": float(psutil.virtual_memory().percent),
+        "disk_usage": float(psutil.disk_usage(os.fspath(disk_path)).percent),
+    }
+
+    gpus = _reader_for(_DEFAULT_NVML if nvml is None else nvml).read()
+    first = gpus[0] if gpus else {}
+    for field in _GPU_FIELDS:
+        sample[field] = first.get(field)
+
+    now = clock()
+    running, uptime, rpm = _library_figures(pool, now)
+    loaded = {_norm_path(p) for p in _loaded_model_paths()}
+    # A registry entry for a model this process also loaded counts once.
+    extra = [p for p in running if p is None or _norm_path(p) not in loaded]
+    sample["active_models"] = len(loaded) + len(extra)
+    sample["uptime"] = uptime
+    sample["requests_per_minute"] = rpm
+    sample["gpus"] = gpus
+    return {"timestamp": round(now * 1000), **sample}
+
+
+# -- the sampler thread --------------------------------------------------------------------
+
+
+def _next_deadline(previous: float, now: float, interval: float) -> float:
+    """The first tick of the grid ``previous + k * interval`` (k >= 1) that is after ``now``.
+
+    Deadlines are computed from the grid rather than from when the last
+    sample finished, so the time a sample takes does not accumulate as drift;
+    ticks missed while the machine was busy are skipped, not made up in a burst.
+    """
+    deadline = previous + interval
+    if deadline <= now:
+        deadline = previous + (math.floor((now - previous) / interval) + 1) * interval
+    return deadline
+
+
+class MetricsSampler:
+    """A daemon thread that saves :func:`sample_metrics` every ``interval`` seconds.
+
+    ::
+
+        with MetricsSampler(db, interval=1.0):
+            serve()                      # samples are saved in the background
+
+    ``start()`` returns the sampler; the first sample is saved one interval
+    after it (psutil's CPU reading needs a window).  A sample that fails is
+    logged (WARNING the first time a given error occurs, DEBUG after) and the
+    sampler goes on; it stops by itself when the database is closed, and
+    ``db.close()`` stops it.
+
+    Attributes:
+        samples_taken: samples saved so far.
+        errors: samples that failed.
+        last_error: the latest failure, or None.
+    """
+
+    def __init__(
+        self,
+        db: MetricsMixin,
+        interval: float = 1.0,
+        *,
+        nvml: Any = None,
+        disk_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.db = db
+        self.interval = _check_interval(interval)
+        self.nvml = nvml
+        self.disk_path = disk_path
+        self.samples_taken = 0
+        self.errors = 0
+        self.last_error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._stop_event = threading.Event()
+        self._progress = threading.Condition()
+        self._lock = threading.Lock()
+        self._cpu_seconds = 0.0
+        self._reported: set[str] = set()
+
+    # -- control ---------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether the sampling thread is alive."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time the sampling thread has used so far (its own thread clock)."""
+        return self._cpu_seconds
+
+    def start(self) -> MetricsSampler:
+        """Start sampling (a no-op if running, or if the database is disabled); return self.
+
+        Raises:
+            MissingDependencyError: psutil is not installed.
+            DatabaseClosedError: the database is closed.
+        """
+        with self._lock:
+            if self.running:
+                return self
+            if not self.db.enabled:
+                logger.debug("database disabled: metrics sampler not started")
+                return self
+            self.db.pool  # noqa: B018 - raises DatabaseClosedError when closed
+            _import_psutil()  # fail here, in the caller, not once per tick
+            self._stop_event = threading.Event()
+            self._thread = threading.Thread(
+                target=self._run,
+                args=(self._stop_event,),
+                name="cyllama-metrics-sampler",
+                daemon=True,
+            )
+            self.db._register_sampler(self, True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Stop sampling and wait (up to ``timeout`` seconds) for the thread to end.
+
+        Calling it twice, or on a sampler never started, is harmless.
+        """
+        with self._lock:
+            thread = self._thread
+            self._stop_event.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                logger.warning("metrics sampler did not stop within %s s", timeout)
+        self.db._register_sampler(self, False)
+
+    def wait_for_samples(self, count: int, timeout: float | None = None) -> bool:
+        """Block until ``samples_taken >= count`` (or the sampler stopped); return whether reached."""
+        with self._progress:
+            self._progress.wait_for(
+                lambda: self.samples_taken >= count or not self.running, timeout
+            )
+            return self.samples_taken >= count
+
+    def __enter__(self) -> MetricsSampler:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"MetricsSampler(interval={self.interval}, {state}, samples_taken={self.samples_taken})"
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def _run(self, stop: threading.Event) -> None:
+        cpu_start = time.thread_time()
+        try:
+            _prime_cpu(_import_psutil())
+            deadline = time.monotonic()
+            while True:
+                deadline = _next_deadline(deadline, time.monotonic(), self.interval)
+                if stop.wait(max(0.0, deadline - time.monotonic())):
+                    break
+                if not self._tick():
+                    break
+                self._cpu_seconds = time.thread_time() - cpu_start
+        finally:
+            self._cpu_seconds = time.thread_time() - cpu_start
+            with self._progress:
+                self._progress.notify_all()
+
+    def _tick(self) -> bool:
+        """Take and save one sample; False when the sampler should end (database closed)."""
+        try:
+            # Looked up at call time so tests can replace the module's function.
+            sample = sample_metrics(self.db, nvml=self.nvml, disk_path=self.disk_path)
+            self.db.save_metrics(sample)
+        except DatabaseClosedError:
+            logger.debug("database closed: metrics sampler stops")
+            return False
+        except Exception as exc:
+            if getattr(self.db, "closed", False):
+                # Closed between our check and the write (e.g. sqlite3's
+                # "Cannot operate on a closed database").
+                logger.debug("database closed under the metrics sampler: %s", exc)
+                return False
+            self.errors += 1
+            self.last_error = exc
+            key = f"{type(exc).__name__}: {exc}"
+            if key in self._reported:
+                logger.debug("metrics sample failed again: %s", key)
+            else:
+                self._reported.add(key)
+                logger.warning("metrics sample failed (sampler goes on): %s", key, exc_info=True)
+        else:
+            self.samples_taken += 1
+        with self._progress:
+            self._progress.notify_all()
+        return True

@@ -1,0 +1,802 @@
+"""Generation statistics: one row per generation, summaries, history and retention.
+
+The ``stats`` table is the seed design's, with ``created_at`` as REAL Unix
+seconds.  Summaries over a million rows must stay fast, so an
+``AFTER INSERT``/``AFTER DELETE`` trigger keeps ``stats_rollup`` up to date:
+per model and per 15-minute UTC bucket it holds the counts and sums every
+summary is made of.  A summary reads the rollup for the buckets that lie
+wholly inside ``[since, until)`` and the raw rows only for the two partial
+buckets at the edges, so its cost grows with the number of buckets, not of
+generations.  Fifteen minutes divides every UTC offset in use, so each bucket
+falls within one local calendar day and ``by_day`` stays exact in any time
+zone.  Latency percentiles are read from an index ordered by
+``total_time_ms`` (one ``LIMIT 2 OFFSET k`` walk per percentile).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta, tzinfo
+from typing import Any
+
+from ._base import StoreBase, db_op, db_stats_provider
+from ._time import from_timestamp, parse_duration, to_timestamp
+from .migrations import execute_script, migration
+
+__all__ = ["BUCKET_SECONDS", "STATS_COLUMNS", "StatsMixin", "model_name_for", "process_session_id"]
+
+logger = logging.getLogger("cyllama_db.stats")
+
+#: Width of a rollup bucket. Every UTC offset in use is a multiple of 15 minutes.
+BUCKET_SECONDS = 900
+
+#: The columns of a history row, in table order.
+STATS_COLUMNS = (
+    "id",
+    "session_id",
+    "model_path",
+    "model_name",
+    "prompt_tokens",
+    "generated_tokens",
+    "total_tokens",
+    "prompt_time_ms",
+    "generation_time_ms",
+    "total_time_ms",
+    "tokens_per_second",
+    "temperature",
+    "max_tokens",
+    "finish_reason",
+    "cache_hit",
+    "created_at",
+)
+
+_MAX_AGE_KEY = "cyllama.stats_max_age_seconds"
+_PRUNE_EVERY_SECONDS = 3600.0
+
+
+@migration(3, "generation statistics")
+def _create_stats_tables(conn: sqlite3.Connection) -> None:
+    # idx_stats_model is (model_path, created_at) so a model's history reads
+    # newest-first in index order; idx_stats_latency lets the percentiles walk
+    # one model's real generations in total_time_ms order without touching
+    # the table.
+    execute_script(
+        conn,
+        f"""
+        CREATE TABLE IF NOT EXISTS stats (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            session_id TEXT,
+            model_path TEXT NOT NULL,
+            model_name TEXT,
+            prompt_tokens INTEGER,
+            generated_tokens INTEGER,
+            total_tokens INTEGER,
+            prompt_time_ms REAL,
+            generation_time_ms REAL,
+            total_time_ms REAL,
+            tokens_per_second REAL,
+            temperature REAL,
+            max_tokens INTEGER,
+            finish_reason TEXT,
+            cache_hit INTEGER NOT NULL DEFAULT 0 CHECK (cache_hit IN (0, 1)),
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS idx_stats_model ON stats(model_path, created_at);
+        CREATE INDEX IF NOT EXISTS idx_stats_latency
+            ON stats(model_path, cache_hit, total_time_ms, created_at);
+        CREATE INDEX IF NOT EXISTS idx_stats_session ON stats(session_id);
+        CREATE INDEX IF NOT EXISTS idx_stats_created ON stats(created_at);
+
+        CREATE TABLE IF NOT EXISTS stats_rollup (
+            bucket INTEGER NOT NULL,
+            model_path TEXT NOT NULL,
+            model_name TEXT,
+            generations INTEGER NOT NULL,
+            cache_hits INTEGER NOT NULL,
+            tokens INTEGER NOT NULL,
+            tps_sum REAL NOT NULL,
+            tps_count INTEGER NOT NULL,
+            latency_count INTEGER NOT NULL,
+            PRIMARY KEY (model_path, bucket)
+        ) WITHOUT ROWID;
+
+        CREATE TRIGGER IF NOT EXISTS stats_rollup_insert AFTER INSERT ON stats
+        BEGIN
+            INSERT INTO stats_rollup
+                (bucket, model_path, model_name, generations, cache_hits, tokens, tps_sum,
+                 tps_count, latency_count)
+            VALUES (
+                CAST(NEW.created_at / {BUCKET_SECONDS} AS INTEGER),
+                NEW.model_path,
+                NEW.model_name,
+                1,
+                NEW.cache_hit,
+                COALESCE(NEW.total_tokens, 0),
+                CASE WHEN NEW.cache_hit = 0 THEN COALESCE(NEW.tokens_per_second, 0) ELSE 0 END,
+                CASE WHEN NEW.cache_hit = 0 AND NEW.tokens_per_second IS NOT NULL
+                     THEN 1 ELSE 0 END,
+                CASE WHEN NEW.cache_hit = 0 AND NEW.total_time_ms IS NOT NULL
+                     THEN 1 ELSE 0 END
+            )
+            ON CONFLICT (model_path, bucket) DO UPDATE SET
+                model_name = COALESCE(excluded.model_name, model_name),
+                generations = generations + excluded.generations,
+                cache_hits = cache_hits + excluded.cache_hits,
+                tokens = tokens + excluded.tokens,
+                tps_sum = tps_sum + excluded.tps_sum,
+                tps_count = tps_count + excluded.tps_count,
+                latency_count = latency_count + excluded.latency_count;
+        END;
+
+        CREATE TRIGGER IF NOT EXISTS stats_rollup_delete AFTER DELETE ON stats
+        BEGIN
+            UPDATE stats_rollup SET
+                generations = generations - 1,
+                cache_hits = cache_hits - OLD.cache_hit,
+                tokens = tokens - COALESCE(OLD.total_tokens, 0),
+                tps_sum = tps_sum - CASE WHEN OLD.cache_hit = 0
+                                         THEN COALESCE(OLD.tokens_per_second, 0) ELSE 0 END,
+                tps_count = tps_count - CASE WHEN OLD.cache_hit = 0
+                                             AND OLD.tokens_per_second IS NOT NULL
+                                             THEN 1 ELSE 0 END,
+                latency_count = latency_count - CASE WHEN OLD.cache_hit = 0
+                                                     AND OLD.total_time_ms IS NOT NULL
+                                                     THEN 1 ELSE 0 END
+            WHERE bucket = CAST(OLD.created_at / {BUCKET_SECONDS} AS INTEGER)
+              AND model_path = OLD.model_path;
+            DELETE FROM stats_rollup
+            WHERE bucket = CAST(OLD.created_at / {BUCKET_SECONDS} AS INTEGER)
+              AND model_path = OLD.model_path AND generations <= 0;
+        END;
+
+        CREATE TRIGGER IF NOT EXISTS stats_no_update BEFORE UPDATE ON stats
+        BEGIN
+            SELECT RAISE(ABORT, 'stats rows are immutable: delete and re-insert instead');
+        END;
+        """,
+    )
+
+
+@db_stats_provider
+def _stats_counts(conn: sqlite3.Connection) -> dict[str, Any]:
+    return {"stats_entries": conn.execute("SELECT COUNT(*) FROM stats").fetchone()[0]}
+
+
+# -- session ids -----------------------------------------------------------------------------
+
+_process_session = uuid.uuid4().hex
+
+
+def _new_process_session() -> None:
+    global _process_session
+    _process_session = uuid.uuid4().hex
+
+
+# A forked worker is a different process: it gets its own session.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_process_session)
+
+
+def process_session_id() -> str:
+    """The session id this process's generations are recorded under by default."""
+    return _process_session
+
+
+# -- model names -----------------------------------------------------------------------------
+
+_name_cache: dict[tuple[str, int, int], str] = {}
+_name_lock = threading.Lock()
+_NAME_CACHE_MAX = 256
+
+
+def model_name_for(model_path: str | os.PathLike[str]) -> str:
+    """``general.name`` from the model's GGUF metadata, else the file's basename.
+
+    Never raises: a missing, unreadable or malformed file gives the basename.
+    Cached per (path, size, modification time), so a replaced file is re-read.
+    """
+    path = os.fspath(model_path)
+    fallback = os.path.basename(path.rstrip("/\\")) or path
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return fallback
+    key = (path, st.st_size, st.st_mtime_ns)
+    with _name_lock:
+        cached = _name_cache.get(key)
+    if cached is not None:
+        return cached
+    name = fallback
+    try:
+        from ._gguf import read_gguf_header
+
+        value = read_gguf_header(path).kv.get("general.name")
+        if isinstance(value, str) and value.strip():
+            name = value.strip()
+    except Exception as exc:  # any unreadable file: the basename will do
+        logger.debug("no GGUF name for %s (%s); using the file name", path, exc)
+    with _name_lock:
+        if len(_name_cache) >= _NAME_CACHE_MAX:
+            _name_cache.clear()
+        _name_cache[key] = name
+    return name
+
+
+# -- reading Response / GenerationConfig duck-types ------------------------------------------
+
+
+def _field(obj: Any, name: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _number(value: Any, field: str, *, integer: bool = False) -> float | int | None:
+    """A finite number (or None); ``TypeError`` naming ``field`` for anything else.
+
+    numpy scalars and other ``numbers.Real`` are accepted; NaN and infinity
+    become None, since one of them would poison every average.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"record_generation: {field} must be a number or None, got {type(value).__name__}"
+        )
+    if integer and isinstance(value, numbers.Integral):
+        return int(value)
+    number = float(value)
+    if not math.isfinite(number):
+        return None
+    return int(number) if integer else number
+
+
+def _text(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    # Enums (e.g. a FinishReason) and the like: their value, else their text.
+    inner = getattr(value, "value", None)
+    return inner if isinstance(inner, str) else str(value)
+
+
+def _check_model_path(model_path: Any, name: str = "model_path") -> str:
+    if not isinstance(model_path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a str or os.PathLike, got {type(model_path).__name__}")
+    path = os.fspath(model_path)
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"{name} must be a non-empty path")
+    return path
+
+
+def _check_limit(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def _percentile_index(n: int, q: float) -> tuple[int, float]:
+    """Position of quantile ``q`` among ``n`` sorted values: (lower index, fraction)."""
+    pos = q * (n - 1)
+    low = math.floor(pos)
+    return low, pos - low
+
+
+def _empty_summary() -> dict[str, Any]:
+    return {
+        "total_generations": 0,
+        "total_tokens": 0,
+        "cache_hits": 0,
+        "cache_hit_rate": 0.0,
+        "avg_tokens_per_second": 0.0,
+        "by_model": {},
+        "by_day": [],
+    }
+
+
+class _Agg:
+    """Running totals of one group (a model, a day, or everything)."""
+
+    __slots__ = ("generations", "hits", "latency_count", "tokens", "tps_count", "tps_sum")
+
+    def __init__(self) -> None:
+        self.generations = 0
+        self.hits = 0
+        self.tokens = 0
+        self.tps_sum = 0.0
+        self.tps_count = 0
+        self.latency_count = 0
+
+    def add(
+        self,
+        generations: int,
+        hits: int,
+        tokens: int,
+        tps_sum: float,
+        tps_count: int,
+        latency_count: int = 0,
+    ) -> None:
+        self.generations += generations
+        self.hits += hits
+        self.tokens += tokens
+        self.tps_sum += tps_sum
+        self.tps_count += tps_count
+        self.latency_count += latency_count
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "generations": self.generations,
+            "tokens": self.tokens,
+            "cache_hits": self.hits,
+            "cache_hit_rate": self.hits / self.generations if self.generations else 0.0,
+            "avg_tokens_per_second": self.tps_sum / self.tps_count if self.tps_count else 0.0,
+        }
+
+
+class StatsMixin(StoreBase):
+    """``record_generation``, ``get_stats_summary``, ``get_generation_history``, ``prune_stats``."""
+
+    _session_override: str | None = None
+    _stats_next_prune: float = 0.0
+
+    # -- session ---------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        """The session new generations are recorded under.
+
+        Defaults to one random id per process (a forked child gets a new
+        one). Assign a string to group generations your own way; assign
+        ``None`` to go back to the process's id.
+        """
+        return self._session_override or process_session_id()
+
+    @session_id.setter
+    def session_id(self, value: str | None) -> None:
+        if value is not None and (not isinstance(value, str) or not value):
+            raise TypeError(f"session_id must be a non-empty str or None, got {value!r}")
+        self._session_override = value
+
+    # -- retention -------------------------------------------------------------------------
+
+    @property
+    def stats_max_age(self) -> timedelta | None:
+        """How long generation rows are kept (``None``: forever, the default).
+
+        Stored in the database's config, so it applies to every process
+        using the file. Set it to a ``timedelta``, a number of seconds or a
+        duration such as ``"90d"``; older rows are pruned at most once an
+        hour while generations are being recorded.
+        """
+        if not self.enabled:
+            return None
+        with self.pool.read() as conn:
+            row = conn.execute("SELECT value FROM config WHERE key = ?", (_MAX_AGE_KEY,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return timedelta(seconds=float(row[0]))
+        except (TypeError, ValueError):
+            return None
+
+    @stats_max_age.setter
+    def stats_max_age(self, value: timedelta | float | str | None) -> None:
+        if value is None:
+            if self.enabled:
+                with self.pool.transaction() as conn:
+                    conn.execute("DELETE FROM config WHERE key = ?", (_MAX_AGE_KEY,))
+            return
+        try:
+            age = parse_duration(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"stats_max_age={value!r} is not a duration: use a timedelta, seconds or e.g. '90d'"
+            ) from exc
+        if age.total_seconds() <= 0:
+            raise ValueError(f"stats_max_age={value!r} must be positive (or None to keep forever)")
+        if not self.enabled:
+            return
+        now = self.clock()
+        with self.pool.transaction() as conn:
+            conn.execute(
+                "INSERT INTO config (key, value, value_type, created_at, updated_at)"
+                " VALUES (?, ?, 'float', ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
+                " value_type = excluded.value_type, updated_at = excluded.updated_at",
+                (_MAX_AGE_KEY, repr(age.total_seconds()), now, now),
+            )
+        self._stats_next_prune = 0.0
+        self._apply_stats_max_age()
+
+    def _apply_stats_max_age(self) -> None:
+        now = self.clock()
+        if now < self._stats_next_prune:
+            return
+        self._stats_next_prune = now + _PRUNE_EVERY_SECONDS
+        age = self.stats_max_age
+        if age is not None:
+            removed = self.prune_stats(older_than=age)
+            if removed:
+                logger.info("pruned %d generation records older than %s", removed, age)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @db_op()
+    def record_generation(
+        self,
+        model_path: str | os.PathLike[str],
+        response: Any,
+        config: Any = None,
+        cache_hit: bool = False,
+        *,
+        session_id: str | None = None,
+    ) -> int | None:
+        """Record one generation (or cache hit) and return its row id.
+
+        Args:
+            model_path: the model that produced the response (stored as given).
+            response: a ``Response`` (or a mapping / any object with the same
+                attributes): ``finish_reason``, ``cache_hit`` and ``stats``
+                (``prompt_tokens``, ``generated_tokens``, ``total_tokens``,
+                ``prompt_time_ms``, ``generation_time_ms``, ``total_time_ms``,
+                ``tokens_per_second``; ``stats`` may be ``None``).
+            config: the ``GenerationConfig`` (or a mapping) whose
+                ``temperature`` and ``max_tokens`` are stored; may be ``None``.
+            cache_hit: the response came from the cache (its times are the
+                hit's own). ``response.cache_hit`` being true counts too.
+            session_id: group under this session instead of :attr:`session_id`.
+
+        ``model_name`` is the model's GGUF ``general.name`` (the file name if
+        it cannot be read). Returns ``None`` when the database is disabled.
+        """
+        path = _check_model_path(model_path)
+        if session_id is not None and (not isinstance(session_id, str) or not session_id):
+            raise TypeError(f"session_id must be a non-empty str or None, got {session_id!r}")
+        stats = _field(response, "stats")
+        hit = bool(cache_hit) or bool(_field(response, "cache_hit"))
+        total_tokens = _number(_field(stats, "total_tokens"), "stats.total_tokens", integer=True)
+        prompt_tokens = _number(_field(stats, "prompt_tokens"), "stats.prompt_tokens", integer=True)
+        generated = _number(
+            _field(stats, "generated_tokens"), "stats.generated_tokens", integer=True
+        )
+        if total_tokens is None and prompt_tokens is not None and generated is not None:
+            total_tokens = prompt_tokens + generated
+        row = (
+            session_id or self.session_id,
+            path,
+            model_name_for(path),
+            prompt_tokens,
+            generated,
+            total_tokens,
+            _number(_field(stats, "prompt_time_ms"), "stats.prompt_time_ms"),
+            _number(_field(stats, "generation_time_ms"), "stats.generation_time_ms"),
+            _number(_field(stats, "total_time_ms"), "stats.total_time_ms"),
+            _number(_field(stats, "tokens_per_second"), "stats.tokens_per_second"),
+            _number(_field(config, "temperature"), "config.temperature"),
+            _number(_field(config, "max_tokens"), "config.max_tokens", integer=True),
+            _text(_field(response, "finish_reason"), "finish_reason"),
+            1 if hit else 0,
+            self.clock(),
+        )
+        with self.pool.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO stats (session_id, model_path, model_name, prompt_tokens,"
+                " generated_tokens, total_tokens, prompt_time_ms, generation_time_ms,"
+                " total_time_ms, tokens_per_second, temperature, max_tokens, finish_reason,"
+                " cache_hit, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+        row_id = cursor.lastrowid
+        if row[-1] >= self._stats_next_prune:
+            try:
+                self._apply_stats_max_age()
+            except Exception as exc:  # retention is housekeeping; never fail a record for it
+                logger.warning("could not prune old generation records: %s", exc)
+        return row_id
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _window(self, since: Any, until: Any) -> tuple[float, float]:
+        now = self.clock()
+        low = 0.0 if since is None else max(0.0, to_timestamp(since, now=now))
+        high = math.inf if until is None else to_timestamp(until, now=now)
+        return low, high
+
+    @db_op(empty=_empty_summary)
+    def get_stats_summary(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        since: datetime | timedelta | float | None = None,
+        until: datetime | timedelta | float | None = None,
+        *,
+        tz: tzinfo | None = None,
+    ) -> dict[str, Any]:
+        """Aggregated statistics of the generations in ``[since, until)``.
+
+        Args:
+            model_path: only this model.
+            since: first moment included (datetime, Unix seconds, or a
+                timedelta meaning "that long ago"); default: the beginning.
+            until: first moment excluded; default: no end.
+            tz: the time zone whose calendar days ``by_day`` counts in;
+                default: this machine's local time zone.
+
+        Returns a dict: ``total_generations``, ``total_tokens`` (hits
+        included), ``cache_hits``, ``cache_hit_rate``,
+        ``avg_tokens_per_second`` (mean over real generations, hits
+        excluded), ``by_model`` (``{model_path: {model_name, generations,
+        tokens, cache_hits, cache_hit_rate, avg_tokens_per_second,
+        p50_latency_ms, p95_latency_ms}}``; latencies are of
+        ``total_time_ms`` over real generations, ``None`` if there are
+        none) and ``by_day`` (``[{date, generations, tokens, cache_hits,
+        cache_hit_rate, avg_tokens_per_second}]``, oldest first, days
+        without generations left out).
+        """
+        path = None if model_path is None else _check_model_path(model_path)
+        if tz is not None and not isinstance(tz, tzinfo):
+            raise TypeError(f"tz must be a datetime.tzinfo or None, got {type(tz).__name__}")
+        low, high = self._window(since, until)
+        summary = _empty_summary()
+        if high <= low:
+            return summary
+
+        # Buckets wholly inside [low, high) come from the rollup, the rest
+        # (at most one partial bucket per edge) from the raw rows; SQLite
+        # then folds the parts per model and per bucket.
+        first_full = math.ceil(low / BUCKET_SECONDS)
+        end_full = math.inf if high == math.inf else math.floor(high / BUCKET_SECONDS)
+        model_sql = "" if path is None else " AND model_path = ?"
+        model_arg: list[Any] = [] if path is None else [path]
+        raw_sql = (
+            f"SELECT CAST(created_at / {BUCKET_SECONDS} AS INTEGER), model_path, COUNT(*),"
+            " SUM(cache_hit), SUM(COALESCE(total_tokens, 0)),"
+            " SUM(CASE WHEN cache_hit = 0 THEN COALESCE(tokens_per_second, 0) ELSE 0 END),"
+            " SUM(CASE WHEN cache_hit = 0 AND tokens_per_second IS NOT NULL THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN cache_hit = 0 AND total_time_ms IS NOT NULL THEN 1 ELSE 0 END)"
+            f" FROM stats WHERE created_at >= ? AND created_at < ?{model_sql}"
+            " GROUP BY 1, 2"
+        )
+        parts: list[str] = []
+        args: list[Any] = []
+        if end_full <= first_full:
+            parts.append(raw_sql)
+            args += [low, high, *model_arg]
+        else:
+            parts.append(raw_sql)
+            args += [low, first_full * BUCKET_SECONDS, *model_arg]
+            rollup_sql = (
+                "SELECT bucket, model_path, generations, cache_hits, tokens, tps_sum, tps_count,"
+                " latency_count"
+                " FROM stats_rollup WHERE bucket >= ?"
+            )
+            args.append(first_full)
+            if end_full != math.inf:
+                rollup_sql += " AND bucket < ?"
+                args.append(int(end_full))
+            parts.append(rollup_sql + model_sql)
+            args += model_arg
+            if end_full != math.inf:
+                parts.append(raw_sql)
+                args += [max(low, end_full * BUCKET_SECONDS), high, *model_arg]
+        cte = (
+            "WITH parts(bucket, model_path, generations, cache_hits, tokens, tps_sum, tps_count,"
+            " latency_count)"
+            f" AS ({' UNION ALL '.join(parts)}) SELECT {{key}}, SUM(generations), SUM(cache_hits),"
+            " SUM(tokens), SUM(tps_sum), SUM(tps_count), SUM(latency_count)"
+            " FROM parts GROUP BY 1 ORDER BY 1"
+        )
+        with self.pool.read() as conn:
+            model_rows = conn.execute(cte.format(key="model_path"), args).fetchall()
+            bucket_rows = conn.execute(cte.format(key="bucket"), args).fetchall()
+            total = _Agg()
+            by_model: dict[str, dict[str, Any]] = {}
+            for mpath, *sums in model_rows:
+                agg = _Agg()
+                agg.add(*sums)
+                total.add(*sums)
+                p50, p95 = self._latency_percentiles(
+                    conn, mpath, low, high, agg.latency_count, (0.5, 0.95)
+                )
+                name_row = conn.execute(
+                    "SELECT model_name FROM stats_rollup WHERE model_path = ?"
+                    " ORDER BY bucket DESC LIMIT 1",
+                    (mpath,),
+                ).fetchone()
+                by_model[mpath] = {
+                    "model_name": None if name_row is None else name_row[0],
+                    **agg.figures(),
+                    "p50_latency_ms": p50,
+                    "p95_latency_ms": p95,
+                }
+
+        overall = total.figures()
+        summary.update(
+            total_generations=overall["generations"],
+            total_tokens=overall["tokens"],
+            cache_hits=overall["cache_hits"],
+            cache_hit_rate=overall["cache_hit_rate"],
+            avg_tokens_per_second=overall["avg_tokens_per_second"],
+            by_model=by_model,
+            by_day=_by_day(bucket_rows, tz),
+        )
+        return summary
+
+    @staticmethod
+    def _latency_percentiles(
+        conn: sqlite3.Connection,
+        model_path: str,
+        low: float,
+        high: float,
+        n: int,
+        qs: tuple[float, ...],
+    ) -> list[float | None]:
+        """Exact percentiles (linear interpolation) of total_time_ms of real generations."""
+        where = (
+            "model_path = ? AND cache_hit = 0 AND total_time_ms IS NOT NULL"
+            " AND created_at >= ? AND created_at < ?"
+        )
+        args = (model_path, low, high)
+        out: list[float | None] = []
+        for q in qs:
+            if n == 0:
+                out.append(None)
+                continue
+            index, frac = _percentile_index(n, q)
+            # Walk from the nearer end of the index: p95 reads 5% of it, not 95%.
+            if index <= n // 2:
+                values = [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT total_time_ms FROM stats INDEXED BY idx_stats_latency WHERE {where}"
+                        " ORDER BY total_time_ms LIMIT 2 OFFSET ?",
+                        (*args, index),
+                    )
+                ]
+            else:
+                upper = min(index + 1, n - 1)
+                values = [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT total_time_ms FROM stats INDEXED BY idx_stats_latency WHERE {where}"
+                        " ORDER BY total_time_ms DESC LIMIT 2 OFFSET ?",
+                        (*args, n - 1 - upper),
+                    )
+                ][::-1]
+                if upper == index:  # index is the last value: only it matters
+                    values = values[-1:]
+            if not values:  # the rollup disagrees with the rows (edited by hand?)
+                out.append(None)
+                continue
+            lower_value = values[0]
+            upper_value = values[1] if len(values) > 1 else lower_value
+            out.append(lower_value + (upper_value - lower_value) * frac)
+        return out
+
+    @db_op(empty=list)
+    def get_generation_history(
+        self,
+        limit: int = 100,
+        offset: int = 0,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        session_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Recorded generations, newest first, as plain dicts (``pandas.DataFrame`` takes them).
+
+        Each dict has every column of the ``stats`` table (see
+        :data:`STATS_COLUMNS`); ``cache_hit`` is a bool and ``created_at`` an
+        aware UTC datetime. ``limit``/``offset`` page through the history;
+        ``model_path`` and ``session_id`` filter it.
+        """
+        _check_limit(limit, "limit")
+        _check_limit(offset, "offset")
+        clauses, args = [], []
+        if model_path is not None:
+            clauses.append("model_path = ?")
+            args.append(_check_model_path(model_path))
+        if session_id is not None:
+            if not isinstance(session_id, str):
+                raise TypeError(f"session_id must be a str, got {type(session_id).__name__}")
+            clauses.append("session_id = ?")
+            args.append(session_id)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self.pool.read() as conn:
+            rows = conn.execute(
+                f"SELECT {', '.join(STATS_COLUMNS)} FROM stats{where}"
+                " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+                (*args, limit, offset),
+            ).fetchall()
+        out = []
+        for row in rows:
+            record = dict(zip(STATS_COLUMNS, row, strict=True))
+            record["cache_hit"] = bool(record["cache_hit"])
+            record["created_at"] = from_timestamp(record["created_at"])
+            out.append(record)
+        return out
+
+    # -- retention -------------------------------------------------------------------------
+
+    @db_op(empty=int)
+    def prune_stats(
+        self,
+        older_than: datetime | timedelta | float,
+        *,
+        model_path: str | os.PathLike[str] | None = None,
+    ) -> int:
+        """Delete generation rows recorded before ``older_than``; return how many.
+
+        ``older_than`` is a datetime, Unix seconds, or a timedelta meaning
+        "that long ago" (``prune_stats(older_than=timedelta(days=90))``).
+        """
+        if older_than is None:
+            raise TypeError(
+                "prune_stats() needs older_than (a datetime, timedelta or Unix seconds)"
+            )
+        cutoff = to_timestamp(older_than, now=self.clock())
+        clause = "created_at < ?"
+        args: list[Any] = [cutoff]
+        if model_path is not None:
+            clause += " AND model_path = ?"
+            args.append(_check_model_path(model_path))
+        with self.pool.transaction() as conn:
+            cursor = conn.execute(f"DELETE FROM stats WHERE {clause}", args)
+        return max(cursor.rowcount, 0)
+
+
+def _by_day(bucket_rows: list[tuple[Any, ...]], tz: tzinfo | None) -> list[dict[str, Any]]:
+    """Fold ``(bucket, *sums)`` rows, oldest first, into calendar days of ``tz``.
+
+    ``tz`` None means the machine's local time zone.
+    """
+    days: dict[date, _Agg] = {}
+    day_start = day_end = -math.inf
+    agg = _Agg()
+    for bucket, *sums in bucket_rows:
+        start = bucket * BUCKET_SECONDS
+        if not (day_start <= start < day_end):
+            # One time-zone conversion per day, not per bucket.
+            current = _local_date(start, tz)
+            day_start, day_end = _day_bounds(current, tz)
+            if not (day_start <= start < day_end):
+                day_start, day_end = start, start + 1  # an odd zone: convert each bucket
+            agg = days.setdefault(current, _Agg())
+        agg.add(*sums)
+    return [{"date": day, **days[day].figures()} for day in sorted(days)]
+
+
+def _local_date(ts: float, tz: tzinfo | None) -> date:
+    if tz is None:
+        return datetime.fromtimestamp(ts).date()  # the machine's local time zone
+    return datetime.fromtimestamp(ts, tz).date()
+
+
+def _day_bounds(day: date, tz: tzinfo | None) -> tuple[float, float]:
+    """``[start, end)`` in Unix seconds of ``day`` in ``tz``, or an empty range if unsure.
+
+    Midnight can fall in a DST gap or fold; the bounds are verified by
+    converting back, and an empty range makes the caller convert per bucket.
+    """
+    bounds = []
+    for d in (day, day + timedelta(days=1)):
+        naive = datetime(d.year, d.month, d.day)
+        bounds.append(naive.timestamp() if tz is None else naive.replace(tzinfo=tz).timestamp())
+    start, end = bounds
+    ok = (
+        _local_date(start, tz) == day
+        and _local_date(end - 1, tz) == day
+        and _local_date(end, tz) != day
+        and _local_date(start - 1, tz) != day
+    )
+    return (start, end) if ok else (0.0, 0.0)

@@ -1,0 +1,654 @@
+"""The cyllama-db command line, run through main(argv) against real database files."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cyllama_db import CyllamaDB
+from cyllama_db.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Run:
+    """``run("info", "--json")`` -> (exit code, stdout, stderr) against one database file."""
+
+    def __init__(self, path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.path = path
+        self.capsys = capsys
+
+    def __call__(self, *argv: str) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        code = main(["--db", str(self.path), *argv])
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def json(self, *argv: str) -> Any:
+        code, out, err = self(*argv, "--json")
+        assert code == 0, err
+        return json.loads(out)
+
+
+@pytest.fixture
+def run(db_path: Path, capsys: pytest.CaptureFixture[str]) -> Run:
+    return Run(db_path, capsys)
+
+
+def _one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# -- framework -------------------------------------------------------------------------------
+
+
+def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert "export" in capsys.readouterr().out
+    assert main(["--version"]) == 0
+    assert re.match(r"cyllama-db \d", capsys.readouterr().out)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frobnicate"],
+        ["info", "--bogus"],
+        ["history", "-n", "zero"],
+        ["history", "-n", "0"],
+        ["logs", "--since", "yesterday"],
+        ["logs", "--level", "LOUD"],
+        ["config", "set", "k", "abc", "--type", "int"],
+        ["config", "set", "k", "maybe", "--type", "bool"],
+        ["config", "set", "k", "{bad", "--type", "json"],
+        ["export", "x.jsonl", "--format", "jsonl"],
+        ["export", "x.db", "--table", "config"],
+        ["cache", "invalidate"],
+        ["models", "add", "m.gguf", "--param", "novalue"],
+        ["dashboard", "--port", "70000"],
+        ["metrics", "watch", "--interval", "-1"],
+    ],
+)
+def test_usage_mistakes_exit_2_with_one_line(run: Run, argv: list[str]) -> None:
+    code, _, err = run(*argv)
+    assert code == 2
+    line = _one_line_error(err)
+    assert line.startswith("cyllama-db") and "error:" in line
+
+
+def test_errors_exit_1_with_one_line_and_no_traceback(run: Run, tmp_path: Path) -> None:
+    code, _, err = run("config", "get", "missing")
+    assert code == 1
+    assert "'missing' is not set" in _one_line_error(err)
+    code, _, err = run("import", str(tmp_path / "nope.db"))
+    assert code == 1
+    assert "does not exist" in _one_line_error(err)
+
+
+def test_unopenable_database_is_an_error_not_a_silent_fallback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.db"
+    bad.write_text("this is not sqlite")
+    assert main(["--db", str(bad), "info"]) == 1
+    assert "cannot open database" in _one_line_error(capsys.readouterr().err)
+    assert bad.read_text() == "this is not sqlite"
+
+
+def test_db_may_also_follow_the_command(
+    db_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["config", "set", "k", "v", "--db", str(db_path)]) == 0
+    assert main(["--db", str(tmp_path / "other.db"), "config", "get", "k", "--db", str(db_path)]) == 0
+    assert capsys.readouterr().out.endswith("v\n")
+
+
+def test_env_path_and_disabled_env(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CYLLAMA_DB_PATH", str(db_path))
+    monkeypatch.setenv("CYLLAMA_DB_ENABLED", "0")  # the CLI is an explicit request: still works
+    assert main(["config", "set", "k", "v"]) == 0
+    capsys.readouterr()
+    assert main(["config", "get", "k"]) == 0
+    assert capsys.readouterr().out == "v\n"
+    assert db_path.exists()
+
+
+def test_python_dash_m_runs_the_cli(db_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cyllama_db", "--db", str(db_path), "info", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["path"] == str(db_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cyllama_db", "nope"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+
+
+# -- info / vacuum / migrate -----------------------------------------------------------------
+
+
+def test_info(run: Run, db_path: Path) -> None:
+    with CyllamaDB(db_path) as db:
+        db.set_config("a", 1)
+        db.set_config("b", 2)
+    info = run.json("info")
+    assert info["path"] == str(db_path)
+    assert info["schema_version"] == info["latest_schema_version"] >= 1
+    assert info["counts"]["config_entries"] == 2
+    assert info["file_bytes"] > 0
+    code, out, _ = run("info")
+    assert code == 0
+    assert str(db_path) in out and re.search(r"config entries:\s+2", out)
+
+
+def test_vacuum_shrinks_the_file(run: Run, db_path: Path) -> None:
+    with CyllamaDB(db_path) as db:
+        for i in range(200):
+            db.set_config(f"k{i}", "x" * 4000)
+        for i in range(200):
+            db.delete_config(f"k{i}")
+        db.vacuum()  # fold the WAL in so the file holds the free pages
+        with db.pool.read() as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = db_path.stat().st_size
+    code, out, _ = run("vacuum")
+    assert code == 0 and out.startswith("vacuumed")
+    assert db_path.stat().st_size <= before
+
+
+def test_migrate_status_does_not_touch_the_file(run: Run, db_path: Path) -> None:
+    status = run.json("migrate", "--status")
+    assert status["exists"] is False and status["schema_version"] == 0
+    assert {m["status"] for m in status["migrations"]} == {"pending"}
+    assert not db_path.exists()
+
+    migrated = run.json("migrate")
+    assert migrated["from_version"] == 0
+    assert migrated["to_version"] == status["latest_version"]
+
+    status = run.json("migrate", "--status")
+    assert {m["status"] for m in status["migrations"]} == {"applied"}
+    code, out, _ = run("migrate")
+    assert code == 0 and "up to date" in out
+
+    conn = sqlite3.connect(db_path)
+    conn.execute("INSERT INTO schema_version (version, name) VALUES (999, 'future')")
+    conn.commit()
+    conn.close()
+    status = run.json("migrate", "--status")
+    assert status["migrations"][-1] == {
+        "version": 999, "name": "future", "status": "unknown (newer cyllama-db)",
+        "applied_at": status["migrations"][-1]["applied_at"],
+    }
+    code, _, err = run("migrate")
+    assert code == 1
+    assert "schema version 999" in _one_line_error(err)
+
+
+# -- config ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "type_name", "expected"),
+    [
+        ("hello", "str", "hello"),
+        ("42", "int", 42),
+        ("0.5", "float", 0.5),
+        ("yes", "bool", True),
+        ("off", "bool", False),
+        ('{"a": [1, null]}', "json", {"a": [1, None]}),
+    ],
+)
+def test_config_set_get_typed(run: Run, db_path: Path, value: str, type_name: str, expected: Any) -> None:
+    code, _, err = run("config", "set", "key", value, "--type", type_name)
+    assert code == 0, err
+    with CyllamaDB(db_path) as db:
+        assert db.get_config("key") == expected
+        assert type(db.get_config("key")) is type(expected)
+    assert run.json("config", "get", "key") == {"key": "key", "value": expected, "type": type_name}
+
+
+def test_config_list_get_unset(run: Run) -> None:
+    run("config", "set", "name", "llama")
+    run("config", "set", "n", "3", "--type", "int")
+    code, out, _ = run("config", "list")
+    assert code == 0
+    assert re.search(r"^n\s+int\s+3$", out, re.M) and re.search(r"^name\s+str\s+llama$", out, re.M)
+    assert run.json("config", "list") == [
+        {"key": "n", "value": 3, "type": "int"},
+        {"key": "name", "value": "llama", "type": "str"},
+    ]
+    assert run("config", "get", "name")[1] == "llama\n"
+    assert run("config", "unset", "name")[0] == 0
+    code, _, err = run("config", "unset", "name")
+    assert code == 1 and "not set" in err
+    assert run.json("config", "list") == [{"key": "n", "value": 3, "type": "int"}]
+
+
+# -- export / import -------------------------------------------------------------------------
+
+
+def test_export_and_import(run: Run, db_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run("config", "set", "shared", "mine")
+    other = tmp_path / "other.db"
+    with CyllamaDB(other) as db:
+        db.set_config("shared", "theirs")
+        db.set_config("new", 5)
+    backup = tmp_path / "backup" / "copy.db"
+    code, out, err = run("export", str(backup))
+    assert code == 0, err
+    assert "exported" in out and backup.exists()
+    code, _, err = run("export", str(backup))
+    assert code == 1 and "--force" in _one_line_error(err)
+    assert run("export", str(backup), "--force")[0] == 0
+
+    code, out, err = run("import", str(other))
+    assert code == 0, err
+    assert re.search(r"^config\s+by key\s+2\s+1\s+0\s+1\s+0$", out, re.M), out
+    assert "1 conflicts" in out and "shared: kept" in out
+    report = run.json("import", str(other), "--on-conflict", "replace")
+    assert report["tables"]["config"]["replaced"] == 1
+    assert run("config", "get", "shared")[1] == "theirs\n"
+
+
+def test_export_jsonl_to_stdout_and_file(run: Run, tmp_path: Path) -> None:
+    run("config", "set", "a", "1", "--type", "int")
+    code, out, _ = run("export", "-", "--format", "jsonl", "--table", "config")
+    assert code == 0
+    assert [json.loads(line)["key"] for line in out.splitlines()] == ["a"]
+    result = run.json("export", str(tmp_path / "c.jsonl"), "--format", "jsonl", "--table", "config")
+    assert result["rows"] == 1
+    code, _, err = run("export", "-", "--format", "jsonl", "--table", "nope")
+    assert code == 1 and "no table 'nope'" in err
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_export_and_import_show_progress_on_a_terminal(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run("config", "set", "a", "1")
+    tty = _Tty()
+    monkeypatch.setattr(sys, "stderr", tty)
+    assert main(["--db", str(run.path), "export", str(tmp_path / "p.db")]) == 0
+    assert re.search(r"\rexporting: 100\.0% \(\d+/\d+\)\n$", tty.getvalue())
+    tty.truncate(0)
+    assert main(["--db", str(run.path), "import", str(tmp_path / "p.db")]) == 0
+    assert "importing: 100.0%" in tty.getvalue()
+
+
+def test_no_progress_when_not_a_terminal(run: Run, tmp_path: Path) -> None:
+    code, _, err = run("export", str(tmp_path / "q.db"))
+    assert code == 0 and err == ""
+
+
+# -- cache -----------------------------------------------------------------------------------
+
+CONFIG = {"temperature": 0.0, "max_tokens": 8}
+
+
+def test_cache_commands(run: Run, db_path: Path, tiny_model_path: Path) -> None:
+    model = str(tiny_model_path)
+    with CyllamaDB(db_path) as db:
+        db.clock = lambda: time.time() - 10 * 86400
+        db.cache_response("old prompt", model, CONFIG, "old answer", ttl=None)
+        db.clock = time.time
+        db.cache_response("hello", model, CONFIG, "world")
+        db.cache_response("multi\nline", model, CONFIG, "x")
+        for _ in range(3):
+            assert db.get_cached_response("hello", model, CONFIG) is not None
+
+    entries = run.json("cache", "list")
+    assert [e["prompt"] for e in entries] == ["multi\nline", "hello", "old prompt"]  # newest first
+    assert run.json("cache", "list", "--sort", "hits")[0]["prompt"] == "hello"
+    assert len(run.json("cache", "list", "-n", "1")) == 1
+    assert len(run.json("cache", "list", "--model", model)) == 3
+    assert run.json("cache", "list", "--model", "/other/model.gguf") == []
+    hello = next(e for e in entries if e["prompt"] == "hello")
+    assert hello["hit_count"] == 3
+    assert re.match(r"\d{4}-\d\d-\d\dT", hello["created_at"])
+    code, out, _ = run("cache", "list")
+    assert code == 0 and re.search(r"^[0-9a-f]{16}\s+tiny-llama\.gguf\s+3\s", out, re.M), out
+
+    shown = run.json("cache", "show", hello["cache_key"][:12])
+    assert shown["response_text"] == "world" and shown["config"]["max_tokens"] == 8
+    code, out, _ = run("cache", "show", hello["cache_key"])
+    assert code == 0 and re.search(r"^response_text:\s+world$", out, re.M)
+    code, _, err = run("cache", "show", "zzzz")
+    assert code == 1 and "no cache entry" in _one_line_error(err)
+
+    stats = run.json("cache", "stats")
+    assert (stats["entries"], stats["hits"]) == (3, 3)
+    assert stats["hit_rate"] is None  # no generations recorded yet
+    code, out, _ = run("cache", "stats")
+    assert re.search(r"^entries:\s+3$", out, re.M) and re.search(r"^hits served:\s+3$", out, re.M)
+
+    assert run("cache", "invalidate", "--older-than", "7d")[1] == "removed 1 cache entries\n"
+    assert run("cache", "invalidate", "--prompt", "hello")[1] == "removed 1 cache entries\n"
+    assert run("cache", "cleanup")[0] == 0
+    code, _, err = run("cache", "invalidate", "--all", "--prompt", "x")
+    assert code == 2 and "--all" in _one_line_error(err)
+    assert run("cache", "invalidate", "--model", model)[1] == "removed 1 cache entries\n"
+    assert run.json("cache", "list") == []
+
+
+def test_cache_cleanup_removes_expired(run: Run, db_path: Path, tiny_model_path: Path) -> None:
+    with CyllamaDB(db_path) as db:
+        db.clock = lambda: time.time() - 3600
+        db.cache_response("short-lived", str(tiny_model_path), CONFIG, "x", ttl=60)
+        db.cache_response("long-lived", str(tiny_model_path), CONFIG, "y", ttl=None)
+    assert run.json("cache", "stats")["expired"] == 1
+    assert run("cache", "cleanup")[1].startswith("removed 1 ")
+    assert [e["prompt"] for e in run.json("cache", "list")] == ["long-lived"]
+
+
+# -- stats / history / logs ------------------------------------------------------------------
+
+
+def _record(db: CyllamaDB, model: str, tokens: int, hit: bool = False) -> None:
+    db.record_generation(
+        model,
+        {"finish_reason": "stop", "stats": {"prompt_tokens": 2, "generated_tokens": tokens,
+                                            "total_tokens": tokens + 2, "total_time_ms": 100.0,
+                                            "tokens_per_second": 40.0}},
+        {"temperature": 0.7, "max_tokens": 64},
+        cache_hit=hit,
+    )
+
+
+def test_stats_and_history(run: Run, db_path: Path) -> None:
+    with CyllamaDB(db_path) as db:
+        _record(db, "/models/a.gguf", 10)
+        _record(db, "/models/a.gguf", 10, hit=True)
+        _record(db, "/models/b.gguf", 5)
+        db.clock = lambda: time.time() - 10 * 86400
+        _record(db, "/models/b.gguf", 1)
+    summary = run.json("stats")
+    assert summary["total_generations"] == 4
+    assert summary["by_model"]["/models/a.gguf"]["cache_hit_rate"] == 0.5
+    recent = run.json("stats", "--since", "7d")
+    assert recent["total_generations"] == 3
+    assert run.json("stats", "--model", "/models/b.gguf")["total_generations"] == 2
+    assert run.json("stats", "--until", "7d")["total_generations"] == 1
+    code, out, _ = run("stats")
+    assert code == 0
+    assert re.search(r"^a\.gguf\s+2\s+24\s+50\.0%", out, re.M), out
+
+    history = run.json("history", "-n", "2")
+    assert len(history) == 2
+    assert history[0]["model_path"] == "/models/b.gguf" and history[0]["generated_tokens"] == 5
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", history[0]["created_at"])
+    assert [h["model_path"] for h in run.json("history", "--model", "/models/b.gguf")] == [
+        "/models/b.gguf", "/models/b.gguf"
+    ]
+    assert len(run.json("history", "--offset", "3")) == 1
+    code, out, _ = run("history")
+    assert code == 0 and len(out.strip().splitlines()) == 2 + 4
+
+
+def test_logs(run: Run, db_path: Path) -> None:
+    with CyllamaDB(db_path) as db:
+        db.log("INFO", "hello", category="app")
+        db.log("WARNING", "careful", category="app.cache")
+        try:
+            raise KeyError("boom")
+        except KeyError as exc:
+            db.log("ERROR", "failed", category="other", error=exc)
+    entries = run.json("logs")
+    assert [e["message"] for e in entries] == ["hello", "careful", "failed"]  # oldest first
+    assert [e["message"] for e in run.json("logs", "--level", "warning")] == ["careful", "failed"]
+    assert [e["message"] for e in run.json("logs", "--category", "app")] == ["hello", "careful"]
+    assert [e["message"] for e in run.json("logs", "-n", "1")] == ["failed"]
+    assert run.json("logs", "--since", "1h") == entries
+    code, out, _ = run("logs")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert len(lines) == 3
+    assert "ERROR" in lines[2] and "other: failed [KeyError" in lines[2]
+
+
+def _wait_for_line(proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line:
+            return line
+        if proc.poll() is not None:
+            break
+    raise AssertionError(f"no output (rc={proc.poll()})")
+
+
+@pytest.fixture
+def cli_process(db_path: Path) -> Iterator[Any]:
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*argv: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cyllama_db", "--db", str(db_path), *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_logs_follow_prints_new_entries_until_ctrl_c(db_path: Path, cli_process: Any) -> None:
+    with CyllamaDB(db_path) as db:
+        db.log("INFO", "before")
+        proc = cli_process("logs", "-f", "--interval", "0.05", "--json")
+        assert json.loads(_wait_for_line(proc))["message"] == "before"
+        for i in range(3):
+            db.log("INFO", f"live {i}")
+            assert json.loads(_wait_for_line(proc))["message"] == f"live {i}"
+        db.log("DEBUG", "below the stored level")  # not stored: nothing to print
+        db.log("WARNING", "last")
+        assert json.loads(_wait_for_line(proc))["message"] == "last"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+    assert "Traceback" not in proc.stderr.read()
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+def test_models_commands(run: Run, tiny_model_path: Path) -> None:
+    code, out, err = run("models", "add", str(tiny_model_path), "--name", "tiny",
+                         "--param", "ctx_size=2048", "--param", "flash_attn=on",
+                         "--param", "api_key=s3cret", "--param", "gpu_layers=all")
+    assert code == 0, err
+    assert out.startswith("registered 'tiny'") and "llama" in out
+
+    listed = run.json("models", "list")
+    assert [m["name"] for m in listed] == ["tiny"]
+    assert listed[0]["api_key"] == "***" and listed[0]["architecture"] == "llama"
+    assert run.json("models", "list", "--show-secrets")[0]["api_key"] == "s3cret"
+    code, out, _ = run("models", "list")
+    assert re.search(r"^\s*1\s+tiny\s+llama\s+stopped", out, re.M), out
+    assert "s3cret" not in out
+
+    shown = run.json("models", "show", "tiny")
+    assert (shown["ctx_size"], shown["flash_attn"], shown["gpu_layers"]) == (2048, "on", "all")
+    assert shown["api_key"] == "***"
+    code, out, _ = run("models", "show", "tiny")
+    assert re.search(r"^ctx_size:\s+2048$", out, re.M) and "s3cret" not in out
+    assert "s3cret" in run("models", "show", "tiny", "--show-secrets")[1]
+
+    assert run("models", "update", "tiny", "--param", "ctx_size=4096", "--status", "running")[0] == 0
+    assert [m["name"] for m in run.json("models", "list", "--status", "running")] == ["tiny"]
+    assert run.json("models", "list", "--status", "stopped") == []
+    assert run.json("models", "list", "--type", "llama")[0]["ctx_size"] == 4096
+
+    code, out, _ = run("models", "args", "tiny")
+    assert code == 0
+    assert out.startswith("llama-server --model ") and "--ctx-size 4096" in out
+    assert "--api-key '***'" in out and "s3cret" not in out
+    assert "--api-key s3cret" in run("models", "args", "tiny", "--server", "--show-secrets")[1]
+    argv = run.json("models", "args", "tiny")
+    assert argv[argv.index("--ctx-size") + 1] == "4096"
+    kwargs = run.json("models", "args", "tiny", "--llama-kwargs")
+    assert kwargs["n_ctx"] == 4096 and kwargs["model_path"] == str(tiny_model_path)
+
+    assert run("models", "update", "tiny", "--param", "ctx_size=null")[0] == 0
+    assert run.json("models", "show", "tiny")["ctx_size"] is None
+    assert run("models", "update", "tiny", "--rename", "tiny2")[0] == 0
+    assert run("models", "rm", "tiny2")[0] == 0
+    code, _, err = run("models", "show", "tiny2")
+    assert code == 1 and "no model named 'tiny2'" in _one_line_error(err)
+
+
+def test_models_mistakes(run: Run, tiny_model_path: Path) -> None:
+    assert run("models", "add", str(tiny_model_path), "--name", "m")[0] == 0
+    code, _, err = run("models", "update", "m", "--param", "flash_attn=maybe")
+    assert code == 1 and "'flash_attn' does not allow 'maybe'" in _one_line_error(err)
+    code, _, err = run("models", "update", "m", "--param", "ctx_sise=5")
+    assert code == 1 and "unknown model parameter 'ctx_sise'" in _one_line_error(err)
+    code, _, err = run("models", "update", "m", "--param", "ctx_size=big")
+    assert code == 2 and "ctx_size" in _one_line_error(err)
+    code, _, err = run("models", "update", "m")
+    assert code == 2 and "nothing to change" in _one_line_error(err)
+    code, _, err = run("models", "add", str(tiny_model_path.parent / "missing.gguf"))
+    assert code == 1 and "missing.gguf" in _one_line_error(err)
+    code, _, err = run("models", "args", "m", "--server", "--llama-kwargs")
+    assert code == 2
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def test_metrics_sample_and_history(run: Run) -> None:
+    pytest.importorskip("psutil")
+    sample = run.json("metrics", "sample")
+    assert 0 <= sample["cpu_usage"] <= 100 and 0 <= sample["memory_usage"] <= 100
+    assert run.json("metrics", "sample", "--no-save")["memory_usage"] >= 0
+    history = run.json("metrics", "history", "--minutes", "5")
+    assert len(history) == 1  # --no-save did not save
+    assert history[0]["memory_usage"] == sample["memory_usage"]
+    code, out, _ = run("metrics", "history")
+    assert code == 0 and "cpu %" in out.splitlines()[0]
+
+
+def test_metrics_watch_runs_until_ctrl_c(db_path: Path, cli_process: Any) -> None:
+    pytest.importorskip("psutil")
+    proc = cli_process("metrics", "watch", "--interval", "0.2", "--json")
+    rows = [json.loads(_wait_for_line(proc)) for _ in range(2)]
+    assert rows[0]["id"] != rows[1]["id"]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+    with CyllamaDB(db_path) as db:
+        assert len(db.get_metrics_history()) >= 2
+
+
+# -- documentation ---------------------------------------------------------------------------
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, parser
+        return
+    for action in subs:
+        for name, child in action.choices.items():
+            yield from _commands(child, (*path, name))
+
+
+def _options(parser: argparse.ArgumentParser) -> list[str]:
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+            continue
+        out += action.option_strings or [action.metavar or action.dest]
+    return out
+
+
+def _doc_sections() -> dict[str, str]:
+    text = (ROOT / "docs" / "cli.md").read_text()
+    sections: dict[str, str] = {}
+    for match in re.finditer(r"^### `cyllama-db ([^`]+)`\n(.*?)(?=^#{1,3} |\Z)", text, re.M | re.S):
+        name = re.sub(r"\s+[A-Z\[].*$", "", match.group(1)).strip()
+        sections[name] = match.group(2) + match.group(1)
+    return sections
+
+
+def test_every_command_and_option_is_documented() -> None:
+    parser = build_parser()
+    text = (ROOT / "docs" / "cli.md").read_text()
+    for option in _options(parser):
+        assert f"`{option}" in text, f"global option {option} is not in docs/cli.md"
+    sections = _doc_sections()
+    global_options = set(_options(parser))
+    commands = list(_commands(parser))
+    assert len(commands) >= 25
+    for path, sub in commands:
+        name = " ".join(path)
+        assert name in sections, f"`cyllama-db {name}` has no section in docs/cli.md"
+        for option in _options(sub):
+            if option in global_options:
+                continue  # documented once, under "Global options"
+            if option.startswith("-"):
+                assert re.search(rf"`{re.escape(option)}\b", sections[name]), (
+                    f"option {option} of `cyllama-db {name}` is not documented in its section"
+                )
+            else:
+                assert option.upper() in sections[name] or option in sections[name], (
+                    f"argument {option} of `cyllama-db {name}` is not documented"
+                )
+
+
+def test_every_read_command_has_json() -> None:
+    writes = {"vacuum", "config set", "config unset", "cache invalidate", "cache cleanup",
+              "models add", "models update", "models rm", "dashboard"}
+    for path, sub in _commands(build_parser()):
+        name = " ".join(path)
+        if name not in writes:
+            assert "--json" in _options(sub), f"{name} has no --json"
+
+
+def test_console_script_is_declared() -> None:
+    text = (ROOT / "pyproject.toml").read_text()
+    assert 'cyllama-db = "cyllama_db.cli:main"' in text
+
+
+def test_cli_module_imports_only_the_standard_library() -> None:
+    code = (
+        "import sys; import cyllama_db.cli\n"
+        "bad = [m for m in ('click', 'typer', 'rich', 'llama_cpp', 'psutil', 'numpy') if m in sys.modules]\n"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ})
+    assert out.stdout.strip() == ""

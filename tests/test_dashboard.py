@@ -1,0 +1,396 @@
+"""The dashboard: its HTTP endpoints, and the page rendered by a real headless Chromium."""
+
+from __future__ import annotations
+
+import html.parser
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cyllama_db import CyllamaDB
+from cyllama_db.dashboard import DashboardServer, dashboard_data, is_loopback, make_server
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+SECRET = "sk-do-not-leak-1234"
+MODELS = {
+    "/models/llama-3-8b.Q4_K_M.gguf": (8, 40.0),
+    "/models/gemma-3-270m.gguf": (5, 120.0),
+}
+
+
+def _fill(db: CyllamaDB, samples: int = 60) -> None:
+    """Known metrics over the last ~9 minutes, generations for two models, three registry models."""
+    now = time.time()
+    for i in range(samples):
+        db.save_metrics(
+            {
+                "timestamp": int((now - 540 + i * 540 / samples) * 1000),
+                "cpu_usage": 40 + 30 * math.sin(i / 6),
+                "memory_usage": 50 + i * 0.2,
+                "disk_usage": 30.0,
+                "gpu_usage": 60 + 20 * math.cos(i / 5),
+                "gpu_temperature": 60.0,
+                "active_models": 1,
+                "requests_per_minute": float(i % 12),
+            }
+        )
+    for path, (count, tps) in MODELS.items():
+        for k in range(count):
+            hit = k % 4 == 0
+            db.record_generation(
+                path,
+                {"finish_reason": "stop", "stats": {"prompt_tokens": 10, "generated_tokens": 32,
+                                                    "total_time_ms": 2.0 if hit else 32_000 / tps,
+                                                    "tokens_per_second": None if hit else tps}},
+                {"temperature": 0.7, "max_tokens": 32},
+                cache_hit=hit,
+            )
+    for i in range(4):
+        db.cache_response(f"prompt {i}", "/models/llama-3-8b.Q4_K_M.gguf", None, "answer " * 50)
+    for _ in range(3):
+        db.get_cached_response("prompt 0", "/models/llama-3-8b.Q4_K_M.gguf", None)
+    db.save_model("llama-3-8b", type="llama", status="running",
+                  model_path="/models/llama-3-8b.Q4_K_M.gguf", ctx_size=8192, api_key=SECRET)
+    db.save_model("gemma-3-270m", type="gemma3", status="stopped", model_path="/models/gemma-3-270m.gguf")
+    db.save_model("qwen-7b", type="qwen2", status="error", model_path="/models/qwen.gguf")
+
+
+@pytest.fixture
+def server(file_db: CyllamaDB) -> Iterator[DashboardServer]:
+    _fill(file_db)
+    srv = make_server(file_db, "127.0.0.1", 0, refresh_seconds=2)
+    srv.start_background()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _get(url: str, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def _json(url: str) -> Any:
+    status, headers, body = _get(url)
+    assert status == 200, body
+    assert headers["Content-Type"].startswith("application/json")
+    return json.loads(body)
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+
+
+def test_page_and_static_files_are_self_contained(server: DashboardServer) -> None:
+    assert server.url == f"http://127.0.0.1:{server.port}/"
+    status, headers, body = _get(server.url)
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    page = body.decode()
+    assert '<script src="static/dashboard.js">' in page
+    assert 'href="static/dashboard.css"' in page
+    # Nothing from the network: every src/href is relative to this server.
+    for ref in re.findall(r'(?:src|href)="([^"]+)"', page):
+        assert not re.match(r"[a-z]+:|//", ref), ref
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    assert "connect-src 'self'" in headers["Content-Security-Policy"]
+    assert headers["Cache-Control"] == "no-store"
+
+    status, headers, js = _get(server.url + "static/dashboard.js")
+    assert status == 200 and headers["Content-Type"].startswith("text/javascript")
+    assert b"api/summary" in js and not re.search(rb"https?://(?!www\.w3\.org/2000/svg)", js)
+    status, headers, css = _get(server.url + "static/dashboard.css")
+    assert status == 200 and headers["Content-Type"].startswith("text/css")
+    assert b"@import" not in css and b"url(" not in css
+    for bad in ("static/../cli.py", "static/%2e%2e/cli.py", "static/nope.js"):
+        assert _get(server.url + bad)[0] == 404
+
+
+def test_summary_endpoint(server: DashboardServer, file_db: CyllamaDB) -> None:
+    data = _json(server.url + "api/summary")
+    assert data["database"]["path"] == file_db.path
+    assert data["database"]["counts"]["metrics_samples"] == 60
+    metrics = data["metrics"]
+    assert metrics["available"] and metrics["window_minutes"] == 10
+    assert len(metrics["rows"]) == 60
+    ts = [r["t"] for r in metrics["rows"]]
+    assert ts == sorted(ts) and ts[-1] <= data["generated_at_ms"]
+    assert metrics["rows"][0]["memory_usage"] == pytest.approx(50.0)
+
+    stats = data["stats"]
+    assert stats["total_generations"] == 13
+    by_model = {m["model_path"]: m for m in stats["by_model"]}
+    assert set(by_model) == set(MODELS)
+    assert by_model["/models/llama-3-8b.Q4_K_M.gguf"]["generations"] == 8
+    assert by_model["/models/llama-3-8b.Q4_K_M.gguf"]["cache_hit_rate"] == pytest.approx(2 / 8)
+    assert stats["by_model"][0]["model_path"] == "/models/llama-3-8b.Q4_K_M.gguf"  # busiest first
+
+    models = {m["name"]: m for m in data["models"]["rows"]}
+    assert {n: m["status"] for n, m in models.items()} == {
+        "llama-3-8b": "running", "gemma-3-270m": "stopped", "qwen-7b": "error",
+    }
+    assert models["llama-3-8b"]["ctx_size"] == 8192
+    cache = data["cache"]
+    assert cache["available"] and (cache["entries"], cache["hits"]) == (4, 3)
+    assert cache["size_bytes"] > 4 * 350 and cache["max_size_bytes"] == 100 * 1_048_576
+    assert cache["hit_rate"] == pytest.approx(stats["cache_hits"] / 13)
+
+
+def test_secrets_never_reach_the_dashboard(server: DashboardServer) -> None:
+    for route in ("api/summary", "api/models", ""):
+        assert SECRET.encode() not in _get(server.url + route)[2]
+
+
+def test_data_endpoints(server: DashboardServer) -> None:
+    info = _json(server.url + "api/info")
+    assert info["schema_version"] >= 6 and info["file_bytes"] > 0
+    recent = _json(server.url + "api/metrics?minutes=2")
+    assert recent["window_minutes"] == 2
+    assert 0 < len(recent["rows"]) < 60
+    assert all(set(r) >= {"t", "cpu_usage", "gpu_usage", "requests_per_minute"} for r in recent["rows"])
+    stats = _json(server.url + "api/stats?since=1h")
+    assert stats["total_generations"] == 13
+    assert _json(server.url + "api/models")["rows"][0]["name"] == "llama-3-8b"
+    assert _json(server.url + "api/cache")["entries"] == 4
+
+
+def test_bad_requests(server: DashboardServer) -> None:
+    status, _, body = _get(server.url + "api/metrics?minutes=abc")
+    assert status == 400 and "minutes" in json.loads(body)["error"]
+    status, _, body = _get(server.url + "api/stats?since=soon")
+    assert status == 400
+    status, _, body = _get(server.url + "api/nothing")
+    assert status == 404 and json.loads(body)["error"].startswith("no such page")
+    assert _get(server.url, method="HEAD")[0] == 200
+
+
+def test_foreign_host_header_is_refused_on_loopback(server: DashboardServer) -> None:
+    """A page on another site resolving its name to 127.0.0.1 (DNS rebinding) gets nothing."""
+    status, _, body = _get(server.url + "api/summary", headers={"Host": "evil.example:8765"})
+    assert status == 403 and b"localhost" in body
+    assert _get(server.url + "api/info", headers={"Host": f"localhost:{server.port}"})[0] == 200
+    assert _get(server.url + "api/info", headers={"Host": f"[::1]:{server.port}"})[0] == 200
+
+
+def test_a_failing_store_does_not_break_the_page(
+    file_db: CyllamaDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fill(file_db, samples=3)
+
+    def broken(**kwargs: Any) -> Any:
+        raise RuntimeError("stats exploded")
+
+    monkeypatch.setattr(file_db, "get_stats_summary", broken)
+    data = dashboard_data(file_db)
+    assert data["stats"] == {"available": False, "error": "stats exploded"}
+    assert data["metrics"]["available"] and len(data["metrics"]["rows"]) == 3
+    assert data["models"]["available"]
+
+
+def test_is_loopback() -> None:
+    for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "::", "192.168.1.10", "example.com"):
+        assert not is_loopback(host), host
+
+
+def test_dashboard_command_serves_until_ctrl_c(db_path: Path) -> None:
+    with CyllamaDB(db_path) as db:
+        _fill(db, samples=5)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cyllama_db", "--db", str(db_path), "dashboard", "--port", "0",
+         "--no-sampler"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+        assert match, line
+        info = _json(match.group(1) + "api/info")
+        assert info["path"] == str(db_path)
+        proc.send_signal(signal.SIGTERM)  # a service manager stopping it: clean exit too
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
+
+
+def test_dashboard_command_samples_metrics(db_path: Path) -> None:
+    pytest.importorskip("psutil")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cyllama_db", "--db", str(db_path), "dashboard", "--port", "0",
+         "--interval", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = re.search(r"(http://\S+/)", proc.stdout.readline())
+        assert url
+        deadline = time.monotonic() + 30
+        rows: list[Any] = []
+        while len(rows) < 2 and time.monotonic() < deadline:
+            rows = _json(url.group(1) + "api/metrics")["rows"]
+            time.sleep(0.1)
+        assert len(rows) >= 2 and rows[-1]["cpu_usage"] is not None
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+# -- a real browser --------------------------------------------------------------------------
+
+
+def _chromium() -> str:
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    reason = (
+        "Chromium is not installed and could not be installed here; "
+        "scripts/test.sh installs Debian's `chromium` package (apt-get install -y chromium)"
+    )
+    print(f"SKIPPED browser test: {reason}")
+    pytest.skip(reason)
+
+
+def _chromium_args(binary: str, profile: Path) -> list[str]:
+    return [
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        # Let the page's requests and script run before the DOM/screenshot is taken.
+        "--virtual-time-budget=8000",
+    ]
+
+
+class _DomIndex(html.parser.HTMLParser):
+    """Collects every element's tag and attributes, and the text inside <td>/<span>."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements: list[tuple[str, dict[str, str]]] = []
+        self.stack: list[tuple[str, dict[str, str]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        element = (tag, {k: v or "" for k, v in attrs})
+        self.elements.append(element)
+        self.stack.append(element)
+
+    def handle_endtag(self, tag: str) -> None:
+        while self.stack and self.stack.pop()[0] != tag:
+            pass
+
+    def handle_data(self, data: str) -> None:
+        if data.strip():
+            self.text.append(data.strip())
+
+    def svg_paths(self) -> dict[str, dict[str, str]]:
+        """``{metric: attributes of its path.series}``, in document order."""
+        out: dict[str, dict[str, str]] = {}
+        metric = None
+        for tag, attrs in self.elements:
+            if tag == "svg" and "data-metric" in attrs:
+                metric = attrs["data-metric"]
+            elif tag == "path" and attrs.get("class") == "series" and metric:
+                out[metric] = attrs
+        return out
+
+
+def _png_size_and_colours(path: Path) -> tuple[int, int, int]:
+    """Width, height and number of distinct row-bytes (a blank page has very few)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    chunks, pos = [], 8
+    while pos < len(data):
+        length = struct.unpack(">I", data[pos:pos + 4])[0]
+        kind = data[pos + 4:pos + 8]
+        if kind == b"IDAT":
+            chunks.append(data[pos + 8:pos + 8 + length])
+        pos += 12 + length
+    raw = zlib.decompress(b"".join(chunks))
+    return width, height, len(set(raw[i:i + 64] for i in range(0, len(raw), 4096)))
+
+
+@pytest.mark.slow
+def test_headless_chromium_renders_the_charts(server: DashboardServer, tmp_path: Path) -> None:
+    binary = _chromium()
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    dom = subprocess.run(
+        [*_chromium_args(binary, profile), "--dump-dom", server.url],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    parsed = _DomIndex()
+    parsed.feed(dom.stdout)
+    body = next(attrs for tag, attrs in parsed.elements if tag == "body")
+    assert body.get("data-loaded") == "1", f"the page never rendered its data: {body}"
+    assert "data-error" not in body
+
+    paths = parsed.svg_paths()
+    assert set(paths) == {"cpu_usage", "memory_usage", "gpu_usage", "requests_per_minute"}
+    for metric, attrs in paths.items():
+        assert attrs["data-points"] == "60", (metric, attrs)
+        # One move and 59 line segments through 60 points, all inside the chart.
+        assert attrs["d"].count("M") == 1 and attrs["d"].count("L") == 59, metric
+        xs = [float(x) for x in re.findall(r"[ML]([\d.]+),", attrs["d"])]
+        assert xs == sorted(xs) and 40 <= xs[0] < xs[-1] <= 600
+    memory_ys = [float(y) for y in re.findall(r",([\d.]+)", paths["memory_usage"]["d"])]
+    assert memory_ys[0] > memory_ys[-1]  # memory rises 50% -> 62%: the line goes up the SVG
+
+    text = " ".join(parsed.text)
+    assert "llama-3-8b" in text and "gemma-3-270m" in text and "qwen-7b" in text
+    badges = [attrs.get("class") for tag, attrs in parsed.elements if "badge" in attrs.get("class", "")]
+    assert sorted(badges) == ["badge error", "badge running", "badge stopped"]
+    tiles: dict[str, str] = {}
+    for label, value in zip(parsed.text, parsed.text[1:], strict=False):
+        tiles.setdefault(label, value)  # a tile's label comes first, its value next
+    assert tiles["generations"] == "13" and tiles["entries"] == "4" and tiles["hits served"] == "3"
+    assert SECRET not in dom.stdout
+
+    shot = tmp_path / "dashboard.png"
+    run = subprocess.run(
+        [*_chromium_args(binary, profile), "--window-size=1280,1400", f"--screenshot={shot}",
+         server.url],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert run.returncode == 0 and shot.exists(), run.stderr[-2000:]
+    width, height, variety = _png_size_and_colours(shot)
+    assert (width, height) == (1280, 1400)
+    assert variety > 50, "the screenshot looks blank"
+    target = os.environ.get("DASHBOARD_SCREENSHOT")
+    if target:  # DASHBOARD_SCREENSHOT=docs/dashboard.png refreshes the docs' picture
+        shutil.copyfile(shot, target)

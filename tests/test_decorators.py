@@ -1,0 +1,363 @@
+"""``@cached`` on functions and on an LLM."""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import cyllama_db
+from cyllama_db import LLM, CyllamaDB, Response, UncacheableError, cached
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[CyllamaDB]:
+    database = CyllamaDB(tmp_path / "decorators.db", cache_ttl=timedelta(hours=1))
+    now = [T0]
+    database.clock = lambda: now[0]  # type: ignore[method-assign]
+    database.now = now  # type: ignore[attr-defined]
+    yield database
+    database.close()
+
+
+def test_plain_decorator_uses_the_global_database(tmp_path: Path) -> None:
+    cyllama_db.configure_db(path=tmp_path / "global.db")
+    calls: list[int] = []
+
+    @cached
+    def square(x: int) -> int:
+        calls.append(x)
+        return x * x
+
+    assert square(4) == 16 and square(4) == 16 and square(5) == 25
+    assert calls == [4, 5]
+    assert square.__name__ == "square" and square.__wrapped__ is not None
+    assert cyllama_db.get_db().get_cache_stats()["by_kind"]["function"] == 2
+
+
+def test_values_come_back_with_their_types(db: CyllamaDB) -> None:
+    values: dict[str, Any] = {
+        "str": "text",
+        "int": 3,
+        "float": 2.5,
+        "bool": True,
+        "list": [1, "a", None, [2.0]],
+        "dict": {"a": {"b": [1, 2]}, "c": None},
+        "unicode": "naïve ☃",
+    }
+    calls: list[str] = []
+
+    @cached(db=db)
+    def get(name: str) -> Any:
+        calls.append(name)
+        return values[name]
+
+    for name, value in values.items():
+        assert get(name) == value
+        again = get(name)
+        assert again == value and type(again) is type(value)
+    assert len(calls) == len(values)
+
+
+def test_a_cached_none_is_a_hit(db: CyllamaDB) -> None:
+    calls: list[int] = []
+
+    @cached(db=db)
+    def nothing(x: int) -> None:
+        calls.append(x)
+
+    assert nothing(1) is None and nothing(1) is None
+    assert calls == [1]
+
+
+def test_ttl_expires_entries(db: CyllamaDB) -> None:
+    calls: list[int] = []
+
+    @cached(ttl=timedelta(minutes=5), db=db)
+    def f(x: int) -> int:
+        calls.append(x)
+        return x
+
+    f(1)
+    db.now[0] = T0 + 299  # type: ignore[attr-defined]
+    f(1)
+    db.now[0] = T0 + 300  # type: ignore[attr-defined]
+    f(1)
+    assert calls == [1, 1]
+
+
+def test_default_ttl_comes_from_the_database(db: CyllamaDB) -> None:
+    calls: list[int] = []
+
+    @cached(db=db)
+    def f(x: int) -> int:
+        calls.append(x)
+        return x
+
+    f(1)
+    db.now[0] = T0 + 3600  # type: ignore[attr-defined]
+    f(1)
+    assert calls == [1, 1]
+
+
+def test_arguments_are_bound_to_the_signature(db: CyllamaDB) -> None:
+    calls: list[tuple[int, int]] = []
+
+    @cached(db=db)
+    def add(a: int, b: int = 10) -> int:
+        calls.append((a, b))
+        return a + b
+
+    assert add(1) == add(a=1) == add(1, 10) == add(1, b=10) == 11
+    assert add(1, 2) == 3
+    assert calls == [(1, 10), (1, 2)]
+    assert add.cache_key(1) == add.cache_key(a=1, b=10) != add.cache_key(1, 2)
+
+
+def test_keyable_argument_types(db: CyllamaDB) -> None:
+    class Colour(enum.Enum):
+        RED = 1
+
+    @dataclass(frozen=True)
+    class Point:
+        x: int
+        y: int
+
+    calls: list[Any] = []
+
+    @cached(db=db)
+    def f(value: Any) -> str:
+        calls.append(value)
+        return repr(value)
+
+    args = [(1, 2), {"k": [1, 2]}, {1, 2}, b"\x00\x01", Colour.RED, Point(1, 2), date(2024, 1, 2),
+            timedelta(hours=1), Path("/tmp/x"), float("inf")]
+    for arg in args:
+        f(arg)
+        f(arg)
+    assert len(calls) == len(args)
+    assert f.cache_key(1) != f.cache_key(1.0) != f.cache_key(True)
+
+
+def test_unkeyable_argument_raises_type_error_naming_it(db: CyllamaDB) -> None:
+    @cached(db=db)
+    def f(data: Any, *, options: Any = None) -> int:
+        return 1
+
+    with pytest.raises(TypeError, match=r"'data'.*object"):
+        f(object())
+    with pytest.raises(UncacheableError, match="options"):
+        f(1, options={"fn": lambda: 1})
+    with pytest.raises(UncacheableError, match="dict key 1"):
+        f({1: "a"})
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        f(1, nope=2)
+
+
+def test_methods_need_a_keyable_self(db: CyllamaDB) -> None:
+    class Service:
+        @cached(db=db)
+        def answer(self, x: int) -> int:
+            return x
+
+    with pytest.raises(UncacheableError, match="'self'"):
+        Service().answer(1)
+
+
+def test_unstorable_results_raise_type_error(db: CyllamaDB) -> None:
+    @cached(db=db)
+    def returns_object() -> object:
+        return object()
+
+    @cached(db=db)
+    def returns_tuple() -> tuple[int, int]:
+        return (1, 2)
+
+    with pytest.raises(UncacheableError, match="returns_object"):
+        returns_object()
+    with pytest.raises(TypeError, match="tuples become lists"):
+        returns_tuple()
+
+
+def test_functions_do_not_share_entries(db: CyllamaDB) -> None:
+    @cached(db=db)
+    def one(x: int) -> str:
+        return "one"
+
+    @cached(db=db)
+    def two(x: int) -> str:
+        return "two"
+
+    assert (one(1), two(1)) == ("one", "two")
+    assert one.cache_key(1) != two.cache_key(1)
+    assert one.function_name.endswith("test_functions_do_not_share_entries.<locals>.one")
+
+
+def test_invalidate_and_cache_clear(db: CyllamaDB) -> None:
+    calls: list[int] = []
+
+    @cached(db=db)
+    def f(x: int) -> int:
+        calls.append(x)
+        return x
+
+    f(1)
+    f(2)
+    assert f.invalidate(1) is True and f.invalidate(1) is False
+    f(1)
+    assert calls == [1, 2, 1]
+    assert f.cache_clear() == 2
+    f(2)
+    assert calls == [1, 2, 1, 2]
+
+
+def test_entries_share_the_cache_table(db: CyllamaDB) -> None:
+    @cached(db=db)
+    def f(x: int) -> str:
+        return "v" * 100
+
+    f(1)
+    stats = db.get_cache_stats()
+    assert stats["by_kind"]["function"] == 1 and stats["size_bytes"] > 100
+    assert db.invalidate_cache() == 1
+    db.now[0] = T0 + 3600  # type: ignore[attr-defined]
+    f(2)
+    db.now[0] = T0 + 7200  # type: ignore[attr-defined]
+    assert db.cleanup_cache() == 1
+
+
+def test_size_limit_applies_to_function_entries(tmp_path: Path) -> None:
+    with CyllamaDB(tmp_path / "small.db", max_cache_size_mb=0.01) as small:
+
+        @cached(db=small)
+        def f(x: int) -> str:
+            return "x" * 1000
+
+        for i in range(50):
+            f(i)
+        assert small.get_cache_stats()["size_bytes"] <= 0.01 * 1_048_576
+
+
+def test_db_false_and_disabled_database_pass_through() -> None:
+    calls: list[int] = []
+
+    @cached(db=False)
+    def f(x: int) -> int:
+        calls.append(x)
+        return x
+
+    @cached(db=CyllamaDB(enabled=False))
+    def g(x: int) -> int:
+        calls.append(x)
+        return x
+
+    f(1)
+    f(1)
+    g(2)
+    g(2)
+    assert calls == [1, 1, 2, 2]
+    assert f.invalidate(1) is False and g.cache_clear() == 0
+
+
+def test_concurrent_identical_calls_run_once(db: CyllamaDB) -> None:
+    calls: list[int] = []
+    barrier = threading.Barrier(4)
+
+    @cached(db=db)
+    def slow(x: int) -> int:
+        calls.append(x)
+        time.sleep(0.05)  # widen the race window; correctness is asserted on `calls`
+        return x * 2
+
+    results: list[int] = []
+
+    def worker() -> None:
+        barrier.wait()
+        results.append(slow(21))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [42] * 4 and calls == [21]
+
+
+def test_errors_are_not_cached(db: CyllamaDB) -> None:
+    calls: list[int] = []
+
+    @cached(db=db)
+    def flaky(x: int) -> int:
+        calls.append(x)
+        if len(calls) == 1:
+            raise RuntimeError("first call fails")
+        return x
+
+    with pytest.raises(RuntimeError):
+        flaky(1)
+    assert flaky(1) == 1 and flaky(1) == 1
+    assert calls == [1, 1]
+
+
+def test_bad_decorator_arguments() -> None:
+    with pytest.raises(ValueError, match="ttl"):
+        cached(ttl=-1)
+    with pytest.raises(ValueError, match="ttl"):
+        cached(ttl="whenever")
+    with pytest.raises(TypeError, match="db must be"):
+        cached(db="file.db")
+    with pytest.raises(TypeError, match="function or an LLM"):
+        cached(42)
+
+    async def coroutine() -> None:  # pragma: no cover - never awaited
+        pass
+
+    with pytest.raises(TypeError, match="async"):
+        cached(coroutine)
+
+
+# -- on an LLM -------------------------------------------------------------------------------
+
+
+def test_cached_llm(tiny_model_path: Path, db: CyllamaDB) -> None:
+    llm = LLM(tiny_model_path, db=db, cache=False, temperature=0.0, max_tokens=8)
+    wrapped = cached(ttl=timedelta(minutes=10), db=db)(llm)
+    first = wrapped("Expensive prompt")
+    assert not first.cache_hit
+    second = wrapped("Expensive prompt")
+    assert second.cache_hit and second.text == first.text
+    assert not llm("Expensive prompt").cache_hit  # the LLM itself still does not cache
+    db.now[0] = T0 + 600  # type: ignore[attr-defined]
+    assert not wrapped("Expensive prompt").cache_hit  # the decorator's TTL, not the db's hour
+    assert wrapped.cache_key("Expensive prompt") == llm.cache_key("Expensive prompt")
+    assert wrapped.invalidate("Expensive prompt") is True
+    chat = wrapped.chat([{"role": "user", "content": "hi"}])
+    assert wrapped.chat([{"role": "user", "content": "hi"}]).text == chat.text
+    llm.close()
+
+
+def test_seed_example_function_returning_a_response(tiny_model_path: Path, db: CyllamaDB) -> None:
+    llm = LLM(tiny_model_path, db=False, temperature=0.0, max_tokens=8)
+    calls: list[str] = []
+
+    @cached(ttl=timedelta(days=1), db=db)
+    def generate_summary(text: str) -> Response:
+        calls.append(text)
+        return llm(f"Summarize: {text}")
+
+    first = generate_summary("a long text")
+    second = generate_summary("a long text")
+    assert isinstance(second, Response) and second.text == first.text
+    assert second.cache_hit and not first.cache_hit
+    assert second.stats == first.stats
+    assert calls == ["a long text"]
+    llm.close()

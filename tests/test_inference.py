@@ -1,0 +1,627 @@
+"""LLM / complete() on real llama.cpp (the tiny random-weight model), with the response cache."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import cyllama_db
+from cyllama_db import (
+    LLM,
+    ContextOverflowError,
+    CyllamaDB,
+    GenerationConfig,
+    GenerationStats,
+    ModelBusyError,
+    ModelLoadError,
+    ModelNotFoundError,
+    Response,
+    Stream,
+    complete,
+    generate_cache_key,
+)
+from cyllama_db import inference as inf
+
+GREEDY = {"temperature": 0.0, "max_tokens": 12}
+
+
+class Spy:
+    """Counts what reaches llama.cpp: wraps the loaded Llama's generation methods."""
+
+    def __init__(self, llm: LLM) -> None:
+        self.calls: list[str] = []
+        self._depth = 0
+        llama = llm.llama
+        for name in ("create_completion", "create_chat_completion"):
+            real = getattr(llama, name)
+
+            def wrapped(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+                # Chat completions call create_completion inside: count the outer call only.
+                if not self._depth:
+                    self.calls.append(_name)
+                self._depth += 1
+                try:
+                    return _real(*args, **kwargs)
+                finally:
+                    self._depth -= 1
+
+            setattr(llama, name, wrapped)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[CyllamaDB]:
+    database = CyllamaDB(tmp_path / "inference.db")
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def llm(tiny_model_path: Path, db: CyllamaDB) -> Iterator[LLM]:
+    model = LLM(tiny_model_path, db=db, **GREEDY)
+    yield model
+    model.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_shared_models() -> Iterator[None]:
+    yield
+    inf.unload_models()
+
+
+# -- GenerationConfig ------------------------------------------------------------------------
+
+
+def test_config_defaults_and_normalisation() -> None:
+    config = GenerationConfig(temperature=1, stop_sequences=["b", "a", "b"], logit_bias={"5": 1})
+    assert config.temperature == 1.0 and isinstance(config.temperature, float)
+    assert config.stop_sequences == ("a", "b")
+    assert dict(config.logit_bias or {}) == {5: 1.0}
+    assert GenerationConfig(stop_sequences="END").stop_sequences == ("END",)
+    assert GenerationConfig().max_tokens == 512
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "needle"),
+    [
+        ({"temperature": -1}, ValueError, "temperature"),
+        ({"temperature": float("nan")}, ValueError, "temperature"),
+        ({"top_p": 1.5}, ValueError, "top_p"),
+        ({"max_tokens": 0}, ValueError, "max_tokens"),
+        ({"max_tokens": True}, TypeError, "max_tokens"),
+        ({"top_k": "40"}, TypeError, "top_k"),
+        ({"mirostat_mode": 3}, ValueError, "mirostat_mode"),
+        ({"stop_sequences": [1]}, TypeError, "stop_sequences"),
+        ({"repeat_penalty": 0}, ValueError, "repeat_penalty"),
+        ({"grammar": 5}, TypeError, "grammar"),
+        ({"logit_bias": {"x": 1.0}}, TypeError, "logit_bias"),
+    ],
+)
+def test_config_rejects_bad_values(changes: dict[str, Any], error: type[Exception], needle: str) -> None:
+    with pytest.raises(error, match=needle):
+        GenerationConfig(**changes)
+
+
+def test_config_replace_names_unknown_field() -> None:
+    with pytest.raises(TypeError, match=r"'temprature'.*'temperature'"):
+        GenerationConfig().replace(temprature=0.1)
+    with pytest.raises(TypeError, match="nope"):
+        GenerationConfig.from_dict({"nope": 1})
+
+
+@given(
+    temperature=st.floats(0, 5, allow_nan=False),
+    max_tokens=st.one_of(st.none(), st.integers(1, 4096)),
+    stops=st.lists(st.text(min_size=1, max_size=5), max_size=3),
+    seed=st.one_of(st.none(), st.integers(0, 2**31)),
+    bias=st.one_of(st.none(), st.dictionaries(st.integers(0, 1000), st.floats(-10, 10), max_size=3)),
+)
+def test_config_dict_round_trip(
+    temperature: float, max_tokens: int | None, stops: list[str], seed: int | None, bias: dict[int, float] | None
+) -> None:
+    config = GenerationConfig(
+        temperature=temperature, max_tokens=max_tokens, stop_sequences=stops, seed=seed, logit_bias=bias
+    )
+    again = GenerationConfig.from_dict(config.to_dict())
+    assert again == config
+    assert again.cache_json() == config.cache_json()
+    assert hash(again) == hash(config)
+
+
+def test_config_pickles_and_copies() -> None:
+    import copy
+    import pickle
+
+    config = GenerationConfig(temperature=0.0, logit_bias={3: -1.0}, stop_sequences=["x"])
+    assert pickle.loads(pickle.dumps(config)) == config
+    assert copy.deepcopy(config) == config
+
+
+def test_config_cache_json_excludes_seed_only() -> None:
+    assert GenerationConfig(seed=1).cache_json() == GenerationConfig(seed=2).cache_json()
+    assert GenerationConfig(top_k=1).cache_json() != GenerationConfig(top_k=2).cache_json()
+
+
+# -- Response --------------------------------------------------------------------------------
+
+_maybe_float = st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False))
+_maybe_int = st.one_of(st.none(), st.integers(0, 10**9))
+_texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)))
+
+
+@given(
+    text=_texts,
+    finish=st.sampled_from([None, "stop", "length", "cancelled"]),
+    hit=st.booleans(),
+    ints=st.tuples(_maybe_int, _maybe_int, _maybe_int),
+    floats=st.tuples(_maybe_float, _maybe_float, _maybe_float, _maybe_float),
+)
+def test_response_json_round_trip(
+    text: str, finish: str | None, hit: bool, ints: tuple[Any, ...], floats: tuple[Any, ...]
+) -> None:
+    response = Response(text, finish, "/m/model.gguf", hit, GenerationStats(*ints, *floats))
+    again = Response.from_json(response.to_json())
+    assert again == response
+    assert again.to_dict() == response.to_dict()
+    assert str(again) == text
+
+
+def test_response_from_dict_rejects_unknown_keys() -> None:
+    with pytest.raises(TypeError, match="bogus"):
+        Response.from_dict({"text": "x", "bogus": 1})
+    with pytest.raises(TypeError, match="text"):
+        Response.from_dict({"finish_reason": "stop"})
+    with pytest.raises(TypeError, match="prompt_tokens"):
+        GenerationStats(prompt_tokens=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="stats"):
+        Response("x", stats=42)  # type: ignore[arg-type]
+    assert Response("x", stats=None).stats == GenerationStats()  # type: ignore[arg-type]
+
+
+# -- loading and errors ----------------------------------------------------------------------
+
+
+def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.gguf"
+    with pytest.raises(ModelNotFoundError, match=r"nope\.gguf") as info:
+        LLM(missing)
+    assert isinstance(info.value, FileNotFoundError)
+    with pytest.raises(ModelNotFoundError, match=r"nope\.gguf"):
+        complete("hi", missing, db=False)
+
+
+def test_not_a_gguf_file_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bogus = tmp_path / "weights.gguf"
+    bogus.write_bytes(b"PK\x03\x04 this is a zip file, not a model" * 10)
+    llm = LLM(bogus, db=False)
+    with caplog.at_level(logging.ERROR, logger="cyllama_db.inference"), pytest.raises(
+        ModelLoadError, match=r"weights\.gguf.*not a GGUF file"
+    ):
+        llm("hello")
+    assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)
+
+
+def test_truncated_gguf_is_a_clear_error(tiny_model_path: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(tiny_model_path.read_bytes()[:5000])
+    with pytest.raises(ModelLoadError, match=r"broken\.gguf.*llama\.cpp rejected it"):
+        LLM(broken, db=False)("hello")
+
+
+def test_prompt_over_a_small_n_ctx(tiny_model_path: Path) -> None:
+    # llama.cpp pads n_ctx=32 to 256 but llama-cpp-python's buffer holds 32.
+    llm = LLM(tiny_model_path, db=False, n_ctx=32, temperature=0.0, max_tokens=4)
+    with pytest.raises(ContextOverflowError, match="n_ctx=32"):
+        llm("hello world " * 20)
+    assert llm("hello").text
+
+
+def test_context_overflow_names_the_file(tiny_model_path: Path) -> None:
+    llm = LLM(tiny_model_path, db=False, n_ctx=256, **GREEDY)
+    prompt = "hello world " * 200
+    with pytest.raises(ContextOverflowError, match=r"tiny-llama\.gguf.*n_ctx") as info:
+        llm(prompt)
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(ContextOverflowError):
+        list(llm(prompt, stream=True))
+    assert llm("hello").text  # the model is still usable
+
+
+def test_unknown_keyword_is_a_type_error(tiny_model_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"'n_ctxx'.*'n_ctx'"):
+        LLM(tiny_model_path, n_ctxx=128)
+    with pytest.raises(TypeError, match="bogus"):
+        complete("hi", tiny_model_path, db=False, bogus=1)
+    llm = LLM(tiny_model_path, db=False)
+    with pytest.raises(TypeError, match="max_token"):
+        llm("hi", max_token=3)
+    with pytest.raises(TypeError, match="prompt must be a str"):
+        llm(["not", "a", "prompt"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="db must be"):
+        LLM(tiny_model_path, db="x.db")  # type: ignore[arg-type]
+
+
+def test_kwargs_split_between_model_and_config(tiny_model_path: Path) -> None:
+    llm = LLM(tiny_model_path, db=False, n_ctx=64, temperature=0.0, max_tokens=3)
+    assert llm.load_options == {"n_ctx": 64}
+    assert llm.config.temperature == 0.0 and llm.config.max_tokens == 3
+    assert len(llm.llama.input_ids) == 64  # the option reached Llama(...)
+
+
+# -- the core loop: miss, then hit -----------------------------------------------------------
+
+
+def test_miss_then_hit_does_not_reach_llama_cpp(llm: LLM) -> None:
+    spy = Spy(llm)
+    first = llm("Hello world")
+    second = llm("Hello world")
+    assert spy.calls == ["create_completion"]
+    assert first.text and second.text == first.text
+    assert (first.cache_hit, second.cache_hit) == (False, True)
+    assert second.finish_reason == first.finish_reason
+    s1, s2 = first.stats, second.stats
+    assert s1.generated_tokens and s1.prompt_tokens and s1.total_tokens == s1.prompt_tokens + s1.generated_tokens
+    assert s1.generation_time_ms and s1.generation_time_ms > 0 and s1.tokens_per_second
+    assert s1.total_time_ms is not None and s1.total_time_ms >= s1.generation_time_ms
+    assert (s2.prompt_tokens, s2.generated_tokens) == (s1.prompt_tokens, s1.generated_tokens)
+    assert s2.generation_time_ms == 0.0 and s2.tokens_per_second is None and s2.total_time_ms is not None
+
+
+def test_generation_matches_llama_cpp_directly(llm: LLM) -> None:
+    expected = llm.llama.create_completion("The cat", max_tokens=12, temperature=0.0)["choices"][0]["text"]
+    assert llm("The cat").text == expected
+
+
+def test_hit_survives_a_restart_without_loading_the_model(tiny_model_path: Path, tmp_path: Path) -> None:
+    path = tmp_path / "restart.db"
+    with CyllamaDB(path) as first_db:
+        text = LLM(tiny_model_path, db=first_db, **GREEDY)("Once upon").text
+    with CyllamaDB(path) as second_db:
+        fresh = LLM(tiny_model_path, db=second_db, **GREEDY)
+        again = fresh("Once upon")
+        assert again.cache_hit and again.text == text
+        assert not fresh.loaded
+
+
+def test_hit_in_another_process_never_imports_llama_cpp(tiny_model_path: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "shared.db"
+    with CyllamaDB(path) as db:
+        text = LLM(tiny_model_path, db=db, **GREEDY)("Across processes").text
+    code = (
+        "import sys, cyllama_db\n"
+        f"db = cyllama_db.CyllamaDB({str(path)!r})\n"
+        f"r = cyllama_db.complete('Across processes', {str(tiny_model_path)!r}, db=db, temperature=0.0, max_tokens=12)\n"
+        "print(r.cache_hit, 'llama_cpp' in sys.modules)\n"
+        "sys.stdout.write(r.text)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    flags, _, replayed = out.partition("\n")
+    assert flags == "True False"
+    assert replayed == text
+
+
+def test_seed_is_not_part_of_the_key_but_sampling_options_are(llm: LLM) -> None:
+    spy = Spy(llm)
+    llm("Seeded", seed=1)
+    assert llm("Seeded", seed=2).cache_hit
+    assert not llm("Seeded", max_tokens=5).cache_hit
+    assert not llm("Seeded", stop_sequences=["zz"]).cache_hit
+    assert len(spy.calls) == 3
+
+
+def test_load_options_are_not_part_of_the_key(tiny_model_path: Path, db: CyllamaDB) -> None:
+    LLM(tiny_model_path, db=db, n_ctx=128, **GREEDY)("Context size")
+    other = LLM(tiny_model_path, db=db, n_ctx=256, n_threads=1, **GREEDY)
+    assert other("Context size").cache_hit and not other.loaded
+
+
+def test_cache_key_matches_generate_cache_key(llm: LLM, tiny_model_path: Path) -> None:
+    assert llm.cache_key("abc") == generate_cache_key("abc", tiny_model_path, llm.config)
+    messages = [{"role": "user", "content": "abc"}]
+    assert llm.cache_key(messages) == generate_cache_key(messages, tiny_model_path, llm.config)
+    assert llm.cache_key("abc", max_tokens=3) != llm.cache_key("abc")
+
+
+def test_cache_false_and_db_false_always_generate(tiny_model_path: Path, db: CyllamaDB) -> None:
+    for model in (LLM(tiny_model_path, db=db, cache=False, **GREEDY), LLM(tiny_model_path, db=False, **GREEDY)):
+        spy = Spy(model)
+        a, b = model("No cache"), model("No cache")
+        assert len(spy.calls) == 2 and not a.cache_hit and not b.cache_hit and a.text == b.text
+    assert db.get_cache_stats()["entries"] == 0
+
+
+def test_db_none_uses_the_global_database(tiny_model_path: Path, tmp_path: Path) -> None:
+    cyllama_db.configure_db(path=tmp_path / "global.db")
+    llm = LLM(tiny_model_path, **GREEDY)
+    assert not llm("Global").cache_hit
+    assert llm("Global").cache_hit
+    assert cyllama_db.get_db().get_cache_stats()["entries"] == 1
+    assert complete("Global", tiny_model_path, **GREEDY).cache_hit
+
+
+def test_disabled_by_environment_means_no_cache(
+    tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CYLLAMA_DB_ENABLED", "0")
+    llm = LLM(tiny_model_path, **GREEDY)
+    spy = Spy(llm)
+    llm("Disabled")
+    assert not llm("Disabled").cache_hit
+    assert len(spy.calls) == 2
+
+
+# -- statistics hand-off ---------------------------------------------------------------------
+
+
+def test_every_generation_is_recorded(llm: LLM, db: CyllamaDB, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, bool, bool, GenerationConfig]] = []
+
+    def record(model_path: str, response: Response, config: GenerationConfig, cache_hit: bool = False) -> None:
+        seen.append((model_path, response.cache_hit, cache_hit, config))
+
+    monkeypatch.setattr(db, "record_generation", record, raising=False)
+    llm("Recorded")
+    llm("Recorded")
+    list(llm("Recorded", stream=True))
+    assert [(hit, flag) for _p, hit, flag, _c in seen] == [(False, False), (True, True), (True, True)]
+    assert all(path == llm.model_path and cfg == llm.config for path, _h, _f, cfg in seen)
+
+
+def test_a_failing_stats_store_never_breaks_generation(
+    llm: LLM, db: CyllamaDB, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("stats table on fire")
+
+    monkeypatch.setattr(db, "record_generation", broken, raising=False)
+    with caplog.at_level(logging.WARNING, logger="cyllama_db.inference"):
+        assert llm("Still works").text
+        assert llm("Still works").cache_hit
+    assert "stats table on fire" in caplog.text
+
+
+@pytest.mark.skipif(not hasattr(CyllamaDB, "get_generation_history"), reason="stats store not present")
+def test_generations_reach_the_real_stats_store(llm: LLM, db: CyllamaDB) -> None:
+    llm("Into the stats")
+    llm("Into the stats")
+    history = db.get_generation_history(limit=10)
+    assert len(history) == 2
+    assert sorted(bool(row["cache_hit"]) for row in history) == [False, True]
+
+
+# -- streaming -------------------------------------------------------------------------------
+
+
+def test_streamed_miss_is_stored_and_matches_the_plain_call(llm: LLM, tiny_model_path: Path) -> None:
+    plain = LLM(tiny_model_path, db=False, **GREEDY)("Stream me").text
+    spy = Spy(llm)
+    stream = llm("Stream me", stream=True)
+    assert isinstance(stream, Stream) and not stream.cache_hit
+    chunks = list(stream)
+    assert len(chunks) > 1 and "".join(chunks) == plain == stream.text
+    assert stream.response is not None and stream.response.text == plain
+    assert stream.response.stats.generated_tokens
+    again = llm("Stream me")
+    assert again.cache_hit and again.text == plain
+    assert spy.calls == ["create_completion"]
+
+
+def test_stream_hit_replays_the_cached_text(llm: LLM) -> None:
+    text = llm("Replay").text
+    spy = Spy(llm)
+    with llm("Replay", stream=True) as stream:
+        assert stream.cache_hit and stream.response is not None and stream.response.cache_hit
+        chunks = list(stream)
+    assert "".join(chunks) == text and len(chunks) > 1
+    assert spy.calls == []
+
+
+def test_stream_stopped_early_is_not_stored(llm: LLM, db: CyllamaDB) -> None:
+    spy = Spy(llm)
+    stream = llm("Early stop", stream=True)
+    next(stream)
+    next(stream)
+    stream.close()
+    assert stream.response is None
+    assert db.get_cached_response("Early stop", llm.model_path, llm.config) is None
+    assert not llm("Early stop").cache_hit
+    assert len(spy.calls) == 2
+
+
+def test_stopped_stream_is_recorded_as_cancelled(
+    llm: LLM, db: CyllamaDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Response] = []
+    monkeypatch.setattr(db, "record_generation", lambda path, r, cfg, cache_hit=False: seen.append(r), raising=False)
+    with llm("Cancel me", stream=True) as stream:
+        first = next(stream)
+    assert [r.finish_reason for r in seen] == ["cancelled"]
+    assert seen[0].text == first and not seen[0].cache_hit
+
+
+def test_one_generation_at_a_time_per_model(llm: LLM) -> None:
+    stream = llm("First stream", stream=True)
+    next(stream)
+    with pytest.raises(ModelBusyError, match="unfinished stream"):
+        llm("Second call")
+    stream.close()
+    assert llm("Second call").text
+
+
+# -- chat ------------------------------------------------------------------------------------
+
+
+def test_chat_miss_then_hit(llm: LLM) -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    spy = Spy(llm)
+    first = llm.chat(messages)
+    second = llm.chat([dict(m) for m in messages])
+    assert spy.calls == ["create_chat_completion"]
+    assert first.text and second.text == first.text and second.cache_hit
+    assert first.stats.prompt_tokens and first.stats.prompt_tokens > 5  # the template was applied
+    # a completion of the same text is a different request
+    assert not llm("Hi").cache_hit
+    streamed = llm.chat(messages, stream=True)
+    assert streamed.cache_hit and "".join(streamed) == first.text
+
+
+def test_chat_stream_miss(llm: LLM) -> None:
+    messages = [{"role": "user", "content": "Stream a chat"}]
+    stream = llm.chat(messages, stream=True)
+    text = "".join(stream)
+    assert text and not stream.cache_hit
+    assert llm.chat(messages).text == text
+
+
+def test_chat_rejects_malformed_messages(llm: LLM) -> None:
+    with pytest.raises(TypeError, match="messages"):
+        llm.chat("hello")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="role"):
+        llm.chat([{"content": "no role"}])
+    with pytest.raises(ValueError, match="empty"):
+        llm.chat([])
+
+
+# -- concurrency -----------------------------------------------------------------------------
+
+
+def test_concurrent_identical_misses_generate_once(llm: LLM) -> None:
+    spy = Spy(llm)
+    barrier = threading.Barrier(4)
+    results: list[Response] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            barrier.wait()
+            results.append(llm("Single flight"))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert spy.calls == ["create_completion"]
+    assert len({r.text for r in results}) == 1
+    assert sorted(r.cache_hit for r in results) == [False, True, True, True]
+
+
+def test_single_flight_is_per_database(tiny_model_path: Path, tmp_path: Path) -> None:
+    dbs = [CyllamaDB(tmp_path / "a.db"), CyllamaDB(tmp_path / "b.db")]
+    models = [LLM(tiny_model_path, db=d, **GREEDY) for d in dbs]
+    barrier = threading.Barrier(2)
+
+    def worker(model: LLM) -> None:
+        barrier.wait()
+        model("Two databases")
+
+    threads = [threading.Thread(target=worker, args=(m,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for d, m in zip(dbs, models, strict=True):
+        assert d.get_cached_response("Two databases", tiny_model_path, m.config) is not None
+        m.close()
+        d.close()
+
+
+def test_different_prompts_from_threads_are_serialised(llm: LLM) -> None:
+    prompts = [f"Thread {i}" for i in range(4)]
+    expected = {p: LLM(llm.model_path, db=False, **GREEDY)(p).text for p in prompts}
+    out: dict[str, str] = {}
+    threads = [threading.Thread(target=lambda p=p: out.__setitem__(p, llm(p).text)) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == expected
+
+
+# -- complete() and model lifetime -----------------------------------------------------------
+
+
+def test_complete_reuses_the_loaded_model(tiny_model_path: Path, db: CyllamaDB) -> None:
+    first = complete("Reuse", tiny_model_path, db=db, **GREEDY)
+    shared = list(inf._shared.values())
+    assert len(shared) == 1 and shared[0].loaded
+    llama = shared[0]._llama
+    second = complete("Reuse again", tiny_model_path, db=db, **GREEDY)
+    assert next(iter(inf._shared.values()))._llama is llama
+    assert not first.cache_hit and not second.cache_hit
+    assert complete("Reuse", tiny_model_path, db=db, **GREEDY).cache_hit
+    assert str(tiny_model_path) in inf.loaded_model_paths()
+
+
+def test_complete_keeps_a_bounded_number_of_models(
+    tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inf, "MAX_SHARED_MODELS", 1)
+    copy = tmp_path / "copy.gguf"
+    shutil.copy(tiny_model_path, copy)
+    complete("a", tiny_model_path, db=False, **GREEDY)
+    complete("b", copy, db=False, **GREEDY)
+    assert [llm.model_path for llm in inf._shared.values()] == [str(copy)]
+    assert inf.unload_models() == 1
+    assert str(copy) not in inf.loaded_model_paths()
+
+
+def test_complete_stream_and_config(tiny_model_path: Path, db: CyllamaDB) -> None:
+    config = GenerationConfig(temperature=0.0, max_tokens=6)
+    stream = complete("Configured", tiny_model_path, db=db, config=config, stream=True)
+    text = "".join(stream)
+    assert complete("Configured", tiny_model_path, db=db, config=config).text == text
+    # a keyword overrides the config
+    assert not complete("Configured", tiny_model_path, db=db, config=config, max_tokens=7).cache_hit
+
+
+def test_loaded_model_paths_and_close(llm: LLM) -> None:
+    assert llm.model_path not in inf.loaded_model_paths()
+    llm("Load me")
+    assert llm.model_path in inf.loaded_model_paths()
+    llm.close()
+    assert not llm.loaded and llm.model_path not in inf.loaded_model_paths()
+    assert llm("Load me").cache_hit  # closing frees the model, not the cache
+
+
+def test_model_file_change_reloads_and_rekeys(tiny_model_path: Path, tmp_path: Path, db: CyllamaDB) -> None:
+    from cyllama_db.testing import write_tiny_llama
+
+    path = tmp_path / "changing.gguf"
+    shutil.copy(tiny_model_path, path)
+    llm = LLM(path, db=db, **GREEDY)
+    llm("Change")
+    old_llama = llm._llama
+    write_tiny_llama(path, seed=7, name="changed-model")
+    response = llm("Change")
+    assert not response.cache_hit
+    assert llm._llama is not old_llama
+
+
+def test_generation_errors_are_logged(tiny_model_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    llm = LLM(tiny_model_path, db=False, n_ctx=256)
+    with caplog.at_level(logging.ERROR, logger="cyllama_db.inference"), pytest.raises(ContextOverflowError):
+        llm("word " * 400)
+    record = next(r for r in caplog.records if r.name == "cyllama_db.inference")
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+
+
+def test_hits_and_misses_are_logged_at_debug(llm: LLM, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="cyllama_db.cache"):
+        llm("Logged")
+        llm("Logged")
+    messages = [r.getMessage() for r in caplog.records if r.name == "cyllama_db.cache"]
+    assert any("cache miss" in m for m in messages) and any("cache hit" in m for m in messages)

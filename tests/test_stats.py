@@ -1,0 +1,668 @@
+"""Generation statistics: record_generation, summaries, history, retention."""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cyllama_db import CyllamaDB, DatabaseClosedError
+from cyllama_db.stats import (
+    BUCKET_SECONDS,
+    STATS_COLUMNS,
+    model_name_for,
+    process_session_id,
+)
+
+UTC = timezone.utc
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC).timestamp()
+
+
+def response(
+    *,
+    prompt: int | None = 10,
+    generated: int | None = 20,
+    total: int | None = None,
+    total_ms: float | None = 100.0,
+    tps: float | None = 50.0,
+    finish: Any = "stop",
+    cache_hit: bool = False,
+    with_stats: bool = True,
+) -> dict[str, Any]:
+    stats = None
+    if with_stats:
+        stats = {
+            "prompt_tokens": prompt,
+            "generated_tokens": generated,
+            "total_tokens": total
+            if total is not None
+            else (None if prompt is None or generated is None else prompt + generated),
+            "prompt_time_ms": None if total_ms is None else total_ms / 4,
+            "generation_time_ms": None if total_ms is None else total_ms * 3 / 4,
+            "total_time_ms": total_ms,
+            "tokens_per_second": tps,
+        }
+    return {"text": "hi", "finish_reason": finish, "cache_hit": cache_hit, "stats": stats}
+
+
+CONFIG = {"temperature": 0.5, "max_tokens": 64}
+
+
+def record_at(db: CyllamaDB, ts: float, model: str = "a.gguf", **kw: Any) -> int:
+    db.clock = lambda: ts  # type: ignore[method-assign]
+    hit = kw.pop("hit", False)
+    rid = db.record_generation(model, response(cache_hit=False, **kw), CONFIG, cache_hit=hit)
+    assert rid is not None
+    return rid
+
+
+# -- record_generation ---------------------------------------------------------------------------
+
+
+def test_record_generation_stores_every_column(any_db: CyllamaDB) -> None:
+    any_db.clock = lambda: T0  # type: ignore[method-assign]
+    rid = any_db.record_generation("/nowhere/m.gguf", response(), CONFIG)
+    assert isinstance(rid, int)
+    [row] = any_db.get_generation_history()
+    assert set(row) == set(STATS_COLUMNS)
+    assert row == {
+        "id": rid,
+        "session_id": process_session_id(),
+        "model_path": "/nowhere/m.gguf",
+        "model_name": "m.gguf",
+        "prompt_tokens": 10,
+        "generated_tokens": 20,
+        "total_tokens": 30,
+        "prompt_time_ms": 25.0,
+        "generation_time_ms": 75.0,
+        "total_time_ms": 100.0,
+        "tokens_per_second": 50.0,
+        "temperature": 0.5,
+        "max_tokens": 64,
+        "finish_reason": "stop",
+        "cache_hit": False,
+        "created_at": datetime.fromtimestamp(T0, UTC),
+    }
+    assert row["created_at"].tzinfo is not None
+
+
+@dataclass
+class FakeStats:
+    prompt_tokens: int
+    generated_tokens: int
+    total_tokens: int
+    prompt_time_ms: float
+    generation_time_ms: float
+    total_time_ms: float
+    tokens_per_second: float
+
+
+class Finish(enum.Enum):
+    LENGTH = "length"
+
+
+def test_duck_typed_objects(memory_db: CyllamaDB) -> None:
+    stats = FakeStats(3, 4, 7, 1.0, 2.0, 3.0, 1333.3)
+    resp = SimpleNamespace(
+        text="x", finish_reason=Finish.LENGTH, model_path="m", cache_hit=False, stats=stats
+    )
+    cfg = SimpleNamespace(temperature=0.0, max_tokens=None, top_k=40)
+    memory_db.record_generation(Path("m.gguf"), resp, cfg)
+    [row] = memory_db.get_generation_history()
+    assert row["model_path"] == "m.gguf"
+    assert (row["prompt_tokens"], row["generated_tokens"], row["total_tokens"]) == (3, 4, 7)
+    assert row["tokens_per_second"] == 1333.3
+    assert row["finish_reason"] == "length"
+    assert row["temperature"] == 0.0
+    assert row["max_tokens"] is None
+
+
+def test_stats_none_and_config_none(memory_db: CyllamaDB) -> None:
+    memory_db.record_generation("m.gguf", response(with_stats=False, finish=None), None)
+    [row] = memory_db.get_generation_history()
+    for col in (
+        "prompt_tokens",
+        "total_tokens",
+        "total_time_ms",
+        "tokens_per_second",
+        "temperature",
+        "max_tokens",
+        "finish_reason",
+    ):
+        assert row[col] is None, col
+    summary = memory_db.get_stats_summary()
+    assert summary["total_generations"] == 1
+    assert summary["total_tokens"] == 0
+    assert summary["avg_tokens_per_second"] == 0.0
+    assert summary["by_model"]["m.gguf"]["p50_latency_ms"] is None
+
+
+def test_total_tokens_derived_when_missing(memory_db: CyllamaDB) -> None:
+    resp = response()
+    resp["stats"]["total_tokens"] = None
+    memory_db.record_generation("m.gguf", resp, CONFIG)
+    assert memory_db.get_generation_history()[0]["total_tokens"] == 30
+
+
+def test_non_finite_numbers_are_stored_as_null(memory_db: CyllamaDB) -> None:
+    memory_db.record_generation("m.gguf", response(tps=math.inf, total_ms=math.nan), CONFIG)
+    row = memory_db.get_generation_history()[0]
+    assert row["tokens_per_second"] is None
+    assert row["total_time_ms"] is None
+
+
+def test_cache_hit_from_argument_or_response(memory_db: CyllamaDB) -> None:
+    memory_db.record_generation("m.gguf", response(), CONFIG, cache_hit=True)
+    memory_db.record_generation("m.gguf", response(cache_hit=True), CONFIG)
+    memory_db.record_generation("m.gguf", response(), CONFIG)
+    hits = [r["cache_hit"] for r in memory_db.get_generation_history()]
+    assert sorted(hits) == [False, True, True]
+    assert all(isinstance(h, bool) for h in hits)
+
+
+def test_bad_arguments_are_named(memory_db: CyllamaDB) -> None:
+    with pytest.raises(TypeError, match="model_path"):
+        memory_db.record_generation(42, response(), CONFIG)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="model_path"):
+        memory_db.record_generation("", response(), CONFIG)
+    with pytest.raises(TypeError, match=r"stats\.generated_tokens"):
+        memory_db.record_generation("m.gguf", response(generated="many", total=30), CONFIG)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"config\.temperature"):
+        memory_db.record_generation("m.gguf", response(), {"temperature": "hot"})
+    with pytest.raises(TypeError, match="session_id"):
+        memory_db.record_generation("m.gguf", response(), CONFIG, session_id=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        memory_db.record_generation("m.gguf", response(), CONFIG, bogus=1)  # type: ignore[call-arg]
+    assert memory_db.get_generation_history() == []
+
+
+def test_session_id_default_attribute_and_argument(memory_db: CyllamaDB) -> None:
+    assert memory_db.session_id == process_session_id()
+    memory_db.record_generation("m.gguf", response(), CONFIG)
+    memory_db.session_id = "experiment-1"
+    memory_db.record_generation("m.gguf", response(), CONFIG)
+    memory_db.record_generation("m.gguf", response(), CONFIG, session_id="one-off")
+    memory_db.session_id = None
+    memory_db.record_generation("m.gguf", response(), CONFIG)
+    sessions = [r["session_id"] for r in reversed(memory_db.get_generation_history())]
+    assert sessions == [process_session_id(), "experiment-1", "one-off", process_session_id()]
+    assert len(memory_db.get_generation_history(session_id="experiment-1")) == 1
+    with pytest.raises(TypeError):
+        memory_db.session_id = ""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_forked_child_gets_its_own_session() -> None:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os.write(write_fd, process_session_id().encode())
+        os._exit(0)
+    os.close(write_fd)
+    child = os.read(read_fd, 100).decode()
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    assert child and child != process_session_id()
+
+
+def test_model_name_from_gguf_metadata(tmp_path: Path, memory_db: CyllamaDB) -> None:
+    pytest.importorskip("gguf")
+    from cyllama_db.testing import write_tiny_llama
+
+    path = write_tiny_llama(tmp_path / "tiny.gguf", name="Tiny Test Model")
+    memory_db.record_generation(str(path), response(), CONFIG)
+    assert memory_db.get_generation_history()[0]["model_name"] == "Tiny Test Model"
+    summary = memory_db.get_stats_summary()
+    assert summary["by_model"][str(path)]["model_name"] == "Tiny Test Model"
+
+    # A replaced file (new size/mtime) is read again, not served from the cache.
+    write_tiny_llama(path, name="Renamed Model With A Longer Name")
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert model_name_for(path) == "Renamed Model With A Longer Name"
+
+
+def test_model_name_falls_back_to_basename(tmp_path: Path, memory_db: CyllamaDB) -> None:
+    garbage = tmp_path / "broken.gguf"
+    garbage.write_bytes(b"not a gguf file at all")
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    folder = tmp_path / "folder.gguf"
+    folder.mkdir()
+    assert model_name_for(tmp_path / "missing.gguf") == "missing.gguf"
+    assert model_name_for(garbage) == "broken.gguf"
+    assert model_name_for(empty) == "empty.gguf"
+    assert model_name_for(folder) == "folder.gguf"
+    for path in (garbage, empty, folder, tmp_path / "missing.gguf"):
+        memory_db.record_generation(path, response(), CONFIG)  # never raises
+    names = {r["model_name"] for r in memory_db.get_generation_history()}
+    assert names == {"broken.gguf", "empty.gguf", "folder.gguf", "missing.gguf"}
+
+
+def test_disabled_database_returns_empty_answers() -> None:
+    db = CyllamaDB(enabled=False)
+    assert db.record_generation("m.gguf", response(), CONFIG) is None
+    summary = db.get_stats_summary()
+    assert summary["total_generations"] == 0
+    assert summary["total_tokens"] == 0
+    assert summary["cache_hit_rate"] == 0.0
+    assert summary["avg_tokens_per_second"] == 0.0
+    assert summary["by_model"] == {} and summary["by_day"] == []
+    assert db.get_generation_history() == []
+    assert db.prune_stats(older_than=timedelta(0)) == 0
+    assert db.stats_max_age is None
+    db.stats_max_age = "1d"  # accepted, nothing to store
+
+
+def test_closed_database_raises(memory_db: CyllamaDB) -> None:
+    memory_db.close()
+    with pytest.raises(DatabaseClosedError):
+        memory_db.record_generation("m.gguf", response(), CONFIG)
+    with pytest.raises(DatabaseClosedError):
+        memory_db.get_stats_summary()
+
+
+def test_rows_are_immutable(memory_db: CyllamaDB) -> None:
+    memory_db.record_generation("m.gguf", response(), CONFIG)
+    with (
+        pytest.raises(sqlite3.IntegrityError, match="immutable"),
+        memory_db.pool.transaction() as conn,
+    ):
+        conn.execute("UPDATE stats SET total_tokens = 0")
+
+
+def test_concurrent_records_from_threads(file_db: CyllamaDB) -> None:
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for _ in range(25):
+                file_db.record_generation(f"m{k % 2}.gguf", response(), CONFIG)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    summary = file_db.get_stats_summary()
+    assert summary["total_generations"] == 100
+    assert summary["total_tokens"] == 3000
+    assert {m: s["generations"] for m, s in summary["by_model"].items()} == {
+        "m0.gguf": 50,
+        "m1.gguf": 50,
+    }
+    assert file_db.get_db_stats()["stats_entries"] == 100
+
+
+# -- get_stats_summary: hand-computed --------------------------------------------------------
+
+
+def test_summary_hand_computed(any_db: CyllamaDB) -> None:
+    # Model a: four real generations and one hit; model b: one real, one hit.
+    record_at(any_db, T0 + 0, "a.gguf", total_ms=100.0, tps=10.0, prompt=5, generated=5)
+    record_at(any_db, T0 + 1, "a.gguf", total_ms=200.0, tps=20.0, prompt=5, generated=15)
+    record_at(any_db, T0 + 2, "a.gguf", total_ms=300.0, tps=30.0, prompt=10, generated=20)
+    record_at(any_db, T0 + 3, "a.gguf", total_ms=400.0, tps=40.0, prompt=10, generated=30)
+    record_at(any_db, T0 + 4, "a.gguf", total_ms=1.0, tps=9999.0, prompt=10, generated=30, hit=True)
+    record_at(any_db, T0 + 5, "b.gguf", total_ms=50.0, tps=100.0, prompt=1, generated=9)
+    record_at(any_db, T0 + 6, "b.gguf", total_ms=2.0, tps=5000.0, prompt=1, generated=9, hit=True)
+
+    s = any_db.get_stats_summary(tz=UTC)
+    assert s["total_generations"] == 7
+    assert s["total_tokens"] == 10 + 20 + 30 + 40 + 40 + 10 + 10
+    assert s["cache_hits"] == 2
+    assert s["cache_hit_rate"] == pytest.approx(2 / 7)
+    # Hits do not count towards speed: (10 + 20 + 30 + 40 + 100) / 5.
+    assert s["avg_tokens_per_second"] == pytest.approx(40.0)
+
+    a = s["by_model"]["a.gguf"]
+    assert a["model_name"] == "a.gguf"
+    assert (a["generations"], a["tokens"], a["cache_hits"]) == (5, 140, 1)
+    assert a["cache_hit_rate"] == pytest.approx(0.2)
+    assert a["avg_tokens_per_second"] == pytest.approx(25.0)
+    # Latencies of real generations 100, 200, 300, 400 (linear interpolation):
+    # p50 at position 1.5 -> 250; p95 at position 2.85 -> 300 + 0.85 * 100.
+    assert a["p50_latency_ms"] == pytest.approx(250.0)
+    assert a["p95_latency_ms"] == pytest.approx(385.0)
+
+    b = s["by_model"]["b.gguf"]
+    assert (b["generations"], b["tokens"], b["cache_hits"]) == (2, 20, 1)
+    assert b["avg_tokens_per_second"] == pytest.approx(100.0)
+    assert b["p50_latency_ms"] == b["p95_latency_ms"] == 50.0
+
+    [day] = s["by_day"]
+    assert day["date"] == date(2024, 5, 1)
+    assert (day["generations"], day["tokens"], day["cache_hits"]) == (7, 160, 2)
+    assert day["avg_tokens_per_second"] == pytest.approx(40.0)
+
+    only_b = any_db.get_stats_summary(model_path="b.gguf", tz=UTC)
+    assert only_b["total_generations"] == 2
+    assert list(only_b["by_model"]) == ["b.gguf"]
+    assert only_b["by_day"][0]["generations"] == 2
+
+
+def test_percentiles_match_numpy(memory_db: CyllamaDB) -> None:
+    np = pytest.importorskip("numpy")
+    latencies = [float(x) for x in (17, 3, 99, 45, 45, 2, 1000, 61, 8, 30, 29, 64, 5)]
+    for i, ms in enumerate(latencies):
+        record_at(memory_db, T0 + i, total_ms=ms)
+    record_at(memory_db, T0 + 99, total_ms=99999.0, hit=True)  # hits are not latencies
+    a = memory_db.get_stats_summary()["by_model"]["a.gguf"]
+    assert a["p50_latency_ms"] == pytest.approx(float(np.percentile(latencies, 50)))
+    assert a["p95_latency_ms"] == pytest.approx(float(np.percentile(latencies, 95)))
+
+
+def test_since_until_window_is_half_open(memory_db: CyllamaDB) -> None:
+    for k in range(6):
+        record_at(memory_db, T0 + k * 3600, generated=k, prompt=0)
+    s = memory_db.get_stats_summary(since=T0 + 3600, until=T0 + 4 * 3600)
+    assert s["total_generations"] == 3  # 1h, 2h, 3h; 4h is excluded
+    assert s["total_tokens"] == 1 + 2 + 3
+    as_datetimes = memory_db.get_stats_summary(
+        since=datetime.fromtimestamp(T0 + 3600, UTC),
+        until=datetime.fromtimestamp(T0 + 4 * 3600, UTC),
+    )
+    assert as_datetimes["total_tokens"] == 6
+    # A timedelta means "that long before now" (the injected clock).
+    memory_db.clock = lambda: T0 + 5 * 3600 + 1  # type: ignore[method-assign]
+    assert memory_db.get_stats_summary(since=timedelta(hours=2))["total_generations"] == 2
+    assert memory_db.get_stats_summary(since=T0 + 10, until=T0)["total_generations"] == 0
+
+
+def test_window_edges_inside_buckets(memory_db: CyllamaDB) -> None:
+    base = (T0 // BUCKET_SECONDS) * BUCKET_SECONDS
+    stamps = [base + 1, base + 449, base + 450, base + 899, base + 900, base + 901, base + 1800 + 5]
+    for i, ts in enumerate(stamps):
+        record_at(memory_db, ts, prompt=0, generated=i)
+    s = memory_db.get_stats_summary(since=base + 450, until=base + 901)
+    assert s["total_generations"] == 3  # 450, 899, 900
+    assert s["total_tokens"] == 2 + 3 + 4
+    assert s["by_model"]["a.gguf"]["p50_latency_ms"] == 100.0
+
+
+# -- by_day across midnight ---------------------------------------------------------------------
+
+
+def local_ts(tz: Any, *args: int) -> float:
+    return datetime(*args, tzinfo=tz).timestamp()
+
+
+@pytest.mark.parametrize(
+    "tz",
+    [
+        UTC,
+        timezone(timedelta(hours=-5)),
+        timezone(timedelta(hours=5, minutes=30)),
+        timezone(timedelta(hours=5, minutes=45)),
+        ZoneInfo("America/New_York"),
+    ],
+    ids=["utc", "minus5", "india", "nepal", "new_york"],
+)
+def test_by_day_splits_at_local_midnight(memory_db: CyllamaDB, tz: Any) -> None:
+    record_at(memory_db, local_ts(tz, 2024, 5, 1, 23, 59, 59), generated=1, prompt=0)
+    record_at(memory_db, local_ts(tz, 2024, 5, 2, 0, 0, 0), generated=2, prompt=0)
+    record_at(memory_db, local_ts(tz, 2024, 5, 2, 23, 59, 0), generated=4, prompt=0)
+    record_at(memory_db, local_ts(tz, 2024, 5, 4, 0, 0, 1), generated=8, prompt=0, hit=True)
+    days = memory_db.get_stats_summary(tz=tz)["by_day"]
+    assert [(d["date"], d["generations"], d["tokens"], d["cache_hits"]) for d in days] == [
+        (date(2024, 5, 1), 1, 1, 0),
+        (date(2024, 5, 2), 2, 6, 0),
+        (date(2024, 5, 4), 1, 8, 1),  # empty days are left out
+    ]
+    assert days[2]["cache_hit_rate"] == 1.0
+    assert days[2]["avg_tokens_per_second"] == 0.0
+
+
+def test_by_day_across_dst_changes(memory_db: CyllamaDB) -> None:
+    ny = ZoneInfo("America/New_York")
+    # 2024-03-10 has 23 hours and 2024-11-03 has 25 in New York.
+    for args in [
+        (2024, 3, 10, 0, 5),
+        (2024, 3, 10, 23, 55),
+        (2024, 3, 11, 0, 5),
+        (2024, 11, 3, 0, 5),
+        (2024, 11, 3, 23, 55),
+        (2024, 11, 4, 0, 5),
+    ]:
+        record_at(memory_db, local_ts(ny, *args))
+    days = memory_db.get_stats_summary(tz=ny)["by_day"]
+    assert [(d["date"], d["generations"]) for d in days] == [
+        (date(2024, 3, 10), 2),
+        (date(2024, 3, 11), 1),
+        (date(2024, 11, 3), 2),
+        (date(2024, 11, 4), 1),
+    ]
+
+
+@pytest.fixture
+def local_zone(monkeypatch: pytest.MonkeyPatch) -> Any:
+    if not hasattr(time, "tzset"):
+        pytest.skip("needs time.tzset()")
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    yield ZoneInfo("Asia/Kolkata")
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_by_day_defaults_to_local_time(memory_db: CyllamaDB, local_zone: Any) -> None:
+    # 23:50 and 00:10 India time are the same UTC day (18:20 and 18:40 UTC).
+    record_at(memory_db, local_ts(local_zone, 2024, 5, 1, 23, 50))
+    record_at(memory_db, local_ts(local_zone, 2024, 5, 2, 0, 10))
+    local_days = [d["date"] for d in memory_db.get_stats_summary()["by_day"]]
+    utc_days = [d["date"] for d in memory_db.get_stats_summary(tz=UTC)["by_day"]]
+    assert local_days == [date(2024, 5, 1), date(2024, 5, 2)]
+    assert utc_days == [date(2024, 5, 1)]
+
+
+def test_tz_must_be_tzinfo(memory_db: CyllamaDB) -> None:
+    with pytest.raises(TypeError, match="tz"):
+        memory_db.get_stats_summary(tz="UTC")  # type: ignore[arg-type]
+
+
+# -- the rollup agrees with the rows (property test) ---------------------------------------------
+
+
+def brute_summary(rows: list[dict[str, Any]], low: float, high: float, tz: Any) -> dict[str, Any]:
+    rows = [r for r in rows if low <= r["ts"] < high]
+    out: dict[str, Any] = {
+        "n": len(rows),
+        "tokens": sum(r["tokens"] for r in rows),
+        "hits": sum(r["hit"] for r in rows),
+        "models": {},
+        "days": {},
+    }
+    for r in rows:
+        m = out["models"].setdefault(r["model"], {"n": 0, "lat": []})
+        m["n"] += 1
+        if not r["hit"]:
+            m["lat"].append(r["ms"])
+        d = datetime.fromtimestamp(r["ts"], tz).date()
+        out["days"][d] = out["days"].get(d, 0) + 1
+    real = [r["tps"] for r in rows if not r["hit"]]
+    out["tps"] = sum(real) / len(real) if real else 0.0
+    return out
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    pos = q * (len(v) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+row_strategy = st.fixed_dictionaries(
+    {
+        "ts": st.floats(T0, T0 + 3 * 86400, allow_nan=False),
+        "model": st.sampled_from(["a.gguf", "b.gguf", "c.gguf"]),
+        "hit": st.booleans(),
+        "tokens": st.integers(0, 500),
+        "ms": st.floats(0.5, 5000, allow_nan=False).map(lambda x: round(x, 3)),
+        "tps": st.floats(0.5, 500, allow_nan=False),
+    }
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.lists(row_strategy, max_size=40),
+    since=st.none() | st.floats(T0 - 100, T0 + 3 * 86400, allow_nan=False),
+    span=st.none() | st.floats(0, 2 * 86400, allow_nan=False),
+    prune_at=st.none() | st.floats(T0, T0 + 3 * 86400, allow_nan=False),
+    tz=st.sampled_from(
+        [UTC, timezone(timedelta(hours=-9, minutes=-30)), ZoneInfo("Europe/Berlin")]
+    ),
+)
+def test_summary_matches_brute_force(
+    rows: list[dict[str, Any]],
+    since: float | None,
+    span: float | None,
+    prune_at: float | None,
+    tz: Any,
+) -> None:
+    with CyllamaDB(":memory:") as db:
+        for r in rows:
+            db.clock = lambda r=r: r["ts"]  # type: ignore[method-assign]
+            db.record_generation(
+                r["model"],
+                {
+                    "stats": {
+                        "total_tokens": r["tokens"],
+                        "total_time_ms": r["ms"],
+                        "tokens_per_second": r["tps"],
+                    }
+                },
+                None,
+                cache_hit=r["hit"],
+            )
+        if prune_at is not None:  # the rollup must follow deletions too
+            removed = db.prune_stats(older_than=prune_at)
+            assert removed == sum(r["ts"] < prune_at for r in rows)
+            rows = [r for r in rows if r["ts"] >= prune_at]
+        until = None if since is None or span is None else since + span
+        got = db.get_stats_summary(since=since, until=until, tz=tz)
+        want = brute_summary(
+            rows, since if since is not None else 0.0, until if until is not None else math.inf, tz
+        )
+        assert got["total_generations"] == want["n"]
+        assert got["total_tokens"] == want["tokens"]
+        assert got["cache_hits"] == want["hits"]
+        assert got["avg_tokens_per_second"] == pytest.approx(want["tps"], rel=1e-9, abs=1e-9)
+        assert {m: v["generations"] for m, v in got["by_model"].items()} == {
+            m: v["n"] for m, v in want["models"].items()
+        }
+        for m, v in want["models"].items():
+            assert got["by_model"][m]["p50_latency_ms"] == pytest.approx(quantile(v["lat"], 0.5))
+            assert got["by_model"][m]["p95_latency_ms"] == pytest.approx(quantile(v["lat"], 0.95))
+        assert {d["date"]: d["generations"] for d in got["by_day"]} == want["days"]
+        assert [d["date"] for d in got["by_day"]] == sorted(want["days"])
+
+
+# -- history ------------------------------------------------------------------------------------
+
+
+def test_history_newest_first_and_paging(memory_db: CyllamaDB) -> None:
+    ids = [record_at(memory_db, T0 + k, "a.gguf" if k % 3 else "b.gguf") for k in range(10)]
+    # Same timestamp: the later row is newer.
+    ids.append(record_at(memory_db, T0 + 9, "a.gguf"))
+    history = memory_db.get_generation_history()
+    assert [r["id"] for r in history] == [ids[10], *reversed(ids[:10])]
+    pages = [memory_db.get_generation_history(limit=4, offset=o) for o in (0, 4, 8)]
+    assert [r["id"] for page in pages for r in page] == [r["id"] for r in history]
+    assert [len(p) for p in pages] == [4, 4, 3]
+    assert memory_db.get_generation_history(limit=0) == []
+    b_rows = memory_db.get_generation_history(model_path="b.gguf")
+    assert [r["id"] for r in b_rows] == [ids[9], ids[6], ids[3], ids[0]]
+    with pytest.raises(ValueError, match="limit"):
+        memory_db.get_generation_history(limit=-1)
+    with pytest.raises(TypeError, match="offset"):
+        memory_db.get_generation_history(offset="2")  # type: ignore[arg-type]
+
+
+def test_history_goes_into_pandas(memory_db: CyllamaDB) -> None:
+    pd = pytest.importorskip("pandas")
+    for k in range(5):
+        record_at(memory_db, T0 + k, "a.gguf" if k % 2 else "b.gguf", tps=10.0 * (k + 1))
+    df = pd.DataFrame(memory_db.get_generation_history())
+    assert list(df.columns) == list(STATS_COLUMNS)
+    assert len(df) == 5
+    means = df.groupby("model_name")["tokens_per_second"].mean().to_dict()
+    assert means == {"a.gguf": pytest.approx(30.0), "b.gguf": pytest.approx(30.0)}
+    assert str(df["created_at"].dt.tz) == "UTC"
+
+
+# -- retention ----------------------------------------------------------------------------------
+
+
+def test_prune_stats(any_db: CyllamaDB) -> None:
+    for k in range(10):
+        record_at(any_db, T0 + k * 86400, "a.gguf" if k % 2 else "b.gguf")
+    any_db.clock = lambda: T0 + 10 * 86400  # type: ignore[method-assign]
+    assert any_db.prune_stats(older_than=timedelta(days=7)) == 3  # days 0, 1, 2
+    assert any_db.prune_stats(older_than=T0 + 5 * 86400, model_path="a.gguf") == 1  # day 3
+    assert any_db.prune_stats(older_than=datetime.fromtimestamp(T0, UTC)) == 0
+    summary = any_db.get_stats_summary()
+    assert summary["total_generations"] == 6
+    assert any_db.get_db_stats()["stats_entries"] == 6
+    with pytest.raises(TypeError, match="older_than"):
+        any_db.prune_stats(older_than=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        any_db.prune_stats(older_than="7d")  # type: ignore[arg-type]
+
+
+def test_prune_everything_empties_the_rollup(memory_db: CyllamaDB) -> None:
+    for k in range(5):
+        record_at(memory_db, T0 + k * 100, tps=3.3)
+    memory_db.prune_stats(older_than=T0 + 10_000)
+    with memory_db.pool.read() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM stats_rollup").fetchone()[0] == 0
+    assert memory_db.get_stats_summary()["total_generations"] == 0
+
+
+def test_max_age_prunes_while_recording(db_path: Path) -> None:
+    with CyllamaDB(db_path) as db:
+        assert db.stats_max_age is None
+        record_at(db, T0)
+        record_at(db, T0 + 86400)
+        db.clock = lambda: T0 + 86400 + 60  # type: ignore[method-assign]
+        db.stats_max_age = "1d"  # applies at once: the first row is older than a day
+        assert db.stats_max_age == timedelta(days=1)
+        assert db.get_stats_summary()["total_generations"] == 1
+    with CyllamaDB(db_path) as db:  # the setting lives in the file
+        assert db.stats_max_age == timedelta(days=1)
+        record_at(db, T0 + 3 * 86400)
+        assert db.get_stats_summary()["total_generations"] == 1
+        record_at(db, T0 + 3 * 86400 + 60)  # within the hour: no second prune pass needed
+        assert db.get_stats_summary()["total_generations"] == 2
+        db.stats_max_age = None
+        assert db.stats_max_age is None
+        with pytest.raises(ValueError, match="stats_max_age"):
+            db.stats_max_age = "soon"
+        with pytest.raises(ValueError, match="positive"):
+            db.stats_max_age = 0
+
+
+def test_db_stats_counts_rows(any_db: CyllamaDB) -> None:
+    assert any_db.get_db_stats()["stats_entries"] == 0
+    any_db.record_generation("m.gguf", response(), CONFIG)
+    assert any_db.get_db_stats()["stats_entries"] == 1
