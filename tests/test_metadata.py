@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,31 @@ def test_updated_at_is_unix_ms(any_db: CyllamaDB) -> None:
     any_db.set_metadata("k", "v")
     with any_db.pool.read() as conn:
         assert conn.execute("SELECT updated_at FROM metadata WHERE key='k'").fetchone()[0] == 1234500
+
+
+def test_reopening_does_not_reset_server_start_time(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with CyllamaDB(path) as db:
+        db.set_metadata("server_start_time", "1000")
+    with CyllamaDB(path) as db:
+        assert db.get_metadata("server_start_time") == "1000"
+        db.clock = lambda: 5.0
+        db.mark_server_start()
+        assert db.get_metadata("server_start_time") == "5000"
+
+
+def test_opening_an_up_to_date_file_takes_no_write_lock(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "busy.db"
+    CyllamaDB(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's long write
+    try:
+        # busy_timeout is tiny: any write during open would fail or fall back
+        with CyllamaDB(path, busy_timeout=0.05) as db:
+            assert db.path == str(path)
+            assert db.get_metadata("db_version") == str(migrations.latest_version())
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()

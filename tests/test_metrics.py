@@ -749,3 +749,14 @@ def test_figures_with_a_real_model_registry_and_stats(memory_db: CyllamaDB, tiny
     finally:
         llm.close()
     assert sample_metrics(memory_db, nvml=FakeNVML([]))["active_models"] == 2  # both registry entries remain
+
+
+def test_sampler_start_resets_uptime_origin(memory_db: CyllamaDB) -> None:
+    pytest.importorskip("psutil")
+    memory_db.set_metadata("server_start_time", "1")
+    memory_db.clock = lambda: 2_000.0
+    sampler = memory_db.start_metrics_sampler(interval=60)
+    try:
+        assert memory_db.get_metadata("server_start_time") == "2000000"
+    finally:
+        sampler.stop()

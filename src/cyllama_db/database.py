@@ -163,9 +163,13 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
             conn.close()
 
     def _record_open(self) -> None:
+        # Only write what changed: opening (e.g. a CLI `info`) must neither wait
+        # on another process's write lock nor reset the dashboard's uptime.
         try:
-            self.set_metadata("db_version", str(_migrations.latest_version()))
-            self.set_metadata("server_start_time", str(int(self.clock() * 1000)))
+            if self.get_metadata("db_version") != str(_migrations.latest_version()):
+                self.set_metadata("db_version", str(_migrations.latest_version()))
+            if self.get_metadata("server_start_time") is None:
+                self.mark_server_start()
         except Exception as exc:  # pragma: no cover - a read-only race; not worth failing for
             logger.debug("could not record open in metadata: %s", exc)
 

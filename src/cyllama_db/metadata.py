@@ -1,8 +1,11 @@
 """The dashboard design's ``metadata`` table: string values under string keys.
 
 The library keeps two keys itself: ``db_version`` (the schema version) and
-``server_start_time`` (Unix milliseconds when this process opened the
-database; the metrics store derives ``uptime`` from it).
+``server_start_time`` (Unix milliseconds; the metrics store derives ``uptime``
+from it). ``server_start_time`` is set when the file is created and reset by
+:meth:`MetadataMixin.mark_server_start`, which a metrics sampler calls when it
+starts: the process that samples is the "server" whose uptime the dashboard
+shows. Merely opening the database (a CLI command, a script) leaves it alone.
 """
 
 from __future__ import annotations
@@ -63,6 +66,11 @@ class MetadataMixin(StoreBase):
         """Every metadata entry as ``{key: value}``."""
         with self.pool.read() as conn:
             return dict(conn.execute("SELECT key, value FROM metadata ORDER BY key").fetchall())
+
+    @db_op()
+    def mark_server_start(self) -> None:
+        """Set ``server_start_time`` to now (Unix ms): uptime counts from here."""
+        self.set_metadata("server_start_time", str(int(self.clock() * 1000)))
 
     @db_op(empty=lambda: False)
     def delete_metadata(self, key: str) -> bool:

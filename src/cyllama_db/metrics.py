@@ -670,6 +670,7 @@ class MetricsSampler:
                 daemon=True,
             )
             self.db._register_sampler(self, True)
+            self.db.mark_server_start()
             self._thread.start()
         return self
 

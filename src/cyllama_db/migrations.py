@@ -148,7 +148,12 @@ def migrate(conn: sqlite3.Connection, path: str = "database") -> list[int]:
     """
     check_not_newer(conn, path)
     applied_now: list[int] = []
+    # The common case (an up-to-date file) must not take the write lock: a
+    # long write in another process would otherwise stall every open.
+    pending = set(pending_versions(conn))
     for mig in registered_migrations():
+        if mig.version not in pending:
+            continue
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(
