@@ -670,7 +670,10 @@ class MetricsSampler:
                 daemon=True,
             )
             self.db._register_sampler(self, True)
-            self.db.mark_server_start()
+            # The sampling process is the "server" whose uptime is reported.
+            mark_start = getattr(self.db, "mark_server_start", None)
+            if mark_start is not None:
+                mark_start()
             self._thread.start()
         return self
 
