@@ -63,9 +63,7 @@ def main() -> None:
             print(f"\nthe hit was {first_ms / wall_ms:,.0f}x faster than the miss")
         print(f"\ntext: {PROMPT}{text.rstrip()}")
 
-        summary = getattr(db, "get_stats_summary", None)
-        if summary is not None:
-            print("\nstatistics:", json.dumps(summary(model_path=model), indent=2, default=str))
+        print("\nstatistics:", json.dumps(db.get_stats_summary(model_path=model), indent=2, default=str))
         print("\ncache:", json.dumps(db.get_cache_stats(), indent=2, default=str))
 
 
