@@ -1077,3 +1077,130 @@ def test_inference_arguments(db: CyllamaDB) -> None:
         inference_arguments(db, "ghost")
     with pytest.raises(cyllama_db.errors.ModelLoadError, match="disabled"):
         inference_arguments(CyllamaDB(enabled=False), "m")
+
+
+# -- LLM.from_registry / complete(model=...) ----------------------------------------------------
+
+
+@pytest.fixture
+def tiny_registered(db: CyllamaDB, tiny_model_path: Path) -> CyllamaDB:
+    db.register_model(
+        tiny_model_path,
+        name="tiny",
+        ctx_size=256,
+        batch_size=64,
+        threads=1,
+        gpu_layers=0,
+        temperature=0.0,  # greedy: deterministic text
+        predict=3,
+        seed=11,
+        log_disable=True,
+    )
+    return db
+
+
+def test_llm_from_registry_loads_and_generates(tiny_registered: CyllamaDB) -> None:
+    from cyllama_db import LLM
+
+    db = tiny_registered
+    db.clock = lambda: T0 + 100  # type: ignore[method-assign]
+    with LLM.from_registry("tiny", db=db, cache=False) as llm:
+        rec = db.get_model_by_name("tiny")
+        assert rec is not None
+        assert rec["status"] == "running" and rec["last_used_at"] == _ts(T0 + 100)
+        assert llm.model_path == rec["model_path"]
+        assert llm.load_options == {"n_ctx": 256, "n_batch": 64, "n_threads": 1, "n_gpu_layers": 0}
+        assert llm.config.temperature == 0.0 and llm.config.max_tokens == 3
+        assert llm.config.seed == 11
+        out = llm("Hello")
+        assert out.text and out.stats.generated_tokens == 3
+        assert llm.llama.n_ctx() == 256  # the stored ctx_size reached llama.cpp
+        # the same text as an LLM built by hand with the same settings
+        by_hand = llm.__class__(
+            rec["model_path"], db=False, cache=False, n_ctx=256, n_batch=64, n_threads=1,
+            n_gpu_layers=0, temperature=0.0, max_tokens=3, seed=11,
+        )  # fmt: skip
+        with by_hand:
+            assert by_hand("Hello").text == out.text
+
+
+def test_llm_from_registry_overrides(tiny_registered: CyllamaDB) -> None:
+    from cyllama_db import LLM, GenerationConfig
+
+    db = tiny_registered
+    rec = db.get_model_by_name("tiny")
+    assert rec is not None
+    with LLM.from_registry(rec["id"], db=db, n_ctx=128, max_tokens=2) as llm:
+        assert llm.load_options["n_ctx"] == 128 and llm.config.max_tokens == 2
+        assert llm.config.temperature == 0.0  # the rest stays as stored
+    with LLM.from_registry("tiny", db=db, config=GenerationConfig(max_tokens=5)) as llm:
+        assert llm.config.max_tokens == 5 and llm.config.temperature == 0.8  # config replaces
+        assert llm.load_options["n_ctx"] == 256
+
+
+def test_complete_with_a_registered_model(tiny_registered: CyllamaDB) -> None:
+    from cyllama_db import complete
+    from cyllama_db.inference import unload_models
+
+    db = tiny_registered
+    try:
+        db.clock = lambda: T0 + 200  # type: ignore[method-assign]
+        first = complete("Hello", model="tiny", db=db)
+        assert first.text and first.stats.generated_tokens == 3  # stored predict
+        rec = db.get_model_by_name("tiny")
+        assert rec is not None
+        assert rec["last_used_at"] == _ts(T0 + 200) and rec["status"] == "running"
+        assert first.model_path == rec["model_path"]
+        # explicit kwargs win over the stored values
+        longer = complete("Hello", model="tiny", db=db, max_tokens=5, cache=False)
+        assert longer.stats.generated_tokens == 5 and longer.text.startswith(first.text)
+        # the same as naming the file with the same settings
+        direct = complete(
+            "Hello", rec["model_path"], db=False, n_ctx=256, n_batch=64, n_threads=1,
+            n_gpu_layers=0, temperature=0.0, max_tokens=3, seed=11,
+        )  # fmt: skip
+        assert direct.text == first.text
+    finally:
+        unload_models()
+
+
+def test_registry_inference_errors(tiny_registered: CyllamaDB, tmp_path: Path) -> None:
+    from cyllama_db import LLM, complete
+    from cyllama_db.errors import ModelNotFoundError
+
+    db = tiny_registered
+    with pytest.raises(UnknownModelError):
+        LLM.from_registry("ghost", db=db)
+    with pytest.raises(UnknownModelError):
+        complete("Hi", model="ghost", db=db)
+    with pytest.raises(TypeError, match="not both"):
+        complete("Hi", "x.gguf", db=db, model="tiny")
+    with pytest.raises(TypeError, match=r"model_path .* or model="):
+        complete("Hi", db=db)
+    with pytest.raises(TypeError, match="needs its database"):
+        LLM.from_registry("tiny", db=False)
+    with pytest.raises(TypeError, match="bogus"):
+        LLM.from_registry("tiny", db=db, bogus=1)
+    assert db.get_model_by_name("tiny")["status"] == "stopped"  # type: ignore[index]
+    # a registered file that has gone: status "error"
+    gone = tmp_path / "gone.gguf"
+    shutil.copy(db.get_model_by_name("tiny")["model_path"], gone)  # type: ignore[index]
+    db.register_model(gone, name="gone")
+    gone.unlink()
+    with pytest.raises(ModelNotFoundError):
+        LLM.from_registry("gone", db=db)
+    assert db.get_model_by_name("gone")["status"] == "error"  # type: ignore[index]
+    db.update_model("gone", status="stopped")
+    with pytest.raises(ModelNotFoundError):
+        complete("Hi", model="gone", db=db)
+    assert db.get_model_by_name("gone")["status"] == "error"  # type: ignore[index]
+
+
+def test_from_registry_uses_the_global_database(tiny_model_path: Path) -> None:
+    from cyllama_db import LLM, configure_db
+
+    db = configure_db(path=":memory:")
+    db.register_model(tiny_model_path, name="global-tiny", ctx_size=128)
+    with LLM.from_registry("global-tiny") as llm:
+        assert llm.load_options["n_ctx"] == 128
+    assert db.get_model_by_name("global-tiny")["status"] == "running"  # type: ignore[index]

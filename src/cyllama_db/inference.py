@@ -754,6 +754,37 @@ class LLM:
         self._lock = _ModelLock()
         self._active_stream: weakref.ref[Stream] | None = None
 
+    @classmethod
+    def from_registry(
+        cls,
+        model: int | str,
+        db: DBArg = None,
+        config: GenerationConfig | Mapping[str, Any] | None = None,
+        cache: bool = True,
+        **overrides: Any,
+    ) -> LLM:
+        """An ``LLM`` for a registered model (``db.save_model``/``db.register_model``), by name or id.
+
+        Its stored parameters become the ``llama_cpp.Llama`` load options
+        (``ctx_size`` -> ``n_ctx``, ``gpu_layers``, cache types...) and the
+        default :class:`GenerationConfig` (temperature, top_k, ``predict`` as
+        max_tokens, seed...). ``config`` replaces the stored sampling defaults;
+        ``overrides`` (load options, ``GenerationConfig`` fields, ``verbose``)
+        win over both. ``db`` holds the registry and is used as for
+        :class:`LLM` (``None`` = the global database). Marks the entry's
+        ``last_used_at`` and sets its status to ``running`` (``error`` when its
+        file is missing).
+        """
+        registry_db, record, kwargs, base = _from_registry(model, db, config, "LLM.from_registry()")
+        path = kwargs.pop("model_path")
+        try:
+            llm = cls(path, config=base, db=db, cache=cache, **{**kwargs, **overrides})
+        except ModelLoadError:
+            registry_db.mark_model_loaded(record["id"], status="error")
+            raise
+        registry_db.mark_model_loaded(record["id"])
+        return llm
+
     # -- public API ------------------------------------------------------------------------------
 
     def __call__(self, prompt: str, stream: bool = False, **overrides: Any) -> Any:
@@ -1189,11 +1220,12 @@ def _split_kwargs(kwargs: Mapping[str, Any], owner: str) -> tuple[dict[str, Any]
 
 def complete(
     prompt: str,
-    model_path: str | os.PathLike[str],
+    model_path: str | os.PathLike[str] | None = None,
     db: DBArg = None,
     config: GenerationConfig | Mapping[str, Any] | None = None,
     stream: bool = False,
     *,
+    model: int | str | None = None,
     cache: bool = True,
     verbose: bool = False,
     **kwargs: Any,
@@ -1205,10 +1237,54 @@ def complete(
     ``config``) or ``llama_cpp.Llama`` load options; other names raise
     ``TypeError``. ``db``/``cache`` as for :class:`LLM`. Returns a
     :class:`Response`, or a :class:`Stream` when ``stream=True``.
+
+    ``model=`` names (or gives the id of) a registered model instead of
+    ``model_path``: its stored load options and sampling defaults apply
+    (``config`` replaces the latter, ``kwargs`` win over both) and its
+    ``last_used_at``/status are updated, as :meth:`LLM.from_registry` does.
     """
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__} (use chat() for messages)")
-    return _shared_call("completion", prompt, model_path, db, config, stream, cache, verbose, kwargs, "complete()")
+    if model is None:
+        if model_path is None:
+            raise TypeError(
+                "complete() needs model_path (a .gguf file) or model= (a registered model's name or id)"
+            )
+        return _shared_call("completion", prompt, model_path, db, config, stream, cache, verbose, kwargs, "complete()")
+    if model_path is not None:
+        raise TypeError("complete() takes model_path or model=, not both")
+    registry_db, record, stored, base = _from_registry(model, db, config, "complete()")
+    path = stored.pop("model_path")
+    registry_db.mark_model_loaded(record["id"])
+    try:
+        return _shared_call(
+            "completion", prompt, path, db, base, stream, cache, verbose, {**stored, **kwargs}, "complete()"
+        )
+    except ModelLoadError:
+        registry_db.mark_model_loaded(record["id"], status="error")
+        raise
+
+
+def _from_registry(
+    model: int | str, db: Any, config: Any, owner: str
+) -> tuple[CyllamaDB, Mapping[str, Any], dict[str, Any], GenerationConfig]:
+    """(registry database, record, ``LLM`` keyword arguments, base config) of a registered model."""
+    from .registry import inference_arguments
+
+    _check_db_arg(db)
+    if db is False:
+        raise TypeError(
+            f"{owner}: a registered model needs its database; pass db=CyllamaDB(...) "
+            "or leave db=None for the global one"
+        )
+    if db is None or db is True:
+        from .database import get_db
+
+        db = get_db()
+    record, kwargs, sampling = inference_arguments(db, model)
+    kwargs.pop("verbose", None)  # stored log_disable: quiet is already the default here
+    base = GenerationConfig.coerce(config) if config is not None else GenerationConfig(**sampling)
+    return db, record, kwargs, base
 
 
 def chat(
