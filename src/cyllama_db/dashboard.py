@@ -46,6 +46,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from ._time import parse_duration
+from .metrics import METRICS_FIELDS
 
 if TYPE_CHECKING:
     from .database import CyllamaDB
@@ -65,19 +66,6 @@ _CSP = (
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 
-_METRIC_KEYS = (
-    "cpu_usage",
-    "memory_usage",
-    "disk_usage",
-    "gpu_usage",
-    "gpu_temperature",
-    "gpu_memory_used",
-    "gpu_memory_total",
-    "gpu_power_usage",
-    "active_models",
-    "uptime",
-    "requests_per_minute",
-)
 
 _MODEL_FIELDS = (
     "id",
@@ -202,7 +190,7 @@ def _metrics(db: CyllamaDB, minutes: float | None = None) -> dict[str, Any]:
         compact = {"t": row.get("timestamp_ms")}
         if compact["t"] is None and row.get("timestamp") is not None:
             compact["t"] = int(row["timestamp"].timestamp() * 1000)
-        compact.update({k: row.get(k) for k in _METRIC_KEYS})
+        compact.update({k: row.get(k) for k in METRICS_FIELDS})
         rows.append(compact)
     return {"window_minutes": window, "rows": rows}
 
