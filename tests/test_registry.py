@@ -1164,6 +1164,27 @@ def test_complete_with_a_registered_model(tiny_registered: CyllamaDB) -> None:
         unload_models()
 
 
+def test_chat_with_a_registered_model(tiny_registered: CyllamaDB) -> None:
+    from cyllama_db import chat
+    from cyllama_db.inference import unload_models
+
+    db = tiny_registered
+    messages = [{"role": "user", "content": "Say hi"}]
+    try:
+        first = chat(messages, model="tiny", db=db)
+        assert first.stats.generated_tokens == 3  # the stored predict applies to chat too
+        rec = db.get_model_by_name("tiny")
+        assert rec is not None and rec["status"] == "running"
+        again = chat(messages, model="tiny", db=db)
+        assert again.cache_hit and again.text == first.text
+        with pytest.raises(TypeError, match="not both"):
+            chat(messages, rec["model_path"], db=db, model="tiny")
+        with pytest.raises(UnknownModelError):
+            chat(messages, model="ghost", db=db)
+    finally:
+        unload_models()
+
+
 def test_registry_inference_errors(tiny_registered: CyllamaDB, tmp_path: Path) -> None:
     from cyllama_db import LLM, complete
     from cyllama_db.errors import ModelNotFoundError

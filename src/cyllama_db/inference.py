@@ -1245,21 +1245,38 @@ def complete(
     """
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__} (use chat() for messages)")
+    return _model_call(
+        "completion", prompt, model_path, model, db, config, stream, cache, verbose, kwargs, "complete()"
+    )
+
+
+def _model_call(
+    kind: Kind,
+    payload: Any,
+    model_path: str | os.PathLike[str] | None,
+    model: int | str | None,
+    db: Any,
+    config: Any,
+    stream: bool,
+    cache: bool,
+    verbose: bool,
+    kwargs: Mapping[str, Any],
+    owner: str,
+) -> Any:
+    """Route a module-level call to a model file or to a registered model."""
     if model is None:
         if model_path is None:
             raise TypeError(
-                "complete() needs model_path (a .gguf file) or model= (a registered model's name or id)"
+                f"{owner} needs model_path (a .gguf file) or model= (a registered model's name or id)"
             )
-        return _shared_call("completion", prompt, model_path, db, config, stream, cache, verbose, kwargs, "complete()")
+        return _shared_call(kind, payload, model_path, db, config, stream, cache, verbose, kwargs, owner)
     if model_path is not None:
-        raise TypeError("complete() takes model_path or model=, not both")
-    registry_db, record, stored, base = _from_registry(model, db, config, "complete()")
+        raise TypeError(f"{owner} takes model_path or model=, not both")
+    registry_db, record, stored, base = _from_registry(model, db, config, owner)
     path = stored.pop("model_path")
     registry_db.mark_model_loaded(record["id"])
     try:
-        return _shared_call(
-            "completion", prompt, path, db, base, stream, cache, verbose, {**stored, **kwargs}, "complete()"
-        )
+        return _shared_call(kind, payload, path, db, base, stream, cache, verbose, {**stored, **kwargs}, owner)
     except ModelLoadError:
         registry_db.mark_model_loaded(record["id"], status="error")
         raise
@@ -1289,17 +1306,21 @@ def _from_registry(
 
 def chat(
     messages: Messages,
-    model_path: str | os.PathLike[str],
+    model_path: str | os.PathLike[str] | None = None,
     db: DBArg = None,
     config: GenerationConfig | Mapping[str, Any] | None = None,
     stream: bool = False,
     *,
+    model: int | str | None = None,
     cache: bool = True,
     verbose: bool = False,
     **kwargs: Any,
 ) -> Any:
-    """Like :func:`complete` for chat ``messages`` (applies the model's chat template)."""
-    return _shared_call("chat", messages, model_path, db, config, stream, cache, verbose, kwargs, "chat()")
+    """Like :func:`complete` for chat ``messages`` (applies the model's chat template).
+
+    ``model=`` selects a registered model instead of ``model_path``.
+    """
+    return _model_call("chat", messages, model_path, model, db, config, stream, cache, verbose, kwargs, "chat()")
 
 
 def _shared_call(
