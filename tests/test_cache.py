@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -21,6 +26,7 @@ from cyllama_db import (
     GenerationConfig,
     GenerationStats,
     Response,
+    _cacheutil,
     generate_cache_key,
     model_identity,
 )
@@ -159,6 +165,52 @@ def test_identity_of_missing_and_non_gguf_files(tmp_path: Path) -> None:
     assert model_identity(junk) != first
 
 
+def test_lookups_recheck_the_file_at_most_once_per_millisecond(
+    model: Path, tmp_path: Path, memory_db: CyllamaDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cyllama_db.testing import write_tiny_llama
+
+    ticks = [1000.0]
+    monkeypatch.setattr(_cacheutil, "_monotonic", lambda: ticks[0])
+    path = tmp_path / "swapped.gguf"
+    shutil.copy(model, path)
+    memory_db.cache_response("Hello", path, CONFIG, _response())  # checks the file
+    stats: list[str] = []
+    real_stat = os.stat
+    monkeypatch.setattr(_cacheutil.os, "stat", lambda p, *a, **k: stats.append(p) or real_stat(p, *a, **k))
+    assert memory_db.get_cached_response("Hello", path, CONFIG) is not None
+    assert stats == []  # checked less than a millisecond ago: no stat()
+    other = tmp_path / "other" / "swapped.gguf"
+    write_tiny_llama(other, name="a-different-model")
+    os.replace(other, path)
+    stats.clear()
+    # Within the millisecond the previous identity may still be used...
+    assert memory_db.get_cached_response("Hello", path, CONFIG) is not None
+    ticks[0] += 2 * _cacheutil.RECHECK_SECONDS
+    # ...and not after it.
+    assert memory_db.get_cached_response("Hello", path, CONFIG) is None
+    assert str(path) in stats
+
+
+def test_model_identity_always_looks_at_the_file(
+    model: Path, tmp_path: Path, memory_db: CyllamaDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cyllama_db.testing import write_tiny_llama
+
+    monkeypatch.setattr(_cacheutil, "_monotonic", lambda: 1000.0)  # time stands still
+    path = tmp_path / "replaced.gguf"
+    shutil.copy(model, path)
+    memory_db.cache_response("Hello", path, CONFIG, _response())
+    write_tiny_llama(path, name="replaced-model")
+    before = generate_cache_key("Hello", model, CONFIG)
+    assert generate_cache_key("Hello", path, CONFIG) != before  # the public functions re-check...
+    assert memory_db.get_cached_response("Hello", path, CONFIG) is None  # ...and update the lookups' view
+    memory_db.cache_response("Hello", path, CONFIG, _response("new"))
+    cache_module.clear_identity_cache()
+    hit = memory_db.get_cached_response("Hello", path, CONFIG)
+    assert hit is not None and hit.text == "new"
+
+
 # -- store and look up -----------------------------------------------------------------------
 
 
@@ -291,6 +343,17 @@ def _total_bytes(db: CyllamaDB) -> int:
     return int(db.get_cache_stats()["size_bytes"])
 
 
+def _counted_total(db: CyllamaDB) -> int:
+    """The total as the store reads it: cache_totals plus the rows not folded in yet."""
+    with _other_connection(db) as conn:
+        return int(conn.execute(cache_module._TOTAL_SQL).fetchone()[0])
+
+
+def _sum_bytes(path: str | Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT COALESCE(SUM(size_bytes), 0) FROM cache").fetchone()[0])
+
+
 def test_size_limit_holds_without_cleanup(tmp_path: Path, model: Path) -> None:
     limit_mb = 0.05
     with CyllamaDB(tmp_path / "small.db", max_cache_size_mb=limit_mb) as db:
@@ -304,7 +367,8 @@ def test_size_limit_holds_without_cleanup(tmp_path: Path, model: Path) -> None:
         assert db.get_cached_response("prompt 0", model, CONFIG) is None
         with _other_connection(db) as conn:
             actual = conn.execute("SELECT COALESCE(SUM(size_bytes), 0), COUNT(*) FROM cache").fetchone()
-        assert actual == (stats["size_bytes"], stats["entries"])  # the trigger-kept totals are exact
+        assert actual == (stats["size_bytes"], stats["entries"])
+        assert _counted_total(db) == actual[0]  # cache_totals plus the uncounted rows is exact
 
 
 def test_eviction_is_least_recently_used(tmp_path: Path, model: Path) -> None:
@@ -340,6 +404,251 @@ def test_cleanup_enforces_a_lowered_limit(tmp_path: Path, model: Path) -> None:
         removed = db.cleanup_cache()
         assert removed > 0 and _total_bytes(db) <= 0.02 * 1_048_576
         assert db.get_cache_stats()["entries"] == 40 - removed
+
+
+def test_lru_order_merges_never_hit_and_hit_entries(tmp_path: Path) -> None:
+    """Entries never hit go in insertion order, hit ones by their last hit: one LRU order."""
+    with CyllamaDB(tmp_path / "merge.db", max_cache_size_mb=0.02) as db:
+        now = [T0]
+        db.clock = lambda: now[0]  # type: ignore[method-assign]
+        for name in ("a", "b", "c", "d"):
+            now[0] += 10
+            db.cache_response(name, "m.gguf", CONFIG, _response("x" * 1000))
+        now[0] = T0 + 41  # b: hit after d was stored
+        assert db.get_cached_response("b", "m.gguf", CONFIG) is not None
+        now[0] = T0 + 35  # c: hit between c's and d's inserts (hits buffered in another order)
+        assert db.get_cached_response("c", "m.gguf", CONFIG) is not None
+        db.get_db_stats()  # write the hits: b and c join the hit entries' index
+        removed: list[str] = []
+        for i in range(40):
+            now[0] = T0 + 100 + i
+            db.cache_response(f"new {i}", "m.gguf", CONFIG, _response("x" * 1000))
+            for name in ("a", "b", "c", "d"):
+                if name not in removed and not _present(db, name):
+                    removed.append(name)
+            if len(removed) == 4:
+                break
+        assert removed == ["a", "c", "d", "b"]  # by last use: a 10, c 35 (hit), d 40, b 41 (hit)
+
+
+def _present(db: CyllamaDB, prompt: str) -> bool:
+    with _other_connection(db) as conn:
+        key = generate_cache_key(prompt, "m.gguf", CONFIG)
+        return conn.execute("SELECT 1 FROM cache WHERE cache_key = ?", (key,)).fetchone() is not None
+
+
+def test_a_restored_entry_counts_as_recently_used(tmp_path: Path) -> None:
+    with CyllamaDB(tmp_path / "restore.db", max_cache_size_mb=0.02) as db:
+        now = [T0]
+        db.clock = lambda: now[0]  # type: ignore[method-assign]
+        for i in range(6):
+            now[0] += 1
+            db.cache_response(f"p{i}", "m.gguf", CONFIG, _response("x" * 1000))
+        now[0] += 1
+        db.cache_response("p0", "m.gguf", CONFIG, _response("y" * 1000))  # stored again: now the newest
+        for i in range(6, 14):
+            now[0] += 1
+            db.cache_response(f"p{i}", "m.gguf", CONFIG, _response("x" * 1000))
+        assert _present(db, "p0") and not _present(db, "p1")
+        hit = db.get_cached_response("p0", "m.gguf", CONFIG)
+        assert hit is not None and hit.text == "y" * 1000
+        assert _counted_total(db) == _sum_bytes(db.path)
+
+
+def test_cache_totals_stay_exact_through_every_kind_of_write(tmp_path: Path) -> None:
+    """cache_totals is written by folds, the store's deletes and an UPDATE trigger, never by a plain insert."""
+    path = tmp_path / "totals.db"
+    with CyllamaDB(path, max_cache_size_mb=0.05) as db:
+        now = [T0]
+        db.clock = lambda: now[0]  # type: ignore[method-assign]
+
+        def check() -> None:
+            assert _counted_total(db) == _sum_bytes(path)
+
+        for i in range(30):  # inserts, re-stores and the evictions they cause
+            now[0] += 1
+            db.cache_response(f"p{i % 20}", "m.gguf", CONFIG, _response("x" * (500 + 37 * i)))
+            check()
+        for i in range(0, 20, 3):  # hits written in a batch
+            db.get_cached_response(f"p{i}", "m.gguf", CONFIG)
+        db.get_db_stats()
+        check()
+        db.invalidate_cache(prompt="p5")
+        check()
+        newest = _newest_prompt(db)
+        db.invalidate_cache(prompt=newest)  # frees the top rowid: the next insert takes it again
+        check()
+        now[0] += 1
+        db.cache_response("after a freed top rowid", "m.gguf", CONFIG, _response("z" * 800))
+        check()
+        db.cache_response("after a freed top rowid", "m.gguf", CONFIG, _response("z" * 1800))  # re-stored
+        check()
+        with _other_connection(db) as conn:  # an UPDATE from elsewhere fires the trigger
+            conn.execute("UPDATE cache SET size_bytes = size_bytes + 1000 WHERE id = (SELECT MIN(id) FROM cache)")
+        check()
+        db.invalidate_cache(older_than=T0 + 10)
+        check()
+        db.invalidate_cache()
+        check()
+        assert _sum_bytes(path) == 0
+
+
+def _newest_prompt(db: CyllamaDB) -> str:
+    with _other_connection(db) as conn:
+        return str(conn.execute("SELECT prompt FROM cache ORDER BY id DESC LIMIT 1").fetchone()[0])
+
+
+def test_cleanup_repairs_totals_after_writes_by_other_tools(file_db: CyllamaDB) -> None:
+    file_db.cache_response("a", "m.gguf", CONFIG, _response())
+    file_db.cache_response("b", "m.gguf", CONFIG, _response())
+    with _other_connection(file_db) as conn:
+        conn.execute(cache_module._FOLD_SQL)
+        conn.execute("DELETE FROM cache WHERE prompt = 'b'")  # the store's accounting does not see it
+        assert conn.execute(cache_module._TOTAL_SQL).fetchone()[0] > _sum_bytes(file_db.path)
+    file_db.cleanup_cache()
+    assert _counted_total(file_db) == _sum_bytes(file_db.path)
+    with _other_connection(file_db) as conn:
+        conn.execute("PRAGMA recursive_triggers = OFF")
+        columns = ", ".join(
+            "id + 100" if row[1] == "id" else row[1] for row in conn.execute("PRAGMA table_info(cache)")
+        )
+        # The same key under a new rowid: REPLACE's delete of the old row fires no trigger.
+        conn.execute(f"INSERT OR REPLACE INTO cache SELECT {columns} FROM cache")
+        conn.execute(cache_module._FOLD_SQL)
+        assert conn.execute(cache_module._TOTAL_SQL).fetchone()[0] != _sum_bytes(file_db.path)
+    file_db.cleanup_cache()
+    assert _counted_total(file_db) == _sum_bytes(file_db.path)
+
+
+def test_two_writers_pass_the_limit_by_at_most_their_sync_interval(tmp_path: Path) -> None:
+    """Each database object only sees the other's inserts when it syncs (every 1% of the limit)."""
+    path = tmp_path / "two.db"
+    limit_mb = 0.5
+    limit = int(limit_mb * 1_048_576)
+    every = int(limit * cache_module.SYNC_FRACTION)
+    first, second = CyllamaDB(path, max_cache_size_mb=limit_mb), CyllamaDB(path, max_cache_size_mb=limit_mb)
+    try:
+        highest = 0
+        for i in range(1200):
+            writer = first if i % 2 else second
+            writer.cache_response(f"prompt {i}", "m.gguf", CONFIG, _response("x" * (200 + i % 700)))
+            highest = max(highest, _sum_bytes(path))
+        assert limit < highest <= limit + every  # it does pass the limit, and by no more than the bound
+        first.cleanup_cache()
+        assert _sum_bytes(path) <= limit
+    finally:
+        first.close()
+        second.close()
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    import time
+    from cyllama_db import CyllamaDB, GenerationConfig
+    path, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    config = GenerationConfig(temperature=0.0, max_tokens=16)
+    with CyllamaDB(path, max_cache_size_mb=float(sys.argv[4])) as db:
+        print("ready", flush=True)
+        sys.stdin.readline()
+        start = time.monotonic()
+        for i in range(count):
+            db.cache_response(f"{name} {i}", "m.gguf", config, "x" * (300 + (i * 37) % 900))
+        print(start, time.monotonic(), flush=True)
+    """
+)
+
+
+def test_size_limit_holds_with_two_processes_writing(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    limit_mb = 0.5
+    limit = int(limit_mb * 1_048_576)
+    CyllamaDB(path).close()  # create the schema once, before both start
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path), name, "1500", str(limit_mb)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        for name in ("first", "second")
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        for proc in procs:  # start both at once
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        highest = 0
+        with sqlite3.connect(path, timeout=30) as conn:
+            while any(proc.poll() is None for proc in procs):
+                total = conn.execute("SELECT COALESCE(SUM(size_bytes), 0) FROM cache").fetchone()[0]
+                highest = max(highest, int(total))
+        spans = []
+        for proc in procs:
+            assert proc.wait(timeout=60) == 0
+            assert proc.stdout is not None
+            start, end = map(float, proc.stdout.readline().split())
+            spans.append((start, end))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    inserted = 2 * sum(300 + (i * 37) % 900 for i in range(1500))
+    assert inserted > 3 * limit  # both had to evict
+    (start_a, end_a), (start_b, end_b) = spans
+    assert start_a < end_b and start_b < end_a  # they did write at the same time
+    assert highest > 0.9 * limit
+    # One other writer: at most one sync interval (1% of the limit) over.
+    assert highest <= limit * (1 + cache_module.SYNC_FRACTION)
+    assert _sum_bytes(path) <= limit * (1 + cache_module.SYNC_FRACTION)
+
+
+class TestSizeEstimate:
+    """The in-process running total that spares each insert a read of the real one."""
+
+    def test_reserve_until_a_sync_is_due(self) -> None:
+        estimate = cache_module._SizeEstimate()
+        assert not estimate.reserve(10, limit=1000, sync_every=100)  # never read yet
+        estimate.sync_end(estimate.sync_start(), 500)
+        assert estimate.reserve(60, limit=1000, sync_every=100)
+        assert not estimate.reserve(60, limit=1000, sync_every=100)  # 120 bytes since the sync
+        assert estimate.reserve(40, limit=1000, sync_every=100)
+        assert estimate.total == 600
+        estimate.sync_end(estimate.sync_start(), 950)
+        assert not estimate.reserve(60, limit=1000, sync_every=100)  # would pass the limit
+        estimate.forget()
+        assert estimate.total is None
+
+    def test_a_sync_keeps_inserts_it_cannot_have_seen(self) -> None:
+        """A thread's insert still in flight during another thread's sync is not lost from the total."""
+        estimate = cache_module._SizeEstimate()
+        estimate.sync_end(estimate.sync_start(), 0)
+        assert estimate.reserve(30, limit=1000, sync_every=500)  # in flight: not committed yet
+        mark = estimate.sync_start()  # the sync's SUM cannot include it
+        assert estimate.reserve(20, limit=1000, sync_every=500)  # made during the sync
+        estimate.release(30)
+        estimate.sync_end(mark, 400)
+        assert (estimate.total, estimate.unsynced) == (450, 50)
+
+    def test_threads_inserting_at_once(self, tmp_path: Path) -> None:
+        with CyllamaDB(tmp_path / "threads.db", max_cache_size_mb=0.2) as db:
+            errors: list[BaseException] = []
+
+            def insert(worker: int) -> None:
+                try:
+                    for i in range(60):
+                        db.cache_response(f"{worker}-{i}", "m.gguf", CONFIG, _response("x" * 900))
+                except BaseException as exc:  # pragma: no cover - reported below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=insert, args=(n,)) for n in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert not errors
+            assert _sum_bytes(db.path) <= 0.2 * 1_048_576
+            assert db._cache_size.total is not None and db._cache_size.total >= _sum_bytes(db.path)
 
 
 def test_stats_providers_report_the_cache(file_db: CyllamaDB, model: Path) -> None:
@@ -505,3 +814,103 @@ def test_an_llm_generation_lands_in_the_table(tiny_model_path: Path, file_db: Cy
         row = conn.execute("SELECT tokens_generated, tokens_per_second, generation_time_ms FROM cache").fetchone()
     assert row[0] and row[1] and row[2]
     llm.close()
+
+
+# -- the stored response JSON ----------------------------------------------------------------
+
+_finite = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@given(
+    finish=st.none() | st.text(),
+    model_path=st.text(),
+    ints=st.tuples(*[st.none() | st.integers(min_value=0, max_value=2**63)] * 3),
+    floats=st.tuples(*[st.none() | _finite] * 4),
+)
+def test_response_json_is_exactly_what_json_dumps_writes(
+    finish: str | None, model_path: str, ints: tuple[int | None, ...], floats: tuple[float | None, ...]
+) -> None:
+    stats = GenerationStats(*ints, *floats)
+    response = Response("text", finish, model_path, False, stats)
+    expected = json.dumps(
+        {"finish_reason": finish, "model_path": model_path, "stats": stats.to_dict()}, allow_nan=False
+    )
+    assert cache_module._response_json(response) == expected
+
+
+def test_response_json_refuses_what_json_refuses() -> None:
+    response = _response()
+    response.stats.tokens_per_second = math.nan  # set after validation
+    with pytest.raises(ValueError, match="JSON"):
+        cache_module._response_json(response)
+    response.stats.tokens_per_second = 1.0
+    response.stats.prompt_tokens = object()  # type: ignore[assignment]
+    with pytest.raises(TypeError, match="JSON serializable"):
+        cache_module._response_json(response)
+
+
+# -- the pool's fast paths the cache uses ----------------------------------------------------
+
+
+def test_pool_connection_is_the_calling_threads_own(file_db: CyllamaDB) -> None:
+    pool = file_db.pool
+    conn = pool.connection()
+    assert pool.connection() is conn
+    with pool.read() as same:
+        assert same is conn
+    other: list[sqlite3.Connection] = []
+    thread = threading.Thread(target=lambda: other.append(pool.connection()))
+    thread.start()
+    thread.join()
+    assert other and other[0] is not conn
+
+
+def test_pool_connection_refuses_memory_and_closed_pools(memory_db: CyllamaDB, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match=r"read\(\)"):
+        memory_db.pool.connection()
+    db = CyllamaDB(tmp_path / "closing.db")
+    pool = db.pool
+    pool.connection()
+    db.close()
+    with pytest.raises(DatabaseClosedError):
+        pool.connection()
+    with pytest.raises(DatabaseClosedError):
+        pool.execute_write("DELETE FROM cache")
+
+
+def test_execute_write_commits_alone_or_joins_the_open_transaction(any_db: CyllamaDB) -> None:
+    pool = any_db.pool
+    with pool.transaction() as conn:
+        conn.execute("CREATE TABLE scratch (x INTEGER)")
+    assert pool.execute_write("INSERT INTO scratch VALUES (?)", (1,)) == 1
+    with pytest.raises(KeyError), pool.transaction():
+        pool.execute_write("INSERT INTO scratch VALUES (2)")
+        raise KeyError("roll it all back")
+    with pool.read() as conn:
+        assert conn.execute("SELECT x FROM scratch").fetchall() == [(1,)]
+        assert not conn.in_transaction
+    if any_db.path != ":memory:":
+        with _other_connection(any_db) as conn:  # committed: visible to another connection
+            assert conn.execute("SELECT COUNT(*) FROM scratch").fetchone()[0] == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_pool_connection_in_a_forked_child_is_a_new_one(file_db: CyllamaDB) -> None:
+    parent = file_db.pool.connection()
+    file_db.cache_response("from the parent", "m.gguf", CONFIG, _response())
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            fresh = file_db.pool.connection() is not parent
+            found = file_db.get_cached_response("from the parent", "m.gguf", CONFIG) is not None
+            code = 0 if fresh and found else 3
+        finally:
+            os.write(write_fd, bytes([code]))
+            os._exit(0)
+    os.close(write_fd)
+    result = os.read(read_fd, 1)
+    os.waitpid(pid, 0)
+    assert result == b"\x00"
+    assert file_db.pool.connection() is parent

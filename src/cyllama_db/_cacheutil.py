@@ -17,6 +17,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, time, timedelta
+from time import monotonic as _monotonic
 from typing import Any, Generic, TypeVar
 
 from .errors import UncacheableError
@@ -29,12 +30,15 @@ __all__ = [
     "function_key",
     "keyable",
     "model_identity",
+    "recent_model_identity",
     "sha256_text",
 ]
 
 T = TypeVar("T")
 
-_json_string = json.JSONEncoder(ensure_ascii=True).encode
+# What json.dumps(str, ensure_ascii=True) does, minus the Python-level calls
+# around it (keys are on every hit's path).
+_json_string = json.encoder.encode_basestring_ascii
 
 
 def canonical_json(value: Any) -> str:
@@ -56,6 +60,15 @@ _identity_cache: dict[str, tuple[tuple[int, int, int, int], str]] = {}
 _IDENTITY_CACHE_MAX = 1024
 _NON_GGUF_PREFIX_BYTES = 1 << 20
 
+#: recent_model_identity() re-checks a path (one stat()) only if it was last
+#: checked longer ago than this. The stat is about as costly as the cache
+#: lookup's own SELECT, and within a millisecond a file change can already
+#: go unnoticed (file systems stamp mtime with a coarse clock: ext4 ticks
+#: every 1-4 ms), so a tight loop of lookups pays for one stat per ms.
+RECHECK_SECONDS = 0.001
+# path string -> (monotonic time of the last check, identity then).
+_checked: dict[str, tuple[float, str]] = {}
+
 
 def model_identity(model_path: str | os.PathLike[str]) -> str:
     """What a cache entry's model is: ``"<basename>@<fingerprint>"``.
@@ -68,19 +81,42 @@ def model_identity(model_path: str | os.PathLike[str]) -> str:
     that is not GGUF is fingerprinted by its size and first megabyte.
     """
     path = os.fspath(model_path)
+    checked_at = _monotonic()
     try:
         st = os.stat(path)
     except (OSError, ValueError):
-        return os.path.basename(path) or path
-    sig = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
-    cached = _identity_cache.get(path)
-    if cached is not None and cached[0] == sig:
-        return cached[1]
-    identity = f"{os.path.basename(path)}@{_fingerprint(path, st.st_size)[:32]}"
-    if len(_identity_cache) >= _IDENTITY_CACHE_MAX:
-        _identity_cache.clear()
-    _identity_cache[path] = (sig, identity)
+        identity = os.path.basename(path) or path
+    else:
+        sig = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        cached = _identity_cache.get(path)
+        if cached is not None and cached[0] == sig:
+            identity = cached[1]
+        else:
+            identity = f"{os.path.basename(path)}@{_fingerprint(path, st.st_size)[:32]}"
+            if len(_identity_cache) >= _IDENTITY_CACHE_MAX:
+                _identity_cache.clear()
+            _identity_cache[path] = (sig, identity)
+    if len(_checked) >= _IDENTITY_CACHE_MAX:
+        _checked.clear()
+    _checked[path] = (checked_at, identity)
     return identity
+
+
+def recent_model_identity(model_path: str | os.PathLike[str]) -> str:
+    """:func:`model_identity`, without its ``stat()`` if this path was checked in the last
+    :data:`RECHECK_SECONDS` (by either function).
+
+    For the cache's own lookups and stores, where the ``stat()`` would cost
+    about as much as the lookup's ``SELECT``. A file replaced within that
+    millisecond of a check may be seen under its previous identity until
+    the millisecond is over; :func:`model_identity` (and
+    :func:`clear_identity_cache`) always look at the file.
+    """
+    path = os.fspath(model_path)
+    checked = _checked.get(path)
+    if checked is not None and _monotonic() - checked[0] < RECHECK_SECONDS:
+        return checked[1]
+    return model_identity(path)
 
 
 def _fingerprint(path: str, size: int) -> str:
@@ -107,6 +143,7 @@ def clear_identity_cache() -> None:
     from ._gguf import clear_fingerprint_cache
 
     _identity_cache.clear()
+    _checked.clear()
     clear_fingerprint_cache()
 
 

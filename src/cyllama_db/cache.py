@@ -7,22 +7,48 @@ The model identity is the file's basename plus a fingerprint of its size and
 GGUF header (:func:`model_identity`): the same file at another path shares
 entries, a different file under the same name does not.
 
-Two things keep a hit about as cheap as a plain indexed ``SELECT``:
+A hit costs about as much as a plain indexed ``SELECT`` and an insert about
+as much as a plain ``INSERT``, because neither writes anything else:
 
 * hit bookkeeping (``hit_count``, ``last_hit_at``) is buffered in memory and
   written in batches (when the buffer grows, every few seconds, before
   cleanup, on ``get_db_stats()``/``vacuum()`` and on close), so a hit is never
   a write transaction;
-* the total size is kept by triggers in a one-row ``cache_totals`` table, so
-  the size limit is checked after each insert with a single-row read and
-  enforced by evicting least-recently-used entries, without the user ever
-  calling :meth:`CacheMixin.cleanup_cache`.
+* no index is written by an insert but the key's own. Least-recently-used
+  order is the merge of two orders: entries never hit are in insertion
+  (rowid) order, a re-stored entry moving to the end; entries with hits are
+  in a partial index on ``last_used_at`` that only hit batches write to;
+* the total size lives in the one-row ``cache_totals`` table, as the total
+  of the rows up to ``counted_id``. A plain INSERT does not touch it: rows
+  above ``counted_id`` are folded in later, with a range scan of just those
+  rows. Deletes (eviction, invalidation, expiry) subtract what they remove,
+  once per statement, and a trigger covers UPDATEs of ``size_bytes`` or
+  ``id`` (re-stores, imports). So the exact total is always one short read
+  away, for every process. (Per-row DELETE triggers would cost ~15 us per
+  evicted row, more than the eviction itself; writes to the table by other
+  tools are repaired by :meth:`CacheMixin.cleanup_cache`, which recounts.)
+* each database object keeps a running estimate of the total
+  (:class:`_SizeEstimate`) and only folds, compares with the limit and
+  evicts in the insert's transaction after it has inserted 1% of the limit
+  (:data:`SYNC_FRACTION`) since it last looked, or when the estimate would
+  pass the limit. The user never needs to call
+  :meth:`CacheMixin.cleanup_cache`. With several processes writing, each
+  one cannot see the others' inserts since its last look, so the total can
+  pass the limit by at most 1% of it per additional writing process.
+
+Against a trigger-kept total (a page written per insert) and an index on
+``last_used_at`` for every entry (another), this takes the SQL of an insert
+from ~1.4x to ~1.2x a bare ``INSERT`` of the same key.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
+import functools
+import hashlib
+import heapq
 import json
 import logging
 import os
@@ -41,11 +67,12 @@ from ._cacheutil import (
     clear_identity_cache,
     completion_key,
     model_identity,
+    recent_model_identity,
     sha256_text,
 )
 from ._time import from_timestamp, parse_duration, to_timestamp
 from .errors import DatabaseClosedError
-from .inference import GenerationConfig, Response, _hit_response, _hit_stats_fast
+from .inference import GenerationConfig, GenerationStats, Response
 from .migrations import execute_script, migration
 
 __all__ = [
@@ -61,8 +88,16 @@ _DEBUG: Final = logging.DEBUG
 #: Automatic eviction (after an insert pushes the cache over its limit)
 #: goes down to this fraction of the limit, so a full cache does not evict
 #: on every single insert; batches are cheaper per row (neighbouring pages)
-#: while a small fraction keeps each pause short (~40 ms for 100 MB).
+#: while a small fraction keeps each pause short (for a 100 MB cache ~20 ms
+#: of eviction, and about 60 ms for the insert that does it, commit included).
 EVICT_TO_FRACTION: Final = 0.98
+
+#: A database object reads the exact total size (and evicts if needed) after
+#: inserting this fraction of the size limit since it last looked, so with N
+#: processes writing the cache passes its limit by at most (N - 1) *
+#: SYNC_FRACTION of it. A look folds the rows inserted since the last fold
+#: by anyone into ``cache_totals`` (a range scan of those rows only).
+SYNC_FRACTION: Final = 0.01
 
 # Hit bookkeeping is flushed when this many distinct entries have pending
 # hits, or this many seconds after the oldest pending hit.
@@ -79,6 +114,52 @@ _ROW_SQL: Final = (
     "SELECT response_text, finish_reason, prompt_tokens, tokens_generated, expires_at"
     " FROM cache WHERE cache_key = ?"
 )
+# The exact total size without writing: the counted rows plus the not yet
+# counted ones (a range scan of the rows inserted since the last fold).
+_TOTAL_SQL: Final = (
+    "SELECT bytes + (SELECT COALESCE(SUM(size_bytes), 0) FROM cache WHERE id > counted_id)"
+    " FROM cache_totals WHERE id = 1"
+)
+# Count the rows inserted since the last fold (inside a write transaction).
+_FOLD_SQL: Final = (
+    "UPDATE cache_totals SET"
+    " bytes = bytes + (SELECT COALESCE(SUM(size_bytes), 0) FROM cache WHERE id > counted_id),"
+    " counted_id = (SELECT COALESCE(MAX(id), 0) FROM cache) WHERE id = 1"
+)
+_COUNTED_SQL: Final = "SELECT bytes FROM cache_totals WHERE id = 1"
+# After a delete: subtract what it removed below counted_id, and keep
+# counted_id <= MAX(id) (an insert may take a freed top rowid again).
+_SUBTRACT_SQL: Final = (
+    "UPDATE cache_totals SET bytes = bytes - ?,"
+    " counted_id = MIN(counted_id, (SELECT COALESCE(MAX(id), 0) FROM cache)) WHERE id = 1"
+)
+_RECOUNT_SQL: Final = (
+    "UPDATE cache_totals SET bytes = (SELECT COALESCE(SUM(size_bytes), 0) FROM cache),"
+    " counted_id = (SELECT COALESCE(MAX(id), 0) FROM cache) WHERE id = 1"
+)
+_PUT_SQL: Final = (
+    "INSERT INTO cache (cache_key, kind, prompt, prompt_hash, model_path, model_name,"
+    " model_identity, config_json, response_text, response_json, finish_reason,"
+    " prompt_tokens, tokens_generated, tokens_per_second, generation_time_ms, size_bytes,"
+    " created_at, expires_at, hit_count, last_hit_at, last_used_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?)"
+    # A re-stored entry moves to the end of the LRU (rowid) order.
+    " ON CONFLICT(cache_key) DO UPDATE SET id = (SELECT MAX(id) FROM cache) + 1,"
+    " kind = excluded.kind, prompt = excluded.prompt,"
+    " prompt_hash = excluded.prompt_hash, model_path = excluded.model_path,"
+    " model_name = excluded.model_name, model_identity = excluded.model_identity,"
+    " config_json = excluded.config_json, response_text = excluded.response_text,"
+    " response_json = excluded.response_json, finish_reason = excluded.finish_reason,"
+    " prompt_tokens = excluded.prompt_tokens, tokens_generated = excluded.tokens_generated,"
+    " tokens_per_second = excluded.tokens_per_second,"
+    " generation_time_ms = excluded.generation_time_ms, size_bytes = excluded.size_bytes,"
+    " created_at = excluded.created_at, expires_at = excluded.expires_at,"
+    " last_used_at = excluded.last_used_at"
+)
+
+# json.dumps(..., allow_nan=False) builds a new encoder per call; this one is
+# reused (same output).
+_encode_json = json.JSONEncoder(allow_nan=False).encode
 
 
 @migration(2, "response cache")
@@ -111,28 +192,36 @@ def _create_cache(conn: sqlite3.Connection) -> None:
             last_hit_at REAL,
             last_used_at REAL NOT NULL
         );
-        -- One secondary index only: each is one more page written per insert
-        -- (~6-10 us measured). LRU eviction needs this one (without it a full
-        -- 100 MB cache spends ~300 ms scanning per eviction, ~50 us per insert
-        -- amortised); invalidation and expiry cleanup are rare and scan.
-        CREATE INDEX IF NOT EXISTS idx_cache_lru ON cache(last_used_at);
+        -- An insert writes no index but the key's: each would be one more
+        -- page per insert (~4 us measured, against ~20 us for a bare insert).
+        -- Entries never hit are in LRU order by rowid; this partial index,
+        -- written by hit batches only, orders the others, and covers what
+        -- eviction reads. Invalidation and expiry cleanup are rare and scan.
+        CREATE INDEX IF NOT EXISTS idx_cache_hit_lru
+            ON cache(last_used_at, id, size_bytes, hit_count) WHERE hit_count > 0;
 
+        -- bytes = the total size_bytes of the rows with id <= counted_id.
+        -- Rows above counted_id (inserted since) are added by the next fold.
         CREATE TABLE IF NOT EXISTS cache_totals (
             id INTEGER PRIMARY KEY CHECK (id = 1),
-            entries INTEGER NOT NULL,
-            bytes INTEGER NOT NULL
+            bytes INTEGER NOT NULL,
+            counted_id INTEGER NOT NULL
         );
-        INSERT OR IGNORE INTO cache_totals (id, entries, bytes)
-            SELECT 1, COUNT(*), COALESCE(SUM(size_bytes), 0) FROM cache;
+        INSERT OR IGNORE INTO cache_totals (id, bytes, counted_id)
+            SELECT 1, COALESCE(SUM(size_bytes), 0), COALESCE(MAX(id), 0) FROM cache;
 
-        CREATE TRIGGER IF NOT EXISTS cache_totals_insert AFTER INSERT ON cache BEGIN
-            UPDATE cache_totals SET entries = entries + 1, bytes = bytes + NEW.size_bytes WHERE id = 1;
-        END;
-        CREATE TRIGGER IF NOT EXISTS cache_totals_delete AFTER DELETE ON cache BEGIN
-            UPDATE cache_totals SET entries = entries - 1, bytes = bytes - OLD.size_bytes WHERE id = 1;
-        END;
-        CREATE TRIGGER IF NOT EXISTS cache_totals_update AFTER UPDATE OF size_bytes ON cache BEGIN
-            UPDATE cache_totals SET bytes = bytes - OLD.size_bytes + NEW.size_bytes WHERE id = 1;
+        -- No INSERT or DELETE trigger (each would cost more than the write):
+        -- an insert writes only its own row, and the store's deletes adjust
+        -- the total themselves (CacheMixin._cache_delete_where). The MIN(...)
+        -- keeps counted_id <= MAX(id), so that a rowid freed at the top and
+        -- taken again by an insert is above counted_id and gets counted.
+        -- One UPDATE: every expression sees the old counted_id.
+        CREATE TRIGGER IF NOT EXISTS cache_totals_update AFTER UPDATE OF id, size_bytes ON cache BEGIN
+            UPDATE cache_totals SET
+                bytes = bytes - CASE WHEN OLD.id <= counted_id THEN OLD.size_bytes ELSE 0 END
+                              + CASE WHEN NEW.id <= counted_id THEN NEW.size_bytes ELSE 0 END,
+                counted_id = MIN(counted_id, COALESCE((SELECT MAX(id) FROM cache), 0))
+            WHERE id = 1;
         END;
         """,
     )
@@ -140,9 +229,9 @@ def _create_cache(conn: sqlite3.Connection) -> None:
 
 @db_stats_provider
 def _cache_counts(conn: sqlite3.Connection) -> dict[str, Any]:
-    row = conn.execute("SELECT entries, bytes FROM cache_totals WHERE id = 1").fetchone()
-    entries, size = (row[0], row[1]) if row else (0, 0)
-    return {"cache_entries": entries, "cache_size_mb": round(size / 1_048_576, 4)}
+    entries = conn.execute("SELECT COUNT(*) FROM cache").fetchone()[0]
+    size = conn.execute(_TOTAL_SQL).fetchone()[0]
+    return {"cache_entries": int(entries), "cache_size_mb": round(size / 1_048_576, 4)}
 
 
 def generate_cache_key(
@@ -187,6 +276,178 @@ def _ttl_seconds(ttl: Any, default: timedelta | None, what: str = "ttl") -> floa
     return seconds
 
 
+# Remembered results of os.path.abspath() and os.path.basename(): both are
+# on every write's path. Only absolute paths are remembered (a relative
+# path's meaning changes with the working directory).
+_absolute_paths: dict[str, str] = {}
+_basename: Final = functools.lru_cache(maxsize=256)(os.path.basename)
+
+
+def _absolute(path: str) -> str:
+    """``os.path.abspath(path)``."""
+    known = _absolute_paths.get(path)
+    if known is not None:
+        return known
+    absolute = os.path.abspath(path)
+    if os.path.isabs(path):
+        if len(_absolute_paths) >= 256:
+            _absolute_paths.clear()
+        _absolute_paths[path] = absolute
+    return absolute
+
+
+def _utf8_len(text: str) -> int:
+    # isascii() is O(1) in CPython (a flag on the string): no copy for the common case.
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+_new_object = object.__new__
+
+
+def _hit(row: tuple[Any, ...], model_path: str, started: float) -> Response:
+    """The Response of a hit on ``row`` (from ``_ROW_SQL``), timed from ``started``.
+
+    Built without ``__init__`` (as ``inference._hit_response`` does): the
+    values come from our own table, and validating them again costs as much
+    as the lookup's Python part.
+    """
+    prompt_tokens, generated = row[2], row[3]
+    stats = _new_object(GenerationStats)
+    stats.__dict__ = {
+        "prompt_tokens": prompt_tokens,
+        "generated_tokens": generated,
+        "total_tokens": (
+            prompt_tokens + generated if prompt_tokens is not None and generated is not None else None
+        ),
+        "prompt_time_ms": 0.0,
+        "generation_time_ms": 0.0,
+        "total_time_ms": (time.perf_counter() - started) * 1000.0,
+        "tokens_per_second": None,
+    }
+    response = _new_object(Response)
+    response.__dict__ = {
+        "text": row[0], "finish_reason": row[1], "model_path": model_path, "cache_hit": True, "stats": stats,
+    }
+    return response
+
+
+_RESPONSE_JSON: Final = (
+    '{"finish_reason": %s, "model_path": %s, "stats": {"prompt_tokens": %s, "generated_tokens": %s,'
+    ' "total_tokens": %s, "prompt_time_ms": %s, "generation_time_ms": %s, "total_time_ms": %s,'
+    ' "tokens_per_second": %s}}'
+)
+
+# The formatted fast path is only right while GenerationStats has exactly these fields.
+_STATS_AS_FORMATTED: Final = tuple(f.name for f in dataclasses.fields(GenerationStats)) == (
+    "prompt_tokens", "generated_tokens", "total_tokens", "prompt_time_ms",
+    "generation_time_ms", "total_time_ms", "tokens_per_second",
+)
+
+
+def _json_scalar(value: Any) -> str:
+    # int.__repr__/float.__repr__ are exactly what json writes for them; a
+    # non-finite float (v - v is NaN) or anything else goes through json
+    # itself, which raises for NaN and infinities.
+    kind = type(value)
+    if value is None:
+        return "null"
+    if kind is int or (kind is float and value - value == 0.0):
+        return repr(value)
+    return _encode_json(value)
+
+
+def _response_json(response: Response) -> str:
+    """The ``response_json`` column: the Response without its text (that is ``response_text``).
+
+    Exactly ``json.dumps({"finish_reason", "model_path", "stats": stats.to_dict()},
+    allow_nan=False)``, formatted directly: this is on every write's path and
+    takes a third of the time.
+    """
+    stats = response.stats
+    finish = response.finish_reason
+    if not _STATS_AS_FORMATTED:
+        return _encode_json(
+            {"finish_reason": finish, "model_path": response.model_path, "stats": stats.to_dict()}
+        )
+    return _RESPONSE_JSON % (
+        "null" if finish is None else _encode_json(finish),
+        _encode_json(response.model_path),
+        _json_scalar(stats.prompt_tokens),
+        _json_scalar(stats.generated_tokens),
+        _json_scalar(stats.total_tokens),
+        _json_scalar(stats.prompt_time_ms),
+        _json_scalar(stats.generation_time_ms),
+        _json_scalar(stats.total_time_ms),
+        _json_scalar(stats.tokens_per_second),
+    )
+
+
+class _SizeEstimate:
+    """One database object's running estimate of the cache's total size, in bytes.
+
+    Exact after each *sync* (a fold and read of ``cache_totals`` inside a
+    write transaction, followed by eviction if over the limit). Between
+    syncs an insert that keeps the estimate within the limit and within
+    ``sync_every`` bytes of the last sync is *reserved* here and needs no
+    extra SQL. The estimate
+    never goes down between syncs: a replaced, invalidated or evicted entry
+    leaves it too high, which only brings the next sync sooner. What it
+    misses are other processes' inserts since this object's last sync;
+    since each of them syncs after ``sync_every`` bytes of its own, the real
+    total exceeds the limit by at most ``sync_every`` per other writer.
+
+    Thread-safe without holding a lock across SQL. A sync also counts the
+    inserts of this object's other threads that its read may have missed:
+    every reservation still in flight when the sync looked
+    (:meth:`sync_start`, inside the sync's write transaction, so none of
+    them can commit before it does), and every one made since.
+    """
+
+    __slots__ = ("_lock", "_pending", "_reserved", "total", "unsynced")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.total: int | None = None  # None: not read yet (or a sync failed)
+        self.unsynced = 0  # bytes reserved since the last sync
+        self._pending = 0  # reserved by inserts that have not finished yet
+        self._reserved = 0  # every byte ever reserved (a clock for sync_start/sync_end)
+
+    def reserve(self, size: int, limit: int, sync_every: int) -> bool:
+        """Count an insert of ``size`` bytes if it needs no sync; False when a sync is due."""
+        with self._lock:
+            total = self.total
+            if total is None or total + size > limit or self.unsynced + size > sync_every:
+                return False
+            self.total = total + size
+            self.unsynced += size
+            self._pending += size
+            self._reserved += size
+            return True
+
+    def release(self, size: int) -> None:
+        """A reserved insert has finished (committed or not)."""
+        with self._lock:
+            self._pending -= size
+
+    def sync_start(self) -> tuple[int, int]:
+        """Mark a sync; call it inside the sync's write transaction, before or after its ``SUM``."""
+        with self._lock:
+            return self._pending, self._reserved
+
+    def sync_end(self, mark: tuple[int, int], exact: int) -> None:
+        """The sync committed with ``exact`` bytes in the table."""
+        pending, reserved = mark
+        with self._lock:
+            missed = pending + (self._reserved - reserved)
+            self.total = exact + missed
+            self.unsynced = missed
+
+    def forget(self) -> None:
+        """Read the total again before the next insert (a sync failed)."""
+        with self._lock:
+            self.total = None
+
+
 # Databases with buffered hits, flushed once more at interpreter exit.
 _pending_dbs: weakref.WeakSet[CacheMixin] = weakref.WeakSet()
 
@@ -204,11 +465,13 @@ class CacheMixin(StoreBase):
     _cache_hits: dict[str, list[float]]
     _cache_hits_lock: threading.Lock
     _cache_hits_since: float
+    _cache_size: _SizeEstimate
 
     def _store_init(self) -> None:
         self._cache_hits = {}
         self._cache_hits_lock = threading.Lock()
         self._cache_hits_since = 0.0
+        self._cache_size = _SizeEstimate()
 
     def _store_flush(self) -> None:
         self._cache_flush_hits()
@@ -235,13 +498,15 @@ class CacheMixin(StoreBase):
         lookup's own time.
         """
         started = time.perf_counter()
-        cfg = GenerationConfig.coerce(config)
-        identity = model_identity(model_path)
+        cfg = config if type(config) is GenerationConfig else GenerationConfig.coerce(config)
+        path = os.fspath(model_path)
+        identity = recent_model_identity(path)
         if isinstance(prompt, str):
             key = completion_key(prompt, identity, cfg.cache_json())
         else:
             key = chat_key(_prompt_of(prompt)[1], identity, cfg.cache_json())
-        return self._cache_lookup(key, os.fspath(model_path), started)
+        row = self._cache_row(key)
+        return None if row is None else _hit(row, path, started)
 
     @db_op()
     def cache_response(
@@ -257,26 +522,24 @@ class CacheMixin(StoreBase):
         Values are stored as JSON. An entry larger than the whole size limit
         is not stored (logged at DEBUG).
         """
-        cfg = GenerationConfig.coerce(config)
+        cfg = config if type(config) is GenerationConfig else GenerationConfig.coerce(config)
+        path = os.fspath(model_path)
         if isinstance(response, str):
-            response = Response(text=response, model_path=os.fspath(model_path))
-        if not isinstance(response, Response):
+            response = Response(text=response, model_path=path)
+        elif not isinstance(response, Response):
             raise TypeError(f"response must be a Response or a str, got {type(response).__name__}")
-        kind, prompt_text = _prompt_of(prompt)
-        identity = model_identity(model_path)
-        if kind == "completion":
-            key = completion_key(prompt_text, identity, cfg.cache_json())
+        identity = recent_model_identity(path)
+        if isinstance(prompt, str):
+            kind, prompt_text = "completion", prompt
+            key = completion_key(prompt, identity, cfg.cache_json())
         else:
+            kind, prompt_text = _prompt_of(prompt)
             key = chat_key(prompt_text, identity, cfg.cache_json())
-        self._cache_store_response(
-            key=key,
-            kind=kind,
-            prompt=prompt_text,
-            model_path=os.path.abspath(os.fspath(model_path)),
-            identity=identity,
-            config=cfg,
-            response=response,
-            ttl=ttl,
+        stats = response.stats
+        self._cache_write(
+            key, kind, prompt_text, _absolute(path), identity, cfg.to_json(), response.text,
+            _response_json(response), response.finish_reason, stats.prompt_tokens,
+            stats.generated_tokens, stats.tokens_per_second, stats.generation_time_ms, ttl,
         )
 
     @db_op(empty=int)
@@ -314,9 +577,8 @@ class CacheMixin(StoreBase):
         if older_than is not None:
             clauses.append("created_at < ?")
             params.append(to_timestamp(older_than, now=self.clock()))
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         with self.pool.transaction() as conn:
-            removed = conn.execute(f"DELETE FROM cache{where}", params).rowcount
+            removed = self._cache_delete_where(conn, " AND ".join(clauses) or "1", params)
         logger.debug("invalidated %d cache entries", removed)
         return int(removed)
 
@@ -325,11 +587,22 @@ class CacheMixin(StoreBase):
         """Remove expired entries, then least-recently-used ones until the size limit holds; returns how many."""
         self._cache_flush_hits()
         limit = self._cache_limit_bytes()
-        with self.pool.transaction() as conn:
-            removed = conn.execute(
-                "DELETE FROM cache WHERE expires_at IS NOT NULL AND expires_at <= ?", (self.clock(),)
-            ).rowcount
-            removed += self._cache_evict(conn, target=limit, keep_key=None)
+        estimate = self._cache_size
+        try:
+            with self.pool.transaction() as conn:
+                mark = estimate.sync_start()
+                removed = self._cache_delete_where(
+                    conn, "expires_at IS NOT NULL AND expires_at <= ?", [self.clock()]
+                )
+                # Maintenance may scan: recount from scratch, which also repairs
+                # cache_totals after writes to the table by other tools.
+                conn.execute(_RECOUNT_SQL)
+                evicted, total = self._cache_settle(conn, limit=limit, target=limit, keep_key=None)
+                removed += evicted
+        except BaseException:
+            estimate.forget()
+            raise
+        estimate.sync_end(mark, total)
         if removed:
             logger.info("cache cleanup removed %d entries", removed)
         return int(removed)
@@ -340,9 +613,8 @@ class CacheMixin(StoreBase):
         self._cache_flush_hits()
         now = self.clock()
         with self.pool.read() as conn:
-            entries, size = conn.execute("SELECT entries, bytes FROM cache_totals WHERE id = 1").fetchone()
-            hits, expired, oldest = conn.execute(
-                "SELECT COALESCE(SUM(hit_count), 0),"
+            entries, size, hits, expired, oldest = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0), COALESCE(SUM(hit_count), 0),"
                 " COALESCE(SUM(expires_at IS NOT NULL AND expires_at <= ?), 0),"
                 " MIN(created_at) FROM cache",
                 (now,),
@@ -370,16 +642,16 @@ class CacheMixin(StoreBase):
         if not self.settings.enabled:
             return None
         pool = self._pool
-        if pool is None or pool.closed:
+        if pool is None:
             raise DatabaseClosedError(self.path)
         try:
             if pool.memory:
                 with pool.read() as conn:
                     row = conn.execute(_ROW_SQL, (key,)).fetchone()
             else:
-                # The pool's per-thread connection directly: the context
-                # manager costs about as much as the SELECT itself.
-                row = pool._thread_connection().execute(_ROW_SQL, (key,)).fetchone()
+                # No context manager: it costs about as much as the SELECT
+                # itself. connection() raises once the pool is closed.
+                row = pool.connection().execute(_ROW_SQL, (key,)).fetchone()
         except sqlite3.Error as exc:
             logger.warning("cache lookup failed, treating it as a miss: %s", exc)
             return None
@@ -400,12 +672,7 @@ class CacheMixin(StoreBase):
 
     def _cache_lookup(self, key: str, model_path: str, started: float) -> Response | None:
         row = self._cache_row(key)
-        if row is None:
-            return None
-        prompt_tokens, generated = row[2], row[3]
-        total = prompt_tokens + generated if prompt_tokens is not None and generated is not None else None
-        stats = _hit_stats_fast(prompt_tokens, generated, total, (time.perf_counter() - started) * 1000.0)
-        return _hit_response(row[0], row[1], model_path, stats)
+        return None if row is None else _hit(row, model_path, started)
 
     def _cache_store_response(
         self,
@@ -420,30 +687,10 @@ class CacheMixin(StoreBase):
         ttl: Any,
     ) -> None:
         stats = response.stats
-        self._cache_put(
-            key=key,
-            kind=kind,
-            prompt=prompt,
-            model_path=model_path,
-            identity=identity,
-            config_json=config.to_json(),
-            response_text=response.text,
-            # The Response without its text (that is response_text): finish
-            # reason, original model path and the full original stats.
-            response_json=json.dumps(
-                {
-                    "finish_reason": response.finish_reason,
-                    "model_path": response.model_path,
-                    "stats": stats.to_dict(),
-                },
-                allow_nan=False,
-            ),
-            finish_reason=response.finish_reason,
-            prompt_tokens=stats.prompt_tokens,
-            tokens_generated=stats.generated_tokens,
-            tokens_per_second=stats.tokens_per_second,
-            generation_time_ms=stats.generation_time_ms,
-            ttl=ttl,
+        self._cache_write(
+            key, kind, prompt, model_path, identity, config.to_json(), response.text,
+            _response_json(response), response.finish_reason, stats.prompt_tokens,
+            stats.generated_tokens, stats.tokens_per_second, stats.generation_time_ms, ttl,
         )
 
     def _cache_put(
@@ -464,54 +711,85 @@ class CacheMixin(StoreBase):
         generation_time_ms: float | None = None,
         ttl: Any = None,
     ) -> None:
-        if not self.enabled:
+        """Store one entry (also ``@cached``'s way in); an entry over the whole limit is skipped."""
+        self._cache_write(
+            key, kind, prompt, model_path, identity, config_json, response_text, response_json,
+            finish_reason, prompt_tokens, tokens_generated, tokens_per_second, generation_time_ms, ttl,
+        )
+
+    def _cache_write(
+        self,
+        key: str,
+        kind: str,
+        prompt: str,
+        model_path: str,
+        identity: str,
+        config_json: str,
+        response_text: str,
+        response_json: str | None,
+        finish_reason: str | None,
+        prompt_tokens: int | None,
+        tokens_generated: int | None,
+        tokens_per_second: float | None,
+        generation_time_ms: float | None,
+        ttl: Any,
+    ) -> None:
+        # Positional on purpose: this is every write's path, and keyword
+        # passing of 14 arguments costs about a microsecond.
+        settings = self.settings
+        if not settings.enabled:
             return
-        ttl_s = _ttl_seconds(ttl, self.settings.cache_ttl)
+        pool = self._pool
+        if pool is None:
+            raise DatabaseClosedError(self.path)
+        if ttl is None:
+            default = settings.cache_ttl
+            ttl_s = None if default is None else default.total_seconds()
+        else:
+            ttl_s = _ttl_seconds(ttl, None)
+        prompt_bytes = prompt.encode("utf-8", "surrogatepass")
         size = (
-            len(prompt.encode("utf-8", "surrogatepass"))
-            + len(response_text.encode("utf-8", "surrogatepass"))
-            + (len(response_json.encode("utf-8", "surrogatepass")) if response_json else 0)
+            len(prompt_bytes)
+            + _utf8_len(response_text)
+            + (_utf8_len(response_json) if response_json else 0)
             + len(config_json)
             + len(model_path)
             + len(identity)
             + _ROW_OVERHEAD
         )
-        limit = self._cache_limit_bytes()
+        limit = int(settings.max_cache_size_mb * 1_048_576)
         if size > limit:
             logger.debug("not caching a %d-byte entry: larger than the %d-byte cache limit", size, limit)
             return
         now = self.clock()
-        expires = None if ttl_s is None else now + ttl_s
-        with self.pool.transaction() as conn:
-            conn.execute(
-                "INSERT INTO cache (cache_key, kind, prompt, prompt_hash, model_path, model_name,"
-                " model_identity, config_json, response_text, response_json, finish_reason,"
-                " prompt_tokens, tokens_generated, tokens_per_second, generation_time_ms, size_bytes,"
-                " created_at, expires_at, hit_count, last_hit_at, last_used_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?)"
-                " ON CONFLICT(cache_key) DO UPDATE SET kind = excluded.kind, prompt = excluded.prompt,"
-                " prompt_hash = excluded.prompt_hash, model_path = excluded.model_path,"
-                " model_name = excluded.model_name, model_identity = excluded.model_identity,"
-                " config_json = excluded.config_json, response_text = excluded.response_text,"
-                " response_json = excluded.response_json, finish_reason = excluded.finish_reason,"
-                " prompt_tokens = excluded.prompt_tokens, tokens_generated = excluded.tokens_generated,"
-                " tokens_per_second = excluded.tokens_per_second,"
-                " generation_time_ms = excluded.generation_time_ms, size_bytes = excluded.size_bytes,"
-                " created_at = excluded.created_at, expires_at = excluded.expires_at,"
-                " last_used_at = excluded.last_used_at",
-                (
-                    key, kind, prompt, sha256_text(prompt), model_path, os.path.basename(model_path),
-                    identity, config_json, response_text, response_json, finish_reason,
-                    prompt_tokens, tokens_generated, tokens_per_second, generation_time_ms, size,
-                    now, expires, now,
-                ),
-            )
-            total = conn.execute("SELECT bytes FROM cache_totals WHERE id = 1").fetchone()[0]
-            if total > limit:
-                # LRU order must include the hits still in the buffer.
-                self._cache_flush_hits()
-                evicted = self._cache_evict(conn, target=int(limit * EVICT_TO_FRACTION), keep_key=key)
-                logger.debug("cache over its %d-byte limit: evicted %d entries", limit, evicted)
+        params = (
+            key, kind, prompt, hashlib.sha256(prompt_bytes).hexdigest(), model_path,
+            _basename(model_path), identity, config_json, response_text, response_json,
+            finish_reason, prompt_tokens, tokens_generated, tokens_per_second, generation_time_ms,
+            size, now, None if ttl_s is None else now + ttl_s, now,
+        )
+        estimate = self._cache_size
+        if estimate.reserve(size, limit, max(1, int(limit * SYNC_FRACTION))):
+            # The common case, well within the limit: the upsert is the whole
+            # transaction (execute_write: autocommit, as safe as BEGIN IMMEDIATE).
+            try:
+                pool.execute_write(_PUT_SQL, params)
+            finally:
+                estimate.release(size)
+            return
+        try:
+            with pool.transaction() as conn:
+                conn.execute(_PUT_SQL, params)
+                mark = estimate.sync_start()
+                evicted, total = self._cache_settle(
+                    conn, limit=limit, target=int(limit * EVICT_TO_FRACTION), keep_key=key
+                )
+        except BaseException:
+            estimate.forget()
+            raise
+        estimate.sync_end(mark, total)
+        if evicted:
+            logger.debug("cache over its %d-byte limit: evicted %d entries", limit, evicted)
 
     def _cache_get_value(self, key: str) -> tuple[bool, Any]:
         """``(True, value)`` for a live ``@cached`` entry (a stored None is a hit), else ``(False, None)``."""
@@ -525,58 +803,104 @@ class CacheMixin(StoreBase):
             return 0
         column, value = ("cache_key", key) if key is not None else ("model_identity", identity)
         with self.pool.transaction() as conn:
-            return int(conn.execute(f"DELETE FROM cache WHERE {column} = ?", (value,)).rowcount)
+            return self._cache_delete_where(conn, f"{column} = ?", [value])
+
+    @staticmethod
+    def _cache_delete_where(conn: sqlite3.Connection, where: str, params: list[Any]) -> int:
+        """``DELETE FROM cache WHERE <where>`` inside the caller's transaction, keeping
+        ``cache_totals`` exact; returns how many rows went."""
+        counted = conn.execute("SELECT counted_id FROM cache_totals WHERE id = 1").fetchone()[0]
+        gone = conn.execute(
+            f"SELECT COALESCE(SUM(size_bytes), 0) FROM cache WHERE ({where}) AND id <= ?",
+            [*params, counted],
+        ).fetchone()[0]
+        removed = int(conn.execute(f"DELETE FROM cache WHERE {where}", params).rowcount)
+        if removed:
+            conn.execute(_SUBTRACT_SQL, (gone,))
+        return removed
 
     # -- size limit ----------------------------------------------------------------------------
 
     def _cache_limit_bytes(self) -> int:
         return int(self.settings.max_cache_size_mb * 1_048_576)
 
-    def _cache_evict(self, conn: sqlite3.Connection, *, target: int, keep_key: str | None) -> int:
-        """Delete least-recently-used entries (inside the caller's transaction) until at most ``target`` bytes remain.
+    def _cache_settle(
+        self, conn: sqlite3.Connection, *, limit: int, target: int, keep_key: str | None
+    ) -> tuple[int, int]:
+        """Inside a write transaction: fold the uncounted rows into ``cache_totals``; if the
+        total is over ``limit``, evict down to ``target``. Returns ``(evicted, exact total)``."""
+        conn.execute(_FOLD_SQL)
+        total = int(conn.execute(_COUNTED_SQL).fetchone()[0])
+        if total <= limit:
+            return 0, total
+        # The LRU order must include the hits still in the buffer.
+        self._cache_flush_hits()
+        evicted, freed = self._cache_evict(conn, total=total, target=target, keep_key=keep_key)
+        return evicted, total - freed
+
+    def _cache_evict(
+        self, conn: sqlite3.Connection, *, total: int, target: int, keep_key: str | None
+    ) -> tuple[int, int]:
+        """Delete least-recently-used entries (inside the caller's transaction) until at most
+        ``target`` of ``total`` bytes remain; returns ``(entries, bytes)`` removed.
 
         Expired entries are not searched for first (that is a full scan);
         they are normally the least recently used anyway, and
         :meth:`cleanup_cache` removes them explicitly.
         """
-        removed = 0
-        total = conn.execute("SELECT bytes FROM cache_totals WHERE id = 1").fetchone()[0]
         if total <= target:
-            return int(removed)
-        # Walks idx_cache_lru from the oldest end and stops once enough is freed.
-        ids: list[int] = []
-        freed = 0
-        cursor = conn.execute(
-            "SELECT id, size_bytes FROM cache WHERE cache_key IS NOT ? ORDER BY last_used_at, id",
-            (keep_key,),
+            return 0, 0
+        keep = None
+        if keep_key is not None:
+            row = conn.execute("SELECT id FROM cache WHERE cache_key = ?", (keep_key,)).fetchone()
+            keep = row[0] if row else None
+        # Least recently used first: entries never hit in rowid (insertion)
+        # order, merged with the hit ones from idx_cache_hit_lru; both walks
+        # stop as soon as enough is freed.
+        never_hit = conn.execute(
+            "SELECT last_used_at, id, size_bytes FROM cache WHERE hit_count = 0 ORDER BY id"
         )
-        for row_id, size in cursor:
+        hit = conn.execute(
+            "SELECT last_used_at, id, size_bytes FROM cache WHERE hit_count > 0 ORDER BY last_used_at, id"
+        )
+        counted_id = conn.execute("SELECT counted_id FROM cache_totals WHERE id = 1").fetchone()[0]
+        ids: list[int] = []
+        freed = counted = 0
+        for _used, row_id, size in heapq.merge(never_hit, hit):
+            if row_id == keep:
+                continue
             ids.append(row_id)
             freed += size
+            if row_id <= counted_id:
+                counted += size
             if total - freed <= target:
                 break
-        cursor.close()
+        never_hit.close()
+        hit.close()
         for start in range(0, len(ids), 500):
             batch = ids[start : start + 500]
             conn.execute(f"DELETE FROM cache WHERE id IN ({','.join('?' * len(batch))})", batch)
-        return int(removed + len(ids))
+        if ids:
+            conn.execute(_SUBTRACT_SQL, (counted,))
+        return len(ids), freed
 
     # -- hit bookkeeping -----------------------------------------------------------------------
 
     def _cache_count_hit(self, key: str, now: float) -> None:
         with self._cache_hits_lock:
-            pending = self._cache_hits.get(key)
+            hits = self._cache_hits
+            pending = hits.get(key)
             if pending is None:
-                if not self._cache_hits:
+                if not hits:
                     self._cache_hits_since = time.monotonic()
                     _pending_dbs.add(self)
-                self._cache_hits[key] = [1, now]
+                hits[key] = [1, now]
             else:
                 pending[0] += 1
                 if now > pending[1]:
                     pending[1] = now
             due = (
-                len(self._cache_hits) >= _FLUSH_ENTRIES
+                len(hits) >= _FLUSH_ENTRIES
                 or time.monotonic() - self._cache_hits_since >= _FLUSH_SECONDS
             )
         if due:
