@@ -239,18 +239,28 @@ def test_use_after_close_raises(file_db: CyllamaDB) -> None:
 
 
 def test_close_closes_every_threads_connection(file_db: CyllamaDB) -> None:
+    opened = threading.Barrier(6)
+    release = threading.Event()
+    connections: list[sqlite3.Connection] = []
+
     def use() -> None:
-        file_db.get_config("x")
+        with file_db.pool.read() as conn:
+            connections.append(conn)
+        opened.wait(10)
+        release.wait(10)  # stay alive so the connection is not pruned as finished
 
     threads = [threading.Thread(target=use) for _ in range(5)]
     for t in threads:
         t.start()
+    with file_db.pool.read() as conn:
+        connections.append(conn)
+    opened.wait(10)
+    assert file_db.pool.connection_count() == 6
+    file_db.close()
+    release.set()
     for t in threads:
         t.join()
-    file_db.get_config("x")
-    assert file_db.pool.connection_count() == 6
-    connections = list(file_db.pool._connections)
-    file_db.close()
+    assert len({id(c) for c in connections}) == 6
     for conn in connections:
         with pytest.raises(sqlite3.ProgrammingError):
             conn.execute("SELECT 1")
@@ -343,3 +353,30 @@ def test_reset_db_closes_global(tmp_path: Path) -> None:
     db = configure_db(path=tmp_path / "r.db")
     reset_db()
     assert db.closed
+
+
+def test_another_applications_sqlite_file_is_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "other-app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE cache (id INTEGER, foo TEXT)")
+    conn.execute("INSERT INTO cache VALUES (1, 'theirs')")
+    conn.commit()
+    conn.close()
+    before = _sha(path)
+    with CyllamaDB(path) as db:
+        assert db.path == ":memory:"
+        assert "another application" in (db.fallback_reason or "")
+        db.set_config("ok", True)
+    assert _sha(path) == before
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("cache",)]
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    conn.close()
+
+
+def test_empty_sqlite_file_made_by_someone_else_is_adopted(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    sqlite3.connect(path).close()  # zero bytes
+    with CyllamaDB(path) as db:
+        assert db.path == str(path)
+        db.set_config("a", 1)

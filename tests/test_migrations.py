@@ -12,7 +12,10 @@ from cyllama_db.migrations import Migration, execute_script
 
 
 def _open_and_close(path: str) -> None:
-    CyllamaDB(path).close()
+    db = CyllamaDB(path)
+    # A child that silently fell back to memory would still exit 0.
+    assert db.fallback_reason is None, db.fallback_reason
+    db.close()
 
 
 def test_fresh_file_gets_every_migration(file_db: CyllamaDB) -> None:

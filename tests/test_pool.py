@@ -186,3 +186,71 @@ def test_locked_error_never_escapes_a_busy_writer(db_path: Path) -> None:
 
 if sys.platform == "win32":  # pragma: no cover
     pytest.skip("process tests assume POSIX", allow_module_level=True)
+
+
+def test_finished_threads_do_not_leak_connections(file_db: CyllamaDB) -> None:
+    def use() -> None:
+        file_db.get_config("a")
+
+    for _ in range(60):
+        t = threading.Thread(target=use)
+        t.start()
+        t.join()
+    file_db.get_config("a")  # this thread opens one more, pruning the dead ones
+    # main thread + at most the last finished thread before pruning ran
+    assert file_db.pool.connection_count() <= 2
+
+
+def test_connections_of_live_threads_survive_pruning(file_db: CyllamaDB) -> None:
+    ready, done = threading.Event(), threading.Event()
+    results: list[object] = []
+
+    def long_lived() -> None:
+        file_db.set_config("long", 1)
+        ready.set()
+        done.wait(10)
+        results.append(file_db.get_config("long"))
+
+    worker = threading.Thread(target=long_lived)
+    worker.start()
+    ready.wait(10)
+    for _ in range(5):
+        t = threading.Thread(target=lambda: file_db.get_config("x"))
+        t.start()
+        t.join()
+    file_db.get_config("x")
+    done.set()
+    worker.join()
+    assert results == [1]
+
+
+def test_lock_held_past_busy_timeout_raises_clear_error(db_path: Path) -> None:
+    from cyllama_db import DatabaseBusyError
+
+    with CyllamaDB(db_path, busy_timeout=0.2) as db:
+        holder = sqlite3.connect(db_path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(DatabaseBusyError, match="busy timeout") as info:
+                db.set_config("k", 1)
+            assert isinstance(info.value, TimeoutError)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        db.set_config("k", 1)  # works once the lock is released
+        assert db.get_config("k") == 1
+
+
+def test_locked_file_at_open_raises_instead_of_falling_back(db_path: Path) -> None:
+    from cyllama_db import DatabaseBusyError
+
+    CyllamaDB(db_path).close()
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=DELETE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(DatabaseBusyError):
+            CyllamaDB(db_path, busy_timeout=0.2)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()

@@ -65,10 +65,12 @@ class StoreBase:
 
     @property
     def enabled(self) -> bool:
+        """False when the database was disabled: every call is then a no-op."""
         return self.settings.enabled
 
     @property
     def path(self) -> str:
+        """The resolved database path (``":memory:"`` for in-memory databases)."""
         return self.settings.path
 
     @property

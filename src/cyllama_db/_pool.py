@@ -19,10 +19,11 @@ import contextlib
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from .errors import DatabaseClosedError, ReadOnlyDatabaseError
+from .errors import DatabaseBusyError, DatabaseClosedError, ReadOnlyDatabaseError
 
 __all__ = ["ConnectionPool"]
 
@@ -49,7 +50,9 @@ class ConnectionPool:
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         self._registry_lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
+        # Each connection with the thread that opened it (None for the shared
+        # in-memory one), so connections of finished threads can be closed.
+        self._connections: list[tuple[weakref.ref[threading.Thread] | None, sqlite3.Connection]] = []
         self._closed = False
         self._shared: sqlite3.Connection | None = None
         self._shared_lock = threading.RLock()
@@ -74,8 +77,18 @@ class ConnectionPool:
             # NORMAL is durable across application crashes in WAL mode; only an
             # OS crash or power loss can drop the last commits.
             conn.execute("PRAGMA synchronous = NORMAL")
+        owner = None if self.memory else weakref.ref(threading.current_thread())
         with self._registry_lock:
-            self._connections.append(conn)
+            # Short-lived threads (e.g. one per HTTP request) would otherwise
+            # leave a connection and two file descriptors behind each.
+            finished = [c for ref, c in self._connections if ref is not None and not _alive(ref)]
+            self._connections = [
+                (ref, c) for ref, c in self._connections if ref is None or _alive(ref)
+            ]
+            self._connections.append((owner, conn))
+        for stale in finished:
+            with contextlib.suppress(sqlite3.Error):
+                stale.close()
         return conn
 
     def _thread_connection(self) -> sqlite3.Connection:
@@ -89,7 +102,7 @@ class ConnectionPool:
         # are per-process); open a fresh one and forget the parent's.
         if conn is not None:
             with self._registry_lock:
-                self._connections = [c for c in self._connections if c is not conn]
+                self._connections = [(r, c) for r, c in self._connections if c is not conn]
             self._local.depth = 0
         conn = self._open(self.path)
         self._local.conn = conn
@@ -138,7 +151,7 @@ class ConnectionPool:
                     return self._shared.execute(sql, parameters).rowcount
             return self.connection().execute(sql, parameters).rowcount
         except sqlite3.OperationalError as exc:
-            _raise_if_readonly(exc)
+            self._translate(exc)
             raise
 
     @contextmanager
@@ -177,8 +190,13 @@ class ConnectionPool:
             self._shared_depth = state
         return state
 
-    @staticmethod
-    def _transaction_on(conn: sqlite3.Connection, state: threading.local) -> Iterator[sqlite3.Connection]:
+    def _translate(self, exc: sqlite3.OperationalError) -> None:
+        """Raise the library's error for a read-only file or a lock held too long."""
+        _raise_if_readonly(exc)
+        if _is_busy(exc):
+            raise DatabaseBusyError(self.path, self.busy_timeout) from exc
+
+    def _transaction_on(self, conn: sqlite3.Connection, state: threading.local) -> Iterator[sqlite3.Connection]:
         depth = getattr(state, "depth", 0)
         if depth:
             state.depth = depth + 1
@@ -190,7 +208,7 @@ class ConnectionPool:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            _raise_if_readonly(exc)
+            self._translate(exc)
             raise
         state.depth = 1
         try:
@@ -206,7 +224,7 @@ class ConnectionPool:
         except sqlite3.OperationalError as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            _raise_if_readonly(exc)
+            self._translate(exc)
             raise
 
     # -- shutdown --------------------------------------------------------------------------
@@ -226,10 +244,21 @@ class ConnectionPool:
             if self._closed:
                 return
             self._closed = True
-            connections, self._connections = self._connections, []
+            connections = [c for _, c in self._connections]
+            self._connections = []
         for conn in connections:
             with contextlib.suppress(sqlite3.Error):  # closing is best effort
                 conn.close()
+
+
+def _alive(ref: weakref.ref[threading.Thread]) -> bool:
+    thread = ref()
+    return thread is not None and thread.is_alive()
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    text = str(exc)
+    return "database is locked" in text or "database is busy" in text or "database table is locked" in text
 
 
 def _raise_if_readonly(exc: sqlite3.OperationalError) -> None:

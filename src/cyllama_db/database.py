@@ -15,6 +15,7 @@ import urllib.parse
 from types import TracebackType
 from typing import Any
 
+from . import _pool as _pool_module
 from . import migrations as _migrations
 from ._base import DB_STATS_PROVIDERS, StoreBase
 from ._export import ExportMixin
@@ -22,7 +23,7 @@ from ._pool import ConnectionPool
 from ._settings import DEFAULT, Settings
 from .cache import CacheMixin
 from .config import ConfigMixin
-from .errors import DatabaseClosedError, SchemaVersionError
+from .errors import DatabaseBusyError, DatabaseClosedError, SchemaVersionError
 from .logs import LogsMixin
 from .metadata import MetadataMixin
 from .metrics import MetricsMixin
@@ -100,21 +101,30 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
         else:
             try:
                 self._pool = self._open_file(self.settings.path)
-            except SchemaVersionError:
+            except (SchemaVersionError, DatabaseBusyError):
                 raise
+            except sqlite3.OperationalError as exc:
+                if _pool_module._is_busy(exc):
+                    # Busy is not broken: falling back would silently split the
+                    # process's data from everyone else's.
+                    raise DatabaseBusyError(self.settings.path, self.settings.busy_timeout) from exc
+                self._fall_back(exc)
             except (OSError, sqlite3.DatabaseError) as exc:
-                self.fallback_reason = f"{type(exc).__name__}: {exc}"
-                logger.warning(
-                    "cannot use database %s (%s); falling back to an in-memory database "
-                    "for this process. The file was left untouched.",
-                    self.settings.path,
-                    exc,
-                )
-                self._pool = self._open_memory()
+                self._fall_back(exc)
         self._run_hooks("_store_init")
         self._record_open()
 
     # -- opening ---------------------------------------------------------------------------
+
+    def _fall_back(self, exc: BaseException) -> None:
+        self.fallback_reason = f"{type(exc).__name__}: {exc}"
+        logger.warning(
+            "cannot use database %s (%s); falling back to an in-memory database "
+            "for this process. The file was left untouched.",
+            self.settings.path,
+            exc,
+        )
+        self._pool = self._open_memory()
 
     def _open_memory(self) -> ConnectionPool:
         pool = ConnectionPool(":memory:", busy_timeout=self.settings.busy_timeout, memory=True)
@@ -159,6 +169,22 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
         conn = sqlite3.connect(uri, uri=True, timeout=30)
         try:
             _migrations.check_not_newer(conn, path)
+            if not _migrations.applied_versions(conn):
+                tables = [
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT name FROM sqlite_master WHERE type = 'table'"
+                        " AND name NOT LIKE 'sqlite_%' ORDER BY name"
+                    )
+                ]
+                if tables:
+                    # Another application's database: migrating it would add our
+                    # tables to it (or fail halfway on a clashing name).
+                    raise sqlite3.DatabaseError(
+                        f"{path} is a SQLite database of another application "
+                        f"(tables: {', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''}); "
+                        "cyllama-db will not modify it"
+                    )
         finally:
             conn.close()
 
@@ -191,10 +217,12 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
 
     @property
     def is_memory(self) -> bool:
+        """Whether data lives in memory only (``":memory:"`` or after a fallback)."""
         return self.path == ":memory:"
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called (a disabled database is never closed)."""
         return self._pool is not None and self._pool.closed
 
     def __repr__(self) -> str:

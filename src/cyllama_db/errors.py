@@ -13,6 +13,7 @@ __all__ = [
     "ConfigurationError",
     "ContextOverflowError",
     "CyllamaDBError",
+    "DatabaseBusyError",
     "DatabaseClosedError",
     "GenerationError",
     "MigrationError",
@@ -148,4 +149,21 @@ class ModelExistsError(CyllamaDBError, ValueError):
         super().__init__(
             f"a model named {name!r} is already registered; "
             + (hint or "pick another name, or change it with db.update_model(id, ...)")
+        )
+
+
+class DatabaseBusyError(CyllamaDBError, TimeoutError):
+    """Another connection held the write lock for longer than the busy timeout.
+
+    Nothing was written. Retry, make the other writer's transactions shorter,
+    or raise ``busy_timeout`` (``CYLLAMA_DB_BUSY_TIMEOUT``).
+    """
+
+    def __init__(self, path: str, busy_timeout: float) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        super().__init__(
+            f"database {path!r} is locked by another writer and stayed locked for the "
+            f"whole busy timeout ({busy_timeout:g} s); nothing was written. Retry, keep the "
+            "other writer's transactions short, or raise busy_timeout / CYLLAMA_DB_BUSY_TIMEOUT."
         )
