@@ -6,6 +6,9 @@
 1. ``record_generation`` p50/p99 next to a raw ``INSERT`` of the same row on
    the same file (the baseline: what the table itself costs), and a raw
    ``INSERT`` into a copy of the table without indexes and rollup trigger.
+   Then a cache hit's ``record_generation(..., cache_hit=True)`` (buffered,
+   written in batches) next to one plain indexed ``SELECT`` on the same file,
+   also while another connection holds the write lock.
 2. ``get_stats_summary`` at 10k, 100k and 1M rows (spread over 90 days,
    4 models, 10% cache hits), next to the plain SQL a summary without the
    rollup table would run (GROUP BY model, GROUP BY local day, ORDER BY
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -86,6 +90,31 @@ def bench_record(folder: str, n: int) -> None:
     print(row("raw INSERT into stats (own transaction)", base))
     print(row("raw INSERT, table without indexes/trigger", bare_t, base))
     print(row("record_generation(model, response, config)", rec, base))
+
+    def select(i: int) -> None:
+        with db.pool.read() as conn:
+            conn.execute(
+                "SELECT id FROM stats WHERE model_path = ? ORDER BY created_at DESC LIMIT 1",
+                (path,),
+            ).fetchone()
+
+    def hit(i: int) -> None:
+        db.record_generation(path, RESPONSE, CONFIG, cache_hit=True)
+
+    sel = timings_us(select, n)
+    hits = timings_us(hit, n)
+    db._stats_flush_hits()
+    other = sqlite3.connect(os.path.join(folder, "record.db"), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    try:
+        locked = timings_us(hit, n)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    print(header(f"one cache hit's row, file database ({n} calls each)"))
+    print(row("indexed SELECT on stats (one row)", sel))
+    print(row("record_generation(..., cache_hit=True)", hits, sel))
+    print(row("  the same, file write-locked elsewhere", locked, sel))
     db.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -110,6 +111,152 @@ def test_key_is_canonical_json_of_prompt_model_and_config(prompt: str) -> None:
     )
     expected = hashlib.sha256(canonical.encode()).hexdigest()
     assert generate_cache_key(prompt, "/nowhere/model.gguf", CONFIG) == expected
+
+
+@given(
+    prompt=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=50),
+    scale=st.floats(0.01, 4.0),
+    chat=st.booleans(),
+)
+def test_key_with_load_options_is_canonical_json(prompt: str, scale: float, chat: bool) -> None:
+    import hashlib
+
+    identity = model_identity("/nowhere/model.gguf")
+    options = {"rope_freq_scale": scale, "n_ctx": 4096, "chat_format": "chatml"}
+    load = {"rope_freq_scale": scale, **({"chat_format": "chatml"} if chat else {})}
+    if chat:
+        messages = [{"role": "user", "content": prompt}]
+        data = {"config": json.loads(CONFIG.cache_json()), "kind": "chat", "load": load,
+                "messages": messages, "model": identity}
+    else:
+        data = {"config": json.loads(CONFIG.cache_json()), "load": load, "model": identity, "prompt": prompt}
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    expected = hashlib.sha256(canonical.encode()).hexdigest()
+    request = [{"role": "user", "content": prompt}] if chat else prompt
+    assert generate_cache_key(request, "/nowhere/model.gguf", CONFIG, load_options=options) == expected
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"chat_format": "chatml"},
+        {"lora_path": "adapter.gguf"},
+        {"lora_base": "base.gguf"},
+        {"lora_path": "adapter.gguf", "lora_scale": 0.5},
+        {"kv_overrides": {"tokenizer.ggml.add_bos_token": False}},
+        {"rope_freq_scale": 0.5},
+        {"rope_freq_base": 10000},
+        {"rope_scaling_type": 2},
+        {"yarn_ext_factor": 1.0},
+        {"yarn_attn_factor": 0.5},
+        {"yarn_beta_fast": 16.0},
+        {"yarn_beta_slow": 2.0},
+        {"yarn_orig_ctx": 4096},
+        {"type_k": 8},
+        {"type_v": 8},
+        {"last_n_tokens_size": 256},
+        {"embedding": True},
+        {"pooling_type": 1},
+        {"attention_type": 1},
+        {"spm_infill": True},
+        {"chat_handler": len},
+    ],
+)
+def test_load_options_that_change_the_output_change_the_key(model: Path, options: dict[str, object]) -> None:
+    chat = [{"role": "user", "content": "Hello"}]
+    assert generate_cache_key(chat, model, CONFIG) != generate_cache_key(chat, model, CONFIG, load_options=options)
+    completion_differs = generate_cache_key("Hello", model, CONFIG) != generate_cache_key(
+        "Hello", model, CONFIG, load_options=options
+    )
+    # the chat template (chat_format / chat_handler) only matters to chat requests
+    assert completion_differs == (not {"chat_format", "chat_handler"} & set(options))
+
+
+def test_infrastructure_and_default_load_options_do_not_change_the_key(model: Path) -> None:
+    options = {
+        "n_ctx": 4096, "n_gpu_layers": -1, "n_threads": 4, "n_threads_batch": 8, "n_batch": 64,
+        "n_ubatch": 64, "use_mmap": False, "use_mlock": True, "verbose": True, "main_gpu": 1,
+        "tensor_split": [3.0, 1.0], "split_mode": 2, "offload_kqv": False, "op_offload": False,
+        "flash_attn": True, "swa_full": True, "numa": True, "no_perf": True, "logits_all": True,
+        "vocab_only": False, "seed": 7,
+        # at llama-cpp-python's defaults
+        "lora_scale": 1.0, "last_n_tokens_size": 64, "rope_freq_base": 0.0, "rope_scaling_type": -1,
+        "yarn_ext_factor": -1, "embedding": False, "kv_overrides": {}, "type_k": None, "chat_format": None,
+    }  # fmt: skip
+    for request in ("Hello", [{"role": "user", "content": "Hello"}]):
+        assert generate_cache_key(request, model, CONFIG) == generate_cache_key(  # type: ignore[arg-type]
+            request, model, CONFIG, load_options=options  # type: ignore[arg-type]
+        )
+
+
+def test_numbers_in_load_options_are_normalised(model: Path) -> None:
+    def key(**options: object) -> str:
+        return generate_cache_key("Hello", model, CONFIG, load_options=options)
+
+    assert key(rope_freq_base=10000) == key(rope_freq_base=10000.0) != key(rope_freq_base=20000.0)
+    assert key(kv_overrides={"a": 1, "b": "x"}) == key(kv_overrides={"b": "x", "a": 1})
+
+
+def test_lora_files_are_keyed_by_identity_not_path(model: Path, tmp_path: Path) -> None:
+    from cyllama_db.testing import write_tiny_llama
+
+    copy = tmp_path / "moved" / "adapter.gguf"
+    copy.parent.mkdir()
+    adapter = write_tiny_llama(tmp_path / "adapter.gguf", seed=3)
+    shutil.copy(adapter, copy)
+    other = write_tiny_llama(tmp_path / "other" / "adapter.gguf", seed=4)
+
+    def key(path: object) -> str:
+        return generate_cache_key("Hello", model, CONFIG, load_options={"lora_path": path})
+
+    assert key(adapter) == key(str(copy)) != key(other)
+
+
+class Draft:
+    """A stand-in for llama_cpp's LlamaPromptLookupDecoding."""
+
+    def __init__(self, n: int) -> None:
+        self.num_pred_tokens = n
+
+
+def test_object_load_options_are_keyed_by_class_and_state(model: Path) -> None:
+    class Opaque:
+        def __init__(self) -> None:
+            self.handle = threading.Lock()
+
+    def key(value: object) -> str:
+        return generate_cache_key("Hello", model, CONFIG, load_options={"draft_model": value})
+
+    assert key(Draft(10)) == key(Draft(10)) != key(Draft(5))
+    # state outside __dict__ (C types, bound methods) is never mistaken for "no state"
+    assert key(functools.partial(len)) != key(functools.partial(sum))
+    assert key(Draft(1).__init__) != key(Draft(2).__init__)
+    opaque = Opaque()
+    # no stable identity: entries are this object's own (reused while it lives, never shared)
+    assert key(opaque) == key(opaque) != key(Opaque())
+
+
+def test_load_option_defaults_match_llama_cpp() -> None:
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import inspect
+
+    params = inspect.signature(llama_cpp.Llama.__init__).parameters
+    defaults = {**_cacheutil._FLOAT_OPTIONS, **_cacheutil._INT_OPTIONS, **_cacheutil._BOOL_OPTIONS}
+    assert {name: params[name].default for name in defaults} == defaults
+    from cyllama_db.inference import LOAD_OPTIONS
+
+    assert set(_cacheutil.OUTPUT_LOAD_OPTIONS) <= set(LOAD_OPTIONS) <= set(params)
+
+
+def test_store_and_lookup_take_load_options(memory_db: CyllamaDB, model: Path) -> None:
+    options = {"chat_format": "chatml", "n_ctx": 2048}
+    chat = [{"role": "user", "content": "Hello"}]
+    memory_db.cache_response(chat, model, CONFIG, _response("chatml answer"), load_options=options)
+    assert memory_db.get_cached_response(chat, model, CONFIG) is None
+    hit = memory_db.get_cached_response(chat, model, CONFIG, load_options={"chat_format": "chatml"})
+    assert hit is not None and hit.text == "chatml answer"
+    with pytest.raises(TypeError, match="load_options"):
+        memory_db.get_cached_response(chat, model, CONFIG, load_options=[("chat_format", "x")])  # type: ignore[arg-type]
 
 
 # -- model identity --------------------------------------------------------------------------
@@ -277,6 +424,26 @@ def test_bad_arguments(memory_db: CyllamaDB, model: Path) -> None:
         memory_db.cache_response("x", model, CONFIG, _response(), ttl=-5)
     with pytest.raises(ValueError, match="ttl"):
         memory_db.cache_response("x", model, CONFIG, _response(), ttl="soon")
+    for huge in (10**30, float("inf"), "99999999999d"):
+        with pytest.raises(ValueError, match=r"ttl=.*too long"):
+            memory_db.cache_response("x", model, CONFIG, _response(), ttl=huge)
+
+
+def test_lone_surrogates_are_a_value_error_naming_the_argument(memory_db: CyllamaDB, model: Path) -> None:
+    with pytest.raises(ValueError, match="prompt contains a lone surrogate"):
+        memory_db.cache_response("bad \ud800", model, CONFIG, _response())
+    with pytest.raises(ValueError, match=r"response\.text contains a lone surrogate"):
+        memory_db.cache_response("fine", model, CONFIG, _response("bad \udfff"))
+    with pytest.raises(ValueError, match=r"messages\[0\]\['content'\]"):
+        memory_db.cache_response([{"role": "user", "content": "\ud800"}], model, CONFIG, _response())
+    with pytest.raises(ValueError, match="prompt"):
+        memory_db.get_cached_response("bad \ud800", model, CONFIG)
+    with pytest.raises(ValueError, match="prompt"):
+        generate_cache_key("bad \ud800", model, CONFIG)
+    assert memory_db.get_cache_stats()["entries"] == 0
+    # surrogate pairs are just how JSON writes characters beyond the BMP
+    memory_db.cache_response([{"role": "user", "content": "\U0001F600"}], model, CONFIG, _response("\U0001F600"))
+    assert memory_db.get_cached_response([{"role": "user", "content": "\U0001F600"}], model, CONFIG) is not None
 
 
 def test_disabled_and_closed_databases(model: Path, tmp_path: Path) -> None:

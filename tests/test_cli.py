@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import re
 import signal
@@ -84,6 +85,28 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
         ["models", "add", "m.gguf", "--param", "novalue"],
         ["dashboard", "--port", "70000"],
         ["metrics", "watch", "--interval", "-1"],
+        # numbers too big for timedelta, SQLite or time.sleep() (were OverflowError tracebacks)
+        ["stats", "--since", "999999999999999d"],
+        ["stats", "--until", "9" * 400],
+        ["logs", "--since", "999999999999999d"],
+        ["cache", "invalidate", "--older-than", "999999999999999d"],
+        ["cache", "list", "-n", "99999999999999999999"],
+        ["history", "--offset", "99999999999999999999"],
+        ["history", "-n", "99999999999999999999"],
+        ["logs", "-n", "99999999999999999999"],
+        ["models", "update", "m", "--param", "ctx_size=99999999999999999999999"],
+        ["models", "add", "m.gguf", "--param", "gpu_layers=-99999999999999999999999"],
+        ["metrics", "history", "--minutes", "1e300"],
+        ["metrics", "history", "--minutes", "nan"],
+        ["logs", "-f", "--interval", "1e300"],
+        ["logs", "-f", "--interval", "inf"],
+        ["dashboard", "--refresh", "1e300"],
+        ["dashboard", "--interval", "0.01"],
+        # a tight loop writing to the database
+        ["metrics", "watch", "--interval", "1e-9"],
+        ["metrics", "watch", "--interval", "0.09"],
+        ["models", "update", "m", "--rename", ""],
+        ["models", "update", "m", "--rename", " ", "--type", "llama"],
     ],
 )
 def test_usage_mistakes_exit_2_with_one_line(run: Run, argv: list[str]) -> None:
@@ -91,6 +114,23 @@ def test_usage_mistakes_exit_2_with_one_line(run: Run, argv: list[str]) -> None:
     assert code == 2
     line = _one_line_error(err)
     assert line.startswith("cyllama-db") and "error:" in line
+    assert len(line) < 300  # a 400-digit value is not echoed in full
+
+
+def test_arithmetic_errors_are_one_line_exit_1(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cyllama_db.cli as cli
+
+    def overflow(args: argparse.Namespace) -> int:
+        raise OverflowError("Python int too large to convert to SQLite INTEGER")
+
+    monkeypatch.setattr(cli, "_cmd_info", overflow)
+    code, _, err = run("info")
+    assert code == 1
+    assert _one_line_error(err) == (
+        "cyllama-db: error: Python int too large to convert to SQLite INTEGER"
+    )
 
 
 def test_errors_exit_1_with_one_line_and_no_traceback(run: Run, tmp_path: Path) -> None:
@@ -110,6 +150,55 @@ def test_unopenable_database_is_an_error_not_a_silent_fallback(
     assert main(["--db", str(bad), "info"]) == 1
     assert "cannot open database" in _one_line_error(capsys.readouterr().err)
     assert bad.read_text() == "this is not sqlite"
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "directory", "empty"])
+def test_unopenable_database_prints_exactly_one_line(tmp_path: Path, kind: str) -> None:
+    # The library's "falling back to an in-memory database" warning used to
+    # reach stderr too (logging's last-resort handler): two lines for one error.
+    if kind == "corrupt":
+        target = tmp_path / "bad.db"
+        target.write_text("this is not sqlite")
+    elif kind == "directory":
+        target = tmp_path / "folder"
+        target.mkdir()
+    for command in (["info"], ["config", "list", "--json"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "cyllama_db", "--db", "" if kind == "empty" else str(target),
+             *command],
+            capture_output=True, text=True, check=False, cwd=tmp_path,
+        )
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stdout == ""
+        line = _one_line_error(proc.stderr)
+        assert line.startswith("cyllama-db: error: ")
+        assert "falling back" not in line
+        if kind == "empty":
+            assert "empty" in line
+        else:
+            assert str(target) in line
+    if kind == "corrupt":
+        assert target.read_text() == "this is not sqlite"
+
+
+def test_other_warnings_while_opening_still_reach_the_log(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from cyllama_db import database
+
+    real_init = database.CyllamaDB.__init__
+
+    def noisy_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        logging.getLogger("cyllama_db").warning("something else worth knowing")
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(database.CyllamaDB, "__init__", noisy_init)
+    caplog.set_level(logging.WARNING, logger="cyllama_db")
+    assert main(["--db", str(db_path), "info"]) == 0
+    assert [r.getMessage() for r in caplog.records] == ["something else worth knowing"]
 
 
 def test_db_may_also_follow_the_command(
@@ -209,6 +298,20 @@ def test_migrate_status_does_not_touch_the_file(run: Run, db_path: Path) -> None
     assert "schema version 999" in _one_line_error(err)
 
 
+@pytest.mark.parametrize("kind", ["corrupt", "directory"])
+def test_migrate_status_errors_name_the_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    target = tmp_path / "x.db"
+    if kind == "corrupt":
+        target.write_bytes(b"not a database at all, but long enough to have a header" * 100)
+    else:
+        target.mkdir()
+    assert main(["--db", str(target), "migrate", "--status"]) == 1
+    line = _one_line_error(capsys.readouterr().err)
+    assert str(target) in line
+
+
 # -- config ----------------------------------------------------------------------------------
 
 
@@ -230,6 +333,40 @@ def test_config_set_get_typed(run: Run, db_path: Path, value: str, type_name: st
         assert db.get_config("key") == expected
         assert type(db.get_config("key")) is type(expected)
     assert run.json("config", "get", "key") == {"key": "key", "value": expected, "type": type_name}
+
+
+@pytest.mark.parametrize(
+    ("text", "shown", "as_json"),
+    [("NaN", "nan", "NaN"), ("1e999", "inf", "Infinity"), ("-inf", "-inf", "-Infinity")],
+)
+def test_config_non_finite_floats_print_as_they_are(
+    run: Run, db_path: Path, text: str, shown: str, as_json: str
+) -> None:
+    # The store keeps nan/inf; the CLI used to print them as "null".
+    # "--": argparse would take "-inf" for an option
+    code, out, err = run("config", "set", "--type", "float", "k", "--", text)
+    assert code == 0, err
+    assert out == f"k = {shown} (float)\n"
+    assert run("config", "get", "k")[1] == f"{shown}\n"
+    # what `config get` prints is accepted back by `config set --type float`
+    assert run("config", "set", "--type", "float", "k2", "--", shown)[0] == 0
+    with CyllamaDB(db_path) as db:
+        a, b = db.get_config("k"), db.get_config("k2")
+        assert isinstance(a, float) and math.isnan(a) == math.isnan(b)
+        assert math.isnan(a) or a == b
+    # --json: valid JSON (no NaN/Infinity literals), the value spelled as a string
+    code, out, _ = run("config", "get", "k", "--json")
+    assert code == 0
+    assert json.loads(out, parse_constant=_no_constants) == {
+        "key": "k", "value": as_json, "type": "float"
+    }
+    listed = json.loads(run("config", "list", "--json")[1], parse_constant=_no_constants)
+    assert {"key": "k", "value": as_json, "type": "float"} in listed
+    assert re.search(rf"^k\s+float\s+{re.escape(shown)}$", run("config", "list")[1], re.M)
+
+
+def _no_constants(name: str) -> Any:
+    raise AssertionError(f"invalid JSON constant {name}")
 
 
 def test_config_list_get_unset(run: Run) -> None:
@@ -545,6 +682,22 @@ def test_models_mistakes(run: Run, tiny_model_path: Path) -> None:
     assert code == 1 and "missing.gguf" in _one_line_error(err)
     code, _, err = run("models", "args", "m", "--server", "--llama-kwargs")
     assert code == 2
+    code, _, err = run("models", "update", "m", "--rename", "")
+    assert code == 2 and "--rename" in _one_line_error(err)
+    code, _, err = run("models", "update", "m", "--param", "ctx_size=99999999999999999999999")
+    assert code == 2 and "ctx_size" in _one_line_error(err)
+    assert run.json("models", "show", "m")["name"] == "m"
+
+
+def test_status_choices_come_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cyllama_db import registry
+
+    monkeypatch.setattr(registry, "MODEL_STATUSES", ("running", "stopped", "paused"))
+    parser = build_parser()
+    for path, sub in _commands(parser):
+        if path in (("models", "list"), ("models", "add"), ("models", "update")):
+            (status,) = [a for a in sub._actions if "--status" in a.option_strings]
+            assert tuple(status.choices or ()) == ("running", "stopped", "paused"), path
 
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -571,6 +724,40 @@ def test_metrics_watch_runs_until_ctrl_c(db_path: Path, cli_process: Any) -> Non
     assert proc.wait(timeout=30) == 0
     with CyllamaDB(db_path) as db:
         assert len(db.get_metrics_history()) >= 2
+
+
+def test_metrics_watch_prints_an_aligned_table(cli_process: Any) -> None:
+    pytest.importorskip("psutil")
+    proc = cli_process("metrics", "watch", "--interval", "0.1")
+    lines = [_wait_for_line(proc).rstrip("\n") for _ in range(4)]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+    header, rule, *rows = lines
+    assert header.startswith("time") and set(rule) <= {"-", " "}
+    # every column ends where its header (and its rule) ends: numbers right-aligned
+    ends = [m.end() for m in re.finditer(r"-+", rule)]
+    assert len(ends) == 10  # time and nine figures
+    for line in [header, *rows]:
+        assert len(line) == ends[-1], (line, ends)
+        for end in ends[1:]:
+            assert line[end - 1] != " ", (line, end)
+            assert end == len(line) or line[end] == " ", (line, end)
+
+
+def test_stream_table_widths() -> None:
+    from cyllama_db.cli import _StreamTable
+
+    out = io.StringIO()
+    table = _StreamTable(["time", "cpu %", "models"], [5, 7, 1], [False, True, True], out)
+    table.header()
+    table.row(["12:00", 3.5, 1])
+    table.row(["12:01", None, 12])
+    assert out.getvalue().splitlines() == [
+        "time     cpu %  models",
+        "-----  -------  ------",
+        "12:00     3.50       1",
+        "12:01        -      12",
+    ]
 
 
 # -- documentation ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html.parser
 import json
+import logging
 import math
 import os
 import re
@@ -179,6 +180,37 @@ def test_bad_requests(server: DashboardServer) -> None:
     status, _, body = _get(server.url + "api/nothing")
     assert status == 404 and json.loads(body)["error"].startswith("no such page")
     assert _get(server.url, method="HEAD")[0] == 200
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "api/metrics?minutes=1e300",  # used to log a WARNING traceback per request
+        "api/metrics?minutes=inf",
+        "api/metrics?minutes=nan",
+        "api/metrics?minutes=-1",
+        "api/metrics?minutes=0",
+        "api/stats?since=999999999999999d",  # used to be a 500 with a traceback
+        "api/stats?since=" + "9" * 400,
+        "api/stats?since=-5m",
+    ],
+)
+def test_absurd_query_values_are_400_without_a_logged_traceback(
+    server: DashboardServer, caplog: pytest.LogCaptureFixture, query: str
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="cyllama_db")
+    status, headers, body = _get(server.url + query)
+    assert status == 400, body
+    assert headers["Content-Type"].startswith("application/json")
+    name = "minutes" if "minutes" in query else "since"
+    assert name in json.loads(body)["error"]
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_long_but_sane_windows_are_served(server: DashboardServer) -> None:
+    assert len(_json(server.url + "api/metrics?minutes=525960000")["rows"]) == 60
+    assert _json(server.url + "api/stats?since=365250d")["total_generations"] == 13
 
 
 def test_foreign_host_header_is_refused_on_loopback(server: DashboardServer) -> None:

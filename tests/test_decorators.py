@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -173,12 +174,59 @@ def test_methods_need_a_keyable_self(db: CyllamaDB) -> None:
         Service().answer(1)
 
 
-def test_unstorable_results_raise_type_error(db: CyllamaDB) -> None:
+@dataclass(frozen=True)
+class Scaler:
+    factor: int
+
+    @cached
+    def scale(self, x: int) -> int:
+        CALLS.append((self.factor, x))
+        return self.factor * x
+
+
+CALLS: list[tuple[int, int]] = []
+
+
+def test_bound_methods_expose_cache_key_and_invalidate(tmp_path: Path) -> None:
+    cyllama_db.configure_db(path=tmp_path / "methods.db")
+    CALLS.clear()
+    a, b = Scaler(2), Scaler(3)
+    assert a.scale(5) == 10 and a.scale(5) == 10 and b.scale(5) == 15
+    assert CALLS == [(2, 5), (3, 5)]
+    assert a.scale.cache_key(5) == Scaler.scale.cache_key(a, 5) != b.scale.cache_key(5)
+    assert a.scale.invalidate(5) is True and a.scale.invalidate(5) is False
+    assert a.scale(5) == 10 and CALLS[-1] == (2, 5)
+    assert a.scale.__self__ is a and a.scale.__func__ is Scaler.__dict__["scale"]
+    assert a.scale == a.scale and a.scale != b.scale
+    assert a.scale.cache_clear() == 2
+
+
+def test_unstorable_results_are_returned_with_a_warning(
+    db: CyllamaDB, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+
     @cached(db=db)
+    def returns_object() -> object:
+        calls.append(1)
+        return {1, 2}  # a set: no JSON form
+
+    with caplog.at_level(logging.DEBUG, logger="cyllama_db.cache"):
+        assert returns_object() == {1, 2}
+        assert returns_object() == {1, 2}  # not stored: computed again
+    assert len(calls) == 2
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # once per function, then DEBUG
+    assert "returns_object" in warnings[0].getMessage() and "strict=True" in warnings[0].getMessage()
+    assert db.get_cache_stats()["entries"] == 0
+
+
+def test_strict_raises_for_unstorable_results(db: CyllamaDB) -> None:
+    @cached(db=db, strict=True)
     def returns_object() -> object:
         return object()
 
-    @cached(db=db)
+    @cached(db=db, strict=True)
     def returns_tuple() -> tuple[int, int]:
         return (1, 2)
 
@@ -186,6 +234,86 @@ def test_unstorable_results_raise_type_error(db: CyllamaDB) -> None:
         returns_object()
     with pytest.raises(TypeError, match="tuples become lists"):
         returns_tuple()
+    with pytest.raises(TypeError, match="strict"):
+        cached(strict="yes")  # type: ignore[call-overload]
+
+
+def test_generator_functions_are_refused_at_decoration(db: CyllamaDB) -> None:
+    def numbers() -> Iterator[int]:
+        yield 1
+
+    async def stream() -> AsyncIterator[int]:  # pragma: no cover - never iterated
+        yield 1
+
+    with pytest.raises(TypeError, match=r"generator functions.*return a list"):
+        cached(db=db)(numbers)
+    with pytest.raises(TypeError, match="generator functions"):
+        cached(db=db)(stream)
+
+
+def test_lambdas_do_not_share_entries(db: CyllamaDB) -> None:
+    assert cached(lambda x: x + 1, db=db)(5) == 6
+    assert cached(lambda x: x * 100, db=db)(5) == 500
+    assert cached(lambda x: x + 1, db=db)(5) == 6
+    # the same lambda again is the same computation: it shares its entries
+    assert db.get_cache_stats()["by_kind"]["function"] == 2
+    assert cached(lambda x: OFFSET + x, db=db).cache_key(1) != cached(lambda x: x + OFFSET, db=db).cache_key(1)
+
+
+OFFSET = 3
+
+
+def test_closures_are_keyed_by_what_they_capture(db: CyllamaDB) -> None:
+    CALLS.clear()  # a global: captured values are part of the key, globals are not
+
+    def make(k: int) -> Any:
+        def scale(x: int) -> int:
+            CALLS.append((k, x))
+            return k * x
+
+        return cached(scale, db=db)
+
+    assert make(2)(5) == 10 and make(3)(5) == 15
+    assert make(2)(5) == 10  # a new closure over the same value shares the entry
+    assert CALLS == [(2, 5), (3, 5)]
+    assert make(2).cache_key(5) != make(3).cache_key(5)
+
+    def with_default(k: int) -> Any:
+        return cached(lambda x, k=k: k + x, db=db)
+
+    assert with_default(1)(1) == 2 and with_default(10)(1) == 11
+
+
+def test_unkeyable_captures_need_a_name(db: CyllamaDB) -> None:
+    lock = threading.Lock()
+
+    def guarded(x: int) -> int:
+        with lock:
+            return x
+
+    with pytest.raises(UncacheableError, match=r"captures 'lock'.*name="):
+        cached(guarded, db=db)
+    named = cached(guarded, db=db, name="guarded-v1")
+    assert named(4) == 4 and named.function_name == "guarded-v1"
+    assert named.cache_key(4) == cached(lambda x: x, db=db, name="guarded-v1").cache_key(4)
+
+
+def test_name_sets_the_key_prefix(db: CyllamaDB) -> None:
+    calls: list[int] = []
+
+    @cached(db=db, name="reports.total")
+    def total(x: int) -> int:
+        calls.append(x)
+        return x
+
+    assert total(1) == 1 and total(1) == 1 and calls == [1]
+    assert total.function_name == "reports.total"
+    assert total.cache_clear() == 1
+    for bad in ("", "  ", 5):
+        with pytest.raises(TypeError, match="name"):
+            cached(name=bad)  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="name"):
+        cached(name="bad \ud800")
 
 
 def test_functions_do_not_share_entries(db: CyllamaDB) -> None:
@@ -199,7 +327,9 @@ def test_functions_do_not_share_entries(db: CyllamaDB) -> None:
 
     assert (one(1), two(1)) == ("one", "two")
     assert one.cache_key(1) != two.cache_key(1)
-    assert one.function_name.endswith("test_functions_do_not_share_entries.<locals>.one")
+    # a local function: its qualified name, plus a digest of its code and captures
+    name, _, digest = one.function_name.rpartition("@")
+    assert name.endswith("test_functions_do_not_share_entries.<locals>.one") and len(digest) == 16
 
 
 def test_invalidate_and_cache_clear(db: CyllamaDB) -> None:
@@ -313,6 +443,9 @@ def test_bad_decorator_arguments() -> None:
         cached(ttl=-1)
     with pytest.raises(ValueError, match="ttl"):
         cached(ttl="whenever")
+    for huge in (10**30, float("inf")):
+        with pytest.raises(ValueError, match=r"ttl=.*too long"):
+            cached(ttl=huge)
     with pytest.raises(TypeError, match="db must be"):
         cached(db="file.db")
     with pytest.raises(TypeError, match="function or an LLM"):

@@ -176,19 +176,95 @@ def test_disabled_database_exports_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "copy.db").exists()
 
 
+_CUSTOM = {"--api-key": "SK-CUSTOM", "hf-token": "HF-CUSTOM", "-hft": "HFT-SHORT", "--spec-type": "ngram"}
+_CUSTOM_REDACTED = {"--api-key": "***", "hf-token": "***", "-hft": "***", "--spec-type": "ngram"}
+
+
 def test_export_redacts_secrets_unless_asked(file_db: CyllamaDB, tmp_path: Path) -> None:
-    file_db.save_model("m", model_path="/x.gguf", api_key="sk-123", hf_token="hf_abc")
+    file_db.save_model("m", model_path="/x.gguf", api_key="sk-123", hf_token="hf_abc", custom_params=_CUSTOM)
+    file_db.save_model("plain", custom_params={"--spec-type": "ngram"})  # nothing secret: untouched
     result = file_db.export_database(tmp_path / "redacted.db")
-    assert result["redacted_secrets"] == 2
-    assert _rows(tmp_path / "redacted.db", "SELECT api_key, hf_token FROM models") == [("***", "***")]
+    assert result["redacted_secrets"] == 3  # two columns and one custom_params value
+    assert _rows(tmp_path / "redacted.db", "SELECT api_key, hf_token FROM models WHERE name = 'm'") == [
+        ("***", "***")
+    ]
+    custom = _rows(tmp_path / "redacted.db", "SELECT custom_params FROM models ORDER BY id")
+    assert [json.loads(c[0]) for c in custom] == [_CUSTOM_REDACTED, {"--spec-type": "ngram"}]
     raw = (tmp_path / "redacted.db").read_bytes()
-    assert b"sk-123" not in raw and b"hf_abc" not in raw  # not even in free pages
+    for secret in (b"sk-123", b"hf_abc", b"SK-CUSTOM", b"HF-CUSTOM", b"HFT-SHORT"):
+        assert secret not in raw, secret  # not even in free pages
     file_db.export_database(tmp_path / "full.db", include_secrets=True)
-    assert _rows(tmp_path / "full.db", "SELECT api_key, hf_token FROM models") == [("sk-123", "hf_abc")]
+    assert _rows(tmp_path / "full.db", "SELECT api_key, hf_token FROM models WHERE name = 'm'") == [
+        ("sk-123", "hf_abc")
+    ]
+    full_custom = _rows(tmp_path / "full.db", "SELECT custom_params FROM models WHERE name = 'm'")
+    assert json.loads(full_custom[0][0]) == _CUSTOM
     stream = io.StringIO()
     file_db.export_database(stream, format="jsonl", table="models")
-    assert json.loads(stream.getvalue())["api_key"] == "***"
-    assert "sk-123" not in stream.getvalue()
+    first = json.loads(stream.getvalue().splitlines()[0])
+    assert first["api_key"] == "***"
+    assert json.loads(first["custom_params"]) == _CUSTOM_REDACTED
+    for secret in ("sk-123", "hf_abc", "SK-CUSTOM", "HF-CUSTOM", "HFT-SHORT"):
+        assert secret not in stream.getvalue(), secret
+    stream = io.StringIO()
+    file_db.export_database(stream, format="jsonl", table="models", include_secrets=True)
+    assert json.loads(json.loads(stream.getvalue().splitlines()[0])["custom_params"]) == _CUSTOM
+
+
+def test_export_redacts_invalid_stored_custom_params(file_db: CyllamaDB, tmp_path: Path) -> None:
+    # Hand-written, not valid JSON: it cannot be redacted flag by flag, so it goes whole.
+    file_db.save_model("m")
+    with file_db.pool.transaction() as conn:
+        conn.execute("UPDATE models SET custom_params = '--api-key SK-RAW'")
+    file_db.export_database(tmp_path / "redacted.db")
+    assert _rows(tmp_path / "redacted.db", "SELECT custom_params FROM models") == [("***",)]
+    assert b"SK-RAW" not in (tmp_path / "redacted.db").read_bytes()
+    stream = io.StringIO()
+    file_db.export_database(stream, format="jsonl", table="models")
+    assert "SK-RAW" not in stream.getvalue()
+
+
+def test_import_of_redacted_custom_params_keeps_stored_secrets(
+    file_db: CyllamaDB, tmp_path: Path
+) -> None:
+    other = CyllamaDB(tmp_path / "other.db")
+    other.save_model("shared", custom_params=_CUSTOM, ctx_size=4096)
+    other.save_model("new", custom_params=_CUSTOM)
+    other.save_model("wholly", custom_params={"--x": 1})
+    other.export_database(tmp_path / "redacted.db")
+    other.close()
+    file_db.save_model("shared", custom_params={"--api-key": "MINE", "--spec-type": "ngram"}, ctx_size=2048)
+
+    file_db.import_database(tmp_path / "redacted.db", on_conflict="replace")
+    shared = file_db.get_model_by_name("shared")
+    new = file_db.get_model_by_name("new")
+    assert shared is not None and new is not None
+    assert shared["ctx_size"] == 4096  # replaced...
+    # ...but a redacted flag keeps this database's value, or is dropped: never "***"
+    assert shared["custom_params"] == {"--api-key": "MINE", "--spec-type": "ngram"}
+    assert new["custom_params"] == {"--spec-type": "ngram"}
+    # re-exporting what was imported brings no secret back in clear either
+    file_db.export_database(tmp_path / "again.db")
+    raw = (tmp_path / "again.db").read_bytes()
+    assert b"MINE" not in raw and b"SK-CUSTOM" not in raw
+
+    # the same file imported twice: the restored rows match, so no new conflict
+    report = file_db.import_database(tmp_path / "redacted.db")
+    assert report["tables"]["models"]["conflicts"] == 0
+
+
+def test_import_of_wholly_redacted_custom_params(file_db: CyllamaDB, tmp_path: Path) -> None:
+    other = CyllamaDB(tmp_path / "other.db")
+    other.save_model("m")
+    other.save_model("n")
+    with other.pool.transaction() as conn:
+        conn.execute("UPDATE models SET custom_params = '--api-key SK-RAW'")
+    other.export_database(tmp_path / "redacted.db")
+    other.close()
+    file_db.save_model("m", custom_params={"--api-key": "MINE"})
+    file_db.import_database(tmp_path / "redacted.db", on_conflict="replace")
+    assert file_db.get_model_by_name("m")["custom_params"] == {"--api-key": "MINE"}  # type: ignore[index]
+    assert file_db.get_model_by_name("n")["custom_params"] is None  # type: ignore[index]
 
 
 # -- import ----------------------------------------------------------------------------------

@@ -185,6 +185,40 @@ def test_response_from_dict_rejects_unknown_keys() -> None:
     assert Response("x", stats=None).stats == GenerationStats()  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"text": "x", "cache_hit": "false"}, "cache_hit"),
+        ({"text": "x", "cache_hit": 1}, "cache_hit"),
+        ({"text": 5}, "text"),
+        ({"text": "x", "finish_reason": 5}, "finish_reason"),
+        ({"text": "x", "model_path": 5}, "model_path"),
+        ({"text": "x", "stats": [1, 2]}, "stats"),
+        ({"text": "x", "stats": {"prompt_tokens": "7"}}, "prompt_tokens"),
+        ({"text": "x", "stats": {"total_time_ms": "fast"}}, "total_time_ms"),
+    ],
+)
+def test_response_from_dict_checks_types(data: dict[str, Any], needle: str) -> None:
+    import json
+
+    with pytest.raises(TypeError, match=needle):
+        Response.from_dict(data)
+    with pytest.raises(TypeError, match=needle):
+        Response.from_json(json.dumps(data))
+
+
+def test_response_checks_its_fields() -> None:
+    with pytest.raises(TypeError, match="model_path"):
+        Response("x", model_path=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="finish_reason"):
+        Response("x", finish_reason=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="cache_hit"):
+        Response("x", cache_hit="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="mapping"):
+        GenerationStats.from_dict([("prompt_tokens", 1)])  # type: ignore[arg-type]
+    assert Response("x", model_path=Path("/m/a.gguf")).model_path == "/m/a.gguf"  # type: ignore[arg-type]
+
+
 # -- loading and errors ----------------------------------------------------------------------
 
 
@@ -232,6 +266,60 @@ def test_context_overflow_names_the_file(tiny_model_path: Path) -> None:
     with pytest.raises(ContextOverflowError):
         list(llm(prompt, stream=True))
     assert llm("hello").text  # the model is still usable
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "error"),
+    [
+        ("n_ctx", "big", TypeError),
+        ("n_ctx", 512.0, TypeError),
+        ("n_ctx", True, TypeError),
+        ("n_ctx", -1, ValueError),
+        ("n_gpu_layers", "all", TypeError),
+        ("n_threads", "4", TypeError),
+        ("rope_freq_scale", "0.5", TypeError),
+        ("rope_freq_base", float("inf"), ValueError),
+        ("use_mmap", "no", TypeError),
+        ("flash_attn", 1, TypeError),
+        ("chat_format", 5, TypeError),
+        ("lora_path", 5, TypeError),
+        ("kv_overrides", {"a": [1]}, TypeError),
+        ("tensor_split", "3,1", TypeError),
+        ("chat_handler", "chatml", TypeError),
+    ],
+)
+def test_load_option_types_are_checked_before_llama_cpp(
+    tiny_model_path: Path, option: str, value: Any, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match=option):
+        LLM(tiny_model_path, db=False, **{option: value})
+    with pytest.raises(error, match=option):
+        complete("hi", tiny_model_path, db=False, **{option: value})
+
+
+def test_flags_must_be_bools(tiny_model_path: Path, db: CyllamaDB) -> None:
+    with pytest.raises(TypeError, match="cache"):
+        LLM(tiny_model_path, db=db, cache="no")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="verbose"):
+        LLM(tiny_model_path, db=db, verbose="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="cache"):
+        complete("hi", tiny_model_path, db=db, cache="no")  # type: ignore[arg-type]
+    assert db.get_cache_stats()["entries"] == 0
+
+
+def test_a_lone_surrogate_is_a_value_error_naming_the_argument(llm: LLM, tiny_model_path: Path) -> None:
+    with pytest.raises(ValueError, match="prompt contains a lone surrogate"):
+        llm("bad \ud800 text")
+    with pytest.raises(ValueError, match="prompt contains a lone surrogate"):
+        LLM(tiny_model_path, db=False)("bad \ud800 text")
+    with pytest.raises(ValueError, match="prompt contains a lone surrogate"):
+        complete("bad \ud800", tiny_model_path, db=False)
+    with pytest.raises(ValueError, match=r"messages\[0\]\['content'\] contains a lone surrogate"):
+        llm.chat([{"role": "user", "content": "bad \udc80"}])
+    with pytest.raises(ValueError, match="prompt"):
+        llm.cache_key("\ud800")
+    # a character beyond the BMP is fine (JSON writes it as a surrogate pair)
+    assert llm.chat([{"role": "user", "content": "emoji \U0001F600"}]).text is not None
 
 
 def test_unknown_keyword_is_a_type_error(tiny_model_path: Path) -> None:
@@ -319,10 +407,76 @@ def test_seed_is_not_part_of_the_key_but_sampling_options_are(llm: LLM) -> None:
     assert len(spy.calls) == 3
 
 
-def test_load_options_are_not_part_of_the_key(tiny_model_path: Path, db: CyllamaDB) -> None:
+def test_infrastructure_load_options_are_not_part_of_the_key(tiny_model_path: Path, db: CyllamaDB) -> None:
     LLM(tiny_model_path, db=db, n_ctx=128, **GREEDY)("Context size")
-    other = LLM(tiny_model_path, db=db, n_ctx=256, n_threads=1, **GREEDY)
+    other = LLM(
+        tiny_model_path, db=db, n_ctx=256, n_threads=1, n_batch=64, n_ubatch=64, use_mmap=False,
+        flash_attn=False, offload_kqv=False, n_gpu_layers=0, **GREEDY,
+    )  # fmt: skip
     assert other("Context size").cache_hit and not other.loaded
+    # options at llama-cpp-python's defaults, and chat options on a completion, do not split entries
+    same = LLM(tiny_model_path, db=db, lora_scale=1.0, last_n_tokens_size=64, chat_format="chatml", **GREEDY)
+    assert same("Context size").cache_hit and not same.loaded
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"rope_freq_scale": 0.5},
+        {"rope_freq_base": 100.0},
+        {"kv_overrides": {"tokenizer.ggml.add_bos_token": False}},
+        {"last_n_tokens_size": 2, "repeat_penalty": 1.5},
+    ],
+)
+def test_load_options_that_change_the_output_are_part_of_the_key(
+    tiny_model_path: Path, db: CyllamaDB, options: dict[str, Any]
+) -> None:
+    sampling = {k: v for k, v in options.items() if k in inf._CONFIG_FIELDS}
+    plain = LLM(tiny_model_path, db=db, **GREEDY, **sampling)
+    plain("Hello")
+    changed = LLM(tiny_model_path, db=db, **{**GREEDY, **options})
+    expected = LLM(tiny_model_path, db=False, **{**GREEDY, **options})("Hello").text
+    assert expected != plain("Hello").text  # the option really changes the output
+    response = changed("Hello")
+    assert not response.cache_hit and response.text == expected
+    assert changed("Hello").cache_hit
+    assert changed.cache_key("x") != plain.cache_key("x")
+    for model in (plain, changed):
+        model.close()
+
+
+def test_chat_format_is_part_of_chat_keys(tiny_model_path: Path, db: CyllamaDB) -> None:
+    messages = [{"role": "user", "content": "Hi there"}]
+    default = LLM(tiny_model_path, db=db, **GREEDY)
+    chatml = LLM(tiny_model_path, db=db, chat_format="chatml", **GREEDY)
+    expected = LLM(tiny_model_path, db=False, chat_format="chatml", **GREEDY).chat(messages).text
+    assert default.chat(messages).text != expected
+    response = chatml.chat(messages)
+    assert not response.cache_hit and response.text == expected
+    assert chatml.chat(messages).cache_hit
+    assert complete("Hi", tiny_model_path, db=db, chat_format="chatml", **GREEDY).text == default("Hi").text
+    assert chatml.cache_key(messages) == generate_cache_key(
+        messages, tiny_model_path, chatml.config, load_options={"chat_format": "chatml"}
+    )
+    for model in (default, chatml):
+        model.close()
+
+
+def test_captured_llm_keys_a_cached_local_function(tiny_model_path: Path, db: CyllamaDB) -> None:
+    def make(llm: LLM) -> Any:
+        @cyllama_db.cached(db=db)
+        def summarise(text: str) -> str:
+            return llm(text).text
+
+        return summarise
+
+    a = make(LLM(tiny_model_path, db=False, **GREEDY))
+    b = make(LLM(tiny_model_path, db=False, rope_freq_scale=0.5, **GREEDY))
+    c = make(LLM(tiny_model_path, db=False, **GREEDY))
+    assert a.function_name != b.function_name and a.function_name == c.function_name
+    assert a("Hello") != b("Hello")
+    assert c("Hello") == a("Hello")
+    assert db.get_cache_stats()["by_kind"]["function"] == 2
 
 
 def test_cache_key_matches_generate_cache_key(llm: LLM, tiny_model_path: Path) -> None:
@@ -539,6 +693,118 @@ def test_single_flight_is_per_database(tiny_model_path: Path, tmp_path: Path) ->
         d.close()
 
 
+def _run_threads(n: int, fn: Any) -> tuple[list[Any], list[BaseException]]:
+    barrier = threading.Barrier(n)
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            barrier.wait()
+            results.append(fn(i))
+        except BaseException as exc:  # pragma: no cover - reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results, errors
+
+
+def test_concurrent_identical_streams_generate_once(llm: LLM) -> None:
+    spy = Spy(llm)
+
+    def stream(_i: int) -> tuple[str, bool, Response | None]:
+        s = llm("Streamed flight", stream=True)
+        text = "".join(s)
+        return text, s.cache_hit, s.response
+
+    results, errors = _run_threads(4, stream)
+    assert not errors
+    assert spy.calls == ["create_completion"]
+    assert len({text for text, _hit, _r in results}) == 1
+    assert sorted(hit for _t, hit, _r in results) == [False, True, True, True]
+    assert all(r is not None and r.text == results[0][0] for _t, _h, r in results)
+
+
+def test_streams_and_plain_calls_share_one_generation(llm: LLM) -> None:
+    spy = Spy(llm)
+
+    def call(i: int) -> str:
+        if i % 2:
+            return "".join(llm("Mixed flight", stream=True))
+        return llm("Mixed flight").text
+
+    results, errors = _run_threads(4, call)
+    assert not errors and len(set(results)) == 1
+    assert len(spy.calls) == 1
+
+
+def test_an_unconsumed_stream_holds_nobody_up(llm: LLM) -> None:
+    spy = Spy(llm)
+    idle = llm("Idle stream", stream=True)  # a miss that nobody iterates yet
+    first = llm("Idle stream")  # same thread: must not wait for it
+    assert not first.cache_hit
+    # Iterated later, it finds the answer stored meanwhile (re-checked under the model lock).
+    assert "".join(idle) == first.text and idle.cache_hit
+    assert idle.response is not None and idle.response.cache_hit
+    assert spy.calls == ["create_completion"]
+
+
+def test_followers_of_an_abandoned_stream_generate_themselves(
+    llm: LLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = Spy(llm)
+    waiting = threading.Event()
+    real_wait = inf._flights.wait
+
+    def wait(flight: Any) -> Any:
+        waiting.set()
+        return real_wait(flight)
+
+    monkeypatch.setattr(inf._flights, "wait", wait)
+    leader = llm("Abandoned flight", stream=True)
+    next(leader)  # leads the flight and holds the model
+    out: list[Response] = []
+    follower = threading.Thread(target=lambda: out.append(llm("Abandoned flight")))
+    follower.start()
+    assert waiting.wait(30)
+    leader.close()  # cancelled: nothing to share
+    follower.join(60)
+    assert len(out) == 1 and not out[0].cache_hit and out[0].text
+    assert spy.calls == ["create_completion", "create_completion"]
+    assert llm("Abandoned flight").cache_hit
+
+
+def test_a_stream_follower_replays_the_leaders_result(llm: LLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = Spy(llm)
+    waiting = threading.Event()
+    real_wait = inf._flights.wait
+
+    def wait(flight: Any) -> Any:
+        waiting.set()
+        return real_wait(flight)
+
+    monkeypatch.setattr(inf._flights, "wait", wait)
+    leader = llm("Followed flight", stream=True)
+    parts = [next(leader)]
+    out: list[tuple[str, bool]] = []
+
+    def follow() -> None:
+        s = llm("Followed flight", stream=True)
+        out.append(("".join(s), s.cache_hit))
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    assert waiting.wait(30)
+    parts.extend(leader)
+    follower.join(60)
+    assert out == [("".join(parts), True)]
+    assert spy.calls == ["create_completion"]
+
+
 def test_different_prompts_from_threads_are_serialised(llm: LLM) -> None:
     prompts = [f"Thread {i}" for i in range(4)]
     expected = {p: LLM(llm.model_path, db=False, **GREEDY)(p).text for p in prompts}
@@ -589,6 +855,9 @@ def test_complete_stream_and_config(tiny_model_path: Path, db: CyllamaDB) -> Non
 
 
 def test_loaded_model_paths_and_close(llm: LLM) -> None:
+    import gc
+
+    gc.collect()  # LLMs of earlier tests that were never closed hold their models until collected
     assert llm.model_path not in inf.loaded_model_paths()
     llm("Load me")
     assert llm.model_path in inf.loaded_model_paths()
@@ -617,6 +886,26 @@ def test_generation_errors_are_logged(tiny_model_path: Path, caplog: pytest.LogC
         llm("word " * 400)
     record = next(r for r in caplog.records if r.name == "cyllama_db.inference")
     assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert record.model_path == llm.model_path  # type: ignore[attr-defined]
+    assert record.prompt == "word " * 400  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(not hasattr(CyllamaDB, "get_logs"), reason="logs store not present")
+def test_generation_errors_fill_the_logs_tables_columns(tiny_model_path: Path, tmp_path: Path) -> None:
+    database = CyllamaDB(tmp_path / "logged.db", log_to_db=True)
+    try:
+        llm = LLM(tiny_model_path, db=database, n_ctx=256)
+        with pytest.raises(ContextOverflowError):
+            llm("word " * 400)
+        with pytest.raises(ContextOverflowError):
+            llm.chat([{"role": "user", "content": "chat " * 400}])
+        rows = database.get_logs(level="ERROR", category="cyllama_db.inference")
+        assert len(rows) == 2
+        assert all(row["model_path"] == llm.model_path for row in rows)
+        previews = sorted(row["prompt_preview"] for row in rows)
+        assert previews[0].startswith('[{"content": "chat chat') and previews[1].startswith("word word")
+    finally:
+        database.close()
 
 
 def test_hits_and_misses_are_logged_at_debug(llm: LLM, caplog: pytest.LogCaptureFixture) -> None:

@@ -422,3 +422,120 @@ def test_open_events_respect_log_level(tmp_path: Path) -> None:
     with CyllamaDB(bad, log_to_db=True, log_level="ERROR") as db:
         assert db.fallback_reason is not None
         assert db.get_logs() == []  # the fallback is a WARNING
+
+
+# -- the application's console is not affected -------------------------------------------------
+
+_CONSOLE_SCRIPT = """
+import logging, sys
+{setup}
+from cyllama_db import CyllamaDB
+
+with CyllamaDB(":memory:", log_to_db=True, log_level="DEBUG") as db:
+    log = logging.getLogger("cyllama_db.cache")
+    log.debug("library debug line")
+    log.info("library info line")
+    log.warning("library warning line")
+    logging.getLogger("cyllama_db").error("library error line")
+    stored = sorted(r["message"] for r in db.get_logs())
+    print("|".join(m for m in stored if m.startswith("library")))
+lib = logging.getLogger("cyllama_db")
+print(lib.level, lib.propagate, len(lib.handlers))
+"""
+
+
+@pytest.mark.parametrize(
+    "setup",
+    ["logging.basicConfig(level=logging.WARNING)", "pass  # no handler: logging's last resort"],
+    ids=["basicConfig", "no-handler"],
+)
+def test_log_to_db_debug_does_not_reach_the_console(setup: str) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _CONSOLE_SCRIPT.format(setup=setup)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    stored, restored = done.stdout.strip().splitlines()
+    assert stored.split("|") == [
+        "library debug line",
+        "library error line",
+        "library info line",
+        "library warning line",
+    ]
+    # The console shows what it shows without log_to_db: WARNING and above.
+    assert "library debug line" not in done.stderr
+    assert "library info line" not in done.stderr
+    assert "library warning line" in done.stderr
+    assert "library error line" in done.stderr
+    assert restored == "0 True 0"
+
+
+@pytest.fixture
+def console() -> Iterator[io.StringIO]:
+    """A WARNING-level root logger with a level-less stream handler, as basicConfig sets up."""
+    root = logging.getLogger()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    saved = root.level
+    root.setLevel(logging.WARNING)
+    root.addHandler(handler)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(saved)
+
+
+def test_app_levels_still_decide_what_the_console_shows(console: io.StringIO) -> None:
+    lib = logging.getLogger("cyllama_db")
+    before = (lib.level, lib.propagate, list(lib.handlers))
+    chatty = logging.getLogger("cyllama_db.inference")
+    chatty.setLevel(logging.DEBUG)  # the application wants this one's debug lines
+    try:
+        with CyllamaDB(":memory:", log_to_db=True, log_level="DEBUG") as db:
+            logging.getLogger("cyllama_db.cache").debug("cache debug")
+            logging.getLogger("cyllama_db.cache").info("cache info")
+            chatty.debug("inference debug")
+            logging.getLogger("cyllama_db").warning("top warning")
+            assert {r["message"] for r in db.get_logs()} >= {
+                "cache debug",
+                "cache info",
+                "inference debug",
+                "top warning",
+            }
+            # A second database storing only INFO: the first still gets DEBUG.
+            with CyllamaDB(":memory:", log_to_db=True, log_level="INFO") as other:
+                logging.getLogger("cyllama_db.cache").debug("second debug")
+                assert "second debug" in [r["message"] for r in db.get_logs()]
+                assert "second debug" not in [r["message"] for r in other.get_logs()]
+            logging.getLogger("cyllama_db.cache").debug("after other closed")
+            assert "after other closed" in [r["message"] for r in db.get_logs()]
+    finally:
+        chatty.setLevel(logging.NOTSET)
+    lines = console.getvalue().splitlines()
+    assert lines == ["inference debug", "top warning"]
+    assert (lib.level, lib.propagate, list(lib.handlers)) == before
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+
+def test_time_and_paging_errors_name_the_argument(debug_db: CyllamaDB) -> None:
+    debug_db.log("INFO", "one")
+    with pytest.raises(TypeError, match="since"):
+        debug_db.get_logs(since="yesterday")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="until"):
+        debug_db.get_logs(until="now")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="since"):
+        debug_db.get_logs(since=float("nan"))
+    with pytest.raises(TypeError, match="older_than"):
+        debug_db.prune_logs(older_than="30d")  # type: ignore[arg-type]
+    # Beyond SQLite's integers: "no limit", "past the end", "keep everything".
+    assert len(debug_db.get_logs(limit=10**30)) == 1
+    assert debug_db.get_logs(offset=10**30) == []
+    assert debug_db.prune_logs(keep_last=10**30) == 0
+    with pytest.raises(ValueError, match="keep_last"):
+        debug_db.prune_logs(keep_last=-1)

@@ -23,6 +23,7 @@ from cyllama_db.metrics import METRICS_FIELDS, RETENTION_SQL, _next_deadline, sa
 T = 1_700_000_000.0  # an arbitrary "now" for the injected clock
 T_MS = int(T * 1000)
 MINUTE_MS = 60_000
+DAY_MS = 1440 * MINUTE_MS
 
 SEED_COLUMNS = [
     "id",
@@ -232,14 +233,14 @@ def test_retention_delete_is_an_indexed_range(any_db: CyllamaDB) -> None:
         plan = " ".join(
             str(r[-1])
             for r in conn.execute(
-                "EXPLAIN QUERY PLAN " + RETENTION_SQL, (T_MS - 10 * MINUTE_MS,)
+                "EXPLAIN QUERY PLAN " + RETENTION_SQL, (T_MS - 10 * MINUTE_MS, T_MS + DAY_MS)
             )
         )
         expanded_plan = " ".join(
             str(r[-1])
             for r in conn.execute(
                 "EXPLAIN QUERY PLAN " + executed,
-                (T_MS,) if "?" in executed else (),
+                (T_MS, T_MS) if "?" in executed else (),
             )
         )
     for p in (plan, expanded_plan):
@@ -249,7 +250,7 @@ def test_retention_delete_is_an_indexed_range(any_db: CyllamaDB) -> None:
 
 def test_history_query_uses_the_index_without_sorting(memory_db: CyllamaDB) -> None:
     with memory_db.pool.read() as conn:
-        plan = " ".join(str(r[-1]) for r in conn.execute("EXPLAIN QUERY PLAN " + metrics_mod._HISTORY_SQL, (0,)))
+        plan = " ".join(str(r[-1]) for r in conn.execute("EXPLAIN QUERY PLAN " + metrics_mod._HISTORY_SQL, (0, T_MS)))
     assert "INDEX idx_metrics_timestamp" in plan and "TEMP B-TREE" not in plan, plan
 
 
@@ -282,6 +283,52 @@ def test_bad_samples_raise_naming_the_key(
     assert _row_count(memory_db) == 0
 
 
+@pytest.mark.parametrize(
+    "timestamp",
+    [T_MS + 10**15, 10**15, T_MS + 2 * DAY_MS,
+     datetime.fromtimestamp(T + 2 * 86_400, tz=timezone.utc), 10**400],
+)
+def test_far_future_timestamp_is_rejected(memory_db: CyllamaDB, timestamp: Any) -> None:
+    memory_db.clock = lambda: T
+    with pytest.raises(ValueError, match="'timestamp'"):
+        memory_db.save_metrics({"timestamp": timestamp})
+    assert _row_count(memory_db) == 0
+    assert memory_db.get_metrics_history() == []
+
+
+def test_timestamp_up_to_a_day_ahead_is_clock_skew(memory_db: CyllamaDB) -> None:
+    memory_db.clock = lambda: T
+    memory_db.save_metrics({"timestamp": T_MS + DAY_MS, "cpu_usage": 1.0})
+    assert [r["cpu_usage"] for r in memory_db.get_metrics_history()] == [1.0]
+
+
+def test_history_survives_rows_no_datetime_can_hold(any_db: CyllamaDB) -> None:
+    # save_metrics({'timestamp': 10**15}) used to store a year-33658 row that broke
+    # get_metrics_history() for good and that retention never deleted; such rows
+    # can still arrive by import or from another writer.
+    any_db.clock = lambda: T
+    any_db.save_metrics({"timestamp": T_MS - 1000, "cpu_usage": 1.0})
+    with any_db.pool.transaction() as conn:
+        for stamp in (10**15, 2**62, T_MS + 2 * DAY_MS):
+            conn.execute(
+                "INSERT INTO metrics_history (timestamp, cpu_usage, created_at) VALUES (?, 2.0, ?)",
+                (stamp, T_MS),
+            )
+        conn.execute(  # a usable timestamp; unusable created_at and gpus_json
+            "INSERT INTO metrics_history (timestamp, cpu_usage, gpus_json, created_at)"
+            " VALUES (?, 3.0, '{bad', ?)",
+            (T_MS - 500, 10**18),
+        )
+    rows = any_db.get_metrics_history()
+    assert [r["cpu_usage"] for r in rows] == [1.0, 3.0]
+    assert rows[1]["created_at"] is None and rows[1]["gpus"] == []
+    # the next insert's retention delete removes the far-future rows too
+    any_db.save_metrics({"cpu_usage": 4.0})
+    with any_db.pool.read() as conn:
+        stamps = [r[0] for r in conn.execute("SELECT timestamp FROM metrics_history ORDER BY id")]
+    assert stamps == [T_MS - 1000, T_MS - 500, T_MS]
+
+
 def test_sample_must_be_a_mapping(memory_db: CyllamaDB) -> None:
     with pytest.raises(TypeError, match="dict"):
         memory_db.save_metrics([("cpu_usage", 1)])  # type: ignore[arg-type]
@@ -289,7 +336,12 @@ def test_sample_must_be_a_mapping(memory_db: CyllamaDB) -> None:
         memory_db.save_metrics(cpu_usage=1)  # type: ignore[call-arg]
 
 
-@pytest.mark.parametrize(("minutes", "error"), [(0, ValueError), (-1, ValueError), (math.nan, ValueError), ("10", TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    ("minutes", "error"),
+    [(0, ValueError), (-1, ValueError), (math.nan, ValueError), (math.inf, ValueError),
+     (1e300, ValueError), (10**400, ValueError), (metrics_mod.MAX_HISTORY_MINUTES + 1, ValueError),
+     ("10", TypeError), (True, TypeError)],
+)
 def test_bad_history_window(memory_db: CyllamaDB, minutes: Any, error: type[Exception]) -> None:
     with pytest.raises(error, match="minutes"):
         memory_db.get_metrics_history(minutes)
@@ -299,7 +351,7 @@ def test_disabled_and_closed(tmp_path: Path) -> None:
     off = CyllamaDB(tmp_path / "off.db", enabled=False)
     assert off.save_metrics(_full_sample()) is None
     assert off.get_metrics_history() == []
-    sampler = off.start_metrics_sampler(0.01)
+    sampler = off.start_metrics_sampler(0.1)
     assert not sampler.running
     sampler.stop()
     assert not (tmp_path / "off.db").exists()
@@ -311,7 +363,7 @@ def test_disabled_and_closed(tmp_path: Path) -> None:
     with pytest.raises(DatabaseClosedError):
         db.get_metrics_history()
     with pytest.raises(DatabaseClosedError):
-        db.start_metrics_sampler(0.01)
+        db.start_metrics_sampler(0.1)
 
 
 def test_db_stats_count_metrics_rows(any_db: CyllamaDB) -> None:
@@ -354,7 +406,7 @@ def test_missing_psutil_names_the_extra(monkeypatch: pytest.MonkeyPatch, memory_
     assert isinstance(info.value, ImportError)
     assert isinstance(info.value, cyllama_db.CyllamaDBError)
     with pytest.raises(MissingDependencyError, match=r"\[metrics\]"):
-        memory_db.start_metrics_sampler(0.01)  # fails in the caller, not in the thread
+        memory_db.start_metrics_sampler(0.1)  # fails in the caller, not in the thread
 
 
 def test_disk_path_is_used(tmp_path: Path) -> None:
@@ -565,7 +617,7 @@ def test_inference_module_is_not_imported_by_sampling(monkeypatch: pytest.Monkey
 
 
 def test_sampler_writes_n_rows_then_stops(any_db: CyllamaDB, thread_errors: list[BaseException]) -> None:
-    sampler = any_db.start_metrics_sampler(interval=0.05, nvml=FakeNVML(TWO_GPUS))
+    sampler = any_db.start_metrics_sampler(interval=0.1, nvml=FakeNVML(TWO_GPUS))
     assert sampler.running
     assert sampler.wait_for_samples(5, timeout=30)
     sampler.stop()
@@ -577,14 +629,14 @@ def test_sampler_writes_n_rows_then_stops(any_db: CyllamaDB, thread_errors: list
     ids = [r["id"] for r in rows]
     assert ids == sorted(ids)  # stamped in the order written
     assert all(r["gpu_usage"] == 37.0 and len(r["gpus"]) == 2 for r in rows)
-    threading.Event().wait(0.2)  # four more intervals: nothing may be written after stop()
+    threading.Event().wait(0.3)  # three more intervals: nothing may be written after stop()
     assert _row_count(any_db) == n
     assert sampler.cpu_seconds > 0
     assert thread_errors == []
 
 
 def test_sampler_context_manager_and_restart(memory_db: CyllamaDB) -> None:
-    with MetricsSampler(memory_db, interval=0.02, nvml=FakeNVML([])) as sampler:
+    with MetricsSampler(memory_db, interval=0.1, nvml=FakeNVML([])) as sampler:
         assert sampler.running
         assert sampler.wait_for_samples(2, timeout=30)
     assert not sampler.running
@@ -611,7 +663,7 @@ def test_sampler_survives_a_failing_sample(
         return {"cpu_usage": float(calls["n"])}
 
     monkeypatch.setattr(metrics_mod, "sample_metrics", flaky)
-    with memory_db.start_metrics_sampler(interval=0.02) as sampler:
+    with memory_db.start_metrics_sampler(interval=0.1) as sampler:
         assert sampler.wait_for_samples(3, timeout=30)
     assert sampler.errors == 3
     assert isinstance(sampler.last_error, OSError)
@@ -623,7 +675,7 @@ def test_sampler_survives_a_failing_sample(
 
 def test_close_stops_the_sampler(db_path: Path, thread_errors: list[BaseException]) -> None:
     db = CyllamaDB(db_path)
-    sampler = db.start_metrics_sampler(interval=0.02, nvml=FakeNVML([]))
+    sampler = db.start_metrics_sampler(interval=0.1, nvml=FakeNVML([]))
     assert sampler.wait_for_samples(1, timeout=30)
     db.close()
     assert not sampler.running  # close() joined it before closing connections
@@ -648,7 +700,7 @@ def test_database_closed_under_the_sampler(
         return sample
 
     monkeypatch.setattr(metrics_mod, "sample_metrics", close_then_sample)
-    sampler = MetricsSampler(db, interval=0.02, nvml=FakeNVML([]))
+    sampler = MetricsSampler(db, interval=0.1, nvml=FakeNVML([]))
     sampler.start()
     assert sampler._thread is not None
     sampler._thread.join(timeout=30)
@@ -660,7 +712,7 @@ def test_database_closed_under_the_sampler(
 
 
 def test_sampler_stops_when_pool_is_closed_while_waiting(memory_db: CyllamaDB, thread_errors: list[BaseException]) -> None:
-    sampler = memory_db.start_metrics_sampler(interval=0.02, nvml=FakeNVML([]))
+    sampler = memory_db.start_metrics_sampler(interval=0.1, nvml=FakeNVML([]))
     assert sampler.wait_for_samples(1, timeout=30)
     assert memory_db._pool is not None
     memory_db._pool.close()
@@ -670,10 +722,23 @@ def test_sampler_stops_when_pool_is_closed_while_waiting(memory_db: CyllamaDB, t
     assert thread_errors == []
 
 
-@pytest.mark.parametrize(("interval", "error"), [(0, ValueError), (-1, ValueError), (math.inf, ValueError), ("1", TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    ("interval", "error"),
+    [(0, ValueError), (-1, ValueError), (math.inf, ValueError), (math.nan, ValueError),
+     (1e-9, ValueError), (0.099, ValueError), (86_401, ValueError), (10**400, ValueError),
+     ("1", TypeError), (True, TypeError)],
+)
 def test_bad_interval(memory_db: CyllamaDB, interval: Any, error: type[Exception]) -> None:
+    # 1e-9 used to be accepted: a tight loop writing to the database.
     with pytest.raises(error, match="interval"):
         MetricsSampler(memory_db, interval)
+    with pytest.raises(error, match="interval"):
+        memory_db.start_metrics_sampler(interval)
+
+
+def test_interval_bounds_are_inclusive(memory_db: CyllamaDB) -> None:
+    assert MetricsSampler(memory_db, metrics_mod.MIN_SAMPLER_INTERVAL).interval == 0.1
+    assert MetricsSampler(memory_db, metrics_mod.MAX_SAMPLER_INTERVAL).interval == 86_400
 
 
 def test_next_deadline_examples() -> None:
@@ -722,7 +787,7 @@ def test_cpu_reading_is_primed_per_thread(monkeypatch: pytest.MonkeyPatch, memor
     # reading is non-blocking (psutil's very first non-blocking value is meaningless)
     assert [i for name, i in calls if name == "one-off"] == [0.1, None]
 
-    with memory_db.start_metrics_sampler(interval=0.02, nvml=FakeNVML([])) as sampler:
+    with memory_db.start_metrics_sampler(interval=0.1, nvml=FakeNVML([])) as sampler:
         assert sampler.wait_for_samples(2, timeout=30)
     sampled = [i for name, i in calls if name == "cyllama-metrics-sampler"]
     # primed once at start (not blocking), then one non-blocking read per sample

@@ -388,6 +388,73 @@ def test_value_not_allowed(name: str, value: Any, allowed_fragment: str) -> None
     assert name in str(err) and allowed_fragment in str(err)
 
 
+@pytest.mark.parametrize(
+    ("params", "exc"),
+    [
+        ({"hf_token": b"hf_SECRET"}, ParameterTypeError),
+        ({"api_key": ["SECRET-1", "SECRET-2"]}, ParameterTypeError),
+        ({"custom_params": {"--api-key": "SK-SECRET", "x": math.nan}}, ParameterTypeError),
+        ({"custom_params": {"hf-token": "HF-SECRET", "--x": {"nested": 1}}}, ParameterValueError),
+        ({"custom_params": {"--api-key": {"SECRET": 1}}}, ParameterValueError),
+        ({"custom_params": {"-hft": "HFT-SECRET", "": 1}}, ParameterValueError),
+        ({"custom_params": "--api-key SECRET"}, ParameterTypeError),
+        ({"custom_params": [("--api-key", "SECRET")]}, ParameterTypeError),
+    ],
+)
+def test_errors_never_show_secret_values(params: dict[str, Any], exc: type[Exception]) -> None:
+    with pytest.raises(exc) as info:
+        validate_params(params)
+    err = info.value
+    (name,) = params
+    assert err.name == name and name in str(err)  # type: ignore[attr-defined]
+    assert "SECRET" not in str(err) and "SECRET" not in repr(err), str(err)
+    assert "SECRET" not in repr(getattr(err, "value", None))
+    if isinstance(err, ParameterTypeError):
+        assert err.got in str(err)  # the type is still named
+
+
+def test_errors_show_custom_params_redacted() -> None:
+    with pytest.raises(ParameterTypeError) as info:
+        validate_params({"custom_params": {"--api-key": "SK-LEAK", "x": math.nan}})
+    assert "'--api-key': '***'" in str(info.value) and "nan" in str(info.value)
+    with pytest.raises(ParameterValueError) as value_info:
+        validate_params({"custom_params": {"--api-key": "SK-LEAK", "--x": {"a": 1}}})
+    assert value_info.value.value == {"--x": {"a": 1}}  # the offending item, shown
+    assert "'--x'" in str(value_info.value)
+    # other parameters still show the value, which is what helps
+    with pytest.raises(ParameterTypeError, match=r"\('4096'\)"):
+        validate_params({"ctx_size": "4096"})
+
+
+@pytest.mark.parametrize(
+    "name", ["ctx_size", "seed", "threads", "top_k", "gpu_layers", "n_gpu_layers_draft"]
+)
+@pytest.mark.parametrize("value", [2**63, 2**70, -(2**63) - 1, "9" * 30, "9" * 5000])
+def test_ints_beyond_sqlite_int64_are_rejected(name: str, value: Any) -> None:
+    p = PARAMS_BY_NAME[name]
+    if isinstance(value, str) and p.type != "gpu_layers":
+        return  # only gpu_layers reads numbers from text
+    with pytest.raises(ParameterValueError) as info:
+        validate_params({name: value})
+    assert info.value.name == name and name in str(info.value)
+    with pytest.raises(ParameterValueError):
+        to_sql(name, value)
+
+
+@pytest.mark.parametrize("name", ["threads", "top_k", "dry_allowed_length"])
+def test_int64_extremes_are_accepted(name: str) -> None:
+    assert PARAMS_BY_NAME[name].min is None and PARAMS_BY_NAME[name].max is None
+    for value in (2**63 - 1, -(2**63)):
+        assert validate_params({name: value}) == {name: value}
+        con = sqlite3.connect(":memory:")
+        try:
+            con.execute("CREATE TABLE t (v INTEGER)")
+            con.execute("INSERT INTO t VALUES (?)", (to_sql(name, value),))
+            assert from_sql(name, con.execute("SELECT v FROM t").fetchone()[0]) == value
+        finally:
+            con.close()
+
+
 def test_normalisation() -> None:
     out = validate_params(
         {
@@ -489,13 +556,18 @@ def _strategy(p: Param) -> st.SearchStrategy[Any]:
     if p.type == "bool":
         return st.booleans()
     if p.type == "int":
-        low = -(2**31) if p.min is None else int(p.min)
-        high = 2**31 - 1 if p.max is None else int(p.max)
+        # SQLite's whole INTEGER range is valid (and nothing beyond it).
+        low = -(2**63) if p.min is None else int(p.min)
+        high = 2**63 - 1 if p.max is None else int(p.max)
         return st.integers(low, high)
     if p.type == "float":
         return st.floats(p.min, p.max, allow_nan=False, allow_infinity=False)
     if p.type == "gpu_layers":
-        return st.one_of(st.integers(int(p.min or -1), 10_000), st.sampled_from(["auto", "all"]))
+        return st.one_of(
+            st.integers(int(p.min or -1), 10_000),
+            st.integers(int(p.min or -1), 2**63 - 1),
+            st.sampled_from(["auto", "all"]),
+        )
     if p.type == "str":
         return _TEXT
     raise AssertionError(f"no strategy for {p.name} ({p.type})")

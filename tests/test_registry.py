@@ -440,6 +440,106 @@ def test_error_messages_never_contain_secrets(db: CyllamaDB) -> None:
     assert "sk-secret" not in str(info.value)
 
 
+_LEAKY: list[tuple[dict[str, Any], type[Exception]]] = [
+    ({"hf_token": b"hf_SECRET"}, ParameterTypeError),
+    ({"api_key": 12345678}, ParameterTypeError),  # the digits are the secret
+    ({"custom_params": {"--api-key": "SK-SECRET", "x": float("nan")}}, ParameterTypeError),
+    ({"custom_params": {"hf-token": "HF-SECRET", "--x": {"a": 1}}}, ParameterValueError),
+    ({"custom_params": {"--api-key": ["SECRET", {"a": 1}]}}, ParameterValueError),
+]
+
+
+@pytest.mark.parametrize(("params", "exc"), _LEAKY)
+def test_invalid_secret_values_are_not_shown(
+    db: CyllamaDB, params: dict[str, Any], exc: type[Exception]
+) -> None:
+    mid = db.save_model("ok")
+    calls = {
+        "save_model": lambda: db.save_model("m", **params),
+        "update_model": lambda: db.update_model(mid, **params),
+        "get_models": lambda: db.get_models(**params),
+        "register_model": lambda: db.register_model("/nonexistent.gguf", **params),
+    }
+    for what, call in calls.items():
+        with pytest.raises(exc) as info:
+            call()
+        (name,) = params
+        text = f"{info.value} {info.value!r} {info.value.args!r} {getattr(info.value, 'value', '')!r}"
+        assert name in str(info.value), what
+        assert "SECRET" not in text and "12345678" not in text, (what, text)
+    assert [m["name"] for m in db.get_models()] == ["ok"]
+
+
+def test_invalid_stored_secret_is_not_logged(
+    db: CyllamaDB, caplog: pytest.LogCaptureFixture
+) -> None:
+    mid = db.save_model("m")
+    with db.pool.transaction() as conn:  # written by hand / by another tool
+        conn.execute(
+            "UPDATE models SET api_key = ?, custom_params = ?",
+            (b"12345678", '{"--api-key": "SK-SECRET", "x": NaN}'),
+        )
+    with caplog.at_level("WARNING", logger="cyllama_db.registry"):
+        rec = db.get_model(mid)
+    assert rec is not None and rec["api_key"] == b"12345678"  # shown as stored...
+    assert "12345678" not in repr(rec) and "SK-SECRET" not in repr(rec)  # ...but redacted
+    assert "api_key" in caplog.text and "custom_params" in caplog.text  # the column is named
+    assert "12345678" not in caplog.text and "SK-SECRET" not in caplog.text, caplog.text
+
+
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [
+        ({"ctx_size": 2**70}, "ctx_size"),
+        ({"ctx_size": 2**63}, "ctx_size"),
+        ({"threads": -(2**63) - 1}, "threads"),
+        ({"gpu_layers": 2**70}, "gpu_layers"),
+        ({"gpu_layers": str(2**70)}, "gpu_layers"),
+    ],
+)
+def test_int_parameters_are_bound_to_int64(db: CyllamaDB, params: dict[str, Any], name: str) -> None:
+    with pytest.raises(ParameterValueError, match=f"'{name}'.*64-bit"):
+        db.save_model("b", **params)
+    mid = db.save_model("ok", **{name: 7})
+    with pytest.raises(ParameterValueError, match=f"'{name}'"):
+        db.update_model(mid, **params)
+    with pytest.raises(ParameterValueError, match=f"'{name}'"):
+        db.get_models(**params)
+    assert db.get_model(mid)[name] == 7  # type: ignore[index]
+    assert [m["name"] for m in db.get_models()] == ["ok"]
+
+
+def test_int64_extremes_round_trip(db: CyllamaDB) -> None:
+    mid = db.save_model("m", threads=2**63 - 1, gpu_layers=2**63 - 1, top_k=-(2**63))
+    rec = db.get_model(mid)
+    assert rec is not None
+    assert (rec["threads"], rec["gpu_layers"], rec["top_k"]) == (2**63 - 1, 2**63 - 1, -(2**63))
+    assert [m["id"] for m in db.get_models(gpu_layers=2**63 - 1)] == [mid]
+
+
+@pytest.mark.parametrize(
+    "filters", [{"id": 2**64}, {"size_bytes": 2**64}, {"context_length": -(2**70)}]
+)
+def test_out_of_range_int_filters_are_rejected(db: CyllamaDB, filters: dict[str, Any]) -> None:
+    (key,) = filters
+    with pytest.raises(ParameterValueError, match=f"'{key}'.*64-bit"):
+        db.get_models(**filters)
+
+
+def test_out_of_range_ids_are_unknown_models(db: CyllamaDB) -> None:
+    # No row can have such an id: a lookup finds nothing rather than overflow.
+    db.save_model("m")
+    for big in (2**64, -(2**70)):
+        assert db.get_model(big) is None
+        assert db.delete_model(big) is False
+        with pytest.raises(UnknownModelError):
+            db.update_model(big, ctx_size=1)
+        with pytest.raises(UnknownModelError):
+            db.mark_model_loaded(big)
+        with pytest.raises(UnknownModelError):
+            db.to_server_args(big)
+
+
 # -- filters -----------------------------------------------------------------------------------
 
 
@@ -992,6 +1092,55 @@ def test_disabled_database_is_a_no_op(tiny_gguf: Path, monkeypatch: pytest.Monke
     assert db.update_model(1, ctx_size=2) is None
     assert db.delete_model(1) is False and db.delete_all_models() == 0
     assert db.mark_model_loaded("m") is None
+    assert db.mark_model_unloaded("m") is False
+    assert db.register_model("/no/such/file.gguf") == 0  # not even looked at
+
+
+def test_disabled_database_conversions(tiny_gguf: Path) -> None:
+    db = CyllamaDB(enabled=False)
+    # by id or name there is nothing to look up, and the error says why
+    for call in (db.to_llama_kwargs, db.to_server_args, db.to_sampling_kwargs):
+        for ref in ("x", 1):
+            with pytest.raises(UnknownModelError, match="database is disabled") as info:
+                call(ref)
+            assert not isinstance(info.value, DatabaseClosedError)
+    # a record (or any mapping of parameters) needs no registry
+    params = {"name": "x", "model_path": "/m.gguf", "ctx_size": 512, "temperature": 0.2, "api_key": "k"}
+    assert db.to_llama_kwargs(params) == {"model_path": "/m.gguf", "n_ctx": 512}
+    assert db.to_server_args(params, redact_secrets=True) == [
+        "--model", "/m.gguf", "--ctx-size", "512", "--temperature", "0.2", "--api-key", REDACTED,
+    ]  # fmt: skip
+    assert db.to_sampling_kwargs(ModelRecord(params)) == {"temperature": 0.2}
+    with pytest.raises(ParameterTypeError, match="'model'"):
+        db.to_server_args(1.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "fragment"),
+    [
+        (lambda db: db.save_model(5), ParameterTypeError, "'name' expects str"),
+        (lambda db: db.save_model(""), ParameterValueError, "'name'"),
+        (lambda db: db.save_model("m", status="busy"), ParameterValueError, "'status'"),
+        (lambda db: db.save_model("m", ctx_size="big"), ParameterTypeError, "'ctx_size'"),
+        (lambda db: db.save_model("m", bogus=1), UnknownParameterError, "'bogus'"),
+        (lambda db: db.get_models(bogus=1), UnknownParameterError, "'bogus'"),
+        (lambda db: db.get_models(flash_attn="maybe"), ParameterValueError, "'flash_attn'"),
+        (lambda db: db.get_model("1"), ParameterTypeError, "'id'"),
+        (lambda db: db.get_model_by_name(1), ParameterTypeError, "'name'"),
+        (lambda db: db.update_model(1, bogus=1), UnknownParameterError, "'bogus'"),
+        (lambda db: db.update_model(1.0, ctx_size=1), ParameterTypeError, "'model'"),
+        (lambda db: db.delete_model(True), ParameterTypeError, "'model'"),
+        (lambda db: db.mark_model_loaded(1, status="busy"), ParameterValueError, "'status'"),
+        (lambda db: db.mark_model_unloaded(None), ParameterTypeError, "'model'"),
+        (lambda db: db.register_model("x.gguf", name=""), ParameterValueError, "'name'"),
+        (lambda db: db.register_model("x.gguf", model_path="y"), UnknownParameterError, "model_path"),
+        (lambda db: db.register_model("x.gguf", ctx_sise=1), UnknownParameterError, "ctx_size"),
+    ],
+)
+def test_disabled_database_still_checks_arguments(call: Any, exc: type, fragment: str) -> None:
+    db = CyllamaDB(enabled=False)
+    with pytest.raises(exc, match=fragment):
+        call(db)
 
 
 def test_closed_database_raises(db_path: Path) -> None:
@@ -1005,6 +1154,10 @@ def test_closed_database_raises(db_path: Path) -> None:
         lambda: db.update_model(mid, ctx_size=1),
         lambda: db.delete_model(mid),
         lambda: db.to_server_args("m"),
+        lambda: db.get_model_by_name("m"),
+        lambda: db.mark_model_loaded(mid),
+        lambda: db.mark_model_unloaded(mid),
+        lambda: db.register_model(db_path),
     ):
         with pytest.raises(DatabaseClosedError):
             call()
@@ -1107,12 +1260,14 @@ def test_llm_from_registry_loads_and_generates(tiny_registered: CyllamaDB) -> No
     with LLM.from_registry("tiny", db=db, cache=False) as llm:
         rec = db.get_model_by_name("tiny")
         assert rec is not None
-        assert rec["status"] == "running" and rec["last_used_at"] == _ts(T0 + 100)
+        # used now, but "running" only once llama.cpp has the model in memory
+        assert rec["status"] == "stopped" and rec["last_used_at"] == _ts(T0 + 100)
         assert llm.model_path == rec["model_path"]
         assert llm.load_options == {"n_ctx": 256, "n_batch": 64, "n_threads": 1, "n_gpu_layers": 0}
         assert llm.config.temperature == 0.0 and llm.config.max_tokens == 3
         assert llm.config.seed == 11
         out = llm("Hello")
+        assert db.get_model_by_name("tiny")["status"] == "running"  # type: ignore[index]
         assert out.text and out.stats.generated_tokens == 3
         assert llm.llama.n_ctx() == 256  # the stored ctx_size reached llama.cpp
         # the same text as an LLM built by hand with the same settings
@@ -1122,6 +1277,7 @@ def test_llm_from_registry_loads_and_generates(tiny_registered: CyllamaDB) -> No
         )  # fmt: skip
         with by_hand:
             assert by_hand("Hello").text == out.text
+    assert db.get_model_by_name("tiny")["status"] == "stopped"  # type: ignore[index]
 
 
 def test_llm_from_registry_overrides(tiny_registered: CyllamaDB) -> None:
@@ -1150,6 +1306,7 @@ def test_complete_with_a_registered_model(tiny_registered: CyllamaDB) -> None:
         rec = db.get_model_by_name("tiny")
         assert rec is not None
         assert rec["last_used_at"] == _ts(T0 + 200) and rec["status"] == "running"
+        assert db.get_db_stats()["running_models"] == 1
         assert first.model_path == rec["model_path"]
         # explicit kwargs win over the stored values
         longer = complete("Hello", model="tiny", db=db, max_tokens=5, cache=False)
@@ -1162,6 +1319,8 @@ def test_complete_with_a_registered_model(tiny_registered: CyllamaDB) -> None:
         assert direct.text == first.text
     finally:
         unload_models()
+    assert db.get_model_by_name("tiny")["status"] == "stopped"  # type: ignore[index]
+    assert db.get_db_stats()["running_models"] == 0
 
 
 def test_chat_with_a_registered_model(tiny_registered: CyllamaDB) -> None:
@@ -1222,6 +1381,146 @@ def test_from_registry_uses_the_global_database(tiny_model_path: Path) -> None:
 
     db = configure_db(path=":memory:")
     db.register_model(tiny_model_path, name="global-tiny", ctx_size=128)
-    with LLM.from_registry("global-tiny") as llm:
+    with LLM.from_registry("global-tiny", cache=False, max_tokens=1) as llm:
         assert llm.load_options["n_ctx"] == 128
-    assert db.get_model_by_name("global-tiny")["status"] == "running"  # type: ignore[index]
+        llm("Hi")
+        assert db.get_model_by_name("global-tiny")["status"] == "running"  # type: ignore[index]
+    assert db.get_model_by_name("global-tiny")["status"] == "stopped"  # type: ignore[index]
+
+
+# -- registry status follows the model in memory ----------------------------------------------
+
+
+def _status(db: CyllamaDB, name: str) -> str:
+    rec = db.get_model_by_name(name)
+    assert rec is not None
+    return str(rec["status"])
+
+
+def test_mark_model_unloaded(db: CyllamaDB) -> None:
+    mid = db.save_model("m", status="running")
+    db.clock = lambda: T0 + 5  # type: ignore[method-assign]
+    assert db.mark_model_unloaded("m") is True
+    rec = db.get_model(mid)
+    assert rec is not None and rec["status"] == "stopped"
+    assert rec["last_used_at"] is None and rec["updated_at"] == _ts(T0)  # only the status
+    assert db.mark_model_unloaded(mid) is False  # already stopped
+    db.update_model(mid, status="error")
+    assert db.mark_model_unloaded(mid) is False and _status(db, "m") == "error"  # kept
+    assert db.mark_model_unloaded("ghost") is False
+    db.mark_model_loaded(mid, status=None)  # a use that loads nothing
+    rec = db.get_model(mid)
+    assert rec is not None and rec["status"] == "error" and rec["last_used_at"] == _ts(T0 + 5)
+
+
+def test_llm_close_marks_the_model_stopped(tiny_registered: CyllamaDB) -> None:
+    from cyllama_db import LLM
+
+    db = tiny_registered
+    llm = LLM.from_registry("tiny", db=db, cache=False)
+    llm("Hello")
+    assert _status(db, "tiny") == "running" and db.get_db_stats()["running_models"] == 1
+    llm.close()
+    assert _status(db, "tiny") == "stopped" and db.get_db_stats()["running_models"] == 0
+    llm("Hello")  # a later call loads it again
+    assert _status(db, "tiny") == "running"
+    llm.close()
+    llm.close()  # twice is harmless
+    assert _status(db, "tiny") == "stopped"
+
+
+def test_two_llms_on_one_entry_stop_it_when_the_last_closes(tiny_registered: CyllamaDB) -> None:
+    from cyllama_db import LLM
+
+    db = tiny_registered
+    first = LLM.from_registry("tiny", db=db, cache=False)
+    second = LLM.from_registry("tiny", db=db, cache=False)
+    first("Hi")
+    second("Hi")
+    first.close()
+    assert _status(db, "tiny") == "running"  # the second still has it loaded
+    second.close()
+    assert _status(db, "tiny") == "stopped"
+
+
+def test_llm_close_never_raises_when_the_database_is_gone(tiny_model_path: Path, db_path: Path) -> None:
+    from cyllama_db import LLM
+
+    db = CyllamaDB(db_path)
+    db.register_model(tiny_model_path, name="tiny", ctx_size=128)
+    llm = LLM.from_registry("tiny", db=db, cache=False, max_tokens=1)
+    llm("Hi")
+    db.delete_model("tiny")
+    llm.close()  # the entry is gone: nothing to mark, no error
+    db.register_model(tiny_model_path, name="tiny", ctx_size=128)
+    llm = LLM.from_registry("tiny", db=db, cache=False, max_tokens=1)
+    llm("Hi")
+    db.close()
+    llm.close()  # the database is closed: best effort, no error
+    assert not llm.loaded
+    with CyllamaDB(db_path) as again:
+        assert _status(again, "tiny") == "running"  # what was last written
+
+
+def test_a_cache_hit_does_not_mark_the_model_running(tiny_registered: CyllamaDB) -> None:
+    from cyllama_db import complete
+    from cyllama_db.inference import loaded_model_paths, unload_models
+
+    db = tiny_registered
+    try:
+        first = complete("Hello", model="tiny", db=db)
+        assert _status(db, "tiny") == "running"
+        assert unload_models() == 1
+        assert _status(db, "tiny") == "stopped"
+        db.clock = lambda: T0 + 300  # type: ignore[method-assign]
+        again = complete("Hello", model="tiny", db=db)
+        assert again.cache_hit and again.text == first.text
+        rec = db.get_model_by_name("tiny")
+        assert rec is not None
+        assert rec["status"] == "stopped"  # nothing was loaded...
+        assert rec["last_used_at"] == _ts(T0 + 300)  # ...but it was used
+        assert loaded_model_paths() == []
+        # once the model does load for this entry, it is running
+        complete("Hello", model="tiny", db=db, cache=False)
+        assert _status(db, "tiny") == "running"
+    finally:
+        unload_models()
+    assert _status(db, "tiny") == "stopped"
+
+
+def test_evicted_shared_model_is_marked_stopped(
+    tiny_registered: CyllamaDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cyllama_db import complete, inference
+    from cyllama_db.inference import unload_models
+
+    db = tiny_registered
+    path = db.get_model_by_name("tiny")["model_path"]  # type: ignore[index]
+    db.save_model("tiny-128", model_path=path, ctx_size=128, threads=1, gpu_layers=0, predict=2)
+    monkeypatch.setattr(inference, "MAX_SHARED_MODELS", 1)
+    try:
+        complete("Hello", model="tiny", db=db, cache=False)
+        assert (_status(db, "tiny"), _status(db, "tiny-128")) == ("running", "stopped")
+        complete("Hello", model="tiny-128", db=db, cache=False)  # evicts "tiny"
+        assert (_status(db, "tiny"), _status(db, "tiny-128")) == ("stopped", "running")
+        assert db.get_db_stats()["running_models"] == 1
+    finally:
+        unload_models()
+    assert _status(db, "tiny-128") == "stopped" and db.get_db_stats()["running_models"] == 0
+
+
+def test_load_failure_after_from_registry_marks_error(tiny_registered: CyllamaDB, tmp_path: Path) -> None:
+    from cyllama_db import LLM
+    from cyllama_db.errors import ModelNotFoundError
+
+    db = tiny_registered
+    copy = tmp_path / "copy.gguf"
+    shutil.copy(db.get_model_by_name("tiny")["model_path"], copy)  # type: ignore[index]
+    db.register_model(copy, name="copy", ctx_size=128)
+    llm = LLM.from_registry("copy", db=db, cache=False)
+    copy.unlink()  # gone before the first call loads it
+    with pytest.raises(ModelNotFoundError):
+        llm("Hi")
+    assert _status(db, "copy") == "error"
+    llm.close()
+    assert _status(db, "copy") == "error"  # close() only turns "running" into "stopped"

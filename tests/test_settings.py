@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from cyllama_db import ConfigurationError, CyllamaDB, Settings
-from cyllama_db._time import parse_duration
+from cyllama_db._time import MAX_DURATION, parse_duration
 
 
 def test_defaults_without_environment(tmp_path: Path) -> None:
@@ -95,6 +96,10 @@ def test_bad_arguments() -> None:
         Settings.resolve(path=42)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="enabled"):
         Settings.resolve(enabled="yes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="log_to_db"):
+        Settings.resolve(log_to_db="no")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="must not be empty"):
+        Settings.resolve(path="")
 
 
 @pytest.mark.parametrize(
@@ -108,3 +113,43 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_rejects_garbage() -> None:
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration("7 days ago")
+
+
+@pytest.mark.parametrize("value", ["none", "never", "0", "-5", "0s"])
+def test_metrics_retention_must_be_a_positive_duration(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # 'none' used to mean 10 minutes silently: there is no "keep forever" for metrics.
+    monkeypatch.setenv("CYLLAMA_METRICS_RETENTION", value)
+    with pytest.raises(ConfigurationError, match=r"CYLLAMA_METRICS_RETENTION.*positive duration"):
+        Settings.resolve()
+    monkeypatch.delenv("CYLLAMA_METRICS_RETENTION")
+    with pytest.raises(ConfigurationError, match=r"metrics_retention.*positive duration"):
+        Settings.resolve(metrics_retention=value)
+    with pytest.raises(ConfigurationError, match=r"metrics_retention.*positive duration"):
+        Settings.resolve(metrics_retention=timedelta(0))
+
+
+def test_cache_ttl_none_still_means_never(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CYLLAMA_CACHE_TTL", "none")
+    assert Settings.resolve().cache_ttl is None
+    assert Settings.resolve(cache_ttl="none").cache_ttl is None
+
+
+@pytest.mark.parametrize(
+    "text", ["999999999999999d", "9" * 400, "365251d", math.inf, math.nan, 10**400, -1]
+)
+def test_parse_duration_rejects_absurd_values_with_value_error(text: object) -> None:
+    # These used to escape as OverflowError (a traceback in the CLI, a 500 in the dashboard).
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)  # type: ignore[arg-type]
+
+
+def test_parse_duration_accepts_up_to_about_1000_years() -> None:
+    assert parse_duration("365250d") == MAX_DURATION == timedelta(days=365_250)
+
+
+def test_absurd_durations_are_configuration_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CYLLAMA_CACHE_TTL", "999999999999999d")
+    with pytest.raises(ConfigurationError, match="CYLLAMA_CACHE_TTL"):
+        Settings.resolve()

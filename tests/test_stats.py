@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import os
 import sqlite3
@@ -19,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import cyllama_db.stats as stats_module
 from cyllama_db import CyllamaDB, DatabaseClosedError
 from cyllama_db.stats import (
     BUCKET_SECONDS,
@@ -61,11 +63,17 @@ def response(
 CONFIG = {"temperature": 0.5, "max_tokens": 64}
 
 
-def record_at(db: CyllamaDB, ts: float, model: str = "a.gguf", **kw: Any) -> int:
+def ap(path: str) -> str:
+    """The absolute path rows store for ``path`` (relative to the working directory)."""
+    return os.path.abspath(path)
+
+
+def record_at(db: CyllamaDB, ts: float, model: str = "a.gguf", **kw: Any) -> int | None:
+    """Record one row at ``ts``; the row id of a real generation (a hit is buffered: None)."""
     db.clock = lambda: ts  # type: ignore[method-assign]
     hit = kw.pop("hit", False)
     rid = db.record_generation(model, response(cache_hit=False, **kw), CONFIG, cache_hit=hit)
-    assert rid is not None
+    assert (rid is None) == hit
     return rid
 
 
@@ -122,7 +130,7 @@ def test_duck_typed_objects(memory_db: CyllamaDB) -> None:
     cfg = SimpleNamespace(temperature=0.0, max_tokens=None, top_k=40)
     memory_db.record_generation(Path("m.gguf"), resp, cfg)
     [row] = memory_db.get_generation_history()
-    assert row["model_path"] == "m.gguf"
+    assert row["model_path"] == ap("m.gguf")
     assert (row["prompt_tokens"], row["generated_tokens"], row["total_tokens"]) == (3, 4, 7)
     assert row["tokens_per_second"] == 1333.3
     assert row["finish_reason"] == "length"
@@ -147,7 +155,7 @@ def test_stats_none_and_config_none(memory_db: CyllamaDB) -> None:
     assert summary["total_generations"] == 1
     assert summary["total_tokens"] == 0
     assert summary["avg_tokens_per_second"] == 0.0
-    assert summary["by_model"]["m.gguf"]["p50_latency_ms"] is None
+    assert summary["by_model"][ap("m.gguf")]["p50_latency_ms"] is None
 
 
 def test_total_tokens_derived_when_missing(memory_db: CyllamaDB) -> None:
@@ -303,8 +311,8 @@ def test_concurrent_records_from_threads(file_db: CyllamaDB) -> None:
     assert summary["total_generations"] == 100
     assert summary["total_tokens"] == 3000
     assert {m: s["generations"] for m, s in summary["by_model"].items()} == {
-        "m0.gguf": 50,
-        "m1.gguf": 50,
+        ap("m0.gguf"): 50,
+        ap("m1.gguf"): 50,
     }
     assert file_db.get_db_stats()["stats_entries"] == 100
 
@@ -330,7 +338,7 @@ def test_summary_hand_computed(any_db: CyllamaDB) -> None:
     # Hits do not count towards speed: (10 + 20 + 30 + 40 + 100) / 5.
     assert s["avg_tokens_per_second"] == pytest.approx(40.0)
 
-    a = s["by_model"]["a.gguf"]
+    a = s["by_model"][ap("a.gguf")]
     assert a["model_name"] == "a.gguf"
     assert (a["generations"], a["tokens"], a["cache_hits"]) == (5, 140, 1)
     assert a["cache_hit_rate"] == pytest.approx(0.2)
@@ -340,7 +348,7 @@ def test_summary_hand_computed(any_db: CyllamaDB) -> None:
     assert a["p50_latency_ms"] == pytest.approx(250.0)
     assert a["p95_latency_ms"] == pytest.approx(385.0)
 
-    b = s["by_model"]["b.gguf"]
+    b = s["by_model"][ap("b.gguf")]
     assert (b["generations"], b["tokens"], b["cache_hits"]) == (2, 20, 1)
     assert b["avg_tokens_per_second"] == pytest.approx(100.0)
     assert b["p50_latency_ms"] == b["p95_latency_ms"] == 50.0
@@ -352,7 +360,7 @@ def test_summary_hand_computed(any_db: CyllamaDB) -> None:
 
     only_b = any_db.get_stats_summary(model_path="b.gguf", tz=UTC)
     assert only_b["total_generations"] == 2
-    assert list(only_b["by_model"]) == ["b.gguf"]
+    assert list(only_b["by_model"]) == [ap("b.gguf")]
     assert only_b["by_day"][0]["generations"] == 2
 
 
@@ -362,7 +370,7 @@ def test_percentiles_match_numpy(memory_db: CyllamaDB) -> None:
     for i, ms in enumerate(latencies):
         record_at(memory_db, T0 + i, total_ms=ms)
     record_at(memory_db, T0 + 99, total_ms=99999.0, hit=True)  # hits are not latencies
-    a = memory_db.get_stats_summary()["by_model"]["a.gguf"]
+    a = memory_db.get_stats_summary()["by_model"][ap("a.gguf")]
     assert a["p50_latency_ms"] == pytest.approx(float(np.percentile(latencies, 50)))
     assert a["p95_latency_ms"] == pytest.approx(float(np.percentile(latencies, 95)))
 
@@ -392,7 +400,7 @@ def test_window_edges_inside_buckets(memory_db: CyllamaDB) -> None:
     s = memory_db.get_stats_summary(since=base + 450, until=base + 901)
     assert s["total_generations"] == 3  # 450, 899, 900
     assert s["total_tokens"] == 2 + 3 + 4
-    assert s["by_model"]["a.gguf"]["p50_latency_ms"] == 100.0
+    assert s["by_model"][ap("a.gguf")]["p50_latency_ms"] == 100.0
 
 
 # -- by_day across midnight ---------------------------------------------------------------------
@@ -569,11 +577,12 @@ def test_summary_matches_brute_force(
         assert got["cache_hits"] == want["hits"]
         assert got["avg_tokens_per_second"] == pytest.approx(want["tps"], rel=1e-9, abs=1e-9)
         assert {m: v["generations"] for m, v in got["by_model"].items()} == {
-            m: v["n"] for m, v in want["models"].items()
+            ap(m): v["n"] for m, v in want["models"].items()
         }
         for m, v in want["models"].items():
-            assert got["by_model"][m]["p50_latency_ms"] == pytest.approx(quantile(v["lat"], 0.5))
-            assert got["by_model"][m]["p95_latency_ms"] == pytest.approx(quantile(v["lat"], 0.95))
+            got_m = got["by_model"][ap(m)]
+            assert got_m["p50_latency_ms"] == pytest.approx(quantile(v["lat"], 0.5))
+            assert got_m["p95_latency_ms"] == pytest.approx(quantile(v["lat"], 0.95))
         assert {d["date"]: d["generations"] for d in got["by_day"]} == want["days"]
         assert [d["date"] for d in got["by_day"]] == sorted(want["days"])
 
@@ -666,3 +675,305 @@ def test_db_stats_counts_rows(any_db: CyllamaDB) -> None:
     assert any_db.get_db_stats()["stats_entries"] == 0
     any_db.record_generation("m.gguf", response(), CONFIG)
     assert any_db.get_db_stats()["stats_entries"] == 1
+
+
+# -- buffered cache hits -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def slow_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The background writer waits an hour: rows are written only when something asks."""
+    monkeypatch.setattr(stats_module, "HIT_FLUSH_SECONDS", 3600.0)
+
+
+def raw_count(path: Path) -> int:
+    """Rows in the file's stats table, read by a connection of its own."""
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM stats").fetchone()[0])
+
+
+def wait_for(condition: Any, timeout: float = 30.0) -> bool:
+    """Poll ``condition()`` until it is true (a correctness wait, not a speed assertion)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return bool(condition())
+
+
+def test_a_hit_is_not_a_write(db_path: Path, slow_flush: None) -> None:
+    with CyllamaDB(db_path) as db:
+        record_at(db, T0)  # a real generation: written at once
+        watcher = sqlite3.connect(db_path)
+        version = watcher.execute("PRAGMA data_version").fetchone()[0]
+        results = []
+        for _ in range(20):
+            results.append(db.record_generation("m.gguf", response(), CONFIG, cache_hit=True))
+            results.append(db.record_generation("m.gguf", response(cache_hit=True), CONFIG))
+        # data_version changes whenever another connection commits.
+        assert watcher.execute("PRAGMA data_version").fetchone()[0] == version
+        assert raw_count(db_path) == 1
+        assert results == [None] * 40  # buffered rows have no id yet
+        assert db.get_stats_summary()["cache_hits"] == 40  # the read writes them first
+        assert watcher.execute("PRAGMA data_version").fetchone()[0] != version
+        assert raw_count(db_path) == 41
+        watcher.close()
+
+
+@pytest.mark.parametrize(
+    "reader",
+    [
+        lambda db: db.get_stats_summary()["total_generations"],
+        lambda db: len(db.get_generation_history()),
+        lambda db: db.prune_stats(older_than=T0 - 1) or db.get_db_stats()["stats_entries"],
+        lambda db: db.get_db_stats()["stats_entries"],
+    ],
+    ids=["summary", "history", "prune", "db_stats"],
+)
+def test_buffered_hits_are_written_before_reads(
+    any_db: CyllamaDB, slow_flush: None, reader: Any
+) -> None:
+    for k in range(5):
+        record_at(any_db, T0 + k, hit=True)
+    assert reader(any_db) == 5
+
+
+def test_prune_sees_buffered_hits(any_db: CyllamaDB, slow_flush: None) -> None:
+    for k in range(4):
+        record_at(any_db, T0 + k, hit=True)
+    assert any_db.prune_stats(older_than=T0 + 2) == 2
+
+
+def test_a_miss_writes_the_waiting_hits_with_it(db_path: Path, slow_flush: None) -> None:
+    with CyllamaDB(db_path) as db:
+        for k in range(3):
+            record_at(db, T0 + k, hit=True)
+        assert raw_count(db_path) == 0
+        rid = record_at(db, T0 + 3)
+        assert raw_count(db_path) == 4
+        history = db.get_generation_history()
+        assert [r["cache_hit"] for r in history] == [False, True, True, True]
+        assert history[0]["id"] == rid
+
+
+def test_nothing_is_lost_across_close(db_path: Path, slow_flush: None) -> None:
+    db = CyllamaDB(db_path)
+    for k in range(7):
+        record_at(db, T0 + k, hit=True)
+    db.close()
+    assert raw_count(db_path) == 7
+    with CyllamaDB(db_path) as again:
+        assert again.get_stats_summary()["cache_hits"] == 7
+
+
+def test_hits_are_written_at_exit_without_close(db_path: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import cyllama_db.stats as s\n"
+        "s.HIT_FLUSH_SECONDS = 3600.0\n"
+        "from cyllama_db import CyllamaDB\n"
+        f"db = CyllamaDB({str(db_path)!r})\n"
+        "for _ in range(9):\n"
+        "    db.record_generation('m.gguf', {'stats': None}, None, cache_hit=True)\n"
+        "keep = db  # never closed: the interpreter's exit writes the rows\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert raw_count(db_path) == 9
+
+
+def test_hits_of_a_collected_database_are_written(db_path: Path, slow_flush: None) -> None:
+    import gc
+
+    db = CyllamaDB(db_path)
+    for k in range(3):
+        record_at(db, T0 + k, hit=True)
+    del db
+    gc.collect()
+    assert raw_count(db_path) == 3
+
+
+def test_background_writer_writes_after_the_interval(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stats_module, "HIT_FLUSH_SECONDS", 0.05)
+    with CyllamaDB(db_path) as db:
+        for k in range(3):
+            record_at(db, T0 + k, hit=True)
+        assert wait_for(lambda: raw_count(db_path) == 3)
+
+
+def test_background_writer_writes_a_full_batch(db_path: Path, slow_flush: None) -> None:
+    with CyllamaDB(db_path) as db:
+        for k in range(stats_module.HIT_FLUSH_ROWS):
+            record_at(db, T0 + k, hit=True)
+        assert wait_for(lambda: raw_count(db_path) == stats_module.HIT_FLUSH_ROWS)
+
+
+def test_a_locked_file_does_not_block_hits(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stats_module, "HIT_FLUSH_SECONDS", 0.01)  # the writer retries often
+    with CyllamaDB(db_path, busy_timeout=10) as db:
+        done = threading.Event()
+
+        def hits() -> None:
+            for k in range(stats_module.HIT_FLUSH_ROWS + 50):
+                record_at(db, T0 + k, hit=True)
+            done.set()
+
+        other = sqlite3.connect(db_path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock
+        worker = threading.Thread(target=hits)
+        try:
+            worker.start()
+            # Writing (or waiting for the lock) in the caller would take the
+            # busy timeout (10 s) for the first hit already.
+            finished = done.wait(timeout=5.0)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+            worker.join()
+        assert finished
+        assert db.get_stats_summary()["cache_hits"] == stats_module.HIT_FLUSH_ROWS + 50
+
+
+def test_a_read_waits_for_the_writers_batch_in_flight(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stats_module, "HIT_FLUSH_SECONDS", 0.01)
+    monkeypatch.setattr(stats_module, "_BACKGROUND_WAIT_SECONDS", 20.0)
+    with CyllamaDB(db_path, busy_timeout=30) as db:
+        other = sqlite3.connect(db_path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            for k in range(5):
+                record_at(db, T0 + k, hit=True)
+            # The writer has taken the rows and waits for the lock with them.
+            assert wait_for(lambda: len(db._stats_hits) == 0)  # type: ignore[arg-type]
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert db.get_stats_summary()["cache_hits"] == 5
+
+
+def test_buffer_is_bounded(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(stats_module, "HIT_FLUSH_SECONDS", 3600.0)
+    monkeypatch.setattr(stats_module, "HIT_BUFFER_MAX", 20)
+    with CyllamaDB(db_path) as db:
+        with caplog.at_level(logging.WARNING, logger="cyllama_db.stats"):
+            for k in range(50):
+                record_at(db, T0 + k, hit=True)
+        assert "dropped the" in caplog.text
+        history = db.get_generation_history(limit=1000)
+        assert 0 < len(history) <= 20
+        # The newest rows are kept, the oldest dropped.
+        assert history[0]["created_at"] == datetime.fromtimestamp(T0 + 49, UTC)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_forked_child_does_not_write_the_parents_hits(db_path: Path, slow_flush: None) -> None:
+    db = CyllamaDB(db_path)
+    for k in range(5):
+        record_at(db, T0 + k, hit=True)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 0
+        try:
+            db.close()  # its buffer was emptied at fork: the parent writes the rows
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert raw_count(db_path) == 0
+    db.close()
+    assert raw_count(db_path) == 5
+
+
+# -- model paths are made absolute ---------------------------------------------------------------
+
+
+def test_filters_match_relative_and_home_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, memory_db: CyllamaDB
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    absolute = str(tmp_path / "model.gguf")
+    record_at(memory_db, T0, absolute)  # what LLM and complete() pass
+    record_at(memory_db, T0 + 1, "model.gguf")  # relative: stored absolute too
+    record_at(memory_db, T0 + 2, "other.gguf")
+    summary = memory_db.get_stats_summary(model_path="model.gguf")
+    assert summary["total_generations"] == 2
+    assert list(summary["by_model"]) == [absolute]
+    assert len(memory_db.get_generation_history(model_path="model.gguf")) == 2
+    assert len(memory_db.get_generation_history(model_path=Path("./model.gguf"))) == 2
+
+    home = Path(os.environ["HOME"])
+    record_at(memory_db, T0 + 3, str(home / "m.gguf"))
+    assert memory_db.get_stats_summary(model_path="~/m.gguf")["total_generations"] == 1
+    assert memory_db.prune_stats(older_than=T0 + 10, model_path="model.gguf") == 2
+    assert memory_db.get_stats_summary()["total_generations"] == 2
+
+
+def test_llm_stats_found_by_relative_path(
+    tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from cyllama_db import LLM
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(tiny_model_path, tmp_path / "model.gguf")
+    with CyllamaDB(tmp_path / "llm.db") as db:
+        llm = LLM("model.gguf", db=db, temperature=0.0, max_tokens=4)
+        assert not llm("hi").cache_hit
+        assert llm("hi").cache_hit
+        summary = db.get_stats_summary(model_path="model.gguf")
+        assert (summary["total_generations"], summary["cache_hits"]) == (2, 1)
+        assert len(db.get_generation_history(model_path="model.gguf")) == 2
+        assert db.prune_stats(older_than=timedelta(days=-1), model_path="model.gguf") == 2
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+def test_record_generation_checks_argument_types(memory_db: CyllamaDB) -> None:
+    with pytest.raises(TypeError, match="response"):
+        memory_db.record_generation("m.gguf", "text", CONFIG)
+    with pytest.raises(TypeError, match="response"):
+        memory_db.record_generation("m.gguf", None, CONFIG)
+    with pytest.raises(TypeError, match="config"):
+        memory_db.record_generation("m.gguf", response(), 42)
+    with pytest.raises(TypeError, match="cache_hit"):
+        memory_db.record_generation("m.gguf", response(), CONFIG, cache_hit="no")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"response\.cache_hit"):
+        memory_db.record_generation("m.gguf", {**response(), "cache_hit": "yes"}, CONFIG)
+    with pytest.raises(TypeError, match=r"response\.stats"):
+        memory_db.record_generation("m.gguf", {"stats": "fast"}, CONFIG)
+    assert memory_db.get_generation_history() == []
+    # What is accepted: bools, 0/1 and numpy's bool.
+    memory_db.record_generation("m.gguf", response(), CONFIG, cache_hit=0)  # type: ignore[arg-type]
+    np = pytest.importorskip("numpy")
+    memory_db.record_generation("m.gguf", response(), CONFIG, cache_hit=np.bool_(True))
+    assert sorted(r["cache_hit"] for r in memory_db.get_generation_history()) == [False, True]
+
+
+def test_time_and_paging_errors_name_the_argument(memory_db: CyllamaDB) -> None:
+    record_at(memory_db, T0)
+    with pytest.raises(TypeError, match="since"):
+        memory_db.get_stats_summary(since="yesterday")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="until"):
+        memory_db.get_stats_summary(until="now")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="since"):
+        memory_db.get_stats_summary(since=math.nan)
+    with pytest.raises(ValueError, match="until"):
+        memory_db.get_stats_summary(until=10**400)
+    with pytest.raises(TypeError, match="older_than"):
+        memory_db.prune_stats(older_than="7d")  # type: ignore[arg-type]
+    # Beyond SQLite's integers a limit means "no limit", an offset "past the end".
+    assert len(memory_db.get_generation_history(limit=10**30)) == 1
+    assert memory_db.get_generation_history(offset=10**30) == []

@@ -15,20 +15,27 @@ import json
 import math
 import os
 import threading
+import types
+import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, time, timedelta
 from time import monotonic as _monotonic
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from .errors import UncacheableError
 
 __all__ = [
+    "OUTPUT_LOAD_OPTIONS",
     "SingleFlight",
+    "callable_identity",
     "canonical_json",
     "chat_key",
+    "check_text",
     "completion_key",
     "function_key",
     "keyable",
+    "load_options_json",
     "model_identity",
     "recent_model_identity",
     "sha256_text",
@@ -49,6 +56,25 @@ def canonical_json(value: Any) -> str:
 def sha256_text(text: str) -> str:
     """Hex SHA-256 of ``text`` encoded as UTF-8."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def check_text(value: str, name: str) -> None:
+    """Raise ``ValueError`` naming ``name`` if ``value`` holds a lone surrogate.
+
+    Such a string (``"\\ud800"``, typically from decoding bytes with
+    ``errors="surrogateescape"``) has no UTF-8 form, so neither SQLite nor
+    llama.cpp can take it; without this check it surfaces as a bare
+    ``UnicodeEncodeError`` from deep inside either.
+    """
+    if value.isascii():  # O(1) in CPython: the common case costs nothing
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{name} contains a lone surrogate ({value[exc.start]!r} at index {exc.start}), which has "
+            "no UTF-8 form; decode the source text with errors='replace' or fix it"
+        ) from None
 
 
 # -- model identity ----------------------------------------------------------------------------
@@ -150,38 +176,296 @@ def clear_identity_cache() -> None:
 # -- keys --------------------------------------------------------------------------------------
 
 
-# (config_json, identity) -> sha256 state after '{"config":…,"model":…,"prompt":'.
-_prefix_states: dict[tuple[str, str], Any] = {}
+# (config_json, identity, load_json) -> sha256 state after
+# '{"config":…[,"load":…],"model":…,"prompt":'.
+_prefix_states: dict[tuple[str, str, str], Any] = {}
 
 
-def completion_key(prompt: str, identity: str, config_json: str) -> str:
-    """Key of a plain completion: sha256 of ``{"config":…,"model":…,"prompt":…}``.
+def completion_key(prompt: str, identity: str, config_json: str, load_json: str = "") -> str:
+    """Key of a plain completion: sha256 of ``{"config":…,"load":…,"model":…,"prompt":…}``.
+
+    ``load_json`` is :func:`load_options_json` of the model's load options;
+    when empty (no load option that changes the output) the ``"load"`` member
+    is left out, so such keys are the same as before load options counted.
 
     Hashed incrementally rather than via ``canonical_json`` of a dict because
     this is on every hit's path; the bytes hashed are identical
-    (``config_json`` is itself canonical and the three keys are in sorted
-    order), and the state after the config and model is reused.
+    (``config_json`` is itself canonical and the keys are in sorted order),
+    and the state after the config, load options and model is reused.
     """
-    state = _prefix_states.get((config_json, identity))
+    state = _prefix_states.get((config_json, identity, load_json))
     if state is None:
-        prefix = '{"config":' + config_json + ',"model":' + _json_string(identity) + ',"prompt":'
+        load = ',"load":' + load_json if load_json else ""
+        prefix = '{"config":' + config_json + load + ',"model":' + _json_string(identity) + ',"prompt":'
         state = hashlib.sha256(prefix.encode("ascii"))
         if len(_prefix_states) >= 256:
             _prefix_states.clear()
-        _prefix_states[(config_json, identity)] = state
+        _prefix_states[(config_json, identity, load_json)] = state
     digest = state.copy()
     digest.update(_json_string(prompt).encode("ascii"))
     digest.update(b"}")
     return digest.hexdigest()
 
 
-def chat_key(messages_json: str, identity: str, config_json: str) -> str:
-    """Key of a chat completion: ``{"config","kind":"chat","messages","model"}``."""
+def chat_key(messages_json: str, identity: str, config_json: str, load_json: str = "") -> str:
+    """Key of a chat completion: ``{"config","kind":"chat","load","messages","model"}``
+    (``"load"`` only when ``load_json`` is not empty, as for :func:`completion_key`)."""
+    load = ',"load":' + load_json if load_json else ""
     data = (
-        '{"config":' + config_json + ',"kind":"chat","messages":' + messages_json
+        '{"config":' + config_json + ',"kind":"chat"' + load + ',"messages":' + messages_json
         + ',"model":' + _json_string(identity) + "}"
     )
     return hashlib.sha256(data.encode("ascii")).hexdigest()
+
+
+# -- load options in keys ----------------------------------------------------------------------
+
+# llama_cpp.Llama() load options that change which tokens a generation
+# produces, with llama-cpp-python 0.3.x's default for each (an option at its
+# default is left out of the key, so LLM(m, lora_scale=1.0) shares entries
+# with LLM(m)). Hard-coded: keys must not need llama_cpp imported, a hit
+# never loads it. tests/test_cache.py checks them against Llama.__init__.
+# Every other load option is infrastructure (where and how fast the same
+# computation runs: n_ctx, n_gpu_layers, n_threads*, n_batch, n_ubatch,
+# use_mmap, use_mlock, main_gpu, tensor_split, split_mode, offload_kqv,
+# op_offload, flash_attn, swa_full, numa, no_perf, logits_all, vocab_only)
+# and is not part of keys; docs/cache.md lists the decision for each.
+_FLOAT_OPTIONS: Final = {
+    "lora_scale": 1.0,
+    "rope_freq_base": 0.0,
+    "rope_freq_scale": 0.0,
+    "yarn_ext_factor": -1.0,
+    "yarn_attn_factor": 1.0,
+    "yarn_beta_fast": 32.0,
+    "yarn_beta_slow": 1.0,
+}
+_INT_OPTIONS: Final = {
+    "rope_scaling_type": -1,
+    "yarn_orig_ctx": 0,
+    "pooling_type": -1,
+    "attention_type": -1,
+    "type_k": None,
+    "type_v": None,
+    # the window repeat/frequency/presence penalties look back over
+    "last_n_tokens_size": 64,
+}
+_BOOL_OPTIONS: Final = {"embedding": False, "spm_infill": False}
+# Files: keyed by their identity (as the model is), not their path.
+_FILE_OPTIONS: Final = ("lora_base", "lora_path")
+# Objects: keyed by callable_identity() / class and state.
+_OBJECT_OPTIONS: Final = ("draft_model", "tokenizer")
+# Only chat requests go through the chat template.
+_CHAT_OPTIONS: Final = ("chat_format", "chat_handler")
+
+#: The ``Llama()`` load options that are part of cache keys.
+OUTPUT_LOAD_OPTIONS: Final = frozenset(
+    {*_FLOAT_OPTIONS, *_INT_OPTIONS, *_BOOL_OPTIONS, *_FILE_OPTIONS, *_OBJECT_OPTIONS,
+     *_CHAT_OPTIONS, "kv_overrides"}
+)
+
+
+def load_options_json(options: Mapping[str, Any], kind: str) -> str:
+    """Canonical JSON of the load options in ``options`` that change a ``kind`` request's output.
+
+    ``""`` when there are none (options at their llama-cpp-python default,
+    infrastructure options such as ``n_ctx``, and ``chat_format`` /
+    ``chat_handler`` for a plain completion do not count). Numbers are
+    normalised (``rope_freq_base=10000`` and ``10000.0`` are one key), LoRA
+    files are keyed by their identity like the model, and objects
+    (``chat_handler``, ``draft_model``, ``tokenizer``) by
+    :func:`object_identity`.
+    """
+    out: dict[str, Any] = {}
+    for name, value in options.items():
+        if value is None or name not in OUTPUT_LOAD_OPTIONS:
+            continue
+        if name in _FLOAT_OPTIONS:
+            value = float(value)
+            if value != _FLOAT_OPTIONS[name]:
+                out[name] = keyable(value, name)
+        elif name in _INT_OPTIONS:
+            if int(value) != _INT_OPTIONS[name]:
+                out[name] = int(value)
+        elif name in _BOOL_OPTIONS:
+            if bool(value) != _BOOL_OPTIONS[name]:
+                out[name] = bool(value)
+        elif name in _FILE_OPTIONS:
+            out[name] = model_identity(value)
+        elif name == "kv_overrides":
+            if value:
+                out[name] = keyable(dict(value), name)
+        elif name in _CHAT_OPTIONS:
+            if kind == "chat":
+                out[name] = value if isinstance(value, str) else object_identity(value)
+        else:
+            out[name] = object_identity(value)
+    return canonical_json(out) if out else ""
+
+
+# Objects without a stable identity get a random token, the same for one
+# object for its lifetime (so the entries made with it are reused in this
+# process, and never mistaken for another object's, in any process).
+_local_tokens: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_local_tokens_strong: dict[int, tuple[Any, str]] = {}
+_local_lock = threading.Lock()
+
+
+def _local_token(value: Any) -> str:
+    with _local_lock:
+        try:
+            token = _local_tokens.get(value)
+            if token is None:
+                token = uuid.uuid4().hex
+                _local_tokens[value] = token
+            return token
+        except TypeError:  # not weak-referenceable (or unhashable): keep it alive instead
+            known = _local_tokens_strong.get(id(value))
+            if known is None or known[0] is not value:
+                known = (value, uuid.uuid4().hex)
+                _local_tokens_strong[id(value)] = known
+            return known[1]
+
+
+def object_identity(value: Any) -> Any:
+    """A JSON value identifying a load-option object (a chat handler, a draft model...).
+
+    A function is keyed by :func:`callable_identity`; an object by its class
+    and its attributes when all of them can be keyed (``keyable``), so two
+    ``LlamaPromptLookupDecoding(num_pred_tokens=10)`` share entries. Anything
+    else gets a random token for the object's lifetime: its entries are
+    reused in this process only.
+    """
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type)):
+        try:
+            return callable_identity(value)
+        except UncacheableError:
+            pass
+    elif isinstance(value, types.MethodType):
+        return {"__method__": object_identity(value.__func__), "self": object_identity(value.__self__)}
+    elif _plain_class(type(value)):
+        cls = type(value)
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        try:
+            return {"__object__": name, "state": keyable(vars(value), name)}
+        except (UncacheableError, ValueError, RecursionError):
+            pass
+    name = getattr(value, "__qualname__", None) or type(value).__qualname__
+    return {"__object__": str(name), "local": _local_token(value)}
+
+
+# A class statement makes a heap type that is not immutable; C types are
+# static, or (converted ones, like functools.partial) heap types marked
+# immutable (Py_TPFLAGS_HEAPTYPE, Py_TPFLAGS_IMMUTABLETYPE).
+_HEAPTYPE: Final = 1 << 9
+_IMMUTABLETYPE: Final = 1 << 8
+
+
+def _plain_class(cls: type) -> bool:
+    """Whether an instance's whole state is its ``__dict__``: a module-level Python class,
+    without ``__slots__`` and without a C base class (like ``functools.partial``) that
+    keeps state of its own."""
+    if "<" in cls.__qualname__:
+        return False  # a local class: its name says nothing about its code
+    for klass in cls.__mro__:
+        if klass is object:
+            continue
+        flags = klass.__flags__
+        if not flags & _HEAPTYPE or flags & _IMMUTABLETYPE or "__slots__" in vars(klass):
+            return False
+    return True
+
+
+# -- callables in keys -------------------------------------------------------------------------
+
+
+def _const_text(value: Any) -> str:
+    """A stable text for a code constant (frozenset order varies with hash seeds)."""
+    if isinstance(value, frozenset):
+        return "frozenset(" + ",".join(sorted(_const_text(v) for v in value)) + ")"
+    if isinstance(value, tuple):
+        return "(" + ",".join(_const_text(v) for v in value) + ")"
+    return repr(value)
+
+
+def _hash_code(code: types.CodeType, digest: Any) -> None:
+    digest.update(code.co_code)
+    digest.update(
+        repr(
+            (code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars, code.co_argcount,
+             code.co_posonlyargcount, code.co_kwonlyargcount, code.co_flags)
+        ).encode("utf-8", "surrogatepass")
+    )
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            digest.update(b"<code>")
+            _hash_code(const, digest)
+        else:
+            digest.update(_const_text(const).encode("utf-8", "surrogatepass") + b"\x00")
+
+
+def callable_identity(fn: Any, _seen: set[int] | None = None) -> Any:
+    """A JSON value identifying a function across processes, for cache keys.
+
+    A function with a plain qualified name (defined at module level, or a
+    method of a module-level class) is ``module.qualname``. A lambda or a
+    function defined inside another one (``<lambda>`` / ``<locals>`` in its
+    qualified name) is not identified by its name, since many share it: its
+    code (bytecode, constants, names) and the values its closure captured
+    and its defaults are added. Captured functions are identified the same
+    way, classes and modules by name, and values by :func:`keyable`.
+
+    Raises :class:`~cyllama_db.errors.UncacheableError` naming a captured
+    variable whose value cannot be keyed.
+    """
+    module = getattr(fn, "__module__", None) or "?"
+    qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__qualname__
+    name = f"{module}.{qualname}"
+    marker = getattr(fn, "_cyllama_cache_name", None)
+    if isinstance(marker, str):  # a @cached function: what its entries are stored under
+        return {"__cached__": marker}
+    if isinstance(fn, types.ModuleType):
+        return {"__module__": fn.__name__}
+    if "<" not in qualname or not isinstance(fn, types.FunctionType):
+        return {"__callable__": name}
+    seen = set() if _seen is None else _seen
+    if id(fn) in seen:  # mutually recursive local functions
+        return {"__callable__": name, "recursive": True}
+    seen.add(id(fn))
+    digest = hashlib.sha256()
+    _hash_code(fn.__code__, digest)
+    captured: dict[str, Any] = {}
+    for var, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=True):
+        try:
+            value = cell.cell_contents
+        except ValueError:  # not assigned yet (e.g. the decorated name itself)
+            captured[var] = {"__empty__": True}
+            continue
+        captured[var] = _captured(value, var, name, seen)
+    defaults = {
+        "args": [_captured(v, f"default {i}", name, seen) for i, v in enumerate(fn.__defaults__ or ())],
+        "kwargs": {k: _captured(v, k, name, seen) for k, v in (fn.__kwdefaults__ or {}).items()},
+    }
+    return {"__callable__": name, "code": digest.hexdigest(), "closure": captured, "defaults": defaults}
+
+
+def _captured(value: Any, var: str, owner: str, seen: set[int]) -> Any:
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, types.ModuleType, type)) or (
+        isinstance(getattr(value, "_cyllama_cache_name", None), str)
+    ):
+        return callable_identity(value, seen)
+    # Objects that know what identifies their results (an LLM: its model,
+    # load options and config) say so themselves.
+    identify = getattr(type(value), "_cyllama_cache_identity", None)
+    if identify is not None:
+        return {"__object__": f"{type(value).__module__}.{type(value).__qualname__}", "identity": identify(value)}
+    try:
+        return keyable(value, var)
+    except (UncacheableError, ValueError, RecursionError):
+        raise UncacheableError(
+            f"{owner} captures {var!r} (a {type(value).__name__}), which cannot be part of a cache "
+            f"key: the entries of a lambda or local function depend on what it captures. Pass "
+            f"name='...' to cached() to key it by that name alone, or make {var!r} an argument"
+        ) from None
 
 
 def function_key(function: str, args_json: str) -> str:
@@ -206,9 +490,27 @@ def canonical_messages(messages: Any) -> str:
         if not isinstance(role, str) or not role:
             raise ValueError(f"messages[{i}] needs a non-empty str 'role' (e.g. 'user')")
     try:
-        return canonical_json([dict(m) for m in messages])
+        text = canonical_json([dict(m) for m in messages])
     except (TypeError, ValueError) as exc:
         raise TypeError(f"messages must contain only JSON values: {exc}") from exc
+    # ASCII JSON writes every surrogate as \udXXX (a pair for characters
+    # beyond the BMP); only then is the exact, slower check needed.
+    if "\\ud" in text:
+        for i, message in enumerate(messages):
+            _check_strings(message, f"messages[{i}]")
+    return text
+
+
+def _check_strings(value: Any, name: str) -> None:
+    if isinstance(value, str):
+        check_text(value, name)
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_strings(k, f"{name} key")
+            _check_strings(v, f"{name}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_strings(v, f"{name}[{i}]")
 
 
 def keyable(value: Any, name: str) -> Any:
@@ -266,12 +568,13 @@ def keyable(value: Any, name: str) -> Any:
 
 
 class _Flight(Generic[T]):
-    __slots__ = ("done", "error", "owner", "result")
+    __slots__ = ("abandoned", "done", "error", "owner", "result")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.result: T | None = None
         self.error: BaseException | None = None
+        self.abandoned = False
         self.owner = threading.get_ident()
 
 
@@ -282,40 +585,80 @@ class SingleFlight(Generic[T]):
     runs ``fn``; callers arriving while it runs block and receive the same
     result, or the same exception. A leader calling itself recursively with
     the same key runs ``fn`` again rather than waiting on itself forever.
+
+    A leader that is not a function call (a stream, which produces its result
+    as its consumer iterates) takes part with :meth:`join` and
+    :meth:`settle`; it may *abandon* its flight (the consumer stopped early),
+    and then its followers start over: one of them leads, the others wait
+    for it.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight[T]] = {}
 
-    def run(self, key: str, fn: Callable[[], T]) -> tuple[T, bool]:
-        """``(result, shared)``: ``shared`` is True when another caller computed it."""
+    def join(self, key: str) -> tuple[_Flight[T], bool | None]:
+        """``(flight, role)`` for ``key``. ``role`` True: the caller leads the new flight
+        and must :meth:`settle` it; False: another thread leads it, :meth:`wait` for it;
+        None: this thread already leads ``key`` (recursion: go ahead without a flight)."""
         with self._lock:
             flight = self._flights.get(key)
-            leader: bool | None = flight is None
             if flight is None:
                 flight = _Flight()
                 self._flights[key] = flight
-            elif flight.owner == threading.get_ident():
-                leader = None  # recursion: run without registering
-        if leader is False:
-            flight.done.wait()
-            if flight.error is not None:
-                raise flight.error
-            return flight.result, True  # type: ignore[return-value]
-        if leader is None:
-            return fn(), False
+                return flight, True
+            if flight.owner == threading.get_ident():
+                return flight, None
+            return flight, False
+
+    def settle(
+        self,
+        key: str,
+        flight: _Flight[T],
+        *,
+        result: T | None = None,
+        error: BaseException | None = None,
+        abandoned: bool = False,
+    ) -> None:
+        """End a flight led with :meth:`join`: with its result, an error, or abandoned."""
+        flight.result = result
+        flight.error = error
+        flight.abandoned = abandoned
+        with self._lock:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        flight.done.set()
+
+    @staticmethod
+    def wait(flight: _Flight[T]) -> tuple[bool, T | None]:
+        """Wait for another thread's flight: ``(True, result)``, ``(False, None)`` if it
+        was abandoned (start over), or its exception raised."""
+        flight.done.wait()
+        if flight.abandoned:
+            return False, None
+        if flight.error is not None:
+            raise flight.error
+        return True, flight.result
+
+    def run(self, key: str, fn: Callable[[], T]) -> tuple[T, bool]:
+        """``(result, shared)``: ``shared`` is True when another caller computed it."""
+        while True:
+            flight, role = self.join(key)
+            if role is None:
+                return fn(), False
+            if role:
+                break
+            done, result = self.wait(flight)
+            if done:
+                return result, True  # type: ignore[return-value]
+            # The leader gave up: start over (lead, or follow a newer leader).
         try:
-            flight.result = fn()
+            result = fn()
         except BaseException as exc:
-            flight.error = exc
+            self.settle(key, flight, error=exc)
             raise
-        finally:
-            with self._lock:
-                if self._flights.get(key) is flight:
-                    del self._flights[key]
-            flight.done.set()
-        return flight.result, False
+        self.settle(key, flight, result=result)
+        return result, False
 
     def in_flight(self, key: str) -> bool:
         """Whether a leader is running ``key`` right now."""

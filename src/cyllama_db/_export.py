@@ -101,6 +101,19 @@ def _redacted_marker() -> str:
     return str(REDACTED)
 
 
+def _redact_custom_text(text: Any) -> Any:
+    """``custom_params`` column text with the values of secret flags (``--api-key``...) redacted."""
+    from ._params import _redact_custom_text
+
+    return _redact_custom_text(text)
+
+
+def _restore_custom_text(incoming: Any, stored: Any) -> Any:
+    from ._params import _restore_custom_text
+
+    return _restore_custom_text(incoming, stored)
+
+
 def _user_tables(conn: sqlite3.Connection, schema: str = "main") -> list[str]:
     rows = conn.execute(
         f"SELECT name FROM {_quote(schema)}.sqlite_master WHERE type = 'table'"
@@ -276,7 +289,8 @@ class ExportMixin(StoreBase):
             table: the table to write with ``format="jsonl"`` (required there).
             overwrite: replace an existing file (default: refuse).
             include_secrets: keep secret model parameters (``hf_token``,
-                ``api_key``); by default they are written as ``"***"``.
+                ``api_key``, and the same flags inside ``custom_params``);
+                by default their values are written as ``"***"``.
             progress: ``progress(done, total)`` called as pages (sqlite) or
                 rows (jsonl) are written.
 
@@ -357,6 +371,18 @@ class ExportMixin(StoreBase):
                         (marker, marker),
                     )
                     changed += cur.rowcount
+            if "custom_params" in present:
+                # The same secrets given as raw flags ({"--api-key": ...}).
+                rows = dst.execute(
+                    "SELECT rowid, custom_params FROM models WHERE custom_params IS NOT NULL"
+                ).fetchall()
+                for rowid, text in rows:
+                    redacted = _redact_custom_text(text)
+                    if redacted is not text:
+                        dst.execute(
+                            "UPDATE models SET custom_params = ? WHERE rowid = ?", (redacted, rowid)
+                        )
+                        changed += 1
             dst.execute("COMMIT")
         except BaseException:
             dst.execute("ROLLBACK")
@@ -410,7 +436,8 @@ class ExportMixin(StoreBase):
         include_secrets: bool,
         progress: ProgressCallback | None,
     ) -> tuple[int, int]:
-        secrets = set() if include_secrets or table != "models" else set(_secret_columns())
+        redacting = not include_secrets and table == "models"
+        secrets = set(_secret_columns()) if redacting else set()
         marker = _redacted_marker()
         written = 0
         with self._snapshot_source() as conn:
@@ -423,6 +450,9 @@ class ExportMixin(StoreBase):
                     name: (marker if name in secrets and value is not None else _jsonable(value))
                     for name, value in zip(names, row, strict=True)
                 }
+                if redacting and "custom_params" in record:
+                    text = row[names.index("custom_params")]
+                    record["custom_params"] = _jsonable(_redact_custom_text(text))
                 handle.write(json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n")
                 written += 1
                 if progress is not None and written % 1000 == 0:
@@ -449,7 +479,8 @@ class ExportMixin(StoreBase):
         a conflict, settled by ``on_conflict``: ``"keep"`` (default) keeps
         this database's row, ``"replace"`` takes the imported one, ``"newer"``
         takes whichever was updated (else created) later. Secrets that the
-        export redacted never overwrite stored ones. The whole merge is one
+        export redacted (columns, or secret flags inside ``custom_params``)
+        never overwrite stored ones, and are never stored as ``"***"``. The whole merge is one
         transaction: it applies completely or not at all.
 
         A file from an older cyllama-db is upgraded (in a temporary copy; the
@@ -600,6 +631,21 @@ class ExportMixin(StoreBase):
                         f" WHERE m.name = {_ALIAS}.models.name) WHERE {q} = ?",
                         (marker,),
                     )
+            if {"custom_params", "name"} <= import_cols and "custom_params" in main_cols:
+                # The same rule for secret flags inside custom_params, flag by flag.
+                rows = conn.execute(
+                    f"SELECT s.rowid, s.custom_params, m.custom_params FROM {_ALIAS}.models AS s"
+                    " LEFT JOIN main.models AS m ON m.name = s.name"
+                    " WHERE instr(s.custom_params, ?) > 0",
+                    (marker,),
+                ).fetchall()
+                for rowid, incoming, stored in rows:
+                    restored = _restore_custom_text(incoming, stored)
+                    if restored is not incoming:
+                        conn.execute(
+                            f"UPDATE {_ALIAS}.models SET custom_params = ? WHERE rowid = ?",
+                            (restored, rowid),
+                        )
 
     def _append(
         self,

@@ -118,24 +118,54 @@ class UnknownParameterError(CyllamaDBError, KeyError, TypeError):
         return self.message
 
 
+_HIDDEN: Final = object()
+
+
+def _safe_value(name: str, value: object) -> object:
+    """``value`` of parameter ``name`` as an error may show it; ``_HIDDEN``: only its type.
+
+    Error messages end up in logs and tracebacks, so a secret parameter's
+    value is never shown and ``custom_params`` is shown with the values of
+    its secret flags redacted.
+    """
+    p = PARAMS_BY_NAME.get(name)
+    if p is not None and p.secret:
+        return _HIDDEN
+    if name == "custom_params":
+        return _redact_custom(value) if isinstance(value, Mapping) else _HIDDEN
+    return value
+
+
 class ParameterTypeError(CyllamaDBError, TypeError):
-    """A parameter value of the wrong Python type."""
+    """A parameter value of the wrong Python type.
+
+    The message shows the value, except for secret parameters (``hf_token``,
+    ``api_key``: only its type) and ``custom_params`` (secret flags redacted).
+    """
 
     def __init__(self, name: str, expected: str, value: object) -> None:
         self.name = name
         self.expected = expected
         self.got = type(value).__name__
-        super().__init__(f"model parameter {name!r} expects {expected}, got {self.got} ({value!r})")
+        shown = _safe_value(name, value)
+        detail = "" if shown is _HIDDEN else f" ({shown!r})"
+        super().__init__(f"model parameter {name!r} expects {expected}, got {self.got}{detail}")
 
 
 class ParameterValueError(CyllamaDBError, ValueError):
-    """A parameter value of the right type that the parameter does not allow."""
+    """A parameter value of the right type that the parameter does not allow.
+
+    ``value`` (and the message) is the value given, except for secret
+    parameters (:data:`REDACTED`) and ``custom_params`` (secret flags redacted).
+    """
 
     def __init__(self, name: str, value: object, allowed: str) -> None:
+        shown = _safe_value(name, value)
         self.name = name
-        self.value = value
+        self.value = REDACTED if shown is _HIDDEN else shown
         self.allowed = allowed
-        super().__init__(f"model parameter {name!r} does not allow {value!r}; allowed: {allowed}")
+        what = f"this {type(value).__name__} value" if shown is _HIDDEN else repr(shown)
+        super().__init__(f"model parameter {name!r} does not allow {what}; allowed: {allowed}")
 
 
 class ServerArgWarning(UserWarning):
@@ -358,7 +388,10 @@ def _check_custom_params(p: Param, value: Any) -> dict[str, Any]:
     scalar = (str, int, float, bool, type(None))
     for key, item in value.items():
         if not isinstance(key, str) or not key.strip("-"):
-            raise ParameterValueError(p.name, key, "non-empty flag names such as '--spec-type'")
+            # The key alone: its value might be a secret.
+            raise ParameterValueError(
+                p.name, {key: "..."}, "non-empty flag names such as '--spec-type'"
+            )
         if not isinstance(item, scalar) and not (
             isinstance(item, list) and all(isinstance(i, scalar) for i in item)
         ):
@@ -852,6 +885,8 @@ if _NOT_PARAMS & PARAMS_BY_NAME.keys():  # pragma: no cover - guards future edit
 _SECRET_FLAGS: Final = frozenset(
     flag for p in PARAMS if p.secret for flag in (p.flag, p.legacy_flag) if flag
 )
+# The same without dashes, plus llama-server's short form of --hf-token.
+_SECRET_FLAG_WORDS: Final = frozenset({f.lstrip("-") for f in _SECRET_FLAGS} | {"hft"})
 
 
 # ---------------------------------------------------------------------------
@@ -876,6 +911,19 @@ def _check_range(p: Param, value: float) -> None:
         raise ParameterValueError(p.name, value, p.allowed)
 
 
+#: SQLite's INTEGER range: a larger Python int cannot be bound (OverflowError).
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+
+
+def _check_int64(p: Param, value: int) -> None:
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        allowed = p.allowed or "any integer"
+        raise ParameterValueError(
+            p.name, value, f"{allowed} (within SQLite's 64-bit range -2**63..2**63-1)"
+        )
+
+
 def _validate_one(p: Param, value: Any) -> Any:
     if value is None:
         return None
@@ -884,6 +932,7 @@ def _validate_one(p: Param, value: Any) -> Any:
     if p.type == "int":
         if not _is_int(value):
             raise ParameterTypeError(p.name, "int", value)
+        _check_int64(p, value)
         _check_range(p, value)
     elif p.type == "float":
         if not (_is_int(value) or isinstance(value, float)):
@@ -906,8 +955,12 @@ def _validate_one(p: Param, value: Any) -> Any:
     elif p.type == "gpu_layers":
         # A TEXT column turns 99 into '99'; read it back as the number.
         if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
-            value = int(value)
+            try:
+                value = int(value)
+            except ValueError:  # beyond Python's int-from-text digit limit
+                raise ParameterValueError(p.name, value, p.allowed) from None
         if _is_int(value):
+            _check_int64(p, value)
             _check_range(p, value)
         elif isinstance(value, str):
             if value not in ("auto", "all"):
@@ -1191,19 +1244,87 @@ def redact(params: Mapping[str, Any], show_secrets: bool = False) -> dict[str, A
             out[name] = REDACTED
         elif name == "custom_params" and isinstance(value, Mapping):
             out[name] = _redact_custom(value)
+        elif name == "custom_params" and isinstance(value, str):
+            # An invalid stored value is shown as stored (see ModelRecord).
+            out[name] = _redact_custom_text(value)
     return out
 
 
-def _redact_custom(custom: Mapping[str, Any]) -> dict[str, Any]:
-    """``custom_params`` with the values of secret flags (``--api-key``...) redacted."""
+def _is_secret_flag(key: object) -> bool:
+    """Whether a ``custom_params`` key is a secret flag (``--api-key``, ``hf-token``, ``-hft``)."""
+    if not isinstance(key, str):
+        return False
+    return key.strip().lstrip("-").lower().replace("_", "-") in _SECRET_FLAG_WORDS
+
+
+def _is_set_secret(key: object, value: object) -> bool:
+    # None/False mean "flag not passed": nothing to hide.
+    return value is not None and value is not False and _is_secret_flag(key)
+
+
+def _redact_custom(custom: Mapping[Any, Any]) -> dict[Any, Any]:
+    """``custom_params`` with the values of secret flags (``--api-key``...) redacted.
+
+    Keys are matched loosely (``api_key``, ``--API-KEY``, ``-hft``): redacting
+    a value llama-server would reject costs nothing, leaking one does.
+    """
     return {
-        key: REDACTED
-        if value is not None
-        and value is not False
-        and (key if key.startswith("-") else f"--{key}") in _SECRET_FLAGS
-        else value
-        for key, value in custom.items()
+        key: REDACTED if _is_set_secret(key, value) else value for key, value in custom.items()
     }
+
+
+def _redact_custom_text(text: Any) -> Any:
+    """A stored ``custom_params`` value (JSON text) with its secret flags redacted.
+
+    Returns ``text`` itself when there is nothing to redact, so callers can
+    tell whether it changed.  Text that is not a JSON object but mentions a
+    secret flag becomes :data:`REDACTED` as a whole.
+    """
+    if not isinstance(text, (str, bytes)):
+        return text
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        if not any(_is_set_secret(k, v) for k, v in parsed.items()):
+            return text
+        return json.dumps(_redact_custom(parsed), separators=(",", ":"))
+    decoded = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    lowered = decoded.lower().replace("_", "-")
+    return REDACTED if any(word in lowered for word in _SECRET_FLAG_WORDS) else text
+
+
+def _restore_custom_text(incoming: Any, stored: Any) -> Any:
+    """``custom_params`` JSON text from a redacted export, its secrets taken from ``stored``.
+
+    A redacted secret means "not exported", never the literal ``"***"``: each
+    redacted flag gets the value ``stored`` (this database's row) has for it,
+    or is dropped when there is none; a wholly redacted value becomes
+    ``stored``.  Used by ``import_database``.
+    """
+    if incoming == REDACTED:
+        return stored
+    try:
+        parsed = json.loads(incoming) if isinstance(incoming, (str, bytes)) else None
+    except ValueError:
+        return incoming
+    if not isinstance(parsed, dict) or REDACTED not in parsed.values():
+        return incoming
+    try:
+        mine = json.loads(stored) if isinstance(stored, (str, bytes)) else {}
+    except ValueError:
+        mine = {}
+    if not isinstance(mine, dict):
+        mine = {}
+    restored: dict[str, Any] = {}
+    for key, value in parsed.items():
+        if value == REDACTED and _is_secret_flag(key):
+            if key in mine:
+                restored[key] = mine[key]
+            continue
+        restored[key] = value
+    return json.dumps(restored, separators=(",", ":"))
 
 
 def sqlite_type(param: Param | str) -> str:

@@ -27,7 +27,9 @@ ENV_VARS: dict[str, str] = {
     "CYLLAMA_CACHE_MAX_SIZE_MB": "cache size limit in MB (default 100)",
     "CYLLAMA_LOG_LEVEL": "lowest level stored in the logs table: DEBUG, INFO, WARNING, ERROR, CRITICAL",
     "CYLLAMA_LOG_TO_DB": "1 to attach the library's own logger to the logs table (default 0)",
-    "CYLLAMA_METRICS_RETENTION": "how long metrics samples are kept: seconds or 10m/1h (default 10m)",
+    "CYLLAMA_METRICS_RETENTION": (
+        "how long metrics samples are kept: a positive duration, seconds or 10m/1h (default 10m)"
+    ),
     "CYLLAMA_DB_BUSY_TIMEOUT": "seconds a writer waits for another writer's lock (default 30)",
 }
 
@@ -101,6 +103,24 @@ def _parse_ttl(name: str, raw: Any) -> timedelta | None:
     return ttl
 
 
+def _parse_retention(name: str, raw: Any) -> timedelta:
+    # Unlike the cache TTL there is no "never": every metrics insert deletes
+    # what is older than this, which is what keeps the table a few hundred rows.
+    message = (
+        f"{name}={raw!r}: metrics retention must be a positive duration, e.g. 600, 10m or 1h "
+        "(there is no 'none': the metrics table is meant to stay small)"
+    )
+    if isinstance(raw, str) and raw.strip().lower() in _NEVER:
+        raise ConfigurationError(message)
+    try:
+        retention = parse_duration(raw)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(message) from exc
+    if retention.total_seconds() <= 0:
+        raise ConfigurationError(message)
+    return retention
+
+
 def _parse_positive_float(name: str, raw: Any) -> float:
     try:
         if isinstance(raw, bool):
@@ -166,6 +186,10 @@ class Settings:
             resolved = raw if raw is not None else str(default_db_path())
         elif isinstance(path, (str, os.PathLike)):
             resolved = os.fspath(path)
+            if not str(resolved).strip():
+                raise ConfigurationError(
+                    "path must not be empty: give a file path, ':memory:', or None for the default"
+                )
         else:
             raise ConfigurationError(
                 f"path must be a str or os.PathLike, got {type(path).__name__}"
@@ -194,18 +218,20 @@ class Settings:
         if log_to_db is None:
             raw = _env(env, "CYLLAMA_LOG_TO_DB")
             to_db = False if raw is None else _parse_bool("CYLLAMA_LOG_TO_DB", raw)
+        elif isinstance(log_to_db, bool):
+            to_db = log_to_db
         else:
-            to_db = bool(log_to_db)
+            raise ConfigurationError(f"log_to_db must be True or False, got {log_to_db!r}")
 
         if metrics_retention is None:
             raw = _env(env, "CYLLAMA_METRICS_RETENTION")
             retention = (
                 timedelta(minutes=10)
                 if raw is None
-                else _parse_ttl("CYLLAMA_METRICS_RETENTION", raw) or timedelta(minutes=10)
+                else _parse_retention("CYLLAMA_METRICS_RETENTION", raw)
             )
         else:
-            retention = _parse_ttl("metrics_retention", metrics_retention) or timedelta(minutes=10)
+            retention = _parse_retention("metrics_retention", metrics_retention)
 
         if busy_timeout is None:
             raw = _env(env, "CYLLAMA_DB_BUSY_TIMEOUT")

@@ -7,11 +7,16 @@ scans, and sub-second precision matters for TTLs and latency statistics.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import datetime, timedelta, timezone
 
-__all__ = ["from_timestamp", "parse_duration", "to_timestamp"]
+__all__ = ["MAX_DURATION", "from_timestamp", "parse_duration", "to_timestamp"]
+
+#: The longest duration :func:`parse_duration` accepts (about 1000 years): longer
+#: ones are typing mistakes, and would overflow ``timedelta`` and datetimes anyway.
+MAX_DURATION = timedelta(days=365_250)
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d|w)?\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -20,7 +25,9 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400,
 def parse_duration(text: str | float | int | timedelta) -> timedelta:
     """Parse ``"90"``, ``"90s"``, ``"15m"``, ``"24h"``, ``"7d"``, ``"2w"`` into a timedelta.
 
-    A bare number means seconds. Raises ``ValueError`` for anything else.
+    A bare number means seconds. Raises ``ValueError`` for anything else,
+    including negative, non-finite and absurdly long durations (more than
+    :data:`MAX_DURATION`, about 1000 years).
     """
     if isinstance(text, timedelta):
         return text
@@ -29,14 +36,36 @@ def parse_duration(text: str | float | int | timedelta) -> timedelta:
     if isinstance(text, (int, float)):
         if text < 0:
             raise ValueError(f"duration must not be negative: {text!r}")
-        return timedelta(seconds=text)
+        return _checked(text, text)
     match = _DURATION_RE.match(str(text))
     if not match:
         raise ValueError(
-            f"not a duration: {text!r} (expected a number of seconds or e.g. 30s, 15m, 24h, 7d)"
+            f"not a duration: {_shown(text)} "
+            "(expected a number of seconds or e.g. 30s, 15m, 24h, 7d)"
         )
     number, unit = match.groups()
-    return timedelta(seconds=float(number) * _UNIT_SECONDS[(unit or "s").lower()])
+    return _checked(float(number) * _UNIT_SECONDS[(unit or "s").lower()], text)
+
+
+def _shown(text: object) -> str:
+    """``repr(text)``, cut short: error messages stay one readable line."""
+    shown = repr(text)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
+
+
+def _checked(seconds: float | int, text: object) -> timedelta:
+    # Checked before timedelta() sees it: an int too big for a C double, inf
+    # or nan would otherwise escape as OverflowError or a confusing ValueError.
+    shown = _shown(text)
+    if isinstance(seconds, float) and math.isnan(seconds):
+        raise ValueError(f"not a duration: {shown}")
+    try:
+        too_long = not seconds <= MAX_DURATION.total_seconds()
+    except OverflowError:
+        too_long = True
+    if too_long:
+        raise ValueError(f"duration {shown} is too long (at most {MAX_DURATION.days} days)")
+    return timedelta(seconds=seconds)
 
 
 def to_timestamp(value: datetime | timedelta | float | int, *, now: float | None = None) -> float:

@@ -1,8 +1,10 @@
 """The persistent response cache (the seed design's ``cache`` table).
 
 Keys (:func:`generate_cache_key`) are SHA-256 over canonical JSON of the
-prompt, the model's identity and the output-deciding part of the
-:class:`~cyllama_db.inference.GenerationConfig` (everything but ``seed``).
+prompt, the model's identity, the output-deciding part of the
+:class:`~cyllama_db.inference.GenerationConfig` (everything but ``seed``) and
+the ``llama_cpp.Llama`` load options that change the output
+(:data:`OUTPUT_LOAD_OPTIONS`).
 The model identity is the file's basename plus a fingerprint of its size and
 GGUF header (:func:`model_identity`): the same file at another path shares
 entries, a different file under the same name does not.
@@ -62,10 +64,13 @@ from typing import Any, Final
 
 from ._base import StoreBase, db_op, db_stats_provider
 from ._cacheutil import (
+    OUTPUT_LOAD_OPTIONS,
     canonical_messages,
     chat_key,
+    check_text,
     clear_identity_cache,
     completion_key,
+    load_options_json,
     model_identity,
     recent_model_identity,
     sha256_text,
@@ -76,6 +81,7 @@ from .inference import GenerationConfig, GenerationStats, Response
 from .migrations import execute_script, migration
 
 __all__ = [
+    "OUTPUT_LOAD_OPTIONS",
     "CacheMixin",
     "clear_identity_cache",
     "generate_cache_key",
@@ -238,19 +244,33 @@ def generate_cache_key(
     prompt: str | Sequence[Mapping[str, Any]],
     model_path: str | os.PathLike[str],
     config: GenerationConfig | Mapping[str, Any] | None = None,
+    load_options: Mapping[str, Any] | None = None,
 ) -> str:
     """The cache key of ``prompt`` (a str, or chat messages) on ``model_path`` with ``config``.
 
     Hex SHA-256 of the canonical JSON ``{"config": ..., "model": <identity>,
-    "prompt": ...}`` (chat: ``{"config", "kind": "chat", "messages", "model"}``).
-    ``seed`` is not part of it, nor are load options such as ``n_ctx``,
-    ``n_gpu_layers`` or ``verbose``, which are not in the config at all.
+    "prompt": ...}`` (chat: ``{"config", "kind": "chat", "messages", "model"}``),
+    plus ``"load"``: the ``llama_cpp.Llama`` ``load_options`` that change the
+    output (:data:`OUTPUT_LOAD_OPTIONS`: ``chat_format``, LoRA, RoPE,
+    ``kv_overrides``...; left out when there are none). ``seed`` is not part
+    of it, nor are load options such as ``n_ctx``, ``n_gpu_layers`` or
+    ``n_threads``, which change where and how fast the same tokens are
+    computed, not which.
     """
     cfg = GenerationConfig.coerce(config)
     identity = model_identity(model_path)
     if isinstance(prompt, str):
-        return completion_key(prompt, identity, cfg.cache_json())
-    return chat_key(canonical_messages(prompt), identity, cfg.cache_json())
+        check_text(prompt, "prompt")
+        return completion_key(prompt, identity, cfg.cache_json(), _load_json(load_options, "completion"))
+    return chat_key(canonical_messages(prompt), identity, cfg.cache_json(), _load_json(load_options, "chat"))
+
+
+def _load_json(load_options: Mapping[str, Any] | None, kind: str) -> str:
+    if not load_options:
+        return ""
+    if not isinstance(load_options, Mapping):
+        raise TypeError(f"load_options must be a dict of llama_cpp.Llama options, got {type(load_options).__name__}")
+    return load_options_json(load_options, kind)
 
 
 def _prompt_of(prompt: Any) -> tuple[str, str]:
@@ -269,8 +289,10 @@ def _ttl_seconds(ttl: Any, default: timedelta | None, what: str = "ttl") -> floa
         return None if default is None else default.total_seconds()
     try:
         seconds = parse_duration(ttl).total_seconds()
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what}={ttl!r} is not a duration: use a timedelta, seconds or '24h'") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(
+            f"{what}={ttl!r} is not a usable duration ({exc}): use a timedelta, seconds or '24h'"
+        ) from exc
     if seconds <= 0:
         raise ValueError(f"{what}={ttl!r} must be positive")
     return seconds
@@ -490,21 +512,29 @@ class CacheMixin(StoreBase):
         prompt: str | Sequence[Mapping[str, Any]],
         model_path: str | os.PathLike[str],
         config: GenerationConfig | Mapping[str, Any] | None = None,
+        *,
+        load_options: Mapping[str, Any] | None = None,
     ) -> Response | None:
         """The cached :class:`Response` (``cache_hit=True``) for this call, or None if absent or expired.
 
         ``prompt`` is the completion prompt, or the chat messages of a chat
-        request. The hit's ``stats`` carry the original token counts and the
-        lookup's own time.
+        request; ``load_options`` the model's ``llama_cpp.Llama`` options (as
+        given to ``LLM``; only those that change the output count, see
+        :func:`generate_cache_key`). The hit's ``stats`` carry the original
+        token counts and the lookup's own time.
         """
         started = time.perf_counter()
         cfg = config if type(config) is GenerationConfig else GenerationConfig.coerce(config)
         path = os.fspath(model_path)
         identity = recent_model_identity(path)
         if isinstance(prompt, str):
-            key = completion_key(prompt, identity, cfg.cache_json())
+            if not prompt.isascii():
+                check_text(prompt, "prompt")
+            load = _load_json(load_options, "completion") if load_options else ""
+            key = completion_key(prompt, identity, cfg.cache_json(), load)
         else:
-            key = chat_key(_prompt_of(prompt)[1], identity, cfg.cache_json())
+            load = _load_json(load_options, "chat") if load_options else ""
+            key = chat_key(_prompt_of(prompt)[1], identity, cfg.cache_json(), load)
         row = self._cache_row(key)
         return None if row is None else _hit(row, path, started)
 
@@ -516,11 +546,15 @@ class CacheMixin(StoreBase):
         config: GenerationConfig | Mapping[str, Any] | None,
         response: Response | str,
         ttl: timedelta | float | str | None = None,
+        *,
+        load_options: Mapping[str, Any] | None = None,
     ) -> None:
         """Store ``response`` for this call; ``ttl`` None = the database's ``cache_ttl``.
 
-        Values are stored as JSON. An entry larger than the whole size limit
-        is not stored (logged at DEBUG).
+        ``load_options`` as for :meth:`get_cached_response`. Values are stored
+        as JSON. An entry larger than the whole size limit is not stored
+        (logged at DEBUG). Text with a lone surrogate (no UTF-8 form) raises
+        ``ValueError`` naming the argument.
         """
         cfg = config if type(config) is GenerationConfig else GenerationConfig.coerce(config)
         path = os.fspath(model_path)
@@ -528,13 +562,19 @@ class CacheMixin(StoreBase):
             response = Response(text=response, model_path=path)
         elif not isinstance(response, Response):
             raise TypeError(f"response must be a Response or a str, got {type(response).__name__}")
+        if not response.text.isascii():
+            check_text(response.text, "response.text")
         identity = recent_model_identity(path)
         if isinstance(prompt, str):
+            if not prompt.isascii():
+                check_text(prompt, "prompt")
             kind, prompt_text = "completion", prompt
-            key = completion_key(prompt, identity, cfg.cache_json())
+            load = _load_json(load_options, "completion") if load_options else ""
+            key = completion_key(prompt, identity, cfg.cache_json(), load)
         else:
             kind, prompt_text = _prompt_of(prompt)
-            key = chat_key(prompt_text, identity, cfg.cache_json())
+            load = _load_json(load_options, "chat") if load_options else ""
+            key = chat_key(prompt_text, identity, cfg.cache_json(), load)
         stats = response.stats
         self._cache_write(
             key, kind, prompt_text, _absolute(path), identity, cfg.to_json(), response.text,

@@ -16,6 +16,7 @@ import argparse
 import base64
 import contextlib
 import json
+import logging
 import math
 import os
 import shlex
@@ -47,11 +48,17 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     TypeError,
     LookupError,
+    ArithmeticError,  # e.g. OverflowError: a number too big for SQLite or the clock
     OSError,
     sqlite3.Error,
     ImportError,
     RuntimeError,
 )
+
+# Upper bounds of numeric options: far beyond any real use, well inside what
+# SQLite (64-bit integers), time.sleep() and datetimes can take.
+_MAX_COUNT = 1_000_000_000
+_MAX_SECONDS = 86_400.0  # polling and sampling intervals: one day
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -88,14 +95,21 @@ def _duration(text: str) -> timedelta:
     return value
 
 
-def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
+def _short(text: str, width: int = 40) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= width else shown[: width - 3] + "..."
+
+
+def _int_at_least(minimum: int, what: str, maximum: int = _MAX_COUNT) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+            raise argparse.ArgumentTypeError(f"not an integer: {_short(text)}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{what}, got {value}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {_short(text)}")
         return value
 
     return parse
@@ -105,14 +119,28 @@ _positive_int = _int_at_least(1, "must be at least 1")
 _non_negative_int = _int_at_least(0, "must not be negative")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
+def _float_between(
+    minimum: float, maximum: float, *, exclusive_min: bool = False
+) -> Callable[[str], float]:
+    """An argparse type for a finite float in [minimum, maximum] ((minimum, ...] if exclusive)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {_short(text)}") from None
+        low_ok = value > minimum if exclusive_min else value >= minimum
+        if not (low_ok and value <= maximum):  # also rejects nan and inf
+            low = f"more than {minimum:.10g}" if exclusive_min else f"at least {minimum:.10g}"
+            raise argparse.ArgumentTypeError(
+                f"must be {low} and at most {maximum:.10g}, got {_short(text)}"
+            )
+        return value
+
+    return parse
+
+
+_positive_float = _float_between(0, _MAX_SECONDS, exclusive_min=True)
 
 
 def _port(text: str) -> int:
@@ -166,18 +194,29 @@ def _typed_value(text: str, type_name: str, what: str) -> Any:
 # -- output --------------------------------------------------------------------------------
 
 
-def _plain(value: Any) -> Any:
-    """``value`` as JSON-ready data: datetimes ISO-8601, non-finite floats None."""
+def _none(value: float) -> Any:
+    return None
+
+
+def _nonfinite_name(value: float) -> str:
+    """``nan``/``inf``/``-inf`` spelled as JavaScript and Python's json module do."""
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
+def _plain(value: Any, *, nonfinite: Callable[[float], Any] = _none) -> Any:
+    """``value`` as JSON-ready data: datetimes ISO-8601, non-finite floats ``nonfinite(x)`` (None)."""
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        return value if math.isfinite(value) else nonfinite(value)
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _plain(v, nonfinite=nonfinite) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [_plain(v) for v in value]
+        return [_plain(v, nonfinite=nonfinite) for v in value]
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, Path):
@@ -186,9 +225,9 @@ def _plain(value: Any) -> Any:
         return value
     to_dict = getattr(value, "to_dict", None)
     if callable(to_dict):
-        return _plain(to_dict())
+        return _plain(to_dict(), nonfinite=nonfinite)
     if is_dataclass(value) and not isinstance(value, type):
-        return _plain(asdict(value))
+        return _plain(asdict(value), nonfinite=nonfinite)
     return str(value)
 
 
@@ -259,6 +298,44 @@ def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str], stream: TextIO
         out.write(line(row) + "\n")
 
 
+class _StreamTable:
+    """A table printed a row at a time (``metrics watch``): fixed column widths, numbers right-aligned.
+
+    Unlike :func:`_table` the rows are not known in advance, so each column is
+    as wide as ``widths`` says (at least its header); a longer cell widens only its own row.
+    """
+
+    def __init__(
+        self,
+        headers: Sequence[str],
+        widths: Sequence[int],
+        numeric: Sequence[bool],
+        stream: TextIO | None = None,
+    ) -> None:
+        self.headers = list(headers)
+        self.widths = [max(len(h), w) for h, w in zip(headers, widths, strict=True)]
+        self.numeric = list(numeric)
+        self.stream = stream
+
+    def _line(self, cells: Sequence[str]) -> str:
+        parts = [
+            c.rjust(w) if num else c.ljust(w)
+            for c, w, num in zip(cells, self.widths, self.numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    def header(self) -> None:
+        out = sys.stdout if self.stream is None else self.stream
+        out.write(self._line(self.headers) + "\n")
+        out.write("  ".join("-" * w for w in self.widths) + "\n")
+        out.flush()
+
+    def row(self, values: Sequence[Any]) -> None:
+        out = sys.stdout if self.stream is None else self.stream
+        out.write(self._line([_fmt(v) for v in values]) + "\n")
+        out.flush()
+
+
 def _pairs(pairs: Sequence[tuple[str, Any]], stream: TextIO | None = None) -> None:
     """Print ``key: value`` lines with the values aligned."""
     out = sys.stdout if stream is None else stream
@@ -321,13 +398,46 @@ def _stop_on_sigterm() -> Iterator[None]:
 # -- opening the database ------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _open(args: argparse.Namespace) -> Iterator[CyllamaDB]:
+class _Held(logging.Filter):
+    """Holds back every record of one logger (those logged on it directly) for later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+
+def _construct(path: str | None) -> CyllamaDB:
+    """``CyllamaDB(path)``, its "falling back to memory" warning kept off stderr.
+
+    The library logs that warning and carries on in memory; the command line
+    reports the same failure as its one error line instead (see :func:`_open`),
+    so the warning would be a second line. Anything else logged while opening
+    is passed on unchanged.
+    """
     from .database import CyllamaDB
 
-    # The command line is an explicit request to use the database, so
-    # CYLLAMA_DB_ENABLED=0 (meant for library calls) does not turn it off.
-    db = CyllamaDB(getattr(args, "db", None), enabled=True)
+    library_logger = logging.getLogger("cyllama_db")
+    held = _Held()
+    library_logger.addFilter(held)
+    try:
+        # The command line is an explicit request to use the database, so
+        # CYLLAMA_DB_ENABLED=0 (meant for library calls) does not turn it off.
+        db = CyllamaDB(path, enabled=True)
+    finally:
+        library_logger.removeFilter(held)
+    if db.fallback_reason is None:
+        for record in held.records:
+            library_logger.handle(record)
+    return db
+
+
+@contextlib.contextmanager
+def _open(args: argparse.Namespace) -> Iterator[CyllamaDB]:
+    db = _construct(getattr(args, "db", None))
     try:
         if db.fallback_reason is not None:
             raise CommandError(f"cannot open database {db.settings.path}: {db.fallback_reason}")
@@ -402,6 +512,8 @@ def _read_only_versions(path: str) -> dict[int, tuple[str | None, str | None]]:
     """``{version: (name, applied_at)}`` read without migrating (or creating) the file."""
     if path == ":memory:" or not os.path.exists(path):
         return {}
+    if not os.path.isfile(path):
+        raise CommandError(f"cannot read the schema version of {path}: not a regular file")
     uri = f"file:{urllib.parse.quote(path)}?mode=ro"
     conn = sqlite3.connect(uri, uri=True, timeout=30)
     try:
@@ -432,7 +544,10 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     del database  # imported for its side effect: every store registers its migrations
 
     path = _db_file(args)
-    applied = _read_only_versions(path)
+    try:
+        applied = _read_only_versions(path)
+    except sqlite3.Error as exc:
+        raise CommandError(f"cannot read the schema version of {path}: {exc}") from None
     if args.status:
         known = {m.version: m.name for m in migrations.registered_migrations()}
         rows = []
@@ -483,7 +598,24 @@ def _value_type(key: str, value: Any) -> str:
 
 
 def _show_value(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(_plain(value), ensure_ascii=False)
+    """A config value as text that ``config set`` reads back with the same ``--type``.
+
+    Non-finite floats print as Python spells them (``nan``, ``inf``, ``-inf``)
+    at the top level and as ``NaN``/``Infinity`` inside JSON values: both are
+    what ``--type float`` and ``--type json`` accept.
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return repr(value)
+    return json.dumps(_plain(value, nonfinite=float), ensure_ascii=False, allow_nan=True)
+
+
+def _config_json(value: Any) -> Any:
+    # The config store keeps nan/inf (they round-trip); JSON has no such
+    # numbers, and null would be indistinguishable from a stored None, so
+    # they are written as the strings "NaN", "Infinity" and "-Infinity".
+    return _plain(value, nonfinite=_nonfinite_name)
 
 
 def _cmd_config_get(args: argparse.Namespace) -> int:
@@ -493,7 +625,9 @@ def _cmd_config_get(args: argparse.Namespace) -> int:
     if value is missing:
         raise CommandError(f"config key {args.key!r} is not set (see: {PROG} config list)")
     if args.json:
-        _print_json({"key": args.key, "value": value, "type": _value_type(args.key, value)})
+        _print_json(
+            {"key": args.key, "value": _config_json(value), "type": _value_type(args.key, value)}
+        )
     else:
         print(_show_value(value))
     return 0
@@ -511,7 +645,9 @@ def _cmd_config_list(args: argparse.Namespace) -> int:
     with _open(args) as db:
         items = db.get_all_config()
     if args.json:
-        _print_json([{"key": k, "value": v, "type": _value_type(k, v)} for k, v in items.items()])
+        _print_json([
+            {"key": k, "value": _config_json(v), "type": _value_type(k, v)} for k, v in items.items()
+        ])
         return 0
     if not items:
         print("no config entries")
@@ -876,12 +1012,15 @@ def _param_value(name: str, text: str) -> Any:
     what = f"--param {name}"
     if text.lower() in ("null", "none") and kind not in (None, "str"):
         return None
-    if kind in ("int", "float", "bool", "json"):
+    if kind in ("float", "bool", "json"):
         return _typed_value(text, kind, what)
-    if kind == "gpu_layers":
-        if text in ("all", "auto"):
+    if kind in ("int", "gpu_layers"):
+        if kind == "gpu_layers" and text in ("all", "auto"):
             return text
-        return _typed_value(text, "int", what)
+        number = _typed_value(text, "int", what)
+        if not -(2**63) <= number < 2**63:  # what SQLite and llama.cpp can hold
+            raise UsageError(f"{what}: {_short(text)} is out of range (a 64-bit integer)")
+        return number
     if kind == "str" or param is not None:
         return text
     # An unknown name: let the registry say so (with suggestions); keep JSON scalars typed.
@@ -969,7 +1108,9 @@ def _cmd_models_update(args: argparse.Namespace) -> int:
         params["status"] = args.status
     if args.type:
         params["type"] = args.type
-    if args.rename:
+    if args.rename is not None:
+        if not args.rename.strip():
+            raise UsageError("--rename needs a non-empty NEW_NAME", f"{PROG} models update")
         params["name"] = args.rename
     if not params:
         raise UsageError("nothing to change: give --param KEY=VALUE, --status, --type or --rename",
@@ -1059,9 +1200,14 @@ def _cmd_metrics_sample(args: argparse.Namespace) -> int:
 def _cmd_metrics_watch(args: argparse.Namespace) -> int:
     with _open(args) as db:
         sampler = _require(db, "start_metrics_sampler", "metrics")(interval=args.interval)
-        headers = ["time", *(h for _, h in _METRIC_COLUMNS)]
+        table = _StreamTable(
+            ["time", *(h for _, h in _METRIC_COLUMNS)],
+            # "YYYY-MM-DD HH:MM:SS", then room for e.g. "100.00" ("143771.00" GPU MB)
+            [19, *(9 if key == "gpu_memory_used" else 7 for key, _ in _METRIC_COLUMNS)],
+            [False, *(True for _ in _METRIC_COLUMNS)],
+        )
         if not args.json:
-            print("  ".join(headers), flush=True)
+            table.header()
         try:
             while True:
                 count = sampler.samples_taken + 1
@@ -1076,7 +1222,7 @@ def _cmd_metrics_watch(args: argparse.Namespace) -> int:
                 if args.json:
                     print(json.dumps(_plain(latest), ensure_ascii=False), flush=True)
                 else:
-                    print("  ".join(_fmt(v) for v in _metric_row(latest)), flush=True)
+                    table.row(_metric_row(latest))
         except KeyboardInterrupt:
             return 0
         finally:
@@ -1158,7 +1304,10 @@ def _group(subparsers: Any, name: str, help_text: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     """The ``cyllama-db`` argument parser (every command and option)."""
     from . import __version__
+    from .metrics import MAX_HISTORY_MINUTES, MAX_SAMPLER_INTERVAL, MIN_SAMPLER_INTERVAL
+    from .registry import MODEL_STATUSES
 
+    sampler_interval = _float_between(MIN_SAMPLER_INTERVAL, MAX_SAMPLER_INTERVAL)
     parser = _Parser(
         prog=PROG,
         description="Inspect and maintain a cyllama-db database (cache, statistics, logs, "
@@ -1260,7 +1409,7 @@ def build_parser() -> argparse.ArgumentParser:
     # models
     models = _group(sub, "models", "the model registry")
     p = _command(models, "list", _cmd_models_list, "registered models", read=True)
-    p.add_argument("--status", choices=("running", "stopped", "loading", "error"),
+    p.add_argument("--status", choices=MODEL_STATUSES,
                    help="only models with this status")
     p.add_argument("--type", help="only models of this type (e.g. llama)")
     p.add_argument("--show-secrets", action="store_true", help="print secrets instead of '***'")
@@ -1272,7 +1421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="the .gguf file")
     p.add_argument("--name", help="registry name (default: from the file)")
     p.add_argument("--type", help="model type (default: llama)")
-    p.add_argument("--status", choices=("running", "stopped", "loading", "error"),
+    p.add_argument("--status", choices=MODEL_STATUSES,
                    help="initial status")
     p.add_argument("--param", type=_key_value, action="append", metavar="KEY=VALUE",
                    help="a llama-server parameter, e.g. ctx_size=8192 (repeatable)")
@@ -1280,7 +1429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--param", type=_key_value, action="append", metavar="KEY=VALUE",
                    help="a parameter to set (repeatable; VALUE null unsets it)")
-    p.add_argument("--status", choices=("running", "stopped", "loading", "error"),
+    p.add_argument("--status", choices=MODEL_STATUSES,
                    help="new status")
     p.add_argument("--type", help="new model type")
     p.add_argument("--rename", metavar="NEW_NAME", help="new registry name")
@@ -1303,12 +1452,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-save", action="store_true", help="print the sample without saving it")
     p = _command(metrics, "watch", _cmd_metrics_watch,
                  "sample every --interval seconds in the foreground until Ctrl-C", read=True)
-    p.add_argument("--interval", type=_positive_float, default=1.0, metavar="SECONDS",
-                   help="seconds between samples (default 1)")
+    p.add_argument("--interval", type=sampler_interval, default=1.0, metavar="SECONDS",
+                   help=f"seconds between samples (default 1, at least {MIN_SAMPLER_INTERVAL:g})")
     p = _command(metrics, "history", _cmd_metrics_history, "saved samples, oldest first",
                  read=True)
-    p.add_argument("--minutes", type=_positive_float, default=10.0,
-                   help="how far back (default 10)")
+    p.add_argument("--minutes", type=_float_between(0, MAX_HISTORY_MINUTES, exclusive_min=True),
+                   default=10.0, help="how far back (default 10)")
 
     # dashboard
     p = _command(sub, "dashboard", _cmd_dashboard,
@@ -1316,8 +1465,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_port, default=8765, help="port (default 8765; 0 = any free)")
-    p.add_argument("--interval", type=_positive_float, default=1.0, metavar="SECONDS",
-                   help="metrics sampling interval (default 1)")
+    p.add_argument("--interval", type=sampler_interval, default=1.0, metavar="SECONDS",
+                   help=f"metrics sampling interval (default 1, at least {MIN_SAMPLER_INTERVAL:g})")
     p.add_argument("--no-sampler", action="store_true",
                    help="do not sample metrics (another process does)")
     p.add_argument("--refresh", type=_positive_float, default=5.0, metavar="SECONDS",

@@ -46,7 +46,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from ._time import parse_duration
-from .metrics import METRICS_FIELDS
+from .metrics import MAX_HISTORY_MINUTES, METRICS_FIELDS
 
 if TYPE_CHECKING:
     from .database import CyllamaDB
@@ -424,9 +424,13 @@ def _minutes(query: dict[str, list[str]]) -> float | None:
     try:
         value = float(raw)
     except ValueError:
-        raise _BadRequest(f"minutes must be a number, got {raw!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise _BadRequest(f"minutes must be positive, got {raw!r}")
+        raise _BadRequest(f"minutes must be a number, got {raw[:40]!r}") from None
+    # Checked here, not left to get_metrics_history(): a bad value is the
+    # client's mistake (400), not a failing store (a logged warning).
+    if not 0 < value <= MAX_HISTORY_MINUTES:  # also rejects nan and inf
+        raise _BadRequest(
+            f"minutes must be a positive number up to {MAX_HISTORY_MINUTES}, got {raw[:40]!r}"
+        )
     return value
 
 
@@ -436,5 +440,5 @@ def _since(query: dict[str, list[str]]) -> Any:
         return None
     try:
         return parse_duration(raw)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise _BadRequest(f"since: {exc}") from None

@@ -1,24 +1,34 @@
 """``@cached``: persistent memoisation in the response cache.
 
-Works on plain functions (``@cached`` or ``@cached(ttl=..., db=...)``) and on
-an :class:`~cyllama_db.inference.LLM` (``cached(ttl=...)(llm)("prompt")``).
-Function entries live in the same ``cache`` table as responses (kind
-``'function'``), so TTL, the size limit, invalidation and statistics apply to
-them too. Arguments and return values are stored as JSON, never pickled.
+Works on plain functions (``@cached`` or ``@cached(ttl=..., db=...)``), on
+methods, and on an :class:`~cyllama_db.inference.LLM`
+(``cached(ttl=...)(llm)("prompt")``). Function entries live in the same
+``cache`` table as responses (kind ``'function'``), so TTL, the size limit,
+invalidation and statistics apply to them too. Arguments and return values
+are stored as JSON, never pickled.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import json
 import logging
 import math
+import types
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from ._cacheutil import SingleFlight, canonical_json, function_key, keyable
+from ._cacheutil import (
+    SingleFlight,
+    callable_identity,
+    canonical_json,
+    check_text,
+    function_key,
+    keyable,
+)
 from ._time import parse_duration
 from .errors import UncacheableError
 from .inference import LLM, Response, Stream, _check_db_arg, _resolve_db
@@ -26,7 +36,7 @@ from .inference import LLM, Response, Stream, _check_db_arg, _resolve_db
 if TYPE_CHECKING:
     from .database import CyllamaDB
 
-__all__ = ["CachedFunction", "CachedLLM", "cached"]
+__all__ = ["BoundCachedFunction", "CachedFunction", "CachedLLM", "cached"]
 
 logger = logging.getLogger("cyllama_db.cache")
 
@@ -41,8 +51,8 @@ def _check_ttl(ttl: Any) -> timedelta | None:
         return None
     try:
         value = parse_duration(ttl)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"ttl={ttl!r} is not a duration: use a timedelta, seconds or '24h'") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"ttl={ttl!r} is not a usable duration ({exc}): use a timedelta, seconds or '24h'") from exc
     if value.total_seconds() <= 0:
         raise ValueError(f"ttl={ttl!r} must be positive (None = the database's cache_ttl)")
     return value
@@ -56,7 +66,7 @@ def _encode_value(value: Any, owner: str) -> str:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise UncacheableError(
-            f"{owner} returned a {type(value).__name__}, which cannot be stored as JSON ({exc}). "
+            f"{owner} returned a value of type {type(value).__name__}, which cannot be stored as JSON ({exc}). "
             "Return str, numbers, bool, None, lists or dicts with str keys (or a Response)."
         ) from exc
     if not _same(json.loads(text), value):
@@ -79,22 +89,51 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def _function_name(fn: Callable[..., Any]) -> str:
+    """What a function's entries are stored under: ``module.qualname``, plus a digest
+    of its code and captured values for a lambda or local function."""
+    module = getattr(fn, "__module__", None) or "?"
+    qualname = str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
+    name = f"{module}.{qualname}"
+    if "<" in qualname and isinstance(fn, types.FunctionType):
+        # Every lambda is "<lambda>" and a factory's closures share a
+        # qualname: the name alone would let them serve each other's results.
+        identity = canonical_json(callable_identity(fn))
+        name += "@" + hashlib.sha256(identity.encode("ascii")).hexdigest()[:16]
+    return name
+
+
 class CachedFunction(Generic[R]):
     """A function whose results are kept in the database's cache (made by :func:`cached`)."""
 
-    def __init__(self, fn: Callable[..., R], ttl: timedelta | None, db: Any) -> None:
-        if inspect.iscoroutinefunction(fn):
-            raise TypeError("@cached does not support async functions")
+    def __init__(
+        self,
+        fn: Callable[..., R],
+        ttl: timedelta | None,
+        db: Any,
+        name: str | None = None,
+        strict: bool = False,
+    ) -> None:
         if not callable(fn):
             raise TypeError(f"@cached needs a callable, got {type(fn).__name__}")
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError("@cached does not support async functions")
+        if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+            raise TypeError(
+                f"@cached does not support generator functions ({getattr(fn, '__qualname__', fn)!r}): "
+                "a generator's values are produced lazily and cannot be stored; return a list instead"
+            )
         functools.update_wrapper(self, fn)
         self.__wrapped__ = fn
         self.ttl = ttl
+        self.strict = strict
         self._db = db
-        module = getattr(fn, "__module__", None) or "?"
-        qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", repr(fn))
-        #: ``module.qualname``: what the entries are stored under.
-        self.function_name = f"{module}.{qualname}"
+        self._warned = False
+        #: What the entries are stored under: ``name=`` if given, else
+        #: ``module.qualname`` (``@<digest>`` added for a lambda or local function).
+        self.function_name = name if name is not None else _function_name(fn)
+        # How a lambda or local function capturing this one identifies it.
+        self._cyllama_cache_name = self.function_name
         try:
             self._signature: inspect.Signature | None = inspect.signature(fn)
         except (TypeError, ValueError):
@@ -135,7 +174,13 @@ class CachedFunction(Generic[R]):
             if found_now:
                 return value_now
             result = self.__wrapped__(*args, **kwargs)
-            text = _encode_value(result, self.function_name + "()")
+            try:
+                text = _encode_value(result, self.function_name + "()")
+            except UncacheableError as exc:
+                if self.strict:
+                    raise
+                self._not_stored(exc)
+                return result
             try:
                 database._cache_put(
                     key=key,
@@ -178,15 +223,86 @@ class CachedFunction(Generic[R]):
             return 0
         return database._cache_delete(identity="fn:" + self.function_name)
 
+    def _not_stored(self, exc: UncacheableError) -> None:
+        # The work is done: hand the result back rather than lose it, and say
+        # once (loudly) why it will be computed again next time.
+        if self._warned:
+            logger.debug("not caching a result of %s: %s", self.function_name, exc)
+            return
+        self._warned = True
+        logger.warning(
+            "%s (the result is returned, not cached, and computed again on the next call; "
+            "cached(strict=True) raises instead)",
+            exc,
+        )
+
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         # Decorating a method: bind like a function would, so that the
         # instance becomes the first argument (and must then be keyable).
         if instance is None:
             return self
-        return functools.partial(self.__call__, instance)
+        return BoundCachedFunction(self, instance)
 
     def __repr__(self) -> str:
         return f"<cached {self.function_name}>"
+
+
+class BoundCachedFunction:
+    """A :class:`CachedFunction` method bound to an instance: ``obj.method``.
+
+    Calls, :meth:`cache_key` and :meth:`invalidate` pass the instance as the
+    first argument (so it must be keyable, e.g. a dataclass);
+    :meth:`cache_clear` forgets the results of every instance.
+    """
+
+    __slots__ = ("_function", "_instance")
+
+    def __init__(self, function: CachedFunction[Any], instance: Any) -> None:
+        self._function = function
+        self._instance = instance
+
+    @property
+    def __self__(self) -> Any:
+        return self._instance
+
+    @property
+    def __func__(self) -> CachedFunction[Any]:
+        return self._function
+
+    @property
+    def __wrapped__(self) -> Any:
+        return self._function.__wrapped__
+
+    @property
+    def function_name(self) -> str:
+        """What the entries are stored under (the method's ``function_name``)."""
+        return self._function.function_name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._function(self._instance, *args, **kwargs)
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        """The key a call with these arguments on this instance is stored under."""
+        return self._function.cache_key(self._instance, *args, **kwargs)
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        """Forget the cached result of this call on this instance; returns whether there was one."""
+        return self._function.invalidate(self._instance, *args, **kwargs)
+
+    def cache_clear(self) -> int:
+        """Forget every cached result of the method (for every instance); returns how many."""
+        return self._function.cache_clear()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BoundCachedFunction):
+            return NotImplemented
+        return self._function is other._function and self._instance is other._instance
+
+    def __hash__(self) -> int:
+        return hash((id(self._function), id(self._instance)))
+
+    def __repr__(self) -> str:
+        return f"<bound cached {self._function.function_name} of {self._instance!r}>"
 
 
 class CachedLLM:
@@ -224,14 +340,22 @@ class CachedLLM:
 
 
 @overload
-def cached(fn: LLM, *, ttl: Any = ..., db: Any = ...) -> CachedLLM: ...  # type: ignore[overload-overlap]
+def cached(  # type: ignore[overload-overlap]
+    fn: LLM, *, ttl: Any = ..., db: Any = ..., name: str | None = ..., strict: bool = ...
+) -> CachedLLM: ...
 @overload
-def cached(fn: Callable[..., R], *, ttl: Any = ..., db: Any = ...) -> CachedFunction[R]: ...
+def cached(
+    fn: Callable[..., R], *, ttl: Any = ..., db: Any = ..., name: str | None = ..., strict: bool = ...
+) -> CachedFunction[R]: ...
 @overload
-def cached(fn: None = ..., *, ttl: Any = ..., db: Any = ...) -> Callable[[Any], Any]: ...
+def cached(
+    fn: None = ..., *, ttl: Any = ..., db: Any = ..., name: str | None = ..., strict: bool = ...
+) -> Callable[[Any], Any]: ...
 
 
-def cached(fn: Any = None, *, ttl: Any = None, db: Any = None) -> Any:
+def cached(
+    fn: Any = None, *, ttl: Any = None, db: Any = None, name: str | None = None, strict: bool = False
+) -> Any:
     """Cache a function's results, or an LLM's responses, in the database.
 
     Use as ``@cached``, ``@cached(ttl=timedelta(days=1), db=my_db)``, or
@@ -242,20 +366,42 @@ def cached(fn: Any = None, *, ttl: Any = None, db: Any = None) -> Any:
     The key is the function's module and qualified name plus its arguments
     as canonical JSON (bound to the signature, so ``f(1)`` and ``f(a=1)``
     share an entry); an argument that cannot be keyed raises ``TypeError``.
-    A cached ``None`` counts as a hit. The wrapper has ``cache_key(*args,
-    **kwargs)``, ``invalidate(*args, **kwargs)`` and ``cache_clear()``.
+    A lambda or a function defined inside another one is also keyed by its
+    code and the values it captured (so ``cached(lambda x: x + 1)`` and
+    ``cached(lambda x: x * 2)`` never share entries); a captured value that
+    cannot be keyed raises ``TypeError`` at decoration. ``name="..."`` keys
+    the entries by that name instead of the function's (captured values
+    then do not count: the name is your promise that it identifies the
+    computation).
+
+    A cached ``None`` counts as a hit. A result that cannot be stored as
+    JSON is returned and not cached, with a WARNING logged (the first time
+    per function); ``strict=True`` raises ``UncacheableError`` instead.
+    Generator and async functions are refused (``TypeError``).
+
+    The wrapper has ``cache_key(*args, **kwargs)``, ``invalidate(*args,
+    **kwargs)`` and ``cache_clear()``; so has a decorated method looked up
+    on an instance (``obj.method.invalidate(2)``).
     """
     ttl_value = _check_ttl(ttl)
     _check_db_arg(db)
+    if name is not None:
+        if not isinstance(name, str) or not name.strip():
+            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        check_text(name, "name")
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
 
     def wrap(target: Any) -> Any:
         if isinstance(target, LLM):
+            if name is not None or strict:
+                raise TypeError("name= and strict= apply to functions; an LLM is keyed by its requests")
             return CachedLLM(target, ttl_value, db)
-        if isinstance(target, (CachedFunction, CachedLLM)):
+        if isinstance(target, (CachedFunction, CachedLLM, BoundCachedFunction)):
             raise TypeError("this is already cached; apply @cached once")
         if not callable(target):
             raise TypeError(f"cached() needs a function or an LLM, got {type(target).__name__}")
-        return CachedFunction(target, ttl_value, db)
+        return CachedFunction(target, ttl_value, db, name=name, strict=strict)
 
     if fn is None:
         return wrap

@@ -128,11 +128,12 @@ class UncacheableError(CyllamaDBError, TypeError):
 class UnknownModelError(CyllamaDBError, KeyError):
     """No model is registered under that id or name (see ``db.get_models()``)."""
 
-    def __init__(self, model: object) -> None:
+    def __init__(self, model: object, hint: str | None = None) -> None:
         self.model = model
         what = f"id {model}" if isinstance(model, int) else f"name {model!r}"
-        self.message = (
-            f"no model registered under {what}; list them with db.get_models() "
+        self.message = f"no model registered under {what}; " + (
+            hint
+            or "list them with db.get_models() "
             "or add one with db.save_model(name, ...) / db.register_model(path)"
         )
         super().__init__(self.message)

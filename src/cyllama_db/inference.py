@@ -36,12 +36,15 @@ from ._cacheutil import (
     canonical_json,
     canonical_messages,
     chat_key,
+    check_text,
     completion_key,
     keyable,
+    load_options_json,
     model_identity,
 )
 from .errors import (
     ContextOverflowError,
+    DatabaseClosedError,
     GenerationError,
     MissingDependencyError,
     ModelBusyError,
@@ -338,10 +341,18 @@ class GenerationStats:
                 object.__setattr__(self, name, float(value))
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as a JSON-ready value (None for what is unknown), in declaration order."""
         return {name: getattr(self, name) for name in _STATS_INT + _STATS_FLOAT}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GenerationStats:
+        """Inverse of :meth:`to_dict`; missing fields are None.
+
+        Raises ``TypeError`` naming an unknown key, or a field of the wrong
+        type (counts must be ints, times and rates finite numbers).
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(f"GenerationStats.from_dict needs a mapping, got {type(data).__name__}")
         unknown = [k for k in data if k not in _STATS_INT + _STATS_FLOAT]
         if unknown:
             raise TypeError(_unknown_message("GenerationStats", str(unknown[0]), _STATS_INT + _STATS_FLOAT))
@@ -366,6 +377,14 @@ class Response:
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
             raise TypeError(f"Response.text must be a str, got {type(self.text).__name__}")
+        if self.finish_reason is not None and not isinstance(self.finish_reason, str):
+            raise TypeError(f"Response.finish_reason must be a str or None, got {self.finish_reason!r}")
+        if isinstance(self.model_path, os.PathLike):
+            self.model_path = os.fspath(self.model_path)
+        if not isinstance(self.model_path, str):
+            raise TypeError(f"Response.model_path must be a str, got {self.model_path!r}")
+        if not isinstance(self.cache_hit, bool):
+            raise TypeError(f"Response.cache_hit must be a bool, got {self.cache_hit!r}")
         if self.stats is None:
             self.stats = GenerationStats()
         elif isinstance(self.stats, Mapping):
@@ -377,6 +396,7 @@ class Response:
         return self.text
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as JSON-ready values (``stats`` as :meth:`GenerationStats.to_dict`)."""
         return {
             "text": self.text,
             "finish_reason": self.finish_reason,
@@ -386,26 +406,42 @@ class Response:
         }
 
     def to_json(self) -> str:
+        """:meth:`to_dict` as JSON (UTF-8 text kept as is); :meth:`from_json` reads it back."""
         return json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Response:
+        """Inverse of :meth:`to_dict`. Only ``text`` is required.
+
+        Raises ``TypeError`` naming an unknown key or a value of the wrong
+        type: ``text`` and ``model_path`` must be str, ``finish_reason`` a str
+        or None, ``cache_hit`` a bool (not ``"false"``), ``stats`` a mapping of
+        :class:`GenerationStats` fields.
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(f"Response.from_dict needs a mapping, got {type(data).__name__}")
         unknown = [k for k in data if k not in ("text", "finish_reason", "model_path", "cache_hit", "stats")]
         if unknown:
             raise TypeError(f"Response.from_dict got an unexpected key {unknown[0]!r}")
         if "text" not in data:
             raise TypeError("Response.from_dict needs a 'text' key")
-        stats = data.get("stats") or {}
+        stats = data.get("stats")
+        if stats is not None and not isinstance(stats, Mapping):
+            raise TypeError(f"Response.stats must be a mapping of GenerationStats fields, got {stats!r}")
+        model_path = data.get("model_path", "")
+        if not isinstance(model_path, str):  # a str in JSON; __post_init__ also takes paths
+            raise TypeError(f"Response.model_path must be a str, got {model_path!r}")
         return cls(
             text=data["text"],
             finish_reason=data.get("finish_reason"),
-            model_path=data.get("model_path", ""),
-            cache_hit=bool(data.get("cache_hit", False)),
-            stats=GenerationStats.from_dict(stats),
+            model_path=model_path,
+            cache_hit=data.get("cache_hit", False),
+            stats=GenerationStats.from_dict(stats or {}),
         )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Response:
+        """A Response from :meth:`to_json`'s output; validated as :meth:`from_dict` does."""
         return cls.from_dict(json.loads(text))
 
 
@@ -467,7 +503,9 @@ def _replay_chunks(text: str) -> list[str]:
 class Stream:
     """An iterator of text chunks from ``llm(prompt, stream=True)``.
 
-    ``cache_hit`` says whether the chunks are a replay of a cached response.
+    ``cache_hit`` says whether the chunks are a replay of a cached response
+    (a miss that finds, at its first chunk, that an identical generation
+    answered it meanwhile replays that answer and becomes a hit then).
     ``response`` is the complete :class:`Response` once the stream is
     exhausted (at once for a hit), else None; ``text`` is what has been
     produced so far. A streamed miss is stored in the cache only when the
@@ -532,6 +570,79 @@ LOAD_OPTIONS: Final = frozenset(
         "yarn_attn_factor", "yarn_beta_fast", "yarn_beta_slow", "yarn_ext_factor", "yarn_orig_ctx",
     }
 )
+
+# The types llama_cpp.Llama() takes, checked before it sees them: it reports
+# a wrong one (n_ctx="big") as an error deep in its own code, which reads
+# like a broken model file. Options absent here (handler objects) are not checked.
+_INT_LOAD: Final = frozenset(
+    {"n_ctx", "n_batch", "n_ubatch", "n_gpu_layers", "main_gpu", "split_mode", "yarn_orig_ctx",
+     "pooling_type", "attention_type", "last_n_tokens_size"}
+)
+_OPTIONAL_INT_LOAD: Final = frozenset({"n_threads", "n_threads_batch", "rope_scaling_type", "type_k", "type_v"})
+_FLOAT_LOAD: Final = frozenset(
+    {"rope_freq_base", "rope_freq_scale", "yarn_ext_factor", "yarn_attn_factor", "yarn_beta_fast",
+     "yarn_beta_slow", "lora_scale"}
+)
+_BOOL_LOAD: Final = frozenset(
+    {"vocab_only", "use_mmap", "use_mlock", "logits_all", "embedding", "offload_kqv", "flash_attn",
+     "no_perf", "spm_infill"}
+)
+_OPTIONAL_BOOL_LOAD: Final = frozenset({"op_offload", "swa_full"})
+
+
+def _check_load_option(name: str, value: Any) -> Any:
+    """``value`` for load option ``name``, or ``TypeError``/``ValueError`` naming it."""
+
+    def wrong(expected: str) -> TypeError:
+        return TypeError(f"load option {name} must be {expected}, got {value!r} ({type(value).__name__})")
+
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if name in _INT_LOAD:
+        if not is_int:
+            raise wrong("an int")
+        if value < 0 and name in ("n_ctx", "n_batch", "n_ubatch", "last_n_tokens_size"):
+            raise ValueError(f"load option {name} must be >= 0, got {value}")
+    elif name in _OPTIONAL_INT_LOAD:
+        if value is not None and not is_int:
+            raise wrong("an int or None")
+    elif name in _FLOAT_LOAD:
+        if not is_int and not isinstance(value, float):
+            raise wrong("a number")
+        if not math.isfinite(value):
+            raise ValueError(f"load option {name} must be finite, got {value!r}")
+    elif name in _BOOL_LOAD:
+        if not isinstance(value, bool):
+            raise wrong("True or False")
+    elif name in _OPTIONAL_BOOL_LOAD:
+        if value is not None and not isinstance(value, bool):
+            raise wrong("True, False or None")
+    elif name in ("lora_base", "lora_path"):
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if value is not None and not isinstance(value, str):
+            raise wrong("a file path (str) or None")
+    elif name == "chat_format":
+        if value is not None and not isinstance(value, str):
+            raise wrong("a chat format name (str) or None")
+    elif name == "numa":
+        if not isinstance(value, (bool, int)):
+            raise wrong("a bool or an int")
+    elif name == "tensor_split":
+        if value is not None and (
+            isinstance(value, (str, bytes))
+            or not isinstance(value, Sequence)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        ):
+            raise wrong("a list of numbers or None")
+    elif name == "kv_overrides":
+        if value is not None and (
+            not isinstance(value, Mapping)
+            or not all(isinstance(k, str) and isinstance(v, (bool, int, float, str)) for k, v in value.items())
+        ):
+            raise wrong("a dict of str keys to bool, int, float or str values, or None")
+    elif name == "chat_handler" and value is not None and not callable(value):
+        raise wrong("a chat completion handler (callable) or None")
+    return value
 
 
 def _import_llama_cpp() -> Any:
@@ -690,6 +801,32 @@ _OWN_DB: Final = object()
 _loaded: weakref.WeakSet[LLM] = weakref.WeakSet()
 _loaded_lock = threading.Lock()
 
+# Registry status.  An LLM serving registered models (LLM.from_registry,
+# complete/chat(model=...)) marks each entry "running" when llama.cpp loads
+# the model and "stopped" when it lets the model go (close(), unload_models(),
+# eviction).  Several LLMs of this process may serve one entry, keyed by
+# (id(database), model id): only the last one to let go marks it stopped.
+# The LLMs hold their databases, so those ids stay unique while they live,
+# and an LLM dropped without close() simply leaves the weak set.
+_RegistryKey = tuple[int, int]
+_registry_lock = threading.Lock()
+_registry_llms: weakref.WeakSet[LLM] = weakref.WeakSet()
+
+
+def _set_registry_status(db: CyllamaDB, model_id: int, status: str) -> None:
+    """Best effort: a status the registry cannot take must not fail a load or a close."""
+    try:
+        if status == "stopped":
+            db.mark_model_unloaded(model_id)
+        else:
+            db.mark_model_loaded(model_id, status=status)
+    except DatabaseClosedError:
+        logger.debug("registry of model %s is closed; its status stays as it was", model_id)
+    except Exception as exc:
+        logger.warning(
+            "could not set the registry status of model %s to %s: %s", model_id, status, exc
+        )
+
 
 # -- LLM -----------------------------------------------------------------------------------------
 
@@ -710,12 +847,15 @@ class LLM:
         **kwargs: ``llama_cpp.Llama`` load options (``n_ctx``,
             ``n_gpu_layers``, ``n_threads``, ``chat_format``...) go to the model;
             :class:`GenerationConfig` fields override ``config``. Any other name
-            raises ``TypeError``.
+            raises ``TypeError``, and so does a load option of the wrong type.
+            Those that change the output (``chat_format``, LoRA, RoPE,
+            ``kv_overrides``...: ``cyllama_db.cache.OUTPUT_LOAD_OPTIONS``) are
+            part of the cache key.
 
     The model loads on the first call that misses the cache, and again if the
     file on disk changes. One generation runs at a time per ``LLM`` (llama.cpp
     contexts are not thread-safe); other threads wait. Identical concurrent
-    misses generate once and share the result.
+    misses generate once and share the result, streamed or not.
     """
 
     def __init__(
@@ -743,16 +883,33 @@ class LLM:
                 load[name] = value
             else:
                 raise TypeError(_unknown_message("LLM()", name, sorted(_CONFIG_FIELDS + tuple(LOAD_OPTIONS))))
+        for flag, flag_value in (("cache", cache), ("verbose", verbose)):
+            if not isinstance(flag_value, bool):
+                raise TypeError(f"LLM() {flag} must be True or False, got {flag_value!r}")
+        for name, value in load.items():
+            load[name] = _check_load_option(name, value)
         self.model_path: str = path
         self.config: GenerationConfig = base.replace(**overrides)
         self.load_options: dict[str, Any] = load
-        self.cache = bool(cache)
-        self.verbose = bool(verbose)
+        self.cache = cache
+        self.verbose = verbose
+        # The load options that change the output are part of cache keys;
+        # computed once, except with LoRA files, whose identity (like the
+        # model's) is checked at each call.
+        self._load_keys: dict[str, str] | None = (
+            None
+            if any(load.get(name) is not None for name in ("lora_base", "lora_path"))
+            else {kind: load_options_json(load, kind) for kind in ("completion", "chat")}
+        )
         self._db = db
         self._llama: Any = None
         self._loaded_sig: tuple[int, int, int, int] | None = None
         self._lock = _ModelLock()
         self._active_stream: weakref.ref[Stream] | None = None
+        # Registry entries this LLM serves / has marked running (see _registry_llms);
+        # guarded by _registry_lock.
+        self._registry_entries: dict[_RegistryKey, tuple[CyllamaDB, int]] = {}
+        self._registry_running: set[_RegistryKey] = set()
 
     @classmethod
     def from_registry(
@@ -771,9 +928,13 @@ class LLM:
         max_tokens, seed...). ``config`` replaces the stored sampling defaults;
         ``overrides`` (load options, ``GenerationConfig`` fields, ``verbose``)
         win over both. ``db`` holds the registry and is used as for
-        :class:`LLM` (``None`` = the global database). Marks the entry's
-        ``last_used_at`` and sets its status to ``running`` (``error`` when its
-        file is missing).
+        :class:`LLM` (``None`` = the global database).
+
+        Registry bookkeeping: the entry's ``last_used_at`` is set now; its
+        status becomes ``running`` when the model actually loads (the first
+        call that misses the cache), ``stopped`` again when :meth:`close`
+        frees it (or the ``with`` block ends), and ``error`` when its file is
+        missing or llama.cpp cannot load it.
         """
         registry_db, record, kwargs, base = _from_registry(model, db, config, "LLM.from_registry()")
         path = kwargs.pop("model_path")
@@ -782,7 +943,8 @@ class LLM:
         except ModelLoadError:
             registry_db.mark_model_loaded(record["id"], status="error")
             raise
-        registry_db.mark_model_loaded(record["id"])
+        registry_db.mark_model_loaded(record["id"], status=None)
+        llm._serve_registry_entry(registry_db, int(record["id"]))
         return llm
 
     # -- public API ------------------------------------------------------------------------------
@@ -821,11 +983,30 @@ class LLM:
         config = self.config.replace(**overrides)
         identity = model_identity(self.model_path)
         if isinstance(prompt, str):
-            return completion_key(prompt, identity, config.cache_json())
-        return chat_key(canonical_messages(prompt), identity, config.cache_json())
+            check_text(prompt, "prompt")
+            return completion_key(prompt, identity, config.cache_json(), self._load_key("completion"))
+        return chat_key(canonical_messages(prompt), identity, config.cache_json(), self._load_key("chat"))
+
+    def _load_key(self, kind: Kind) -> str:
+        """:func:`load_options_json` of this LLM's load options for a ``kind`` request."""
+        keys = self._load_keys
+        return keys[kind] if keys is not None else load_options_json(self.load_options, kind)
+
+    def _cyllama_cache_identity(self) -> dict[str, str]:
+        # What a @cached lambda or local function that captures this LLM is keyed by.
+        return {
+            "model": model_identity(self.model_path),
+            "load": self._load_key("chat"),
+            "config": self.config.cache_json(),
+        }
 
     def close(self) -> None:
-        """Free the model's memory (a later call loads it again). Closes this thread's open stream."""
+        """Free the model's memory (a later call loads it again). Closes this thread's open stream.
+
+        A registered model this LLM had marked ``running`` is marked
+        ``stopped`` (unless another ``LLM`` of this process still has it
+        loaded); that never raises, even when its database is closed.
+        """
         stream = self._active_stream() if self._active_stream is not None else None
         if stream is not None and self._lock.owner == threading.get_ident():
             stream.close()
@@ -866,11 +1047,14 @@ class LLM:
         started = time.perf_counter()
         if config is None:
             config = self.config.replace(**overrides) if overrides else self.config
+        if cache is not None and not isinstance(cache, bool):
+            raise TypeError(f"cache must be True or False, got {cache!r}")
         if kind == "chat":
             prompt_text = canonical_messages(payload)
             payload = json.loads(prompt_text)
         else:
             prompt_text = payload
+            check_text(prompt_text, "prompt")
         database = _resolve_db(self._db if db is _OWN_DB else db)
         use_cache = database is not None and (self.cache if cache is None else cache)
         if database is None or not use_cache:
@@ -882,18 +1066,19 @@ class LLM:
 
         identity = model_identity(self.model_path)
         if kind == "chat":
-            key = chat_key(prompt_text, identity, config.cache_json())
+            key = chat_key(prompt_text, identity, config.cache_json(), self._load_key("chat"))
         else:
-            key = completion_key(prompt_text, identity, config.cache_json())
+            key = completion_key(prompt_text, identity, config.cache_json(), self._load_key("completion"))
         hit = database._cache_lookup(key, self.model_path, started)
         if hit is not None:
             _record(database, self.model_path, hit, config)
             return _replay(hit) if stream else hit
         entry = _Entry(key, kind, prompt_text, identity, ttl)
-        # Per database: a caller sharing another database's result would
-        # never store it in its own.
-        flight_key = f"{id(database)}:{key}"
+        flight_key = _flight_key(database, key)
 
+        # A stream joins a generation of the same request already under way
+        # (waiting for it, as it would wait for the model); otherwise it leads
+        # from its first chunk on (see _stream).
         if stream and not _flights.in_flight(flight_key):
             return self._stream(kind, payload, config, database, entry)
 
@@ -950,7 +1135,7 @@ class LLM:
                 else:
                     out = llama.create_chat_completion(messages=payload, stream=False, **kwargs)
             except Exception as exc:
-                raise self._generation_error(exc, llama) from exc
+                raise self._generation_error(exc, llama, payload) from exc
             wall_ms = (time.perf_counter() - t0) * 1000.0
             perf = _perf(llama)
         choice = out["choices"][0]
@@ -984,6 +1169,32 @@ class LLM:
         kwargs = _sampling_kwargs(config)
 
         def produce(stream: Stream) -> Generator[str, None, None]:
+            # Single-flight from the first chunk on (not from the call: a
+            # stream nobody iterates must not hold anyone up). Identical
+            # requests arriving meanwhile wait for this one, as they would wait
+            # for the model it holds; if it ends early (closed, dropped,
+            # failed) they start over and generate themselves.
+            if db is None or entry is None:
+                yield from generate(stream)
+                return
+            key = _flight_key(db, entry.key)
+            while True:
+                flight, role = _flights.join(key)
+                if role is not False:
+                    break
+                done, result = _flights.wait(flight)
+                if done and result is not None:
+                    yield from self._replay_into(stream, result, db, config)
+                    return
+            outcome: Response | None = None
+            try:
+                outcome = yield from generate(stream)
+            finally:
+                if role:
+                    _flights.settle(key, flight, result=outcome, abandoned=outcome is None)
+
+        def generate(stream: Stream) -> Generator[str, None, Response | None]:
+            """The stream's own generation: its Response if it ran to the end, else None."""
             self._lock.acquire(self.model_path)
             self._active_stream = weakref.ref(stream)
             chunks: Any = None
@@ -992,33 +1203,39 @@ class LLM:
             failed = False
             finish: str | None = None
             llama: Any = None
+            hit: Response | None = None
             t0 = time.perf_counter()
             try:
-                llama = self._load_locked()
-                _reset_perf(llama)
-                t0 = time.perf_counter()
-                try:
-                    if kind == "completion":
-                        chunks = llama.create_completion(payload, stream=True, **kwargs)
-                    else:
-                        chunks = llama.create_chat_completion(messages=payload, stream=True, **kwargs)
-                    started_generation = True
-                    for chunk in chunks:
-                        choice = chunk["choices"][0]
+                if db is not None and entry is not None:
+                    # Re-checked under the model lock: a generation of this
+                    # request that ended while this stream waited has stored it.
+                    hit = db._cache_lookup(entry.key, self.model_path, t0)
+                if hit is None:
+                    llama = self._load_locked()
+                    _reset_perf(llama)
+                    t0 = time.perf_counter()
+                    try:
                         if kind == "completion":
-                            piece = choice.get("text") or ""
+                            chunks = llama.create_completion(payload, stream=True, **kwargs)
                         else:
-                            piece = (choice.get("delta") or {}).get("content") or ""
-                        if choice.get("finish_reason"):
-                            finish = choice["finish_reason"]
-                        if piece:
-                            yield piece
-                except GeneratorExit:
-                    raise
-                except Exception as exc:
-                    failed = True
-                    raise self._generation_error(exc, llama) from exc
-                completed = True
+                            chunks = llama.create_chat_completion(messages=payload, stream=True, **kwargs)
+                        started_generation = True
+                        for chunk in chunks:
+                            choice = chunk["choices"][0]
+                            if kind == "completion":
+                                piece = choice.get("text") or ""
+                            else:
+                                piece = (choice.get("delta") or {}).get("content") or ""
+                            if choice.get("finish_reason"):
+                                finish = choice["finish_reason"]
+                            if piece:
+                                yield piece
+                    except GeneratorExit:
+                        raise
+                    except Exception as exc:
+                        failed = True
+                        raise self._generation_error(exc, llama, payload) from exc
+                    completed = True
             finally:
                 response = None
                 # A failed generation is logged (ERROR) and raised, not recorded
@@ -1037,8 +1254,23 @@ class LLM:
                         if db is not None and entry is not None:
                             self._store(db, entry, config, response)
                     _record(db, self.model_path, response, config)
+            if hit is not None:
+                yield from self._replay_into(stream, hit, db, config)
+                return hit
+            return response if completed else None
 
         return Stream(self.model_path, False, produce)
+
+    def _replay_into(
+        self, stream: Stream, response: Response, db: CyllamaDB | None, config: GenerationConfig
+    ) -> Iterator[str]:
+        """Make ``stream`` a replay of ``response`` (another generation's, or a cache hit's)."""
+        started = time.perf_counter()
+        hit = _as_hit(response, started)
+        stream.cache_hit = True
+        stream.response = hit
+        _record(db, self.model_path, hit, config)
+        yield from _replay_chunks(hit.text)
 
     def _stream_response(
         self, kind: Kind, payload: Any, text: str, finish: str | None, llama: Any, t0: float
@@ -1064,7 +1296,7 @@ class LLM:
             stats=_make_stats(prompt_tokens, generated, perf, wall_ms),
         )
 
-    def _generation_error(self, exc: Exception, llama: Any) -> Exception:
+    def _generation_error(self, exc: Exception, llama: Any, payload: Any) -> Exception:
         message = str(exc)
         overflow = "exceed context window" in message
         if not overflow and "could not broadcast input array" in message:
@@ -1083,8 +1315,52 @@ class LLM:
             error = exc
         else:
             error = GenerationError(f"generation with model {self.model_path!r} failed: {type(exc).__name__}: {exc}")
-        logger.error("generation failed for %s: %s", self.model_path, error, exc_info=exc)
+        # model_path and prompt fill the logs table's own columns (CyllamaDBHandler).
+        prompt = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, sort_keys=True)
+        logger.error(
+            "generation failed for %s: %s",
+            self.model_path,
+            error,
+            exc_info=exc,
+            extra={"model_path": self.model_path, "prompt": prompt},
+        )
         return error
+
+    # -- registry status -------------------------------------------------------------------------
+
+    def _serve_registry_entry(self, db: CyllamaDB, model_id: int) -> None:
+        """Keep registry entry ``model_id`` of ``db`` ``running`` while this LLM has the model loaded."""
+        with _registry_lock:
+            self._registry_entries[(id(db), model_id)] = (db, model_id)
+            if self._llama is not None:
+                self._registry_loaded_locked()
+
+    def _registry_loaded_locked(self) -> None:
+        # Under _registry_lock: the model is in memory now.
+        for key, (db, model_id) in self._registry_entries.items():
+            if key in self._registry_running:
+                continue
+            self._registry_running.add(key)
+            _registry_llms.add(self)
+            _set_registry_status(db, model_id, "running")
+
+    def _registry_released_locked(self) -> None:
+        # Under _registry_lock: the model left memory (or this LLM stopped serving).
+        others = [llm for llm in _registry_llms if llm is not self]
+        for key in self._registry_running:
+            if any(key in llm._registry_running for llm in others):
+                continue  # another LLM of this process still has it loaded
+            entry = self._registry_entries.get(key)
+            if entry is not None:
+                _set_registry_status(entry[0], entry[1], "stopped")
+        self._registry_running.clear()
+        _registry_llms.discard(self)
+
+    def _stop_serving_registry(self) -> None:
+        """Forget every registry entry (an evicted shared model): mark them stopped now."""
+        with _registry_lock:
+            self._registry_released_locked()
+            self._registry_entries.clear()
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -1098,6 +1374,7 @@ class LLM:
         if sig is None:
             error: ModelLoadError = ModelNotFoundError(self.model_path)
             logger.error("cannot load model: %s", error)
+            self._registry_load_failed()
             raise error
         llama_cpp = _import_llama_cpp()
         t0 = time.perf_counter()
@@ -1106,13 +1383,23 @@ class LLM:
         except Exception as exc:
             error = self._load_error(exc)
             logger.error("cannot load model: %s", error, exc_info=exc)
+            self._registry_load_failed()
             raise error from exc
         logger.info("loaded model %s in %.0f ms", self.model_path, (time.perf_counter() - t0) * 1000)
         self._llama = llama
         self._loaded_sig = sig
         with _loaded_lock:
             _loaded.add(self)
+        if self._registry_entries:
+            with _registry_lock:
+                self._registry_loaded_locked()
         return llama
+
+    def _registry_load_failed(self) -> None:
+        with _registry_lock:
+            entries = list(self._registry_entries.values())
+        for db, model_id in entries:
+            _set_registry_status(db, model_id, "error")
 
     def _load_error(self, exc: Exception) -> ModelLoadError:
         path = self.model_path
@@ -1142,6 +1429,9 @@ class LLM:
             _loaded.discard(self)
         if llama is not None:
             llama.close()
+        if self._registry_running:
+            with _registry_lock:
+                self._registry_released_locked()
 
 
 @dataclass(frozen=True)
@@ -1153,6 +1443,12 @@ class _Entry:
     prompt_text: str
     identity: str
     ttl: Any
+
+
+def _flight_key(db: CyllamaDB, key: str) -> str:
+    # Per database: a caller sharing another database's result would never
+    # store it in its own.
+    return f"{id(db)}:{key}"
 
 
 def _replay(response: Response) -> Stream:
@@ -1183,25 +1479,36 @@ def _option_token(value: Any) -> str:
         return f"id:{id(value)}"
 
 
-def _shared_llm(model_path: str | os.PathLike[str], load: dict[str, Any], verbose: bool) -> LLM:
+def _shared_llm(
+    model_path: str | os.PathLike[str],
+    load: dict[str, Any],
+    verbose: bool,
+    registry: tuple[CyllamaDB, int] | None = None,
+) -> LLM:
     path = os.path.abspath(os.fspath(model_path))
     key = (path, verbose, tuple(sorted((k, _option_token(v)) for k, v in load.items())))
+    evicted: list[LLM] = []
     with _shared_lock:
         llm = _shared.get(key)
         if llm is not None:
             _shared.move_to_end(key)
-            return llm
-    llm = LLM(path, db=False, cache=True, verbose=verbose, **load)
-    with _shared_lock:
-        existing = _shared.get(key)
-        if existing is not None:
-            return existing
-        _shared[key] = llm
-        while len(_shared) > max(1, MAX_SHARED_MODELS):
-            _key, evicted = _shared.popitem(last=False)
-            # Not closed here: a call in flight on another thread may still be
-            # using it; the model is freed when the last reference goes.
-            logger.debug("releasing shared model %s", evicted.model_path)
+    if llm is None:
+        new = LLM(path, db=False, cache=True, verbose=verbose, **load)
+        with _shared_lock:
+            llm = _shared.get(key)
+            if llm is None:
+                llm = _shared[key] = new
+                while len(_shared) > max(1, MAX_SHARED_MODELS):
+                    _key, old = _shared.popitem(last=False)
+                    # Not closed here: a call in flight on another thread may still be
+                    # using it; the model is freed when the last reference goes.
+                    logger.debug("releasing shared model %s", old.model_path)
+                    evicted.append(old)
+    for old in evicted:
+        # Released by this process, so no longer "running" in the registry.
+        old._stop_serving_registry()
+    if registry is not None:
+        llm._serve_registry_entry(*registry)
     return llm
 
 
@@ -1240,8 +1547,11 @@ def complete(
 
     ``model=`` names (or gives the id of) a registered model instead of
     ``model_path``: its stored load options and sampling defaults apply
-    (``config`` replaces the latter, ``kwargs`` win over both) and its
-    ``last_used_at``/status are updated, as :meth:`LLM.from_registry` does.
+    (``config`` replaces the latter, ``kwargs`` win over both). Each call
+    sets its ``last_used_at`` (a cache hit too); its status becomes
+    ``running`` when the model is actually loaded, and ``stopped`` when it
+    is evicted (see :data:`MAX_SHARED_MODELS`) or :func:`unload_models`
+    releases it.
     """
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__} (use chat() for messages)")
@@ -1274,11 +1584,17 @@ def _model_call(
         raise TypeError(f"{owner} takes model_path or model=, not both")
     registry_db, record, stored, base = _from_registry(model, db, config, owner)
     path = stored.pop("model_path")
-    registry_db.mark_model_loaded(record["id"])
+    model_id = int(record["id"])
+    # Every call is a use (last_used_at), a cache hit included; the status
+    # becomes "running" only when the shared model actually loads.
+    registry_db.mark_model_loaded(model_id, status=None)
     try:
-        return _shared_call(kind, payload, path, db, base, stream, cache, verbose, {**stored, **kwargs}, owner)
+        return _shared_call(
+            kind, payload, path, db, base, stream, cache, verbose, {**stored, **kwargs}, owner,
+            registry=(registry_db, model_id),
+        )  # fmt: skip
     except ModelLoadError:
-        registry_db.mark_model_loaded(record["id"], status="error")
+        registry_db.mark_model_loaded(model_id, status="error")
         raise
 
 
@@ -1334,16 +1650,20 @@ def _shared_call(
     verbose: bool,
     kwargs: Mapping[str, Any],
     owner: str,
+    registry: tuple[CyllamaDB, int] | None = None,
 ) -> Any:
     _check_db_arg(db)
     load, overrides = _split_kwargs(kwargs, owner)
     call_config = GenerationConfig.coerce(config).replace(**overrides)
-    llm = _shared_llm(model_path, load, verbose)
+    llm = _shared_llm(model_path, load, verbose, registry)
     return llm._request(kind, payload, stream, config=call_config, db=db, cache=cache)
 
 
 def unload_models() -> int:
-    """Release every model ``complete()``/``chat()`` keeps loaded; returns how many."""
+    """Release every model ``complete()``/``chat()`` keeps loaded; returns how many.
+
+    Registered models they had marked ``running`` are marked ``stopped``.
+    """
     with _shared_lock:
         models = list(_shared.values())
         _shared.clear()

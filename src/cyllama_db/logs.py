@@ -30,8 +30,9 @@ from typing import Any
 
 from ._base import StoreBase, db_op, db_stats_provider
 from ._settings import LOG_LEVELS
-from ._time import from_timestamp, to_timestamp
+from ._time import from_timestamp
 from .migrations import execute_script, migration
+from .stats import _check_limit, _time_arg
 
 __all__ = ["LOG_COLUMNS", "CyllamaDBHandler", "LogsMixin", "level_name"]
 
@@ -339,18 +340,16 @@ class LogsMixin(StoreBase):
             since: first moment included (datetime, Unix seconds, or a
                 timedelta meaning "that long ago").
             until: first moment excluded.
-            limit: at most this many rows; ``offset`` skips the newest ones.
+            limit: at most this many rows; ``offset`` skips the newest ones
+                (non-negative ints; beyond 2**63 - 1 they mean "no limit").
 
         Each dict has ``id``, ``level``, ``category``, ``message``,
         ``context`` (the decoded dict or ``None``), ``model_path``,
         ``prompt_preview``, ``error_type``, ``error_message``,
         ``stack_trace`` and ``created_at`` (an aware UTC datetime).
         """
-        for value, arg in ((limit, "limit"), (offset, "offset")):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{arg} must be an int, got {type(value).__name__}")
-            if value < 0:
-                raise ValueError(f"{arg} must not be negative, got {value}")
+        limit = _check_limit(limit, "limit")
+        offset = _check_limit(offset, "offset")
         clauses: list[str] = []
         args: list[Any] = []
         if level is not None:
@@ -367,10 +366,10 @@ class LogsMixin(StoreBase):
         now = self.clock()
         if since is not None:
             clauses.append("created_at >= ?")
-            args.append(to_timestamp(since, now=now))
+            args.append(_time_arg(since, "since", now))
         if until is not None:
             clauses.append("created_at < ?")
-            args.append(to_timestamp(until, now=now))
+            args.append(_time_arg(until, "until", now))
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with self.pool.read() as conn:
             rows = conn.execute(
@@ -404,16 +403,12 @@ class LogsMixin(StoreBase):
         """
         if older_than is None and keep_last is None:
             raise TypeError("prune_logs() needs older_than=..., keep_last=... or both")
-        if keep_last is not None and (
-            isinstance(keep_last, bool) or not isinstance(keep_last, int)
-        ):
-            raise TypeError(f"keep_last must be an int, got {type(keep_last).__name__}")
-        if keep_last is not None and keep_last < 0:
-            raise ValueError(f"keep_last must not be negative, got {keep_last}")
+        if keep_last is not None:
+            keep_last = _check_limit(keep_last, "keep_last")
+        cutoff = None if older_than is None else _time_arg(older_than, "older_than", self.clock())
         removed = 0
         with self.pool.transaction() as conn:
-            if older_than is not None:
-                cutoff = to_timestamp(older_than, now=self.clock())
+            if cutoff is not None:
                 removed += conn.execute("DELETE FROM logs WHERE created_at < ?", (cutoff,)).rowcount
             if keep_last is not None:
                 removed += conn.execute(
@@ -501,30 +496,106 @@ class CyllamaDBHandler(logging.Handler):
 
 
 # -- attaching the library logger -------------------------------------------------------------
+#
+# Records below a logger's level are never created, so storing the library's
+# DEBUG records means lowering the ``cyllama_db`` logger's level. Left at that,
+# the extra records would also propagate to the application's handlers (a
+# root StreamHandler has no level of its own and prints them). So while a
+# database is attached the library logger does not propagate; a _Propagator
+# handler passes on to the parent loggers' handlers exactly the records the
+# library would have created and propagated without us.
+
+
+class _Routing:
+    """What attaching changed on the library logger, to be put back."""
+
+    def __init__(self) -> None:
+        self.saved_level = logging.NOTSET
+        self.saved_propagate = True
+        self.lowered_to: int | None = None  # the level we set, if we lowered it
+
 
 _attach_lock = threading.Lock()
 _attached: list[CyllamaDBHandler] = []
-_saved_level: list[int] = []
+_routing = _Routing()
+
+
+def _natural_level(name: str) -> int:
+    """The effective level of logger ``name`` had the library logger's level not been lowered."""
+    lib = logging.getLogger(LIBRARY_LOGGER)
+    found = logging.Logger.manager.loggerDict.get(name)
+    logger: logging.Logger | None = found if isinstance(found, logging.Logger) else lib
+    while logger is not None:
+        level = logger.level
+        # Someone else may have set the level since (pytest's caplog, the
+        # application): then theirs counts, not the one saved before ours.
+        if logger is lib and _routing.lowered_to is not None and level == _routing.lowered_to:
+            level = _routing.saved_level
+        if level:
+            return level
+        logger = logger.parent
+    return logging.NOTSET
+
+
+class _Propagator(logging.Handler):
+    """Passes the library's records on to the parent loggers' handlers, as propagation would.
+
+    Only records at or above the level their logger would have without the
+    database attached: the application's console looks the same as without
+    ``log_to_db``.
+    """
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        lib = logging.getLogger(LIBRARY_LOGGER)
+        if lib.propagate or lib.parent is None:
+            return False  # propagation was switched back on: it delivers the record itself
+        if record.levelno < _natural_level(record.name):
+            return False
+        lib.parent.callHandlers(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - handle() does it
+        self.handle(record)
+
+
+_propagator = _Propagator()
 
 
 def _attach_library_logger(db: Any) -> CyllamaDBHandler:
     """Route the ``cyllama_db`` logger's records at ``db.log_level`` and above into ``db``.
 
-    The logger's level is lowered to that level while a handler is attached
-    (records below a logger's level are never created), and restored when
-    the last one is detached.
+    The logger's level is lowered to that level while a handler is attached,
+    without changing what the application's own handlers receive (see the
+    comment above); everything is restored when the last one is detached.
     """
     threshold = LOG_LEVELS[db.settings.log_level]
     handler = CyllamaDBHandler(db, level=threshold)
     lib = logging.getLogger(LIBRARY_LOGGER)
     with _attach_lock:
         if not _attached:
-            _saved_level[:] = [lib.level]
+            _routing.saved_level = lib.level
+            _routing.saved_propagate = lib.propagate
+            _routing.lowered_to = None
+            if lib.propagate:
+                lib.propagate = False
+                lib.addHandler(_propagator)
         _attached.append(handler)
-        if lib.getEffectiveLevel() > threshold:
-            lib.setLevel(threshold)
         lib.addHandler(handler)
+        _retune(lib)
     return handler
+
+
+def _retune(lib: logging.Logger) -> None:
+    """Set the library logger's level to the lowest any attached database stores."""
+    lowest = min(int(h.level) for h in _attached)
+    current = lib.level if lib.level != _routing.lowered_to else _routing.saved_level
+    natural = current or (lib.parent.getEffectiveLevel() if lib.parent else logging.WARNING)
+    if natural > lowest:
+        lib.setLevel(lowest)
+        _routing.lowered_to = lowest
+    elif _routing.lowered_to is not None and lib.level == _routing.lowered_to:
+        lib.setLevel(_routing.saved_level)
+        _routing.lowered_to = None
 
 
 def _detach_library_logger(handler: CyllamaDBHandler) -> None:
@@ -533,11 +604,12 @@ def _detach_library_logger(handler: CyllamaDBHandler) -> None:
         lib.removeHandler(handler)
         if handler in _attached:
             _attached.remove(handler)
-        if _saved_level:
-            lib.setLevel(_saved_level[0])
         if _attached:
-            lowest = min(int(h.level) for h in _attached)
-            if lib.getEffectiveLevel() > lowest:
-                lib.setLevel(lowest)
-        else:
-            _saved_level.clear()
+            _retune(lib)
+            return
+        if _routing.lowered_to is not None and lib.level == _routing.lowered_to:
+            lib.setLevel(_routing.saved_level)
+        _routing.lowered_to = None
+        if _propagator in lib.handlers:
+            lib.removeHandler(_propagator)
+            lib.propagate = _routing.saved_propagate

@@ -38,7 +38,10 @@ if TYPE_CHECKING:
     from ._pool import ConnectionPool
 
 __all__ = [
+    "MAX_HISTORY_MINUTES",
+    "MAX_SAMPLER_INTERVAL",
     "METRICS_FIELDS",
+    "MIN_SAMPLER_INTERVAL",
     "MetricsMixin",
     "MetricsSampler",
     "sample_metrics",
@@ -74,6 +77,16 @@ _MIB = 1024 * 1024
 # Unix milliseconds below this (1973-03-03) are almost surely Unix seconds
 # passed by mistake; such a row would be stored in 1970 and dropped at once.
 _MIN_TIMESTAMP_MS = 100_000_000_000
+# How far ahead of the clock a sample may be stamped (clock skew between
+# machines); later ones are mistakes that no retention delete would ever reach.
+_MAX_FUTURE_MS = 86_400_000
+
+#: Shortest sampler interval, seconds: a tighter loop would only hammer the database.
+MIN_SAMPLER_INTERVAL = 0.1
+#: Longest sampler interval, seconds (one day).
+MAX_SAMPLER_INTERVAL = 86_400.0
+#: Longest window :meth:`MetricsMixin.get_metrics_history` accepts, minutes (about 1000 years).
+MAX_HISTORY_MINUTES = 365_250 * 24 * 60
 
 _INSERT_SQL = (
     "INSERT INTO metrics_history (timestamp, "
@@ -82,13 +95,14 @@ _INSERT_SQL = (
     + ", ".join("?" * (len(METRICS_FIELDS) + 3))
     + ")"
 )
-#: The retention delete run by every insert: a range on ``idx_metrics_timestamp``.
-RETENTION_SQL = "DELETE FROM metrics_history WHERE timestamp < ?"
+#: The retention delete run by every insert: two ranges on ``idx_metrics_timestamp``
+#: (older than the window, or stamped more than a day ahead, e.g. by an import).
+RETENTION_SQL = "DELETE FROM metrics_history WHERE timestamp < ? OR timestamp > ?"
 _HISTORY_SQL = (
     "SELECT id, timestamp, "
     + ", ".join(METRICS_FIELDS)
     + ", gpus_json, created_at FROM metrics_history"
-    " WHERE timestamp >= ? ORDER BY timestamp, id"
+    " WHERE timestamp >= ? AND timestamp <= ? ORDER BY timestamp, id"
 )
 
 
@@ -153,20 +167,41 @@ def _number(key: str, value: Any) -> float | int | None:
     return result
 
 
-def _timestamp_ms(value: Any) -> int:
+def _timestamp_ms(value: Any, now_ms: int) -> int:
     if isinstance(value, datetime):
-        return round(value.timestamp() * 1000)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        ms = round(value.timestamp() * 1000)
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
             "metrics 'timestamp' must be Unix milliseconds (int) or a datetime, "
             f"got {type(value).__name__}"
         )
-    if not math.isfinite(float(value)) or value < _MIN_TIMESTAMP_MS:
+    else:
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number) or value < _MIN_TIMESTAMP_MS:
+            raise ValueError(
+                f"metrics 'timestamp' {value!r} is not Unix milliseconds (looks like seconds or "
+                "is out of range); pass int(time.time() * 1000) or a datetime"
+            )
+        ms = int(value) if isinstance(value, numbers.Integral) else round(number)
+    if ms > now_ms + _MAX_FUTURE_MS:
         raise ValueError(
-            f"metrics 'timestamp' {value!r} is not Unix milliseconds (looks like seconds or is "
-            "out of range); pass int(time.time() * 1000) or a datetime"
+            f"metrics 'timestamp' {value!r} is more than a day in the future; pass "
+            "int(time.time() * 1000), a datetime, or leave it out for now"
         )
-    return round(float(value))
+    return ms
+
+
+def _datetime_or_none(ms: Any) -> datetime | None:
+    """Stored Unix ms as a datetime; None for a value no datetime can hold."""
+    if isinstance(ms, bool) or not isinstance(ms, int | float):
+        return None
+    try:
+        return from_timestamp(ms / 1000)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def _gpus_json(value: Any) -> str | None:
@@ -202,9 +237,30 @@ def _check_sample(sample: Any) -> Mapping[str, Any]:
 def _check_interval(interval: Any) -> float:
     if isinstance(interval, bool) or not isinstance(interval, numbers.Real):
         raise TypeError(f"interval must be a number of seconds, got {type(interval).__name__}")
-    value = float(interval)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"interval must be a positive, finite number of seconds, got {interval!r}")
+    try:
+        value = float(interval)
+    except OverflowError:
+        value = math.inf
+    if not MIN_SAMPLER_INTERVAL <= value <= MAX_SAMPLER_INTERVAL:
+        raise ValueError(
+            f"interval must be {MIN_SAMPLER_INTERVAL:g} to {MAX_SAMPLER_INTERVAL:g} seconds, "
+            f"got {interval!r}"
+        )
+    return value
+
+
+def _check_minutes(minutes: Any) -> float:
+    if isinstance(minutes, bool) or not isinstance(minutes, numbers.Real):
+        raise TypeError(f"minutes must be a number, got {type(minutes).__name__}")
+    try:
+        value = float(minutes)
+    except OverflowError:
+        value = math.inf
+    if not 0 < value <= MAX_HISTORY_MINUTES:  # also False for nan
+        raise ValueError(
+            f"minutes must be a positive number up to {MAX_HISTORY_MINUTES} (about 1000 years), "
+            f"got {minutes!r}"
+        )
     return value
 
 
@@ -256,19 +312,19 @@ class MetricsMixin(StoreBase):
 
         Raises:
             TypeError: ``sample`` is not a dict, or a value is not a number/None.
-            ValueError: an unknown key, a non-finite value or a timestamp that
-                is not Unix milliseconds.
+            ValueError: an unknown key, a non-finite value, or a timestamp that
+                is not Unix milliseconds or is more than a day in the future.
         """
         _check_sample(sample)
         values = [_number(key, sample.get(key)) for key in METRICS_FIELDS]
         gpus_json = _gpus_json(sample.get("gpus"))
         now_ms = round(self.clock() * 1000)
         raw_ts = sample.get("timestamp")
-        timestamp = now_ms if raw_ts is None else _timestamp_ms(raw_ts)
+        timestamp = now_ms if raw_ts is None else _timestamp_ms(raw_ts, now_ms)
         cutoff = now_ms - round(self.settings.metrics_retention.total_seconds() * 1000)
         with self.pool.transaction() as conn:
             cursor = conn.execute(_INSERT_SQL, (timestamp, *values, gpus_json, now_ms))
-            conn.execute(RETENTION_SQL, (cutoff,))
+            conn.execute(RETENTION_SQL, (cutoff, now_ms + _MAX_FUTURE_MS))
         return cursor.lastrowid
 
     @db_op(empty=list)
@@ -278,25 +334,35 @@ class MetricsMixin(StoreBase):
         Each row is a plain dict: ``id``, ``timestamp`` (aware UTC datetime),
         ``timestamp_ms`` (the stored Unix milliseconds, for JSON), the
         :data:`METRICS_FIELDS` (``None`` where not measured), ``gpus`` (list of
-        per-GPU dicts, ``[]`` if none) and ``created_at`` (datetime).
+        per-GPU dicts, ``[]`` if none) and ``created_at`` (datetime, ``None``
+        if the stored value is not a usable time).  Rows stamped more than a
+        day ahead of the clock are left out (the next insert deletes them).
+
+        Raises:
+            TypeError: ``minutes`` is not a number.
+            ValueError: ``minutes`` is not positive, not finite or more than
+                :data:`MAX_HISTORY_MINUTES` (about 1000 years).
         """
-        if isinstance(minutes, bool) or not isinstance(minutes, numbers.Real):
-            raise TypeError(f"minutes must be a number, got {type(minutes).__name__}")
-        if not (float(minutes) > 0 and math.isfinite(float(minutes))):
-            raise ValueError(f"minutes must be a positive, finite number, got {minutes!r}")
-        since_ms = round((self.clock() - float(minutes) * 60) * 1000)
+        window = _check_minutes(minutes)
+        now_ms = round(self.clock() * 1000)
+        since_ms = now_ms - round(window * 60_000)
         with self.pool.read() as conn:
-            rows = conn.execute(_HISTORY_SQL, (since_ms,)).fetchall()
+            rows = conn.execute(_HISTORY_SQL, (since_ms, now_ms + _MAX_FUTURE_MS)).fetchall()
         history = []
         for row in rows:
-            record: dict[str, Any] = {
-                "id": row[0],
-                "timestamp": from_timestamp(row[1] / 1000),
-                "timestamp_ms": row[1],
-            }
+            # Rows come from other processes and imports too: one that no
+            # datetime can hold is skipped rather than failing the whole history.
+            stamp = _datetime_or_none(row[1])
+            if stamp is None:
+                logger.debug("metrics_history row %s has an unusable timestamp %r", row[0], row[1])
+                continue
+            record: dict[str, Any] = {"id": row[0], "timestamp": stamp, "timestamp_ms": row[1]}
             record.update(zip(METRICS_FIELDS, row[2:-2], strict=True))
-            record["gpus"] = json.loads(row[-2]) if row[-2] else []
-            record["created_at"] = from_timestamp(row[-1] / 1000)
+            try:
+                record["gpus"] = json.loads(row[-2]) if row[-2] else []
+            except ValueError:
+                record["gpus"] = []
+            record["created_at"] = _datetime_or_none(row[-1])
             history.append(record)
         return history
 

@@ -208,7 +208,14 @@ def _record_from_row(columns: list[str], row: tuple[Any, ...]) -> ModelRecord:
             except (TypeError, ValueError) as exc:
                 # Written by hand or by an older list: show it as stored rather
                 # than make every listing fail; to_llama_kwargs() will name it.
-                logger.warning("model %r: stored %s is invalid: %s", row[0], col, exc)
+                # The parameter errors keep secrets out of their messages, but
+                # a JSON decoding error or the like might quote the text.
+                reason = (
+                    str(exc)
+                    if isinstance(exc, (ParameterTypeError, ParameterValueError))
+                    else type(exc).__name__
+                )
+                logger.warning("model %r: stored %s is invalid: %s", row[0], col, reason)
                 rec[col] = value
         else:
             rec[col] = value
@@ -226,12 +233,35 @@ def _check_text(field: str, value: object) -> str:
     return value
 
 
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+
+
+def _in_int64(value: int) -> bool:
+    """Whether SQLite can hold ``value`` (a larger Python int cannot even be bound)."""
+    return _INT64_MIN <= value <= _INT64_MAX
+
+
 def _check_status(value: object) -> str:
     if not isinstance(value, str):
         raise ParameterTypeError("status", "str", value)
     if value not in MODEL_STATUSES:
         raise ParameterValueError("status", value, ", ".join(MODEL_STATUSES))
     return value
+
+
+def _check_ref(model: object) -> int | str:
+    """The id or name that a model reference (id, name or record) stands for; type check only."""
+    if isinstance(model, Mapping):
+        if model.get("id") is None:
+            # Not the mapping itself in the message: it may hold secrets.
+            raise ParameterValueError(
+                "model", "a mapping without 'id'", "an id, a name or a registered record"
+            )
+        model = model["id"]
+    if isinstance(model, bool) or not isinstance(model, (int, str)):
+        raise ParameterTypeError("model", "an id (int), a name (str) or a ModelRecord", model)
+    return model
 
 
 _MANAGED_HINT = {
@@ -321,6 +351,10 @@ def _filter_value(key: str, value: Any) -> Any:
             raise ParameterTypeError(key, "a datetime or Unix seconds", value) from None
     if isinstance(value, bool) or not isinstance(value, expected):
         raise ParameterTypeError(key, expected.__name__, value)
+    if isinstance(value, int) and not _in_int64(value):
+        raise ParameterValueError(
+            key, value, "an integer within SQLite's 64-bit range -2**63..2**63-1"
+        )
     return value
 
 
@@ -353,7 +387,7 @@ class RegistryMixin(StoreBase):
     The snake_case form of the dashboard's ``saveModel``, ``getModels``,
     ``getModel``, ``getModelByName``, ``updateModel``, ``deleteModel`` and
     ``deleteAllModels``, plus :meth:`register_model` (reads a GGUF file's
-    metadata), :meth:`mark_model_loaded` and the conversions
+    metadata), :meth:`mark_model_loaded` / :meth:`mark_model_unloaded` and the conversions
     :meth:`to_llama_kwargs`, :meth:`to_sampling_kwargs`, :meth:`to_server_args`.
     """
 
@@ -383,7 +417,6 @@ class RegistryMixin(StoreBase):
             rows = cursor.fetchall()
         return [_record_from_row(columns, row) for row in rows]
 
-    @db_op(empty=list)
     def get_models(self, **filters: Any) -> list[ModelRecord]:
         """Every registered model matching all ``filters``, oldest first.
 
@@ -392,7 +425,8 @@ class RegistryMixin(StoreBase):
         ``type="llama"``) or file column (``architecture="llama"``,
         ``quantization="Q4_K_M"``); ``None`` matches unset values.  Values are
         validated like stored ones; an unknown key raises
-        :class:`~cyllama_db.UnknownParameterError`.
+        :class:`~cyllama_db.UnknownParameterError` (also when the database
+        is disabled: the arguments are checked first; then ``[]``).
         """
         clauses: list[str] = []
         args: list[Any] = []
@@ -404,35 +438,33 @@ class RegistryMixin(StoreBase):
                 clauses.append(f"{_q(key)} = ?")
                 args.append(sql_value)
         where = "WHERE " + " AND ".join(clauses) if clauses else ""
+        return self._select_op(where, args)
+
+    @db_op(empty=list)
+    def _select_op(self, where: str = "", args: Iterable[Any] = ()) -> list[ModelRecord]:
         return self._select(where, args)
 
-    @db_op()
     def get_model(self, id: int) -> ModelRecord | None:
         """The model with this id, or ``None``."""
         if isinstance(id, bool) or not isinstance(id, int):
             raise ParameterTypeError("id", "int", id)
-        found = self._select("WHERE id = ?", (id,))
+        if not _in_int64(id):
+            return None  # no row can have it
+        found = self._select_op("WHERE id = ?", (id,))
         return found[0] if found else None
 
-    @db_op()
     def get_model_by_name(self, name: str) -> ModelRecord | None:
         """The model with this name, or ``None``."""
         if not isinstance(name, str):
             raise ParameterTypeError("name", "str", name)
-        found = self._select("WHERE name = ?", (name,))
+        found = self._select_op("WHERE name = ?", (name,))
         return found[0] if found else None
 
     def _resolve_id(self, conn: sqlite3.Connection, model: ModelRef) -> int:
         """The id of ``model`` (an id, a name or a record); :class:`UnknownModelError` if absent."""
-        if isinstance(model, Mapping):
-            if model.get("id") is None:
-                # Not the mapping itself in the message: it may hold secrets.
-                raise ParameterValueError(
-                    "model", "a mapping without 'id'", "an id, a name or a registered record"
-                )
-            model = model["id"]
-        if isinstance(model, bool) or not isinstance(model, (int, str)):
-            raise ParameterTypeError("model", "an id (int), a name (str) or a ModelRecord", model)
+        model = _check_ref(model)
+        if isinstance(model, int) and not _in_int64(model):
+            raise UnknownModelError(model)  # no row can have it
         column = "id" if isinstance(model, int) else "name"
         row = conn.execute(f"SELECT id FROM models WHERE {column} = ?", (model,)).fetchone()
         if row is None:
@@ -448,15 +480,21 @@ class RegistryMixin(StoreBase):
         return found[0]
 
     def _as_record(self, model: ModelRef) -> Mapping[str, Any]:
-        # A mapping is used as given (it may be a record the caller edited);
-        # an id or a name is looked up.
+        # A mapping is used as given (it may be a record the caller edited),
+        # even when the database is disabled; an id or a name is looked up.
         if isinstance(model, Mapping):
             return model
-        return self._fetch(model)
+        ref = _check_ref(model)
+        if not self.enabled:
+            raise UnknownModelError(
+                ref,
+                "the database is disabled, so there is no model registry to look it up in; "
+                "enable it, or pass the parameters themselves (a ModelRecord or a dict)",
+            )
+        return self._fetch(ref)
 
     # -- writing -------------------------------------------------------------------------
 
-    @db_op(empty=lambda: 0)
     def save_model(
         self, name: str, type: str = "llama", status: str = "stopped", **params: Any
     ) -> int:
@@ -472,11 +510,17 @@ class RegistryMixin(StoreBase):
                 ``TypeError`` and a ``KeyError``).
             ParameterTypeError / ParameterValueError: a value of the wrong type
                 or outside the allowed set, e.g. ``flash_attn="maybe"``.
+
+        The arguments are checked even when the database is disabled.
         """
         ident, values = _split_params(
             {"name": name, "type": type, "status": status, **params},
             identity=("name", "type", "status"),
         )
+        return self._save_model(name, ident, values)
+
+    @db_op(empty=lambda: 0)
+    def _save_model(self, name: str, ident: dict[str, Any], values: dict[str, Any]) -> int:
         now = self.clock()
         row = {**ident, "created_at": now, "updated_at": now, **values}
         try:
@@ -499,7 +543,6 @@ class RegistryMixin(StoreBase):
         sets = ", ".join(f"{_q(k)} = ?" for k in row)
         conn.execute(f"UPDATE models SET {sets} WHERE id = ?", (*row.values(), model_id))
 
-    @db_op()
     def update_model(self, model: ModelRef, **params: Any) -> ModelRecord:
         """Change parameters (``None`` unsets one), ``name``, ``type`` or ``status``.
 
@@ -514,7 +557,14 @@ class RegistryMixin(StoreBase):
             UnknownParameterError / ParameterTypeError / ParameterValueError:
                 as :meth:`save_model`.
         """
+        _check_ref(model)
         ident, values = _split_params(params, identity=("name", "type", "status"))
+        return self._update_model(model, ident, values)
+
+    @db_op()
+    def _update_model(
+        self, model: ModelRef, ident: dict[str, Any], values: dict[str, Any]
+    ) -> ModelRecord:
         row: dict[str, Any] = {**ident, **values}
         try:
             with self.pool.transaction() as conn:
@@ -534,9 +584,13 @@ class RegistryMixin(StoreBase):
             raise
         return self._fetch(model_id)
 
-    @db_op(empty=lambda: False)
     def delete_model(self, model: ModelRef) -> bool:
         """Remove a model (id, name or record); return whether it existed."""
+        _check_ref(model)
+        return self._delete_model(model)
+
+    @db_op(empty=lambda: False)
+    def _delete_model(self, model: ModelRef) -> bool:
         with self.pool.transaction() as conn:
             try:
                 model_id = self._resolve_id(conn, model)
@@ -551,23 +605,60 @@ class RegistryMixin(StoreBase):
         with self.pool.transaction() as conn:
             return int(conn.execute("DELETE FROM models").rowcount)
 
-    @db_op()
-    def mark_model_loaded(self, model: ModelRef, status: str = "running") -> None:
-        """Record that ``model`` was just loaded: ``last_used_at`` = now, ``status`` set.
+    def mark_model_loaded(self, model: ModelRef, status: str | None = "running") -> None:
+        """Record that ``model`` was just used: ``last_used_at`` = now, and ``status`` set.
 
-        ``LLM.from_registry()`` and ``complete(..., model=name)`` call it.
+        ``status=None`` leaves the status alone (a use that loaded nothing,
+        e.g. an answer from the response cache).  The inference layer calls
+        it: ``LLM.from_registry()`` and ``complete(..., model=name)`` mark the
+        use, and the model's status becomes ``running`` when llama.cpp
+        actually loads it (``error`` when that fails).
         """
-        _check_status(status)
+        if status is not None:
+            _check_status(status)
+        _check_ref(model)
+        self._mark_model(model, status)
+
+    @db_op()
+    def _mark_model(self, model: ModelRef, status: str | None) -> None:
         with self.pool.transaction() as conn:
             model_id = self._resolve_id(conn, model)
-            conn.execute(
-                "UPDATE models SET last_used_at = ?, status = ? WHERE id = ?",
-                (self.clock(), status, model_id),
+            if status is None:
+                conn.execute(
+                    "UPDATE models SET last_used_at = ? WHERE id = ?", (self.clock(), model_id)
+                )
+            else:
+                conn.execute(
+                    "UPDATE models SET last_used_at = ?, status = ? WHERE id = ?",
+                    (self.clock(), status, model_id),
+                )
+
+    def mark_model_unloaded(self, model: ModelRef) -> bool:
+        """Record that ``model`` left memory: a ``running`` status becomes ``stopped``.
+
+        Any other status (``error``, ``loading``, or ``stopped`` already) is
+        left as it is, and so is ``last_used_at``.  Returns whether the status
+        changed.  ``LLM.close()``, ``unload_models()`` and the eviction of a
+        ``complete()`` model call it for the models they had marked running.
+        """
+        _check_ref(model)
+        return self._unmark_model(model)
+
+    @db_op(empty=lambda: False)
+    def _unmark_model(self, model: ModelRef) -> bool:
+        with self.pool.transaction() as conn:
+            try:
+                model_id = self._resolve_id(conn, model)
+            except UnknownModelError:
+                return False  # deleted meanwhile: nothing left to mark
+            cur = conn.execute(
+                "UPDATE models SET status = 'stopped' WHERE id = ? AND status = 'running'",
+                (model_id,),
             )
+            return cur.rowcount > 0
 
     # -- GGUF files ----------------------------------------------------------------------
 
-    @db_op(empty=lambda: 0)
     def register_model(
         self, path: str | os.PathLike[str], name: str | None = None, **params: Any
     ) -> int:
@@ -585,7 +676,8 @@ class RegistryMixin(StoreBase):
         its file metadata is refreshed, ``params`` (and ``type``/``status``)
         are applied and other stored parameters are kept.  ``model_path`` is
         set to the absolute path.  Returns the model's id (0 when the
-        database is disabled), like :meth:`save_model`.
+        database is disabled: the arguments are still checked, the file is
+        not read), like :meth:`save_model`.
 
         Raises:
             FileNotFoundError: no such file.
@@ -602,6 +694,12 @@ class RegistryMixin(StoreBase):
                 "model_path", hint="register_model() sets it from `path`"
             )
         ident, values = _split_params(params, identity=("type", "status"))
+        return self._register_model(spath, name, ident, values)
+
+    @db_op(empty=lambda: 0)
+    def _register_model(
+        self, spath: str, name: str | None, ident: dict[str, Any], values: dict[str, Any]
+    ) -> int:
         st = os.stat(spath)
         if not stat.S_ISREG(st.st_mode):
             raise IsADirectoryError(f"{spath} is not a model file")

@@ -15,22 +15,37 @@ zone.  Latency percentiles are read from an index ordered by
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import numbers
 import os
 import sqlite3
 import threading
+import time
 import uuid
-from collections.abc import Mapping
+import weakref
+from collections import deque
+from collections.abc import Iterator, Mapping
 from datetime import date, datetime, timedelta, tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._base import StoreBase, db_op, db_stats_provider
 from ._time import from_timestamp, parse_duration, to_timestamp
 from .migrations import execute_script, migration
 
-__all__ = ["BUCKET_SECONDS", "STATS_COLUMNS", "StatsMixin", "model_name_for", "process_session_id"]
+if TYPE_CHECKING:
+    from ._pool import ConnectionPool
+
+__all__ = [
+    "BUCKET_SECONDS",
+    "HIT_FLUSH_ROWS",
+    "HIT_FLUSH_SECONDS",
+    "STATS_COLUMNS",
+    "StatsMixin",
+    "model_name_for",
+    "process_session_id",
+]
 
 logger = logging.getLogger("cyllama_db.stats")
 
@@ -59,6 +74,28 @@ STATS_COLUMNS = (
 
 _MAX_AGE_KEY = "cyllama.stats_max_age_seconds"
 _PRUNE_EVERY_SECONDS = 3600.0
+
+#: Buffered cache-hit rows are written once this many are waiting ...
+HIT_FLUSH_ROWS = 256
+#: ... or once the oldest has waited this many seconds (also the retry delay
+#: after a write that found the file locked).
+HIT_FLUSH_SECONDS = 2.0
+#: Past this many waiting rows (the file stayed locked for a long time) the
+#: oldest tenth is dropped, with a WARNING.
+HIT_BUFFER_MAX = 100_000
+#: How long the background writer waits for another connection's write lock
+#: (at most the database's busy_timeout) before it retries later.
+_BACKGROUND_WAIT_SECONDS = 0.5
+
+# SQLite integers are 64-bit: a larger LIMIT/OFFSET cannot be bound.
+_INT64_MAX = 2**63 - 1
+
+_INSERT_SQL = (
+    "INSERT INTO stats (session_id, model_path, model_name, prompt_tokens,"
+    " generated_tokens, total_tokens, prompt_time_ms, generation_time_ms,"
+    " total_time_ms, tokens_per_second, temperature, max_tokens, finish_reason,"
+    " cache_hit, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 @migration(3, "generation statistics")
@@ -189,6 +226,241 @@ def process_session_id() -> str:
     return _process_session
 
 
+# -- buffered cache hits ---------------------------------------------------------------------
+#
+# A cache hit must cost about as much as the SELECT that found it, so its
+# stats row is not written by the caller: it waits in the database's
+# _HitBuffer and one background thread writes waiting rows in batches, one
+# transaction per batch. That thread waits only briefly for another
+# connection's write lock and retries later, so a locked file delays the rows,
+# never the hits. Real generations (misses) take seconds anyway: they write
+# their row at once, together with any waiting hits.
+
+
+@contextlib.contextmanager
+def _lock_wait(pool: ConnectionPool, wait: float | None) -> Iterator[None]:
+    """Inside the block, this thread's connection waits at most ``wait`` s for the write lock."""
+    if wait is None or pool.memory or wait >= pool.busy_timeout:
+        # None: the pool's own busy timeout. A memory database has one
+        # connection, guarded by a Python lock: no SQLite lock to wait for.
+        yield
+        return
+    with pool.read() as conn:  # the connection transaction() uses on this thread
+        conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(sqlite3.Error):  # closed meanwhile: nothing to restore
+                conn.execute(f"PRAGMA busy_timeout = {int(pool.busy_timeout * 1000)}")
+
+
+class _HitBuffer:
+    """One database's cache-hit rows waiting to be written, and the writing of them."""
+
+    def __init__(self, pool: ConnectionPool, owner: StatsMixin) -> None:
+        self.pool = pool
+        self.owner = weakref.ref(owner)
+        self.rows: deque[tuple[Any, ...]] = deque()
+        self._reset_locks()
+        self.oldest = 0.0  # time.monotonic() when the oldest waiting row came
+        self.retry_after = 0.0  # no write before this (after a failed one)
+        self.prune_due = False  # retention is due: the writer applies it after a write
+        self.closed = False
+
+    def _reset_locks(self) -> None:
+        self.lock = threading.Lock()  # guards rows, oldest, retry_after
+        # Held while rows are written, and by the writer thread whenever it
+        # uses the pool: close() takes it, so the pool never closes under the
+        # writer. Re-entrant: pruning under it flushes again.
+        self.flush_lock = threading.RLock()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, row: tuple[Any, ...]) -> bool:
+        """Buffer one row; True when the writer should be woken now."""
+        dropped = 0
+        with self.lock:
+            rows = self.rows
+            first = not rows
+            if first:
+                self.oldest = time.monotonic()
+            rows.append(row)
+            if len(rows) > HIT_BUFFER_MAX:
+                dropped = len(rows) - HIT_BUFFER_MAX + max(1, HIT_BUFFER_MAX // 10)
+                for _ in range(dropped):
+                    rows.popleft()
+            full = len(rows) == HIT_FLUSH_ROWS
+        if dropped:
+            logger.warning(
+                "dropped the %d oldest cache-hit statistics rows: %s has been locked by another"
+                " connection for too long to write them",
+                dropped,
+                self.pool.path,
+            )
+        return first or full
+
+    def next_due(self) -> float:
+        """The time.monotonic() at which the waiting rows should be written."""
+        if not self.rows:
+            return 0.0  # nothing waiting: the writer drops the buffer from its list
+        if len(self.rows) >= HIT_FLUSH_ROWS:
+            return self.retry_after
+        return max(self.oldest + HIT_FLUSH_SECONDS, self.retry_after)
+
+    def take(self) -> list[tuple[Any, ...]]:
+        with self.lock:
+            rows = list(self.rows)
+            self.rows.clear()
+        return rows
+
+    def put_back(self, rows: list[tuple[Any, ...]]) -> None:
+        """Return rows a failed write took, ahead of any that came meanwhile."""
+        if not rows:
+            return
+        with self.lock:
+            self.rows.extendleft(reversed(rows))
+            now = time.monotonic()
+            self.oldest = now
+            self.retry_after = now + HIT_FLUSH_SECONDS  # not on every hit while locked
+            excess = len(self.rows) - HIT_BUFFER_MAX
+            for _ in range(max(0, excess)):
+                self.rows.popleft()
+        if excess > 0:
+            logger.warning("dropped the %d oldest cache-hit statistics rows", excess)
+
+    def flush(self, wait: float | None, lock_timeout: float = -1) -> bool:
+        """Write the waiting rows in one transaction; False if another flush held them.
+
+        ``wait``: longest wait for another connection's write lock (None:
+        the busy timeout). A failed write keeps the rows and raises.
+        """
+        if not self.flush_lock.acquire(timeout=lock_timeout):
+            return False
+        try:
+            if self.closed:
+                return True
+            rows = self.take()
+            if not rows:
+                return True
+            try:
+                with _lock_wait(self.pool, wait), self.pool.transaction() as conn:
+                    conn.executemany(_INSERT_SQL, rows)
+            except BaseException:
+                self.put_back(rows)
+                raise
+            return True
+        finally:
+            self.flush_lock.release()
+
+
+def _flush_on_exit(buffer: _HitBuffer) -> None:
+    """weakref.finalize callback: the database was collected, or the interpreter exits."""
+    if buffer.closed:
+        return
+    try:
+        buffer.flush(None, lock_timeout=buffer.pool.busy_timeout)
+    except Exception as exc:
+        logger.warning(
+            "could not write %d cache-hit statistics rows to %s: %s",
+            len(buffer),
+            buffer.pool.path,
+            exc,
+        )
+
+
+class _HitWriter:
+    """The background thread that writes every database's waiting hit rows."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.pending: weakref.WeakSet[_HitBuffer] = weakref.WeakSet()
+        self.thread: threading.Thread | None = None
+
+    def wake(self, buffer: _HitBuffer) -> None:
+        """``buffer`` got its first waiting row, or a full batch: (re)consider it."""
+        with self.cond:
+            self.pending.add(buffer)
+            if self.thread is None or not self.thread.is_alive():
+                try:
+                    thread = threading.Thread(
+                        target=self._run, name="cyllama-db-stats-writer", daemon=True
+                    )
+                    thread.start()
+                except RuntimeError:  # interpreter shutting down: write in the caller
+                    self.pending.discard(buffer)
+                    _try_flush(buffer, 0.0)
+                    return
+                self.thread = thread
+            self.cond.notify()
+
+    def discard(self, buffer: _HitBuffer) -> None:
+        with self.cond:
+            self.pending.discard(buffer)
+
+    def _run(self) -> None:  # pragma: no cover - exercised through the tests' flush waits
+        while True:
+            with self.cond:
+                while True:
+                    if not self.pending:
+                        self.cond.wait()
+                        continue
+                    due = min(b.next_due() for b in self.pending)
+                    delay = due - time.monotonic()
+                    if delay <= 0:
+                        break
+                    self.cond.wait(delay)
+                now = time.monotonic()
+                buffers = [b for b in self.pending if b.next_due() <= now]
+            for buffer in buffers:
+                with buffer.flush_lock:  # close() waits for this
+                    if buffer.closed:
+                        continue
+                    wait = min(buffer.pool.busy_timeout, _BACKGROUND_WAIT_SECONDS)
+                    if _try_flush(buffer, wait) and buffer.prune_due:
+                        buffer.prune_due = False
+                        owner = buffer.owner()
+                        if owner is not None:
+                            with contextlib.suppress(Exception):  # logged by the owner
+                                owner._apply_stats_max_age()
+                        del owner
+            with self.cond:
+                for buffer in buffers:
+                    if not buffer.rows or buffer.closed:
+                        self.pending.discard(buffer)
+            del buffers
+
+
+def _try_flush(buffer: _HitBuffer, wait: float) -> bool:
+    """Write the waiting rows if the lock comes within ``wait``; never raises."""
+    try:
+        return buffer.flush(wait, lock_timeout=0)
+    except Exception as exc:
+        # Locked, read-only or closed: the rows wait for the next attempt
+        # (or the close()/exit flush, which waits the full busy timeout).
+        logger.debug("cache-hit statistics not written yet (%s); retrying later", exc)
+        return False
+
+
+_writer = _HitWriter()
+_all_buffers: weakref.WeakSet[_HitBuffer] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    # The child has no writer thread, and the parent writes its own waiting
+    # rows: the child must not write them a second time. Locks held by the
+    # parent's other threads at fork time would never be released here.
+    global _writer
+    _writer = _HitWriter()
+    for buffer in list(_all_buffers):
+        buffer.rows.clear()
+        buffer._reset_locks()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 # -- model names -----------------------------------------------------------------------------
 
 _name_cache: dict[tuple[str, int, int], str] = {}
@@ -270,21 +542,77 @@ def _text(value: Any, field: str) -> str | None:
     return inner if isinstance(inner, str) else str(value)
 
 
+# os.path.abspath() of absolute paths (a relative one depends on the working
+# directory, so it is not remembered): it is on every record's path.
+_absolute_paths: dict[str, str] = {}
+
+
 def _check_model_path(model_path: Any, name: str = "model_path") -> str:
+    """The absolute form of ``model_path`` (``~`` expanded), as rows store it.
+
+    ``complete()`` and ``LLM`` record absolute paths, so a relative path or
+    ``~`` given to a filter must be made absolute to match them.
+    """
     if not isinstance(model_path, (str, os.PathLike)):
         raise TypeError(f"{name} must be a str or os.PathLike, got {type(model_path).__name__}")
     path = os.fspath(model_path)
     if not isinstance(path, str) or not path:
         raise ValueError(f"{name} must be a non-empty path")
-    return path
+    known = _absolute_paths.get(path)
+    if known is not None:
+        return known
+    absolute = os.path.abspath(os.path.expanduser(path))
+    if os.path.isabs(path):
+        if len(_absolute_paths) >= 256:
+            _absolute_paths.clear()
+        _absolute_paths[path] = absolute
+    return absolute
 
 
 def _check_limit(value: Any, name: str) -> int:
+    """A non-negative int; values beyond SQLite's 64-bit integers mean "no limit"."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 0:
         raise ValueError(f"{name} must not be negative, got {value}")
-    return value
+    return min(value, _INT64_MAX)
+
+
+def _time_arg(value: Any, name: str, now: float) -> float:
+    """``to_timestamp(value)``, with errors that name the argument."""
+    try:
+        ts = to_timestamp(value, now=now)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be a datetime, a timedelta or Unix seconds, got {type(value).__name__}"
+        ) from None
+    except (OverflowError, ValueError) as exc:
+        raise ValueError(f"{name}={value!r} is not a usable time: {exc}") from None
+    if math.isnan(ts):
+        raise ValueError(f"{name} must not be NaN")
+    return ts
+
+
+def _check_flag(value: Any, name: str) -> bool:
+    # bool(x) would count any non-empty string ("no"!) as a hit.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool"):
+        return bool(value)  # numpy's bool is not a numbers.Integral
+    raise TypeError(f"record_generation: {name} must be a bool, got {type(value).__name__}")
+
+
+def _check_record_object(value: Any, name: str, *, optional: bool) -> None:
+    """``response``/``stats``/``config`` are mappings or objects with attributes."""
+    if value is None:
+        if optional:
+            return
+    elif not isinstance(value, (str, bytes, bytearray, numbers.Number)):
+        return
+    allowed = "a mapping, an object with its attributes" + (" or None" if optional else "")
+    raise TypeError(f"record_generation: {name} must be {allowed}, got {type(value).__name__}")
 
 
 def _percentile_index(n: int, q: float) -> tuple[int, float]:
@@ -350,6 +678,62 @@ class StatsMixin(StoreBase):
 
     _session_override: str | None = None
     _stats_next_prune: float = 0.0
+    _stats_hits: _HitBuffer | None = None
+    _stats_finalizer: weakref.finalize | None = None
+
+    # -- lifecycle hooks -------------------------------------------------------------------
+
+    def _store_init(self) -> None:
+        buffer = _HitBuffer(self.pool, self)
+        self._stats_hits = buffer
+        _all_buffers.add(buffer)
+        # Writes the waiting rows if the database is collected unclosed, or
+        # at interpreter exit; holds the buffer (and pool), never the database.
+        self._stats_finalizer = weakref.finalize(self, _flush_on_exit, buffer)
+
+    def _store_flush(self) -> None:
+        self._stats_flush_hits()
+
+    def _store_close(self) -> None:
+        buffer = self._stats_hits
+        if buffer is None:
+            return
+        # Taking the flush lock waits for the writer thread to be done with
+        # the pool, and keeps it away afterwards (the pool closes next).
+        with buffer.flush_lock:
+            try:
+                buffer.flush(None)
+            except Exception as exc:  # closing must not fail over statistics
+                logger.warning(
+                    "could not write %d cache-hit statistics rows to %s: %s",
+                    len(buffer),
+                    self.path,
+                    exc,
+                )
+            buffer.closed = True
+        _writer.discard(buffer)
+        if self._stats_finalizer is not None:
+            self._stats_finalizer.detach()
+
+    def _stats_flush_hits(self) -> None:
+        """Write the buffered cache-hit rows before this store reads or prunes the table.
+
+        Waits up to the busy timeout for the write lock, as any write does;
+        if the rows still cannot be written they stay buffered and the read
+        goes on without them.
+        """
+        buffer = self._stats_hits
+        if buffer is None:
+            return
+        # Even with no rows waiting: the writer thread may hold some it is
+        # writing right now, and the flush lock waits for that write.
+        try:
+            done = buffer.flush(None, lock_timeout=self.pool.busy_timeout)
+        except Exception as exc:
+            logger.warning("could not write buffered cache-hit statistics yet: %s", exc)
+            return
+        if not done:
+            logger.warning("could not write buffered cache-hit statistics yet: another write is slow")
 
     # -- session ---------------------------------------------------------------------------
 
@@ -443,10 +827,12 @@ class StatsMixin(StoreBase):
         *,
         session_id: str | None = None,
     ) -> int | None:
-        """Record one generation (or cache hit) and return its row id.
+        """Record one generation (or cache hit); return the row id of a real generation.
 
         Args:
-            model_path: the model that produced the response (stored as given).
+            model_path: the model that produced the response (stored as an
+                absolute path, ``~`` expanded, as ``complete()`` and ``LLM``
+                pass it).
             response: a ``Response`` (or a mapping / any object with the same
                 attributes): ``finish_reason``, ``cache_hit`` and ``stats``
                 (``prompt_tokens``, ``generated_tokens``, ``total_tokens``,
@@ -454,18 +840,33 @@ class StatsMixin(StoreBase):
                 ``tokens_per_second``; ``stats`` may be ``None``).
             config: the ``GenerationConfig`` (or a mapping) whose
                 ``temperature`` and ``max_tokens`` are stored; may be ``None``.
-            cache_hit: the response came from the cache (its times are the
-                hit's own). ``response.cache_hit`` being true counts too.
+            cache_hit: a bool: the response came from the cache (its times
+                are the hit's own). ``response.cache_hit`` being true counts too.
             session_id: group under this session instead of :attr:`session_id`.
 
         ``model_name`` is the model's GGUF ``general.name`` (the file name if
-        it cannot be read). Returns ``None`` when the database is disabled.
+        it cannot be read).
+
+        A cache hit is not written at once: its row is buffered and written
+        in a batch (every :data:`HIT_FLUSH_ROWS` rows or
+        :data:`HIT_FLUSH_SECONDS` seconds, by a background thread; before
+        this database reads or prunes the table; on ``close()``; at exit),
+        so a hit costs no write transaction and never waits for another
+        connection's lock. For a hit the result is therefore ``None``; for a
+        real generation it is the new row's id. ``None`` as well when the
+        database is disabled.
         """
         path = _check_model_path(model_path)
         if session_id is not None and (not isinstance(session_id, str) or not session_id):
             raise TypeError(f"session_id must be a non-empty str or None, got {session_id!r}")
+        _check_record_object(response, "response", optional=False)
+        _check_record_object(config, "config", optional=True)
         stats = _field(response, "stats")
-        hit = bool(cache_hit) or bool(_field(response, "cache_hit"))
+        _check_record_object(stats, "response.stats", optional=True)
+        hit = _check_flag(cache_hit, "cache_hit")
+        response_hit = _field(response, "cache_hit")
+        if response_hit is not None:
+            hit = _check_flag(response_hit, "response.cache_hit") or hit
         total_tokens = _number(_field(stats, "total_tokens"), "stats.total_tokens", integer=True)
         prompt_tokens = _number(_field(stats, "prompt_tokens"), "stats.prompt_tokens", integer=True)
         generated = _number(
@@ -488,18 +889,40 @@ class StatsMixin(StoreBase):
             _number(_field(config, "max_tokens"), "config.max_tokens", integer=True),
             _text(_field(response, "finish_reason"), "finish_reason"),
             1 if hit else 0,
-            self.clock(),
+            float(self.clock()),
         )
-        with self.pool.transaction() as conn:
-            cursor = conn.execute(
-                "INSERT INTO stats (session_id, model_path, model_name, prompt_tokens,"
-                " generated_tokens, total_tokens, prompt_time_ms, generation_time_ms,"
-                " total_time_ms, tokens_per_second, temperature, max_tokens, finish_reason,"
-                " cache_hit, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
+        prune_due = row[-1] >= self._stats_next_prune
+        buffer = self._stats_hits
+        if hit and buffer is not None:
+            if prune_due:
+                buffer.prune_due = True  # applied by the writer, after its next write
+            # Only the first waiting row and a full batch need the writer's
+            # attention: it is already waiting for the rest.
+            if buffer.add(row):
+                _writer.wake(buffer)
+            return None
+
+        # A real generation: write it now, with any hits waiting (unless a
+        # flush already has them; the writer will get them then).
+        pending: list[tuple[Any, ...]] = []
+        have_buffer = buffer is not None and buffer.flush_lock.acquire(blocking=False)
+        try:
+            if have_buffer and buffer is not None:
+                pending = buffer.take()
+            try:
+                with self.pool.transaction() as conn:
+                    if pending:
+                        conn.executemany(_INSERT_SQL, pending)
+                    cursor = conn.execute(_INSERT_SQL, row)
+            except BaseException:
+                if buffer is not None:
+                    buffer.put_back(pending)
+                raise
+        finally:
+            if have_buffer and buffer is not None:
+                buffer.flush_lock.release()
         row_id = cursor.lastrowid
-        if row[-1] >= self._stats_next_prune:
+        if prune_due:
             try:
                 self._apply_stats_max_age()
             except Exception as exc:  # retention is housekeeping; never fail a record for it
@@ -510,8 +933,8 @@ class StatsMixin(StoreBase):
 
     def _window(self, since: Any, until: Any) -> tuple[float, float]:
         now = self.clock()
-        low = 0.0 if since is None else max(0.0, to_timestamp(since, now=now))
-        high = math.inf if until is None else to_timestamp(until, now=now)
+        low = 0.0 if since is None else max(0.0, _time_arg(since, "since", now))
+        high = math.inf if until is None else _time_arg(until, "until", now)
         return low, high
 
     @db_op(empty=_empty_summary)
@@ -526,7 +949,8 @@ class StatsMixin(StoreBase):
         """Aggregated statistics of the generations in ``[since, until)``.
 
         Args:
-            model_path: only this model.
+            model_path: only this model (made absolute, ``~`` expanded, to
+                match the recorded paths).
             since: first moment included (datetime, Unix seconds, or a
                 timedelta meaning "that long ago"); default: the beginning.
             until: first moment excluded; default: no end.
@@ -551,6 +975,7 @@ class StatsMixin(StoreBase):
         summary = _empty_summary()
         if high <= low:
             return summary
+        self._stats_flush_hits()
 
         # Buckets wholly inside [low, high) come from the rollup, the rest
         # (at most one partial bucket per edge) from the raw rows; SQLite
@@ -697,11 +1122,13 @@ class StatsMixin(StoreBase):
 
         Each dict has every column of the ``stats`` table (see
         :data:`STATS_COLUMNS`); ``cache_hit`` is a bool and ``created_at`` an
-        aware UTC datetime. ``limit``/``offset`` page through the history;
-        ``model_path`` and ``session_id`` filter it.
+        aware UTC datetime. ``limit``/``offset`` page through the history
+        (non-negative ints; beyond 2**63 - 1 they mean "no limit");
+        ``model_path`` (made absolute, like the recorded paths) and
+        ``session_id`` filter it.
         """
-        _check_limit(limit, "limit")
-        _check_limit(offset, "offset")
+        limit = _check_limit(limit, "limit")
+        offset = _check_limit(offset, "offset")
         clauses, args = [], []
         if model_path is not None:
             clauses.append("model_path = ?")
@@ -712,6 +1139,7 @@ class StatsMixin(StoreBase):
             clauses.append("session_id = ?")
             args.append(session_id)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        self._stats_flush_hits()
         with self.pool.read() as conn:
             rows = conn.execute(
                 f"SELECT {', '.join(STATS_COLUMNS)} FROM stats{where}"
@@ -739,17 +1167,20 @@ class StatsMixin(StoreBase):
 
         ``older_than`` is a datetime, Unix seconds, or a timedelta meaning
         "that long ago" (``prune_stats(older_than=timedelta(days=90))``).
+        ``model_path`` limits it to one model (made absolute, like the
+        recorded paths).
         """
         if older_than is None:
             raise TypeError(
                 "prune_stats() needs older_than (a datetime, timedelta or Unix seconds)"
             )
-        cutoff = to_timestamp(older_than, now=self.clock())
+        cutoff = _time_arg(older_than, "older_than", self.clock())
         clause = "created_at < ?"
         args: list[Any] = [cutoff]
         if model_path is not None:
             clause += " AND model_path = ?"
             args.append(_check_model_path(model_path))
+        self._stats_flush_hits()
         with self.pool.transaction() as conn:
             cursor = conn.execute(f"DELETE FROM stats WHERE {clause}", args)
         return max(cursor.rowcount, 0)
