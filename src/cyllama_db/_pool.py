@@ -253,7 +253,11 @@ class ConnectionPool:
 
 def _alive(ref: weakref.ref[threading.Thread]) -> bool:
     thread = ref()
-    return thread is not None and thread.is_alive()
+    if thread is None:
+        return False
+    # During interpreter shutdown the main thread already reports itself as
+    # finished while atexit handlers still use its connection: never prune it.
+    return thread is threading.main_thread() or thread.is_alive()
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:

@@ -11,10 +11,16 @@ generations.  Fifteen minutes divides every UTC offset in use, so each bucket
 falls within one local calendar day and ``by_day`` stays exact in any time
 zone.  Latency percentiles are read from an index ordered by
 ``total_time_ms`` (one ``LIMIT 2 OFFSET k`` walk per percentile).
+
+A cache hit must stay about as cheap as the lookup that found it, so its
+row is buffered in memory and written in batches by a background thread
+(see ``_HitBuffer``); model paths are stored and filtered in absolute form,
+as ``complete()`` and ``LLM`` record them.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import math
@@ -370,38 +376,76 @@ def _flush_on_exit(buffer: _HitBuffer) -> None:
 
 
 class _HitWriter:
-    """The background thread that writes every database's waiting hit rows."""
+    """The background thread that writes every database's waiting hit rows.
+
+    It stops for good when the interpreter starts shutting down (the main
+    thread has finished, or :meth:`stop` ran at exit): from then on the
+    main thread's exit flush writes the rows, and a daemon thread still
+    touching SQLite while the interpreter tears down could crash it.
+    """
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.pending: weakref.WeakSet[_HitBuffer] = weakref.WeakSet()
         self.thread: threading.Thread | None = None
+        self.stopping = False
+        self.busy = False  # writing: stop() waits for the end of it
+        self.stop_registered = False
 
     def wake(self, buffer: _HitBuffer) -> None:
         """``buffer`` got its first waiting row, or a full batch: (re)consider it."""
         with self.cond:
-            self.pending.add(buffer)
-            if self.thread is None or not self.thread.is_alive():
+            if not self._quit():
+                self.pending.add(buffer)
+                if self.thread is not None and self.thread.is_alive():
+                    self.cond.notify()
+                    return
                 try:
                     thread = threading.Thread(
                         target=self._run, name="cyllama-db-stats-writer", daemon=True
                     )
                     thread.start()
-                except RuntimeError:  # interpreter shutting down: write in the caller
+                except RuntimeError:  # "can't create new thread at interpreter shutdown"
                     self.pending.discard(buffer)
-                    _try_flush(buffer, 0.0)
+                else:
+                    self.thread = thread
+                    if not self.stop_registered:
+                        # Registered after the databases' exit flush (atexit
+                        # runs last-in first-out), so it runs before it.
+                        atexit.register(self.stop)
+                        self.stop_registered = True
                     return
-                self.thread = thread
-            self.cond.notify()
+        # No writer thread (the interpreter is shutting down, or the main
+        # thread has finished while others go on): the caller writes full
+        # batches, if the lock is free; the exit flush writes the rest.
+        if len(buffer) >= HIT_FLUSH_ROWS:
+            _try_flush(buffer, 0.0)
 
     def discard(self, buffer: _HitBuffer) -> None:
         with self.cond:
             self.pending.discard(buffer)
 
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread, after the write it is doing (at interpreter exit)."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+            deadline = time.monotonic() + timeout
+            while self.busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+
+    def _quit(self) -> bool:
+        return self.stopping or not threading.main_thread().is_alive()
+
     def _run(self) -> None:  # pragma: no cover - exercised through the tests' flush waits
         while True:
             with self.cond:
                 while True:
+                    if self._quit():
+                        return
                     if not self.pending:
                         self.cond.wait()
                         continue
@@ -412,23 +456,33 @@ class _HitWriter:
                     self.cond.wait(delay)
                 now = time.monotonic()
                 buffers = [b for b in self.pending if b.next_due() <= now]
-            for buffer in buffers:
-                with buffer.flush_lock:  # close() waits for this
-                    if buffer.closed:
-                        continue
-                    wait = min(buffer.pool.busy_timeout, _BACKGROUND_WAIT_SECONDS)
-                    if _try_flush(buffer, wait) and buffer.prune_due:
-                        buffer.prune_due = False
-                        owner = buffer.owner()
-                        if owner is not None:
-                            with contextlib.suppress(Exception):  # logged by the owner
-                                owner._apply_stats_max_age()
-                        del owner
-            with self.cond:
+                self.busy = True
+            try:
                 for buffer in buffers:
-                    if not buffer.rows or buffer.closed:
-                        self.pending.discard(buffer)
+                    if self._quit():
+                        break
+                    self._write(buffer)
+            finally:
+                with self.cond:
+                    self.busy = False
+                    for buffer in buffers:
+                        if not buffer.rows or buffer.closed:
+                            self.pending.discard(buffer)
+                    self.cond.notify_all()
             del buffers
+
+    @staticmethod
+    def _write(buffer: _HitBuffer) -> None:
+        with buffer.flush_lock:  # close() waits for this
+            if buffer.closed or not buffer.rows:
+                return
+            wait = min(buffer.pool.busy_timeout, _BACKGROUND_WAIT_SECONDS)
+            if _try_flush(buffer, wait) and buffer.prune_due:
+                buffer.prune_due = False
+                owner = buffer.owner()
+                if owner is not None:
+                    with contextlib.suppress(Exception):  # logged by the owner
+                        owner._apply_stats_max_age()
 
 
 def _try_flush(buffer: _HitBuffer, wait: float) -> bool:
@@ -507,7 +561,8 @@ def model_name_for(model_path: str | os.PathLike[str]) -> str:
 def _field(obj: Any, name: str) -> Any:
     if obj is None:
         return None
-    if isinstance(obj, Mapping):
+    # A plain dict first: the Mapping ABC check costs more than the lookup.
+    if type(obj) is dict or isinstance(obj, Mapping):
         return obj.get(name)
     return getattr(obj, name, None)
 
@@ -520,6 +575,11 @@ def _number(value: Any, field: str, *, integer: bool = False) -> float | int | N
     """
     if value is None:
         return None
+    kind = type(value)
+    if kind is int:  # the common cases, without the ABC checks below
+        return value if integer else float(value)
+    if kind is float and math.isfinite(value):
+        return int(value) if integer else value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
             f"record_generation: {field} must be a number or None, got {type(value).__name__}"
@@ -609,7 +669,7 @@ def _check_record_object(value: Any, name: str, *, optional: bool) -> None:
     if value is None:
         if optional:
             return
-    elif not isinstance(value, (str, bytes, bytearray, numbers.Number)):
+    elif type(value) is dict or not isinstance(value, (str, bytes, bytearray, numbers.Number)):
         return
     allowed = "a mapping, an object with its attributes" + (" or None" if optional else "")
     raise TypeError(f"record_generation: {name} must be {allowed}, got {type(value).__name__}")
