@@ -22,9 +22,23 @@ if TYPE_CHECKING:
     from ._pool import ConnectionPool
     from ._settings import Settings
 
-__all__ = ["StoreBase", "db_op", "db_stats_provider"]
+__all__ = ["Closing", "StoreBase", "db_op", "db_stats_provider"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C", bound="Closing")
+
+
+class Closing:
+    """``with obj:`` closes ``obj`` on the way out (for classes with a ``close()``)."""
+
+    def close(self) -> None:  # pragma: no cover - every user overrides it
+        raise NotImplementedError
+
+    def __enter__(self: C) -> C:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 #: Functions ``(conn) -> dict`` whose results ``get_db_stats()`` merges.
 DB_STATS_PROVIDERS: list[Callable[[sqlite3.Connection], dict[str, Any]]] = []

@@ -28,9 +28,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Literal, Union
 
+from ._base import Closing
 from ._cacheutil import (
     SingleFlight,
     canonical_json,
@@ -500,7 +501,7 @@ def _replay_chunks(text: str) -> list[str]:
     return _WORDS.findall(text)
 
 
-class Stream:
+class Stream(Closing):
     """An iterator of text chunks from ``llm(prompt, stream=True)``.
 
     ``cache_hit`` says whether the chunks are a replay of a cached response
@@ -538,17 +539,6 @@ class Stream:
     def close(self) -> None:
         """Stop the stream; an unfinished generation is abandoned and not cached."""
         self._source.close()
-
-    def __enter__(self) -> Stream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "done" if self.response is not None else "open"
@@ -831,7 +821,7 @@ def _set_registry_status(db: CyllamaDB, model_id: int, status: str) -> None:
 # -- LLM -----------------------------------------------------------------------------------------
 
 
-class LLM:
+class LLM(Closing):
     """A llama.cpp model with a persistent response cache in front of it.
 
     Args:
@@ -1015,17 +1005,6 @@ class LLM:
             self._free_locked()
         finally:
             self._lock.release()
-
-    def __enter__(self) -> LLM:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"LLM({self.model_path!r}, loaded={self.loaded})"
