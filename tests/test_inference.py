@@ -232,6 +232,7 @@ def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_not_a_gguf_file_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install '.[llama]')")
     bogus = tmp_path / "weights.gguf"
     bogus.write_bytes(b"PK\x03\x04 this is a zip file, not a model" * 10)
     llm = LLM(bogus, db=False)
