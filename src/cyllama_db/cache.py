@@ -284,17 +284,16 @@ def _prompt_of(prompt: Any) -> tuple[str, str]:
     )
 
 
-def _ttl_seconds(ttl: Any, default: timedelta | None, what: str = "ttl") -> float | None:
-    if ttl is None:
-        return None if default is None else default.total_seconds()
+def _ttl_seconds(ttl: Any) -> float:
+    """A given (not None) ``ttl`` in seconds; ValueError unless it is a positive duration."""
     try:
         seconds = parse_duration(ttl).total_seconds()
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(
-            f"{what}={ttl!r} is not a usable duration ({exc}): use a timedelta, seconds or '24h'"
+            f"ttl={ttl!r} is not a usable duration ({exc}): use a timedelta, seconds or '24h'"
         ) from exc
     if seconds <= 0:
-        raise ValueError(f"{what}={ttl!r} must be positive")
+        raise ValueError(f"ttl={ttl!r} must be positive")
     return seconds
 
 
@@ -329,9 +328,8 @@ _new_object = object.__new__
 def _hit(row: tuple[Any, ...], model_path: str, started: float) -> Response:
     """The Response of a hit on ``row`` (from ``_ROW_SQL``), timed from ``started``.
 
-    Built without ``__init__`` (as ``inference._hit_response`` does): the
-    values come from our own table, and validating them again costs as much
-    as the lookup's Python part.
+    Built without ``__init__``: the values come from our own table, and
+    validating them again costs as much as the lookup's Python part.
     """
     prompt_tokens, generated = row[2], row[3]
     stats = _new_object(GenerationStats)
@@ -786,7 +784,7 @@ class CacheMixin(StoreBase):
             default = settings.cache_ttl
             ttl_s = None if default is None else default.total_seconds()
         else:
-            ttl_s = _ttl_seconds(ttl, None)
+            ttl_s = _ttl_seconds(ttl)
         prompt_bytes = prompt.encode("utf-8", "surrogatepass")
         size = (
             len(prompt_bytes)

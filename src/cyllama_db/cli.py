@@ -30,7 +30,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from ._time import parse_duration
+from ._time import _shown, parse_duration
 
 if TYPE_CHECKING:
     from .database import CyllamaDB
@@ -95,21 +95,16 @@ def _duration(text: str) -> timedelta:
     return value
 
 
-def _short(text: str, width: int = 40) -> str:
-    shown = repr(text)
-    return shown if len(shown) <= width else shown[: width - 3] + "..."
-
-
-def _int_at_least(minimum: int, what: str, maximum: int = _MAX_COUNT) -> Callable[[str], int]:
+def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {_short(text)}") from None
+            raise argparse.ArgumentTypeError(f"not an integer: {_shown(text)}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{what}, got {value}")
-        if value > maximum:
-            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {_short(text)}")
+        if value > _MAX_COUNT:
+            raise argparse.ArgumentTypeError(f"must be at most {_MAX_COUNT}, got {_shown(text)}")
         return value
 
     return parse
@@ -128,12 +123,12 @@ def _float_between(
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {_short(text)}") from None
+            raise argparse.ArgumentTypeError(f"not a number: {_shown(text)}") from None
         low_ok = value > minimum if exclusive_min else value >= minimum
         if not (low_ok and value <= maximum):  # also rejects nan and inf
             low = f"more than {minimum:.10g}" if exclusive_min else f"at least {minimum:.10g}"
             raise argparse.ArgumentTypeError(
-                f"must be {low} and at most {maximum:.10g}, got {_short(text)}"
+                f"must be {low} and at most {maximum:.10g}, got {_shown(text)}"
             )
         return value
 
@@ -1019,7 +1014,7 @@ def _param_value(name: str, text: str) -> Any:
             return text
         number = _typed_value(text, "int", what)
         if not -(2**63) <= number < 2**63:  # what SQLite and llama.cpp can hold
-            raise UsageError(f"{what}: {_short(text)} is out of range (a 64-bit integer)")
+            raise UsageError(f"{what}: {_shown(text)} is out of range (a 64-bit integer)")
         return number
     if kind == "str" or param is not None:
         return text

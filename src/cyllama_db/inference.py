@@ -459,33 +459,6 @@ def hit_stats(original: GenerationStats, elapsed_ms: float) -> GenerationStats:
     )
 
 
-def _hit_stats_fast(
-    prompt_tokens: int | None, generated: int | None, total: int | None, elapsed_ms: float
-) -> GenerationStats:
-    # The hit path builds one of these per lookup; the values come from our
-    # own table, so __post_init__'s validation is skipped.
-    stats = object.__new__(GenerationStats)
-    stats.__dict__.update(
-        prompt_tokens=prompt_tokens,
-        generated_tokens=generated,
-        total_tokens=total,
-        prompt_time_ms=0.0,
-        generation_time_ms=0.0,
-        total_time_ms=float(elapsed_ms),
-        tokens_per_second=None,
-    )
-    return stats
-
-
-def _hit_response(text: str, finish_reason: str | None, model_path: str, stats: GenerationStats) -> Response:
-    # As _hit_stats_fast: values read back from our own table need no validation.
-    response = object.__new__(Response)
-    response.__dict__.update(
-        text=text, finish_reason=finish_reason, model_path=model_path, cache_hit=True, stats=stats
-    )
-    return response
-
-
 def _as_hit(response: Response, started: float) -> Response:
     elapsed = (time.perf_counter() - started) * 1000.0
     return dataclasses.replace(response, cache_hit=True, stats=hit_stats(response.stats, elapsed))

@@ -144,17 +144,20 @@ def _metrics_counts(conn: sqlite3.Connection) -> dict[str, Any]:
 # -- validation ----------------------------------------------------------------------------
 
 
+def _real(value: Any, name: str, expected: str) -> float:
+    """``value`` as a float; TypeError naming ``name`` unless it is a real number (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:  # an int too big for a C double: every range check rejects inf
+        return math.inf
+
+
 def _number(key: str, value: Any) -> float | int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"metrics value for {key!r} must be a number or None, got {type(value).__name__}"
-        )
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
+    number = _real(value, f"metrics value for {key!r}", "a number or None")
     if not math.isfinite(number):
         raise ValueError(f"metrics value for {key!r} must be finite, got {value!r}")
     if key not in _INTEGER_FIELDS:
@@ -170,16 +173,8 @@ def _number(key: str, value: Any) -> float | int | None:
 def _timestamp_ms(value: Any, now_ms: int) -> int:
     if isinstance(value, datetime):
         ms = round(value.timestamp() * 1000)
-    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            "metrics 'timestamp' must be Unix milliseconds (int) or a datetime, "
-            f"got {type(value).__name__}"
-        )
     else:
-        try:
-            number = float(value)
-        except OverflowError:
-            number = math.inf
+        number = _real(value, "metrics 'timestamp'", "Unix milliseconds (int) or a datetime")
         if not math.isfinite(number) or value < _MIN_TIMESTAMP_MS:
             raise ValueError(
                 f"metrics 'timestamp' {value!r} is not Unix milliseconds (looks like seconds or "
@@ -235,12 +230,7 @@ def _check_sample(sample: Any) -> Mapping[str, Any]:
 
 
 def _check_interval(interval: Any) -> float:
-    if isinstance(interval, bool) or not isinstance(interval, numbers.Real):
-        raise TypeError(f"interval must be a number of seconds, got {type(interval).__name__}")
-    try:
-        value = float(interval)
-    except OverflowError:
-        value = math.inf
+    value = _real(interval, "interval", "a number of seconds")
     if not MIN_SAMPLER_INTERVAL <= value <= MAX_SAMPLER_INTERVAL:
         raise ValueError(
             f"interval must be {MIN_SAMPLER_INTERVAL:g} to {MAX_SAMPLER_INTERVAL:g} seconds, "
@@ -250,12 +240,7 @@ def _check_interval(interval: Any) -> float:
 
 
 def _check_minutes(minutes: Any) -> float:
-    if isinstance(minutes, bool) or not isinstance(minutes, numbers.Real):
-        raise TypeError(f"minutes must be a number, got {type(minutes).__name__}")
-    try:
-        value = float(minutes)
-    except OverflowError:
-        value = math.inf
+    value = _real(minutes, "minutes", "a number")
     if not 0 < value <= MAX_HISTORY_MINUTES:  # also False for nan
         raise ValueError(
             f"minutes must be a positive number up to {MAX_HISTORY_MINUTES} (about 1000 years), "

@@ -592,7 +592,7 @@ def _number(value: Any, field: str, *, integer: bool = False) -> float | int | N
     return int(number) if integer else number
 
 
-def _text(value: Any, field: str) -> str | None:
+def _text(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -607,17 +607,17 @@ def _text(value: Any, field: str) -> str | None:
 _absolute_paths: dict[str, str] = {}
 
 
-def _check_model_path(model_path: Any, name: str = "model_path") -> str:
+def _check_model_path(model_path: Any) -> str:
     """The absolute form of ``model_path`` (``~`` expanded), as rows store it.
 
     ``complete()`` and ``LLM`` record absolute paths, so a relative path or
     ``~`` given to a filter must be made absolute to match them.
     """
     if not isinstance(model_path, (str, os.PathLike)):
-        raise TypeError(f"{name} must be a str or os.PathLike, got {type(model_path).__name__}")
+        raise TypeError(f"model_path must be a str or os.PathLike, got {type(model_path).__name__}")
     path = os.fspath(model_path)
     if not isinstance(path, str) or not path:
-        raise ValueError(f"{name} must be a non-empty path")
+        raise ValueError("model_path must be a non-empty path")
     known = _absolute_paths.get(path)
     if known is not None:
         return known
@@ -947,7 +947,7 @@ class StatsMixin(StoreBase):
             _number(_field(stats, "tokens_per_second"), "stats.tokens_per_second"),
             _number(_field(config, "temperature"), "config.temperature"),
             _number(_field(config, "max_tokens"), "config.max_tokens", integer=True),
-            _text(_field(response, "finish_reason"), "finish_reason"),
+            _text(_field(response, "finish_reason")),
             1 if hit else 0,
             float(self.clock()),
         )
