@@ -448,6 +448,7 @@ class CyllamaDBHandler(logging.Handler):
         self.db = db
 
     def handle(self, record: logging.LogRecord) -> bool:
+        """Filter and emit ``record``; returns whether it passed the filters."""
         # No handler lock: the database serialises writes itself, and holding
         # a lock here while waiting for the database's lock could deadlock
         # against a thread that logs while holding the database's lock.
@@ -459,6 +460,7 @@ class CyllamaDBHandler(logging.Handler):
         return bool(rv)
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Write ``record`` to the logs table (errors go to :meth:`handleError`)."""
         if _in_write():
             return  # the database logging about its own write: do not recurse
         _writing.active = True
