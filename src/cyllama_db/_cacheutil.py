@@ -23,6 +23,7 @@ from datetime import date, datetime, time, timedelta
 from time import monotonic as _monotonic
 from typing import Any, Final, Generic, TypeVar
 
+from ._validate import check_text
 from .errors import UncacheableError
 
 __all__ = [
@@ -56,25 +57,6 @@ def canonical_json(value: Any) -> str:
 def sha256_text(text: str) -> str:
     """Hex SHA-256 of ``text`` encoded as UTF-8."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def check_text(value: str, name: str) -> None:
-    """Raise ``ValueError`` naming ``name`` if ``value`` holds a lone surrogate.
-
-    Such a string (``"\\ud800"``, typically from decoding bytes with
-    ``errors="surrogateescape"``) has no UTF-8 form, so neither SQLite nor
-    llama.cpp can take it; without this check it surfaces as a bare
-    ``UnicodeEncodeError`` from deep inside either.
-    """
-    if value.isascii():  # O(1) in CPython: the common case costs nothing
-        return
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(
-            f"{name} contains a lone surrogate ({value[exc.start]!r} at index {exc.start}), which has "
-            "no UTF-8 form; decode the source text with errors='replace' or fix it"
-        ) from None
 
 
 # -- model identity ----------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from typing import IO, Any
 
 from . import migrations as _migrations
 from ._base import StoreBase, db_op
+from ._validate import check_bool, check_callable, check_path
 
 __all__ = ["ON_CONFLICT", "ExportMixin", "ProgressCallback"]
 
@@ -300,7 +301,13 @@ class ExportMixin(StoreBase):
             ``rows``.
         """
         if format not in ("sqlite", "jsonl"):
-            raise ValueError(f"format must be 'sqlite' or 'jsonl', got {format!r}")
+            error = ValueError if isinstance(format, str) else TypeError
+            raise error(f"format must be 'sqlite' or 'jsonl', got {format!r}")
+        if table is not None and not isinstance(table, str):
+            raise TypeError(f"table must be a table name (str) or None, got {type(table).__name__}")
+        check_bool(overwrite, "overwrite")
+        check_bool(include_secrets, "include_secrets")
+        check_callable(progress, "progress")
         if format == "jsonl":
             if table is None:
                 raise ValueError("format='jsonl' needs table=... (one table per file)")
@@ -494,8 +501,10 @@ class ExportMixin(StoreBase):
             "key", "resolution"}], "skipped_tables", "cache_evicted"}``.
         """
         if on_conflict not in ON_CONFLICT:
-            raise ValueError(f"on_conflict must be one of {', '.join(ON_CONFLICT)}; got {on_conflict!r}")
-        source = os.path.abspath(os.path.expanduser(os.fspath(path)))
+            error = ValueError if isinstance(on_conflict, str) else TypeError
+            raise error(f"on_conflict must be one of {', '.join(ON_CONFLICT)}; got {on_conflict!r}")
+        check_callable(progress, "progress")
+        source = os.path.abspath(os.path.expanduser(check_path(path, "path")))
         _check_sqlite_file(source, "import file")
         if self.path != ":memory:" and _same_file(source, self.path):
             raise ValueError(f"cannot import the database into itself ({source!r})")

@@ -25,14 +25,18 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400,
 def parse_duration(text: str | float | int | timedelta) -> timedelta:
     """Parse ``"90"``, ``"90s"``, ``"15m"``, ``"24h"``, ``"7d"``, ``"2w"`` into a timedelta.
 
-    A bare number means seconds. Raises ``ValueError`` for anything else,
-    including negative, non-finite and absurdly long durations (more than
-    :data:`MAX_DURATION`, about 1000 years).
+    A bare number means seconds. Raises ``TypeError`` for other types and
+    ``ValueError`` for text that is not a duration, and for negative,
+    non-finite and absurdly long durations (more than :data:`MAX_DURATION`,
+    about 1000 years).
     """
     if isinstance(text, timedelta):
         return text
-    if isinstance(text, bool):
-        raise ValueError(f"not a duration: {text!r}")
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        raise TypeError(
+            f"not a duration: {_shown(text)} ({type(text).__name__}); "
+            "expected a timedelta, a number of seconds or e.g. '30s', '15m', '24h', '7d'"
+        )
     if isinstance(text, (int, float)):
         if text < 0:
             raise ValueError(f"duration must not be negative: {text!r}")
@@ -68,10 +72,13 @@ def _checked(seconds: float | int, text: object) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def to_timestamp(value: datetime | timedelta | float | int, *, now: float | None = None) -> float:
+def to_timestamp(
+    value: datetime | timedelta | float | int, *, now: float | None = None, name: str = "time"
+) -> float:
     """Turn a datetime, a timedelta (meaning "that long before now") or a number into Unix seconds.
 
     Naive datetimes are taken as local time, as ``datetime.timestamp()`` does.
+    A wrong type raises ``TypeError`` naming the argument ``name``.
     """
     if isinstance(value, datetime):
         return value.timestamp()
@@ -79,7 +86,7 @@ def to_timestamp(value: datetime | timedelta | float | int, *, now: float | None
         return (time.time() if now is None else now) - value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(
-            f"expected a datetime, a timedelta or Unix seconds, got {type(value).__name__}"
+            f"{name} must be a datetime, a timedelta or Unix seconds, got {type(value).__name__}"
         )
     return float(value)
 

@@ -76,6 +76,7 @@ from ._cacheutil import (
     sha256_text,
 )
 from ._time import from_timestamp, parse_duration, to_timestamp
+from ._validate import check_path
 from .errors import DatabaseClosedError
 from .inference import GenerationConfig, GenerationStats, Response
 from .migrations import execute_script, migration
@@ -288,7 +289,9 @@ def _ttl_seconds(ttl: Any) -> float:
     """A given (not None) ``ttl`` in seconds; ValueError unless it is a positive duration."""
     try:
         seconds = parse_duration(ttl).total_seconds()
-    except (TypeError, ValueError, OverflowError) as exc:
+    except TypeError as exc:
+        raise TypeError(f"ttl {exc}") from None
+    except (ValueError, OverflowError) as exc:
         raise ValueError(
             f"ttl={ttl!r} is not a usable duration ({exc}): use a timedelta, seconds or '24h'"
         ) from exc
@@ -523,7 +526,7 @@ class CacheMixin(StoreBase):
         """
         started = time.perf_counter()
         cfg = config if type(config) is GenerationConfig else GenerationConfig.coerce(config)
-        path = os.fspath(model_path)
+        path = check_path(model_path, "model_path")
         identity = recent_model_identity(path)
         if isinstance(prompt, str):
             if not prompt.isascii():
@@ -555,7 +558,7 @@ class CacheMixin(StoreBase):
         ``ValueError`` naming the argument.
         """
         cfg = config if type(config) is GenerationConfig else GenerationConfig.coerce(config)
-        path = os.fspath(model_path)
+        path = check_path(model_path, "model_path")
         if isinstance(response, str):
             response = Response(text=response, model_path=path)
         elif not isinstance(response, Response):
@@ -604,7 +607,7 @@ class CacheMixin(StoreBase):
             clauses.append("prompt_hash = ?")
             params.append(sha256_text(text))
         if model_path is not None:
-            path = os.fspath(model_path)
+            path = check_path(model_path, "model_path")
             absolute = os.path.abspath(path)
             options = ["model_identity = ?", "model_path = ?"]
             params += [model_identity(path), absolute]
@@ -614,7 +617,7 @@ class CacheMixin(StoreBase):
             clauses.append("(" + " OR ".join(options) + ")")
         if older_than is not None:
             clauses.append("created_at < ?")
-            params.append(to_timestamp(older_than, now=self.clock()))
+            params.append(to_timestamp(older_than, now=self.clock(), name="older_than"))
         with self.pool.transaction() as conn:
             removed = self._cache_delete_where(conn, " AND ".join(clauses) or "1", params)
         logger.debug("invalidated %d cache entries", removed)

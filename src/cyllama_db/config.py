@@ -13,6 +13,7 @@ import sqlite3
 from typing import Any
 
 from ._base import StoreBase, db_op, db_stats_provider
+from ._validate import check_text
 from .migrations import execute_script, migration
 
 __all__ = ["VALUE_TYPES", "ConfigMixin", "decode_value", "encode_value"]
@@ -51,6 +52,7 @@ def _check_key(key: object) -> str:
         raise TypeError(f"config key must be a str, got {type(key).__name__}")
     if not key:
         raise ValueError("config key must not be empty")
+    check_text(key, "config key")
     return key
 
 
@@ -64,6 +66,7 @@ def encode_value(key: str, value: Any) -> tuple[str, str]:
     if isinstance(value, float):
         return repr(value), "float"
     if isinstance(value, str):
+        check_text(value, f"config value for {key!r}")
         return value, "str"
     if value is None or isinstance(value, (dict, list)):
         try:

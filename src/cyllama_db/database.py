@@ -7,6 +7,7 @@ module as a mixin that the facade is composed of.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -35,6 +36,16 @@ __all__ = ["CyllamaDB", "configure_db", "get_db", "reset_db"]
 logger = logging.getLogger("cyllama_db")
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _remove_new_side_files(path: str, existed: list[str]) -> None:
+    """Delete the -wal/-shm that a failed read-only open just created beside ``path``."""
+    wal = path + "-wal"
+    if existed or (os.path.exists(wal) and os.path.getsize(wal) > 0):
+        return  # another connection's (or a crashed writer's) files: not ours to delete
+    for side in (wal, path + "-shm"):
+        with contextlib.suppress(OSError):
+            os.remove(side)
 
 
 class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin, StatsMixin, MetadataMixin, ConfigMixin, StoreBase):
@@ -166,25 +177,35 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
         # Read-only check before the pool sets WAL mode, which would rewrite
         # the header of a file we must not touch.
         uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+        existed = [side for side in (path + "-wal", path + "-shm") if os.path.exists(side)]
         conn = sqlite3.connect(uri, uri=True, timeout=30)
         try:
-            _migrations.check_not_newer(conn, path)
-            if not _migrations.applied_versions(conn):
-                tables = [
+            try:
+                _migrations.check_not_newer(conn, path)
+                applied = _migrations.applied_versions(conn)
+                tables = [] if applied else [
                     row[0]
                     for row in conn.execute(
                         "SELECT name FROM sqlite_master WHERE type = 'table'"
                         " AND name NOT LIKE 'sqlite_%' ORDER BY name"
                     )
                 ]
-                if tables:
-                    # Another application's database: migrating it would add our
-                    # tables to it (or fail halfway on a clashing name).
-                    raise sqlite3.DatabaseError(
-                        f"{path} is a SQLite database of another application "
-                        f"(tables: {', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''}); "
-                        "cyllama-db will not modify it"
-                    )
+            except sqlite3.DatabaseError as exc:
+                if not _pool_module._is_busy(exc):
+                    # Even a read-only connection creates -wal and -shm beside a
+                    # file whose header says WAL mode; SQLite found this one
+                    # unusable, so the fallback must not leave them behind.
+                    conn.close()
+                    _remove_new_side_files(path, existed)
+                raise
+            if tables:
+                # Another application's database: migrating it would add our
+                # tables to it (or fail halfway on a clashing name).
+                raise sqlite3.DatabaseError(
+                    f"{path} is a SQLite database of another application "
+                    f"(tables: {', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''}); "
+                    "cyllama-db will not modify it"
+                )
         finally:
             conn.close()
 

@@ -51,7 +51,9 @@ def _check_ttl(ttl: Any) -> timedelta | None:
         return None
     try:
         value = parse_duration(ttl)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except TypeError as exc:
+        raise TypeError(f"ttl {exc}") from None
+    except (ValueError, OverflowError) as exc:
         raise ValueError(f"ttl={ttl!r} is not a usable duration ({exc}): use a timedelta, seconds or '24h'") from exc
     if value.total_seconds() <= 0:
         raise ValueError(f"ttl={ttl!r} must be positive (None = the database's cache_ttl)")

@@ -31,6 +31,7 @@ from typing import Any
 from ._base import StoreBase, db_op, db_stats_provider
 from ._settings import LOG_LEVELS
 from ._time import from_timestamp
+from ._validate import check_text
 from .migrations import execute_script, migration
 from .stats import _check_limit, _time_arg
 
@@ -108,7 +109,8 @@ def level_name(level: str | int, argument: str = "level") -> str:
         for name, number in LOG_LEVELS.items():
             if number == level:
                 return name
-    raise ValueError(
+    error = ValueError if isinstance(level, (str, int)) and not isinstance(level, bool) else TypeError
+    raise error(
         f"{argument}={level!r} is not a log level: use one of {', '.join(LOG_LEVELS)} "
         "(or logging.DEBUG ... logging.CRITICAL)"
     )
@@ -145,13 +147,33 @@ def _split_context(context: Mapping[str, Any] | None) -> tuple[str | None, str |
     if prompt is not None:
         preview = prompt
     text = json.dumps(rest, default=_json_default, ensure_ascii=False) if rest else None
+    if text is not None and _escaped(text) is not text:
+        # A lone surrogate (e.g. an os.fsdecode'd file name): ASCII JSON
+        # escapes it as \udXXX, which reads back as exactly the same str.
+        text = json.dumps(rest, default=_json_default, ensure_ascii=True)
     if isinstance(model_path, os.PathLike):
         model_path = os.fspath(model_path)
     return (
         text,
-        None if model_path is None else str(model_path),
-        None if preview is None else str(preview)[:PROMPT_PREVIEW_CHARS],
+        None if model_path is None else _escaped(str(model_path)),
+        None if preview is None else _escaped(str(preview)[:PROMPT_PREVIEW_CHARS]),
     )
+
+
+def _escaped(text: str) -> str:
+    """``text``, or, if it holds lone surrogates (no UTF-8 form), those written as ``\\udXXX``.
+
+    For text that is only shown to people (messages from logging records,
+    tracebacks, previews): a log record must never be dropped for one bad
+    character. Returns ``text`` itself when nothing needed escaping.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _error_fields(
@@ -265,6 +287,9 @@ class LogsMixin(StoreBase):
             raise TypeError(f"log context must be a mapping or None, got {type(context).__name__}")
         if error is not None and not isinstance(error, BaseException):
             raise TypeError(f"log error must be an exception or None, got {type(error).__name__}")
+        check_text(message, "log message")
+        if category is not None:
+            check_text(category, "log category")
         if LOG_LEVELS[name] < LOG_LEVELS[self.settings.log_level]:
             return None
         error_type, error_message, trace = _error_fields(error)
@@ -301,14 +326,14 @@ class LogsMixin(StoreBase):
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         level,
-                        category,
-                        message,
+                        None if category is None else _escaped(category),
+                        _escaped(message),
                         context_json,
                         model_path,
                         preview,
                         error_type,
-                        error_message,
-                        stack_trace,
+                        None if error_message is None else _escaped(error_message),
+                        None if stack_trace is None else _escaped(stack_trace),
                         self.clock() if created_at is None else created_at,
                     ),
                 )

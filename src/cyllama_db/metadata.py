@@ -14,6 +14,7 @@ import sqlite3
 from typing import Any
 
 from ._base import StoreBase, db_op, db_stats_provider
+from ._validate import check_text
 
 __all__ = ["RESERVED_METADATA_KEYS", "MetadataMixin"]
 
@@ -30,6 +31,7 @@ def _check_key(key: object) -> str:
         raise TypeError(f"metadata key must be a str, got {type(key).__name__}")
     if not key:
         raise ValueError("metadata key must not be empty")
+    check_text(key, "metadata key")
     return key
 
 
@@ -45,6 +47,7 @@ class MetadataMixin(StoreBase):
                 f"metadata value for {key!r} must be a str (or a number, stored as text), "
                 f"got {type(value).__name__}; use set_config() for typed values"
             )
+        check_text(str(value), f"metadata value for {key!r}")
         with self.pool.transaction() as conn:
             conn.execute(
                 "INSERT INTO metadata (key, value, updated_at) VALUES (?, ?, ?)"

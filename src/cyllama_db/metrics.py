@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._base import StoreBase, db_op, db_stats_provider
 from ._time import from_timestamp
+from ._validate import check_path
 from .errors import DatabaseClosedError, MissingDependencyError
 from .migrations import execute_script, migration
 
@@ -218,7 +219,7 @@ def _gpus_json(value: Any) -> str | None:
 def _check_sample(sample: Any) -> Mapping[str, Any]:
     if not isinstance(sample, Mapping):
         raise TypeError(
-            f"save_metrics() takes a dict of metrics, got {type(sample).__name__}"
+            f"save_metrics(sample) takes a dict of metrics, got {type(sample).__name__}"
         )
     unknown = sorted(str(k) for k in sample if k not in _ACCEPTED_KEYS)
     if unknown:
@@ -674,7 +675,7 @@ class MetricsSampler:
         self.db = db
         self.interval = _check_interval(interval)
         self.nvml = nvml
-        self.disk_path = disk_path
+        self.disk_path = None if disk_path is None else check_path(disk_path, "disk_path")
         self.samples_taken = 0
         self.errors = 0
         self.last_error: BaseException | None = None

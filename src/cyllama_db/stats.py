@@ -669,7 +669,9 @@ def _check_record_object(value: Any, name: str, *, optional: bool) -> None:
     if value is None:
         if optional:
             return
-    elif type(value) is dict or not isinstance(value, (str, bytes, bytearray, numbers.Number)):
+    elif type(value) is dict or not isinstance(
+        value, (str, bytes, bytearray, numbers.Number, list, tuple, set, frozenset)
+    ):
         return
     allowed = "a mapping, an object with its attributes" + (" or None" if optional else "")
     raise TypeError(f"record_generation: {name} must be {allowed}, got {type(value).__name__}")

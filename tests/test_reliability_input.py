@@ -1,0 +1,395 @@
+"""Bad input: every public method called with wrong types, and awkward text.
+
+Each wrong call must raise a clear error (``TypeError`` for a wrong type,
+``ValueError`` for a right type with an impossible value) whose message names
+what was wrong, and must leave the database exactly as it was.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import cyllama_db
+from cyllama_db import CyllamaDB, GenerationConfig, Response
+
+pytestmark = pytest.mark.reliability
+
+OBJ = object()
+
+# method -> wrong calls: (args, kwargs, expected exception, fragment of the message).
+# Every parameter of every public method appears at least once.
+WRONG: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], type[Exception], str]]] = {
+    "cache_response": [
+        ((123, "m.gguf", None, "r"), {}, TypeError, "prompt"),
+        (("p", 123, None, "r"), {}, TypeError, "model_path"),
+        (("p", "m.gguf", "greedy", "r"), {}, TypeError, "config"),
+        (("p", "m.gguf", None, 123), {}, TypeError, "response"),
+        (("p", "m.gguf", None, "r", [1]), {}, TypeError, "ttl"),
+        (("p", "m.gguf", None, "r", -5), {}, ValueError, "ttl"),
+        (("p", "m.gguf", None, "r"), {"load_options": ["n_ctx"]}, TypeError, "load_options"),
+        (("p", "m.gguf", {"temprature": 0.1}, "r"), {}, TypeError, "temprature"),
+    ],
+    "delete_config": [((123,), {}, TypeError, "key")],
+    "delete_metadata": [((b"k",), {}, TypeError, "key")],
+    "delete_model": [((1.5,), {}, TypeError, "model"), ((None,), {}, TypeError, "model")],
+    "export_database": [
+        ((123,), {}, TypeError, "path"),
+        (("out.db",), {"format": "xml"}, ValueError, "format"),
+        (("out.jsonl",), {"format": "jsonl", "table": 5}, TypeError, "table"),
+        (("out.jsonl",), {"format": "jsonl", "table": "nope"}, ValueError, "nope"),
+        (("out.db",), {"overwrite": "yes"}, TypeError, "overwrite"),
+        (("out.db",), {"include_secrets": 1}, TypeError, "include_secrets"),
+        (("out.db",), {"progress": "bar"}, TypeError, "progress"),
+    ],
+    "get_cached_response": [
+        ((123, "m.gguf"), {}, TypeError, "prompt"),
+        ((["not", "messages"], "m.gguf"), {}, TypeError, "message"),
+        (("p", None), {}, TypeError, "model_path"),
+        (("p", "m.gguf", 0.0), {}, TypeError, "config"),
+        (("p", "m.gguf"), {"load_options": "n_ctx=5"}, TypeError, "load_options"),
+    ],
+    "get_config": [((None,), {}, TypeError, "key"), (("",), {}, ValueError, "key")],
+    "get_generation_history": [
+        (("10",), {}, TypeError, "limit"),
+        ((10, -1), {}, ValueError, "offset"),
+        ((10, 0, 123), {}, TypeError, "model_path"),
+        ((), {"session_id": 5}, TypeError, "session_id"),
+    ],
+    "get_logs": [
+        (("LOUD",), {}, ValueError, "level"),
+        ((None, 5), {}, TypeError, "category"),
+        ((None, None, "yesterday"), {}, TypeError, "since"),
+        ((None, None, None, "100"), {}, TypeError, "limit"),
+        ((), {"until": [1]}, TypeError, "until"),
+        ((), {"offset": 1.5}, TypeError, "offset"),
+    ],
+    "get_metadata": [((1,), {}, TypeError, "key")],
+    "get_metrics_history": [(("10",), {}, TypeError, "minutes"), ((-1,), {}, ValueError, "minutes")],
+    "get_model": [(("1",), {}, TypeError, "id"), ((True,), {}, TypeError, "id")],
+    "get_model_by_name": [((1,), {}, TypeError, "name")],
+    "get_models": [((), {"no_such_column": 1}, TypeError, "no_such_column")],
+    "get_stats_summary": [
+        ((123,), {}, TypeError, "model_path"),
+        ((None, "last week"), {}, TypeError, "since"),
+        ((None, None, OBJ), {}, TypeError, "until"),
+        ((), {"tz": "UTC"}, TypeError, "tz"),
+    ],
+    "import_database": [
+        ((123,), {}, TypeError, "path"),
+        (("in.db",), {"on_conflict": "merge"}, ValueError, "on_conflict"),
+        (("in.db",), {"progress": 5}, TypeError, "progress"),
+    ],
+    "invalidate_cache": [
+        ((123,), {}, TypeError, "prompt"),
+        ((None, 123), {}, TypeError, "model_path"),
+        ((None, None, "old"), {}, TypeError, "older_than"),
+    ],
+    "log": [
+        ((["INFO"], "m"), {}, TypeError, "level"),
+        (("INFO", 123), {}, TypeError, "message"),
+        (("INFO", "m", 5), {}, TypeError, "category"),
+        (("INFO", "m", None, ["ctx"]), {}, TypeError, "context"),
+        (("INFO", "m", None, None, "boom"), {}, TypeError, "error"),
+    ],
+    "mark_model_loaded": [((1.5,), {}, TypeError, "model"), (("m", 5), {}, TypeError, "status")],
+    "mark_model_unloaded": [(([1],), {}, TypeError, "model")],
+    "prune_logs": [(("old",), {}, TypeError, "older_than"), ((), {"keep_last": -1}, ValueError, "keep_last")],
+    "prune_stats": [(("old",), {}, TypeError, "older_than"), ((60,), {"model_path": 5}, TypeError, "model_path")],
+    "record_generation": [
+        ((123, {"text": "x"}), {}, TypeError, "model_path"),
+        (("m.gguf", "text"), {}, TypeError, "response"),
+        (("m.gguf", ["text"]), {}, TypeError, "response"),
+        (("m.gguf", {"text": "x"}, 0.5), {}, TypeError, "config"),
+        (("m.gguf", {"text": "x"}, None, "yes"), {}, TypeError, "cache_hit"),
+        (("m.gguf", {"text": "x"}), {"session_id": 5}, TypeError, "session_id"),
+        (("m.gguf", {"stats": {"prompt_tokens": "many"}}), {}, TypeError, "prompt_tokens"),
+    ],
+    "register_model": [
+        ((123,), {}, TypeError, "path"),
+        (("m.gguf", 5), {}, TypeError, "name"),
+        (("m.gguf",), {"ctx_size": "big"}, TypeError, "ctx_size"),
+        (("m.gguf",), {"no_such_param": 1}, TypeError, "no_such_param"),
+    ],
+    "save_metrics": [
+        (("cpu",), {}, TypeError, "sample"),
+        (({"cpu_usage": "high"},), {}, TypeError, "cpu_usage"),
+        (({"no_such_metric": 1},), {}, ValueError, "no_such_metric"),
+    ],
+    "save_model": [
+        ((5,), {}, TypeError, "name"),
+        (("m",), {"type": 5}, TypeError, "type"),
+        (("m",), {"status": 5}, TypeError, "status"),
+        (("m",), {"ctx_size": 1.5}, TypeError, "ctx_size"),
+        (("m",), {"no_such_param": 1}, TypeError, "no_such_param"),
+    ],
+    "set_config": [
+        ((5, 1), {}, TypeError, "key"),
+        (("k", OBJ), {}, TypeError, "value"),
+        (("k", {1, 2}), {}, TypeError, "'k'"),
+        (("k", {"a": float("nan")}), {}, TypeError, "'k'"),
+        (("k", (1, 2)), {}, TypeError, "'k'"),
+    ],
+    "set_metadata": [((5, "v"), {}, TypeError, "key"), (("k", None), {}, TypeError, "value")],
+    "start_metrics_sampler": [
+        (("1",), {}, TypeError, "interval"),
+        ((0,), {}, ValueError, "interval"),
+        ((), {"disk_path": 5}, TypeError, "disk_path"),
+    ],
+    "to_llama_kwargs": [((1.5,), {}, TypeError, "model")],
+    "to_sampling_kwargs": [((None,), {}, TypeError, "model")],
+    "to_server_args": [
+        (([],), {}, TypeError, "model"),
+        (("m",), {"model_path_flag": 5}, TypeError, "model_path_flag"),
+        (("m",), {"legacy": "no"}, TypeError, "legacy"),
+        (("m",), {"redact_secrets": 1}, TypeError, "redact_secrets"),
+    ],
+    "update_model": [
+        ((1.5,), {"ctx_size": 1}, TypeError, "model"),
+        (("m",), {"ctx_size": "big"}, TypeError, "ctx_size"),
+        (("m",), {"no_such_param": 1}, TypeError, "no_such_param"),
+    ],
+}
+# Parameters where any value is right: a default to return, an injected NVML module.
+ANY_VALUE = {("get_config", "default"), ("start_metrics_sampler", "nvml")}
+# No arguments, so no wrong ones.
+NO_ARGUMENTS = {
+    "cleanup_cache", "close", "delete_all_models", "get_all_config", "get_all_metadata",
+    "get_cache_stats", "get_database_size", "get_db_stats", "mark_server_start",
+    "migration_status", "schema_version", "vacuum",
+}
+
+
+def _public_methods() -> dict[str, Any]:
+    return {
+        name: member
+        for name, member in inspect.getmembers(CyllamaDB)
+        if not name.startswith("_") and callable(member) and name != "clock"
+    }
+
+
+def test_every_public_method_and_parameter_is_covered() -> None:
+    methods = _public_methods()
+    assert set(methods) == set(WRONG) | NO_ARGUMENTS
+    for name in NO_ARGUMENTS:
+        assert list(inspect.signature(methods[name]).parameters) == ["self"], name
+    for name, calls in WRONG.items():
+        sig = inspect.signature(methods[name])
+        named = [
+            p.name for p in sig.parameters.values()
+            if p.name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        mentioned = {fragment for _, _, _, fragment in calls}
+        missing = [p for p in named if p not in mentioned and (name, p) not in ANY_VALUE]
+        assert not missing, f"{name}: no wrong-type call for {missing}"
+
+
+@pytest.fixture
+def populated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CyllamaDB]:
+    """A file database with a row in every store, in a folder of its own."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.gguf").write_bytes(b"GGUF" + bytes(60))
+    db = CyllamaDB(tmp_path / "data" / "full.db")
+    db.set_config("k", 1)
+    db.set_metadata("mk", "v")
+    db.cache_response("p", "m.gguf", None, "r")
+    db.record_generation("m.gguf", {"text": "x"}, session_id="s")
+    db.log("INFO", "hello", category="c")
+    db.save_metrics({"cpu_usage": 1.0})
+    db.save_model("m", model_path="m.gguf", ctx_size=512)
+    db.export_database("in.db")  # a valid file for import_database's wrong calls
+    yield db
+    db.close()
+
+
+def _snapshot(db: CyllamaDB) -> list[str]:
+    db.get_db_stats()  # flushes buffered writes, so they do not look like changes
+    with db.pool.read() as conn:
+        return list(conn.iterdump())
+
+
+CASES = [
+    pytest.param(name, args, kwargs, exc, fragment, id=f"{name}-{i}")
+    for name, calls in sorted(WRONG.items())
+    for i, (args, kwargs, exc, fragment) in enumerate(calls)
+]
+
+
+@pytest.mark.parametrize(("name", "args", "kwargs", "exc", "fragment"), CASES)
+def test_wrong_call_is_a_clear_error_and_writes_nothing(
+    populated: CyllamaDB,
+    tmp_path: Path,
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    exc: type[Exception],
+    fragment: str,
+) -> None:
+    before = _snapshot(populated)
+    files_before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(exc) as info:
+        result = getattr(populated, name)(*args, **kwargs)
+        if hasattr(result, "stop"):  # a sampler that started after all
+            result.stop()
+    message = str(info.value)
+    assert fragment in message, f"{name}: message {message!r} does not name {fragment!r}"
+    assert len(message) > len(fragment) + 10, f"{name}: message {message!r} says nothing more"
+    assert _snapshot(populated) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == files_before  # no stray export file
+
+
+# -- the module-level API --------------------------------------------------------------------
+
+
+def test_generation_config_rejects_wrong_types() -> None:
+    with pytest.raises(TypeError, match="temperature"):
+        GenerationConfig(temperature="hot")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="max_tokens"):
+        GenerationConfig(max_tokens=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="temprature"):
+        GenerationConfig(temprature=0.1)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="top_p"):
+        GenerationConfig(top_p=2.0)
+
+
+def test_response_rejects_wrong_types() -> None:
+    with pytest.raises(TypeError, match="text"):
+        Response(text=5)  # type: ignore[arg-type]
+
+
+def test_configure_db_rejects_unknown_and_wrong_options(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="no_such_option"):
+        cyllama_db.configure_db(path=tmp_path / "x.db", no_such_option=1)
+    with pytest.raises((TypeError, ValueError), match="max_cache_size_mb"):
+        cyllama_db.configure_db(path=tmp_path / "x.db", max_cache_size_mb="lots")
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_complete_rejects_wrong_types_before_touching_anything(tmp_path: Path) -> None:
+    db = cyllama_db.configure_db(path=tmp_path / "c.db")
+    before = _snapshot(db)
+    with pytest.raises(TypeError, match="prompt"):
+        cyllama_db.complete(123, model_path=tmp_path / "m.gguf")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="temprature"):
+        cyllama_db.complete("p", model_path=tmp_path / "m.gguf", temprature=0.1)
+    assert _snapshot(db) == before
+
+
+def test_cached_rejects_what_it_cannot_key(memory_db: CyllamaDB) -> None:
+    @cyllama_db.cached(db=memory_db)
+    def echo(value: Any) -> Any:
+        return value
+
+    with pytest.raises(TypeError, match="StringIO"):
+        echo(io.StringIO("not keyable"))
+    with pytest.raises(TypeError, match="JSON"):
+        echo(OBJ)
+    assert memory_db.get_cache_stats()["entries"] == 0
+
+
+# -- awkward text ------------------------------------------------------------------------------
+
+AWKWARD = {
+    "nul": "before\x00after",
+    "astral": "emoji \U0001f600 clef \U0001d11e",  # surrogate pairs in UTF-16 and JSON
+    "rtl-and-combining": "\u05e9\u05dc\u05d5\u05dd e\u0301",
+    "ten-megabytes": "ten megabytes " * 750_000,
+}
+
+
+@pytest.mark.parametrize("text", AWKWARD.values(), ids=AWKWARD.keys())
+def test_awkward_text_round_trips_through_every_store(any_db: CyllamaDB, tmp_path: Path, text: str) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF" + bytes(60))
+    any_db.set_config(text[:200], text)
+    assert any_db.get_config(text[:200]) == text
+    any_db.set_metadata("awkward", text)
+    assert any_db.get_metadata("awkward") == text
+    any_db.cache_response(text, model, None, Response(text=text))
+    hit = any_db.get_cached_response(text, model)
+    assert hit is not None and hit.text == text
+    assert any_db.get_cached_response(text + " ", model) is None  # the whole prompt is keyed
+    messages = [{"role": "user", "content": text}]
+    any_db.cache_response(messages, model, None, Response(text="chat " + text[:50]))
+    chat_hit = any_db.get_cached_response(messages, model)
+    assert chat_hit is not None and chat_hit.text == "chat " + text[:50]
+    log_id = any_db.log("INFO", text, context={"text": text})
+    [entry] = [e for e in any_db.get_logs(limit=5) if e["id"] == log_id]
+    assert entry["message"] == text and entry["context"] == {"text": text}
+
+
+LONE = {"lone-high": "a\ud800b", "lone-low": "\udc80", "split-pair": "\ud83d\ude00"}
+
+
+@pytest.mark.parametrize("text", LONE.values(), ids=LONE.keys())
+def test_lone_surrogates_are_refused_by_name_and_nothing_is_written(
+    file_db: CyllamaDB, tmp_path: Path, text: str
+) -> None:
+    """Text with no UTF-8 form (e.g. os.fsdecode of a bad file name) cannot be stored as such."""
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF" + bytes(60))
+    before = _snapshot(file_db)
+    calls = {
+        "key": lambda: file_db.set_config(text, 1),
+        "message": lambda: file_db.log("INFO", text),
+        "category": lambda: file_db.log("INFO", "m", category=text),
+        "response.text": lambda: file_db.cache_response("p", model, None, Response(text=text)),
+        "'awkward'": lambda: file_db.set_metadata("awkward", text),
+        "'odd'": lambda: file_db.set_config("odd", text),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match="surrogate") as info:
+            call()
+        assert name in str(info.value)
+    assert _snapshot(file_db) == before
+    # Inside a log's context JSON escapes it, and it reads back exactly.
+    log_id = file_db.log("INFO", "file listing", context={"name": text})
+    [entry] = [e for e in file_db.get_logs() if e["id"] == log_id]
+    # (JSON joins an escaped high+low pair into the one character they spell.)
+    assert entry["context"] == {"name": "\U0001f600" if text == LONE["split-pair"] else text}
+
+
+def test_lone_surrogates_in_log_records_are_kept_escaped(file_db: CyllamaDB) -> None:
+    """The logging handler must never drop a record: it escapes what UTF-8 cannot hold."""
+    import logging
+
+    handler = cyllama_db.CyllamaDBHandler(db=file_db)
+    record = logging.LogRecord("app", logging.WARNING, __file__, 1, "bad name %s", ("x\udcff.txt",), None)
+    handler.emit(record)
+    handler.close()
+    [entry] = file_db.get_logs(category="app")
+    assert entry["message"] == "bad name x\\udcff.txt"
+
+
+def test_ten_megabyte_prompt_counts_toward_the_size_limit(tmp_path: Path) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF" + bytes(60))
+    with CyllamaDB(tmp_path / "big.db", max_cache_size_mb=15) as db:
+        big = "x" * 10_000_000
+        db.cache_response(big, model, None, "first")
+        db.cache_response(big + "y", model, None, "second")  # evicts the first: 20 MB > 15 MB
+        assert db.get_cached_response(big, model) is None
+        hit = db.get_cached_response(big + "y", model)
+        assert hit is not None and hit.text == "second"
+
+
+def test_config_values_outside_json_are_type_errors_naming_the_key(memory_db: CyllamaDB) -> None:
+    for bad in (b"bytes", 1 + 2j, {1, 2}, (1, 2), {1: "int key"}, [float("inf")], timedelta(1), OBJ):
+        with pytest.raises(TypeError, match="'k'"):
+            memory_db.set_config("k", bad)
+    assert memory_db.get_all_config() == {}
+
+
+def test_sqlite_integrity_after_all_wrong_calls(populated: CyllamaDB) -> None:
+    for name, calls in WRONG.items():
+        for args, kwargs, exc, _ in calls:
+            with pytest.raises(exc):
+                getattr(populated, name)(*args, **kwargs)
+    with populated.pool.read() as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
