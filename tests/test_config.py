@@ -113,3 +113,19 @@ def test_config_survives_reopen(tmp_path: Path) -> None:
         db.set_config("defaults", {"temperature": 0.7, "n_gpu_layers": 99, "stop": ["\n"]})
     with CyllamaDB(path) as db:
         assert db.get_config("defaults") == {"temperature": 0.7, "n_gpu_layers": 99, "stop": ["\n"]}
+
+
+def test_int_and_float_subclasses_are_stored_as_their_numbers(memory_db: CyllamaDB) -> None:
+    import enum
+
+    class Color(enum.IntEnum):
+        RED = 7
+
+    class Meters(float):
+        def __repr__(self) -> str:
+            return f"{float(self)} m"
+
+    memory_db.set_config("color", Color.RED)
+    memory_db.set_config("length", Meters(2.5))
+    assert memory_db.get_config("color") == 7 and type(memory_db.get_config("color")) is int
+    assert memory_db.get_config("length") == 2.5 and type(memory_db.get_config("length")) is float

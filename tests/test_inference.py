@@ -86,6 +86,8 @@ def test_config_defaults_and_normalisation() -> None:
     assert dict(config.logit_bias or {}) == {5: 1.0}
     assert GenerationConfig(stop_sequences="END").stop_sequences == ("END",)
     assert GenerationConfig().max_tokens == 512
+    # negative frequency/presence penalties favour repetition; llama.cpp takes them
+    assert GenerationConfig(frequency_penalty=-0.5, presence_penalty=-2).presence_penalty == -2.0
 
 
 @pytest.mark.parametrize(
@@ -100,6 +102,8 @@ def test_config_defaults_and_normalisation() -> None:
         ({"mirostat_mode": 3}, ValueError, "mirostat_mode"),
         ({"stop_sequences": [1]}, TypeError, "stop_sequences"),
         ({"repeat_penalty": 0}, ValueError, "repeat_penalty"),
+        ({"frequency_penalty": float("inf")}, ValueError, "frequency_penalty"),
+        ({"presence_penalty": "high"}, TypeError, "presence_penalty"),
         ({"grammar": 5}, TypeError, "grammar"),
         ({"logit_bias": {"x": 1.0}}, TypeError, "logit_bias"),
     ],

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import inspect
 import io
+import math
+import os
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 import cyllama_db
-from cyllama_db import CyllamaDB, GenerationConfig, Response
+from cyllama_db import CyllamaDB, GenerationConfig, Response, generate_cache_key
 
 pytestmark = pytest.mark.reliability
 
@@ -393,3 +397,143 @@ def test_sqlite_integrity_after_all_wrong_calls(populated: CyllamaDB) -> None:
                 getattr(populated, name)(*args, **kwargs)
     with populated.pool.read() as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+# -- properties ------------------------------------------------------------------------------
+
+POISON = (
+    st.binary(min_size=1)
+    | st.complex_numbers()
+    | st.sets(st.integers(), min_size=1)
+    | st.tuples(st.integers())
+    | st.floats().filter(lambda x: not math.isfinite(x)).map(lambda x: [x])
+    | st.dictionaries(st.integers(), st.integers(), min_size=1)
+    | st.dates()
+    | st.builds(object)
+)
+NOT_JSON = st.recursive(
+    POISON,
+    lambda inner: st.lists(inner, min_size=1, max_size=3)
+    | st.dictionaries(st.text(max_size=5), inner, min_size=1, max_size=3),
+    max_leaves=6,
+)
+
+
+@given(value=NOT_JSON)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_values_json_cannot_hold_are_refused_and_nothing_is_written(memory_db: CyllamaDB, value: Any) -> None:
+    with pytest.raises(TypeError, match="'k'"):
+        memory_db.set_config("k", value)
+    assert memory_db.get_config("k", "absent") == "absent"
+
+
+KEYED_CHANGES: dict[str, list[Any]] = {
+    "max_tokens": [1, 7, None],
+    "temperature": [0.0, 0.5, 1.7],
+    "top_k": [0, 1, 99],
+    "top_p": [0.1, 1.0],
+    "min_p": [0.0, 0.2],
+    "typical_p": [0.5],
+    "repeat_penalty": [1.1, 2.0],
+    "frequency_penalty": [-0.5, 0.5],
+    "presence_penalty": [-1.0, 1.0],
+    "mirostat_mode": [1, 2],
+    "mirostat_tau": [3.0],
+    "mirostat_eta": [0.3],
+    "stop_sequences": [("\n",), ("a", "b")],
+    "grammar": ['root ::= "x"'],
+    "logit_bias": [{1: 2.0}, {5: -100.0}],
+}
+CONFIGS = st.fixed_dictionaries(
+    {},
+    optional={name: st.sampled_from(values) for name, values in KEYED_CHANGES.items()},
+)
+
+
+def test_every_keyed_field_is_listed() -> None:
+    import dataclasses
+
+    keyed = {f.name for f in dataclasses.fields(GenerationConfig)} - {"seed"}
+    assert keyed == set(KEYED_CHANGES)
+
+
+@given(base=CONFIGS, field=st.sampled_from(sorted(KEYED_CHANGES)), data=st.data())
+@settings(max_examples=150, deadline=None)
+def test_any_change_of_a_keyed_field_changes_the_key(base: dict[str, Any], field: str, data: Any) -> None:
+    model = _key_model()
+    before = generate_cache_key("prompt", model, base)
+    choices = [v for v in KEYED_CHANGES[field] if GenerationConfig(**{**base, field: v}) != GenerationConfig(**base)]
+    assume(choices)
+    changed = {**base, field: data.draw(st.sampled_from(choices))}
+    assert generate_cache_key("prompt", model, changed) != before
+    # ...while the seed, which llama.cpp ignores at temperature 0, is not keyed
+    assert generate_cache_key("prompt", model, {**base, "seed": 1234}) == before
+
+
+@given(config=CONFIGS, messages=st.lists(
+    st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]), "content": st.text()}),
+    min_size=1, max_size=3,
+), seed=st.integers(0, 2**16))
+@settings(max_examples=100, deadline=None)
+def test_key_ignores_dict_ordering(config: dict[str, Any], messages: list[dict[str, str]], seed: int) -> None:
+    import random
+
+    model = _key_model()
+    rng = random.Random(seed)
+
+    def shuffled(d: dict[str, Any]) -> dict[str, Any]:
+        items = list(d.items())
+        rng.shuffle(items)
+        return {k: dict(reversed(list(v.items()))) if isinstance(v, dict) else v for k, v in items}
+
+    assert generate_cache_key(messages, model, config) == generate_cache_key(
+        [shuffled(m) for m in messages], model, shuffled(config)
+    )
+
+
+_KEY_CASES = [
+    ("plain prompt", {}),
+    ("unicode \u00e9\U0001f600 prompt", {"temperature": 0.0, "stop_sequences": ["\n", "END"]}),
+    ("nul\x00prompt", {"logit_bias": {3: 1.5, 1: -2.0}, "grammar": 'root ::= "a"'}),
+    ([{"role": "user", "content": "hi"}, {"content": "yo", "role": "assistant"}], {"top_k": 0}),
+]
+_KEY_SCRIPT = """
+import json, sys
+from cyllama_db import generate_cache_key
+cases = json.loads(sys.argv[1])
+print(json.dumps([generate_cache_key(p, sys.argv[2], c) for p, c in cases]))
+"""
+
+
+def test_keys_are_stable_across_processes_and_hash_seeds(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF" + bytes(60))
+    cases = [(p, {k: ({str(b): v for b, v in c[k].items()} if k == "logit_bias" else c[k]) for k in c})
+             for p, c in _KEY_CASES]
+    here = [generate_cache_key(p, model, c) for p, c in cases]
+    assert len(set(here)) == len(here)
+    for hash_seed in ("0", "12345"):
+        out = subprocess.run(
+            [sys.executable, "-c", _KEY_SCRIPT, json.dumps(cases), str(model)],
+            capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+        )
+        assert json.loads(out.stdout) == here
+
+
+_MODEL_FOR_KEYS: list[Path] = []
+
+
+def _key_model() -> Path:
+    # One small model file for the property tests (hypothesis runs them many times).
+    if not _MODEL_FOR_KEYS:
+        import tempfile
+
+        path = Path(tempfile.mkdtemp(prefix="cyllama-keys-")) / "m.gguf"
+        path.write_bytes(b"GGUF" + bytes(60))
+        _MODEL_FOR_KEYS.append(path)
+    return _MODEL_FOR_KEYS[0]

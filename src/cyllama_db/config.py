@@ -61,10 +61,12 @@ def encode_value(key: str, value: Any) -> tuple[str, str]:
     # bool before int: bool is a subclass of int and must stay a bool.
     if isinstance(value, bool):
         return ("true" if value else "false"), "bool"
+    # int()/float() first: a subclass (IntEnum, ...) may print itself otherwise,
+    # e.g. "Color.RED", which would not parse back.
     if isinstance(value, int):
-        return str(value), "int"
+        return str(int(value)), "int"
     if isinstance(value, float):
-        return repr(value), "float"
+        return repr(float(value)), "float"
     if isinstance(value, str):
         check_text(value, f"config value for {key!r}")
         return value, "str"

@@ -89,11 +89,11 @@ _FLOAT_FIELDS: Final = (
     "min_p",
     "typical_p",
     "repeat_penalty",
-    "frequency_penalty",
-    "presence_penalty",
     "mirostat_tau",
     "mirostat_eta",
 )
+# frequency_penalty and presence_penalty may be negative (llama.cpp and the
+# OpenAI API both allow it: a negative value favours repetition).
 _UNIT_FIELDS: Final = ("top_p", "min_p", "typical_p")
 
 
