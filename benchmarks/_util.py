@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 
 def timings_us(fn: Callable[[int], object], n: int) -> list[float]:
@@ -14,6 +17,21 @@ def timings_us(fn: Callable[[int], object], n: int) -> list[float]:
         start = time.perf_counter()
         fn(i)
         out.append((time.perf_counter() - start) * 1e6)
+    return out
+
+
+def interleaved(fns: Sequence[Callable[[int], object]], n: int) -> list[list[float]]:
+    """Call every ``fn(i)`` for each i in turn; return each one's times in microseconds.
+
+    An operation and its baseline timed this way see the same moments, so
+    load from other processes on a shared machine hits both alike.
+    """
+    out: list[list[float]] = [[] for _ in fns]
+    for i in range(n):
+        for times, fn in zip(out, fns, strict=True):
+            start = time.perf_counter()
+            fn(i)
+            times.append((time.perf_counter() - start) * 1e6)
     return out
 
 
@@ -30,3 +48,17 @@ def row(name: str, values: Sequence[float], baseline: Sequence[float] | None = N
 
 def header(title: str) -> str:
     return f"\n{title}\n{'operation':<44} {'p50 us':>10} {'p99 us':>10}   vs baseline"
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence C-level stderr (llama.cpp logs there even with verbose=False)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "wb") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

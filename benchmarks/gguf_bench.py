@@ -20,18 +20,20 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _util import quiet_stderr  # noqa: E402
 
 from cyllama_db import CyllamaDB  # noqa: E402
 from cyllama_db._gguf import (  # noqa: E402
@@ -41,20 +43,6 @@ from cyllama_db._gguf import (  # noqa: E402
     summarize_gguf,
 )
 from cyllama_db.testing import write_large_vocab_gguf  # noqa: E402
-
-
-@contextlib.contextmanager
-def quiet_stderr() -> Iterator[None]:
-    """Silence llama.cpp's C-level stderr logging (verbose=False misses some)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(os.devnull, "wb") as devnull:
-        os.dup2(devnull.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def timeit(
@@ -68,6 +56,67 @@ def timeit(
         fn()
         times.append(time.perf_counter() - t0)
     return times
+
+
+def measure(
+    path: Path, runs: int, reader_runs: int, *, gguf_reader: bool = True, registry: bool = True
+) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Time every metadata reader on ``path`` (seconds per run).
+
+    Returns ``(results, skipped)``: ``results`` maps a reader's name to its
+    run times; ``skipped`` maps the name of a reader that could not run to
+    why (``Llama(vocab_only=True)`` without llama-cpp-python,
+    ``gguf.GGUFReader`` without gguf).
+    """
+    results: dict[str, list[float]] = {}
+    skipped: dict[str, str] = {}
+    read_gguf_header(path)  # page cache and compiled regexes, as for every reader below
+    results["read_gguf_header"] = timeit(lambda: read_gguf_header(path), runs)
+    results["summarize_gguf (+sha256)"] = timeit(lambda: summarize_gguf(path), runs)
+    results["model_fingerprint (cold)"] = timeit(
+        lambda: model_fingerprint(path), runs, setup=clear_fingerprint_cache
+    )
+    model_fingerprint(path)
+    results["model_fingerprint (cached)"] = timeit(lambda: model_fingerprint(path), runs)
+
+    if registry:
+        # The registry end to end: a first registration reads the header; an
+        # unchanged file (same path, size, mtime) is served from the table.
+        with CyllamaDB(":memory:") as db:
+
+            def forget() -> None:
+                db.delete_all_models()
+                clear_fingerprint_cache()
+
+            results["register_model (new file)"] = timeit(
+                lambda: db.register_model(path), runs, setup=forget
+            )
+            results["register_model (unchanged)"] = timeit(lambda: db.register_model(path), runs)
+
+    try:
+        import llama_cpp
+    except ImportError:
+        skipped["Llama(vocab_only=True)"] = "llama-cpp-python not installed"
+    else:
+
+        def load_vocab() -> None:
+            llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+            llm.close()
+
+        with quiet_stderr():
+            load_vocab()  # warm-up: first call initialises the backends
+            results["Llama(vocab_only=True)"] = timeit(load_vocab, runs)
+
+    if not gguf_reader:
+        skipped["gguf.GGUFReader"] = "not run (--no-gguf-reader)"
+    else:
+        try:
+            import gguf
+        except ImportError:
+            skipped["gguf.GGUFReader"] = "gguf not installed"
+        else:
+            results["gguf.GGUFReader"] = timeit(lambda: gguf.GGUFReader(path), reader_runs)
+    return results, skipped
 
 
 def main() -> int:
@@ -90,52 +139,11 @@ def main() -> int:
             f"{header.kv['tokenizer.ggml.merges']['length']} merges, "
             f"metadata {header.metadata_size / 1e6:.2f} MB (written in {write_s:.1f} s)"
         )
-
-        results: dict[str, list[float]] = {}
-        results["read_gguf_header"] = timeit(lambda: read_gguf_header(path), args.runs)
-        results["summarize_gguf (+sha256)"] = timeit(lambda: summarize_gguf(path), args.runs)
-        results["model_fingerprint (cold)"] = timeit(
-            lambda: model_fingerprint(path), args.runs, setup=clear_fingerprint_cache
+        results, skipped = measure(
+            path, args.runs, args.reader_runs, gguf_reader=not args.no_gguf_reader
         )
-        model_fingerprint(path)
-        results["model_fingerprint (cached)"] = timeit(lambda: model_fingerprint(path), args.runs)
-
-        # The registry end to end: a first registration reads the header; an
-        # unchanged file (same path, size, mtime) is served from the table.
-        with CyllamaDB(":memory:") as db:
-
-            def forget() -> None:
-                db.delete_all_models()
-                clear_fingerprint_cache()
-
-            results["register_model (new file)"] = timeit(
-                lambda: db.register_model(path), args.runs, setup=forget
-            )
-            results["register_model (unchanged)"] = timeit(
-                lambda: db.register_model(path), args.runs
-            )
-
-        try:
-            import llama_cpp
-        except ImportError:
-            print("llama_cpp not importable: skipping Llama(vocab_only=True)")
-        else:
-
-            def load_vocab() -> None:
-                llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-                llm.close()
-
-            with quiet_stderr():
-                load_vocab()  # warm-up: first call initialises the backends
-                results["Llama(vocab_only=True)"] = timeit(load_vocab, args.runs)
-
-        if not args.no_gguf_reader:
-            try:
-                import gguf
-            except ImportError:
-                print("gguf not importable: skipping gguf.GGUFReader")
-            else:
-                results["gguf.GGUFReader"] = timeit(lambda: gguf.GGUFReader(path), args.reader_runs)
+        for name, why in skipped.items():
+            print(f"{name}: skipped ({why})")
 
     base = statistics.median(results["read_gguf_header"])
     print()

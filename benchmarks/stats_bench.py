@@ -25,13 +25,15 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from _util import header, row, timings_us
+from _util import header, interleaved, row, timings_us
 
 from cyllama_db import CyllamaDB
 
@@ -60,7 +62,16 @@ RESPONSE = {
 CONFIG = {"temperature": 0.7, "max_tokens": 128}
 
 
-def bench_record(folder: str, n: int) -> None:
+def measure_record(folder: str, n: int) -> dict[str, list[float]]:
+    """Time one generation's row and one cache hit's row; every list is in microseconds.
+
+    Keys: ``raw`` (a raw INSERT of the same row into ``stats``, own
+    transaction), ``bare`` (the same into a copy of the table without indexes
+    and trigger), ``record`` (``record_generation``), the three interleaved;
+    then ``select`` (one indexed SELECT) and ``hit`` (``record_generation(...,
+    cache_hit=True)``), interleaved; ``locked``: ``hit`` while another
+    connection holds the write lock.
+    """
     db = CyllamaDB(os.path.join(folder, "record.db"))
     path = MODELS[0]
     db.record_generation(path, RESPONSE, CONFIG)  # warm the model-name cache
@@ -81,16 +92,6 @@ def bench_record(folder: str, n: int) -> None:
     def record(i: int) -> None:
         db.record_generation(path, RESPONSE, CONFIG)
 
-    raw(0)
-    bare(0)
-    base = timings_us(raw, n)
-    bare_t = timings_us(bare, n)
-    rec = timings_us(record, n)
-    print(header(f"one generation row, file database ({n} calls each)"))
-    print(row("raw INSERT into stats (own transaction)", base))
-    print(row("raw INSERT, table without indexes/trigger", bare_t, base))
-    print(row("record_generation(model, response, config)", rec, base))
-
     def select(i: int) -> None:
         with db.pool.read() as conn:
             conn.execute(
@@ -101,21 +102,35 @@ def bench_record(folder: str, n: int) -> None:
     def hit(i: int) -> None:
         db.record_generation(path, RESPONSE, CONFIG, cache_hit=True)
 
-    sel = timings_us(select, n)
-    hits = timings_us(hit, n)
-    db._stats_flush_hits()
-    other = sqlite3.connect(os.path.join(folder, "record.db"), isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # another process holding the write lock
     try:
-        locked = timings_us(hit, n)
+        raw(0)
+        bare(0)
+        # Interleaved (same i, same moment): load from other processes hits all alike.
+        base, bare_t, rec = interleaved([raw, bare, record], n)
+        sel, hits = interleaved([select, hit], n)
+        db._stats_flush_hits()
+        other = sqlite3.connect(os.path.join(folder, "record.db"), isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+        try:
+            locked = timings_us(hit, n)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
     finally:
-        other.execute("ROLLBACK")
-        other.close()
+        db.close()
+    return {"raw": base, "bare": bare_t, "record": rec, "select": sel, "hit": hits, "locked": locked}
+
+
+def bench_record(folder: str, n: int) -> None:
+    t = measure_record(folder, n)
+    print(header(f"one generation row, file database ({n} calls each)"))
+    print(row("raw INSERT into stats (own transaction)", t["raw"]))
+    print(row("raw INSERT, table without indexes/trigger", t["bare"], t["raw"]))
+    print(row("record_generation(model, response, config)", t["record"], t["raw"]))
     print(header(f"one cache hit's row, file database ({n} calls each)"))
-    print(row("indexed SELECT on stats (one row)", sel))
-    print(row("record_generation(..., cache_hit=True)", hits, sel))
-    print(row("  the same, file write-locked elsewhere", locked, sel))
-    db.close()
+    print(row("indexed SELECT on stats (one row)", t["select"]))
+    print(row("record_generation(..., cache_hit=True)", t["hit"], t["select"]))
+    print(row("  the same, file write-locked elsewhere", t["locked"], t["select"]))
 
 
 def fill(db: CyllamaDB, n: int, seed: int = 0) -> None:
@@ -124,7 +139,7 @@ def fill(db: CyllamaDB, n: int, seed: int = 0) -> None:
     end = time.time()
     start = end - SPAN_DAYS * DAY
 
-    def rows():  # type: ignore[no-untyped-def]
+    def rows() -> Iterator[tuple[Any, ...]]:
         for _ in range(n):
             model = rng.randrange(len(MODELS))
             hit = 1 if rng.random() < 0.1 else 0
@@ -152,20 +167,26 @@ def fill(db: CyllamaDB, n: int, seed: int = 0) -> None:
         conn.executemany(INSERT_SQL, rows())
 
 
-def naive_summary(db: CyllamaDB) -> None:
-    """What a summary costs without the rollup: the same answers from the raw rows."""
+def naive_summary(db: CyllamaDB) -> dict[str, Any]:
+    """What a summary costs without the rollup: the same answers from the raw rows.
+
+    Returns ``by_model`` ({path: (generations, cache_hits, tokens, avg tps)}),
+    ``by_day`` ([(local date, generations, cache_hits, tokens, avg tps)]) and
+    ``latency`` ({path: (p50, p95)} of total_time_ms over real generations).
+    """
     with db.pool.read() as conn:
-        conn.execute(
+        by_model = conn.execute(
             "SELECT model_path, COUNT(*), SUM(cache_hit), SUM(total_tokens),"
             " AVG(CASE WHEN cache_hit = 0 THEN tokens_per_second END)"
             " FROM stats GROUP BY model_path"
         ).fetchall()
-        conn.execute(
+        by_day = conn.execute(
             "SELECT date(created_at, 'unixepoch', 'localtime') AS d, COUNT(*), SUM(cache_hit),"
             " SUM(total_tokens), AVG(CASE WHEN cache_hit = 0 THEN tokens_per_second END)"
-            " FROM stats GROUP BY d"
+            " FROM stats GROUP BY d ORDER BY d"
         ).fetchall()
-        for model in MODELS:
+        latency: dict[str, tuple[float, float]] = {}
+        for (model, *_rest) in by_model:
             values = [
                 r[0]
                 for r in conn.execute(
@@ -174,17 +195,47 @@ def naive_summary(db: CyllamaDB) -> None:
                     (model,),
                 )
             ]
-            if values:
-                statistics.quantiles(values, n=20, method="inclusive")
+            if len(values) >= 2:
+                cuts = statistics.quantiles(values, n=20, method="inclusive")
+                latency[model] = (cuts[9], cuts[18])
+    return {
+        "by_model": {r[0]: tuple(r[1:]) for r in by_model},
+        "by_day": [tuple(r) for r in by_day],
+        "latency": latency,
+    }
 
 
-def median_ms(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
+def median_ms(fn: Callable[[], object], repeat: int) -> float:
     out = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
         out.append((time.perf_counter() - start) * 1000)
     return statistics.median(out)
+
+
+def measure_summary(folder: str, n: int, repeat: int) -> dict[str, float]:
+    """Fill a database with ``n`` rows, then time summaries (median of ``repeat``, in ms).
+
+    Keys: ``fill_s`` (seconds), ``full`` (``get_stats_summary()``), ``week``
+    (last 7 days), ``one`` (one model), ``hist`` (a 100-row history page),
+    ``naive`` (:func:`naive_summary`, median of ``max(1, repeat // 2)``).
+    """
+    db = CyllamaDB(os.path.join(folder, f"summary-{n}.db"))
+    try:
+        started = time.perf_counter()
+        fill(db, n)
+        fill_s = time.perf_counter() - started
+        db.get_stats_summary()  # warm the page cache
+        naive_summary(db)
+        full = median_ms(db.get_stats_summary, repeat)
+        week = median_ms(lambda: db.get_stats_summary(since=timedelta(days=7)), repeat)
+        one = median_ms(lambda: db.get_stats_summary(model_path=MODELS[1]), repeat)
+        hist = median_ms(lambda: db.get_generation_history(limit=100, model_path=MODELS[2]), repeat)
+        naive = median_ms(lambda: naive_summary(db), max(1, repeat // 2))
+    finally:
+        db.close()
+    return {"fill_s": fill_s, "full": full, "week": week, "one": one, "hist": hist, "naive": naive}
 
 
 def bench_summary(folder: str, sizes: list[int], repeat: int) -> None:
@@ -196,21 +247,11 @@ def bench_summary(folder: str, sizes: list[int], repeat: int) -> None:
         f" {'history ms':>11} {'naive SQL ms':>13} {'speed-up':>9}"
     )
     for n in sizes:
-        db = CyllamaDB(os.path.join(folder, f"summary-{n}.db"))
-        started = time.perf_counter()
-        fill(db, n)
-        fill_s = time.perf_counter() - started
-        db.get_stats_summary()  # warm the page cache
-        full = median_ms(db.get_stats_summary, repeat)
-        week = median_ms(lambda: db.get_stats_summary(since=timedelta(days=7)), repeat)  # noqa: B023
-        one = median_ms(lambda: db.get_stats_summary(model_path=MODELS[1]), repeat)  # noqa: B023
-        hist = median_ms(lambda: db.get_generation_history(limit=100, model_path=MODELS[2]), repeat)  # noqa: B023
-        naive = median_ms(lambda: naive_summary(db), max(1, repeat // 2))  # noqa: B023
+        t = measure_summary(folder, n, repeat)
         print(
-            f"{n:>9} {fill_s:>7.1f} {full:>11.1f} {week:>11.1f} {one:>11.1f}"
-            f" {hist:>11.2f} {naive:>13.1f} {naive / full:>8.1f}x"
+            f"{n:>9} {t['fill_s']:>7.1f} {t['full']:>11.1f} {t['week']:>11.1f} {t['one']:>11.1f}"
+            f" {t['hist']:>11.2f} {t['naive']:>13.1f} {t['naive'] / t['full']:>8.1f}x"
         )
-        db.close()
 
 
 def main() -> None:
