@@ -197,6 +197,9 @@ Rows = dict[str, Row]
 def bench_import(p: Profile, folder: Path, rows: Rows, notes: list[str]) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    # An installed package has its bytecode compiled; without this (some
+    # sandboxes set it) every run would recompile every changed module.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
 
     def run(code: str) -> float:
         start = time.perf_counter()

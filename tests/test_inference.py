@@ -113,6 +113,21 @@ def test_config_rejects_bad_values(changes: dict[str, Any], error: type[Exceptio
         GenerationConfig(**changes)
 
 
+def test_config_replace_is_remembered_but_never_across_types() -> None:
+    base = GenerationConfig(max_tokens=8)
+    first = base.replace(temperature=0)
+    assert base.replace(temperature=0) is first  # the same overrides again: no rebuild
+    assert first.temperature == 0.0 and first.max_tokens == 8
+    # 0 == False == 0.0 as dict keys, but only numbers are temperatures
+    with pytest.raises(TypeError, match="temperature"):
+        base.replace(temperature=False)
+    assert base.replace(temperature=0.0).temperature == 0.0
+    # unhashable overrides are simply not remembered
+    stops = base.replace(stop_sequences=["b", "a"])
+    assert stops.stop_sequences == ("a", "b") and base.replace(stop_sequences=["a"]) != stops
+    assert GenerationConfig(max_tokens=9).replace(temperature=0) is not first
+
+
 def test_config_replace_names_unknown_field() -> None:
     with pytest.raises(TypeError, match=r"'temprature'.*'temperature'"):
         GenerationConfig().replace(temprature=0.1)

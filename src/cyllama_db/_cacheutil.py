@@ -16,7 +16,6 @@ import math
 import os
 import threading
 import types
-import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, time, timedelta
@@ -297,13 +296,13 @@ def _local_token(value: Any) -> str:
         try:
             token = _local_tokens.get(value)
             if token is None:
-                token = uuid.uuid4().hex
+                token = os.urandom(16).hex()
                 _local_tokens[value] = token
             return token
         except TypeError:  # not weak-referenceable (or unhashable): keep it alive instead
             known = _local_tokens_strong.get(id(value))
             if known is None or known[0] is not value:
-                known = (value, uuid.uuid4().hex)
+                known = (value, os.urandom(16).hex())
                 _local_tokens_strong[id(value)] = known
             return known[1]
 

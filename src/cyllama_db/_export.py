@@ -34,9 +34,7 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import sqlite3
-import tempfile
 import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import IO, Any
@@ -508,6 +506,9 @@ class ExportMixin(StoreBase):
         _check_sqlite_file(source, "import file")
         if self.path != ":memory:" and _same_file(source, self.path):
             raise ValueError(f"cannot import the database into itself ({source!r})")
+
+        import shutil
+        import tempfile
 
         workdir = tempfile.mkdtemp(prefix="cyllama-import-")
         try:

@@ -15,7 +15,6 @@ spelling is kept in :attr:`Param.legacy_flag` and
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
@@ -898,6 +897,8 @@ def _lookup(name: str) -> Param:
     try:
         return PARAMS_BY_NAME[name]
     except KeyError:
+        import difflib
+
         close = difflib.get_close_matches(str(name), PARAMS_BY_NAME, n=3, cutoff=0.6)
         raise UnknownParameterError(str(name), close) from None
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import json
 import logging
 import math
@@ -92,6 +91,9 @@ _FLOAT_FIELDS: Final = (
     "mirostat_tau",
     "mirostat_eta",
 )
+# GenerationConfig.replace() results, by (config, *sorted (name, type, value)).
+_REPLACED: dict[tuple[Any, ...], GenerationConfig] = {}
+_REPLACED_MAX = 256
 # frequency_penalty and presence_penalty may be negative (llama.cpp and the
 # OpenAI API both allow it: a negative value favours repetition).
 _UNIT_FIELDS: Final = ("top_p", "min_p", "typical_p")
@@ -223,7 +225,21 @@ class GenerationConfig:
             raise TypeError(_unknown_message("GenerationConfig", unknown[0], _CONFIG_FIELDS))
         if not changes:
             return self
-        return dataclasses.replace(self, **changes)
+        # The same overrides on the same config, call after call (complete(...,
+        # temperature=0)), would rebuild and revalidate a config every time,
+        # which costs more than a cache hit's SELECT. Types are part of the
+        # memo key: 0 == False == 0.0, but only some of them are valid.
+        try:
+            memo_key = (self, *sorted((k, type(v), v) for k, v in changes.items()))
+            done = _REPLACED.get(memo_key)
+        except TypeError:  # an unhashable value (a list of stops, a dict): no memo
+            return dataclasses.replace(self, **changes)
+        if done is None:
+            done = dataclasses.replace(self, **changes)
+            if len(_REPLACED) >= _REPLACED_MAX:
+                _REPLACED.clear()
+            _REPLACED[memo_key] = done
+        return done
 
     def to_dict(self) -> dict[str, Any]:
         """Every field as a JSON-ready value (``logit_bias`` keys become strings)."""
@@ -299,6 +315,8 @@ _DEFAULT_CONFIG: Final = GenerationConfig()
 
 
 def _unknown_message(owner: str, name: str, known: Sequence[str]) -> str:
+    import difflib
+
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return f"{owner} got an unexpected keyword argument {name!r}.{hint}"

@@ -23,7 +23,6 @@ Rows come back as :class:`ModelRecord` dicts whose ``repr`` and
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import os
@@ -289,6 +288,8 @@ def _split_params(params: Mapping[str, Any], *, identity: Iterable[str]) -> tupl
         elif key in FILE_COLUMNS:
             raise UnknownParameterError(key, hint=_FILE_HINT)
         else:
+            import difflib
+
             close = difflib.get_close_matches(key, [*PARAMS_BY_NAME, *allowed_identity], n=3, cutoff=0.6)
             raise UnknownParameterError(key, close)
     if "name" in ident:
@@ -333,6 +334,8 @@ def _filter_value(key: str, value: Any) -> Any:
         expected = float
     if expected is None:
         filterable = [*IDENTITY_COLUMNS, *_FILTERABLE_FILE, "first_seen_at", "last_used_at", *PARAMS_BY_NAME]
+        import difflib
+
         close = difflib.get_close_matches(key, filterable, n=3, cutoff=0.6)
         hint = (
             f"did you mean {', '.join(map(repr, close))}?"

@@ -29,7 +29,6 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -37,6 +36,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from ._base import StoreBase, db_op, db_stats_provider
+from ._cacheutil import recent_model_identity
 from ._time import from_timestamp, parse_duration, to_timestamp
 from .migrations import execute_script, migration
 
@@ -214,12 +214,12 @@ def _stats_counts(conn: sqlite3.Connection) -> dict[str, Any]:
 
 # -- session ids -----------------------------------------------------------------------------
 
-_process_session = uuid.uuid4().hex
+_process_session = os.urandom(16).hex()
 
 
 def _new_process_session() -> None:
     global _process_session
-    _process_session = uuid.uuid4().hex
+    _process_session = os.urandom(16).hex()
 
 
 # A forked worker is a different process: it gets its own session.
@@ -517,7 +517,7 @@ if hasattr(os, "register_at_fork"):
 
 # -- model names -----------------------------------------------------------------------------
 
-_name_cache: dict[tuple[str, int, int], str] = {}
+_name_cache: dict[tuple[str, str], str] = {}
 _name_lock = threading.Lock()
 _NAME_CACHE_MAX = 256
 
@@ -526,15 +526,17 @@ def model_name_for(model_path: str | os.PathLike[str]) -> str:
     """``general.name`` from the model's GGUF metadata, else the file's basename.
 
     Never raises: a missing, unreadable or malformed file gives the basename.
-    Cached per (path, size, modification time), so a replaced file is re-read.
+    Cached per (path, model identity): the identity fingerprints the GGUF
+    header that holds the name, so a changed file is re-read, and the
+    identity's ``stat()`` is shared with the cache lookup just made for the
+    same generation.
     """
     path = os.fspath(model_path)
     fallback = os.path.basename(path.rstrip("/\\")) or path
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError):
+    identity = recent_model_identity(path)
+    if "@" not in identity:  # no such file
         return fallback
-    key = (path, st.st_size, st.st_mtime_ns)
+    key = (path, identity)
     with _name_lock:
         cached = _name_cache.get(key)
     if cached is not None:
@@ -558,13 +560,21 @@ def model_name_for(model_path: str | os.PathLike[str]) -> str:
 # -- reading Response / GenerationConfig duck-types ------------------------------------------
 
 
+# Whether each type seen is a Mapping: the ABC check costs more than the
+# lookup, and record_generation reads a dozen fields per call.
+_IS_MAPPING: dict[type, bool] = {dict: True}
+
+
 def _field(obj: Any, name: str) -> Any:
     if obj is None:
         return None
-    # A plain dict first: the Mapping ABC check costs more than the lookup.
-    if type(obj) is dict or isinstance(obj, Mapping):
-        return obj.get(name)
-    return getattr(obj, name, None)
+    kind = type(obj)
+    is_mapping = _IS_MAPPING.get(kind)
+    if is_mapping is None:
+        is_mapping = isinstance(obj, Mapping)
+        if len(_IS_MAPPING) < 1024:
+            _IS_MAPPING[kind] = is_mapping
+    return obj.get(name) if is_mapping else getattr(obj, name, None)
 
 
 def _number(value: Any, field: str, *, integer: bool = False) -> float | int | None:
