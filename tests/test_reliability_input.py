@@ -537,3 +537,22 @@ def _key_model() -> Path:
         path.write_bytes(b"GGUF" + bytes(60))
         _MODEL_FOR_KEYS.append(path)
     return _MODEL_FOR_KEYS[0]
+
+
+@pytest.mark.llama
+def test_awkward_prompts_through_real_llama_cpp(tiny_model_path: Path, tmp_path: Path) -> None:
+    db = CyllamaDB(tmp_path / "llama.db")
+    try:
+        for prompt in (AWKWARD["nul"], AWKWARD["astral"], AWKWARD["rtl-and-combining"]):
+            first = cyllama_db.complete(prompt, model_path=tiny_model_path, db=db, temperature=0.0, max_tokens=4)
+            again = cyllama_db.complete(prompt, model_path=tiny_model_path, db=db, temperature=0.0, max_tokens=4)
+            assert not first.cache_hit and again.cache_hit and again.text == first.text
+        before = _snapshot(db)
+        with pytest.raises(ValueError, match="prompt"):
+            cyllama_db.complete(LONE["lone-high"], model_path=tiny_model_path, db=db, temperature=0.0)
+        # 10 MB is far past the context: a clear error, and nothing cached or recorded
+        with pytest.raises(cyllama_db.errors.ContextOverflowError, match="n_ctx"):
+            cyllama_db.complete(AWKWARD["ten-megabytes"], model_path=tiny_model_path, db=db, temperature=0.0)
+        assert _snapshot(db) == before
+    finally:
+        db.close()

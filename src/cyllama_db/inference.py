@@ -1291,7 +1291,9 @@ class LLM(Closing):
             "generation failed for %s: %s",
             self.model_path,
             error,
-            exc_info=exc,
+            # A too-long prompt is the caller's to fix and its message says how:
+            # a llama_cpp traceback would only bury that line.
+            exc_info=None if isinstance(error, ContextOverflowError) else exc,
             extra={"model_path": self.model_path, "prompt": prompt},
         )
         return error
