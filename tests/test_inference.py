@@ -936,3 +936,32 @@ def test_hits_and_misses_are_logged_at_debug(llm: LLM, caplog: pytest.LogCapture
         llm("Logged")
     messages = [r.getMessage() for r in caplog.records if r.name == "cyllama_db.cache"]
     assert any("cache miss" in m for m in messages) and any("cache hit" in m for m in messages)
+
+
+_EXIT_SCRIPT = """
+import sys
+from cyllama_db import CyllamaDB, complete, configure_db
+db = configure_db(path=sys.argv[1])
+db.register_model(sys.argv[2], name="tiny")
+complete("Hello", model="tiny", temperature=0.0, max_tokens=4)
+assert db.get_model_by_name("tiny")["status"] == "running"
+complete("Hello", model_path=sys.argv[2], temperature=0.0, max_tokens=4, n_ctx=128)
+print("generated")
+"""
+
+
+def test_models_are_freed_cleanly_at_exit(tiny_model_path: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "exit.db"
+    done = subprocess.run(
+        [sys.executable, "-c", _EXIT_SCRIPT, str(path), str(tiny_model_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "generated"
+    # llama_cpp's own __del__ at interpreter shutdown would print this
+    assert "Exception ignored" not in done.stderr, done.stderr
+    with CyllamaDB(path) as db:
+        assert db.get_model_by_name("tiny")["status"] == "stopped"  # type: ignore[index]

@@ -26,7 +26,7 @@ from cyllama_db import CyllamaDB, GenerationConfig, Response, generate_cache_key
 pytestmark = pytest.mark.reliability
 
 OBJ = object()
-
+DB = object()  # stands for the test's database in MODULE_WRONG
 # method -> wrong calls: (args, kwargs, expected exception, fragment of the message).
 # Every parameter of every public method appears at least once.
 WRONG: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], type[Exception], str]]] = {
@@ -249,6 +249,154 @@ def test_wrong_call_is_a_clear_error_and_writes_nothing(
 
 
 # -- the module-level API --------------------------------------------------------------------
+
+M = "model.gguf"  # relative: the tests below run in a folder of their own
+MSG = [{"role": "user", "content": "hi"}]
+
+# public callable -> wrong calls, as for WRONG above; the database stays untouched.
+MODULE_WRONG: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], type[Exception], str]]] = {
+    "LLM": [
+        ((5,), {}, TypeError, "model_path"),
+        ((M,), {"config": 5}, TypeError, "config"),
+        ((M,), {"db": "db.sqlite"}, TypeError, "db"),
+        ((M,), {"cache": "yes"}, TypeError, "cache"),
+        ((M,), {"verbose": 1.0}, TypeError, "verbose"),
+        ((M,), {"n_ctx": "big"}, TypeError, "n_ctx"),
+        ((M,), {"no_such_option": 1}, TypeError, "no_such_option"),
+    ],
+    "CyllamaDBHandler": [(("db.sqlite",), {}, TypeError, "db"), ((), {"level": [1]}, TypeError, "level")],
+    "GenerationStats": [
+        ((), {name: "many"}, TypeError, name)
+        for name in ("prompt_tokens", "generated_tokens", "total_tokens", "prompt_time_ms",
+                     "generation_time_ms", "total_time_ms", "tokens_per_second")
+    ],
+    "Response": [
+        ((5,), {}, TypeError, "text"),
+        (("t",), {"finish_reason": 5}, TypeError, "finish_reason"),
+        (("t",), {"model_path": 5}, TypeError, "model_path"),
+        (("t",), {"cache_hit": "no"}, TypeError, "cache_hit"),
+        (("t",), {"stats": 5}, TypeError, "stats"),
+    ],
+    "MetricsSampler": [
+        (("db",), {}, TypeError, "db"),
+        ((None,), {}, TypeError, "db"),
+        ((DB,), {"interval": "1s"}, TypeError, "interval"),
+        ((DB,), {"disk_path": 5}, TypeError, "disk_path"),
+    ],
+    "cached": [
+        ((5,), {}, TypeError, "function"),
+        ((), {"ttl": [1]}, TypeError, "ttl"),
+        ((), {"db": "db.sqlite"}, TypeError, "db"),
+        ((), {"name": 5}, TypeError, "name"),
+        ((), {"strict": "yes"}, TypeError, "strict"),
+    ],
+    "chat": [
+        (("hi",), {"model_path": M}, TypeError, "messages"),
+        ((MSG,), {"model_path": 5}, TypeError, "model_path"),
+        ((MSG,), {"model_path": M, "db": "x"}, TypeError, "db"),
+        ((MSG,), {"model_path": M, "config": 5}, TypeError, "config"),
+        ((MSG,), {"model_path": M, "stream": "yes"}, TypeError, "stream"),
+        ((MSG,), {"model": 1.5}, TypeError, "model"),
+        ((MSG,), {"model_path": M, "cache": "no"}, TypeError, "cache"),
+        ((MSG,), {"model_path": M, "verbose": "no"}, TypeError, "verbose"),
+        ((MSG,), {"model_path": M, "temprature": 0.1}, TypeError, "temprature"),
+    ],
+    "complete": [
+        ((5,), {"model_path": M}, TypeError, "prompt"),
+        (("p",), {"model_path": 5}, TypeError, "model_path"),
+        (("p",), {"model_path": M, "db": "x"}, TypeError, "db"),
+        (("p",), {"model_path": M, "config": "greedy"}, TypeError, "config"),
+        (("p",), {"model_path": M, "stream": 1.0}, TypeError, "stream"),
+        (("p",), {"model": 1.5}, TypeError, "model"),
+        (("p",), {"model_path": M, "model": "x"}, TypeError, "model"),
+        (("p",), {"model_path": M, "cache": "no"}, TypeError, "cache"),
+        (("p",), {"model_path": M, "verbose": "no"}, TypeError, "verbose"),
+    ],
+    "configure_db": [
+        ((), {"path": 5}, TypeError, "path"),
+        ((), {"enabled": "maybe"}, TypeError, "enabled"),
+        ((), {"no_such_option": 1}, TypeError, "no_such_option"),
+    ],
+    "generate_cache_key": [
+        ((5, M), {}, TypeError, "prompt"),
+        (("p", 5), {}, TypeError, "model_path"),
+        (("p", M, "greedy"), {}, TypeError, "config"),
+        (("p", M), {"load_options": 5}, TypeError, "load_options"),
+    ],
+    "model_identity": [((5,), {}, TypeError, "model_path")],
+    "sample_metrics": [
+        (("db",), {}, TypeError, "db"),
+        ((), {"disk_path": 5}, TypeError, "disk_path"),
+    ],
+    "to_llama_kwargs": [((5,), {}, TypeError, "params"), (({"nope": 1},), {}, KeyError, "nope")],
+    "to_sampling_kwargs": [(([1],), {}, TypeError, "params")],
+    "to_server_args": [
+        ((5,), {}, TypeError, "params"),
+        (({},), {"model_path_flag": 5}, TypeError, "model_path_flag"),
+        (({},), {"legacy": "no"}, TypeError, "legacy"),
+        (({},), {"redact_secrets": 1}, TypeError, "redact_secrets"),
+    ],
+    "validate_params": [((5,), {}, TypeError, "params"), (({"ctx_size": "big"},), {}, TypeError, "ctx_size")],
+}
+# Callables of __all__ not in the table, and why.
+NOT_IN_MODULE_TABLE = {
+    "CyllamaDB": "its arguments are the settings, checked by configure_db's cases and test_settings.py",
+    "GenerationConfig": "every field has a wrong-type case in test_inference.py",
+    "ModelRecord": "built by the registry from its rows, not by users",
+    "Param": "the declarative parameter table's entry type, built once in _params.py",
+    "Settings": "built by Settings.resolve from CyllamaDB's arguments",
+    "Stream": "built by LLM and complete(stream=True), not by users",
+    "get_db": "no arguments",
+    "reset_db": "no arguments",
+}
+MODULE_ANY_VALUE = {("MetricsSampler", "nvml"), ("sample_metrics", "nvml")}  # an injected NVML module
+# Where the message names the parameter by what it is rather than by its name.
+MODULE_ALIASES = {("cached", "function"): "fn"}
+
+
+def test_every_public_callable_and_parameter_is_covered() -> None:
+    public = {
+        name for name in cyllama_db.__all__
+        if callable(getattr(cyllama_db, name))
+        and not (inspect.isclass(getattr(cyllama_db, name)) and issubclass(getattr(cyllama_db, name), BaseException))
+    }
+    assert public == set(MODULE_WRONG) | set(NOT_IN_MODULE_TABLE)
+    for name, calls in MODULE_WRONG.items():
+        named = [
+            p.name for p in inspect.signature(getattr(cyllama_db, name)).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        mentioned = {MODULE_ALIASES.get((name, fragment), fragment) for _, _, _, fragment in calls}
+        missing = [p for p in named if p not in mentioned and (name, p) not in MODULE_ANY_VALUE]
+        assert not missing, f"{name}: no wrong-type call for {missing}"
+
+
+MODULE_CASES = [
+    pytest.param(name, args, kwargs, exc, fragment, id=f"{name}-{i}")
+    for name, calls in sorted(MODULE_WRONG.items())
+    for i, (args, kwargs, exc, fragment) in enumerate(calls)
+]
+
+
+@pytest.mark.parametrize(("name", "args", "kwargs", "exc", "fragment"), MODULE_CASES)
+def test_wrong_call_of_the_module_api_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    name: str, args: tuple[Any, ...], kwargs: dict[str, Any], exc: type[Exception], fragment: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / M).write_bytes(b"GGUF" + bytes(60))
+    db = cyllama_db.configure_db(path=tmp_path / "global.db")
+    db.save_model("x", model_path=str(tmp_path / M))
+    before = _snapshot(db)
+    args = tuple(db if a is DB else a for a in args)
+    with pytest.raises(exc) as info:
+        getattr(cyllama_db, name)(*args, **kwargs)
+    message = str(info.value)
+    assert fragment in message, f"{name}: message {message!r} does not name {fragment!r}"
+    assert len(message) > len(fragment) + 10, f"{name}: message {message!r} says nothing more"
+    assert _snapshot(db) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([M, "global.db", "global.db-wal", "global.db-shm"])
+
 
 
 def test_generation_config_rejects_wrong_types() -> None:

@@ -25,6 +25,7 @@ from .database import CyllamaDB, configure_db, get_db, reset_db
 from .decorators import cached
 from .errors import (
     ConfigurationError,
+    ConfigurationTypeError,
     ContextOverflowError,
     CyllamaDBError,
     DatabaseBusyError,
@@ -55,6 +56,7 @@ __all__ = [
     "PARAMS",
     "PARAMS_BY_NAME",
     "ConfigurationError",
+    "ConfigurationTypeError",
     "ContextOverflowError",
     "CyllamaDB",
     "CyllamaDBError",

@@ -22,7 +22,7 @@ from datetime import date, datetime, time, timedelta
 from time import monotonic as _monotonic
 from typing import Any, Final, Generic, TypeVar
 
-from ._validate import check_text
+from ._validate import check_path, check_text
 from .errors import UncacheableError
 
 __all__ = [
@@ -87,7 +87,7 @@ def model_identity(model_path: str | os.PathLike[str]) -> str:
     A path that does not exist has the bare basename as its identity; a file
     that is not GGUF is fingerprinted by its size and first megabyte.
     """
-    path = os.fspath(model_path)
+    path = check_path(model_path, "model_path")
     checked_at = _monotonic()
     try:
         st = os.stat(path)
@@ -460,7 +460,7 @@ def canonical_messages(messages: Any) -> str:
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise TypeError(
             "messages must be a list of {'role': ..., 'content': ...} dicts, "
-            f"got {type(messages).__name__}"
+            f"got {type(messages).__name__} (a completion prompt is a str)"
         )
     if not messages:
         raise ValueError("messages must not be empty")

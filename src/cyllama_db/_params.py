@@ -995,11 +995,21 @@ def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
         ParameterValueError: a value outside the allowed set or range
             (a ``ValueError``).
     """
+    _check_params_mapping(params)
     return {name: _validate_one(_lookup(name), value) for name, value in params.items()}
+
+
+def _check_params_mapping(params: Any) -> None:
+    if not isinstance(params, Mapping):
+        raise TypeError(
+            f"params must be a mapping of parameter names to values (a dict or a ModelRecord), "
+            f"got {type(params).__name__}"
+        )
 
 
 def _launch_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Validated, set (non-None) parameters, identity columns dropped."""
+    _check_params_mapping(params)
     picked = {k: v for k, v in params.items() if k not in _NOT_PARAMS}
     return {k: v for k, v in validate_params(picked).items() if v is not None}
 
@@ -1155,6 +1165,11 @@ def to_server_args(
     A set parameter that the target llama-server cannot take (no flag, or one
     that makes the server exit) is skipped with a :class:`ServerArgWarning`.
     """
+    if not isinstance(model_path_flag, str) or not model_path_flag.startswith("-"):
+        raise TypeError(f"model_path_flag must be a flag such as '--model', got {model_path_flag!r}")
+    for name, given in (("legacy", legacy), ("redact_secrets", redact_secrets)):
+        if not isinstance(given, bool):
+            raise TypeError(f"{name} must be True or False, got {type(given).__name__} {given!r}")
     values = _launch_params(params)
     argv: list[str] = []
     load_mode_done = False

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ._time import parse_duration
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ConfigurationTypeError
 
 __all__ = ["DEFAULT", "ENV_VARS", "LOG_LEVELS", "Settings", "default_db_path"]
 
@@ -95,7 +95,7 @@ def _parse_ttl(name: str, raw: Any) -> timedelta | None:
     try:
         ttl = parse_duration(raw)
     except (ValueError, TypeError) as exc:
-        raise ConfigurationError(
+        raise _error_for(raw)(
             f"{name}={raw!r} is not a duration: use seconds (604800), 30m, 24h, 7d or 'none'"
         ) from exc
     if ttl.total_seconds() <= 0:
@@ -115,7 +115,7 @@ def _parse_retention(name: str, raw: Any) -> timedelta:
     try:
         retention = parse_duration(raw)
     except (ValueError, TypeError) as exc:
-        raise ConfigurationError(message) from exc
+        raise _error_for(raw)(message) from exc
     if retention.total_seconds() <= 0:
         raise ConfigurationError(message)
     return retention
@@ -127,7 +127,7 @@ def _parse_positive_float(name: str, raw: Any) -> float:
             raise ValueError
         value = float(raw)
     except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"{name}={raw!r} is not a number") from exc
+        raise _error_for(raw)(f"{name}={raw!r} is not a number") from exc
     if not value > 0 or value == float("inf"):
         raise ConfigurationError(f"{name}={raw!r} must be a positive, finite number")
     return value
@@ -140,9 +140,16 @@ def _parse_level(name: str, raw: Any) -> str:
                 return level_name
     if isinstance(raw, str) and raw.strip().upper() in LOG_LEVELS:
         return raw.strip().upper()
-    raise ConfigurationError(
+    raise _error_for(raw)(
         f"{name}={raw!r} is not a log level: use one of {', '.join(LOG_LEVELS)}"
     )
+
+
+def _error_for(raw: Any) -> type[ConfigurationError]:
+    """The error for a malformed setting: a TypeError too when it is not even text or a number."""
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float, timedelta)):
+        return ConfigurationTypeError
+    return ConfigurationError
 
 
 @dataclass(frozen=True)
@@ -179,7 +186,7 @@ class Settings:
             raw = _env(env, "CYLLAMA_DB_ENABLED")
             enabled = True if raw is None else _parse_bool("CYLLAMA_DB_ENABLED", raw)
         elif not isinstance(enabled, bool):
-            raise ConfigurationError(f"enabled must be True or False, got {enabled!r}")
+            raise ConfigurationTypeError(f"enabled must be True or False, got {enabled!r}")
 
         if path is None:
             raw = _env(env, "CYLLAMA_DB_PATH")
@@ -191,7 +198,7 @@ class Settings:
                     "path must not be empty: give a file path, ':memory:', or None for the default"
                 )
         else:
-            raise ConfigurationError(
+            raise ConfigurationTypeError(
                 f"path must be a str or os.PathLike, got {type(path).__name__}"
             )
         if resolved != ":memory:":
@@ -221,7 +228,7 @@ class Settings:
         elif isinstance(log_to_db, bool):
             to_db = log_to_db
         else:
-            raise ConfigurationError(f"log_to_db must be True or False, got {log_to_db!r}")
+            raise ConfigurationTypeError(f"log_to_db must be True or False, got {log_to_db!r}")
 
         if metrics_retention is None:
             raw = _env(env, "CYLLAMA_METRICS_RETENTION")

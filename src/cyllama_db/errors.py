@@ -37,6 +37,13 @@ class ConfigurationError(CyllamaDBError, ValueError):
     """A setting (constructor argument or environment variable) is malformed."""
 
 
+class ConfigurationTypeError(ConfigurationError, TypeError):
+    """A constructor argument of the wrong type (``enabled="yes"``, ``path=5``).
+
+    Both a :class:`ConfigurationError` and a ``TypeError``, so either catches it.
+    """
+
+
 class SchemaVersionError(CyllamaDBError):
     """The database file was written by a newer cyllama-db than this one.
 

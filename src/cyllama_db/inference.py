@@ -13,6 +13,7 @@ enabled; a failure there is logged, never raised.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import json
@@ -42,6 +43,7 @@ from ._cacheutil import (
     load_options_json,
     model_identity,
 )
+from ._validate import check_path
 from .errors import (
     ContextOverflowError,
     DatabaseClosedError,
@@ -1015,6 +1017,8 @@ class LLM(Closing):
         ttl: Any = None,
     ) -> Response | Stream:
         started = time.perf_counter()
+        if stream is not True and stream is not False:
+            raise TypeError(f"stream must be True or False, got {stream!r}")
         if config is None:
             config = self.config.replace(**overrides) if overrides else self.config
         if cache is not None and not isinstance(cache, bool):
@@ -1438,6 +1442,28 @@ def loaded_model_paths() -> list[str]:
         return sorted({llm.model_path for llm in _loaded if llm.loaded})
 
 
+@atexit.register
+def _free_models_at_exit() -> None:
+    """Free every loaded model while llama_cpp can still do it.
+
+    Otherwise ``Llama.__del__`` runs during interpreter shutdown, after
+    llama_cpp's module globals are gone, and prints an ignored TypeError.
+    Registered models this process was serving are marked ``stopped``.
+    """
+    with _loaded_lock:
+        loaded = list(_loaded)
+    for llm in loaded:
+        lock = llm._lock._lock
+        if not lock.acquire(blocking=False):
+            continue  # a generation is still running on another thread: leave it be
+        try:
+            llm._free_locked()
+        except Exception as exc:  # pragma: no cover - exit is no time to raise
+            logger.debug("could not free %s at exit: %s", llm.model_path, exc)
+        finally:
+            lock.release()
+
+
 # -- complete() / chat() -------------------------------------------------------------------------
 
 _shared: OrderedDict[tuple[Any, ...], LLM] = OrderedDict()
@@ -1551,6 +1577,7 @@ def _model_call(
             raise TypeError(
                 f"{owner} needs model_path (a .gguf file) or model= (a registered model's name or id)"
             )
+        model_path = check_path(model_path, "model_path")
         return _shared_call(kind, payload, model_path, db, config, stream, cache, verbose, kwargs, owner)
     if model_path is not None:
         raise TypeError(f"{owner} takes model_path or model=, not both")

@@ -469,7 +469,12 @@ class CyllamaDBHandler(logging.Handler):
     """
 
     def __init__(self, db: Any = None, level: int | str = logging.NOTSET) -> None:
-        super().__init__(level)
+        try:
+            super().__init__(level)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"level must be a logging level (an int or a name such as 'INFO'): {exc}") from None
+        if db is not None and not callable(getattr(db, "_write_log", None)):
+            raise TypeError(f"db must be a CyllamaDB or None (the global database), got {type(db).__name__}")
         self.db = db
 
     def handle(self, record: logging.LogRecord) -> bool:

@@ -595,6 +595,10 @@ def sample_metrics(
         DatabaseClosedError: ``db`` is closed.
     """
     psutil = _import_psutil()
+    if db is not None and not isinstance(db, MetricsMixin):
+        raise TypeError(f"db must be a CyllamaDB or None, got {type(db).__name__}")
+    if disk_path is not None:
+        disk_path = check_path(disk_path, "disk_path")
     clock = db.clock if db is not None else time.time
     pool = None
     if db is not None and db.enabled:
@@ -672,6 +676,8 @@ class MetricsSampler:
         nvml: Any = None,
         disk_path: str | os.PathLike[str] | None = None,
     ) -> None:
+        if not isinstance(db, MetricsMixin):
+            raise TypeError(f"db must be a CyllamaDB, got {type(db).__name__}")
         self.db = db
         self.interval = _check_interval(interval)
         self.nvml = nvml

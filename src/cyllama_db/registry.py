@@ -51,7 +51,7 @@ from ._params import (
     to_sql,
 )
 from ._time import from_timestamp, to_timestamp
-from ._validate import check_bool, check_path
+from ._validate import check_path
 from .errors import ModelExistsError, ModelLoadError, ReadOnlyDatabaseError, UnknownModelError
 from .migrations import execute_script, migration
 
@@ -806,10 +806,6 @@ class RegistryMixin(StoreBase):
         ``redact_secrets=True`` to print it; ``legacy=True`` for llama-server
         builds older than the ``--load-mode`` rework.
         """
-        if not isinstance(model_path_flag, str) or not model_path_flag.startswith("-"):
-            raise TypeError(f"model_path_flag must be a flag such as '--model', got {model_path_flag!r}")
-        check_bool(legacy, "legacy")
-        check_bool(redact_secrets, "redact_secrets")
         return to_server_args(
             self._as_record(model),
             model_path_flag=model_path_flag,
