@@ -567,12 +567,8 @@ def test_active_models_uptime_and_requests_per_minute(
     monkeypatch.setitem(sys.modules, "cyllama_db.inference", fake_inference)
 
     with memory_db.pool.transaction() as conn:
-        if not metrics_mod._columns(conn, "models"):  # the registry store is not there yet
-            conn.execute("CREATE TABLE models (id INTEGER PRIMARY KEY, name TEXT, status TEXT, model_path TEXT)")
         for name, status, path in [("a", "running", a), ("c", "running", c), ("d", "stopped", d)]:
             _insert_row(conn, "models", {"name": name, "status": status, "model_path": path})
-        if not metrics_mod._columns(conn, "stats"):
-            conn.execute("CREATE TABLE stats (id INTEGER PRIMARY KEY, created_at REAL NOT NULL)")
         for age in (1, 30, 59.5, 61, 3600):  # seconds before now
             _insert_row(conn, "stats", {"created_at": T - age})
     memory_db.set_metadata("server_start_time", str(T_MS - 3_600_400))
