@@ -178,19 +178,41 @@ def _public_methods() -> dict[str, Any]:
     }
 
 
+Calls = list[tuple[tuple[Any, ...], dict[str, Any], type[Exception], str]]
+
+
+def _uncovered(fn: Any, name: str, calls: Calls, any_value: set[tuple[str, str]],
+               aliases: dict[tuple[str, str], str] | None = None) -> list[str]:
+    """The named parameters of ``fn`` that no wrong call in ``calls`` names."""
+    named = [
+        p.name for p in inspect.signature(fn).parameters.values()
+        if p.name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    mentioned = {(aliases or {}).get((name, fragment), fragment) for _, _, _, fragment in calls}
+    return [p for p in named if p not in mentioned and (name, p) not in any_value]
+
+
+def _cases(table: dict[str, Calls]) -> list[Any]:
+    return [
+        pytest.param(name, args, kwargs, exc, fragment, id=f"{name}-{i}")
+        for name, calls in sorted(table.items())
+        for i, (args, kwargs, exc, fragment) in enumerate(calls)
+    ]
+
+
+def _assert_names(name: str, error: BaseException, fragment: str) -> None:
+    message = str(error)
+    assert fragment in message, f"{name}: message {message!r} does not name {fragment!r}"
+    assert len(message) > len(fragment) + 10, f"{name}: message {message!r} says nothing more"
+
+
 def test_every_public_method_and_parameter_is_covered() -> None:
     methods = _public_methods()
     assert set(methods) == set(WRONG) | NO_ARGUMENTS
     for name in NO_ARGUMENTS:
         assert list(inspect.signature(methods[name]).parameters) == ["self"], name
     for name, calls in WRONG.items():
-        sig = inspect.signature(methods[name])
-        named = [
-            p.name for p in sig.parameters.values()
-            if p.name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD
-        ]
-        mentioned = {fragment for _, _, _, fragment in calls}
-        missing = [p for p in named if p not in mentioned and (name, p) not in ANY_VALUE]
+        missing = _uncovered(methods[name], name, calls, ANY_VALUE)
         assert not missing, f"{name}: no wrong-type call for {missing}"
 
 
@@ -218,14 +240,7 @@ def _snapshot(db: CyllamaDB) -> list[str]:
         return list(conn.iterdump())
 
 
-CASES = [
-    pytest.param(name, args, kwargs, exc, fragment, id=f"{name}-{i}")
-    for name, calls in sorted(WRONG.items())
-    for i, (args, kwargs, exc, fragment) in enumerate(calls)
-]
-
-
-@pytest.mark.parametrize(("name", "args", "kwargs", "exc", "fragment"), CASES)
+@pytest.mark.parametrize(("name", "args", "kwargs", "exc", "fragment"), _cases(WRONG))
 def test_wrong_call_is_a_clear_error_and_writes_nothing(
     populated: CyllamaDB,
     tmp_path: Path,
@@ -241,9 +256,7 @@ def test_wrong_call_is_a_clear_error_and_writes_nothing(
         result = getattr(populated, name)(*args, **kwargs)
         if hasattr(result, "stop"):  # a sampler that started after all
             result.stop()
-    message = str(info.value)
-    assert fragment in message, f"{name}: message {message!r} does not name {fragment!r}"
-    assert len(message) > len(fragment) + 10, f"{name}: message {message!r} says nothing more"
+    _assert_names(name, info.value, fragment)
     assert _snapshot(populated) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == files_before  # no stray export file
 
@@ -362,23 +375,11 @@ def test_every_public_callable_and_parameter_is_covered() -> None:
     }
     assert public == set(MODULE_WRONG) | set(NOT_IN_MODULE_TABLE)
     for name, calls in MODULE_WRONG.items():
-        named = [
-            p.name for p in inspect.signature(getattr(cyllama_db, name)).parameters.values()
-            if p.kind is not inspect.Parameter.VAR_KEYWORD
-        ]
-        mentioned = {MODULE_ALIASES.get((name, fragment), fragment) for _, _, _, fragment in calls}
-        missing = [p for p in named if p not in mentioned and (name, p) not in MODULE_ANY_VALUE]
+        missing = _uncovered(getattr(cyllama_db, name), name, calls, MODULE_ANY_VALUE, MODULE_ALIASES)
         assert not missing, f"{name}: no wrong-type call for {missing}"
 
 
-MODULE_CASES = [
-    pytest.param(name, args, kwargs, exc, fragment, id=f"{name}-{i}")
-    for name, calls in sorted(MODULE_WRONG.items())
-    for i, (args, kwargs, exc, fragment) in enumerate(calls)
-]
-
-
-@pytest.mark.parametrize(("name", "args", "kwargs", "exc", "fragment"), MODULE_CASES)
+@pytest.mark.parametrize(("name", "args", "kwargs", "exc", "fragment"), _cases(MODULE_WRONG))
 def test_wrong_call_of_the_module_api_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     name: str, args: tuple[Any, ...], kwargs: dict[str, Any], exc: type[Exception], fragment: str,
@@ -391,9 +392,7 @@ def test_wrong_call_of_the_module_api_is_a_clear_error(
     args = tuple(db if a is DB else a for a in args)
     with pytest.raises(exc) as info:
         getattr(cyllama_db, name)(*args, **kwargs)
-    message = str(info.value)
-    assert fragment in message, f"{name}: message {message!r} does not name {fragment!r}"
-    assert len(message) > len(fragment) + 10, f"{name}: message {message!r} says nothing more"
+    _assert_names(name, info.value, fragment)
     assert _snapshot(db) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([M, "global.db", "global.db-wal", "global.db-shm"])
 

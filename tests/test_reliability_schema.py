@@ -190,17 +190,22 @@ def _check_cache(db: CyllamaDB, rows: list[dict[str, Any]]) -> None:
     assert after["hits"] == stats["hits"] + new_hits
 
 
-def _check_stats(db: CyllamaDB, rows: list[dict[str, Any]]) -> None:
-    history = {r["id"]: r for r in db.get_generation_history(limit=1000)}
-    assert set(history) == {r["id"] for r in rows}
+def _check_rows_by_id(got_rows: list[dict[str, Any]], rows: list[dict[str, Any]], *, types: bool) -> None:
+    """Every manifest row is there, by id, with every value (and, if asked, its type)."""
+    by_id = {r["id"]: r for r in got_rows}
+    assert set(by_id) == {r["id"] for r in rows}
     for row in rows:
-        got = history[row["id"]]
+        got = by_id[row["id"]]
         for key, value in row.items():
             if key == "created_at":
                 assert _same_time(got[key], value), key
             else:
                 assert got[key] == value, key
-                assert type(got[key]) is type(value), key
+                assert not types or type(got[key]) is type(value), key
+
+
+def _check_stats(db: CyllamaDB, rows: list[dict[str, Any]]) -> None:
+    _check_rows_by_id(db.get_generation_history(limit=1000), rows, types=True)
     by_session = db.get_generation_history(session_id=rows[0]["session_id"])
     assert [r["id"] for r in by_session] == sorted(
         (r["id"] for r in rows if r["session_id"] == rows[0]["session_id"]), reverse=True
@@ -213,15 +218,7 @@ def _check_stats(db: CyllamaDB, rows: list[dict[str, Any]]) -> None:
 
 
 def _check_logs(db: CyllamaDB, rows: list[dict[str, Any]]) -> None:
-    logs = {r["id"]: r for r in db.get_logs(limit=1000)}
-    assert set(logs) == {r["id"] for r in rows}
-    for row in rows:
-        got = logs[row["id"]]
-        for key, value in row.items():
-            if key == "created_at":
-                assert _same_time(got[key], value), key
-            else:
-                assert got[key] == value, key
+    _check_rows_by_id(db.get_logs(limit=1000), rows, types=False)
     errors = db.get_logs(level="ERROR")
     assert {r["id"] for r in errors} == {
         r["id"] for r in rows if r["level"] in ("ERROR", "CRITICAL")
