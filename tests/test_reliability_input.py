@@ -606,8 +606,10 @@ def test_every_keyed_field_is_listed() -> None:
 
 @given(base=CONFIGS, field=st.sampled_from(sorted(KEYED_CHANGES)), data=st.data())
 @settings(max_examples=150, deadline=None)
-def test_any_change_of_a_keyed_field_changes_the_key(base: dict[str, Any], field: str, data: Any) -> None:
-    model = _key_model()
+def test_any_change_of_a_keyed_field_changes_the_key(
+    key_model: Path, base: dict[str, Any], field: str, data: Any
+) -> None:
+    model = key_model
     before = generate_cache_key("prompt", model, base)
     choices = [v for v in KEYED_CHANGES[field] if GenerationConfig(**{**base, field: v}) != GenerationConfig(**base)]
     assume(choices)
@@ -622,10 +624,12 @@ def test_any_change_of_a_keyed_field_changes_the_key(base: dict[str, Any], field
     min_size=1, max_size=3,
 ), seed=st.integers(0, 2**16))
 @settings(max_examples=100, deadline=None)
-def test_key_ignores_dict_ordering(config: dict[str, Any], messages: list[dict[str, str]], seed: int) -> None:
+def test_key_ignores_dict_ordering(
+    key_model: Path, config: dict[str, Any], messages: list[dict[str, str]], seed: int
+) -> None:
     import random
 
-    model = _key_model()
+    model = key_model
     rng = random.Random(seed)
 
     def shuffled(d: dict[str, Any]) -> dict[str, Any]:
@@ -672,18 +676,12 @@ def test_keys_are_stable_across_processes_and_hash_seeds(tmp_path: Path) -> None
         assert json.loads(out.stdout) == here
 
 
-_MODEL_FOR_KEYS: list[Path] = []
-
-
-def _key_model() -> Path:
-    # One small model file for the property tests (hypothesis runs them many times).
-    if not _MODEL_FOR_KEYS:
-        import tempfile
-
-        path = Path(tempfile.mkdtemp(prefix="cyllama-keys-")) / "m.gguf"
-        path.write_bytes(b"GGUF" + bytes(60))
-        _MODEL_FOR_KEYS.append(path)
-    return _MODEL_FOR_KEYS[0]
+@pytest.fixture(scope="module")
+def key_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small model file for the property tests (module-scoped: hypothesis reruns them)."""
+    path = tmp_path_factory.mktemp("keys") / "m.gguf"
+    path.write_bytes(b"GGUF" + bytes(60))
+    return path
 
 
 @pytest.mark.llama
