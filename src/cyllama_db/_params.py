@@ -938,7 +938,10 @@ def _validate_one(p: Param, value: Any) -> Any:
     elif p.type == "float":
         if not (_is_int(value) or isinstance(value, float)):
             raise ParameterTypeError(p.name, "float", value)
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond a double's range
+            raise ParameterValueError(p.name, value, "a finite number") from None
         if not math.isfinite(value):
             raise ParameterValueError(p.name, value, "a finite number")
         _check_range(p, value)

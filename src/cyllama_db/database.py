@@ -18,7 +18,7 @@ from typing import Any
 
 from . import _pool as _pool_module
 from . import migrations as _migrations
-from ._base import DB_STATS_PROVIDERS, StoreBase
+from ._base import DB_STATS_PROVIDERS, StoreBase, db_op
 from ._export import ExportMixin
 from ._pool import ConnectionPool
 from ._settings import DEFAULT, Settings
@@ -281,6 +281,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
 
     # -- maintenance -----------------------------------------------------------------------
 
+    @db_op()  # maps sqlite3 errors to the library's (issue 13)
     def vacuum(self) -> None:
         """Rebuild the file to reclaim free pages (``VACUUM``) and checkpoint the WAL."""
         if not self.enabled:
@@ -291,6 +292,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
             if not self.is_memory:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    @db_op(empty=int)  # maps sqlite3 errors to the library's (issue 13)
     def get_database_size(self) -> int:
         """Size of the database in bytes (pages in use times page size; 0 when disabled)."""
         if not self.enabled:
@@ -300,6 +302,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         return int(page_count * page_size)
 
+    @db_op(empty=dict)  # maps sqlite3 errors to the library's (issue 13)
     def get_db_stats(self) -> dict[str, Any]:
         """Path, sizes, schema version and a row count per store (``{}`` when disabled)."""
         if not self.enabled:
@@ -323,6 +326,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
                 stats.update(provider(conn))
         return stats
 
+    @db_op(empty=int)  # maps sqlite3 errors to the library's (issue 13)
     def schema_version(self) -> int:
         """The schema version of the open database (0 when disabled)."""
         if not self.enabled:
@@ -330,6 +334,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
         with self.pool.read() as conn:
             return _migrations.schema_version(conn)
 
+    @db_op(empty=list)  # maps sqlite3 errors to the library's (issue 13)
     def migration_status(self) -> list[dict[str, Any]]:
         """Every known migration with whether (and when) it was applied."""
         if not self.enabled:

@@ -104,7 +104,10 @@ _UNIT_FIELDS: Final = ("top_p", "min_p", "typical_p")
 def _check_float(name: str, value: Any, *, minimum: float | None = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"GenerationConfig.{name} must be a number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond a double's range
+        value = math.inf
     if not math.isfinite(value):
         raise ValueError(f"GenerationConfig.{name} must be finite, got {value!r}")
     if minimum is not None and value < minimum:
@@ -357,7 +360,9 @@ class GenerationStats:
         for name in _STATS_FLOAT:
             value = getattr(self, name)
             if value is not None:
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    abs(value) < 2**1023 if isinstance(value, int) else math.isfinite(value)
+                ):
                     raise TypeError(f"GenerationStats.{name} must be a finite number or None, got {value!r}")
                 object.__setattr__(self, name, float(value))
 
