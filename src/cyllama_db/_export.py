@@ -111,6 +111,19 @@ def _redact_custom_text(text: Any) -> Any:
     return _redact_custom_text(text)
 
 
+def _redact_text(value: Any) -> Any:
+    """``value`` with URL passwords and inline secret flags hidden (non-text: unchanged)."""
+    from ._params import redact_text
+
+    return redact_text(value) if isinstance(value, str) else value
+
+
+def _plain_text_columns(conn: sqlite3.Connection, schema: str) -> list[str]:
+    """The models table's TEXT columns other than secrets and custom_params (handled apart)."""
+    skip = {*_secret_columns(), "custom_params", "metadata_json", "gguf_chat_template"}
+    return [c[0] for c in _columns(conn, schema, "models") if c[1] == "TEXT" and c[0] not in skip]
+
+
 def _restore_custom_text(incoming: Any, stored: Any) -> Any:
     from ._params import _restore_custom_text
 
@@ -726,6 +739,17 @@ class ExportMixin(StoreBase):
                             "UPDATE models SET custom_params = ? WHERE rowid = ?", (redacted, rowid)
                         )
                         changed += 1
+            # URL passwords (model_url="https://user:PW@host/...") and secret flags
+            # written inline, in every other text column.
+            text_cols = _plain_text_columns(dst, "main")
+            if text_cols:
+                listed = ", ".join(_quote(c) for c in text_cols)
+                for rowid, *values in dst.execute(f"SELECT rowid, {listed} FROM models").fetchall():
+                    for col, value in zip(text_cols, values, strict=True):
+                        shown = _redact_text(value)
+                        if shown is not value and shown != value:
+                            dst.execute(f"UPDATE models SET {_quote(col)} = ? WHERE rowid = ?", (shown, rowid))
+                            changed += 1
             dst.execute("COMMIT")
         except BaseException:
             dst.execute("ROLLBACK")
@@ -796,6 +820,10 @@ class ExportMixin(StoreBase):
                 if redacting and "custom_params" in record:
                     text = row[names.index("custom_params")]
                     record["custom_params"] = _jsonable(_redact_custom_text(text))
+                if redacting:
+                    for name, value in record.items():
+                        if name not in secrets and name != "custom_params" and isinstance(value, str):
+                            record[name] = _redact_text(value)
                 handle.write(json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n")
                 written += 1
                 if progress is not None and written % 1000 == 0:
@@ -1080,6 +1108,22 @@ class ExportMixin(StoreBase):
                             f"UPDATE {_ALIAS}.models SET custom_params = ? WHERE rowid = ?",
                             (restored, rowid),
                         )
+            if "name" in import_cols:
+                # A URL whose password the export hid: this database's own URL when it
+                # is the same one, else the imported text (it holds no secret).
+                for col in _plain_text_columns(conn, _ALIAS):
+                    if col not in main_cols:
+                        continue
+                    q = _quote(col)
+                    rows = conn.execute(
+                        f"SELECT s.rowid, s.{q}, m.{q} FROM {_ALIAS}.models AS s"
+                        " JOIN main.models AS m ON m.name = s.name"
+                        f" WHERE instr(s.{q}, '****@') > 0 OR instr(s.{q}, ?) > 0",
+                        (marker,),
+                    ).fetchall()
+                    for rowid, incoming, stored in rows:
+                        if isinstance(stored, str) and _redact_text(stored) == incoming:
+                            conn.execute(f"UPDATE {_ALIAS}.models SET {q} = ? WHERE rowid = ?", (stored, rowid))
 
     def _append(
         self,

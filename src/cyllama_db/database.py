@@ -16,6 +16,7 @@ import urllib.parse
 from types import TracebackType
 from typing import Any
 
+from . import _files
 from . import _pool as _pool_module
 from . import migrations as _migrations
 from ._base import DB_STATS_PROVIDERS, StoreBase, db_op
@@ -145,14 +146,17 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
 
     def _open_file(self, path: str) -> ConnectionPool:
         folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
+        _files.private_makedirs(folder)  # 0700, each level it creates
         try:
             # O_EXCL + 0600: the file is owner-only from its first byte, with no
             # window in which another user could open it.
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
             os.close(fd)
         except FileExistsError:
-            pass
+            # A file from before (or copied in) that others can read: owner-only
+            # again when it is ours, else a warning naming it.
+            for existing in (path, path + "-wal", path + "-shm"):
+                _files.tighten_file(existing)
         if not os.path.isfile(path):
             raise IsADirectoryError(f"{path} is not a regular file")
         if not os.access(path, os.R_OK | os.W_OK):
