@@ -781,3 +781,65 @@ def test_import_of_a_file_with_a_table_missing_required_columns(file_db: Cyllama
     assert "level" in report["skipped_rows"][0]["reason"]
     assert file_db.get_config("good") == "kept"
     file_db.get_logs()
+
+
+# -- leftovers of killed exports and imports ---------------------------------------------------
+
+KILLED = textwrap.dedent(
+    """
+    import os, signal, sys
+    from cyllama_db import CyllamaDB
+    db = CyllamaDB(sys.argv[1])
+    def die(done, total):
+        os.kill(os.getpid(), signal.SIGKILL)  # mid-way: after the first pages or rows
+    if sys.argv[2] == "export":
+        db.export_database(sys.argv[3], progress=die)
+    else:
+        db.import_database(sys.argv[3], progress=die)
+    """
+)
+
+
+def _killed(*argv: str, tmpdir: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED, *argv], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "TMPDIR": str(tmpdir)},
+    )
+    assert proc.returncode == -9, proc.stderr
+
+
+def test_a_killed_export_leaves_a_temp_file_that_the_next_export_removes(file_db: CyllamaDB, tmp_path: Path) -> None:
+    file_db.set_config("k", "v" * 10_000)
+    out = tmp_path / "exports"
+    for i in range(3):
+        _killed(file_db.path, "export", str(out / f"copy{i}.db"), tmpdir=tmp_path)
+    # Each run removed the one before it left: three kills, one leftover.
+    leftovers = sorted(p.name for p in out.iterdir())
+    assert len(leftovers) == 1 and leftovers[0].endswith(".cyllama-export.tmp"), leftovers
+    # Someone else's file that looks alike, and a temp file of a live export, stay.
+    (out / "notes.tmp").write_text("mine")
+    live = out / f".other.db.{os.getpid()}.cyllama-export.tmp"
+    live.write_text("in progress")
+    file_db.export_database(out / "final.db")
+    assert sorted(p.name for p in out.iterdir()) == sorted(["final.db", "notes.tmp", live.name])
+
+
+def test_a_killed_import_leaves_a_working_copy_that_the_next_import_removes(
+    file_db: CyllamaDB, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    source = tmp_path / "source.db"
+    with CyllamaDB(source) as other:
+        other.set_config("imported", 1)
+    for _ in range(3):
+        _killed(file_db.path, "import", str(source), tmpdir=temp)
+    leftovers = [p.name for p in temp.iterdir()]  # each run removed the one before
+    assert len(leftovers) == 1 and leftovers[0].startswith("cyllama-import-"), leftovers
+    assert file_db.get_config("imported") is None  # the killed merges wrote nothing
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    file_db.import_database(source)
+    assert list(temp.iterdir()) == []
+    assert file_db.get_config("imported") == 1
