@@ -928,3 +928,19 @@ def test_log_follow_lines_escape_them(hostile_db: Path) -> None:
         stream = _io.StringIO()
         _emit_logs(entries, as_json, stream)
         assert not any(char in stream.getvalue() for char in RAW_CONTROLS)
+
+
+def test_import_reports_skipped_rows_and_takes_a_time_limit(run: Run, tmp_path: Path) -> None:
+    source = tmp_path / "crafted.db"
+    with CyllamaDB(source) as other:
+        other.set_config("fine", 1)
+    conn = sqlite3.connect(source, isolation_level=None)
+    conn.execute("INSERT INTO config VALUES ('broken\x1b[2J', '{nope', 'json', 1, 1)")
+    conn.close()
+    code, out, err = run("import", str(source), "--timeout", "5m")
+    assert code == 0, err
+    assert "1 invalid rows skipped" in out and "config: 1 x value" in out and "\x1b" not in out
+    report = run.json("import", str(source), "--no-timeout")
+    assert report["skipped_row_count"] == 1 and report["skipped_rows"][0]["key"] == "broken\x1b[2J"
+    code, out, err = run("import", str(source), "--timeout", "0")
+    assert code == 1 and "timeout" in err

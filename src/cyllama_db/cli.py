@@ -740,7 +740,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
     progress = _progress_for("importing")
     with _open(args) as db:
         try:
-            report = db.import_database(args.path, on_conflict=args.on_conflict, progress=progress)
+            timeout: Any = {"timeout": None} if args.no_timeout else (
+                {} if args.timeout is None else {"timeout": args.timeout.total_seconds()}
+            )
+            report = db.import_database(
+                args.path, on_conflict=args.on_conflict, progress=progress, **timeout
+            )
         finally:
             if progress is not None:
                 progress.finish()
@@ -1402,6 +1407,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-conflict", choices=("keep", "replace", "newer"), default="keep",
                    help="when a keyed row differs: keep the current one (default), replace it, "
                    "or take the newer")
+    limit = p.add_mutually_exclusive_group()
+    limit.add_argument("--timeout", type=_duration, default=None, metavar="DURATION",
+                       help="stop (writing nothing) if the import takes longer, e.g. 90s, 30m "
+                       "(default 10m)")
+    limit.add_argument("--no-timeout", action="store_true", help="no time limit")
 
     # cache
     cache = _group(sub, "cache", "the response cache")

@@ -356,9 +356,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def setup(self) -> None:
-        # The socket timeout applies to every read and write of this connection.
-        self.timeout = self.server.request_timeout
         super().setup()
+        # The socket timeout applies to every read and write of this connection.
+        self.connection.settimeout(self.server.request_timeout)
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s - %s", self.address_string(), format % args)
