@@ -89,6 +89,8 @@ WRONG: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], type[Exception], st
         ((123,), {}, TypeError, "path"),
         (("in.db",), {"on_conflict": "merge"}, ValueError, "on_conflict"),
         (("in.db",), {"progress": 5}, TypeError, "progress"),
+        (("in.db",), {"timeout": "1m"}, TypeError, "timeout"),
+        (("in.db",), {"timeout": -1}, ValueError, "timeout"),
     ],
     "invalidate_cache": [
         ((123,), {}, TypeError, "prompt"),
