@@ -206,6 +206,8 @@ def _check(name: str, call: Any, *, paths: bool) -> None:
     stop = getattr(result, "stop", None)
     if callable(stop):  # a metrics sampler that started after all
         stop()
+    if isinstance(result, CyllamaDB):
+        result.close()  # a database the fuzzer opened (log_to_db=True hooks up logging)
 
 
 @pytest.fixture(scope="module")
