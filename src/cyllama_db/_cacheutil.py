@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import hashlib
 import json
+import logging
 import math
 import os
 import threading
@@ -41,6 +42,7 @@ __all__ = [
     "sha256_text",
 ]
 
+logger = logging.getLogger("cyllama_db.cache")
 T = TypeVar("T")
 
 # What json.dumps(str, ensure_ascii=True) does, minus the Python-level calls
@@ -157,12 +159,14 @@ def clear_identity_cache() -> None:
 # -- keys --------------------------------------------------------------------------------------
 
 
-# (config_json, identity, load_json) -> sha256 state after
-# '{"config":…[,"load":…],"model":…,"prompt":'.
-_prefix_states: dict[tuple[str, str, str], Any] = {}
+# (config_json, identity, load_json, namespace) -> sha256 state after
+# '{"config":…[,"load":…],"model":…[,"namespace":…],"prompt":'.
+_prefix_states: dict[tuple[str, str, str, str], Any] = {}
 
 
-def completion_key(prompt: str, identity: str, config_json: str, load_json: str = "") -> str:
+def completion_key(
+    prompt: str, identity: str, config_json: str, load_json: str = "", namespace: str = ""
+) -> str:
     """Key of a plain completion: sha256 of ``{"config":…,"load":…,"model":…,"prompt":…}``.
 
     ``load_json`` is :func:`load_options_json` of the model's load options;
@@ -174,27 +178,33 @@ def completion_key(prompt: str, identity: str, config_json: str, load_json: str 
     (``config_json`` is itself canonical and the keys are in sorted order),
     and the state after the config, load options and model is reused.
     """
-    state = _prefix_states.get((config_json, identity, load_json))
+    state = _prefix_states.get((config_json, identity, load_json, namespace))
     if state is None:
         load = ',"load":' + load_json if load_json else ""
-        prefix = '{"config":' + config_json + load + ',"model":' + _json_string(identity) + ',"prompt":'
+        space = ',"namespace":' + _json_string(namespace) if namespace else ""
+        prefix = (
+            '{"config":' + config_json + load + ',"model":' + _json_string(identity) + space + ',"prompt":'
+        )
         state = hashlib.sha256(prefix.encode("ascii"))
         if len(_prefix_states) >= 256:
             _prefix_states.clear()
-        _prefix_states[(config_json, identity, load_json)] = state
+        _prefix_states[(config_json, identity, load_json, namespace)] = state
     digest = state.copy()
     digest.update(_json_string(prompt).encode("ascii"))
     digest.update(b"}")
     return digest.hexdigest()
 
 
-def chat_key(messages_json: str, identity: str, config_json: str, load_json: str = "") -> str:
-    """Key of a chat completion: ``{"config","kind":"chat","load","messages","model"}``
-    (``"load"`` only when ``load_json`` is not empty, as for :func:`completion_key`)."""
+def chat_key(
+    messages_json: str, identity: str, config_json: str, load_json: str = "", namespace: str = ""
+) -> str:
+    """Key of a chat completion: ``{"config","kind":"chat","load","messages","model","namespace"}``
+    (``"load"`` and ``"namespace"`` only when not empty, as for :func:`completion_key`)."""
     load = ',"load":' + load_json if load_json else ""
+    space = ',"namespace":' + _json_string(namespace) if namespace else ""
     data = (
         '{"config":' + config_json + ',"kind":"chat"' + load + ',"messages":' + messages_json
-        + ',"model":' + _json_string(identity) + "}"
+        + ',"model":' + _json_string(identity) + space + "}"
     )
     return hashlib.sha256(data.encode("ascii")).hexdigest()
 
@@ -611,27 +621,36 @@ class SingleFlight(Generic[T]):
         flight.done.set()
 
     @staticmethod
-    def wait(flight: _Flight[T]) -> tuple[bool, T | None]:
+    def wait(flight: _Flight[T], timeout: float | None = None) -> tuple[bool | None, T | None]:
         """Wait for another thread's flight: ``(True, result)``, ``(False, None)`` if it
-        was abandoned (start over), or its exception raised."""
-        flight.done.wait()
+        was abandoned (start over), ``(None, None)`` after ``timeout`` seconds (stop
+        waiting: go ahead alone), or its exception raised."""
+        if not flight.done.wait(timeout):
+            return None, None
         if flight.abandoned:
             return False, None
         if flight.error is not None:
             raise flight.error
         return True, flight.result
 
-    def run(self, key: str, fn: Callable[[], T]) -> tuple[T, bool]:
-        """``(result, shared)``: ``shared`` is True when another caller computed it."""
+    def run(self, key: str, fn: Callable[[], T], timeout: float | None = None) -> tuple[T, bool]:
+        """``(result, shared)``: ``shared`` is True when another caller computed it.
+
+        A follower waits at most ``timeout`` seconds for the leader (an idle
+        open stream can lead for ever), then runs ``fn`` itself, unshared.
+        """
         while True:
             flight, role = self.join(key)
             if role is None:
                 return fn(), False
             if role:
                 break
-            done, result = self.wait(flight)
+            done, result = self.wait(flight, timeout)
             if done:
                 return result, True  # type: ignore[return-value]
+            if done is None:
+                logger.info("gave up waiting %ss for an identical request; running it separately", timeout)
+                return fn(), False
             # The leader gave up: start over (lead, or follow a newer leader).
         try:
             result = fn()

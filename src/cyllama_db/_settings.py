@@ -31,6 +31,9 @@ ENV_VARS: dict[str, str] = {
         "how long metrics samples are kept: a positive duration, seconds or 10m/1h (default 10m)"
     ),
     "CYLLAMA_DB_BUSY_TIMEOUT": "seconds a writer waits for another writer's lock (default 30)",
+    "CYLLAMA_CACHE_SAMPLED": (
+        "1 (default) or 0: whether sampled calls (temperature > 0, no fixed seed) are cached"
+    ),
 }
 
 LOG_LEVELS: dict[str, int] = {
@@ -164,6 +167,7 @@ class Settings:
     log_to_db: bool
     metrics_retention: timedelta
     busy_timeout: float
+    cache_sampled: bool = True
 
     @classmethod
     def resolve(
@@ -177,6 +181,7 @@ class Settings:
         log_to_db: bool | None = None,
         metrics_retention: Any = None,
         busy_timeout: float | None = None,
+        cache_sampled: bool | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Build settings from arguments, then the environment, then defaults."""
@@ -246,6 +251,14 @@ class Settings:
         else:
             busy = _parse_positive_float("busy_timeout", busy_timeout)
 
+        if cache_sampled is None:
+            raw = _env(env, "CYLLAMA_CACHE_SAMPLED")
+            sampled = True if raw is None else _parse_bool("CYLLAMA_CACHE_SAMPLED", raw)
+        elif isinstance(cache_sampled, bool):
+            sampled = cache_sampled
+        else:
+            raise ConfigurationTypeError(f"cache_sampled must be True or False, got {cache_sampled!r}")
+
         return cls(
             path=resolved,
             enabled=enabled,
@@ -255,4 +268,5 @@ class Settings:
             log_to_db=to_db,
             metrics_retention=retention,
             busy_timeout=busy,
+            cache_sampled=sampled,
         )

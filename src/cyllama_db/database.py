@@ -72,6 +72,11 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
             ``$CYLLAMA_METRICS_RETENTION`` or 10 minutes.
         busy_timeout: seconds a writer waits for another writer. Default:
             ``$CYLLAMA_DB_BUSY_TIMEOUT`` or 30.
+        cache_sampled: whether ``LLM``/``complete()``/``wrap()`` cache sampled
+            calls (temperature > 0 and no fixed seed). Default:
+            ``$CYLLAMA_CACHE_SAMPLED`` or True: identical requests get the
+            stored answer, as the design's keys say (the seed is not part of
+            them); a call can still ask for a new one with ``cache="refresh"``.
 
     A file that cannot be opened (permissions, not a SQLite database) is left
     untouched: a warning is logged and the database falls back to memory
@@ -91,6 +96,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
         log_to_db: bool | None = None,
         metrics_retention: Any = None,
         busy_timeout: float | None = None,
+        cache_sampled: bool | None = None,
     ) -> None:
         self.settings = Settings.resolve(
             path=path,
@@ -101,6 +107,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
             log_to_db=log_to_db,
             metrics_retention=metrics_retention,
             busy_timeout=busy_timeout,
+            cache_sampled=cache_sampled,
         )
         self._pool = None
         self.fallback_reason: str | None = None

@@ -121,11 +121,17 @@ class GenerationError(CyllamaDBError, RuntimeError):
 
 
 class ModelBusyError(CyllamaDBError, RuntimeError):
-    """This thread still has an unfinished stream open on the same model.
+    """The model is held by an unfinished stream or generation for longer than the wait allows.
 
-    A llama.cpp context runs one generation at a time: finish iterating the
-    earlier stream or call its ``close()`` first.
+    A llama.cpp context runs one generation at a time. Raised at once when
+    this thread itself still has an open stream on the model (finish
+    iterating it, or call its ``close()``), and after ``wait_timeout``
+    seconds when another thread holds it; the message names the holder.
     """
+
+
+class CacheMissError(CyllamaDBError, LookupError):
+    """``cache="only-if-cached"`` was asked for and the cache has no answer; nothing was generated."""
 
 
 class UncacheableError(CyllamaDBError, TypeError):
