@@ -28,6 +28,7 @@ __all__ = [
     "MARKER",
     "accumulate_chunks",
     "build_dict",
+    "plain",
     "mark",
     "rebuild",
     "replay_chunks",
@@ -42,6 +43,20 @@ MARKER: Final = "cyllama_db"
 # A word with its leading whitespace, long runs cut at 8 characters (about a
 # token or two), so replayed streams arrive in pieces of a familiar size.
 _WORDS = re.compile(r"\s*\S{1,8}|\s+")
+
+
+def _json_default(value: Any) -> Any:
+    # llama-cpp-python puts numpy float32 values in its logprobs, which
+    # json.dumps refuses; .item() gives the plain Python number.
+    item = getattr(value, "item", None)
+    if callable(item) and type(value).__module__ == "numpy":
+        return item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def plain(out: Any) -> Any:
+    """``out`` with numpy scalars turned into Python numbers (so ``json.dumps`` takes it)."""
+    return json.loads(json.dumps(out, default=_json_default))
 
 
 def split_text(text: str) -> list[str]:

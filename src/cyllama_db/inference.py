@@ -42,7 +42,7 @@ from ._cacheutil import (
     load_options_json,
     model_identity,
 )
-from ._openai import accumulate_chunks, replay_chunks, split_text
+from ._openai import accumulate_chunks, plain, replay_chunks, split_text
 from ._validate import check_path
 from .errors import (
     CacheMissError,
@@ -606,7 +606,7 @@ class Response:
         name = self.model_path if model is None else model
         source = self._source
         if source is not None:
-            out = json.loads(json.dumps(source))
+            out = plain(source)
             out.pop("cyllama_db", None)
             if model is not None:
                 out["model"] = model
@@ -1660,7 +1660,7 @@ class LLM(Closing):
             stats=_make_stats(usage.get("prompt_tokens"), usage.get("completion_tokens"), perf, wall_ms),
             kind=kind,
         )
-        response._source = out
+        response._source = plain(out)
         return response
 
     def _stream(
@@ -1753,7 +1753,7 @@ class LLM(Closing):
                                 piece = (choice.get("delta") or {}).get("content") or ""
                             state.parts.append(piece)
                             if chunks:
-                                chunk = dict(chunk)
+                                chunk = plain(chunk) if choice.get("logprobs") is not None else dict(chunk)
                                 chunk["cyllama_db"] = marker
                                 yield piece, chunk
                             else:
@@ -1827,7 +1827,7 @@ class LLM(Closing):
             )
         except Exception:  # pragma: no cover - tokenising what the model produced cannot fail in practice
             generated = prompt_tokens = None
-        source = accumulate_chunks(received, kind, name)
+        source = plain(accumulate_chunks(received, kind, name))
         finish = source["choices"][0]["finish_reason"] if completed else "cancelled"
         source["choices"][0]["finish_reason"] = finish
         source["usage"] = {
