@@ -22,7 +22,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from .inference import _CONFIG_FIELDS, LLM, CacheArg, DBArg, GenerationConfig, _is_llama
+from .inference import _CONFIG_FIELDS, LLM, CacheArg, DBArg, GenerationConfig, Response, _is_llama
 
 __all__ = ["CachedLlama", "wrap"]
 
@@ -87,6 +87,10 @@ class CachedLlama:
             "completion": inspect.signature(type(llama).create_completion),
             "chat": inspect.signature(type(llama).create_chat_completion),
         }
+        self._names = {
+            kind: frozenset(sig.parameters) - {"self", "prompt", "messages"}
+            for kind, sig in self._signatures.items()
+        }
         # Each kind's base config: llama-cpp-python's own defaults (max_tokens=16
         # for completions, temperature=0.2 for chat...), then wrap()'s defaults.
         self._bases: dict[str, tuple[GenerationConfig, dict[str, Any]]] = {}
@@ -133,15 +137,19 @@ class CachedLlama:
 
     def _run(self, kind: str, payload: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         ours = {**self._call_defaults, **{name: kwargs.pop(name) for name in _OURS if name in kwargs}}
-        signature = self._signatures[kind]
-        try:
-            bound = signature.bind(self.__wrapped__, payload, *args, **kwargs)
-        except TypeError as exc:
-            method = "create_completion" if kind == "completion" else "create_chat_completion"
-            raise TypeError(f"Llama.{method}() {exc}") from None
-        given = dict(bound.arguments)
-        given.pop("self", None)
-        payload = given.pop("prompt" if kind == "completion" else "messages")
+        names = self._names[kind]
+        if args or not names.issuperset(kwargs):
+            signature = self._signatures[kind]
+            try:
+                bound = signature.bind(self.__wrapped__, payload, *args, **kwargs)
+            except TypeError as exc:
+                method = "create_completion" if kind == "completion" else "create_chat_completion"
+                raise TypeError(f"Llama.{method}() {exc}") from None
+            given = dict(bound.arguments)
+            given.pop("self", None)
+            payload = given.pop("prompt" if kind == "completion" else "messages")
+        else:
+            given = kwargs  # the common case: keywords only, all of them known
         stream = bool(given.pop("stream", False))
         config, extra = self._bases[kind]
         changes, call_extra = _split(given, config)
@@ -161,7 +169,7 @@ class CachedLlama:
             kind, payload, stream, config=call_config, cache=ours.get("cache"), ttl=ours.get("ttl"),  # type: ignore[arg-type]
             namespace=ours.get("namespace"), passthrough=passthrough, chunks=True,
         )  # fmt: skip
-        if stream:
+        if stream or not isinstance(result, Response):
             return result
         name = passthrough.get("model")
         return result.to_openai(model=name if isinstance(name, str) else str(self.__wrapped__.model_path))
@@ -197,7 +205,11 @@ def _split(values: Mapping[str, Any], base: GenerationConfig | None = None) -> A
 
 def _differs(current: Any, value: Any) -> bool:
     if isinstance(current, tuple) and isinstance(value, (list, tuple, str)):
-        return True  # stops and tools: normalised by GenerationConfig, cheap to re-check
+        if isinstance(value, str):
+            value = [value]
+        if current == tuple(sorted(set(value))) if all(isinstance(v, str) for v in value) else False:
+            return False  # the same stops in another order or container
+        return True
     return bool(current != value or type(current) is not type(value))
 
 
