@@ -93,6 +93,13 @@ WRONG: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], type[Exception], st
         (("in.db",), {"on_conflict": "merge"}, ValueError, "on_conflict"),
         (("in.db",), {"progress": 5}, TypeError, "progress"),
     ],
+    "list_cache_entries": [
+        (("10",), {}, TypeError, "limit"),
+        ((0,), {}, ValueError, "limit"),
+        ((10, "oldest"), {}, ValueError, "order"),
+        ((10, "newest", 5), {}, TypeError, "model_path"),
+        ((), {"namespace": 5}, TypeError, "namespace"),
+    ],
     "invalidate_cache": [
         ((123,), {}, TypeError, "prompt"),
         ((None, 123), {}, TypeError, "model_path"),

@@ -686,6 +686,65 @@ class CacheMixin(StoreBase):
         logger.debug("invalidated %d cache entries", removed)
         return int(removed)
 
+    @db_op(empty=list)
+    def list_cache_entries(
+        self,
+        limit: int = 20,
+        order: str = "newest",
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        namespace: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Cache entries without their response text, newest (or most hit, ``order="hits"``) first.
+
+        Each is a dict of ``cache_key``, ``kind``, ``namespace``, ``model_name``,
+        ``model_path``, ``prompt``, ``finish_reason``, ``tokens_generated``,
+        ``size_bytes``, ``hit_count`` and the times as datetimes.
+        ``model_path`` selects one model (a path, or a bare file name);
+        ``namespace`` one namespace (``""`` is the default one).
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be an int, got {type(limit).__name__}")
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        if order not in ("newest", "hits"):
+            raise ValueError(f"order must be 'newest' or 'hits', got {order!r}")
+        self._cache_flush_hits_quietly()
+        clauses: list[str] = []
+        params: list[Any] = []
+        if model_path is not None:
+            path = check_path(model_path, "model_path")
+            clauses.append("(model_path = ? OR model_name = ? OR model_identity = ?)")
+            params += [os.path.abspath(os.path.expanduser(path)), os.path.basename(path), model_identity(path)]
+        if namespace is not None:
+            clauses.append("namespace = ?")
+            params.append("" if namespace == "" else check_namespace(namespace))
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        by = "created_at DESC" if order == "newest" else "hit_count DESC, last_used_at DESC"
+        names = (
+            "cache_key", "kind", "namespace", "model_name", "model_path", "prompt", "finish_reason",
+            "tokens_generated", "size_bytes", "hit_count", "created_at", "expires_at", "last_hit_at",
+            "last_used_at",
+        )
+        with self.pool.read() as conn:
+            rows = conn.execute(
+                f"SELECT {', '.join(names)} FROM cache{where} ORDER BY {by}, id DESC LIMIT ?", (*params, limit)
+            ).fetchall()
+        entries = []
+        for row in rows:
+            entry = dict(zip(names, row))
+            for name in ("created_at", "expires_at", "last_hit_at", "last_used_at"):
+                entry[name] = from_timestamp(entry[name])
+            entries.append(entry)
+        return entries
+
+    def _cache_flush_hits_quietly(self) -> None:
+        # A listing must not fail (or wait) because hit counts cannot be written now.
+        try:
+            self._cache_flush_hits()
+        except Exception as exc:
+            logger.debug("hit counts not written before a listing: %s", exc)
+
     @db_op(empty=int)
     def cleanup_cache(self) -> int:
         """Remove expired entries, then least-recently-used ones until the size limit holds; returns how many."""

@@ -763,10 +763,12 @@ def _cache_record(names: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
     return record
 
 
-def _cache_entries(db: Any, limit: int, order: str, model: str | None) -> list[dict[str, Any]]:
+def _cache_entries(
+    db: Any, limit: int, order: str, model: str | None, namespace: str | None = None
+) -> list[dict[str, Any]]:
     lister = getattr(db, "list_cache_entries", None)
     if callable(lister):  # the store's own listing, where it has one
-        return [dict(e) for e in lister(limit=limit, order=order, model_path=model)]
+        return [dict(e) for e in lister(limit=limit, order=order, model_path=model, namespace=namespace)]
     available = _cache_columns(db)
     names = [c for c in _CACHE_LIST_COLUMNS if c in available]
     where, params = "", []
@@ -784,7 +786,7 @@ def _cache_entries(db: Any, limit: int, order: str, model: str | None) -> list[d
 
 def _cmd_cache_list(args: argparse.Namespace) -> int:
     with _open(args) as db:
-        entries = _cache_entries(db, args.n, args.sort, args.model)
+        entries = _cache_entries(db, args.n, args.sort, args.model, args.namespace)
     if args.json:
         _print_json(entries)
         return 0
@@ -793,9 +795,9 @@ def _cmd_cache_list(args: argparse.Namespace) -> int:
         return 0
     _table(
         [[str(e.get("cache_key", ""))[:16], e.get("model_name") or _short_path(e.get("model_path")),
-          e.get("hit_count"), e.get("size_bytes"), e.get("created_at"), e.get("expires_at"),
-          _preview(e.get("prompt"))] for e in entries],
-        ["key", "model", "hits", "bytes", "created", "expires", "prompt"],
+          e.get("namespace") or "-", e.get("hit_count"), e.get("size_bytes"), e.get("created_at"),
+          e.get("expires_at"), _preview(e.get("prompt"))] for e in entries],
+        ["key", "model", "namespace", "hits", "bytes", "created", "expires", "prompt"],
     )
     return 0
 
@@ -838,16 +840,19 @@ def _cmd_cache_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache_invalidate(args: argparse.Namespace) -> int:
-    if not (args.all or args.model or args.prompt is not None or args.older_than is not None):
+    criteria = args.model or args.prompt is not None or args.older_than is not None or args.namespace
+    if not (args.all or criteria):
         raise UsageError(
-            "give --model, --prompt, --older-than or --all (to empty the whole cache)",
+            "give --model, --prompt, --older-than, --namespace or --all (to empty the whole cache)",
             f"{PROG} cache invalidate",
         )
-    if args.all and (args.model or args.prompt is not None or args.older_than is not None):
+    if args.all and criteria:
         raise UsageError("--all cannot be combined with other criteria", f"{PROG} cache invalidate")
     with _open(args) as db:
         fn = _require(db, "invalidate_cache", "cache")
-        removed = fn(prompt=args.prompt, model_path=args.model, older_than=args.older_than)
+        removed = fn(
+            prompt=args.prompt, model_path=args.model, older_than=args.older_than, namespace=args.namespace
+        )
     print(f"removed {removed} cache entries")
     return 0
 
@@ -1363,6 +1368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sort", choices=("newest", "hits"), default="newest",
                    help="newest first (default) or most-hit first")
     p.add_argument("--model", metavar="PATH", help="only entries of this model")
+    p.add_argument("--namespace", metavar="NAME", help="only entries of this namespace")
     p = _command(cache, "show", _cmd_cache_show, "one entry in full", read=True)
     p.add_argument("key", help="the cache key (a unique prefix is enough)")
     p = _command(cache, "invalidate", _cmd_cache_invalidate, "remove matching entries")
@@ -1370,6 +1376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="entries for this exact prompt")
     p.add_argument("--older-than", type=_duration, metavar="DURATION",
                    help="entries created longer ago than this (e.g. 7d, 12h)")
+    p.add_argument("--namespace", metavar="NAME", help="entries of this namespace")
     p.add_argument("--all", action="store_true", help="every entry")
     _command(cache, "cleanup", _cmd_cache_cleanup,
              "remove expired entries, then least recently used ones over the size limit")
