@@ -527,7 +527,8 @@ def instance_identity(value: Any, name: str) -> Any:
     ``cyllama_db`` object that says what identifies it (an ``LLM``: model,
     load options and config); a ``llama_cpp.Llama``, or an object with a
     ``model_path`` and a ``create_completion`` (a wrapper of one), by
-    :func:`llama_identity`; an instance of a plain module-level class by its
+    :func:`llama_identity`; a module-level class (a classmethod's ``cls``) by
+    its name; an instance of a plain module-level class by its
     class and its ``__dict__``, when every attribute is itself keyable. Never
     by ``repr``, ``id`` or memory address: anything else (a lock, a file, a
     socket, a C object, an instance of a local class) raises
@@ -551,6 +552,10 @@ def instance_identity(value: Any, name: str) -> Any:
     identify = getattr(cls, "_cyllama_cache_identity", None)
     if identify is not None:
         return {"__object__": _class_name(cls), "identity": identify(value)}
+    if isinstance(value, type):  # a classmethod's class: by name, like a module-level function
+        if "<" in value.__qualname__:
+            raise _no_identity(value, name, "it is a class defined inside a function (its name does not say which one)")
+        return {"__class__": _class_name(value)}
     if _llama_like(value):
         return {"__llama__": llama_identity(value)}
     if not _plain_class(cls) or not isinstance(getattr(value, "__dict__", None), dict):
