@@ -725,7 +725,12 @@ def test_llama_methods_never_mix_models(
 
 
 def test_llama_load_options_read_from_the_object(tiny_model_path: Path) -> None:
-    from cyllama_db._cacheutil import OUTPUT_LOAD_OPTIONS, llama_identity, llama_load_options, model_identity
+    from cyllama_db._cacheutil import (
+        OUTPUT_LOAD_OPTIONS,
+        llama_identity,
+        llama_load_options,
+        model_identity,
+    )
 
     plain = _llama(tiny_model_path)
     tuned = _llama(tiny_model_path, rope_freq_base=20000.0, type_k=0, last_n_tokens_size=32, kv_overrides={"x.y": 1})
