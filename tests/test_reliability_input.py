@@ -316,6 +316,7 @@ MODULE_WRONG: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], type[Excepti
         ((), {"db": "db.sqlite"}, TypeError, "db"),
         ((), {"name": 5}, TypeError, "name"),
         ((), {"strict": "yes"}, TypeError, "strict"),
+        ((), {"key": "name"}, TypeError, "key"),
     ],
     "chat": [
         (("hi",), {"model_path": M}, TypeError, "messages"),
