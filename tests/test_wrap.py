@@ -377,3 +377,13 @@ def test_waiting_for_an_identical_request_has_a_timeout(tiny_model_path: Path, t
         worker.join(30)
         assert out and out[0].text and not out[0].cache_hit
         leader.close()
+
+
+def test_cached_on_a_wrapped_method_keys_on_the_wrappers_defaults(raw: Any, db: CyllamaDB) -> None:
+    from cyllama_db import cached
+
+    short = cached(db=db)(wrap(raw, db=False, temperature=0, max_tokens=2).create_completion)
+    long = cached(db=db)(wrap(raw, db=False, temperature=0, max_tokens=8).create_completion)
+    assert short.cache_key("Keyed") != long.cache_key("Keyed")
+    a, b = short("Keyed"), long("Keyed")
+    assert a["usage"]["completion_tokens"] <= 2 < b["usage"]["completion_tokens"]

@@ -732,7 +732,7 @@ class CacheMixin(StoreBase):
             ).fetchall()
         entries = []
         for row in rows:
-            entry = dict(zip(names, row))
+            entry = dict(zip(names, row, strict=True))
             for name in ("created_at", "expires_at", "last_hit_at", "last_used_at"):
                 entry[name] = from_timestamp(entry[name])
             entries.append(entry)

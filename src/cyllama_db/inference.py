@@ -2067,13 +2067,9 @@ def _dict_model(llm: LLM, extra: Mapping[str, Any]) -> str:
 
 def _is_llama(value: Any) -> bool:
     """Whether ``value`` is a loaded ``llama_cpp.Llama`` (without importing llama_cpp)."""
-    if isinstance(value, (str, bytes, os.PathLike)):
-        return False
-    return (
-        type(value).__module__.startswith("llama_cpp")
-        and callable(getattr(value, "create_completion", None))
-        and isinstance(getattr(value, "model_path", None), str)
-    )
+    from ._cacheutil import is_llama
+
+    return is_llama(value) and isinstance(getattr(value, "model_path", None), (str, os.PathLike))
 
 
 # One lock per Llama object: two wrappers of one Llama must not run it at once.
@@ -2106,41 +2102,16 @@ def _auto_chat_format(llama: Any) -> str | None:
 def _adopted_load_options(llama: Any) -> dict[str, Any]:
     """The output-changing load options of a loaded Llama, as ``LLM(path, **options)`` would key them.
 
-    Read back from the object, so that ``wrap(Llama(p, chat_format=X))``
-    and ``LLM(p, chat_format=X)`` share cache entries; values llama-cpp-python
-    chose by itself (the auto-detected chat format, llama.cpp's default KV
-    cache types) are left out, as ``LLM(p)`` leaves them out.
+    Read back from the object (:func:`~cyllama_db._cacheutil.llama_load_options`),
+    so that ``wrap(Llama(p, chat_format=X))`` and ``LLM(p, chat_format=X)``
+    share cache entries. The chat format llama-cpp-python picked by itself is
+    left out, as ``LLM(p)`` leaves it out.
     """
-    options: dict[str, Any] = {}
-    handler = getattr(llama, "chat_handler", None)
-    chat_format = getattr(llama, "chat_format", None)
-    if handler is not None:
-        options["chat_handler"] = handler
-    elif chat_format is not None and chat_format != _auto_chat_format(llama):
-        options["chat_format"] = chat_format
-    for name in ("lora_path", "lora_base", "lora_scale", "kv_overrides", "last_n_tokens_size"):
-        value = getattr(llama, name, None)
-        if value is not None:
-            options[name] = value
-    params = getattr(llama, "context_params", None)
-    if params is not None:
-        for name in ("rope_freq_base", "rope_freq_scale", "yarn_ext_factor", "yarn_attn_factor",
-                     "yarn_beta_fast", "yarn_beta_slow", "yarn_orig_ctx", "rope_scaling_type",
-                     "pooling_type", "attention_type"):
-            if hasattr(params, name):
-                options[name] = getattr(params, name)
-        if getattr(params, "embeddings", False):
-            options["embedding"] = True
-        try:
-            import llama_cpp
+    from ._cacheutil import llama_load_options
 
-            defaults = llama_cpp.llama_context_default_params()
-            for name in ("type_k", "type_v"):
-                value = getattr(params, name, None)
-                if value is not None and value != getattr(defaults, name):
-                    options[name] = int(value)
-        except Exception:  # pragma: no cover - bindings without these fields
-            pass
+    options = {name: value for name, value in llama_load_options(llama).items() if value is not None}
+    if options.get("chat_handler") is None and options.get("chat_format") == _auto_chat_format(llama):
+        options.pop("chat_format", None)
     return options
 
 

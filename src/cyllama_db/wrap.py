@@ -114,6 +114,17 @@ class CachedLlama:
         """``Llama.create_chat_completion`` through the cache (same parameters, same return types)."""
         return self._run("chat", messages, args, kwargs)
 
+    def __cache_key__(self) -> dict[str, Any]:
+        """What ``@cached`` keys a wrapped method by: the model, its load options and this
+        wrapper's defaults per kind (``wrap(l, max_tokens=2)`` is not ``wrap(l, max_tokens=8)``)."""
+        from ._cacheutil import llama_identity
+
+        return {
+            "llama": llama_identity(self.__wrapped__),
+            "defaults": {kind: base.cache_json() for kind, (base, _extra) in self._bases.items()},
+            "call": {k: v for k, v in self._call_defaults.items() if k != "cache"},
+        }
+
     @property
     def llama(self) -> Any:
         """The wrapped ``llama_cpp.Llama``."""
@@ -207,9 +218,8 @@ def _differs(current: Any, value: Any) -> bool:
     if isinstance(current, tuple) and isinstance(value, (list, tuple, str)):
         if isinstance(value, str):
             value = [value]
-        if current == tuple(sorted(set(value))) if all(isinstance(v, str) for v in value) else False:
-            return False  # the same stops in another order or container
-        return True
+        # The same stops in another order or container are no change.
+        return not (all(isinstance(v, str) for v in value) and current == tuple(sorted(set(value))))
     return bool(current != value or type(current) is not type(value))
 
 
