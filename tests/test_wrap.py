@@ -387,3 +387,43 @@ def test_cached_on_a_wrapped_method_keys_on_the_wrappers_defaults(raw: Any, db: 
     assert short.cache_key("Keyed") != long.cache_key("Keyed")
     a, b = short("Keyed"), long("Keyed")
     assert a["usage"]["completion_tokens"] <= 2 < b["usage"]["completion_tokens"]
+
+
+@pytest.mark.parametrize(
+    ("messages", "error", "needle"),
+    [
+        ([{"role": "user"}], ValueError, r"messages\[0\] \(user\) needs 'content'"),
+        ([{"role": "user", "content": 5}], TypeError, r"messages\[0\]\['content'\] must be a str"),
+        ([{"role": "robot", "content": "hi"}], ValueError, "role 'robot'"),
+        ([{"role": "user", "content": None}], TypeError, "only an assistant message with tool_calls"),
+        ([{"role": "user", "content": [{"type": "text", "text": 5}]}], TypeError, "needs a str 'text'"),
+        ([{"role": "user", "content": [7]}], TypeError, r"\['content'\]\[0\] must be a dict"),
+        ([{"role": "user", "content": "x", "tool_calls": []}], ValueError, "only assistant messages carry"),
+        ([{"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {}}]}],
+         ValueError, "needs a non-empty str 'name'"),
+        ([{"role": "tool", "content": "42"}], ValueError, "tool_call_id"),
+        ([{"role": "user", "content": "x", "name": 3}], TypeError, r"\['name'\] must be a str"),
+    ],
+)
+def test_bad_chat_messages_are_refused_before_generating(
+    tiny_model_path: Path, db: CyllamaDB, raw: Any, messages: list[Any], error: type[Exception], needle: str
+) -> None:
+    llm = LLM(tiny_model_path, db=db, max_tokens=4)
+    with pytest.raises(error, match=needle):
+        llm.chat(messages)
+    with pytest.raises(error, match=needle):
+        wrap(raw, db=db).create_chat_completion(messages)
+    assert not llm.loaded  # refused before the model was even loaded
+    assert db.get_stats_summary()["total_generations"] == 0
+
+
+def test_tool_round_trip_messages_are_accepted(tiny_model_path: Path, db: CyllamaDB) -> None:
+    llm = LLM(tiny_model_path, db=db, max_tokens=3, temperature=0)
+    messages = [
+        {"role": "system", "content": "You call tools."},
+        {"role": "user", "content": [{"type": "text", "text": "Weather?"}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    assert llm.chat(messages).text is not None
