@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import cyllama_db
-from cyllama_db import CyllamaDB, DatabaseClosedError, configure_db, get_db, reset_db
+from cyllama_db import CyllamaDB, DatabaseClosedError, ReadOnlyDatabaseError, configure_db, get_db, reset_db
+from cyllama_db.errors import ForeignDatabaseError
 
 
 def _sha(path: Path) -> str:
@@ -174,7 +175,7 @@ def test_unwritable_parent_falls_back(tmp_path: Path) -> None:
         assert db.get_config("a") == 1
 
 
-def test_read_only_file_falls_back_and_is_untouched(tmp_path: Path) -> None:
+def test_read_only_file_is_refused_or_read_but_never_forgotten(tmp_path: Path) -> None:
     path = tmp_path / "ro.db"
     with CyllamaDB(path) as db:
         db.set_config("kept", True)
@@ -190,10 +191,15 @@ def test_read_only_file_falls_back_and_is_untouched(tmp_path: Path) -> None:
         path.chmod(0o400)
         undo = None
     try:
-        with CyllamaDB(path) as db:
-            assert db.path == ":memory:"
-            assert db.get_config("kept") is None  # the fallback starts empty
-            db.set_config("new", 1)
+        # A valid file this user cannot write is not "unusable": falling back
+        # to an empty memory database would quietly lose every write.
+        with pytest.raises(ReadOnlyDatabaseError, match="readonly=True"):
+            CyllamaDB(path)
+        with CyllamaDB(path, readonly=True) as db:
+            assert db.path == str(path) and not db.is_memory
+            assert db.get_config("kept") is True
+            with pytest.raises(ReadOnlyDatabaseError, match="read-only"):
+                db.set_config("new", 1)
     finally:
         if undo:
             subprocess.run(undo, check=True)
@@ -366,10 +372,10 @@ def test_another_applications_sqlite_file_is_untouched(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     before = _sha(path)
-    with CyllamaDB(path) as db:
-        assert db.path == ":memory:"
-        assert "another application" in (db.fallback_reason or "")
-        db.set_config("ok", True)
+    with pytest.raises(ForeignDatabaseError, match="another application") as caught:
+        CyllamaDB(path)
+    assert "no cyllama-db schema_version table" in str(caught.value)
+    assert str(path) in str(caught.value)
     assert _sha(path) == before
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("cache",)]
