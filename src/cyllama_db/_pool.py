@@ -28,8 +28,11 @@ closed, a reference kept until the process ends.
 
 The WAL of a file database stays bounded: ``journal_size_limit`` truncates it
 back to :data:`JOURNAL_SIZE_LIMIT` whenever it is reset, SQLite's automatic
-checkpoint runs every 1,000 pages, and :meth:`ConnectionPool.close` ends with
-a ``wal_checkpoint(TRUNCATE)`` that waits for no one.
+checkpoint runs every 1,000 pages; every :data:`WAL_CHECK_EVERY` commits a
+WAL over :data:`WAL_RESTART_BYTES` gets a ``wal_checkpoint(RESTART)`` that
+waits up to :data:`WAL_RESTART_WAIT` for readers (the automatic one never
+waits, so readers that never pause starve it); and :meth:`ConnectionPool.close`
+ends with a ``wal_checkpoint(TRUNCATE)`` that waits for no one.
 """
 
 from __future__ import annotations
@@ -56,6 +59,12 @@ __all__ = ["JOURNAL_SIZE_LIMIT", "ConnectionPool", "readonly_uri"]
 
 #: Bytes the ``-wal`` file is truncated back to after a checkpoint resets it (4 MiB).
 JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
+#: A WAL larger than this is checkpointed with RESTART (waiting for readers) after a commit.
+WAL_RESTART_BYTES = 2 * JOURNAL_SIZE_LIMIT
+#: Checked every this many commits of one pool (one stat() call).
+WAL_CHECK_EVERY = 16
+#: Longest wait of that checkpoint for readers, in seconds (never more than busy_timeout).
+WAL_RESTART_WAIT = 0.2
 
 # This process's id, kept current by an at-fork hook, so the per-call check
 # for a connection inherited through fork() costs no getpid() system call.
@@ -216,6 +225,7 @@ class ConnectionPool:
         #: every write raises ReadOnlyDatabaseError (file connections are opened ``mode=ro``)
         self.readonly = readonly
         self._fork_held = False
+        self._commits = 0
         self._local = threading.local()
         self._registry_lock = threading.Lock()
         # Each connection with the thread that opened it (None for the shared
@@ -378,7 +388,11 @@ class ConnectionPool:
                     raise DatabaseClosedError(self.path)
                 with self._shared_lock:
                     return self._shared.execute(sql, parameters).rowcount
-            return self.connection().execute(sql, parameters).rowcount
+            conn = self.connection()
+            rowcount = conn.execute(sql, parameters).rowcount
+            if not conn.in_transaction:
+                self._after_commit(conn)
+            return rowcount
         except sqlite3.OperationalError as exc:
             self._translate(exc)
             raise
@@ -511,6 +525,33 @@ class ConnectionPool:
                 conn.execute("ROLLBACK")
             self._translate(exc)
             raise
+        self._after_commit(conn)
+
+    def _after_commit(self, conn: sqlite3.Connection) -> None:
+        """Every few commits: if the WAL outgrew its bound, checkpoint it to the start."""
+        self._commits += 1
+        if self._commits % WAL_CHECK_EVERY or self._shared is not None:
+            return
+        try:
+            size = os.path.getsize(self.path + "-wal")
+        except OSError:
+            return
+        if size <= WAL_RESTART_BYTES:
+            return
+        # SQLite's own (passive) checkpoint never waits for readers, so with
+        # readers always active it can never reach the end of the WAL, which
+        # then grows without bound. RESTART waits a little for them, copies
+        # everything back and lets the next writer start the WAL over
+        # (journal_size_limit then truncates it).
+        waits = self.waits()
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(min(WAL_RESTART_WAIT, self.busy_timeout) * 1000)}")
+            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+        except sqlite3.Error:
+            pass  # busy or full: the next check tries again
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000) if waits else 0}")
 
     # -- shutdown --------------------------------------------------------------------------
 
