@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 import cyllama_db
-from cyllama_db import CyllamaDB, DatabaseClosedError, ReadOnlyDatabaseError, configure_db, get_db, reset_db
+from cyllama_db import (
+    CyllamaDB,
+    DatabaseClosedError,
+    ReadOnlyDatabaseError,
+    configure_db,
+    get_db,
+    reset_db,
+)
 from cyllama_db.errors import ForeignDatabaseError
 
 

@@ -538,10 +538,9 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def _fill_disk(disk: Path) -> None:
-    with open(disk / "filler", "wb", buffering=0) as handle:
-        with contextlib.suppress(OSError):
-            while True:
-                handle.write(b"\0" * 4096)
+    with open(disk / "filler", "wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * 4096)
 
 
 def test_full_disk_raises_and_never_falls_back(tiny_disk: Path) -> None:
@@ -607,3 +606,58 @@ def test_a_deleted_shm_on_a_full_disk_is_an_error_not_an_empty_database(tiny_dis
     (tiny_disk / "filler").unlink()
     with CyllamaDB(path) as db:
         assert db.get_config("kept") == 1
+
+
+@contextlib.contextmanager
+def _unwritable_file(path: Path) -> Iterator[None]:
+    """Make ``path`` readable but not writable for this process (chattr +i as root)."""
+    if os.geteuid() != 0:
+        path.chmod(0o400)
+        try:
+            yield
+        finally:
+            path.chmod(0o600)
+        return
+    if shutil.which("chattr") is None:
+        pytest.skip("running as root and chattr is not installed: cannot make a file read-only")
+    done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"running as root and chattr +i fails on this filesystem: {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_cli_read_commands_open_an_unwritable_file_read_only(
+    tmp_path: Path, real_db: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cyllama_db.cli import main
+
+    path = tmp_path / "cyllama.db"
+    path.write_bytes(real_db)
+    before = _sha(path)
+    with _unwritable_file(path):
+        for command in (
+            ["info"],
+            ["config", "list", "--json"],
+            ["config", "get", "key-1"],
+            ["stats"],
+            ["history"],
+            ["logs"],
+            ["cache", "list"],
+            ["cache", "stats"],
+            ["models", "list"],
+            ["metrics", "history"],
+            ["export", str(tmp_path / "copy.db")],
+        ):
+            code = main(["--db", str(path), *command])
+            _out, err = capsys.readouterr()
+            assert code == 0, (command, err)
+        # A write is refused with one line that says how to read it instead.
+        assert main(["--db", str(path), "config", "set", "x", "1"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "readonly=True" in err
+    assert _sha(path) == before
+    with CyllamaDB(tmp_path / "copy.db", readonly=True) as copy:
+        assert copy.get_config("key-1") == "value " * 20

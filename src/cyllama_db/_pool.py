@@ -365,7 +365,7 @@ class ConnectionPool:
                 with self._shared_lock:
                     row: tuple[object, ...] | None = self._shared.execute(sql, parameters).fetchone()
                     return row
-            return self.connection().execute(sql, parameters).fetchone()  # type: ignore[no-any-return]
+            return self.connection().execute(sql, parameters).fetchone()
         finally:
             _leave()
 

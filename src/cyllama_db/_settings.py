@@ -155,7 +155,7 @@ def _parse_level(name: str, raw: Any) -> str:
 def _parse_fallback(name: str, raw: Any) -> str:
     if isinstance(raw, str) and raw.strip().lower() in FALLBACKS:
         return raw.strip().lower()
-    raise _error_for(raw)(
+    raise (ConfigurationError if isinstance(raw, str) else ConfigurationTypeError)(
         f"{name}={raw!r} is not a fallback: use 'memory' (run on an in-memory database when the "
         "file is unusable) or 'raise' (refuse to run)"
     )

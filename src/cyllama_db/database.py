@@ -13,7 +13,6 @@ import logging
 import os
 import sqlite3
 import threading
-import urllib.parse
 from types import TracebackType
 from typing import Any
 
