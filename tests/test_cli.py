@@ -472,7 +472,17 @@ def test_cache_commands(run: Run, db_path: Path, tiny_model_path: Path) -> None:
     assert hello["hit_count"] == 3
     assert re.match(r"\d{4}-\d\d-\d\dT", hello["created_at"])
     code, out, _ = run("cache", "list")
-    assert code == 0 and re.search(r"^[0-9a-f]{16}\s+tiny-llama\.gguf\s+3\s", out, re.M), out
+    assert code == 0 and re.search(r"^[0-9a-f]{16}\s+tiny-llama\.gguf\s+-\s+3\s", out, re.M), out
+
+    with CyllamaDB(db_path) as db:
+        db.cache_response("hello", model, CONFIG, "team answer", namespace="team-a")
+    assert [e["response_text"] if "response_text" in e else e["prompt"] for e in
+            run.json("cache", "list", "--namespace", "team-a")] == ["hello"]
+    assert len(run.json("cache", "list")) == 4
+    code, out, _ = run("cache", "invalidate", "--namespace", "team-a")
+    assert code == 0 and "removed 1 cache entries" in out
+    assert run.json("cache", "list", "--namespace", "team-a") == []
+    assert len(run.json("cache", "list")) == 3
 
     shown = run.json("cache", "show", hello["cache_key"][:12])
     assert shown["response_text"] == "world" and shown["config"]["max_tokens"] == 8

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import enum
+import functools
+import json
 import logging
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -170,7 +177,8 @@ def test_methods_need_a_keyable_self(db: CyllamaDB) -> None:
         def answer(self, x: int) -> int:
             return x
 
-    with pytest.raises(UncacheableError, match="'self'"):
+    # a local class: its name does not say which class it is
+    with pytest.raises(UncacheableError, match=r"'self'.*__cache_key__"):
         Service().answer(1)
 
 
@@ -494,3 +502,290 @@ def test_seed_example_function_returning_a_response(tiny_model_path: Path, db: C
     assert second.stats == first.stats
     assert calls == ["a long text"]
     llm.close()
+
+
+# -- objects never share entries ----------------------------------------------------------------
+
+
+class PlainScaler:
+    """A plain class: keyed by its __dict__."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+        self.calls: list[int] = []
+
+    def scale(self, x: int) -> int:
+        return self.factor * x
+
+
+class Locked:
+    """State that cannot be keyed: a lock."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+        self.lock = threading.Lock()
+
+    def scale(self, x: int) -> int:
+        with self.lock:
+            return self.factor * x
+
+    @cached
+    def decorated(self, x: int) -> int:
+        return self.factor * x
+
+
+class Keyed:
+    """Unkeyable state, but a __cache_key__ saying what the results depend on."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+        self.lock = threading.Lock()
+        self.seen: list[int] = []
+
+    def __cache_key__(self) -> dict[str, int]:
+        return {"factor": self.factor}
+
+    def scale(self, x: int) -> int:
+        self.seen.append(x)
+        return self.factor * x
+
+    @cached
+    def decorated(self, x: int) -> int:
+        self.seen.append(x)
+        return self.factor * x
+
+
+class Slotted:
+    __slots__ = ("factor",)
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def scale(self, x: int) -> int:
+        return self.factor * x
+
+
+class Adder:
+    """A callable object."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def __call__(self, x: int) -> int:
+        return self.k + x
+
+
+def test_bound_methods_key_on_their_instance(db: CyllamaDB) -> None:
+    two, ten = PlainScaler(2), PlainScaler(10)
+    assert cached(db=db)(two.scale)(5) == 10
+    assert cached(db=db)(ten.scale)(5) == 50  # not the 10 stored for PlainScaler(2)
+    assert cached(db=db)(PlainScaler(2).scale).cache_key(5) == cached(db=db)(two.scale).cache_key(5)
+    assert db.get_cache_stats()["by_kind"]["function"] == 2
+    ten.factor = 11  # the state is read at each call
+    assert cached(db=db)(ten.scale)(5) == 55
+    # cached(obj.method) keys exactly as a method decorated in its class body would
+    assert cached(db=db)(two.scale).cache_key(5) != cached(db=db)(PlainScaler.scale).cache_key(ten, 5)
+    assert cached(db=db)(two.scale).cache_key(5) == cached(db=db)(PlainScaler.scale).cache_key(two, 5)
+
+
+def test_cache_key_protocol_identifies_the_instance(db: CyllamaDB) -> None:
+    keyed = Keyed(3)  # holds a lock, but says what identifies it
+    scale = cached(db=db)(keyed.scale)
+    assert scale(2) == 6 and scale(2) == 6 and keyed.seen == [2]
+    first_key = scale.cache_key(2)
+    keyed.factor = 4  # __cache_key__ changes: so does the key
+    assert scale.cache_key(2) != first_key
+    assert scale(2) == 8 and keyed.seen == [2, 2]
+    assert Keyed(4).decorated(2) == 8  # @cached in the class body: the same protocol
+    other = Keyed(4)
+    assert other.decorated(2) == 8 and other.seen == []  # a hit: same key material
+    assert Keyed(5).decorated(2) == 10
+
+    class NotJSON:
+        def __cache_key__(self) -> object:
+            return object()
+
+        def m(self) -> int:
+            return 1
+
+    with pytest.raises(UncacheableError, match=r"__cache_key__\(\) must return JSON-able"):
+        cached(db=db)(NotJSON().m)
+
+
+def test_key_function_wins_over_everything(db: CyllamaDB) -> None:
+    seen: list[tuple[Any, ...]] = []
+
+    def key(self: Any, x: int) -> list[int]:
+        seen.append((type(self).__name__, x))
+        return [x]  # deliberately ignores the instance: key= is the user's promise
+
+    assert cached(db=db, key=key)(Keyed(2).scale)(5) == 10
+    assert cached(db=db, key=key)(Keyed(3).scale)(5) == 10  # served by key=, not __cache_key__
+    # an unkeyable instance is fine (another method: its own entries)
+    assert cached(db=db, key=key)(Locked(7).scale)(5) == 35
+    assert cached(db=db, key=key)(Locked(8).scale)(5) == 35
+    assert seen == [("Keyed", 5), ("Keyed", 5), ("Locked", 5), ("Locked", 5)]
+    by_factor = cached(db=db, key=lambda self, x: {"f": self.factor, "x": x})
+    assert by_factor(Locked(7).scale)(5) == 35 and by_factor(Locked(8).scale)(5) == 40
+
+    @cached(db=db, key=lambda text, **_: text.lower())
+    def shout(text: str, *, times: int = 1) -> str:
+        return text.upper() * times
+
+    assert shout("Hi") == "HI" and shout("hi", times=2) == "HI"  # the key says case and times do not count
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        shout("hi", nope=1)  # still checked against the signature
+    with pytest.raises(UncacheableError, match="key= function must return JSON-able"):
+        cached(db=db, key=lambda x: object())(lambda x: x)(1)
+    with pytest.raises(TypeError, match="key must be a function"):
+        cached(key="x")  # type: ignore[call-overload]
+
+
+def test_an_instance_without_stable_identity_is_refused(db: CyllamaDB) -> None:
+    with pytest.raises(UncacheableError, match=r"'self' \(a .*Locked\).*lock.*__cache_key__.*key="):
+        cached(db=db)(Locked(2).scale)  # at decoration, not after serving a wrong answer
+    with pytest.raises(UncacheableError, match=r"__cache_key__"):
+        Locked(2).decorated(1)  # in the class body: at the call
+    with pytest.raises(UncacheableError, match=r"Slotted.*__cache_key__"):
+        cached(db=db)(Slotted(2).scale)
+    with pytest.raises(UncacheableError, match=r"'data'.*__cache_key__"):
+        cached(db=db)(lambda data: 1)(Locked(1))  # an argument: the same rules
+    assert db.get_cache_stats()["entries"] == 0
+
+
+def test_callable_objects_partials_and_builtin_methods(db: CyllamaDB) -> None:
+    assert cached(db=db)(Adder(1))(1) == 2 and cached(db=db)(Adder(100))(1) == 101
+    assert cached(db=db)(Adder(1)).function_name == f"{__name__}.Adder.__call__"
+
+    def sub(a: int, b: int) -> int:
+        return a - b
+
+    part = cached(db=db)(functools.partial(sub, 10))
+    assert part(3) == 7 and cached(db=db)(functools.partial(sub, 20))(3) == 17
+    assert part.cache_key(3) == cached(db=db)(sub).cache_key(10, 3)  # the same call: the same entry
+    one, two = {"a": 1}, {"a": 2}
+    assert cached(db=db)(one.get)("a") == 1 and cached(db=db)(two.get)("a") == 2
+    with pytest.raises(UncacheableError, match="__cache_key__"):
+        cached(db=db)(threading.Lock().acquire)
+
+
+def test_captured_bound_methods_key_on_their_instance(db: CyllamaDB) -> None:
+    def doubled(method: Any) -> Any:
+        return cached(lambda x: method(x) * 2, db=db)
+
+    assert doubled(PlainScaler(2).scale)(5) == 20 and doubled(PlainScaler(10).scale)(5) == 100
+    assert doubled(Keyed(2).decorated)(1) == 4 and doubled(Keyed(3).decorated)(1) == 6
+    with pytest.raises(UncacheableError, match=r"captures 'method'.*__cache_key__"):
+        doubled(Locked(2).scale)
+
+
+# -- a llama_cpp.Llama: its model, never its repr ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("llama_cpp")
+    from cyllama_db.testing import write_tiny_llama
+
+    return Path(write_tiny_llama(tmp_path_factory.mktemp("models") / "other.gguf", seed=2))
+
+
+def _llama(path: Path, **options: Any) -> Any:
+    import llama_cpp
+
+    return llama_cpp.Llama(str(path), verbose=False, n_ctx=256, **options)
+
+
+def test_llama_methods_never_mix_models(
+    tiny_model_path: Path, other_model_path: Path, tmp_path: Path, db: CyllamaDB
+) -> None:
+    first, second = _llama(tiny_model_path), _llama(other_model_path)
+    call = {"prompt": "Hello", "max_tokens": 6, "temperature": 0.0}
+    a = cached(db=db)(first.create_completion)(**call)
+    b = cached(db=db)(second.create_completion)(**call)
+    assert b["id"] != a["id"]  # generated, not served from the first model's entry
+    raw = second.create_completion(**call)
+    assert b["choices"][0]["text"] == raw["choices"][0]["text"] != a["choices"][0]["text"]
+    assert cached(db=db)(first.create_completion)(**call)["id"] == a["id"]  # a hit
+    assert db.get_cache_stats()["by_kind"]["function"] == 2
+    # The model's identity is its name and GGUF fingerprint: the same file elsewhere, loaded
+    # again, shares entries ...
+    (tmp_path / "elsewhere").mkdir()
+    copy = shutil.copy(tiny_model_path, tmp_path / "elsewhere" / tiny_model_path.name)
+    again = _llama(Path(copy))
+    assert cached(db=db)(again.create_completion)(**call)["id"] == a["id"]
+    # ... and load options that change the output do not.
+    chatml = _llama(tiny_model_path, chat_format="chatml")
+    assert cached(db=db)(chatml.create_completion).cache_key(**call) != cached(db=db)(
+        first.create_completion
+    ).cache_key(**call)
+    assert cached(db=db)(first).cache_key("Hello") != cached(db=db)(second).cache_key("Hello")
+    for llama in (first, second, again, chatml):
+        llama.close()
+
+
+def test_llama_load_options_read_from_the_object(tiny_model_path: Path) -> None:
+    from cyllama_db._cacheutil import (
+        OUTPUT_LOAD_OPTIONS,
+        llama_identity,
+        llama_load_options,
+        model_identity,
+    )
+
+    plain = _llama(tiny_model_path)
+    tuned = _llama(tiny_model_path, rope_freq_base=20000.0, type_k=0, last_n_tokens_size=32, kv_overrides={"x.y": 1})
+    assert set(llama_load_options(plain)) <= OUTPUT_LOAD_OPTIONS
+    identity = llama_identity(plain)
+    assert identity["model"] == model_identity(tiny_model_path)
+    assert set(identity.get("load", {})) <= {"chat_format"}  # every option at its default: left out
+    load = llama_identity(tuned)["load"]
+    assert load["rope_freq_base"] == 20000.0 and load["type_k"] == 0 and load["last_n_tokens_size"] == 32
+    assert load["kv_overrides"] == {"x.y": 1}
+    plain.close()
+    tuned.close()
+
+
+_CROSS_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    import llama_cpp
+    from cyllama_db import CyllamaDB, cached
+
+    model, db_path = sys.argv[1], sys.argv[2]
+    db = CyllamaDB(db_path)
+    llama = llama_cpp.Llama(model, verbose=False, n_ctx=256)
+    whole = cached(db=db)(llama)("Hello", max_tokens=6, temperature=0.0)
+    method = cached(db=db)(llama.create_completion)("Hi there", max_tokens=6, temperature=0.0)
+    print(json.dumps({"whole": whole["id"], "method": method["id"], "entries": db.get_cache_stats()["entries"]}))
+    db.close()
+    """
+)
+
+
+def test_a_wrapped_llama_hits_in_another_process(tiny_model_path: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    runs = []
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-c", _CROSS_PROCESS, str(tiny_model_path), str(tmp_path / "shared.db")],
+            capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    assert first["entries"] == 2 and second["entries"] == 2
+    # create_completion gives each generation a random id: the same id is the stored answer
+    assert second["whole"] == first["whole"] and second["method"] == first["method"]
+
+
+def test_cached_llm_methods_key_on_the_llm(tiny_model_path: Path, db: CyllamaDB) -> None:
+    cold = LLM(tiny_model_path, db=False, temperature=0.0, max_tokens=4)
+    longer = LLM(tiny_model_path, db=False, temperature=0.0, max_tokens=8)
+    assert cached(db=db)(cold.chat).cache_key([{"role": "user", "content": "hi"}]) != cached(db=db)(
+        longer.chat
+    ).cache_key([{"role": "user", "content": "hi"}])
+    short = cached(db=db)(cold.__call__)("Hello")
+    long = cached(db=db)(longer.__call__)("Hello")
+    assert long.stats.generated_tokens > short.stats.generated_tokens
+    cold.close()
+    longer.close()

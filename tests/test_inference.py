@@ -322,7 +322,7 @@ def test_flags_must_be_bools(tiny_model_path: Path, db: CyllamaDB) -> None:
         LLM(tiny_model_path, db=db, cache="no")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="verbose"):
         LLM(tiny_model_path, db=db, verbose="yes")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="cache"):
+    with pytest.raises(ValueError, match=r"cache='no': use True, False, 'refresh' or 'only-if-cached'"):
         complete("hi", tiny_model_path, db=db, cache="no")  # type: ignore[arg-type]
     assert db.get_cache_stats()["entries"] == 0
 
@@ -780,9 +780,9 @@ def test_followers_of_an_abandoned_stream_generate_themselves(
     waiting = threading.Event()
     real_wait = inf._flights.wait
 
-    def wait(flight: Any) -> Any:
+    def wait(flight: Any, timeout: Any = None) -> Any:
         waiting.set()
-        return real_wait(flight)
+        return real_wait(flight, timeout)
 
     monkeypatch.setattr(inf._flights, "wait", wait)
     leader = llm("Abandoned flight", stream=True)
@@ -803,9 +803,9 @@ def test_a_stream_follower_replays_the_leaders_result(llm: LLM, monkeypatch: pyt
     waiting = threading.Event()
     real_wait = inf._flights.wait
 
-    def wait(flight: Any) -> Any:
+    def wait(flight: Any, timeout: Any = None) -> Any:
         waiting.set()
-        return real_wait(flight)
+        return real_wait(flight, timeout)
 
     monkeypatch.setattr(inf._flights, "wait", wait)
     leader = llm("Followed flight", stream=True)

@@ -977,3 +977,117 @@ def test_time_and_paging_errors_name_the_argument(memory_db: CyllamaDB) -> None:
     # Beyond SQLite's integers a limit means "no limit", an offset "past the end".
     assert len(memory_db.get_generation_history(limit=10**30)) == 1
     assert memory_db.get_generation_history(offset=10**30) == []
+
+
+# -- llama-cpp-python's own completion and chat dicts ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_outputs(tiny_model_path: Path) -> dict[str, Any]:
+    """Real dicts from llama-cpp-python: a completion, a chat completion and stream chunks."""
+    import llama_cpp
+
+    llama = llama_cpp.Llama(str(tiny_model_path), verbose=False, n_ctx=256)
+    outputs = {
+        "completion": llama.create_completion("Hello", max_tokens=5, temperature=0.0),
+        "chat": llama.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0.0),
+        "completion_chunk": next(iter(llama.create_completion("Hello", max_tokens=2, stream=True))),
+        "chat_chunk": next(
+            iter(llama.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=2, stream=True))
+        ),
+    }
+    llama.close()
+    return outputs
+
+
+@pytest.mark.parametrize("kind", ["completion", "chat"])
+def test_records_llama_cpp_output_dicts(
+    memory_db: CyllamaDB, llama_outputs: dict[str, Any], tiny_model_path: Path, kind: str
+) -> None:
+    output = llama_outputs[kind]
+    assert output["object"] == ("text_completion" if kind == "completion" else "chat.completion")
+    usage = output["usage"]
+    rid = memory_db.record_generation(tiny_model_path, output, {"temperature": 0.0, "max_tokens": 5})
+    assert isinstance(rid, int)
+    [row] = memory_db.get_generation_history()
+    assert (row["prompt_tokens"], row["generated_tokens"], row["total_tokens"]) == (
+        usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]
+    )
+    assert usage["completion_tokens"] > 0 and usage["prompt_tokens"] > 0
+    assert row["finish_reason"] == output["choices"][0]["finish_reason"] in ("stop", "length")
+    assert row["model_path"] == str(tiny_model_path) and row["model_name"] == "tiny-test-llama"
+    assert (row["temperature"], row["max_tokens"], row["cache_hit"]) == (0.0, 5, False)
+    # The timings a completion dict does not have stay NULL.
+    assert [row[k] for k in ("prompt_time_ms", "generation_time_ms", "total_time_ms", "tokens_per_second")] == [
+        None, None, None, None
+    ]
+    # Without a model_path, the dict's own "model" (the Llama's model_path) is used.
+    memory_db.record_generation(None, output)
+    assert memory_db.get_generation_history()[0]["model_path"] == os.path.abspath(output["model"])
+
+
+def test_the_cyllama_db_marker_counts_as_a_cache_hit(memory_db: CyllamaDB, llama_outputs: dict[str, Any]) -> None:
+    output = {**llama_outputs["chat"], "cyllama_db": {"cache_hit": True}}
+    assert memory_db.record_generation("m.gguf", output) is None  # a hit: buffered
+    memory_db.record_generation("m.gguf", {**output, "cyllama_db": {"cache_hit": False}})
+    memory_db.record_generation("m.gguf", llama_outputs["chat"], cache_hit=True)
+    rows = memory_db.get_generation_history()
+    assert sorted(r["cache_hit"] for r in rows) == [False, True, True]
+    assert all(r["generated_tokens"] == output["usage"]["completion_tokens"] for r in rows)
+    with pytest.raises(TypeError, match=r"cyllama_db.*cache_hit"):
+        memory_db.record_generation("m.gguf", {**output, "cyllama_db": {"cache_hit": "yes"}})
+    with pytest.raises(TypeError, match=r"'cyllama_db'.*dict"):
+        memory_db.record_generation("m.gguf", {**output, "cyllama_db": True})
+
+
+def test_openai_shaped_objects_are_read_by_attribute(memory_db: CyllamaDB) -> None:
+    # e.g. the openai client's Completion objects: the same fields as attributes
+    output = SimpleNamespace(
+        object="chat.completion",
+        model="m.gguf",
+        usage=SimpleNamespace(prompt_tokens=3, completion_tokens=4, total_tokens=7),
+        choices=[SimpleNamespace(finish_reason="stop")],
+    )
+    memory_db.record_generation("m.gguf", output)
+    [row] = memory_db.get_generation_history()
+    assert (row["prompt_tokens"], row["generated_tokens"], row["total_tokens"], row["finish_reason"]) == (
+        3, 4, 7, "stop"
+    )
+
+
+def test_unreadable_outputs_are_errors_never_null_rows(
+    memory_db: CyllamaDB, llama_outputs: dict[str, Any]
+) -> None:
+    good = llama_outputs["completion"]
+    usage = good["usage"]
+    bad: list[tuple[Any, type[Exception], str]] = [
+        ({}, TypeError, r"Response.*'usage' and 'choices'.*got a mapping with keys none"),
+        ({"foo": 1, "bar": 2}, TypeError, r"got a mapping with keys 'foo', 'bar'"),
+        (SimpleNamespace(), TypeError, r"SimpleNamespace with none of those attributes"),
+        (llama_outputs["completion_chunk"], ValueError, r"no 'usage'"),
+        (llama_outputs["chat_chunk"], ValueError, r"stream chunk.*chat\.completion\.chunk"),
+        ({**good, "object": "embedding"}, ValueError, r"'embedding'.*expected 'text_completion'"),
+        ({**good, "usage": None}, ValueError, r"no 'usage'"),
+        ({**good, "usage": "lots"}, TypeError, r"response\['usage'\] must be a mapping"),
+        ({**good, "usage": {**usage, "prompt_tokens": "5"}}, TypeError, r"usage\.prompt_tokens must be an int"),
+        ({**good, "usage": {**usage, "completion_tokens": 2.5}}, TypeError, r"usage\.completion_tokens must be an int"),
+        ({**good, "usage": {**usage, "total_tokens": True}}, TypeError, r"usage\.total_tokens must be an int"),
+        ({**good, "usage": {"prompt_tokens": 3}}, ValueError, r"usage\.completion_tokens is missing"),
+        ({**good, "usage": {**usage, "prompt_tokens": -1}}, ValueError, r"must not be negative"),
+        ({**good, "choices": []}, ValueError, r"choices'\] must be a non-empty list"),
+        ({**good, "choices": "text"}, ValueError, r"choices'\] must be a non-empty list"),
+        ({**good, "choices": [5]}, TypeError, r"choices'\]\[0\] must be a mapping"),
+        ({**good, "choices": [{"finish_reason": 1}]}, TypeError, r"finish_reason must be a str"),
+        ({**good, "model": 7}, TypeError, r"'model'\] must be a str"),
+    ]
+    for output, error, message in bad:
+        with pytest.raises(error, match=message):
+            memory_db.record_generation("m.gguf", output)
+    with pytest.raises(TypeError, match=r"model_path.*None only for a completion dict"):
+        memory_db.record_generation(None, {"finish_reason": "stop", "stats": None})
+    with pytest.raises(TypeError, match="model_path"):
+        memory_db.record_generation(None, {k: v for k, v in good.items() if k != "model"})
+    assert memory_db.get_generation_history() == []
+    # total_tokens may be left out: it is the sum
+    memory_db.record_generation("m.gguf", {**good, "usage": {"prompt_tokens": 2, "completion_tokens": 3}})
+    assert memory_db.get_generation_history()[0]["total_tokens"] == 5

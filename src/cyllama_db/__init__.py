@@ -24,6 +24,7 @@ from .cache import generate_cache_key, model_identity
 from .database import CyllamaDB, configure_db, get_db, reset_db
 from .decorators import cached
 from .errors import (
+    CacheMissError,
     ConfigurationError,
     ConfigurationTypeError,
     ContextOverflowError,
@@ -42,10 +43,20 @@ from .errors import (
     UncacheableError,
     UnknownModelError,
 )
-from .inference import LLM, GenerationConfig, GenerationStats, Response, Stream, chat, complete
+from .inference import (
+    LLM,
+    ChunkStream,
+    GenerationConfig,
+    GenerationStats,
+    Response,
+    Stream,
+    chat,
+    complete,
+)
 from .logs import CyllamaDBHandler
 from .metrics import MetricsSampler, sample_metrics
 from .registry import MODEL_STATUSES, ModelRecord
+from .wrap import CachedLlama, wrap
 
 __version__ = "0.1.0"
 
@@ -55,6 +66,9 @@ __all__ = [
     "MODEL_STATUSES",
     "PARAMS",
     "PARAMS_BY_NAME",
+    "CacheMissError",
+    "CachedLlama",
+    "ChunkStream",
     "ConfigurationError",
     "ConfigurationTypeError",
     "ContextOverflowError",
@@ -100,4 +114,5 @@ __all__ = [
     "to_sampling_kwargs",
     "to_server_args",
     "validate_params",
+    "wrap",
 ]

@@ -12,8 +12,10 @@ import dataclasses
 import enum
 import hashlib
 import json
+import logging
 import math
 import os
+import sys
 import threading
 import types
 import weakref
@@ -34,13 +36,18 @@ __all__ = [
     "check_text",
     "completion_key",
     "function_key",
+    "instance_identity",
+    "key_material",
     "keyable",
+    "llama_identity",
+    "llama_load_options",
     "load_options_json",
     "model_identity",
     "recent_model_identity",
     "sha256_text",
 ]
 
+logger = logging.getLogger("cyllama_db.cache")
 T = TypeVar("T")
 
 # What json.dumps(str, ensure_ascii=True) does, minus the Python-level calls
@@ -157,12 +164,14 @@ def clear_identity_cache() -> None:
 # -- keys --------------------------------------------------------------------------------------
 
 
-# (config_json, identity, load_json) -> sha256 state after
-# '{"config":…[,"load":…],"model":…,"prompt":'.
-_prefix_states: dict[tuple[str, str, str], Any] = {}
+# (config_json, identity, load_json, namespace) -> sha256 state after
+# '{"config":…[,"load":…],"model":…[,"namespace":…],"prompt":'.
+_prefix_states: dict[tuple[str, str, str, str], Any] = {}
 
 
-def completion_key(prompt: str, identity: str, config_json: str, load_json: str = "") -> str:
+def completion_key(
+    prompt: str, identity: str, config_json: str, load_json: str = "", namespace: str = ""
+) -> str:
     """Key of a plain completion: sha256 of ``{"config":…,"load":…,"model":…,"prompt":…}``.
 
     ``load_json`` is :func:`load_options_json` of the model's load options;
@@ -174,27 +183,33 @@ def completion_key(prompt: str, identity: str, config_json: str, load_json: str 
     (``config_json`` is itself canonical and the keys are in sorted order),
     and the state after the config, load options and model is reused.
     """
-    state = _prefix_states.get((config_json, identity, load_json))
+    state = _prefix_states.get((config_json, identity, load_json, namespace))
     if state is None:
         load = ',"load":' + load_json if load_json else ""
-        prefix = '{"config":' + config_json + load + ',"model":' + _json_string(identity) + ',"prompt":'
+        space = ',"namespace":' + _json_string(namespace) if namespace else ""
+        prefix = (
+            '{"config":' + config_json + load + ',"model":' + _json_string(identity) + space + ',"prompt":'
+        )
         state = hashlib.sha256(prefix.encode("ascii"))
         if len(_prefix_states) >= 256:
             _prefix_states.clear()
-        _prefix_states[(config_json, identity, load_json)] = state
+        _prefix_states[(config_json, identity, load_json, namespace)] = state
     digest = state.copy()
     digest.update(_json_string(prompt).encode("ascii"))
     digest.update(b"}")
     return digest.hexdigest()
 
 
-def chat_key(messages_json: str, identity: str, config_json: str, load_json: str = "") -> str:
-    """Key of a chat completion: ``{"config","kind":"chat","load","messages","model"}``
-    (``"load"`` only when ``load_json`` is not empty, as for :func:`completion_key`)."""
+def chat_key(
+    messages_json: str, identity: str, config_json: str, load_json: str = "", namespace: str = ""
+) -> str:
+    """Key of a chat completion: ``{"config","kind":"chat","load","messages","model","namespace"}``
+    (``"load"`` and ``"namespace"`` only when not empty, as for :func:`completion_key`)."""
     load = ',"load":' + load_json if load_json else ""
+    space = ',"namespace":' + _json_string(namespace) if namespace else ""
     data = (
         '{"config":' + config_json + ',"kind":"chat"' + load + ',"messages":' + messages_json
-        + ',"model":' + _json_string(identity) + "}"
+        + ',"model":' + _json_string(identity) + space + "}"
     )
     return hashlib.sha256(data.encode("ascii")).hexdigest()
 
@@ -310,12 +325,16 @@ def _local_token(value: Any) -> str:
 def object_identity(value: Any) -> Any:
     """A JSON value identifying a load-option object (a chat handler, a draft model...).
 
-    A function is keyed by :func:`callable_identity`; an object by its class
+    An object with a ``__cache_key__()`` method is keyed by what it returns
+    (see :func:`instance_identity`); a function by :func:`callable_identity`;
+    an object by its class
     and its attributes when all of them can be keyed (``keyable``), so two
     ``LlamaPromptLookupDecoding(num_pred_tokens=10)`` share entries. Anything
     else gets a random token for the object's lifetime: its entries are
     reused in this process only.
     """
+    if getattr(type(value), "__cache_key__", None) is not None:
+        return instance_identity(value, type(value).__qualname__)
     if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type)):
         try:
             return callable_identity(value)
@@ -356,6 +375,216 @@ def _plain_class(cls: type) -> bool:
     return True
 
 
+# -- objects in @cached keys -------------------------------------------------------------------
+
+#: ``bound_instance()`` of a callable that is not bound to an instance.
+_UNBOUND: Final[Any] = object()
+
+
+def bound_instance(fn: Any) -> Any:
+    """The object a bound method computes with (``obj`` for ``obj.method``, also for a
+    builtin method such as ``some_dict.get``), or ``_UNBOUND`` for anything else (a
+    function, a class, a static method, a module-level builtin function like ``len``)."""
+    if isinstance(fn, types.MethodType):
+        return fn.__self__
+    if isinstance(fn, types.BuiltinMethodType):
+        owner = fn.__self__
+        if owner is not None and not isinstance(owner, types.ModuleType):
+            return owner
+    return _UNBOUND
+
+
+def _class_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def is_llama(value: Any) -> bool:
+    """Whether ``value`` is a ``llama_cpp.Llama`` (or a subclass), checked by class name
+    and module so that llama_cpp need not be imported."""
+    for klass in type(value).__mro__:
+        module = getattr(klass, "__module__", "") or ""
+        if klass.__name__ == "Llama" and (module == "llama_cpp" or module.startswith("llama_cpp.")):
+            return True
+    return False
+
+
+def _llama_like(value: Any) -> bool:
+    """A ``llama_cpp.Llama``, or an object standing for one: a ``model_path`` and a
+    callable ``create_completion`` (a wrapper that delegates to a Llama)."""
+    if is_llama(value):
+        return True
+    try:
+        path = getattr(value, "model_path", None)
+        create = getattr(value, "create_completion", None)
+    except Exception:  # a property or __getattr__ that fails: not one
+        return False
+    return isinstance(path, (str, os.PathLike)) and callable(create)
+
+
+# Llama.context_params fields that are load options of the same name.
+_CONTEXT_OPTIONS: Final = (
+    "rope_scaling_type",
+    "pooling_type",
+    "attention_type",
+    "rope_freq_base",
+    "rope_freq_scale",
+    "yarn_ext_factor",
+    "yarn_attn_factor",
+    "yarn_beta_fast",
+    "yarn_beta_slow",
+    "yarn_orig_ctx",
+    "type_k",
+    "type_v",
+)
+# Llama attributes that are load options of the same name.
+_LLAMA_ATTRIBUTE_OPTIONS: Final = (
+    "last_n_tokens_size",
+    "spm_infill",
+    "lora_base",
+    "lora_path",
+    "lora_scale",
+    "kv_overrides",
+    "chat_format",
+    "chat_handler",
+    "draft_model",
+)
+_default_kv_type: list[int] = []
+
+
+def _kv_type_default() -> int:
+    """llama.cpp's default KV cache type (F16), what ``type_k=None`` leaves in place."""
+    if not _default_kv_type:
+        module = sys.modules.get("llama_cpp")  # imported already: a Llama exists
+        try:
+            _default_kv_type.append(int(module.llama_context_default_params().type_k))  # type: ignore[union-attr]
+        except Exception:
+            return 1  # GGML_TYPE_F16
+    return _default_kv_type[0]
+
+
+def llama_load_options(llama: Any) -> dict[str, Any]:
+    """The load options of a ``llama_cpp.Llama`` (or an object standing for one) that
+    are in :data:`OUTPUT_LOAD_OPTIONS`, named as ``Llama()`` takes them, for
+    :func:`load_options_json`.
+
+    An object with a ``load_options`` mapping (an ``LLM``) gives that. A
+    ``Llama`` is read: RoPE/YaRN, pooling, attention and KV cache types from
+    its ``context_params`` (a KV type at llama.cpp's default counts as not
+    given), and ``chat_format`` (as llama-cpp-python settled it at load),
+    ``chat_handler``, LoRA, ``kv_overrides``, ``draft_model``,
+    ``last_n_tokens_size``, ``spm_infill`` and a tokenizer other than its
+    default from its attributes.
+    """
+    given = getattr(llama, "load_options", None)
+    if isinstance(given, Mapping):
+        return dict(given)
+    out: dict[str, Any] = {}
+    params = getattr(llama, "context_params", None)
+    if params is not None:
+        for name in _CONTEXT_OPTIONS:
+            value = getattr(params, name, None)
+            if name in ("type_k", "type_v") and value is not None and int(value) == _kv_type_default():
+                value = None
+            out[name] = value
+        out["embedding"] = getattr(params, "embeddings", None)
+    for name in _LLAMA_ATTRIBUTE_OPTIONS:
+        out[name] = getattr(llama, name, None)
+    tokenizer = getattr(llama, "tokenizer_", None)
+    if tokenizer is not None and not (
+        type(tokenizer).__name__ == "LlamaTokenizer" and type(tokenizer).__module__.startswith("llama_cpp")
+    ):
+        out["tokenizer"] = tokenizer
+    return {name: value for name, value in out.items() if value is not None}
+
+
+def llama_identity(llama: Any) -> dict[str, Any]:
+    """What a ``llama_cpp.Llama``'s answers depend on, apart from each call's arguments:
+    its model's :func:`model_identity` (the GGUF fingerprint the response cache
+    uses, never a path or a repr) and the load options that change the output
+    (:func:`llama_load_options`, as :func:`load_options_json` keys them for chat,
+    the wider of the two kinds). A ``config`` with ``cache_json()`` (an
+    ``LLM``'s :class:`GenerationConfig`) counts too."""
+    identity: dict[str, Any] = {"model": model_identity(llama.model_path)}
+    load = load_options_json(llama_load_options(llama), "chat")
+    if load:
+        identity["load"] = json.loads(load)
+    cache_json = getattr(getattr(llama, "config", None), "cache_json", None)
+    if callable(cache_json):
+        identity["config"] = json.loads(cache_json())
+    return identity
+
+
+def _no_identity(value: Any, name: str, why: str) -> UncacheableError:
+    cls = type(value)
+    error = UncacheableError(
+        f"{name!r} (a {_class_name(cls)}) cannot be part of a cache key: {why}, so its results "
+        f"could be served for another object's call. Give {cls.__qualname__} a __cache_key__() "
+        "method returning JSON-able data that identifies what its results depend on (its "
+        "settings, a model path...), or pass cached(key=...) a function that returns the key "
+        "material for a call"
+    )
+    # What an enclosing object's message quotes, without the advice twice.
+    error.cyllama_reason = f"{name!r} is a {_class_name(cls)}: {why}"  # type: ignore[attr-defined]
+    return error
+
+
+def instance_identity(value: Any, name: str) -> Any:
+    """A JSON value identifying an object in ``@cached`` keys (the ``self`` of a cached
+    method, an argument, a captured value), the same in every process.
+
+    In this order: an object whose class has ``__cache_key__()`` is keyed by
+    its class and what that returns (JSON-able data: :func:`keyable`); a
+    ``cyllama_db`` object that says what identifies it (an ``LLM``: model,
+    load options and config); a ``llama_cpp.Llama``, or an object with a
+    ``model_path`` and a ``create_completion`` (a wrapper of one), by
+    :func:`llama_identity`; a module-level class (a classmethod's ``cls``) by
+    its name; an instance of a plain module-level class by its
+    class and its ``__dict__``, when every attribute is itself keyable. Never
+    by ``repr``, ``id`` or memory address: anything else (a lock, a file, a
+    socket, a C object, an instance of a local class) raises
+    :class:`~cyllama_db.errors.UncacheableError` naming ``__cache_key__`` and
+    ``cached(key=...)``.
+    """
+    cls = type(value)
+    hook = getattr(cls, "__cache_key__", None)
+    if hook is not None:
+        if not callable(hook):
+            raise UncacheableError(f"{_class_name(cls)}.__cache_key__ must be a method, got {type(hook).__name__}")
+        material = value.__cache_key__()
+        try:
+            key = keyable(material, f"{cls.__qualname__}.__cache_key__()")
+        except (UncacheableError, ValueError, RecursionError) as exc:
+            raise UncacheableError(
+                f"{_class_name(cls)}.__cache_key__() must return JSON-able data (str, numbers, "
+                f"bool, None, lists, dicts with str keys): {exc}"
+            ) from None
+        return {"__object__": _class_name(cls), "key": key}
+    identify = getattr(cls, "_cyllama_cache_identity", None)
+    if identify is not None:
+        return {"__object__": _class_name(cls), "identity": identify(value)}
+    if isinstance(value, type):  # a classmethod's class: by name, like a module-level function
+        if "<" in value.__qualname__:
+            raise _no_identity(value, name, "it is a class defined inside a function (its name does not say which one)")
+        return {"__class__": _class_name(value)}
+    if _llama_like(value):
+        return {"__llama__": llama_identity(value)}
+    if not _plain_class(cls) or not isinstance(getattr(value, "__dict__", None), dict):
+        why = (
+            "it is an instance of a class defined inside a function (its name does not say which one)"
+            if "<" in cls.__qualname__
+            else "it has no stable identity (state outside a plain __dict__: a C object, __slots__...)"
+        )
+        raise _no_identity(value, name, why)
+    try:
+        state = key_material(vars(value), f"{name}.__dict__")
+    except UncacheableError as exc:
+        reason = getattr(exc, "cyllama_reason", None) or str(exc)
+        raise _no_identity(value, name, f"its state holds something without a stable identity ({reason})") from None
+    except (ValueError, RecursionError):
+        raise _no_identity(value, name, "its state refers back to itself") from None
+    return {"__object__": _class_name(cls), "state": state}
+
+
 # -- callables in keys -------------------------------------------------------------------------
 
 
@@ -393,11 +622,23 @@ def callable_identity(fn: Any, _seen: set[int] | None = None) -> Any:
     qualified name) is not identified by its name, since many share it: its
     code (bytecode, constants, names) and the values its closure captured
     and its defaults are added. Captured functions are identified the same
-    way, classes and modules by name, and values by :func:`keyable`.
+    way, classes and modules by name, objects by :func:`key_material`. A
+    bound method is its function plus its instance's :func:`key_material`.
 
     Raises :class:`~cyllama_db.errors.UncacheableError` naming a captured
     variable whose value cannot be keyed.
     """
+    owner = bound_instance(fn)
+    if owner is not _UNBOUND:
+        # A method bound to an object computes with that object: two
+        # instances' methods are two computations (never one name).
+        func = getattr(fn, "__func__", None)
+        method = (
+            callable_identity(func, _seen)
+            if func is not None
+            else {"__callable__": f"{type(owner).__module__}.{getattr(fn, '__qualname__', '?')}"}
+        )
+        return {"__method__": method, "self": key_material(owner, "self")}
     module = getattr(fn, "__module__", None) or "?"
     qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__qualname__
     name = f"{module}.{qualname}"
@@ -430,22 +671,20 @@ def callable_identity(fn: Any, _seen: set[int] | None = None) -> Any:
 
 
 def _captured(value: Any, var: str, owner: str, seen: set[int]) -> Any:
-    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, types.ModuleType, type)) or (
-        isinstance(getattr(value, "_cyllama_cache_name", None), str)
-    ):
-        return callable_identity(value, seen)
-    # Objects that know what identifies their results (an LLM: its model,
-    # load options and config) say so themselves.
-    identify = getattr(type(value), "_cyllama_cache_identity", None)
-    if identify is not None:
-        return {"__object__": f"{type(value).__module__}.{type(value).__qualname__}", "identity": identify(value)}
     try:
-        return keyable(value, var)
-    except (UncacheableError, ValueError, RecursionError):
+        if isinstance(
+            value, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType, type)
+        ) or isinstance(getattr(value, "_cyllama_cache_name", None), str):
+            return callable_identity(value, seen)
+        # Values as arguments are keyed; objects by what identifies them
+        # (__cache_key__, an LLM's or Llama's model, a plain object's state).
+        return key_material(value, var)
+    except (UncacheableError, ValueError, RecursionError) as exc:
         raise UncacheableError(
             f"{owner} captures {var!r} (a {type(value).__name__}), which cannot be part of a cache "
-            f"key: the entries of a lambda or local function depend on what it captures. Pass "
-            f"name='...' to cached() to key it by that name alone, or make {var!r} an argument"
+            f"key: the entries of a lambda or local function depend on what it captures ({exc}). Pass "
+            f"name='...' to cached() to key it by that name alone, make {var!r} an argument, or give "
+            f"its class a __cache_key__() method"
         ) from None
 
 
@@ -465,11 +704,7 @@ def canonical_messages(messages: Any) -> str:
     if not messages:
         raise ValueError("messages must not be empty")
     for i, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            raise TypeError(f"messages[{i}] must be a dict, got {type(message).__name__}")
-        role = message.get("role")
-        if not isinstance(role, str) or not role:
-            raise ValueError(f"messages[{i}] needs a non-empty str 'role' (e.g. 'user')")
+        check_message(message, i)
     try:
         text = canonical_json([dict(m) for m in messages])
     except (TypeError, ValueError) as exc:
@@ -480,6 +715,80 @@ def canonical_messages(messages: Any) -> str:
         for i, message in enumerate(messages):
             _check_strings(message, f"messages[{i}]")
     return text
+
+
+_ROLES: Final = ("system", "developer", "user", "assistant", "tool", "function")
+
+
+def check_message(message: Any, i: int) -> None:
+    """Check one chat message's shape (OpenAI's, as llama-cpp-python takes it).
+
+    Roles, content types (a str, a list of content parts, or None where a
+    tool call stands for it) and tool-call shapes; a ``TypeError`` for a
+    value of the wrong type, a ``ValueError`` for a missing or unknown one,
+    each naming ``messages[i]`` and what is expected. Checked before any
+    generation: a malformed message would otherwise be rendered by the chat
+    template into junk the model happily continues.
+    """
+    where = f"messages[{i}]"
+    if not isinstance(message, Mapping):
+        raise TypeError(f"{where} must be a dict, got {type(message).__name__}")
+    role = message.get("role")
+    if not isinstance(role, str) or not role:
+        raise ValueError(f"{where} needs a non-empty str 'role' (e.g. 'user')")
+    if role not in _ROLES:
+        raise ValueError(f"{where} has role {role!r}; use one of {', '.join(_ROLES)}")
+    tool_calls = message.get("tool_calls")
+    calls_content = role == "assistant" and (tool_calls or message.get("function_call"))
+    if "content" not in message and not calls_content:
+        raise ValueError(f"{where} ({role}) needs 'content': a str (or a list of content parts)")
+    content = message.get("content")
+    if content is None:
+        if not calls_content:
+            raise TypeError(f"{where}['content'] is None; only an assistant message with tool_calls may omit it")
+    elif isinstance(content, list):
+        for j, part in enumerate(content):
+            _check_part(part, f"{where}['content'][{j}]")
+    elif not isinstance(content, str):
+        raise TypeError(
+            f"{where}['content'] must be a str or a list of content parts, got {type(content).__name__}"
+        )
+    name = message.get("name")
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"{where}['name'] must be a str, got {type(name).__name__}")
+    if tool_calls is not None:
+        if role != "assistant":
+            raise ValueError(f"{where}: only assistant messages carry tool_calls (this one is {role!r})")
+        if not isinstance(tool_calls, list):
+            raise TypeError(f"{where}['tool_calls'] must be a list, got {type(tool_calls).__name__}")
+        for j, call in enumerate(tool_calls):
+            _check_tool_call(call, f"{where}['tool_calls'][{j}]")
+    if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+        raise ValueError(f"{where} (tool) needs a str 'tool_call_id' naming the call it answers")
+
+
+def _check_part(part: Any, where: str) -> None:
+    if not isinstance(part, Mapping):
+        raise TypeError(f"{where} must be a dict like {{'type': 'text', 'text': ...}}, got {type(part).__name__}")
+    kind = part.get("type")
+    if not isinstance(kind, str):
+        raise ValueError(f"{where} needs a str 'type' ('text', 'image_url'...)")
+    if kind == "text" and not isinstance(part.get("text"), str):
+        raise TypeError(f"{where} of type 'text' needs a str 'text'")
+    if kind == "image_url" and not isinstance(part.get("image_url"), (str, Mapping)):
+        raise TypeError(f"{where} of type 'image_url' needs 'image_url' (a URL str or {{'url': ...}})")
+
+
+def _check_tool_call(call: Any, where: str) -> None:
+    if not isinstance(call, Mapping):
+        raise TypeError(f"{where} must be a dict, got {type(call).__name__}")
+    function = call.get("function")
+    if call.get("type", "function") != "function" or not isinstance(function, Mapping):
+        raise ValueError(f"{where} must be {{'id': ..., 'type': 'function', 'function': {{'name', 'arguments'}}}}")
+    if not isinstance(function.get("name"), str) or not function["name"]:
+        raise ValueError(f"{where}['function'] needs a non-empty str 'name'")
+    if not isinstance(function.get("arguments", ""), str):
+        raise TypeError(f"{where}['function']['arguments'] must be a JSON str, got {type(function['arguments']).__name__}")
 
 
 def _check_strings(value: Any, name: str) -> None:
@@ -501,12 +810,30 @@ def keyable(value: Any, name: str) -> Any:
     naming ``name`` for values that have no stable identity (open files,
     arbitrary objects, lambdas...).
     """
+    return _keyable(value, name, None)
+
+
+def key_material(value: Any, name: str) -> Any:
+    """What identifies ``value`` in a ``@cached`` key: :func:`keyable` values as it keys
+    them (same JSON, so existing keys do not change), other objects, and objects
+    with a ``__cache_key__()`` method, by :func:`instance_identity`, also inside
+    lists, dicts and dataclasses.
+
+    Raises :class:`~cyllama_db.errors.UncacheableError` naming ``name`` for an
+    object with no stable identity.
+    """
+    return _keyable(value, name, instance_identity)
+
+
+def _keyable(value: Any, name: str, objects: Callable[[Any, str], Any] | None) -> Any:
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else {"__float__": repr(value)}
+    if objects is not None and getattr(type(value), "__cache_key__", None) is not None:
+        return objects(value, name)  # an explicit identity wins over the structure
     if isinstance(value, (list, tuple)):
-        return [keyable(v, f"{name}[{i}]") for i, v in enumerate(value)]
+        return [_keyable(v, f"{name}[{i}]", objects) for i, v in enumerate(value)]
     if isinstance(value, Mapping):
         out = {}
         for k, v in value.items():
@@ -514,10 +841,10 @@ def keyable(value: Any, name: str) -> Any:
                 raise UncacheableError(
                     f"argument {name!r} cannot be part of a cache key: dict key {k!r} is not a str"
                 )
-            out[k] = keyable(v, f"{name}[{k!r}]")
+            out[k] = _keyable(v, f"{name}[{k!r}]", objects)
         return out
     if isinstance(value, (set, frozenset)):
-        items = [canonical_json(keyable(v, f"{name} item")) for v in value]
+        items = [canonical_json(_keyable(v, f"{name} item", objects)) for v in value]
         return {"__set__": sorted(items)}
     if isinstance(value, (bytes, bytearray)):
         return {"__bytes__": bytes(value).hex()}
@@ -534,10 +861,12 @@ def keyable(value: Any, name: str) -> Any:
         return {
             "__dataclass__": f"{cls.__module__}.{cls.__qualname__}",
             "fields": {
-                f.name: keyable(getattr(value, f.name), f"{name}.{f.name}")
+                f.name: _keyable(getattr(value, f.name), f"{name}.{f.name}", objects)
                 for f in dataclasses.fields(value)
             },
         }
+    if objects is not None:
+        return objects(value, name)
     raise UncacheableError(
         f"argument {name!r} cannot be part of a cache key: {type(value).__name__} values have "
         "no stable identity. Pass JSON-like values (str, numbers, bool, None, lists, dicts with "
@@ -611,27 +940,36 @@ class SingleFlight(Generic[T]):
         flight.done.set()
 
     @staticmethod
-    def wait(flight: _Flight[T]) -> tuple[bool, T | None]:
+    def wait(flight: _Flight[T], timeout: float | None = None) -> tuple[bool | None, T | None]:
         """Wait for another thread's flight: ``(True, result)``, ``(False, None)`` if it
-        was abandoned (start over), or its exception raised."""
-        flight.done.wait()
+        was abandoned (start over), ``(None, None)`` after ``timeout`` seconds (stop
+        waiting: go ahead alone), or its exception raised."""
+        if not flight.done.wait(timeout):
+            return None, None
         if flight.abandoned:
             return False, None
         if flight.error is not None:
             raise flight.error
         return True, flight.result
 
-    def run(self, key: str, fn: Callable[[], T]) -> tuple[T, bool]:
-        """``(result, shared)``: ``shared`` is True when another caller computed it."""
+    def run(self, key: str, fn: Callable[[], T], timeout: float | None = None) -> tuple[T, bool]:
+        """``(result, shared)``: ``shared`` is True when another caller computed it.
+
+        A follower waits at most ``timeout`` seconds for the leader (an idle
+        open stream can lead for ever), then runs ``fn`` itself, unshared.
+        """
         while True:
             flight, role = self.join(key)
             if role is None:
                 return fn(), False
             if role:
                 break
-            done, result = self.wait(flight)
+            done, result = self.wait(flight, timeout)
             if done:
                 return result, True  # type: ignore[return-value]
+            if done is None:
+                logger.info("gave up waiting %ss for an identical request; running it separately", timeout)
+                return fn(), False
             # The leader gave up: start over (lead, or follow a newer leader).
         try:
             result = fn()

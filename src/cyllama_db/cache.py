@@ -75,6 +75,7 @@ from ._cacheutil import (
     recent_model_identity,
     sha256_text,
 )
+from ._openai import skeleton
 from ._time import from_timestamp, parse_duration, to_timestamp
 from ._validate import check_path
 from .errors import DatabaseClosedError
@@ -118,7 +119,7 @@ _ROW_OVERHEAD: Final = 160
 KINDS: Final = ("completion", "chat", "function")
 
 _ROW_SQL: Final = (
-    "SELECT response_text, finish_reason, prompt_tokens, tokens_generated, expires_at"
+    "SELECT response_text, finish_reason, prompt_tokens, tokens_generated, expires_at, response_json"
     " FROM cache WHERE cache_key = ?"
 )
 # The exact total size without writing: the counted rows plus the not yet
@@ -148,8 +149,8 @@ _PUT_SQL: Final = (
     "INSERT INTO cache (cache_key, kind, prompt, prompt_hash, model_path, model_name,"
     " model_identity, config_json, response_text, response_json, finish_reason,"
     " prompt_tokens, tokens_generated, tokens_per_second, generation_time_ms, size_bytes,"
-    " created_at, expires_at, hit_count, last_hit_at, last_used_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?)"
+    " created_at, expires_at, hit_count, last_hit_at, last_used_at, namespace)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?)"
     # A re-stored entry moves to the end of the LRU (rowid) order.
     " ON CONFLICT(cache_key) DO UPDATE SET id = (SELECT MAX(id) FROM cache) + 1,"
     " kind = excluded.kind, prompt = excluded.prompt,"
@@ -161,7 +162,7 @@ _PUT_SQL: Final = (
     " tokens_per_second = excluded.tokens_per_second,"
     " generation_time_ms = excluded.generation_time_ms, size_bytes = excluded.size_bytes,"
     " created_at = excluded.created_at, expires_at = excluded.expires_at,"
-    " last_used_at = excluded.last_used_at"
+    " last_used_at = excluded.last_used_at, namespace = excluded.namespace"
 )
 
 # json.dumps(..., allow_nan=False) builds a new encoder per call; this one is
@@ -234,6 +235,33 @@ def _create_cache(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration(7, "cache namespaces")
+def _add_cache_namespace(conn: sqlite3.Connection) -> None:
+    # '' is the default namespace: every entry made before namespaces existed.
+    execute_script(
+        conn,
+        """
+        ALTER TABLE cache ADD COLUMN namespace TEXT NOT NULL DEFAULT '';
+        CREATE INDEX IF NOT EXISTS idx_cache_namespace ON cache(namespace) WHERE namespace != '';
+        """,
+    )
+
+
+def check_namespace(namespace: Any) -> str:
+    """``namespace`` as stored: ``''`` for None (the default namespace); TypeError/ValueError otherwise."""
+    if namespace is None:
+        return ""
+    if not isinstance(namespace, str):
+        raise TypeError(f"namespace must be a str or None, got {type(namespace).__name__}")
+    if not namespace or namespace != namespace.strip() or len(namespace) > 200:
+        raise ValueError(
+            f"namespace={namespace!r} must be 1-200 characters without surrounding spaces "
+            "(None = the default namespace)"
+        )
+    check_text(namespace, "namespace")
+    return namespace
+
+
 @db_stats_provider
 def _cache_counts(conn: sqlite3.Connection) -> dict[str, Any]:
     entries = conn.execute("SELECT COUNT(*) FROM cache").fetchone()[0]
@@ -246,6 +274,8 @@ def generate_cache_key(
     model_path: str | os.PathLike[str],
     config: GenerationConfig | Mapping[str, Any] | None = None,
     load_options: Mapping[str, Any] | None = None,
+    *,
+    namespace: str | None = None,
 ) -> str:
     """The cache key of ``prompt`` (a str, or chat messages) on ``model_path`` with ``config``.
 
@@ -256,14 +286,17 @@ def generate_cache_key(
     ``kv_overrides``...; left out when there are none). ``seed`` is not part
     of it, nor are load options such as ``n_ctx``, ``n_gpu_layers`` or
     ``n_threads``, which change where and how fast the same tokens are
-    computed, not which.
+    computed, not which. A ``namespace`` adds ``"namespace"`` to the JSON.
     """
     cfg = GenerationConfig.coerce(config)
     identity = model_identity(model_path)
+    space = check_namespace(namespace)
     if isinstance(prompt, str):
         check_text(prompt, "prompt")
-        return completion_key(prompt, identity, cfg.cache_json(), _load_json(load_options, "completion"))
-    return chat_key(canonical_messages(prompt), identity, cfg.cache_json(), _load_json(load_options, "chat"))
+        return completion_key(prompt, identity, cfg.cache_json(), _load_json(load_options, "completion"), space)
+    return chat_key(
+        canonical_messages(prompt), identity, cfg.cache_json(), _load_json(load_options, "chat"), space
+    )
 
 
 def _load_json(load_options: Mapping[str, Any] | None, kind: str) -> str:
@@ -350,6 +383,7 @@ def _hit(row: tuple[Any, ...], model_path: str, started: float) -> Response:
     response = _new_object(Response)
     response.__dict__ = {
         "text": row[0], "finish_reason": row[1], "model_path": model_path, "cache_hit": True, "stats": stats,
+        "kind": "completion", "_source": None, "_stored": row[5], "_key": None,
     }
     return response
 
@@ -388,6 +422,16 @@ def _response_json(response: Response) -> str:
     """
     stats = response.stats
     finish = response.finish_reason
+    source = response._source
+    if source is not None or not _STATS_AS_FORMATTED:
+        data: dict[str, Any] = {
+            "finish_reason": finish, "model_path": response.model_path, "stats": stats.to_dict()
+        }
+        if source is not None:
+            # llama-cpp-python's dict without its text (that is response_text): tool
+            # calls, log-probabilities and usage come back with a hit (to_openai()).
+            data["openai"] = skeleton(source, response.kind)
+        return _encode_json(data)
     if not _STATS_AS_FORMATTED:
         return _encode_json(
             {"finish_reason": finish, "model_path": response.model_path, "stats": stats.to_dict()}
@@ -515,6 +559,7 @@ class CacheMixin(StoreBase):
         config: GenerationConfig | Mapping[str, Any] | None = None,
         *,
         load_options: Mapping[str, Any] | None = None,
+        namespace: str | None = None,
     ) -> Response | None:
         """The cached :class:`Response` (``cache_hit=True``) for this call, or None if absent or expired.
 
@@ -522,22 +567,31 @@ class CacheMixin(StoreBase):
         request; ``load_options`` the model's ``llama_cpp.Llama`` options (as
         given to ``LLM``; only those that change the output count, see
         :func:`generate_cache_key`). The hit's ``stats`` carry the original
-        token counts and the lookup's own time.
+        token counts and the lookup's own time. ``namespace`` looks in that
+        namespace only (None: the default one).
         """
         started = time.perf_counter()
         cfg = config if type(config) is GenerationConfig else GenerationConfig.coerce(config)
         path = check_path(model_path, "model_path")
+        space = "" if namespace is None else check_namespace(namespace)
         identity = recent_model_identity(path)
         if isinstance(prompt, str):
             if not prompt.isascii():
                 check_text(prompt, "prompt")
             load = _load_json(load_options, "completion") if load_options else ""
-            key = completion_key(prompt, identity, cfg.cache_json(), load)
+            key = completion_key(prompt, identity, cfg.cache_json(), load, space)
+            kind = "completion"
         else:
             load = _load_json(load_options, "chat") if load_options else ""
-            key = chat_key(_prompt_of(prompt)[1], identity, cfg.cache_json(), load)
+            key = chat_key(_prompt_of(prompt)[1], identity, cfg.cache_json(), load, space)
+            kind = "chat"
         row = self._cache_row(key)
-        return None if row is None else _hit(row, path, started)
+        if row is None:
+            return None
+        response = _hit(row, path, started)
+        response.kind = kind
+        response._key = key
+        return response
 
     @db_op()
     def cache_response(
@@ -549,6 +603,7 @@ class CacheMixin(StoreBase):
         ttl: timedelta | float | str | None = None,
         *,
         load_options: Mapping[str, Any] | None = None,
+        namespace: str | None = None,
     ) -> None:
         """Store ``response`` for this call; ``ttl`` None = the database's ``cache_ttl``.
 
@@ -565,22 +620,23 @@ class CacheMixin(StoreBase):
             raise TypeError(f"response must be a Response or a str, got {type(response).__name__}")
         if not response.text.isascii():
             check_text(response.text, "response.text")
+        space = "" if namespace is None else check_namespace(namespace)
         identity = recent_model_identity(path)
         if isinstance(prompt, str):
             if not prompt.isascii():
                 check_text(prompt, "prompt")
             kind, prompt_text = "completion", prompt
             load = _load_json(load_options, "completion") if load_options else ""
-            key = completion_key(prompt, identity, cfg.cache_json(), load)
+            key = completion_key(prompt, identity, cfg.cache_json(), load, space)
         else:
             kind, prompt_text = _prompt_of(prompt)
             load = _load_json(load_options, "chat") if load_options else ""
-            key = chat_key(prompt_text, identity, cfg.cache_json(), load)
+            key = chat_key(prompt_text, identity, cfg.cache_json(), load, space)
         stats = response.stats
         self._cache_write(
             key, kind, prompt_text, _absolute(path), identity, cfg.to_json(), response.text,
             _response_json(response), response.finish_reason, stats.prompt_tokens,
-            stats.generated_tokens, stats.tokens_per_second, stats.generation_time_ms, ttl,
+            stats.generated_tokens, stats.tokens_per_second, stats.generation_time_ms, ttl, space,
         )
 
     @db_op(empty=int)
@@ -589,6 +645,8 @@ class CacheMixin(StoreBase):
         prompt: str | Sequence[Mapping[str, Any]] | None = None,
         model_path: str | os.PathLike[str] | None = None,
         older_than: datetime | timedelta | float | None = None,
+        *,
+        namespace: str | None = None,
     ) -> int:
         """Remove the entries matching every given criterion (none given: all); returns how many.
 
@@ -598,10 +656,15 @@ class CacheMixin(StoreBase):
           (older versions of the file). For a path that does not exist, a bare
           file name (``"model.gguf"``) matches entries of any file with that name;
         * ``older_than``: entries created before this datetime, before this
-          long ago (timedelta), or before these Unix seconds.
+          long ago (timedelta), or before these Unix seconds;
+        * ``namespace``: entries of this namespace only (given per call as
+          ``complete(..., namespace=...)``). Without it every namespace matches.
         """
         clauses: list[str] = []
         params: list[Any] = []
+        if namespace is not None:
+            clauses.append("namespace = ?")
+            params.append(check_namespace(namespace))
         if prompt is not None:
             _kind, text = _prompt_of(prompt)
             clauses.append("prompt_hash = ?")
@@ -622,6 +685,65 @@ class CacheMixin(StoreBase):
             removed = self._cache_delete_where(conn, " AND ".join(clauses) or "1", params)
         logger.debug("invalidated %d cache entries", removed)
         return int(removed)
+
+    @db_op(empty=list)
+    def list_cache_entries(
+        self,
+        limit: int = 20,
+        order: str = "newest",
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        namespace: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Cache entries without their response text, newest (or most hit, ``order="hits"``) first.
+
+        Each is a dict of ``cache_key``, ``kind``, ``namespace``, ``model_name``,
+        ``model_path``, ``prompt``, ``finish_reason``, ``tokens_generated``,
+        ``size_bytes``, ``hit_count`` and the times as datetimes.
+        ``model_path`` selects one model (a path, or a bare file name);
+        ``namespace`` one namespace (``""`` is the default one).
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be an int, got {type(limit).__name__}")
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        if order not in ("newest", "hits"):
+            raise ValueError(f"order must be 'newest' or 'hits', got {order!r}")
+        self._cache_flush_hits_quietly()
+        clauses: list[str] = []
+        params: list[Any] = []
+        if model_path is not None:
+            path = check_path(model_path, "model_path")
+            clauses.append("(model_path = ? OR model_name = ? OR model_identity = ?)")
+            params += [os.path.abspath(os.path.expanduser(path)), os.path.basename(path), model_identity(path)]
+        if namespace is not None:
+            clauses.append("namespace = ?")
+            params.append("" if namespace == "" else check_namespace(namespace))
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        by = "created_at DESC" if order == "newest" else "hit_count DESC, last_used_at DESC"
+        names = (
+            "cache_key", "kind", "namespace", "model_name", "model_path", "prompt", "finish_reason",
+            "tokens_generated", "size_bytes", "hit_count", "created_at", "expires_at", "last_hit_at",
+            "last_used_at",
+        )
+        with self.pool.read() as conn:
+            rows = conn.execute(
+                f"SELECT {', '.join(names)} FROM cache{where} ORDER BY {by}, id DESC LIMIT ?", (*params, limit)
+            ).fetchall()
+        entries = []
+        for row in rows:
+            entry = dict(zip(names, row, strict=True))
+            for name in ("created_at", "expires_at", "last_hit_at", "last_used_at"):
+                entry[name] = from_timestamp(entry[name])
+            entries.append(entry)
+        return entries
+
+    def _cache_flush_hits_quietly(self) -> None:
+        # A listing must not fail (or wait) because hit counts cannot be written now.
+        try:
+            self._cache_flush_hits()
+        except Exception as exc:
+            logger.debug("hit counts not written before a listing: %s", exc)
 
     @db_op(empty=int)
     def cleanup_cache(self) -> int:
@@ -651,7 +773,7 @@ class CacheMixin(StoreBase):
     @db_op(empty=dict)
     def get_cache_stats(self) -> dict[str, Any]:
         """Entries, size, limit, hits, expired entries and a count per kind."""
-        self._cache_flush_hits()
+        self._flush_for_read(self._cache_flush_hits)  # best effort: a read never waits on a write
         now = self.clock()
         with self.pool.read() as conn:
             entries, size, hits, expired, oldest = conn.execute(
@@ -692,7 +814,7 @@ class CacheMixin(StoreBase):
             else:
                 # No context manager: it costs about as much as the SELECT
                 # itself. connection() raises once the pool is closed.
-                row = pool.connection().execute(_ROW_SQL, (key,)).fetchone()
+                row = pool.fetchone(_ROW_SQL, (key,))  # fork() waits for it (issue 13)
         except sqlite3.Error as exc:
             logger.warning("cache lookup failed, treating it as a miss: %s", exc)
             return None
@@ -726,12 +848,13 @@ class CacheMixin(StoreBase):
         config: GenerationConfig,
         response: Response,
         ttl: Any,
+        namespace: str = "",
     ) -> None:
         stats = response.stats
         self._cache_write(
             key, kind, prompt, model_path, identity, config.to_json(), response.text,
             _response_json(response), response.finish_reason, stats.prompt_tokens,
-            stats.generated_tokens, stats.tokens_per_second, stats.generation_time_ms, ttl,
+            stats.generated_tokens, stats.tokens_per_second, stats.generation_time_ms, ttl, namespace,
         )
 
     def _cache_put(
@@ -751,11 +874,13 @@ class CacheMixin(StoreBase):
         tokens_per_second: float | None = None,
         generation_time_ms: float | None = None,
         ttl: Any = None,
+        namespace: str = "",
     ) -> None:
         """Store one entry (also ``@cached``'s way in); an entry over the whole limit is skipped."""
         self._cache_write(
             key, kind, prompt, model_path, identity, config_json, response_text, response_json,
             finish_reason, prompt_tokens, tokens_generated, tokens_per_second, generation_time_ms, ttl,
+            namespace,
         )
 
     def _cache_write(
@@ -774,6 +899,7 @@ class CacheMixin(StoreBase):
         tokens_per_second: float | None,
         generation_time_ms: float | None,
         ttl: Any,
+        namespace: str = "",
     ) -> None:
         # Positional on purpose: this is every write's path, and keyword
         # passing of 14 arguments costs about a microsecond.
@@ -796,6 +922,7 @@ class CacheMixin(StoreBase):
             + len(config_json)
             + len(model_path)
             + len(identity)
+            + len(namespace)
             + _ROW_OVERHEAD
         )
         limit = int(settings.max_cache_size_mb * 1_048_576)
@@ -807,7 +934,7 @@ class CacheMixin(StoreBase):
             key, kind, prompt, hashlib.sha256(prompt_bytes).hexdigest(), model_path,
             _basename(model_path), identity, config_json, response_text, response_json,
             finish_reason, prompt_tokens, tokens_generated, tokens_per_second, generation_time_ms,
-            size, now, None if ttl_s is None else now + ttl_s, now,
+            size, now, None if ttl_s is None else now + ttl_s, now, namespace,
         )
         estimate = self._cache_size
         if estimate.reserve(size, limit, max(1, int(limit * SYNC_FRACTION))):

@@ -22,11 +22,14 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ._cacheutil import (
+    _UNBOUND,
     SingleFlight,
+    bound_instance,
     callable_identity,
     canonical_json,
     check_text,
     function_key,
+    key_material,
     keyable,
 )
 from ._time import parse_duration
@@ -91,11 +94,18 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _function_name(fn: Callable[..., Any]) -> str:
+def _function_name(fn: Callable[..., Any], owner: Any = _UNBOUND) -> str:
     """What a function's entries are stored under: ``module.qualname``, plus a digest
-    of its code and captured values for a lambda or local function."""
-    module = getattr(fn, "__module__", None) or "?"
-    qualname = str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
+    of its code and captured values for a lambda or local function. ``owner``: the
+    object a builtin method is bound to (its module is the owner class's)."""
+    module = getattr(fn, "__module__", None) or (type(owner).__module__ if owner is not _UNBOUND else "?")
+    qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if not isinstance(qualname, str):
+        # Never a repr: it holds a memory address, and would differ in every process.
+        raise UncacheableError(
+            f"cached(): cannot tell what {type(fn).__name__} object is called (it has no "
+            "__qualname__); pass name='...' to key its entries by that name"
+        )
     name = f"{module}.{qualname}"
     if "<" in qualname and isinstance(fn, types.FunctionType):
         # Every lambda is "<lambda>" and a factory's closures share a
@@ -105,8 +115,38 @@ def _function_name(fn: Callable[..., Any]) -> str:
     return name
 
 
+def _target(fn: Any) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Any]:
+    """What calling ``fn`` computes: ``(function, leading args, keywords, owner)``.
+
+    ``obj.method(x)`` is ``method(obj, x)``, ``partial(f, 1)(x)`` is ``f(1, x)``
+    and a callable object's ``obj(x)`` is ``type(obj).__call__(obj, x)``: the
+    object (and a partial's arguments) are then part of every key, exactly as
+    when the method itself is decorated in its class body. ``owner`` is the
+    object a builtin method (``some_dict.get``) is bound to, else ``_UNBOUND``.
+    """
+    lead: tuple[Any, ...] = ()
+    keywords: dict[str, Any] = {}
+    while isinstance(fn, functools.partial):
+        lead = fn.args + lead
+        keywords = {**fn.keywords, **keywords}
+        fn = fn.func
+    if isinstance(fn, types.MethodType):
+        return fn.__func__, (fn.__self__, *lead), keywords, _UNBOUND
+    owner = bound_instance(fn)
+    if owner is not _UNBOUND or isinstance(fn, (types.FunctionType, types.BuiltinFunctionType, type)):
+        return fn, lead, keywords, owner
+    call = inspect.getattr_static(type(fn), "__call__", None)
+    if isinstance(call, types.FunctionType):
+        return call, (fn, *lead), keywords, _UNBOUND
+    return fn, lead, keywords, fn  # a C-level __call__: the object is the owner
+
+
 class CachedFunction(Generic[R]):
-    """A function whose results are kept in the database's cache (made by :func:`cached`)."""
+    """A function whose results are kept in the database's cache (made by :func:`cached`).
+
+    Also a bound method, a ``functools.partial`` or a callable object: the
+    object it is bound to is then part of every key (see :func:`cached`).
+    """
 
     def __init__(
         self,
@@ -115,46 +155,98 @@ class CachedFunction(Generic[R]):
         db: Any,
         name: str | None = None,
         strict: bool = False,
+        key: Callable[..., Any] | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@cached needs a callable, got {type(fn).__name__}")
-        if inspect.iscoroutinefunction(fn):
-            raise TypeError("@cached does not support async functions")
-        if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
-            raise TypeError(
-                f"@cached does not support generator functions ({getattr(fn, '__qualname__', fn)!r}): "
-                "a generator's values are produced lazily and cannot be stored; return a list instead"
-            )
-        functools.update_wrapper(self, fn)
+        callee, lead, keywords, owner = _target(fn)
+        for candidate in (fn, callee):
+            if inspect.iscoroutinefunction(candidate):
+                raise TypeError("@cached does not support async functions")
+            if inspect.isasyncgenfunction(candidate) or inspect.isgeneratorfunction(candidate):
+                raise TypeError(
+                    f"@cached does not support generator functions ({getattr(candidate, '__qualname__', fn)!r}): "
+                    "a generator's values are produced lazily and cannot be stored; return a list instead"
+                )
+        if isinstance(fn, (types.FunctionType, types.MethodType)):
+            functools.update_wrapper(self, fn)
+        else:
+            # Not an object's __dict__ (a Llama's would copy its whole state).
+            functools.update_wrapper(self, fn, updated=())
         self.__wrapped__ = fn
         self.ttl = ttl
         self.strict = strict
         self._db = db
         self._warned = False
+        self._callee = callee
+        self._lead = lead
+        self._keywords = keywords
+        self._owner = owner
+        self._key_fn = key
         #: What the entries are stored under: ``name=`` if given, else
         #: ``module.qualname`` (``@<digest>`` added for a lambda or local function).
-        self.function_name = name if name is not None else _function_name(fn)
-        # How a lambda or local function capturing this one identifies it.
-        self._cyllama_cache_name = self.function_name
+        self.function_name = name if name is not None else _function_name(callee, owner)
         try:
-            self._signature: inspect.Signature | None = inspect.signature(fn)
+            self._signature: inspect.Signature | None = inspect.signature(callee)
         except (TypeError, ValueError):
             self._signature = None
+        if key is None and self._is_bound():
+            self._bound_material()  # an object with no stable identity is refused now
+
+    def _is_bound(self) -> bool:
+        return bool(self._lead or self._keywords) or self._owner is not _UNBOUND
+
+    def _bound_material(self) -> Any:
+        """The key material of what this callable is bound to (its object, a partial's arguments)."""
+        data: dict[str, Any] = {
+            "args": [key_material(v, "self" if i == 0 else f"args[{i}]") for i, v in enumerate(self._lead)],
+            "kwargs": {k: key_material(v, k) for k, v in self._keywords.items()},
+        }
+        if self._owner is not _UNBOUND:
+            data["self"] = key_material(self._owner, "self")
+        return data
+
+    @property
+    def _cyllama_cache_name(self) -> str:
+        # How a lambda or local function capturing this one identifies it.
+        if not self._is_bound():
+            return self.function_name
+        bound = canonical_json(self._bound_material())
+        return self.function_name + "@" + hashlib.sha256(bound.encode("ascii")).hexdigest()[:16]
 
     def _args_json(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        if self._lead:
+            args = self._lead + args
+        if self._keywords:
+            kwargs = {**self._keywords, **kwargs}
+        bound = None
         if self._signature is not None:
             try:
                 bound = self._signature.bind(*args, **kwargs)
             except TypeError as exc:
                 raise TypeError(f"{self.function_name}(): {exc}") from None
+        if self._key_fn is not None:
+            # key= wins over everything: what it returns is the whole key material.
+            owner = () if self._owner is _UNBOUND else (self._owner,)
+            material = self._key_fn(*owner, *args, **kwargs)
+            try:
+                return canonical_json({"__key__": keyable(material, "key()")})
+            except (UncacheableError, ValueError, RecursionError) as exc:
+                raise UncacheableError(
+                    f"{self.function_name}: the key= function must return JSON-able data (str, "
+                    f"numbers, bool, None, lists, dicts with str keys): {exc}"
+                ) from None
+        if bound is not None:
             bound.apply_defaults()
             # f(1), f(a=1) and f(1, b=<default>) are the same call.
-            data: Any = {name: keyable(value, name) for name, value in bound.arguments.items()}
+            data: Any = {name: key_material(value, name) for name, value in bound.arguments.items()}
         else:
             data = {
-                "args": [keyable(v, f"args[{i}]") for i, v in enumerate(args)],
-                "kwargs": {k: keyable(v, k) for k, v in kwargs.items()},
+                "args": [key_material(v, f"args[{i}]") for i, v in enumerate(args)],
+                "kwargs": {k: key_material(v, k) for k, v in kwargs.items()},
             }
+        if self._owner is not _UNBOUND:
+            data["__self__"] = key_material(self._owner, "self")
         return canonical_json(data)
 
     def cache_key(self, *args: Any, **kwargs: Any) -> str:
@@ -240,8 +332,9 @@ class CachedFunction(Generic[R]):
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         # Decorating a method: bind like a function would, so that the
-        # instance becomes the first argument (and must then be keyable).
-        if instance is None:
+        # instance becomes the first argument (and part of the key). What a
+        # function would not bind (a bound method, a partial...) does not.
+        if instance is None or not isinstance(self.__wrapped__, types.FunctionType):
             return self
         return BoundCachedFunction(self, instance)
 
@@ -253,7 +346,8 @@ class BoundCachedFunction:
     """A :class:`CachedFunction` method bound to an instance: ``obj.method``.
 
     Calls, :meth:`cache_key` and :meth:`invalidate` pass the instance as the
-    first argument (so it must be keyable, e.g. a dataclass);
+    first argument, so it is part of the key (by its ``__cache_key__()``, its
+    model for a ``Llama``, or its fields or plain state: see :func:`cached`);
     :meth:`cache_clear` forgets the results of every instance.
     """
 
@@ -279,6 +373,12 @@ class BoundCachedFunction:
     def function_name(self) -> str:
         """What the entries are stored under (the method's ``function_name``)."""
         return self._function.function_name
+
+    @property
+    def _cyllama_cache_name(self) -> str:
+        # How a lambda or local function capturing this bound method identifies it.
+        identity = canonical_json(key_material(self._instance, "self"))
+        return self._function._cyllama_cache_name + "@" + hashlib.sha256(identity.encode("ascii")).hexdigest()[:16]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._function(self._instance, *args, **kwargs)
@@ -343,20 +443,44 @@ class CachedLLM:
 
 @overload
 def cached(  # type: ignore[overload-overlap]
-    fn: LLM, *, ttl: Any = ..., db: Any = ..., name: str | None = ..., strict: bool = ...
+    fn: LLM,
+    *,
+    ttl: Any = ...,
+    db: Any = ...,
+    name: str | None = ...,
+    strict: bool = ...,
+    key: Callable[..., Any] | None = ...,
 ) -> CachedLLM: ...
 @overload
 def cached(
-    fn: Callable[..., R], *, ttl: Any = ..., db: Any = ..., name: str | None = ..., strict: bool = ...
+    fn: Callable[..., R],
+    *,
+    ttl: Any = ...,
+    db: Any = ...,
+    name: str | None = ...,
+    strict: bool = ...,
+    key: Callable[..., Any] | None = ...,
 ) -> CachedFunction[R]: ...
 @overload
 def cached(
-    fn: None = ..., *, ttl: Any = ..., db: Any = ..., name: str | None = ..., strict: bool = ...
+    fn: None = ...,
+    *,
+    ttl: Any = ...,
+    db: Any = ...,
+    name: str | None = ...,
+    strict: bool = ...,
+    key: Callable[..., Any] | None = ...,
 ) -> Callable[[Any], Any]: ...
 
 
 def cached(
-    fn: Any = None, *, ttl: Any = None, db: Any = None, name: str | None = None, strict: bool = False
+    fn: Any = None,
+    *,
+    ttl: Any = None,
+    db: Any = None,
+    name: str | None = None,
+    strict: bool = False,
+    key: Callable[..., Any] | None = None,
 ) -> Any:
     """Cache a function's results, or an LLM's responses, in the database.
 
@@ -384,6 +508,26 @@ def cached(
     The wrapper has ``cache_key(*args, **kwargs)``, ``invalidate(*args,
     **kwargs)`` and ``cache_clear()``; so has a decorated method looked up
     on an instance (``obj.method.invalidate(2)``).
+
+    Objects never share entries. A method decorated in its class body, a
+    bound method (``cached(obj.method)``), a callable object
+    (``cached(llama)``, keyed as ``type(obj).__call__(obj, ...)``) and an
+    object passed as an argument are keyed by the object, in this order:
+    its class's ``__cache_key__()`` (JSON-able data that identifies what its
+    results depend on); for a ``llama_cpp.Llama``, or an object with a
+    ``model_path`` and a ``create_completion`` (an ``LLM``, a wrapper), its
+    model's GGUF fingerprint and the load options that change the output;
+    for a dataclass its fields; for an instance of a plain module-level
+    class its ``__dict__``, when every attribute can be keyed. Anything else
+    (state holding a lock, a file, a C object...) raises ``UncacheableError``
+    naming ``__cache_key__`` and ``key=``. Never a ``repr`` or an address:
+    keys are the same in every process. A ``functools.partial`` is keyed as
+    the call it makes (``partial(f, 1)(2)`` is ``f(1, 2)``).
+
+    ``key=fn`` replaces all of that: ``fn`` is called with the call's
+    arguments (and, for a method or callable object, the object first) and
+    returns the JSON-able key material for the call (with the function's
+    name, the whole key). Arguments are still checked against the signature.
     """
     ttl_value = _check_ttl(ttl)
     _check_db_arg(db)
@@ -393,17 +537,19 @@ def cached(
         check_text(name, "name")
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
+    if key is not None and not callable(key):
+        raise TypeError(f"key must be a function returning the key material for a call, got {type(key).__name__}")
 
     def wrap(target: Any) -> Any:
         if isinstance(target, LLM):
-            if name is not None or strict:
-                raise TypeError("name= and strict= apply to functions; an LLM is keyed by its requests")
+            if name is not None or strict or key is not None:
+                raise TypeError("name=, strict= and key= apply to functions; an LLM is keyed by its requests")
             return CachedLLM(target, ttl_value, db)
         if isinstance(target, (CachedFunction, CachedLLM, BoundCachedFunction)):
             raise TypeError("this is already cached; apply @cached once")
         if not callable(target):
             raise TypeError(f"cached() needs a function or an LLM, got {type(target).__name__}")
-        return CachedFunction(target, ttl_value, db, name=name, strict=strict)
+        return CachedFunction(target, ttl_value, db, name=name, strict=strict, key=key)
 
     if fn is None:
         return wrap

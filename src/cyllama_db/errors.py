@@ -15,13 +15,20 @@ __all__ = [
     "CyllamaDBError",
     "DatabaseBusyError",
     "DatabaseClosedError",
+    "DatabaseError",
+    "DatabaseFileError",
+    "DatabaseIntegrityError",
+    "DiskFullError",
+    "ForeignDatabaseError",
     "GenerationError",
+    "ImportTimeoutError",
     "MigrationError",
     "MissingDependencyError",
     "ModelBusyError",
     "ModelExistsError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "OutOfRangeError",
     "ReadOnlyDatabaseError",
     "SchemaVersionError",
     "UncacheableError",
@@ -121,11 +128,17 @@ class GenerationError(CyllamaDBError, RuntimeError):
 
 
 class ModelBusyError(CyllamaDBError, RuntimeError):
-    """This thread still has an unfinished stream open on the same model.
+    """The model is held by an unfinished stream or generation for longer than the wait allows.
 
-    A llama.cpp context runs one generation at a time: finish iterating the
-    earlier stream or call its ``close()`` first.
+    A llama.cpp context runs one generation at a time. Raised at once when
+    this thread itself still has an open stream on the model (finish
+    iterating it, or call its ``close()``), and after ``wait_timeout``
+    seconds when another thread holds it; the message names the holder.
     """
+
+
+class CacheMissError(CyllamaDBError, LookupError):
+    """``cache="only-if-cached"`` was asked for and the cache has no answer; nothing was generated."""
 
 
 class UncacheableError(CyllamaDBError, TypeError):
@@ -212,3 +225,23 @@ class OutOfRangeError(CyllamaDBError, ValueError):
 
 class ImportTimeoutError(CyllamaDBError, TimeoutError):
     """``import_database`` ran past its time limit; the import was rolled back, nothing was written."""
+
+
+# -- appended for opening (issue 13): files that belong to another application.
+
+
+class ForeignDatabaseError(CyllamaDBError):
+    """The file is another application's SQLite database; cyllama-db refuses to touch it.
+
+    Nothing was written: not a byte of the file changed and no ``-wal`` or
+    ``-shm`` file was left beside it. Point ``CYLLAMA_DB_PATH`` (or
+    ``CyllamaDB(path=...)``) at a file of its own.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"database {path!r} belongs to another application ({reason}); cyllama-db left it "
+            "untouched. Use a file of its own: CYLLAMA_DB_PATH or CyllamaDB(path=...)."
+        )

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import re
 import threading
 import time
 import weakref
@@ -43,8 +42,10 @@ from ._cacheutil import (
     load_options_json,
     model_identity,
 )
+from ._openai import accumulate_chunks, plain, replay_chunks, split_text
 from ._validate import check_path
 from .errors import (
+    CacheMissError,
     ContextOverflowError,
     DatabaseClosedError,
     GenerationError,
@@ -76,6 +77,8 @@ logger = logging.getLogger("cyllama_db.inference")
 Kind = Literal["completion", "chat"]
 Messages = Sequence[Mapping[str, Any]]
 DBArg = Union["CyllamaDB", None, bool]
+#: ``cache=`` of a call: True, False, "refresh", "only-if-cached", or None (the default).
+CacheArg = Union[bool, str, None]  # noqa: UP007 - a runtime alias on Python 3.10
 
 #: How many models ``complete()``/``chat()`` keep loaded between calls (least
 #: recently used beyond this are released). ``LLM`` objects own their model
@@ -145,9 +148,26 @@ class GenerationConfig:
     mirostat_eta         0.1       Mirostat learning rate
     stop_sequences       ()        strings that end the generation (sorted, deduplicated)
     seed                 None      sampling seed; None = the model's; not part of cache keys
-    grammar              None      GBNF grammar text constraining the output
+    grammar              None      GBNF grammar text (or a ``llama_cpp.LlamaGrammar``), checked
     logit_bias           None      {token_id: bias} added to logits
+    tfs_z                1.0       tail-free sampling (1.0 = off; llama-cpp-python's own field)
+    suffix               None      text after the completion (infill models; completion only)
+    echo                 False     return the prompt before the completion (completion only)
+    logprobs             None      completion: how many top log-probabilities per token;
+                                   chat: True to return them (see ``top_logprobs``)
+    top_logprobs         None      chat: how many top log-probabilities per token
+    response_format      None      ``{"type": "json_object", "schema": {...}}`` (llama-cpp-python)
+                                   or OpenAI's ``{"type": "json_schema", "json_schema": {...}}``
+    tools                None      chat tools (OpenAI shape), kept in order
+    tool_choice          None      "auto", "none", "required" or ``{"type": "function", ...}``
+    functions            None      chat functions (the older OpenAI name for tools)
+    function_call        None      the older OpenAI name for ``tool_choice``
     ==================== ========= ===================================================
+
+    ``stop`` (llama-cpp-python's name) is accepted for ``stop_sequences``
+    wherever fields are given by name (``replace``, ``LLM``, ``complete``...).
+    The fields after ``logit_bias`` are part of cache keys only when they
+    differ from their defaults, so keys made before they existed still hit.
     """
 
     max_tokens: int | None = 512
@@ -166,6 +186,16 @@ class GenerationConfig:
     seed: int | None = None
     grammar: str | None = None
     logit_bias: Mapping[int, float] | None = None
+    tfs_z: float = 1.0
+    suffix: str | None = None
+    echo: bool = False
+    logprobs: int | bool | None = None
+    top_logprobs: int | None = None
+    response_format: Mapping[str, Any] | None = None
+    tools: tuple[Mapping[str, Any], ...] | None = None
+    tool_choice: str | Mapping[str, Any] | None = None
+    functions: tuple[Mapping[str, Any], ...] | None = None
+    function_call: str | Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -199,10 +229,13 @@ class GenerationConfig:
         put("stop_sequences", _normalise_stops(self.stop_sequences))
         if self.seed is not None:
             put("seed", _check_int("seed", self.seed))
-        if self.grammar is not None and not isinstance(self.grammar, str):
-            raise TypeError(f"GenerationConfig.grammar must be GBNF text (str), got {type(self.grammar).__name__}")
+        if self.grammar is not None:
+            from ._grammar import grammar_text
+
+            put("grammar", grammar_text(self.grammar))
         if self.logit_bias is not None:
             put("logit_bias", _normalise_bias(self.logit_bias))
+        _check_request_fields(self, put)
 
     # The canonical JSON is cached on the instance: keying a hit must not
     # re-serialise the config every time.
@@ -212,6 +245,9 @@ class GenerationConfig:
         if cached is None:
             data = self.to_dict()
             del data["seed"]
+            for name, default in _OPTIONAL_KEY_FIELDS.items():
+                if data[name] == default and type(data[name]) is type(default):
+                    del data[name]
             cached = canonical_json(data)
             object.__setattr__(self, "_cache_json", cached)
         return cached
@@ -225,6 +261,8 @@ class GenerationConfig:
 
     def replace(self, **changes: Any) -> GenerationConfig:
         """A copy with ``changes`` applied; an unknown name raises ``TypeError`` naming it."""
+        if "stop" in changes:
+            changes = _alias_stop(changes, "GenerationConfig.replace()")
         unknown = [name for name in changes if name not in _CONFIG_FIELDS]
         if unknown:
             raise TypeError(_unknown_message("GenerationConfig", unknown[0], _CONFIG_FIELDS))
@@ -252,6 +290,10 @@ class GenerationConfig:
         out["stop_sequences"] = list(self.stop_sequences)
         if self.logit_bias is not None:
             out["logit_bias"] = {str(k): v for k, v in self.logit_bias.items()}
+        for name in _JSON_FIELDS:
+            value = out[name]
+            if value is not None:
+                out[name] = json.loads(canonical_json(list(value) if isinstance(value, tuple) else value))
         return out
 
     def to_json(self) -> str:
@@ -267,10 +309,17 @@ class GenerationConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError`` naming them."""
         if not isinstance(data, Mapping):
             raise TypeError(f"expected a mapping of GenerationConfig fields, got {type(data).__name__}")
+        if "stop" in data:
+            data = _alias_stop(data, "GenerationConfig.from_dict()")
         unknown = [k for k in data if k not in _CONFIG_FIELDS]
         if unknown:
             raise TypeError(_unknown_message("GenerationConfig", str(unknown[0]), _CONFIG_FIELDS))
         return cls(**data)
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the output is random: temperature > 0 and no fixed ``seed``."""
+        return self.temperature > 0 and self.seed is None
 
     @classmethod
     def coerce(cls, value: GenerationConfig | Mapping[str, Any] | None) -> GenerationConfig:
@@ -316,6 +365,121 @@ def _normalise_bias(value: Any) -> Mapping[int, float]:
 
 
 _CONFIG_FIELDS: Final = tuple(f.name for f in dataclasses.fields(GenerationConfig))
+# Fields added after keys were first made: left out of cache_json() at these
+# defaults, so every key made before they existed is still the same.
+_OPTIONAL_KEY_FIELDS: Final[dict[str, Any]] = {
+    "tfs_z": 1.0, "suffix": None, "echo": False, "logprobs": None, "top_logprobs": None,
+    "response_format": None, "tools": None, "tool_choice": None, "functions": None,
+    "function_call": None,
+}
+# Fields holding JSON structures (frozen as canonical JSON copies).
+_JSON_FIELDS: Final = ("response_format", "tools", "tool_choice", "functions", "function_call")
+
+
+def _alias_stop(values: Mapping[str, Any], owner: str) -> dict[str, Any]:
+    """``values`` with llama-cpp-python's ``stop`` renamed to ``stop_sequences``."""
+    out = dict(values)
+    if "stop_sequences" in out:
+        raise TypeError(f"{owner} got both stop and stop_sequences; they are the same option")
+    out["stop_sequences"] = out.pop("stop")
+    return out
+
+
+def _frozen_json(value: Any, name: str) -> Any:
+    """A deep, immutable-by-convention copy of a JSON value (TypeError naming ``name`` otherwise)."""
+    try:
+        return json.loads(canonical_json(value))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"GenerationConfig.{name} must hold only JSON values: {exc}") from exc
+
+
+def _check_tool_list(value: Any, name: str) -> tuple[Mapping[str, Any], ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"GenerationConfig.{name} must be a list of dicts, got {type(value).__name__}")
+    items = []
+    for i, item in enumerate(value):
+        if not isinstance(item, Mapping):
+            raise TypeError(f"GenerationConfig.{name}[{i}] must be a dict, got {type(item).__name__}")
+        function = item.get("function") if name == "tools" else item
+        if name == "tools" and item.get("type", "function") != "function":
+            raise ValueError(f"GenerationConfig.tools[{i}] has type {item.get('type')!r}; only 'function' tools exist")
+        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str) or not function["name"]:
+            where = f"tools[{i}]['function']" if name == "tools" else f"functions[{i}]"
+            raise ValueError(f"GenerationConfig.{where} needs a non-empty str 'name'")
+        parameters = function.get("parameters")
+        if parameters is not None and not isinstance(parameters, (Mapping, bool)):
+            raise TypeError(f"GenerationConfig.{name}[{i}] parameters must be a JSON schema (dict)")
+        items.append(_frozen_json(item, f"{name}[{i}]"))
+    return tuple(items)
+
+
+def _check_choice(value: Any, name: str, words: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        if value not in words:
+            raise ValueError(f"GenerationConfig.{name} must be one of {', '.join(words)} or a dict, got {value!r}")
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(f"GenerationConfig.{name} must be a str or a dict, got {type(value).__name__}")
+    return _frozen_json(value, name)
+
+
+def _check_response_format(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"GenerationConfig.response_format must be a dict, got {type(value).__name__}")
+    kind = value.get("type")
+    if kind not in ("text", "json_object", "json_schema"):
+        raise ValueError(
+            "GenerationConfig.response_format['type'] must be 'text', 'json_object' or 'json_schema', "
+            f"got {kind!r}"
+        )
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("schema"), (Mapping, bool)):
+            raise ValueError(
+                "GenerationConfig.response_format of type 'json_schema' needs "
+                "{'json_schema': {'name': ..., 'schema': {...}}}"
+            )
+    elif kind == "json_object" and "schema" in value and not isinstance(value["schema"], (Mapping, bool)):
+        raise TypeError("GenerationConfig.response_format['schema'] must be a JSON schema (dict)")
+    frozen: Mapping[str, Any] = _frozen_json(value, "response_format")
+    return frozen
+
+
+def response_format_schema(response_format: Mapping[str, Any] | None) -> Any:
+    """The JSON schema a ``response_format`` asks for: a dict/bool, ``{}`` for any JSON, None for text."""
+    if response_format is None or response_format.get("type") == "text":
+        return None
+    if response_format.get("type") == "json_schema":
+        return response_format["json_schema"]["schema"]
+    return response_format.get("schema", {})
+
+
+def _check_request_fields(config: GenerationConfig, put: Callable[[str, Any], None]) -> None:
+    """Validate (and freeze) the fields after ``logit_bias`` (llama-cpp-python's request options)."""
+    put("tfs_z", _check_float("tfs_z", config.tfs_z))
+    if config.suffix is not None and not isinstance(config.suffix, str):
+        raise TypeError(f"GenerationConfig.suffix must be a str or None, got {type(config.suffix).__name__}")
+    if not isinstance(config.echo, bool):
+        raise TypeError(f"GenerationConfig.echo must be True or False, got {config.echo!r}")
+    logprobs = config.logprobs
+    if logprobs is not None and not isinstance(logprobs, bool):
+        if _check_int("logprobs", logprobs) < 0:
+            raise ValueError(f"GenerationConfig.logprobs must be >= 0, got {logprobs}")
+        put("logprobs", int(logprobs))
+    if config.top_logprobs is not None and _check_int("top_logprobs", config.top_logprobs) < 0:
+        raise ValueError(f"GenerationConfig.top_logprobs must be >= 0, got {config.top_logprobs}")
+    if config.response_format is not None:
+        put("response_format", _check_response_format(config.response_format))
+    for name in ("tools", "functions"):
+        value = getattr(config, name)
+        if value is not None:
+            put(name, _check_tool_list(value, name))
+    if config.tool_choice is not None:
+        put("tool_choice", _check_choice(config.tool_choice, "tool_choice", ("auto", "none", "required")))
+    if config.function_call is not None:
+        put("function_call", _check_choice(config.function_call, "function_call", ("auto", "none")))
+
+
 _DEFAULT_CONFIG: Final = GenerationConfig()
 
 
@@ -399,8 +563,18 @@ class Response:
     model_path: str = ""
     cache_hit: bool = False
     stats: GenerationStats = field(default_factory=GenerationStats)
+    kind: str = "completion"
+
+    # Not fields: where to_openai() finds llama-cpp-python's dict. ``_source``
+    # is the dict a generation returned; ``_stored`` the cache row's
+    # response_json (parsed only if to_openai() is called); ``_key`` the cache key.
+    _source: Mapping[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    _stored: str | None = field(default=None, init=False, repr=False, compare=False)
+    _key: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.kind not in ("completion", "chat"):
+            raise ValueError(f"Response.kind must be 'completion' or 'chat', got {self.kind!r}")
         if not isinstance(self.text, str):
             raise TypeError(f"Response.text must be a str, got {type(self.text).__name__}")
         if self.finish_reason is not None and not isinstance(self.finish_reason, str):
@@ -421,15 +595,67 @@ class Response:
     def __str__(self) -> str:
         return self.text
 
+    def to_openai(self, model: str | None = None) -> dict[str, Any]:
+        """llama-cpp-python's (OpenAI-shaped) dict of this result: ``id``, ``object``,
+        ``created``, ``model``, ``choices``, ``usage``, plus ``"cyllama_db": {"cache_hit",
+        "cache_key"}``.
+
+        Tool calls, log-probabilities and usage of the original generation are
+        kept through the cache; a hit gets a fresh ``id`` and ``created``
+        (``cyllama_db.original_id`` names the generation it replays).
+        ``model`` is the dict's ``model`` (default: :attr:`model_path`).
+        The dict is new on every call and ``json.dumps`` takes it as is.
+        """
+        from ._openai import build_dict, mark, rebuild
+
+        name = self.model_path if model is None else model
+        source = self._source
+        if source is not None:
+            out = plain(source)
+            out.pop("cyllama_db", None)
+            if model is not None:
+                out["model"] = model
+        else:
+            stored = self._stored_openai()
+            if stored is not None:
+                out = rebuild(stored, self.kind, self.text, name)
+            else:
+                stats = self.stats
+                out = build_dict(
+                    self.kind, self.text, self.finish_reason, name, stats.prompt_tokens, stats.generated_tokens
+                )
+        if self.cache_hit and source is not None:
+            out = rebuild(out, self.kind, self.text, name)
+        return mark(out, self.cache_hit, self._key)
+
+    def _stored_openai(self) -> Any:
+        if self._stored is None:
+            return None
+        try:
+            return json.loads(self._stored).get("openai")
+        except (ValueError, AttributeError):
+            return None
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The tool calls of a chat answer (OpenAI shape), ``[]`` when there are none."""
+        if self.kind != "chat":
+            return []
+        message = self.to_openai()["choices"][0].get("message") or {}
+        return list(message.get("tool_calls") or [])
+
     def to_dict(self) -> dict[str, Any]:
         """Every field as JSON-ready values (``stats`` as :meth:`GenerationStats.to_dict`)."""
-        return {
+        out = {
             "text": self.text,
             "finish_reason": self.finish_reason,
             "model_path": self.model_path,
             "cache_hit": self.cache_hit,
             "stats": self.stats.to_dict(),
         }
+        if self.kind != "completion":
+            out["kind"] = self.kind
+        return out
 
     def to_json(self) -> str:
         """:meth:`to_dict` as JSON (UTF-8 text kept as is); :meth:`from_json` reads it back."""
@@ -446,7 +672,7 @@ class Response:
         """
         if not isinstance(data, Mapping):
             raise TypeError(f"Response.from_dict needs a mapping, got {type(data).__name__}")
-        unknown = [k for k in data if k not in ("text", "finish_reason", "model_path", "cache_hit", "stats")]
+        unknown = [k for k in data if k not in ("text", "finish_reason", "model_path", "cache_hit", "stats", "kind")]
         if unknown:
             raise TypeError(f"Response.from_dict got an unexpected key {unknown[0]!r}")
         if "text" not in data:
@@ -463,6 +689,7 @@ class Response:
             model_path=model_path,
             cache_hit=data.get("cache_hit", False),
             stats=GenerationStats.from_dict(stats or {}),
+            kind=data.get("kind", "completion"),
         )
 
     @classmethod
@@ -486,17 +713,47 @@ def hit_stats(original: GenerationStats, elapsed_ms: float) -> GenerationStats:
 
 def _as_hit(response: Response, started: float) -> Response:
     elapsed = (time.perf_counter() - started) * 1000.0
-    return dataclasses.replace(response, cache_hit=True, stats=hit_stats(response.stats, elapsed))
+    hit = dataclasses.replace(response, cache_hit=True, stats=hit_stats(response.stats, elapsed))
+    _carry_source(hit, response)
+    return hit
 
 
-# A word with its leading whitespace, long runs cut at 8 characters (about a
-# token or two), so replayed streams arrive in pieces of a familiar size.
-_WORDS = re.compile(r"\s*\S{1,8}|\s+")
+def _carry_source(new: Response, old: Response) -> Response:
+    """Give ``new`` the llama-cpp-python dict (or stored skeleton) and key of ``old``."""
+    new._source, new._stored, new._key = old._source, old._stored, old._key
+    return new
 
 
 def _replay_chunks(text: str) -> list[str]:
     """Split cached text into word-sized chunks that join back to exactly ``text``."""
-    return _WORDS.findall(text)
+    return split_text(text)
+
+
+# What a stream's producer yields: the text piece and, for streams of
+# chunk dicts (wrap()), the chunk dict itself.
+Event = tuple[str, dict[str, Any] | None]
+
+
+class _StreamState:
+    """What a stream and its producer share.
+
+    The producer (a generator) holds this, never the :class:`Stream`: a
+    dropped stream must be freed at once by reference counting, which closes
+    its generator and so releases the model; a cycle between the two would
+    leave that to the garbage collector (seconds later, or never).
+    """
+
+    __slots__ = ("cache_hit", "chunks", "parts", "response")
+
+    def __init__(self, cache_hit: bool, chunks: bool) -> None:
+        self.cache_hit = cache_hit
+        self.chunks = chunks
+        self.parts: list[str] = []
+        self.response: Response | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
 
 
 class Stream(Closing):
@@ -508,39 +765,78 @@ class Stream(Closing):
     ``response`` is the complete :class:`Response` once the stream is
     exhausted (at once for a hit), else None; ``text`` is what has been
     produced so far. A streamed miss is stored in the cache only when the
-    stream runs to the end: ``close()`` (or leaving a ``with`` block, or
-    dropping the stream) before that stops generation and stores nothing.
+    stream runs to the end.
+
+    The model is released the moment the stream ends, is closed, or is
+    dropped: ``break`` out of the ``for`` loop, ``del``, or returning from
+    the function that iterated it; no garbage collection is needed, and a
+    partly read stream is never stored. ``with`` blocks close it too.
     """
 
     def __init__(
-        self, model_path: str, cache_hit: bool, source: Callable[[Stream], Generator[str, None, None]]
+        self,
+        model_path: str,
+        cache_hit: bool,
+        source: Callable[[_StreamState], Generator[Event, None, None]],
+        *,
+        chunks: bool = False,
     ) -> None:
         self.model_path = model_path
-        self.cache_hit = cache_hit
-        self.response: Response | None = None
-        self._parts: list[str] = []
-        self._source = source(self)
+        self._state = _StreamState(cache_hit, chunks)
+        self._source = source(self._state)
 
     def __iter__(self) -> Stream:
         return self
 
-    def __next__(self) -> str:
-        piece = next(self._source)
-        self._parts.append(piece)
-        return piece
+    def __next__(self) -> Any:
+        while True:
+            piece, _chunk = next(self._source)
+            if piece:
+                return piece
+
+    @property
+    def cache_hit(self) -> bool:
+        """Whether this stream replays a cached (or another call's) answer."""
+        return self._state.cache_hit
+
+    @property
+    def response(self) -> Response | None:
+        """The complete :class:`Response` once the stream is exhausted (at once for a hit)."""
+        return self._state.response
 
     @property
     def text(self) -> str:
         """The text received so far (all of it once the stream is exhausted)."""
-        return "".join(self._parts)
+        return self._state.text
 
     def close(self) -> None:
         """Stop the stream; an unfinished generation is abandoned and not cached."""
         self._source.close()
 
+    def __del__(self) -> None:
+        # Reached by reference counting as soon as the consumer lets go.
+        source = self.__dict__.get("_source")
+        if source is not None:
+            source.close()
+
     def __repr__(self) -> str:
         state = "done" if self.response is not None else "open"
-        return f"<Stream {os.path.basename(self.model_path)} cache_hit={self.cache_hit} {state}>"
+        return f"<{type(self).__name__} {os.path.basename(self.model_path)} cache_hit={self.cache_hit} {state}>"
+
+
+class ChunkStream(Stream):
+    """A :class:`Stream` of llama-cpp-python's chunk dicts (``wrap()``'s ``stream=True``).
+
+    Each chunk is shaped like llama-cpp-python's own (``choices[0].text`` or
+    ``choices[0].delta``) and carries the ``"cyllama_db"`` member saying
+    whether it replays the cache.
+    """
+
+    def __next__(self) -> Any:
+        while True:
+            _piece, chunk = next(self._source)
+            if chunk is not None:
+                return chunk
 
 
 # -- llama.cpp plumbing --------------------------------------------------------------------------
@@ -644,7 +940,13 @@ def _import_llama_cpp() -> Any:
     return llama_cpp
 
 
-def _sampling_kwargs(config: GenerationConfig) -> dict[str, Any]:
+def _sampling_kwargs(config: GenerationConfig, kind: Kind = "completion") -> dict[str, Any]:
+    """``create_completion``/``create_chat_completion`` arguments for ``config``.
+
+    Grammars and JSON schemas are checked here, before llama.cpp sees them:
+    llama.cpp parses a grammar while sampling and crashes the process on a
+    bad one, so a bad grammar must never reach it.
+    """
     kwargs: dict[str, Any] = {
         "max_tokens": config.max_tokens,
         "temperature": config.temperature,
@@ -660,17 +962,62 @@ def _sampling_kwargs(config: GenerationConfig) -> dict[str, Any]:
         "mirostat_eta": config.mirostat_eta,
         "stop": list(config.stop_sequences),
         "seed": config.seed,
+        "tfs_z": config.tfs_z,
     }
     if config.logit_bias:
         kwargs["logit_bias"] = dict(config.logit_bias)
-    if config.grammar is not None:
+    grammar = config.grammar
+    schema = response_format_schema(config.response_format)
+    if kind == "completion":
+        if config.suffix is not None:
+            kwargs["suffix"] = config.suffix
+        if config.echo:
+            kwargs["echo"] = True
+        if config.logprobs is not None:
+            kwargs["logprobs"] = int(config.logprobs)
+        if grammar is None and schema is not None:
+            # Completions have no response_format in llama-cpp-python: it becomes the grammar.
+            grammar = _schema_grammar(schema)
+    else:
+        for name in ("tools", "tool_choice", "functions", "function_call"):
+            value = getattr(config, name)
+            if value is not None:
+                kwargs[name] = json.loads(json.dumps(value))
+        for tool in (config.tools or ()):
+            _check_tool_schema(tool.get("function") or {})
+        for function in (config.functions or ()):
+            _check_tool_schema(function)
+        if schema is not None:
+            _schema_grammar(schema)  # checked here; llama-cpp-python builds its own
+            kwargs["response_format"] = (
+                {"type": "json_object"} if schema == {} else {"type": "json_object", "schema": schema}
+            )
+        if config.logprobs is not None:
+            kwargs["logprobs"] = bool(config.logprobs)
+        if config.top_logprobs is not None:
+            kwargs["top_logprobs"] = config.top_logprobs
+    if grammar is not None:
         from llama_cpp import LlamaGrammar
 
-        try:
-            kwargs["grammar"] = LlamaGrammar.from_string(config.grammar, verbose=False)
-        except Exception as exc:
-            raise ValueError(f"GenerationConfig.grammar is not valid GBNF: {exc}") from exc
+        kwargs["grammar"] = LlamaGrammar.from_string(grammar, verbose=False)
     return kwargs
+
+
+def _schema_grammar(schema: Any) -> str:
+    """GBNF for a JSON schema (``{}``: any JSON value), checked; JSONSchemaError otherwise."""
+    from ._grammar import check_json_schema
+
+    if schema == {}:
+        from llama_cpp.llama_grammar import JSON_GBNF
+
+        return str(JSON_GBNF)
+    return check_json_schema(schema)
+
+
+def _check_tool_schema(function: Mapping[str, Any]) -> None:
+    parameters = function.get("parameters")
+    if isinstance(parameters, Mapping) and parameters:
+        _schema_grammar(dict(parameters))
 
 
 def _perf(llama: Any) -> tuple[float, float] | None:
@@ -716,24 +1063,73 @@ def _make_stats(
     )
 
 
+#: Seconds a call waits for a model that another thread's generation or
+#: stream holds, and for an identical request already being generated,
+#: before giving up (``ModelBusyError``) or generating on its own.
+DEFAULT_WAIT_TIMEOUT: Final = 600.0
+
+
+def _wait_timeout(value: Any) -> float | None:
+    """``value`` (argument) > ``$CYLLAMA_MODEL_WAIT_TIMEOUT`` > :data:`DEFAULT_WAIT_TIMEOUT`; None = forever."""
+    if value is _UNSET:
+        raw = os.environ.get("CYLLAMA_MODEL_WAIT_TIMEOUT", "").strip()
+        if not raw:
+            return DEFAULT_WAIT_TIMEOUT
+        if raw.lower() in ("none", "never", "forever", "inf"):
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            from .errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"CYLLAMA_MODEL_WAIT_TIMEOUT={raw!r} is not a number of seconds (or 'none')"
+            ) from None
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (value < 2**1023 if isinstance(value, int) else math.isfinite(value))  # 10**400: no float
+        or value < 0
+    ):
+        raise ValueError(f"wait_timeout must be seconds >= 0 or None (wait forever), got {value!r}")
+    return float(value)
+
+
+_UNSET: Final[Any] = object()
+
+
 class _ModelLock:
-    """A lock that knows its owner, so a thread re-entering its own open stream gets an error, not a hang."""
+    """A model's lock that knows who holds it, so waits end with an error that says so."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.owner: int | None = None
+        self.holder = ""
+        self.since = 0.0
 
-    def acquire(self, path: str) -> None:
+    def acquire(self, path: str, timeout: float | None = None, what: str = "a generation") -> None:
         if self.owner == threading.get_ident():
             raise ModelBusyError(
                 f"this thread has an unfinished stream on {path!r}; exhaust it or call its "
-                "close() before starting another generation on the same model"
+                "close() (or break out of the loop and drop it) before starting another "
+                "generation on the same model"
             )
-        self._lock.acquire()
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            held = time.monotonic() - self.since
+            raise ModelBusyError(
+                f"model {path!r} is busy: {self.holder or 'another call'} has held it for "
+                f"{held:.1f} s and this call waited {timeout:g} s. Finish or close() that "
+                "stream, or pass a larger wait_timeout= ($CYLLAMA_MODEL_WAIT_TIMEOUT)"
+            )
         self.owner = threading.get_ident()
+        self.holder = f"{what} in thread {threading.current_thread().name!r}"
+        self.since = time.monotonic()
 
     def release(self) -> None:
         self.owner = None
+        self.holder = ""
         self._lock.release()
 
 
@@ -823,22 +1219,28 @@ class LLM(Closing):
     """A llama.cpp model with a persistent response cache in front of it.
 
     Args:
-        model_path: the ``.gguf`` file.
+        model_path: the ``.gguf`` file, or an already loaded
+            ``llama_cpp.Llama`` (used as it is: never reloaded or freed by
+            this object; its load options are read from it for cache keys).
         config: default :class:`GenerationConfig` (or a dict of its fields).
         db: the :class:`~cyllama_db.CyllamaDB` to cache in and record
             statistics to; ``None`` = the global database (:func:`~cyllama_db.get_db`,
             looked up at each call so a later ``configure_db()`` applies);
             ``False`` = no database at all.
-        cache: ``False`` skips the response cache (statistics are still
-            recorded).
+        cache: ``False`` skips the response cache by default (statistics are
+            still recorded); each call can say otherwise with ``cache=``.
         verbose: let llama.cpp print its load and timing logs to stderr.
+        wait_timeout: seconds a call waits for the model while another
+            thread's generation or open stream holds it, then
+            ``ModelBusyError`` naming the holder; None waits forever. Default:
+            ``$CYLLAMA_MODEL_WAIT_TIMEOUT`` or :data:`DEFAULT_WAIT_TIMEOUT`.
         **kwargs: ``llama_cpp.Llama`` load options (``n_ctx``,
             ``n_gpu_layers``, ``n_threads``, ``chat_format``...) go to the model;
-            :class:`GenerationConfig` fields override ``config``. Any other name
-            raises ``TypeError``, and so does a load option of the wrong type.
-            Those that change the output (``chat_format``, LoRA, RoPE,
-            ``kv_overrides``...: ``cyllama_db.cache.OUTPUT_LOAD_OPTIONS``) are
-            part of the cache key.
+            :class:`GenerationConfig` fields (and llama-cpp-python's ``stop``)
+            override ``config``. Any other name raises ``TypeError``, and so
+            does a load option of the wrong type. Those that change the output
+            (``chat_format``, LoRA, RoPE, ``kv_overrides``...:
+            ``cyllama_db.cache.OUTPUT_LOAD_OPTIONS``) are part of the cache key.
 
     The model loads on the first call that misses the cache, and again if the
     file on disk changes. One generation runs at a time per ``LLM`` (llama.cpp
@@ -848,51 +1250,68 @@ class LLM(Closing):
 
     def __init__(
         self,
-        model_path: str | os.PathLike[str],
+        model_path: str | os.PathLike[str] | Any,
         config: GenerationConfig | Mapping[str, Any] | None = None,
         db: DBArg = None,
         cache: bool = True,
         verbose: bool = False,
+        *,
+        wait_timeout: float | None = _UNSET,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(model_path, (str, os.PathLike)):
-            raise TypeError(f"model_path must be a str or os.PathLike, got {type(model_path).__name__}")
+        adopted: Any = None
+        if _is_llama(model_path):
+            adopted = model_path
+            model_path = os.fspath(adopted.model_path)
+        elif not isinstance(model_path, (str, os.PathLike)):
+            raise TypeError(
+                "model_path must be a str, os.PathLike or a loaded llama_cpp.Llama, "
+                f"got {type(model_path).__name__}"
+            )
         path = os.path.abspath(os.fspath(model_path))
         if not os.path.isfile(path):
             raise ModelNotFoundError(path)
         _check_db_arg(db)
         base = GenerationConfig.coerce(config)
+        if "stop" in kwargs:
+            kwargs = _alias_stop(kwargs, "LLM()")
         load: dict[str, Any] = {}
         overrides: dict[str, Any] = {}
         for name, value in kwargs.items():
             if name in _CONFIG_FIELDS:
                 overrides[name] = value
-            elif name in LOAD_OPTIONS:
+            elif name in LOAD_OPTIONS and adopted is None:
                 load[name] = value
             else:
-                raise TypeError(_unknown_message("LLM()", name, sorted(_CONFIG_FIELDS + tuple(LOAD_OPTIONS))))
+                known = _CONFIG_FIELDS if adopted is not None else _CONFIG_FIELDS + tuple(LOAD_OPTIONS)
+                hint = " (load options come from the Llama you passed)" if name in LOAD_OPTIONS else ""
+                raise TypeError(_unknown_message("LLM()", name, sorted(known)) + hint)
         for flag, flag_value in (("cache", cache), ("verbose", verbose)):
             if not isinstance(flag_value, bool):
                 raise TypeError(f"LLM() {flag} must be True or False, got {flag_value!r}")
         for name, value in load.items():
             load[name] = _check_load_option(name, value)
+        if wait_timeout is not _UNSET:
+            _wait_timeout(wait_timeout)  # checked now, resolved at each call
         self.model_path: str = path
         self.config: GenerationConfig = base.replace(**overrides)
-        self.load_options: dict[str, Any] = load
+        self.load_options: dict[str, Any] = load if adopted is None else _adopted_load_options(adopted)
         self.cache = cache
         self.verbose = verbose
+        self.wait_timeout = wait_timeout
         # The load options that change the output are part of cache keys;
         # computed once, except with LoRA files, whose identity (like the
         # model's) is checked at each call.
         self._load_keys: dict[str, str] | None = (
             None
-            if any(load.get(name) is not None for name in ("lora_base", "lora_path"))
-            else {kind: load_options_json(load, kind) for kind in ("completion", "chat")}
+            if any(self.load_options.get(name) is not None for name in ("lora_base", "lora_path"))
+            else {kind: load_options_json(self.load_options, kind) for kind in ("completion", "chat")}
         )
         self._db = db
-        self._llama: Any = None
-        self._loaded_sig: tuple[int, int, int, int] | None = None
-        self._lock = _ModelLock()
+        self._adopted = adopted is not None
+        self._llama: Any = adopted
+        self._loaded_sig: tuple[int, int, int, int] | None = _stat_sig(path) if adopted is not None else None
+        self._lock = _lock_for(adopted) if adopted is not None else _ModelLock()
         self._active_stream: weakref.ref[Stream] | None = None
         # Registry entries this LLM serves / has marked running (see _registry_llms);
         # guarded by _registry_lock.
@@ -937,15 +1356,68 @@ class LLM(Closing):
 
     # -- public API ------------------------------------------------------------------------------
 
-    def __call__(self, prompt: str, stream: bool = False, **overrides: Any) -> Any:
-        """Complete ``prompt`` (plain text, no chat template): a :class:`Response`, or a :class:`Stream` of text chunks."""
+    def __call__(
+        self,
+        prompt: str,
+        stream: bool = False,
+        *,
+        cache: CacheArg = None,
+        ttl: Any = None,
+        namespace: str | None = None,
+        **overrides: Any,
+    ) -> Any:
+        """Complete ``prompt`` (plain text, no chat template): a :class:`Response`, or a :class:`Stream` of text chunks.
+
+        ``overrides`` are :class:`GenerationConfig` fields under their own or
+        llama-cpp-python's names (``stop``, ``grammar``, ``suffix``, ``echo``,
+        ``logprobs``, ``response_format``...), plus ``stopping_criteria`` and
+        ``logits_processor`` (Python callables: such a call is never cached).
+        ``cache``: None (this LLM's default), True, False, ``"refresh"``
+        (generate and overwrite) or ``"only-if-cached"`` (a miss raises
+        :class:`~cyllama_db.CacheMissError`); ``ttl`` overrides the
+        database's ``cache_ttl`` for an entry this call stores; ``namespace``
+        keeps entries apart (keys, listings, ``invalidate_cache(namespace=)``).
+        """
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__} (use llm.chat() for messages)")
-        return self._request("completion", prompt, stream, overrides)
+        return self._call("completion", prompt, stream, overrides, cache, ttl, namespace)
 
-    def chat(self, messages: Messages, stream: bool = False, **overrides: Any) -> Any:
-        """Answer chat ``messages`` through the model's chat template: a :class:`Response` or :class:`Stream`."""
-        return self._request("chat", messages, stream, overrides)
+    def chat(
+        self,
+        messages: Messages,
+        stream: bool = False,
+        *,
+        cache: CacheArg = None,
+        ttl: Any = None,
+        namespace: str | None = None,
+        **overrides: Any,
+    ) -> Any:
+        """Answer chat ``messages`` through the model's chat template: a :class:`Response` or :class:`Stream`.
+
+        Takes the same options as :meth:`__call__`, including ``tools``,
+        ``tool_choice``, ``response_format``, ``logprobs``/``top_logprobs``;
+        tool calls come back in :attr:`Response.tool_calls` and
+        :meth:`Response.to_openai`.
+        """
+        return self._call("chat", messages, stream, overrides, cache, ttl, namespace)
+
+    def _call(
+        self,
+        kind: Kind,
+        payload: Any,
+        stream: bool,
+        overrides: dict[str, Any],
+        cache: CacheArg,
+        ttl: Any,
+        namespace: str | None,
+        chunks: bool = False,
+    ) -> Any:
+        passthrough = _pop_passthrough(overrides)
+        config = self.config.replace(**overrides) if overrides else self.config
+        return self._request(
+            kind, payload, stream, config=config, cache=cache, ttl=ttl, namespace=namespace,
+            passthrough=passthrough, chunks=chunks,
+        )  # fmt: skip
 
     @property
     def db(self) -> CyllamaDB | None:
@@ -960,20 +1432,23 @@ class LLM(Closing):
     @property
     def llama(self) -> Any:
         """The underlying ``llama_cpp.Llama`` (loads the model if needed)."""
-        self._lock.acquire(self.model_path)
+        self._lock.acquire(self.model_path, _wait_timeout(self.wait_timeout))
         try:
             return self._load_locked()
         finally:
             self._lock.release()
 
-    def cache_key(self, prompt: str | Messages, **overrides: Any) -> str:
+    def cache_key(self, prompt: str | Messages, *, namespace: str | None = None, **overrides: Any) -> str:
         """The cache key a call with ``prompt`` (a str, or chat messages) and ``overrides`` uses."""
+        from .cache import check_namespace
+
         config = self.config.replace(**overrides)
         identity = model_identity(self.model_path)
+        space = check_namespace(namespace)
         if isinstance(prompt, str):
             check_text(prompt, "prompt")
-            return completion_key(prompt, identity, config.cache_json(), self._load_key("completion"))
-        return chat_key(canonical_messages(prompt), identity, config.cache_json(), self._load_key("chat"))
+            return completion_key(prompt, identity, config.cache_json(), self._load_key("completion"), space)
+        return chat_key(canonical_messages(prompt), identity, config.cache_json(), self._load_key("chat"), space)
 
     def _load_key(self, kind: Kind) -> str:
         """:func:`load_options_json` of this LLM's load options for a ``kind`` request."""
@@ -991,6 +1466,7 @@ class LLM(Closing):
     def close(self) -> None:
         """Free the model's memory (a later call loads it again). Closes this thread's open stream.
 
+        A ``Llama`` passed in by the caller is theirs: it is not freed.
         A registered model this LLM had marked ``running`` is marked
         ``stopped`` (unless another ``LLM`` of this process still has it
         loaded); that never raises, even when its database is closed.
@@ -998,7 +1474,9 @@ class LLM(Closing):
         stream = self._active_stream() if self._active_stream is not None else None
         if stream is not None and self._lock.owner == threading.get_ident():
             stream.close()
-        self._lock.acquire(self.model_path)
+        if self._adopted:
+            return
+        self._lock.acquire(self.model_path, _wait_timeout(self.wait_timeout))
         try:
             self._free_locked()
         finally:
@@ -1018,64 +1496,122 @@ class LLM(Closing):
         *,
         config: GenerationConfig | None = None,
         db: Any = _OWN_DB,
-        cache: bool | None = None,
+        cache: CacheArg = None,
         ttl: Any = None,
+        namespace: str | None = None,
+        passthrough: Mapping[str, Any] | None = None,
+        chunks: bool = False,
     ) -> Response | Stream:
         started = time.perf_counter()
         if stream is not True and stream is not False:
             raise TypeError(f"stream must be True or False, got {stream!r}")
         if config is None:
             config = self.config.replace(**overrides) if overrides else self.config
-        if cache is not None and not isinstance(cache, bool):
-            raise TypeError(f"cache must be True or False, got {cache!r}")
+        explicit = cache is not None
+        mode = _cache_mode(self.cache if cache is None else cache)
+        if ttl is not None:
+            from .cache import _ttl_seconds
+
+            _ttl_seconds(ttl)
+        from .cache import check_namespace
+
+        space = check_namespace(namespace)
         if kind == "chat":
             prompt_text = canonical_messages(payload)
             payload = json.loads(prompt_text)
         else:
             prompt_text = payload
             check_text(prompt_text, "prompt")
+        extra = dict(passthrough or {})
+        if _uncacheable(extra):
+            if mode == "only":
+                raise UncacheableError(
+                    "cache='only-if-cached' cannot be answered: stopping_criteria/logits_processor "
+                    "are Python callables, so such calls are never cached"
+                )
+            mode = "off"
         database = _resolve_db(self._db if db is _OWN_DB else db)
-        use_cache = database is not None and (self.cache if cache is None else cache)
-        if database is None or not use_cache:
+        if database is None and mode == "only":
+            raise CacheMissError("cache='only-if-cached' but no database is in use (db=False or disabled)")
+        if (
+            mode == "use" and not explicit and database is not None
+            and config.sampled and not database.settings.cache_sampled
+        ):  # fmt: skip
+            mode = "off"
+        wait = _wait_timeout(self.wait_timeout)
+        if database is None or mode == "off":
             if stream:
-                return self._stream(kind, payload, config, database, None)
-            response = self._generate(kind, payload, config)
+                return self._stream(kind, payload, config, database, None, extra, chunks, wait)
+            response = self._generate(kind, payload, config, extra, wait)
             _record(database, self.model_path, response, config)
             return response
 
         identity = model_identity(self.model_path)
         if kind == "chat":
-            key = chat_key(prompt_text, identity, config.cache_json(), self._load_key("chat"))
+            key = chat_key(prompt_text, identity, config.cache_json(), self._load_key("chat"), space)
         else:
-            key = completion_key(prompt_text, identity, config.cache_json(), self._load_key("completion"))
-        hit = database._cache_lookup(key, self.model_path, started)
-        if hit is not None:
-            _record(database, self.model_path, hit, config)
-            return _replay(hit) if stream else hit
-        entry = _Entry(key, kind, prompt_text, identity, ttl)
-        flight_key = _flight_key(database, key)
+            key = completion_key(prompt_text, identity, config.cache_json(), self._load_key("completion"), space)
+        entry = _Entry(key, kind, prompt_text, identity, ttl, space)
+        if mode != "refresh":
+            hit = self._lookup(database, entry, started)
+            if hit is not None:
+                _record(database, self.model_path, hit, config)
+                return self._replay(hit, chunks, extra) if stream else hit
+            if mode == "only":
+                raise CacheMissError(
+                    f"no cached answer for this {kind} request on {os.path.basename(self.model_path)!r} "
+                    f"(key {key[:16]}…) and cache='only-if-cached' forbids generating"
+                )
+        else:
+            if stream:
+                return self._stream(kind, payload, config, database, entry, extra, chunks, wait, refresh=True)
+            response = self._generate(kind, payload, config, extra, wait)
+            response._key = key
+            self._store(database, entry, config, response)
+            _record(database, self.model_path, response, config)
+            return response
 
+        flight_key = _flight_key(database, key)
         # A stream joins a generation of the same request already under way
         # (waiting for it, as it would wait for the model); otherwise it leads
         # from its first chunk on (see _stream).
         if stream and not _flights.in_flight(flight_key):
-            return self._stream(kind, payload, config, database, entry)
+            return self._stream(kind, payload, config, database, entry, extra, chunks, wait)
 
         def lead() -> Response:
             # Re-check under the flight: a leader that finished just before
             # this call registered has already stored its answer.
-            again = database._cache_lookup(key, self.model_path, started)
+            again = self._lookup(database, entry, started)
             if again is not None:
                 return again
-            response = self._generate(kind, payload, config)
+            response = self._generate(kind, payload, config, extra, wait)
+            response._key = key
             self._store(database, entry, config, response)
             return response
 
-        response, shared = _flights.run(flight_key, lead)
+        response, shared = _flights.run(flight_key, lead, timeout=wait)
         if shared or response.cache_hit:
             response = _as_hit(response, started)
         _record(database, self.model_path, response, config)
-        return _replay(response) if stream else response
+        return self._replay(response, chunks, extra) if stream else response
+
+    def _lookup(self, db: CyllamaDB, entry: _Entry, started: float) -> Response | None:
+        hit = db._cache_lookup(entry.key, self.model_path, started)
+        if hit is not None:
+            hit.kind = entry.kind
+            hit._key = entry.key
+        return hit
+
+    def _replay(self, response: Response, chunks: bool, extra: Mapping[str, Any]) -> Stream:
+        """A stream that replays ``response`` (a hit, or another call's generation)."""
+        name = _dict_model(self, extra)
+
+        def produce(state: _StreamState) -> Generator[Event, None, None]:
+            yield from _replay_events(state, response, chunks, name)
+
+        replay = (ChunkStream if chunks else Stream)(response.model_path, response.cache_hit, produce, chunks=chunks)
+        replay._state.response = response
+        return replay
 
     def _store(self, db: CyllamaDB, entry: _Entry, config: GenerationConfig, response: Response) -> None:
         try:
@@ -1088,6 +1624,7 @@ class LLM(Closing):
                 config=config,
                 response=response,
                 ttl=entry.ttl,
+                namespace=entry.namespace,
             )
         except Exception as exc:
             # Losing a cache write must not lose the generation it paid for.
@@ -1096,16 +1633,18 @@ class LLM(Closing):
     # -- generation ------------------------------------------------------------------------------
 
     @contextmanager
-    def _model(self) -> Iterator[Any]:
-        self._lock.acquire(self.model_path)
+    def _model(self, wait: float | None) -> Iterator[Any]:
+        self._lock.acquire(self.model_path, wait)
         try:
             yield self._load_locked()
         finally:
             self._lock.release()
 
-    def _generate(self, kind: Kind, payload: Any, config: GenerationConfig) -> Response:
-        with self._model() as llama:
-            kwargs = _sampling_kwargs(config)
+    def _generate(
+        self, kind: Kind, payload: Any, config: GenerationConfig, extra: Mapping[str, Any], wait: float | None
+    ) -> Response:
+        kwargs = {**_sampling_kwargs(config, kind), **extra}
+        with self._model(wait) as llama:
             _reset_perf(llama)
             t0 = time.perf_counter()
             try:
@@ -1123,13 +1662,16 @@ class LLM(Closing):
         else:
             text = (choice.get("message") or {}).get("content") or ""
         usage = out.get("usage") or {}
-        return Response(
+        response = Response(
             text=text,
             finish_reason=choice.get("finish_reason"),
             model_path=self.model_path,
             cache_hit=False,
             stats=_make_stats(usage.get("prompt_tokens"), usage.get("completion_tokens"), perf, wall_ms),
+            kind=kind,
         )
+        response._source = plain(out)
+        return response
 
     def _stream(
         self,
@@ -1138,77 +1680,94 @@ class LLM(Closing):
         config: GenerationConfig,
         db: CyllamaDB | None,
         entry: _Entry | None,
+        extra: Mapping[str, Any],
+        chunks: bool,
+        wait: float | None,
+        *,
+        refresh: bool = False,
     ) -> Stream:
-        # Load now, so a bad path or file fails at the call rather than at the first chunk.
-        self._lock.acquire(self.model_path)
+        # Load now, so a bad path or file (or grammar) fails at the call rather than at the first chunk.
+        kwargs = {**_sampling_kwargs(config, kind), **extra}
+        self._lock.acquire(self.model_path, wait)
         try:
             self._load_locked()
         finally:
             self._lock.release()
-        kwargs = _sampling_kwargs(config)
+        name = _dict_model(self, extra)
+        model_path = self.model_path
 
-        def produce(stream: Stream) -> Generator[str, None, None]:
+        # Everything below refers to the stream's state, never to the stream:
+        # see _StreamState.
+        def produce(state: _StreamState) -> Generator[Event, None, None]:
             # Single-flight from the first chunk on (not from the call: a
             # stream nobody iterates must not hold anyone up). Identical
             # requests arriving meanwhile wait for this one, as they would wait
             # for the model it holds; if it ends early (closed, dropped,
             # failed) they start over and generate themselves.
-            if db is None or entry is None:
-                yield from generate(stream)
+            if db is None or entry is None or refresh:
+                yield from generate(state)
                 return
             key = _flight_key(db, entry.key)
+            role: bool | None = None
             while True:
                 flight, role = _flights.join(key)
                 if role is not False:
                     break
-                done, result = _flights.wait(flight)
+                done, result = _flights.wait(flight, wait)
                 if done and result is not None:
-                    yield from self._replay_into(stream, result, db, config)
+                    yield from self._replay_into(state, result, db, config, name)
                     return
+                if done is None:
+                    role = None  # waited too long: generate on our own, outside the flight
+                    break
             outcome: Response | None = None
             try:
-                outcome = yield from generate(stream)
+                outcome = yield from generate(state)
             finally:
                 if role:
                     _flights.settle(key, flight, result=outcome, abandoned=outcome is None)
 
-        def generate(stream: Stream) -> Generator[str, None, Response | None]:
+        def generate(state: _StreamState) -> Generator[Event, None, Response | None]:
             """The stream's own generation: its Response if it ran to the end, else None."""
-            self._lock.acquire(self.model_path)
-            self._active_stream = weakref.ref(stream)
-            chunks: Any = None
+            self._lock.acquire(model_path, wait, "an open stream")
+            source: Any = None
+            received: list[dict[str, Any]] = []
             completed = False
             started_generation = False
             failed = False
-            finish: str | None = None
             llama: Any = None
             hit: Response | None = None
             t0 = time.perf_counter()
             try:
-                if db is not None and entry is not None:
+                if db is not None and entry is not None and not refresh:
                     # Re-checked under the model lock: a generation of this
                     # request that ended while this stream waited has stored it.
-                    hit = db._cache_lookup(entry.key, self.model_path, t0)
+                    hit = self._lookup(db, entry, t0)
                 if hit is None:
                     llama = self._load_locked()
                     _reset_perf(llama)
                     t0 = time.perf_counter()
+                    marker = {"cache_hit": False, "cache_key": None if entry is None else entry.key}
                     try:
                         if kind == "completion":
-                            chunks = llama.create_completion(payload, stream=True, **kwargs)
+                            source = llama.create_completion(payload, stream=True, **kwargs)
                         else:
-                            chunks = llama.create_chat_completion(messages=payload, stream=True, **kwargs)
+                            source = llama.create_chat_completion(messages=payload, stream=True, **kwargs)
                         started_generation = True
-                        for chunk in chunks:
-                            choice = chunk["choices"][0]
+                        for chunk in source:
+                            received.append(chunk)
+                            choice = chunk["choices"][0] if chunk.get("choices") else {}
                             if kind == "completion":
                                 piece = choice.get("text") or ""
                             else:
                                 piece = (choice.get("delta") or {}).get("content") or ""
-                            if choice.get("finish_reason"):
-                                finish = choice["finish_reason"]
-                            if piece:
-                                yield piece
+                            state.parts.append(piece)
+                            if chunks:
+                                chunk = plain(chunk) if choice.get("logprobs") is not None else dict(chunk)
+                                chunk["cyllama_db"] = marker
+                                yield piece, chunk
+                            else:
+                                yield piece, None
                     except GeneratorExit:
                         raise
                     except Exception as exc:
@@ -1220,39 +1779,50 @@ class LLM(Closing):
                 # A failed generation is logged (ERROR) and raised, not recorded
                 # as a result; one the consumer stopped is recorded as "cancelled".
                 if started_generation and not failed:
-                    if chunks is not None:
-                        chunks.close()
+                    if source is not None and hasattr(source, "close"):
+                        source.close()
                     response = self._stream_response(
-                        kind, payload, stream.text, finish if completed else "cancelled", llama, t0
+                        kind, payload, state.text, received, completed, llama, t0, name
                     )
                 self._active_stream = None
                 self._lock.release()
                 if response is not None:
                     if completed:
-                        stream.response = response
+                        state.response = response
                         if db is not None and entry is not None:
+                            response._key = entry.key
                             self._store(db, entry, config, response)
                     _record(db, self.model_path, response, config)
             if hit is not None:
-                yield from self._replay_into(stream, hit, db, config)
+                yield from self._replay_into(state, hit, db, config, name)
                 return hit
             return response if completed else None
 
-        return Stream(self.model_path, False, produce)
+        stream = (ChunkStream if chunks else Stream)(self.model_path, False, produce, chunks=chunks)
+        self._active_stream = weakref.ref(stream)
+        return stream
 
     def _replay_into(
-        self, stream: Stream, response: Response, db: CyllamaDB | None, config: GenerationConfig
-    ) -> Iterator[str]:
-        """Make ``stream`` a replay of ``response`` (another generation's, or a cache hit's)."""
+        self, state: _StreamState, response: Response, db: CyllamaDB | None, config: GenerationConfig, name: str
+    ) -> Iterator[Event]:
+        """Make a stream a replay of ``response`` (another generation's, or a cache hit's)."""
         started = time.perf_counter()
         hit = _as_hit(response, started)
-        stream.cache_hit = True
-        stream.response = hit
+        state.cache_hit = True
+        state.response = hit
         _record(db, self.model_path, hit, config)
-        yield from _replay_chunks(hit.text)
+        yield from _replay_events(state, hit, state.chunks, name)
 
     def _stream_response(
-        self, kind: Kind, payload: Any, text: str, finish: str | None, llama: Any, t0: float
+        self,
+        kind: Kind,
+        payload: Any,
+        text: str,
+        received: list[dict[str, Any]],
+        completed: bool,
+        llama: Any,
+        t0: float,
+        name: str,
     ) -> Response:
         wall_ms = (time.perf_counter() - t0) * 1000.0
         perf = _perf(llama)
@@ -1267,13 +1837,24 @@ class LLM(Closing):
             )
         except Exception:  # pragma: no cover - tokenising what the model produced cannot fail in practice
             generated = prompt_tokens = None
-        return Response(
+        source = plain(accumulate_chunks(received, kind, name))
+        finish = source["choices"][0]["finish_reason"] if completed else "cancelled"
+        source["choices"][0]["finish_reason"] = finish
+        source["usage"] = {
+            "prompt_tokens": prompt_tokens or 0,
+            "completion_tokens": generated or 0,
+            "total_tokens": (prompt_tokens or 0) + (generated or 0),
+        }
+        response = Response(
             text=text,
             finish_reason=finish,
             model_path=self.model_path,
             cache_hit=False,
             stats=_make_stats(prompt_tokens, generated, perf, wall_ms),
+            kind=kind,
         )
+        response._source = source
+        return response
 
     def _generation_error(self, exc: Exception, llama: Any, payload: Any) -> Exception:
         message = str(exc)
@@ -1346,6 +1927,8 @@ class LLM(Closing):
     # -- loading ---------------------------------------------------------------------------------
 
     def _load_locked(self) -> Any:
+        if self._adopted:
+            return self._llama  # the caller's Llama: used as it is, never reloaded
         sig = _stat_sig(self.model_path)
         if self._llama is not None:
             if sig == self._loaded_sig:
@@ -1404,6 +1987,8 @@ class LLM(Closing):
         )
 
     def _free_locked(self) -> None:
+        if self._adopted:
+            return  # the caller's Llama is theirs to free
         llama, self._llama = self._llama, None
         self._loaded_sig = None
         with _loaded_lock:
@@ -1424,21 +2009,120 @@ class _Entry:
     prompt_text: str
     identity: str
     ttl: Any
+    namespace: str = ""
 
 
 def _flight_key(db: CyllamaDB, key: str) -> str:
-    # Per database: a caller sharing another database's result would never
-    # store it in its own.
-    return f"{id(db)}:{key}"
+    # Per database file (two CyllamaDB objects on one file share flights);
+    # an in-memory database is its own object.
+    path = db.path
+    return f"{id(db)}:{key}" if path == ":memory:" else f"{path}:{key}"
 
 
-def _replay(response: Response) -> Stream:
-    def produce(stream: Stream) -> Generator[str, None, None]:
-        yield from _replay_chunks(response.text)
+def _replay_events(state: _StreamState, response: Response, chunks: bool, name: str) -> Iterator[Event]:
+    """The events of a stream replaying ``response``: text pieces, and chunk dicts if asked for."""
+    if not chunks:
+        for piece in split_text(response.text):
+            state.parts.append(piece)
+            yield piece, None
+        return
+    kind = response.kind
+    for chunk in replay_chunks(response.to_openai(name), kind):
+        choice = chunk["choices"][0]
+        text: str = ((choice.get("delta") or {}).get("content") if kind == "chat" else choice.get("text")) or ""
+        state.parts.append(text)
+        yield text, chunk
 
-    replay = Stream(response.model_path, response.cache_hit, produce)
-    replay.response = response
-    return replay
+
+_CACHE_MODES: Final = {True: "use", False: "off", "refresh": "refresh", "only-if-cached": "only"}
+
+
+def _cache_mode(value: Any) -> str:
+    """``cache=`` as one of "use", "off", "refresh", "only"; TypeError/ValueError otherwise."""
+    if value is True or value is False:
+        return _CACHE_MODES[value]
+    if isinstance(value, str):
+        mode = _CACHE_MODES.get(value)
+        if mode is not None:
+            return mode
+        raise ValueError(f"cache={value!r}: use True, False, 'refresh' or 'only-if-cached'")
+    raise TypeError(f"cache must be True, False, 'refresh' or 'only-if-cached', got {value!r}")
+
+
+# llama-cpp-python options that are Python objects: passed through, never cached.
+_PASSTHROUGH: Final = ("stopping_criteria", "logits_processor")
+
+
+def _pop_passthrough(overrides: dict[str, Any]) -> dict[str, Any]:
+    return {name: overrides.pop(name) for name in _PASSTHROUGH if name in overrides}
+
+
+def _uncacheable(extra: Mapping[str, Any]) -> bool:
+    return any(extra.get(name) is not None for name in _PASSTHROUGH)
+
+
+def _dict_model(llm: LLM, extra: Mapping[str, Any]) -> str:
+    """The ``model`` of the dicts a call returns: llama-cpp-python's choice (the ``model=``
+    argument, else the path the Llama was loaded from)."""
+    name = extra.get("model")
+    if isinstance(name, str):
+        return name
+    if llm._adopted and llm._llama is not None:
+        return str(getattr(llm._llama, "model_path", llm.model_path))
+    return llm.model_path
+
+
+# -- existing Llama objects ----------------------------------------------------------------------
+
+
+def _is_llama(value: Any) -> bool:
+    """Whether ``value`` is a loaded ``llama_cpp.Llama`` (without importing llama_cpp)."""
+    from ._cacheutil import is_llama
+
+    return is_llama(value) and isinstance(getattr(value, "model_path", None), (str, os.PathLike))
+
+
+# One lock per Llama object: two wrappers of one Llama must not run it at once.
+_llama_locks: weakref.WeakKeyDictionary[Any, _ModelLock] = weakref.WeakKeyDictionary()
+_llama_locks_guard = threading.Lock()
+
+
+def _lock_for(llama: Any) -> _ModelLock:
+    with _llama_locks_guard:
+        lock = _llama_locks.get(llama)
+        if lock is None:
+            lock = _llama_locks[llama] = _ModelLock()
+        return lock
+
+
+def _auto_chat_format(llama: Any) -> str | None:
+    """The chat_format llama-cpp-python picks by itself for this model (mirrors ``Llama.__init__``)."""
+    try:
+        from llama_cpp import llama_chat_format
+
+        metadata = getattr(llama, "metadata", {}) or {}
+        if "tokenizer.chat_template" in metadata:
+            guessed = llama_chat_format.guess_chat_format_from_gguf_metadata(metadata)
+            return guessed if guessed is not None else "chat_template.default"
+    except Exception:  # pragma: no cover - an older llama-cpp-python
+        return None
+    return "llama-2"
+
+
+def _adopted_load_options(llama: Any) -> dict[str, Any]:
+    """The output-changing load options of a loaded Llama, as ``LLM(path, **options)`` would key them.
+
+    Read back from the object (:func:`~cyllama_db._cacheutil.llama_load_options`),
+    so that ``wrap(Llama(p, chat_format=X))`` and ``LLM(p, chat_format=X)``
+    share cache entries. The chat format llama-cpp-python picked by itself is
+    left out, as ``LLM(p)`` leaves it out.
+    """
+    from ._cacheutil import llama_load_options
+
+    options = {name: value for name, value in llama_load_options(llama).items() if value is not None}
+    if options.get("chat_handler") is None and options.get("chat_format") == _auto_chat_format(llama):
+        options.pop("chat_format", None)
+    return options
 
 
 def loaded_model_paths() -> list[str]:
@@ -1518,8 +2202,10 @@ def _shared_llm(
 def _split_kwargs(kwargs: Mapping[str, Any], owner: str) -> tuple[dict[str, Any], dict[str, Any]]:
     load: dict[str, Any] = {}
     overrides: dict[str, Any] = {}
+    if "stop" in kwargs:
+        kwargs = _alias_stop(kwargs, owner)
     for name, value in kwargs.items():
-        if name in _CONFIG_FIELDS:
+        if name in _CONFIG_FIELDS or name in _PASSTHROUGH:
             overrides[name] = value
         elif name in LOAD_OPTIONS:
             load[name] = value
@@ -1536,7 +2222,9 @@ def complete(
     stream: bool = False,
     *,
     model: int | str | None = None,
-    cache: bool = True,
+    cache: CacheArg = True,
+    ttl: Any = None,
+    namespace: str | None = None,
     verbose: bool = False,
     **kwargs: Any,
 ) -> Any:
@@ -1545,8 +2233,11 @@ def complete(
     Models stay loaded between calls (the :data:`MAX_SHARED_MODELS` most
     recently used). ``kwargs`` are ``GenerationConfig`` fields (overriding
     ``config``) or ``llama_cpp.Llama`` load options; other names raise
-    ``TypeError``. ``db``/``cache`` as for :class:`LLM`. Returns a
-    :class:`Response`, or a :class:`Stream` when ``stream=True``.
+    ``TypeError``; llama-cpp-python's names (``stop``, ``grammar``,
+    ``suffix``, ``echo``, ``logprobs``, ``response_format``...) are accepted.
+    ``db`` as for :class:`LLM`; ``cache``, ``ttl`` and ``namespace`` as for
+    :meth:`LLM.__call__`. Returns a :class:`Response`, or a :class:`Stream`
+    when ``stream=True``.
 
     ``model=`` names (or gives the id of) a registered model instead of
     ``model_path``: its stored load options and sampling defaults apply
@@ -1559,7 +2250,8 @@ def complete(
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__} (use chat() for messages)")
     return _model_call(
-        "completion", prompt, model_path, model, db, config, stream, cache, verbose, kwargs, "complete()"
+        "completion", prompt, model_path, model, db, config, stream, (cache, ttl, namespace), verbose, kwargs,
+        "complete()",
     )
 
 
@@ -1571,7 +2263,7 @@ def _model_call(
     db: Any,
     config: Any,
     stream: bool,
-    cache: bool,
+    cache: tuple[CacheArg, Any, str | None],
     verbose: bool,
     kwargs: Mapping[str, Any],
     owner: str,
@@ -1632,15 +2324,21 @@ def chat(
     stream: bool = False,
     *,
     model: int | str | None = None,
-    cache: bool = True,
+    cache: CacheArg = True,
+    ttl: Any = None,
+    namespace: str | None = None,
     verbose: bool = False,
     **kwargs: Any,
 ) -> Any:
     """Like :func:`complete` for chat ``messages`` (applies the model's chat template).
 
-    ``model=`` selects a registered model instead of ``model_path``.
+    ``model=`` selects a registered model instead of ``model_path``;
+    ``tools``, ``tool_choice``, ``response_format``... are accepted as
+    llama-cpp-python names them.
     """
-    return _model_call("chat", messages, model_path, model, db, config, stream, cache, verbose, kwargs, "chat()")
+    return _model_call(
+        "chat", messages, model_path, model, db, config, stream, (cache, ttl, namespace), verbose, kwargs, "chat()"
+    )
 
 
 def _shared_call(
@@ -1650,7 +2348,7 @@ def _shared_call(
     db: Any,
     config: Any,
     stream: bool,
-    cache: bool,
+    cache: tuple[CacheArg, Any, str | None],
     verbose: bool,
     kwargs: Mapping[str, Any],
     owner: str,
@@ -1658,9 +2356,14 @@ def _shared_call(
 ) -> Any:
     _check_db_arg(db)
     load, overrides = _split_kwargs(kwargs, owner)
+    passthrough = _pop_passthrough(overrides)
     call_config = GenerationConfig.coerce(config).replace(**overrides)
     llm = _shared_llm(model_path, load, verbose, registry)
-    return llm._request(kind, payload, stream, config=call_config, db=db, cache=cache)
+    mode, ttl, namespace = cache
+    return llm._request(
+        kind, payload, stream, config=call_config, db=db, cache=mode, ttl=ttl, namespace=namespace,
+        passthrough=passthrough,
+    )  # fmt: skip
 
 
 def unload_models() -> int:

@@ -577,6 +577,121 @@ def _field(obj: Any, name: str) -> Any:
     return obj.get(name) if is_mapping else getattr(obj, name, None)
 
 
+def _is_mapping(obj: Any) -> bool:
+    kind = type(obj)
+    is_mapping = _IS_MAPPING.get(kind)
+    if is_mapping is None:
+        is_mapping = isinstance(obj, Mapping)
+        if len(_IS_MAPPING) < 1024:
+            _IS_MAPPING[kind] = is_mapping
+    return is_mapping
+
+
+# What record_generation reads from a Response (or a mapping / object like one) ...
+_RESPONSE_FIELDS = ("stats", "finish_reason", "cache_hit", "text", "model_path")
+# ... and what marks llama-cpp-python's (OpenAI-shaped) completion and chat-completion dicts.
+_OPENAI_FIELDS = ("usage", "choices", "object")
+_OPENAI_OBJECTS = ("text_completion", "chat.completion")
+
+
+def _is_openai(response: Any) -> bool:
+    """Whether ``response`` is an OpenAI-shaped completion (True) or Response-like (False).
+
+    ``TypeError`` for something that is neither, which would otherwise be
+    stored as a row of NULLs.
+    """
+    if _is_mapping(response):
+        if "stats" in response:
+            return False
+        if any(name in response for name in _OPENAI_FIELDS):
+            return True
+        if any(name in response for name in _RESPONSE_FIELDS):
+            return False
+        found = ", ".join(repr(k) for k in list(response)[:8]) or "none"
+        what = f"a mapping with keys {found}"
+    else:
+        if hasattr(response, "stats"):
+            return False
+        if hasattr(response, "usage") or hasattr(response, "choices"):
+            return True
+        if any(hasattr(response, name) for name in _RESPONSE_FIELDS):
+            return False
+        what = f"a {type(response).__name__} with none of those attributes"
+    raise TypeError(
+        "record_generation: response must be a Response (or a mapping or object with its "
+        "fields: stats, finish_reason, cache_hit) or a completion / chat-completion dict as "
+        "llama-cpp-python's create_completion() and create_chat_completion() return it (with "
+        f"'usage' and 'choices'); got {what}"
+    )
+
+
+def _token_count(value: Any, field: str) -> int:
+    """A token count from an OpenAI-shaped ``usage``: a non-negative int."""
+    if value is None:
+        raise ValueError(
+            f"record_generation: {field} is missing; the usage of a completion dict needs "
+            "prompt_tokens and completion_tokens (a stream chunk has none: record the result "
+            "of the whole call)"
+        )
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"record_generation: {field} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"record_generation: {field} must not be negative, got {value}")
+    return int(value)
+
+
+def _read_openai(response: Any) -> tuple[int, int, int, str | None, str | None, bool]:
+    """``(prompt, completion, total tokens, finish_reason, model, cache_hit)`` of an
+    OpenAI-shaped completion or chat-completion (a dict, or an object with those attributes)."""
+    kind = _field(response, "object")
+    if kind is not None and kind not in _OPENAI_OBJECTS:
+        if isinstance(kind, str) and kind.endswith(".chunk"):
+            raise ValueError(
+                f"record_generation: response is a stream chunk (object {kind!r}), which has no "
+                "token counts: record the whole generation once the stream ends"
+            )
+        raise ValueError(
+            f"record_generation: response['object'] is {kind!r}; expected 'text_completion' or "
+            "'chat.completion' (llama-cpp-python's completion and chat-completion dicts)"
+        )
+    usage = _field(response, "usage")
+    if usage is None:
+        raise ValueError(
+            "record_generation: the completion dict has no 'usage' (its token counts): pass what "
+            "create_completion() / create_chat_completion() returned without stream=True"
+        )
+    _check_record_object(usage, "response['usage']", optional=False)
+    prompt = _token_count(_field(usage, "prompt_tokens"), "usage.prompt_tokens")
+    completion = _token_count(_field(usage, "completion_tokens"), "usage.completion_tokens")
+    total_value = _field(usage, "total_tokens")
+    total = prompt + completion if total_value is None else _token_count(total_value, "usage.total_tokens")
+    choices = _field(response, "choices")
+    if isinstance(choices, (str, bytes)) or not isinstance(choices, (list, tuple)) or not choices:
+        raise ValueError(
+            "record_generation: response['choices'] must be a non-empty list (its first "
+            f"choice's finish_reason is recorded), got {choices!r:.60}"
+        )
+    _check_record_object(choices[0], "response['choices'][0]", optional=False)
+    finish = _field(choices[0], "finish_reason")
+    if finish is not None and not isinstance(finish, str):
+        raise TypeError(
+            f"record_generation: choices[0].finish_reason must be a str or None, got {type(finish).__name__}"
+        )
+    model = _field(response, "model")
+    if model is not None and not isinstance(model, str):
+        raise TypeError(f"record_generation: response['model'] must be a str, got {type(model).__name__}")
+    hit = False
+    marker = _field(response, "cyllama_db")
+    if marker is not None:
+        if not _is_mapping(marker):
+            raise TypeError(
+                f"record_generation: response['cyllama_db'] must be a dict like {{'cache_hit': True}}, "
+                f"got {type(marker).__name__}"
+            )
+        hit = _check_flag(marker.get("cache_hit", False), "response['cyllama_db']['cache_hit']")
+    return prompt, completion, total, finish, model, hit
+
+
 def _number(value: Any, field: str, *, integer: bool = False) -> float | int | None:
     """A finite number (or None); ``TypeError`` naming ``field`` for anything else.
 
@@ -797,6 +912,9 @@ class StatsMixin(StoreBase):
         buffer = self._stats_hits
         if buffer is None:
             return
+        if not self.pool.waits():  # a read's best-effort flush: no wait, no warning
+            buffer.flush(None, lock_timeout=0)
+            return
         # Even with no rows waiting: the writer thread may hold some it is
         # writing right now, and the flush lock waits for that write.
         try:
@@ -892,7 +1010,7 @@ class StatsMixin(StoreBase):
     @db_op()
     def record_generation(
         self,
-        model_path: str | os.PathLike[str],
+        model_path: str | os.PathLike[str] | None,
         response: Any,
         config: Any = None,
         cache_hit: bool = False,
@@ -904,12 +1022,22 @@ class StatsMixin(StoreBase):
         Args:
             model_path: the model that produced the response (stored as an
                 absolute path, ``~`` expanded, as ``complete()`` and ``LLM``
-                pass it).
+                pass it). ``None`` with an OpenAI-shaped dict: its ``model``
+                (llama-cpp-python puts the ``Llama``'s ``model_path`` there).
             response: a ``Response`` (or a mapping / any object with the same
                 attributes): ``finish_reason``, ``cache_hit`` and ``stats``
                 (``prompt_tokens``, ``generated_tokens``, ``total_tokens``,
                 ``prompt_time_ms``, ``generation_time_ms``, ``total_time_ms``,
-                ``tokens_per_second``; ``stats`` may be ``None``).
+                ``tokens_per_second``; ``stats`` may be ``None``). Or what
+                llama-cpp-python's ``create_completion()`` /
+                ``create_chat_completion()`` return (an OpenAI-shaped dict,
+                object ``text_completion`` / ``chat.completion``): its
+                ``usage`` token counts, ``choices[0].finish_reason`` and
+                ``model`` are read (the times it does not have stay NULL),
+                and a top-level ``"cyllama_db": {"cache_hit": True}`` marks a
+                cache hit. Anything else, a stream chunk, or usage without
+                int ``prompt_tokens``/``completion_tokens``, is a
+                ``TypeError``/``ValueError`` naming what was expected.
             config: the ``GenerationConfig`` (or a mapping) whose
                 ``temperature`` and ``max_tokens`` are stored; may be ``None``.
             cache_hit: a bool: the response came from the cache (its times
@@ -928,24 +1056,47 @@ class StatsMixin(StoreBase):
         real generation it is the new row's id. ``None`` as well when the
         database is disabled.
         """
-        path = _check_model_path(model_path)
         if session_id is not None and (not isinstance(session_id, str) or not session_id):
             raise TypeError(f"session_id must be a non-empty str or None, got {session_id!r}")
         _check_record_object(response, "response", optional=False)
         _check_record_object(config, "config", optional=True)
-        stats = _field(response, "stats")
-        _check_record_object(stats, "response.stats", optional=True)
         hit = _check_flag(cache_hit, "cache_hit")
-        response_hit = _field(response, "cache_hit")
-        if response_hit is not None:
-            hit = _check_flag(response_hit, "response.cache_hit") or hit
-        total_tokens = _number(_field(stats, "total_tokens"), "stats.total_tokens", integer=True)
-        prompt_tokens = _number(_field(stats, "prompt_tokens"), "stats.prompt_tokens", integer=True)
-        generated = _number(
-            _field(stats, "generated_tokens"), "stats.generated_tokens", integer=True
-        )
-        if total_tokens is None and prompt_tokens is not None and generated is not None:
-            total_tokens = prompt_tokens + generated
+        timings: tuple[float | int | None, ...]
+        prompt_tokens: float | int | None
+        generated: float | int | None
+        total_tokens: float | int | None
+        if _is_openai(response):
+            prompt_tokens, generated, total_tokens, finish, model, marked = _read_openai(response)
+            hit = marked or hit
+            if model_path is None and model:
+                model_path = model
+            timings = (None, None, None, None)  # llama-cpp-python's dicts have none
+        else:
+            stats = _field(response, "stats")
+            _check_record_object(stats, "response.stats", optional=True)
+            response_hit = _field(response, "cache_hit")
+            if response_hit is not None:
+                hit = _check_flag(response_hit, "response.cache_hit") or hit
+            total_tokens = _number(_field(stats, "total_tokens"), "stats.total_tokens", integer=True)
+            prompt_tokens = _number(_field(stats, "prompt_tokens"), "stats.prompt_tokens", integer=True)
+            generated = _number(
+                _field(stats, "generated_tokens"), "stats.generated_tokens", integer=True
+            )
+            if total_tokens is None and prompt_tokens is not None and generated is not None:
+                total_tokens = prompt_tokens + generated
+            timings = (
+                _number(_field(stats, "prompt_time_ms"), "stats.prompt_time_ms"),
+                _number(_field(stats, "generation_time_ms"), "stats.generation_time_ms"),
+                _number(_field(stats, "total_time_ms"), "stats.total_time_ms"),
+                _number(_field(stats, "tokens_per_second"), "stats.tokens_per_second"),
+            )
+            finish = _text(_field(response, "finish_reason"))
+        if model_path is None:
+            raise TypeError(
+                "record_generation: model_path must be a str or os.PathLike (None only for a "
+                "completion dict that names its 'model')"
+            )
+        path = _check_model_path(model_path)
         row = (
             session_id or self.session_id,
             path,
@@ -953,13 +1104,10 @@ class StatsMixin(StoreBase):
             prompt_tokens,
             generated,
             total_tokens,
-            _number(_field(stats, "prompt_time_ms"), "stats.prompt_time_ms"),
-            _number(_field(stats, "generation_time_ms"), "stats.generation_time_ms"),
-            _number(_field(stats, "total_time_ms"), "stats.total_time_ms"),
-            _number(_field(stats, "tokens_per_second"), "stats.tokens_per_second"),
+            *timings,
             _number(_field(config, "temperature"), "config.temperature"),
             _number(_field(config, "max_tokens"), "config.max_tokens", integer=True),
-            _text(_field(response, "finish_reason")),
+            finish,
             1 if hit else 0,
             float(self.clock()),
         )

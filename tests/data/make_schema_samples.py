@@ -521,6 +521,9 @@ BUILDERS: dict[int, Builder] = {
     4: build_logs,
     5: build_models,
     6: build_metrics,
+    # v7 adds the cache's namespace column (default ''): the v2 builder's rows
+    # are in the default namespace, which is what a file from before v7 holds.
+    7: lambda conn, version: {},
 }
 
 
