@@ -16,6 +16,8 @@ __all__ = [
     "DatabaseBusyError",
     "DatabaseClosedError",
     "GenerationError",
+    "GrammarError",
+    "JSONSchemaError",
     "MigrationError",
     "MissingDependencyError",
     "ModelBusyError",
@@ -175,3 +177,15 @@ class DatabaseBusyError(CyllamaDBError, TimeoutError):
             f"whole busy timeout ({busy_timeout:g} s); nothing was written. Retry, keep the "
             "other writer's transactions short, or raise busy_timeout / CYLLAMA_DB_BUSY_TIMEOUT."
         )
+
+
+class GrammarError(CyllamaDBError, ValueError):
+    """A GBNF grammar that llama.cpp would refuse (or crash on); the message names the line and column.
+
+    Raised before the grammar reaches llama.cpp, whose grammar sampler would
+    otherwise fail at sampling time and bring the whole process down.
+    """
+
+
+class JSONSchemaError(GrammarError):
+    """A JSON schema that cannot be turned into a grammar (not a schema, an unknown type, a ``$ref`` that does not resolve)."""
