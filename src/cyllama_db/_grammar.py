@@ -8,13 +8,17 @@ module is a pure-Python port of llama.cpp's grammar parser
 ``llama_grammar_init_impl``), so a bad grammar becomes a :class:`GrammarError`
 naming the line and column.
 
-It accepts what the bundled llama.cpp accepts, with three deliberate
-exceptions, each a grammar llama.cpp would mishandle:
+It accepts what the bundled llama.cpp accepts, with a few deliberate
+exceptions, each a grammar llama.cpp would crash on, hang on or misread:
 
 * a repetition ``{m,n}`` with ``n < m`` (llama.cpp loops allocating until the
   process runs out of memory);
 * a NUL character (llama.cpp silently ignores everything after it);
-* groups nested more than a few hundred levels deep (Python's recursion limit).
+* a left-recursive cycle through rules that may match nothing, when something
+  follows the recursive reference (llama.cpp's check misses it, and its
+  sampler then grows a stack until the process aborts);
+* with ``vocab`` given, a token id outside the vocabulary or a required
+  end-of-generation token (llama.cpp aborts when the sampler reaches either).
 
 Token references such as ``<think>`` and ``<[id]>`` depend on the model's
 vocabulary: pass ``vocab`` to check them against a loaded model.
@@ -46,6 +50,9 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 _SIMPLE_ESCAPES = frozenset('trn\\"[]-')
 
 
+_TokenRef = tuple[int, "str | int", bool]  # (position, "<text>" or id, negated with '!')
+
+
 class _Fail(Exception):
     def __init__(self, pos: int, message: str) -> None:
         super().__init__(message)
@@ -66,6 +73,18 @@ def _found(text: str, pos: int) -> str:
     return repr(rest) if rest else "the end of the line"
 
 
+class _Frame:
+    """A rule being parsed: the top-level rule or a group inside it."""
+
+    __slots__ = ("last", "n_before", "n_prev", "nested", "rule", "rule_id", "start")
+
+    def __init__(self, rule_id: int, nested: bool, start: int, n_before: int) -> None:
+        self.rule_id, self.nested, self.start, self.n_before = rule_id, nested, start, n_before
+        self.rule: list[int] = []
+        self.last = 0  # llama.cpp's last_sym_start: where the item a repetition applies to starts
+        self.n_prev = 1  # llama.cpp's n_prev_rules
+
+
 class _Parser:
     """The state of ``llama_grammar_parser``: symbol ids by name and rules by id."""
 
@@ -77,7 +96,7 @@ class _Parser:
         self.first_use: dict[int, int] = {}  # symbol id -> position of its first reference
         self.defined_at: dict[int, int] = {}
         self.owner: dict[int, str] = {}  # generated symbol id -> the rule it was made for
-        self.tokens: list[tuple[int, str | int]] = []  # <text> and <[id]> references
+        self.tokens: list[_TokenRef] = []
 
     # -- helpers of llama-grammar.cpp ------------------------------------------------
     def space(self, pos: int, newline_ok: bool) -> int:
@@ -155,35 +174,54 @@ class _Parser:
         return self.space(pos, True)
 
     def parse_alternates(self, pos: int, name: str, rule_id: int, nested: bool) -> int:
-        rule: list[int] = []
-        pos = self.parse_sequence(pos, name, rule, nested)
-        while self.s[pos] == "|":
-            rule.append(_ALT)
-            pos = self.parse_sequence(self.space(pos + 1, True), name, rule, nested)
-        rule.append(_END)
-        self.add_rule(rule_id, rule)
-        return pos
+        """llama.cpp's ``parse_alternates``, with the recursion into groups on an explicit stack."""
+        s = self.s
+        stack = [_Frame(rule_id, nested, pos, 0)]
+        while True:
+            f = stack[-1]
+            pos = self.parse_sequence(pos, name, f)
+            if s[pos] == "(":  # a group: parse it as a new rule, then come back
+                n_before = len(self.symbol_ids)
+                stack.append(_Frame(self.generate_symbol_id(name), True, pos, n_before))
+                pos = self.space(pos + 1, True)
+                continue
+            if s[pos] == "|":
+                f.rule.append(_ALT)
+                f.last, f.n_prev = len(f.rule), 1
+                pos = self.space(pos + 1, True)
+                continue
+            f.rule.append(_END)
+            self.add_rule(f.rule_id, f.rule)
+            stack.pop()
+            if not stack:
+                return pos
+            parent = stack[-1]
+            parent.n_prev = max(1, len(self.symbol_ids) - f.n_before)
+            parent.last = len(parent.rule)
+            parent.rule.append(f.rule_id)
+            if s[pos] != ")":
+                raise _Fail(pos, f"expected ')' to close the '(' at {_where(self.text, f.start)}, "
+                            f"found {_found(self.text, pos)}")
+            pos = self.space(pos + 1, parent.nested)
 
-    def parse_sequence(self, pos: int, name: str, rule: list[int], nested: bool) -> int:
-        s, text = self.s, self.text
-        last_sym_start = len(rule)
-        n_prev_rules = 1
+    def parse_sequence(self, pos: int, name: str, f: _Frame) -> int:
+        """Items up to the next '|', ')', '(' or end of rule; llama.cpp's ``parse_sequence``."""
+        s, text, rule, nested = self.s, self.text, f.rule, f.nested
 
         def repeat(at: int, min_times: int, max_times: int | None) -> None:
-            nonlocal n_prev_rules
-            if last_sym_start == len(rule):
+            if f.last == len(rule):
                 raise _Fail(at, f"{text[at]!r} must follow an item to repeat (a string, [class], "
                             "rule name, '.', or (group))")
             if max_times is not None and max_times < min_times:
                 raise _Fail(at, f"repetition {{{min_times},{max_times}}}: the maximum is smaller than "
                             "the minimum (llama.cpp would run out of memory on it)")
-            prev = rule[last_sym_start:]
+            prev = rule[f.last:]
             total = max_times if max_times else (min_times or 1)
-            if n_prev_rules * total > _MAX_REPETITION:
+            if f.n_prev * total > _MAX_REPETITION:
                 raise _Fail(at, f"this repetition expands to more than {_MAX_REPETITION} rules, llama.cpp's "
                             "limit; repeat fewer times or repeat a simpler item")
             if min_times == 0:
-                del rule[last_sym_start:]
+                del rule[f.last:]
             else:
                 rule.extend(prev * (min_times - 1))
             n_opt = 1 if max_times is None else max_times - min_times
@@ -198,14 +236,14 @@ class _Parser:
                 last_rec = rec_id
             if n_opt > 0:
                 rule.append(last_rec)
-            n_prev_rules *= total
+            f.n_prev *= total
 
         while True:
             c = s[pos]
             start = pos
             if c == '"':
                 pos += 1
-                last_sym_start, n_prev_rules = len(rule), 1
+                f.last, f.n_prev = len(rule), 1
                 while s[pos] != '"':
                     if s[pos] == "\x00":
                         raise _Fail(start, "unterminated string: no closing '\"'")
@@ -216,7 +254,7 @@ class _Parser:
                 pos += 1
                 if s[pos] == "^":
                     pos += 1
-                last_sym_start, n_prev_rules = len(rule), 1
+                f.last, f.n_prev = len(rule), 1
                 while s[pos] != "]":
                     if s[pos] == "\x00":
                         raise _Fail(start, "unterminated character class: no closing ']'")
@@ -230,30 +268,20 @@ class _Parser:
             elif c in "<!":
                 if c == "!":
                     pos += 1
-                pos = self.token(pos)
-                last_sym_start, n_prev_rules = len(rule), 1
+                pos = self.token(pos, c == "!")
+                f.last, f.n_prev = len(rule), 1
                 rule.append(_TERM)
                 pos = self.space(pos, nested)
             elif (m := _NAME.match(s, pos)) is not None:
                 ref = self.symbol_id(m.group())
                 self.first_use.setdefault(ref, pos)
                 pos = self.space(m.end(), nested)
-                last_sym_start, n_prev_rules = len(rule), 1
+                f.last, f.n_prev = len(rule), 1
                 rule.append(ref)
             elif c == "(":
-                pos = self.space(pos + 1, True)
-                n_before = len(self.symbol_ids)
-                sub_id = self.generate_symbol_id(name)
-                pos = self.parse_alternates(pos, name, sub_id, True)
-                n_prev_rules = max(1, len(self.symbol_ids) - n_before)
-                last_sym_start = len(rule)
-                rule.append(sub_id)
-                if s[pos] != ")":
-                    raise _Fail(pos, f"expected ')' to close the '(' at {_where(text, start)}, "
-                                f"found {_found(text, pos)}")
-                pos = self.space(pos + 1, nested)
+                return pos
             elif c == ".":
-                last_sym_start, n_prev_rules = len(rule), 1
+                f.last, f.n_prev = len(rule), 1
                 rule.append(_TERM)
                 pos = self.space(pos + 1, nested)
             elif c in "*+?":
@@ -285,7 +313,7 @@ class _Parser:
             else:
                 return pos
 
-    def token(self, pos: int) -> int:
+    def token(self, pos: int, negated: bool) -> int:
         """Position after ``<[id]>`` or ``<text>``; llama.cpp's ``parse_token``."""
         s, text = self.s, self.text
         if s[pos] != "<":
@@ -296,12 +324,12 @@ class _Parser:
             token_id, pos = self.integer(pos + 1, "a token id", _UINT32_MAX)
             if s[pos] != "]" or s[pos + 1] != ">":
                 raise _Fail(pos, f"expected ']>' to close the token id, found {_found(text, pos)}")
-            self.tokens.append((start, token_id))
+            self.tokens.append((start, token_id, negated))
             return pos + 2
         end = s.find(">", pos)
         if end < 0 or end >= len(text):
             raise _Fail(start, "unterminated token reference: no closing '>'")
-        self.tokens.append((start, s[start : end + 1]))
+        self.tokens.append((start, s[start : end + 1], negated))
         return end + 1
 
 
@@ -471,7 +499,7 @@ def _components(edges: list[list[int]]) -> list[int]:
 
 
 @functools.lru_cache(maxsize=256)
-def _analyse(text: str, root: str) -> tuple[str | None, tuple[tuple[int, str | int], ...]]:
+def _analyse(text: str, root: str) -> tuple[str | None, tuple[_TokenRef, ...]]:
     """(error message or None, named token references) for one grammar text."""
     try:
         text.encode("utf-8")
@@ -487,8 +515,6 @@ def _analyse(text: str, root: str) -> tuple[str | None, tuple[tuple[int, str | i
         p.parse()
     except _Fail as exc:
         return f"{_where(text, exc.pos)}: {exc.message}", ()
-    except RecursionError:
-        return "groups '( )' are nested too deeply; flatten them into named rules", ()
     names = {v: k for k, v in p.symbol_ids.items()}
     # llama.cpp's check: every rule defined, every reference to a defined rule
     # (a reference dropped by x{0} never counts).
@@ -537,11 +563,12 @@ def check_gbnf(text: str, *, vocab: Any = None, root: str = "root") -> str:
     llama.cpp, means "no constraint".
 
     Token references depend on the model: ``<think>`` must be exactly one
-    token of its vocabulary and ``<[id]>`` an id below its vocabulary size
-    (llama.cpp aborts on a larger one).  ``vocab`` (a ``llama_cpp.Llama``, or
-    anything with its ``tokenize(bytes, add_bos=, special=)`` and
-    ``n_vocab()``) checks them; without it they are checked for syntax only,
-    so pass it before the grammar reaches llama.cpp.
+    token of its vocabulary, ``<[id]>`` an id below its vocabulary size, and
+    neither an end-of-generation token (llama.cpp aborts on those two).
+    ``vocab`` (a ``llama_cpp.Llama``, or anything with its
+    ``tokenize(bytes, add_bos=, special=)`` and ``n_vocab()``) checks them;
+    without it they are checked for syntax only, so pass it before the
+    grammar reaches llama.cpp.
     """
     if not isinstance(text, str):
         raise GrammarError(f"grammar: must be GBNF text (str), got {type(text).__name__}")
@@ -549,22 +576,35 @@ def check_gbnf(text: str, *, vocab: Any = None, root: str = "root") -> str:
     if error is not None:
         raise GrammarError(f"grammar: {error}")
     if vocab is not None and tokens:
-        n_vocab = vocab.n_vocab()
-        for pos, token in tokens:
-            if isinstance(token, int):
-                if token >= n_vocab:
-                    raise GrammarError(
-                        f"grammar: {_where(text, pos)}: token id {token} is outside this model's vocabulary "
-                        f"(ids 0 to {n_vocab - 1}); llama.cpp would abort on it"
-                    )
-                continue
-            n = len(vocab.tokenize(token.encode("utf-8"), add_bos=False, special=True))
-            if n != 1:
-                raise GrammarError(
-                    f"grammar: {_where(text, pos)}: token reference {token} is {n} tokens in this model's "
-                    "vocabulary, not one; use a string literal instead, or <[id]> with the token's id"
-                )
+        _check_tokens(text, tokens, vocab)
     return text
+
+
+def _check_tokens(text: str, tokens: tuple[_TokenRef, ...], vocab: Any) -> None:
+    """llama.cpp's vocabulary checks of token references, plus the ones it aborts on."""
+    n_vocab = vocab.n_vocab()
+    model = getattr(vocab, "_model", None)
+    for pos, token, negated in tokens:
+        where = f"grammar: {_where(text, pos)}: token"
+        if isinstance(token, int):
+            if token >= n_vocab:
+                raise GrammarError(f"{where} id {token} is outside this model's vocabulary (ids 0 to "
+                                   f"{n_vocab - 1}); llama.cpp would abort on it")
+            token_id = token
+        else:
+            ids = vocab.tokenize(token.encode("utf-8"), add_bos=False, special=True)
+            if len(ids) != 1:
+                raise GrammarError(f"{where} {token} is {len(ids)} tokens in this model's vocabulary, not "
+                                   "one; use a string literal instead, or <[id]> with the token's id")
+            token_id = ids[0]
+        if not negated and model is not None:
+            import llama_cpp  # vocab is a llama_cpp.Llama: already imported
+
+            if llama_cpp.llama_vocab_is_eog(model.vocab, token_id):
+                raise GrammarError(
+                    f"{where} {token} ends generation, and llama.cpp only lets it through once the grammar "
+                    "is complete, so requiring it aborts the process; end the rule there instead"
+                )
 
 
 @functools.lru_cache(maxsize=64)
