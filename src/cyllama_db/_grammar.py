@@ -40,7 +40,7 @@ _UINT64_MAX = 2**64 - 1
 _UINT32_MAX = 2**32 - 1
 
 # Rule elements: a rule id (>= 0) is a reference to that rule, then:
-_END, _ALT, _TERM = -1, -2, -3
+_END, _ALT, _TERM, _TOKEN = -1, -2, -3, -4  # _TOKEN - i: the i-th token reference
 
 _SPACE = re.compile(r"(?:[ \t]+|#[^\r\n\x00]*)*")
 _SPACE_NL = re.compile(r"(?:[ \t\r\n]+|#[^\r\n\x00]*)*")
@@ -50,7 +50,8 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 _SIMPLE_ESCAPES = frozenset('trn\\"[]-')
 
 
-_TokenRef = tuple[int, "str | int", bool]  # (position, "<text>" or id, negated with '!')
+# (position, "<text>" or id, negated with '!', still in the grammar after x{0} dropped items)
+_TokenRef = tuple[int, "str | int", bool, bool]
 
 
 class _Fail(Exception):
@@ -270,7 +271,7 @@ class _Parser:
                     pos += 1
                 pos = self.token(pos, c == "!")
                 f.last, f.n_prev = len(rule), 1
-                rule.append(_TERM)
+                rule.append(_TOKEN - len(self.tokens) + 1)  # a terminal that remembers which token
                 pos = self.space(pos, nested)
             elif (m := _NAME.match(s, pos)) is not None:
                 ref = self.symbol_id(m.group())
@@ -324,12 +325,12 @@ class _Parser:
             token_id, pos = self.integer(pos + 1, "a token id", _UINT32_MAX)
             if s[pos] != "]" or s[pos + 1] != ">":
                 raise _Fail(pos, f"expected ']>' to close the token id, found {_found(text, pos)}")
-            self.tokens.append((start, token_id, negated))
+            self.tokens.append((start, token_id, negated, True))
             return pos + 2
         end = s.find(">", pos)
         if end < 0 or end >= len(text):
             raise _Fail(start, "unterminated token reference: no closing '>'")
-        self.tokens.append((start, s[start : end + 1], negated))
+        self.tokens.append((start, s[start : end + 1], negated, True))
         return end + 1
 
 
@@ -549,7 +550,9 @@ def _analyse(text: str, root: str) -> tuple[str | None, tuple[_TokenRef, ...]]:
             f"{_where(text, at)}: rule {rule_name!r} is left-recursive (it can start with itself), {why}; "
             "rewrite e.g. 'x ::= x \"+\" y | y' as 'x ::= y (\"+\" y)*'"
         ), ()
-    return None, tuple(p.tokens)
+    # Vocabulary checks: every <text> is tokenized while parsing; ids only matter where they stay.
+    kept = {_TOKEN - e for rule in p.rules for e in rule if e <= _TOKEN}
+    return None, tuple((pos, t, neg, i in kept) for i, (pos, t, neg, _) in enumerate(p.tokens))
 
 
 def check_gbnf(text: str, *, vocab: Any = None, root: str = "root") -> str:
@@ -584,9 +587,11 @@ def _check_tokens(text: str, tokens: tuple[_TokenRef, ...], vocab: Any) -> None:
     """llama.cpp's vocabulary checks of token references, plus the ones it aborts on."""
     n_vocab = vocab.n_vocab()
     model = getattr(vocab, "_model", None)
-    for pos, token, negated in tokens:
+    for pos, token, negated, kept in tokens:
         where = f"grammar: {_where(text, pos)}: token"
         if isinstance(token, int):
+            if not kept:
+                continue
             if token >= n_vocab:
                 raise GrammarError(f"{where} id {token} is outside this model's vocabulary (ids 0 to "
                                    f"{n_vocab - 1}); llama.cpp would abort on it")
@@ -597,7 +602,7 @@ def _check_tokens(text: str, tokens: tuple[_TokenRef, ...], vocab: Any) -> None:
                 raise GrammarError(f"{where} {token} is {len(ids)} tokens in this model's vocabulary, not "
                                    "one; use a string literal instead, or <[id]> with the token's id")
             token_id = ids[0]
-        if not negated and model is not None:
+        if kept and not negated and model is not None:
             import llama_cpp  # vocab is a llama_cpp.Llama: already imported
 
             if llama_cpp.llama_vocab_is_eog(model.vocab, token_id):
