@@ -334,114 +334,41 @@ class _Parser:
         return end + 1
 
 
-def _left_recursive(rules: list[list[int]]) -> int | None:
-    """The rule llama.cpp finds left-recursive, if any (``llama_grammar_detect_left_recursion``).
-
-    Iterative, and a rule already fully visited is not walked again: a left
-    cycle through it would have been found the first time.
-    """
-    n = len(rules)
-    visited, in_progress, may_be_empty = [False] * n, [False] * n, [False] * n
-
-    def enter(idx: int) -> None:
-        in_progress[idx] = True
-        at_start = True
-        for e in rules[idx]:
-            if e in (_END, _ALT):
-                if at_start:
-                    may_be_empty[idx] = True
-                    break
-                at_start = True
-            else:
-                at_start = False
-
-    for first in range(n):
-        if visited[first]:
-            continue
-        enter(first)
-        stack = [[first, 0, True]]
-        while stack:
-            frame = stack[-1]
-            idx, i, recurse = frame
-            rule = rules[idx]
-            descended = False
-            while i < len(rule):
-                e = rule[i]
-                if e >= 0:
-                    if recurse:
-                        if in_progress[e]:
-                            return e
-                        if not visited[e]:
-                            frame[1], frame[2] = i, recurse
-                            enter(e)
-                            stack.append([e, 0, True])
-                            descended = True
-                            break
-                        recurse = may_be_empty[e]
-                elif e in (_END, _ALT):
-                    recurse = True
-                else:
-                    recurse = False
-                i += 1
-            if not descended:
-                in_progress[idx], visited[idx] = False, True
-                stack.pop()
-    return None
-
-
-def _alternatives(rule: list[int]) -> list[list[int]]:
-    alts: list[list[int]] = [[]]
-    for e in rule[:-1]:
-        if e == _ALT:
-            alts.append([])
-        else:
-            alts[-1].append(e)
-    return alts
-
-
-def _hidden_left_recursion(rules: list[list[int]]) -> int | None:
-    """A rule in a left cycle that llama.cpp misses and then loops on until it aborts, if any.
-
-    llama.cpp only counts a rule as possibly empty when one alternative is
-    literally empty, so it misses ``e ::= ws e ")"`` with ``ws ::= [ ]*``.
-    Expanding such a cycle pushes the continuation (``")"``) on its stack every
-    round, so it grows until ``std::bad_alloc`` aborts the process.  Cycles
-    where every step is in tail position are harmless (llama.cpp deduplicates
-    the stacks) and are allowed, as llama.cpp allows them.
-    """
-    n = len(rules)
-    alts = [_alternatives(rule) for rule in rules]
-    # Which rules can match the empty string (worklist fixpoint).
-    nullable = [False] * n
-    remaining: list[int] = []
+def _nullable(alts: list[list[list[int]]]) -> list[bool]:
+    """Which rules can match the empty string (a worklist fixpoint)."""
+    nullable = [False] * len(alts)
+    remaining: list[int] = []  # per candidate alternative: references not yet known nullable
     owner: list[int] = []
-    users: list[list[int]] = [[] for _ in range(n)]
+    users: list[list[int]] = [[] for _ in alts]
     queue: list[int] = []
-    for a in range(n):
-        for alt in alts[a]:
+    for a, rule_alts in enumerate(alts):
+        for alt in rule_alts:
             if any(e < 0 for e in alt):
                 continue  # a terminal: never empty
-            k = len(remaining)
+            users_k = len(remaining)
             remaining.append(len(alt))
             owner.append(a)
             for e in alt:
-                users[e].append(k)
+                users[e].append(users_k)
             if not alt:
                 queue.append(a)
     while queue:
         a = queue.pop()
-        if nullable[a]:
-            continue
-        nullable[a] = True
-        for k in users[a]:
-            remaining[k] -= 1
-            if remaining[k] == 0:
-                queue.append(owner[k])
-    # Edges a -> b when a can start with b; "grows" when something follows b.
-    edges: list[list[int]] = [[] for _ in range(n)]
+        if not nullable[a]:
+            nullable[a] = True
+            for k in users[a]:
+                remaining[k] -= 1
+                if remaining[k] == 0:
+                    queue.append(owner[k])
+    return nullable
+
+
+def _left_edges(alts: list[list[list[int]]], nullable: list[bool]) -> tuple[list[list[int]], list[tuple[int, int]]]:
+    """Edges a -> b where rule a can start with rule b, and those where more of a follows b."""
+    edges: list[list[int]] = [[] for _ in alts]
     growing: list[tuple[int, int]] = []
-    for a in range(n):
-        for alt in alts[a]:
+    for a, rule_alts in enumerate(alts):
+        for alt in rule_alts:
             for i, e in enumerate(alt):
                 if e < 0:
                     break
@@ -450,12 +377,43 @@ def _hidden_left_recursion(rules: list[list[int]]) -> int | None:
                     growing.append((a, e))
                 if not nullable[e]:
                     break
-    if not growing:
-        return None
+    return edges, growing
+
+
+def _left_recursion(rules: list[list[int]], root: int) -> tuple[int, bool] | None:
+    """(a left-recursive rule, whether llama.cpp's own check misses it), or None.
+
+    llama.cpp (``llama_grammar_detect_left_recursion``) only counts a rule as
+    possibly empty when one of its alternatives is literally empty, so it misses
+    ``e ::= ws e ")"`` with ``ws ::= " "*``.  Expanding such a cycle pushes the
+    continuation (``")"``) on the sampler's stack every round, until
+    ``std::bad_alloc`` aborts the process.  A missed cycle where every step is in
+    tail position, or that ``root`` never reaches, is harmless and allowed.
+    """
+    alts: list[list[list[int]]] = []
+    for rule in rules:
+        alts.append([[]])
+        for e in rule[:-1]:
+            if e == _ALT:
+                alts[-1].append([])
+            else:
+                alts[-1][-1].append(e)
+    edges, _ = _left_edges(alts, [any(not alt for alt in a) for a in alts])
+    comp = _components(edges)
+    for a, targets in enumerate(edges):
+        if any(comp[a] == comp[b] for b in targets):
+            return a, False
+    reachable, todo = {root}, [root]
+    while todo:
+        for e in rules[todo.pop()]:
+            if e >= 0 and e not in reachable:
+                reachable.add(e)
+                todo.append(e)
+    edges, growing = _left_edges(alts, _nullable(alts))
     comp = _components(edges)
     for a, b in growing:
-        if comp[a] == comp[b]:
-            return a
+        if comp[a] == comp[b] and a in reachable:
+            return a, True
     return None
 
 
@@ -534,12 +492,9 @@ def _analyse(text: str, root: str) -> tuple[str | None, tuple[_TokenRef, ...]]:
             f"the grammar has no {root!r} rule; llama.cpp starts from it, so add '{root} ::= ...' "
             "(or rename the top rule)"
         ), ()
-    hidden = False
-    bad = _left_recursive(p.rules)
-    if bad is None:
-        bad = _hidden_left_recursion(p.rules)
-        hidden = True
-    if bad is not None:
+    found = _left_recursion(p.rules, root_id)
+    if found is not None:
+        bad, hidden = found
         rule_name = p.owner.get(bad, names[bad])
         at = p.defined_at.get(p.symbol_ids.get(rule_name, bad), 0)
         why = (
