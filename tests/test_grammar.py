@@ -106,6 +106,7 @@ VALID: dict[str, str] = {
     "empty root": "root ::=",
     "right recursion": 'root ::= "(" root ")" | ""',
     "tail left recursion through an empty rule": 'root ::= ws root | "a"\nws ::= " "*',
+    "hidden left recursion root never reaches": 'root ::= "a"\nb ::= ws b "c"\nws ::= " "*',
     "unicode literal": 'root ::= "héllo wörld ✓"',
     "dropped unused reference": "root ::= undefined{0}",
 }
@@ -273,6 +274,8 @@ def test_valid_grammars_constrain_a_real_generation(tiny_model_path: Path, tmp_p
         CHESS: r"1(\..*)?",
         JSON_GBNF: r"\{.*",
         "root ::= <[104]> [a-z]": r"h[a-z]?",
+        VALID["tail left recursion through an empty rule"]: r" *a?",
+        VALID["hidden left recursion root never reaches"]: r"a",
         check_json_schema({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}): r"\{.*",
     }
     proc = _generate(list(cases), tiny_model_path, tmp_path, max_tokens=6)
