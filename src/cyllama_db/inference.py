@@ -229,6 +229,12 @@ class GenerationConfig:
         if self.grammar is not None:
             from ._grammar import grammar_text
 
+            if not isinstance(self.grammar, str) and not type(self.grammar).__module__.startswith("llama_cpp"):
+                raise TypeError(
+                    "GenerationConfig.grammar must be GBNF text (str) or a llama_cpp.LlamaGrammar, "
+                    f"got {type(self.grammar).__name__}"
+                )
+
             # llama.cpp takes an empty grammar as no constraint: so does the key.
             put("grammar", grammar_text(self.grammar) or None)
         if self.logit_bias is not None:
