@@ -73,6 +73,12 @@ __all__ = [
 ]
 
 logger = logging.getLogger("cyllama_db.inference")
+# Errors this module raises to its caller are logged here: the logs store
+# keeps them (log_to_db), but with no logging configured nothing prints them
+# (the NullHandler keeps Python's last-resort handler off): the caller got
+# the exception and decides what to show.
+raised_logger = logging.getLogger("cyllama_db.inference.raised")
+raised_logger.addHandler(logging.NullHandler())
 
 Kind = Literal["completion", "chat"]
 Messages = Sequence[Mapping[str, Any]]
@@ -1884,7 +1890,7 @@ class LLM(Closing):
             error = GenerationError(f"generation with model {self.model_path!r} failed: {type(exc).__name__}: {exc}")
         # model_path and prompt fill the logs table's own columns (CyllamaDBHandler).
         prompt = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, sort_keys=True)
-        logger.error(
+        raised_logger.error(
             "generation failed for %s: %s",
             self.model_path,
             error,
@@ -1944,7 +1950,7 @@ class LLM(Closing):
             self._free_locked()
         if sig is None:
             error: ModelLoadError = ModelNotFoundError(self.model_path)
-            logger.error("cannot load model: %s", error)
+            raised_logger.error("cannot load model: %s", error)
             self._registry_load_failed()
             raise error
         llama_cpp = _import_llama_cpp()
@@ -1953,7 +1959,8 @@ class LLM(Closing):
             llama = llama_cpp.Llama(model_path=self.model_path, verbose=self.verbose, **self.load_options)
         except Exception as exc:
             error = self._load_error(exc)
-            logger.error("cannot load model: %s", error, exc_info=exc)
+            # The traceback is llama_cpp's; the error raised says what is wrong and what to do.
+            raised_logger.error("cannot load model: %s", error)
             self._registry_load_failed()
             raise error from exc
         logger.info("loaded model %s in %.0f ms", self.model_path, (time.perf_counter() - t0) * 1000)
