@@ -427,3 +427,62 @@ def test_tool_round_trip_messages_are_accepted(tiny_model_path: Path, db: Cyllam
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
     ]
     assert llm.chat(messages).text is not None
+
+
+def test_bad_grammars_and_schemas_are_errors_never_crashes(tiny_model_path: Path, tmp_path: Path) -> None:
+    # In a child process: before the validator, the first of these killed the
+    # process with SIGSEGV, which would take the test run down with it.
+    script = textwrap.dedent(
+        f"""
+        from llama_cpp import Llama, LlamaGrammar
+        import cyllama_db
+        from cyllama_db import LLM, CyllamaDB, GrammarError, JSONSchemaError, chat, complete, wrap
+        path = {str(tiny_model_path)!r}
+        db = CyllamaDB({str(tmp_path / "g.db")!r})
+        llm = LLM(path, db=db, max_tokens=4)
+        w = wrap(Llama(path, verbose=False), db=db)
+        msgs = [{{"role": "user", "content": "hi"}}]
+        bad = ['root ::= (', 'root ::= "ok" <|eos|>', 'root ::= [a-z]{{3,1}}', 'start ::= "x"']
+        calls = {{
+            "LLM": lambda g: llm("x", grammar=g),
+            "LLM.chat": lambda g: llm.chat(msgs, grammar=g),
+            "complete": lambda g: complete("x", path, db=db, grammar=g, max_tokens=4),
+            "chat": lambda g: chat(msgs, path, db=db, grammar=g, max_tokens=4),
+            "wrap": lambda g: w.create_completion("x", grammar=g, max_tokens=4),
+            "wrap.chat": lambda g: w.create_chat_completion(msgs, grammar=g, max_tokens=4),
+            "wrap.LlamaGrammar": lambda g: w("x", grammar=LlamaGrammar.from_string(g), max_tokens=4),
+        }}
+        for name, call in calls.items():
+            for grammar in bad:
+                try:
+                    call(grammar)
+                except GrammarError as exc:
+                    assert isinstance(exc, ValueError) and "grammar" in str(exc)
+                    print("refused", name)
+                else:
+                    raise SystemExit(f"{{name}} accepted {{grammar!r}}")
+        schemas = [{{"type": "nonsense"}}, {{"$ref": "#/$defs/missing"}}]
+        for schema in schemas:
+            for call in (
+                lambda s: llm("x", response_format={{"type": "json_object", "schema": s}}),
+                lambda s: llm.chat(msgs, response_format={{"type": "json_object", "schema": s}}),
+                lambda s: w.create_chat_completion(msgs, response_format={{"type": "json_object", "schema": s}}),
+                lambda s: llm.chat(msgs, tools=[{{"type": "function", "function": {{"name": "f", "parameters": s}}}}]),
+            ):
+                try:
+                    call(schema)
+                except JSONSchemaError:
+                    print("refused schema")
+                else:
+                    raise SystemExit(f"accepted schema {{schema!r}}")
+        good = llm("x", grammar='root ::= "yes" | "no"')
+        assert good.text in ("yes", "no"), good.text
+        print("valid grammar ok", db.get_stats_summary()["total_generations"])
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    lines = proc.stdout.splitlines()
+    assert lines.count("refused schema") == 8
+    assert sum(line.startswith("refused ") and line != "refused schema" for line in lines) == 7 * 4
+    assert lines[-1] == "valid grammar ok 1"

@@ -21,7 +21,9 @@ __all__ = [
     "DiskFullError",
     "ForeignDatabaseError",
     "GenerationError",
+    "GrammarError",
     "ImportTimeoutError",
+    "JSONSchemaError",
     "MigrationError",
     "MissingDependencyError",
     "ModelBusyError",
@@ -245,3 +247,15 @@ class ForeignDatabaseError(CyllamaDBError):
             f"database {path!r} belongs to another application ({reason}); cyllama-db left it "
             "untouched. Use a file of its own: CYLLAMA_DB_PATH or CyllamaDB(path=...)."
         )
+
+
+class GrammarError(CyllamaDBError, ValueError):
+    """A GBNF grammar that llama.cpp would refuse (or crash on); the message names the line and column.
+
+    Raised before the grammar reaches llama.cpp, whose grammar sampler would
+    otherwise fail at sampling time and bring the whole process down.
+    """
+
+
+class JSONSchemaError(GrammarError):
+    """A JSON schema that cannot be turned into a grammar (not a schema, an unknown type, a ``$ref`` that does not resolve)."""
