@@ -95,6 +95,11 @@ WRONG: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], type[Exception], st
         (("in.db",), {"timeout": "1m"}, TypeError, "timeout"),
         (("in.db",), {"timeout": -1}, ValueError, "timeout"),
     ],
+    "model_usage": [
+        ((5,), {}, TypeError, "model_paths"),
+        (("m.gguf",), {}, TypeError, "model_paths"),
+        (([5],), {}, TypeError, "model_path"),
+    ],
     "list_cache_entries": [
         (("10",), {}, TypeError, "limit"),
         ((0,), {}, ValueError, "limit"),
@@ -179,7 +184,8 @@ ANY_VALUE = {("get_config", "default"), ("start_metrics_sampler", "nvml")}
 NO_ARGUMENTS = {
     "cleanup_cache", "close", "delete_all_models", "get_all_config", "get_all_metadata",
     "get_cache_stats", "get_database_size", "get_db_stats", "mark_server_start",
-    "migration_status", "schema_version", "vacuum",
+    "migration_status", "schema_version", "vacuum", "recorded_models", "cached_models",
+    "registered_model_files",
 }
 
 

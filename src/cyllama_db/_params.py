@@ -877,7 +877,11 @@ PARAMS_BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
 if len(PARAMS_BY_NAME) != len(PARAMS):  # pragma: no cover - guards future edits
     raise RuntimeError("duplicate parameter names in PARAMS")
 
-_NOT_PARAMS: Final = frozenset(IDENTITY_COLUMNS) | frozenset(FILE_COLUMNS)
+#: Keys of a registry record derived from other stores, skipped like
+#: :data:`IDENTITY_COLUMNS` when a record is passed back in.
+DERIVED_COLUMNS: Final = ("use_count",)
+
+_NOT_PARAMS: Final = frozenset(IDENTITY_COLUMNS) | frozenset(FILE_COLUMNS) | frozenset(DERIVED_COLUMNS)
 if _NOT_PARAMS & PARAMS_BY_NAME.keys():  # pragma: no cover - guards future edits
     raise RuntimeError(f"registry columns named like parameters: {_NOT_PARAMS & PARAMS_BY_NAME.keys()}")
 

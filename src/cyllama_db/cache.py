@@ -247,6 +247,19 @@ def _add_cache_namespace(conn: sqlite3.Connection) -> None:
     )
 
 
+def _selection_sql(selection: Any) -> tuple[str, list[Any]]:
+    """SQL matching the cache rows of a model selection (its paths or identities)."""
+    paths, ids = sorted(selection.paths), sorted(selection.identities)
+    parts, args = [], []
+    if paths:
+        parts.append(f"model_path IN ({', '.join('?' * len(paths))})")
+        args += paths
+    if ids:
+        parts.append(f"model_identity IN ({', '.join('?' * len(ids))})")
+        args += ids
+    return "(" + (" OR ".join(parts) or "0") + ")", args
+
+
 def check_namespace(namespace: Any) -> str:
     """``namespace`` as stored: ``''`` for None (the default namespace); TypeError/ValueError otherwise."""
     if namespace is None:
@@ -677,6 +690,10 @@ class CacheMixin(StoreBase):
             if not os.path.exists(path) and os.path.basename(path) == path:
                 options.append("model_name = ?")
                 params.append(path)
+            # ...and whatever else the name means (a registry name, a GGUF general.name).
+            extra_clause, extra_args = _selection_sql(self._select_model(path))
+            options.append(extra_clause)
+            params += extra_args
             clauses.append("(" + " OR ".join(options) + ")")
         if older_than is not None:
             clauses.append("created_at < ?")
@@ -713,9 +730,10 @@ class CacheMixin(StoreBase):
         clauses: list[str] = []
         params: list[Any] = []
         if model_path is not None:
-            path = check_path(model_path, "model_path")
-            clauses.append("(model_path = ? OR model_name = ? OR model_identity = ?)")
-            params += [os.path.abspath(os.path.expanduser(path)), os.path.basename(path), model_identity(path)]
+            selection = self._select_model(model_path)
+            clause, args = _selection_sql(selection)
+            clauses.append(clause)
+            params += args
         if namespace is not None:
             clauses.append("namespace = ?")
             params.append("" if namespace == "" else check_namespace(namespace))
@@ -737,6 +755,23 @@ class CacheMixin(StoreBase):
                 entry[name] = from_timestamp(entry[name])
             entries.append(entry)
         return entries
+
+    @db_op(empty=list)
+    def cached_models(self) -> list[tuple[str, str, str]]:
+        """Every model with cache entries: ``(model_path, model_name, model_identity)``."""
+        with self.pool.read() as conn:
+            return [
+                (str(p), str(n), str(i))
+                for p, n, i in conn.execute(
+                    "SELECT DISTINCT model_path, model_name, model_identity FROM cache WHERE kind != 'function'"
+                )
+            ]
+
+    def _select_model(self, model: Any) -> Any:
+        from ._modelref import select_model
+
+        check_path(model, "model_path")
+        return select_model(self, model)
 
     def _cache_flush_hits_quietly(self) -> None:
         # A listing must not fail (or wait) because hit counts cannot be written now.

@@ -10,6 +10,7 @@ catches the built-in keeps working.
 from __future__ import annotations
 
 __all__ = [
+    "AmbiguousModelError",
     "ConfigurationError",
     "ContextOverflowError",
     "CyllamaDBError",
@@ -137,6 +138,19 @@ class ModelBusyError(CyllamaDBError, RuntimeError):
     iterating it, or call its ``close()``), and after ``wait_timeout``
     seconds when another thread holds it; the message names the holder.
     """
+
+
+class AmbiguousModelError(CyllamaDBError, ValueError):
+    """A model name (registry, GGUF ``general.name`` or file name) belongs to several model files."""
+
+    def __init__(self, name: str, candidates: list[str]) -> None:
+        self.name = name
+        self.candidates = candidates
+        listed = "; ".join(candidates)
+        super().__init__(
+            f"model {name!r} is ambiguous: it names {len(candidates)} different model files ({listed}); "
+            "give the full path of the one you mean"
+        )
 
 
 class CacheMissError(CyllamaDBError, LookupError):

@@ -266,6 +266,7 @@ def _check_ref(model: object) -> int | str:
 
 _MANAGED_HINT = {
     "id": "the registry assigns ids",
+    "use_count": "it is counted from the statistics (one per recorded generation of the model's file)",
     "created_at": "it is set by the registry",
     "updated_at": "it is set by the registry",
     "last_used_at": "it is set by mark_model_loaded() / LLM.from_registry()",
@@ -419,7 +420,7 @@ class RegistryMixin(StoreBase):
             cursor = conn.execute(f"SELECT * FROM models {where} ORDER BY id", tuple(args))
             columns = [d[0] for d in cursor.description]
             rows = cursor.fetchall()
-        return [_record_from_row(columns, row) for row in rows]
+        return self._with_usage([_record_from_row(columns, row) for row in rows])
 
     def get_models(self, **filters: Any) -> list[ModelRecord]:
         """Every registered model matching all ``filters``, oldest first.
@@ -443,6 +444,42 @@ class RegistryMixin(StoreBase):
                 args.append(sql_value)
         where = "WHERE " + " AND ".join(clauses) if clauses else ""
         return self._select_op(where, args)
+
+    @db_op(empty=list)
+    def registered_model_files(self) -> list[tuple[str, str | None, str | None]]:
+        """``(name, model_path, filename)`` of every registered model (a cheap listing)."""
+        with self.pool.read() as conn:
+            return [(str(n), p, f) for n, p, f in conn.execute("SELECT name, model_path, filename FROM models")]
+
+    def _with_usage(self, records: list[ModelRecord]) -> list[ModelRecord]:
+        """Add ``use_count`` and bring ``last_used_at`` up to date from the statistics.
+
+        Every generation of the model's file counts, however it was loaded
+        (``complete(path)``, an ``LLM`` that keeps generating, ``wrap()``):
+        the statistics hold one row per generation, and every recorded path
+        with the same file fingerprint is the same model.
+        """
+        usage = getattr(self, "model_usage", None)
+        if not records or not callable(usage):
+            return records
+        from ._modelref import select_model
+
+        for record in records:
+            path = record.get("model_path")
+            if not path:
+                record["use_count"] = 0
+                continue
+            try:
+                paths = select_model(self, str(path)).paths
+                count, last = usage(paths)
+            except Exception as exc:  # bookkeeping: a listing must not fail over it
+                logger.debug("no usage figures for model %s: %s", record.get("name"), exc)
+                continue
+            record["use_count"] = count
+            stored = record.get("last_used_at")
+            if last is not None and (stored is None or from_timestamp(last) > stored):
+                record["last_used_at"] = from_timestamp(last)
+        return records
 
     @db_op(empty=list)
     def _select_op(self, where: str = "", args: Iterable[Any] = ()) -> list[ModelRecord]:

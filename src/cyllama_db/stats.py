@@ -31,7 +31,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import date, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
@@ -1157,6 +1157,49 @@ class StatsMixin(StoreBase):
         high = math.inf if until is None else _time_arg(until, "until", now)
         return low, high
 
+    @db_op(empty=list)
+    def recorded_models(self) -> list[tuple[str, str | None]]:
+        """Every model with recorded generations: ``(model_path, model_name)`` pairs."""
+        self._stats_flush_hits_quietly()
+        with self.pool.read() as conn:
+            return [
+                (str(path), name)
+                for path, name in conn.execute(
+                    "SELECT model_path, MAX(model_name) FROM stats_rollup GROUP BY model_path"
+                )
+            ]
+
+    @db_op(empty=lambda: (0, None))
+    def model_usage(self, model_paths: Iterable[str]) -> tuple[int, float | None]:
+        """``(generations, last one's Unix time)`` recorded for these model paths (hits included)."""
+        if isinstance(model_paths, (str, bytes, os.PathLike)) or not hasattr(model_paths, "__iter__"):
+            raise TypeError(f"model_paths must be an iterable of paths, got {type(model_paths).__name__}")
+        paths = sorted({_check_model_path(p) for p in model_paths})
+        if not paths:
+            return 0, None
+        self._stats_flush_hits_quietly()
+        marks = ", ".join("?" * len(paths))
+        with self.pool.read() as conn:
+            count = conn.execute(
+                f"SELECT COALESCE(SUM(generations), 0) FROM stats_rollup WHERE model_path IN ({marks})", paths
+            ).fetchone()[0]
+            last = conn.execute(f"SELECT MAX(created_at) FROM stats WHERE model_path IN ({marks})", paths).fetchone()[0]
+        return int(count), None if last is None else float(last)
+
+    def _stats_flush_hits_quietly(self) -> None:
+        try:
+            self._stats_flush_hits()
+        except Exception as exc:  # a read must not fail over buffered bookkeeping
+            logger.debug("buffered hit rows not written before a read: %s", exc)
+
+    def _model_paths(self, model: Any) -> list[str]:
+        """The recorded paths a model filter selects: its registry name, GGUF
+        ``general.name``, file name or path, resolved to the file's identity."""
+        from ._modelref import select_model
+
+        _check_model_path(model)  # the type and emptiness checks
+        return sorted(select_model(self, model).paths)
+
     @db_op(empty=_empty_summary)
     def get_stats_summary(
         self,
@@ -1169,8 +1212,10 @@ class StatsMixin(StoreBase):
         """Aggregated statistics of the generations in ``[since, until)``.
 
         Args:
-            model_path: only this model (made absolute, ``~`` expanded, to
-                match the recorded paths).
+            model_path: only this model: a path, its file name, its GGUF
+                ``general.name`` or its registry name; every recorded path of
+                the same file (its fingerprint) counts. An ambiguous name
+                raises :class:`~cyllama_db.AmbiguousModelError`.
             since: first moment included (datetime, Unix seconds, or a
                 timedelta meaning "that long ago"); default: the beginning.
             until: first moment excluded; default: no end.
@@ -1188,7 +1233,7 @@ class StatsMixin(StoreBase):
         cache_hit_rate, avg_tokens_per_second}]``, oldest first, days
         without generations left out).
         """
-        path = None if model_path is None else _check_model_path(model_path)
+        paths = None if model_path is None else self._model_paths(model_path)
         if tz is not None and not isinstance(tz, tzinfo):
             raise TypeError(f"tz must be a datetime.tzinfo or None, got {type(tz).__name__}")
         low, high = self._window(since, until)
@@ -1202,8 +1247,8 @@ class StatsMixin(StoreBase):
         # then folds the parts per model and per bucket.
         first_full = math.ceil(low / BUCKET_SECONDS)
         end_full = math.inf if high == math.inf else math.floor(high / BUCKET_SECONDS)
-        model_sql = "" if path is None else " AND model_path = ?"
-        model_arg: list[Any] = [] if path is None else [path]
+        model_sql = "" if paths is None else f" AND model_path IN ({', '.join('?' * len(paths))})"
+        model_arg: list[Any] = [] if paths is None else list(paths)
         raw_sql = (
             f"SELECT CAST(created_at / {BUCKET_SECONDS} AS INTEGER), model_path, COUNT(*),"
             " SUM(cache_hit), SUM(COALESCE(total_tokens, 0)),"
@@ -1351,8 +1396,9 @@ class StatsMixin(StoreBase):
         offset = _check_limit(offset, "offset")
         clauses, args = [], []
         if model_path is not None:
-            clauses.append("model_path = ?")
-            args.append(_check_model_path(model_path))
+            paths = self._model_paths(model_path)
+            clauses.append(f"model_path IN ({', '.join('?' * len(paths))})")
+            args.extend(paths)
         if session_id is not None:
             if not isinstance(session_id, str):
                 raise TypeError(f"session_id must be a str, got {type(session_id).__name__}")
@@ -1398,8 +1444,9 @@ class StatsMixin(StoreBase):
         clause = "created_at < ?"
         args: list[Any] = [cutoff]
         if model_path is not None:
-            clause += " AND model_path = ?"
-            args.append(_check_model_path(model_path))
+            paths = self._model_paths(model_path)
+            clause += f" AND model_path IN ({', '.join('?' * len(paths))})"
+            args.extend(paths)
         self._stats_flush_hits()
         with self.pool.transaction() as conn:
             cursor = conn.execute(f"DELETE FROM stats WHERE {clause}", args)
