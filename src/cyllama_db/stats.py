@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUCKET_SECONDS",
+    "LATENCY_BUCKETS",
     "HIT_FLUSH_ROWS",
     "HIT_FLUSH_SECONDS",
     "STATS_COLUMNS",
@@ -57,6 +58,17 @@ logger = logging.getLogger("cyllama_db.stats")
 
 #: Width of a rollup bucket. Every UTC offset in use is a multiple of 15 minutes.
 BUCKET_SECONDS = 900
+
+#: Upper bounds (seconds) of the latency histogram kept per rollup bucket (real
+#: generations) and in the running totals (every generation, for Prometheus's
+#: ``cyllama_generation_duration_seconds``). Cumulative, as Prometheus's ``le``.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75,
+    1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0, 128.0, 300.0,
+)
+_HIST_COLUMNS = tuple(f"h{i:02d}" for i in range(len(LATENCY_BUCKETS)))
+# A real generation whose speed counts: generated tokens over generation time.
+_GEN_OK = "cache_hit = 0 AND generated_tokens IS NOT NULL AND generation_time_ms > 0"
 
 #: The columns of a history row, in table order.
 STATS_COLUMNS = (
@@ -210,6 +222,221 @@ def _create_stats_tables(conn: sqlite3.Connection) -> None:
 @db_stats_provider
 def _stats_counts(conn: sqlite3.Connection) -> dict[str, Any]:
     return {"stats_entries": conn.execute("SELECT COUNT(*) FROM stats").fetchone()[0]}
+
+
+# -- migration 8: observability --------------------------------------------------------------
+#
+# stats_rollup gains what a token-weighted speed and latency percentiles over
+# time need (generated tokens and generation time of real generations, the
+# sum of their latencies and a cumulative latency histogram), and
+# stats_totals keeps running totals per (model, hit) that are never
+# decremented: Prometheus counters must not go down when old rows are
+# pruned. The triggers are rebuilt with the new columns and the new columns
+# are filled from the rows already there.
+
+
+def _hist_terms(value: str) -> list[str]:
+    """One cumulative-bucket term per bound: 1 if ``value`` (ms, may be NULL) is within it."""
+    return [f"COALESCE({value} <= {le * 1000!r}, 0)" for le in LATENCY_BUCKETS]
+
+
+def _miss(expr: str, *, timed: str = "NEW.total_time_ms") -> str:
+    return f"CASE WHEN NEW.cache_hit = 0 AND {timed} IS NOT NULL THEN {expr} ELSE 0 END"
+
+
+def _rollup_triggers() -> str:
+    hist = ", ".join(_HIST_COLUMNS)
+    miss_hist = ", ".join(
+        f"CASE WHEN NEW.cache_hit = 0 THEN {term} ELSE 0 END" for term in _hist_terms("NEW.total_time_ms")
+    )
+    hist_update = ",\n                ".join(f"{c} = {c} + excluded.{c}" for c in _HIST_COLUMNS)
+    old_hist = ",\n                ".join(
+        f"{c} = {c} - CASE WHEN OLD.cache_hit = 0 THEN {term} ELSE 0 END"
+        for c, term in zip(_HIST_COLUMNS, _hist_terms("OLD.total_time_ms"), strict=True)
+    )
+    gen_ok = "NEW.cache_hit = 0 AND NEW.generated_tokens IS NOT NULL AND NEW.generation_time_ms > 0"
+    old_gen_ok = gen_ok.replace("NEW.", "OLD.")
+    return f"""
+        CREATE TRIGGER stats_rollup_insert AFTER INSERT ON stats
+        BEGIN
+            INSERT INTO stats_rollup
+                (bucket, model_path, model_name, generations, cache_hits, tokens, tps_sum,
+                 tps_count, latency_count, gen_tokens, gen_time_ms, latency_sum_ms, {hist})
+            VALUES (
+                CAST(NEW.created_at / {BUCKET_SECONDS} AS INTEGER),
+                NEW.model_path,
+                NEW.model_name,
+                1,
+                NEW.cache_hit,
+                COALESCE(NEW.total_tokens, 0),
+                CASE WHEN NEW.cache_hit = 0 THEN COALESCE(NEW.tokens_per_second, 0) ELSE 0 END,
+                CASE WHEN NEW.cache_hit = 0 AND NEW.tokens_per_second IS NOT NULL
+                     THEN 1 ELSE 0 END,
+                CASE WHEN NEW.cache_hit = 0 AND NEW.total_time_ms IS NOT NULL
+                     THEN 1 ELSE 0 END,
+                CASE WHEN {gen_ok} THEN NEW.generated_tokens ELSE 0 END,
+                CASE WHEN {gen_ok} THEN NEW.generation_time_ms ELSE 0 END,
+                {_miss("NEW.total_time_ms")},
+                {miss_hist}
+            )
+            ON CONFLICT (model_path, bucket) DO UPDATE SET
+                model_name = COALESCE(excluded.model_name, model_name),
+                generations = generations + excluded.generations,
+                cache_hits = cache_hits + excluded.cache_hits,
+                tokens = tokens + excluded.tokens,
+                tps_sum = tps_sum + excluded.tps_sum,
+                tps_count = tps_count + excluded.tps_count,
+                latency_count = latency_count + excluded.latency_count,
+                gen_tokens = gen_tokens + excluded.gen_tokens,
+                gen_time_ms = gen_time_ms + excluded.gen_time_ms,
+                latency_sum_ms = latency_sum_ms + excluded.latency_sum_ms,
+                {hist_update};
+        END;
+
+        CREATE TRIGGER stats_rollup_delete AFTER DELETE ON stats
+        BEGIN
+            UPDATE stats_rollup SET
+                generations = generations - 1,
+                cache_hits = cache_hits - OLD.cache_hit,
+                tokens = tokens - COALESCE(OLD.total_tokens, 0),
+                tps_sum = tps_sum - CASE WHEN OLD.cache_hit = 0
+                                         THEN COALESCE(OLD.tokens_per_second, 0) ELSE 0 END,
+                tps_count = tps_count - CASE WHEN OLD.cache_hit = 0
+                                             AND OLD.tokens_per_second IS NOT NULL
+                                             THEN 1 ELSE 0 END,
+                latency_count = latency_count - CASE WHEN OLD.cache_hit = 0
+                                                     AND OLD.total_time_ms IS NOT NULL
+                                                     THEN 1 ELSE 0 END,
+                gen_tokens = gen_tokens - CASE WHEN {old_gen_ok} THEN OLD.generated_tokens ELSE 0 END,
+                gen_time_ms = gen_time_ms - CASE WHEN {old_gen_ok} THEN OLD.generation_time_ms ELSE 0 END,
+                latency_sum_ms = latency_sum_ms - CASE WHEN OLD.cache_hit = 0
+                                                       THEN COALESCE(OLD.total_time_ms, 0) ELSE 0 END,
+                {old_hist}
+            WHERE bucket = CAST(OLD.created_at / {BUCKET_SECONDS} AS INTEGER)
+              AND model_path = OLD.model_path;
+            DELETE FROM stats_rollup
+            WHERE bucket = CAST(OLD.created_at / {BUCKET_SECONDS} AS INTEGER)
+              AND model_path = OLD.model_path AND generations <= 0;
+        END;
+    """
+
+
+def _totals_trigger() -> str:
+    hist = ", ".join(_HIST_COLUMNS)
+    hist_values = ", ".join(_hist_terms("NEW.total_time_ms"))
+    hist_update = ",\n                ".join(f"{c} = {c} + excluded.{c}" for c in _HIST_COLUMNS)
+    gen_ok = "NEW.cache_hit = 0 AND NEW.generated_tokens IS NOT NULL AND NEW.generation_time_ms > 0"
+    return f"""
+        CREATE TRIGGER stats_totals_insert AFTER INSERT ON stats
+        BEGIN
+            INSERT INTO stats_totals
+                (model_path, cache_hit, model_name, generations, prompt_tokens, generated_tokens,
+                 gen_tokens, gen_time_ms, duration_count, duration_sum_ms, {hist})
+            VALUES (
+                NEW.model_path, NEW.cache_hit, NEW.model_name, 1,
+                COALESCE(NEW.prompt_tokens, 0), COALESCE(NEW.generated_tokens, 0),
+                CASE WHEN {gen_ok} THEN NEW.generated_tokens ELSE 0 END,
+                CASE WHEN {gen_ok} THEN NEW.generation_time_ms ELSE 0 END,
+                NEW.total_time_ms IS NOT NULL, COALESCE(NEW.total_time_ms, 0),
+                {hist_values}
+            )
+            ON CONFLICT (model_path, cache_hit) DO UPDATE SET
+                model_name = COALESCE(excluded.model_name, model_name),
+                generations = generations + 1,
+                prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                generated_tokens = generated_tokens + excluded.generated_tokens,
+                gen_tokens = gen_tokens + excluded.gen_tokens,
+                gen_time_ms = gen_time_ms + excluded.gen_time_ms,
+                duration_count = duration_count + excluded.duration_count,
+                duration_sum_ms = duration_sum_ms + excluded.duration_sum_ms,
+                {hist_update};
+        END;
+    """
+
+
+def _aggregate_select(group: str, *, misses_only_hist: bool) -> str:
+    """SELECT list over ``stats`` rows rebuilding the rollup/totals columns (migration backfill)."""
+    gen_ok = "cache_hit = 0 AND generated_tokens IS NOT NULL AND generation_time_ms > 0"
+    if misses_only_hist:
+        hist = ", ".join(
+            f"SUM(CASE WHEN cache_hit = 0 THEN COALESCE(total_time_ms <= {le * 1000!r}, 0) ELSE 0 END)"
+            for le in LATENCY_BUCKETS
+        )
+    else:
+        hist = ", ".join(f"SUM(COALESCE(total_time_ms <= {le * 1000!r}, 0))" for le in LATENCY_BUCKETS)
+    return (
+        f"SELECT {group},"
+        f" SUM(CASE WHEN {gen_ok} THEN generated_tokens ELSE 0 END),"
+        f" SUM(CASE WHEN {gen_ok} THEN generation_time_ms ELSE 0 END),"
+        + (
+            " SUM(CASE WHEN cache_hit = 0 THEN COALESCE(total_time_ms, 0) ELSE 0 END),"
+            if misses_only_hist
+            else " SUM(total_time_ms IS NOT NULL), SUM(COALESCE(total_time_ms, 0)),"
+        )
+        + f" {hist} FROM stats"
+    )
+
+
+@migration(8, "observability: stats totals, rollup latency histogram, cache evictions, process metrics")
+def _add_observability(conn: sqlite3.Connection) -> None:
+    hist_defs = ", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in _HIST_COLUMNS)
+    hist = ", ".join(_HIST_COLUMNS)
+    statements = [
+        "ALTER TABLE stats_rollup ADD COLUMN gen_tokens INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE stats_rollup ADD COLUMN gen_time_ms REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE stats_rollup ADD COLUMN latency_sum_ms REAL NOT NULL DEFAULT 0",
+        *(f"ALTER TABLE stats_rollup ADD COLUMN {c} INTEGER NOT NULL DEFAULT 0" for c in _HIST_COLUMNS),
+        f"""CREATE TABLE IF NOT EXISTS stats_totals (
+            model_path TEXT NOT NULL,
+            cache_hit INTEGER NOT NULL,
+            model_name TEXT,
+            generations INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            generated_tokens INTEGER NOT NULL DEFAULT 0,
+            gen_tokens INTEGER NOT NULL DEFAULT 0,
+            gen_time_ms REAL NOT NULL DEFAULT 0,
+            duration_count INTEGER NOT NULL DEFAULT 0,
+            duration_sum_ms REAL NOT NULL DEFAULT 0,
+            {hist_defs},
+            PRIMARY KEY (model_path, cache_hit)
+        ) WITHOUT ROWID""",
+        "DROP TRIGGER IF EXISTS stats_rollup_insert",
+        "DROP TRIGGER IF EXISTS stats_rollup_delete",
+        # Backfill the rollup's new columns from the rows already recorded.
+        f"""CREATE TEMP TABLE _rollup_fill (
+            bucket INTEGER NOT NULL, model_path TEXT NOT NULL, gen_tokens, gen_time_ms,
+            latency_sum_ms, {hist}, PRIMARY KEY (model_path, bucket)) WITHOUT ROWID""",
+        "INSERT INTO _rollup_fill "
+        + _aggregate_select(
+            f"CAST(created_at / {BUCKET_SECONDS} AS INTEGER), model_path", misses_only_hist=True
+        )
+        + " GROUP BY 1, 2",
+        f"""UPDATE stats_rollup SET (gen_tokens, gen_time_ms, latency_sum_ms, {hist}) = (
+            SELECT gen_tokens, gen_time_ms, latency_sum_ms, {hist} FROM _rollup_fill f
+            WHERE f.model_path = stats_rollup.model_path AND f.bucket = stats_rollup.bucket)
+            WHERE EXISTS (SELECT 1 FROM _rollup_fill f
+                          WHERE f.model_path = stats_rollup.model_path AND f.bucket = stats_rollup.bucket)""",
+        "DROP TABLE _rollup_fill",
+        # The running totals start from what is recorded now.
+        f"""INSERT INTO stats_totals (model_path, cache_hit, model_name, generations, prompt_tokens,
+            generated_tokens, gen_tokens, gen_time_ms, duration_count, duration_sum_ms, {hist}) """
+        + _aggregate_select(
+            "model_path, cache_hit, MAX(model_name), COUNT(*), SUM(COALESCE(prompt_tokens, 0)),"
+            " SUM(COALESCE(generated_tokens, 0))",
+            misses_only_hist=False,
+        )
+        + " GROUP BY model_path, cache_hit",
+        # Evictions, counted where the cache evicts (a counter, never decremented).
+        "ALTER TABLE cache_totals ADD COLUMN evictions INTEGER NOT NULL DEFAULT 0",
+        # The sampled process's own memory and CPU, next to the host's.
+        "ALTER TABLE metrics_history ADD COLUMN process_rss_bytes INTEGER",
+        "ALTER TABLE metrics_history ADD COLUMN process_cpu_usage REAL",
+        "ALTER TABLE metrics_history ADD COLUMN process_pid INTEGER",
+    ]
+    for statement in statements:
+        conn.execute(statement)
+    execute_script(conn, _rollup_triggers())
+    execute_script(conn, _totals_trigger())
 
 
 # -- session ids -----------------------------------------------------------------------------
@@ -816,6 +1043,7 @@ def _empty_summary() -> dict[str, Any]:
         "cache_hits": 0,
         "cache_hit_rate": 0.0,
         "avg_tokens_per_second": 0.0,
+        "tokens_per_second": 0.0,
         "by_model": {},
         "by_day": [],
     }
@@ -824,7 +1052,9 @@ def _empty_summary() -> dict[str, Any]:
 class _Agg:
     """Running totals of one group (a model, a day, or everything)."""
 
-    __slots__ = ("generations", "hits", "latency_count", "tokens", "tps_count", "tps_sum")
+    __slots__ = (
+        "gen_time_ms", "gen_tokens", "generations", "hits", "latency_count", "tokens", "tps_count", "tps_sum",
+    )
 
     def __init__(self) -> None:
         self.generations = 0
@@ -833,6 +1063,8 @@ class _Agg:
         self.tps_sum = 0.0
         self.tps_count = 0
         self.latency_count = 0
+        self.gen_tokens = 0
+        self.gen_time_ms = 0.0
 
     def add(
         self,
@@ -842,6 +1074,8 @@ class _Agg:
         tps_sum: float,
         tps_count: int,
         latency_count: int = 0,
+        gen_tokens: int | None = 0,
+        gen_time_ms: float | None = 0.0,
     ) -> None:
         self.generations += generations
         self.hits += hits
@@ -849,6 +1083,8 @@ class _Agg:
         self.tps_sum += tps_sum
         self.tps_count += tps_count
         self.latency_count += latency_count
+        self.gen_tokens += gen_tokens or 0
+        self.gen_time_ms += gen_time_ms or 0.0
 
     def figures(self) -> dict[str, Any]:
         return {
@@ -857,6 +1093,9 @@ class _Agg:
             "cache_hits": self.hits,
             "cache_hit_rate": self.hits / self.generations if self.generations else 0.0,
             "avg_tokens_per_second": self.tps_sum / self.tps_count if self.tps_count else 0.0,
+            "tokens_per_second": (
+                self.gen_tokens / (self.gen_time_ms / 1000.0) if self.gen_time_ms > 0 else 0.0
+            ),
         }
 
 
@@ -1176,14 +1415,18 @@ class StatsMixin(StoreBase):
 
         Returns a dict: ``total_generations``, ``total_tokens`` (hits
         included), ``cache_hits``, ``cache_hit_rate``,
-        ``avg_tokens_per_second`` (mean over real generations, hits
-        excluded), ``by_model`` (``{model_path: {model_name, generations,
-        tokens, cache_hits, cache_hit_rate, avg_tokens_per_second,
-        p50_latency_ms, p95_latency_ms}}``; latencies are of
-        ``total_time_ms`` over real generations, ``None`` if there are
-        none) and ``by_day`` (``[{date, generations, tokens, cache_hits,
-        cache_hit_rate, avg_tokens_per_second}]``, oldest first, days
-        without generations left out).
+        ``tokens_per_second`` (weighted by tokens: generated tokens over
+        generation time, summed over real generations; what a dashboard
+        should show), ``avg_tokens_per_second`` (the mean of each real
+        generation's own speed, which a few very short generations can
+        inflate), ``by_model`` (``{model_path: {model_name, generations,
+        tokens, cache_hits, cache_hit_rate, tokens_per_second,
+        avg_tokens_per_second, p50_latency_ms, p95_latency_ms}}``;
+        latencies are of ``total_time_ms`` over real generations (model
+        loading is not part of it), ``None`` if there are none) and
+        ``by_day`` (``[{date, generations, tokens, cache_hits,
+        cache_hit_rate, tokens_per_second, avg_tokens_per_second}]``,
+        oldest first, days without generations left out).
         """
         path = None if model_path is None else _check_model_path(model_path)
         if tz is not None and not isinstance(tz, tzinfo):
@@ -1206,7 +1449,9 @@ class StatsMixin(StoreBase):
             " SUM(cache_hit), SUM(COALESCE(total_tokens, 0)),"
             " SUM(CASE WHEN cache_hit = 0 THEN COALESCE(tokens_per_second, 0) ELSE 0 END),"
             " SUM(CASE WHEN cache_hit = 0 AND tokens_per_second IS NOT NULL THEN 1 ELSE 0 END),"
-            " SUM(CASE WHEN cache_hit = 0 AND total_time_ms IS NOT NULL THEN 1 ELSE 0 END)"
+            " SUM(CASE WHEN cache_hit = 0 AND total_time_ms IS NOT NULL THEN 1 ELSE 0 END),"
+            f" SUM(CASE WHEN {_GEN_OK} THEN generated_tokens ELSE 0 END),"
+            f" SUM(CASE WHEN {_GEN_OK} THEN generation_time_ms ELSE 0 END)"
             f" FROM stats WHERE created_at >= ? AND created_at < ?{model_sql}"
             " GROUP BY 1, 2"
         )
@@ -1220,7 +1465,7 @@ class StatsMixin(StoreBase):
             args += [low, first_full * BUCKET_SECONDS, *model_arg]
             rollup_sql = (
                 "SELECT bucket, model_path, generations, cache_hits, tokens, tps_sum, tps_count,"
-                " latency_count"
+                " latency_count, gen_tokens, gen_time_ms"
                 " FROM stats_rollup WHERE bucket >= ?"
             )
             args.append(first_full)
@@ -1234,9 +1479,10 @@ class StatsMixin(StoreBase):
                 args += [max(low, end_full * BUCKET_SECONDS), high, *model_arg]
         cte = (
             "WITH parts(bucket, model_path, generations, cache_hits, tokens, tps_sum, tps_count,"
-            " latency_count)"
+            " latency_count, gen_tokens, gen_time_ms)"
             f" AS ({' UNION ALL '.join(parts)}) SELECT {{key}}, SUM(generations), SUM(cache_hits),"
-            " SUM(tokens), SUM(tps_sum), SUM(tps_count), SUM(latency_count)"
+            " SUM(tokens), SUM(tps_sum), SUM(tps_count), SUM(latency_count), SUM(gen_tokens),"
+            " SUM(gen_time_ms)"
             " FROM parts GROUP BY 1 ORDER BY 1"
         )
         with self.pool.read() as conn:
@@ -1270,6 +1516,7 @@ class StatsMixin(StoreBase):
             cache_hits=overall["cache_hits"],
             cache_hit_rate=overall["cache_hit_rate"],
             avg_tokens_per_second=overall["avg_tokens_per_second"],
+            tokens_per_second=overall["tokens_per_second"],
             by_model=by_model,
             by_day=_by_day(bucket_rows, tz),
         )
