@@ -116,6 +116,13 @@ _INSERT_SQL = (
 )
 
 
+# metrics.INFERENCE_PROCESS_KEY: the process that recorded the latest real generation.
+_NOTE_PROCESS_SQL = (
+    "INSERT INTO metadata (key, value, updated_at) VALUES ('inference_process', ?, ?)"
+    " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+)
+
+
 @migration(3, "generation statistics")
 def _create_stats_tables(conn: sqlite3.Connection) -> None:
     # idx_stats_model is (model_path, created_at) so a model's history reads
@@ -1106,6 +1113,7 @@ class StatsMixin(StoreBase):
     _stats_next_prune: float = 0.0
     _stats_hits: _HitBuffer | None = None
     _stats_finalizer: weakref.finalize | None = None
+    _stats_process_noted: int = 0
 
     # -- lifecycle hooks -------------------------------------------------------------------
 
@@ -1365,11 +1373,19 @@ class StatsMixin(StoreBase):
         try:
             if have_buffer and buffer is not None:
                 pending = buffer.take()
+            note = self._stats_process_noted != os.getpid()
             try:
                 with self.pool.transaction() as conn:
                     if pending:
                         conn.executemany(_INSERT_SQL, pending)
                     cursor = conn.execute(_INSERT_SQL, row)
+                    if note:
+                        # Which process generates: the metrics sampler (maybe in
+                        # another process) reports its RSS and CPU.
+                        now = row[-1]
+                        conn.execute(_NOTE_PROCESS_SQL, (f"{os.getpid()} {now!r}", int(now * 1000)))
+                if note:
+                    self._stats_process_noted = os.getpid()
             except BaseException:
                 if buffer is not None:
                     buffer.put_back(pending)
