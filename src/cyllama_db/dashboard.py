@@ -16,6 +16,10 @@ Routes (all ``GET``):
 ``/api/stats``      the statistics summary (``?since=7d``), ``by_model`` as a list
 ``/api/cache``      cache entries, size, limit and hit rate
 ``/api/models``     registered models (secrets always redacted)
+``/api/series``     tok/s, p50/p95 latency and generations over time per model
+                    (``?range=10m|1h|24h|7d``)
+``/api/recent``     the latest generations and warnings/errors (``?limit=N``)
+``/metrics``        Prometheus text exposition (see :mod:`cyllama_db.prometheus`)
 ==================  ============================================================
 
 It listens on 127.0.0.1 by default. It has no authentication: serve it on
@@ -389,6 +393,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(_section(lambda: _cache(db)))
             elif route == "/api/models":
                 self._json(_section(lambda: _models(db)))
+            elif route == "/metrics":
+                from .prometheus import CONTENT_TYPE, prometheus_text
+
+                self._send(HTTPStatus.OK, prometheus_text(db).encode("utf-8"), CONTENT_TYPE)
             else:
                 self._error(HTTPStatus.NOT_FOUND, f"no such page: {parsed.path}")
         except _BadRequest as exc:
