@@ -34,6 +34,9 @@ ENV_VARS: dict[str, str] = {
     "CYLLAMA_CACHE_SAMPLED": (
         "1 (default) or 0: whether sampled calls (temperature > 0, no fixed seed) are cached"
     ),
+    "CYLLAMA_OTEL": (
+        "1 or 0 (default): emit an OpenTelemetry span and gen_ai metrics for every generation"
+    ),
 }
 
 LOG_LEVELS: dict[str, int] = {
@@ -168,6 +171,7 @@ class Settings:
     metrics_retention: timedelta
     busy_timeout: float
     cache_sampled: bool = True
+    opentelemetry: bool = False
 
     @classmethod
     def resolve(
@@ -182,6 +186,7 @@ class Settings:
         metrics_retention: Any = None,
         busy_timeout: float | None = None,
         cache_sampled: bool | None = None,
+        opentelemetry: bool | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Build settings from arguments, then the environment, then defaults."""
@@ -259,6 +264,14 @@ class Settings:
         else:
             raise ConfigurationTypeError(f"cache_sampled must be True or False, got {cache_sampled!r}")
 
+        if opentelemetry is None:
+            raw = _env(env, "CYLLAMA_OTEL")
+            otel = False if raw is None else _parse_bool("CYLLAMA_OTEL", raw)
+        elif isinstance(opentelemetry, bool):
+            otel = opentelemetry
+        else:
+            raise ConfigurationTypeError(f"opentelemetry must be True or False, got {opentelemetry!r}")
+
         return cls(
             path=resolved,
             enabled=enabled,
@@ -269,4 +282,5 @@ class Settings:
             metrics_retention=retention,
             busy_timeout=busy,
             cache_sampled=sampled,
+            opentelemetry=otel,
         )

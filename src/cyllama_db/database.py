@@ -77,6 +77,10 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
             ``$CYLLAMA_CACHE_SAMPLED`` or True: identical requests get the
             stored answer, as the design's keys say (the seed is not part of
             them); a call can still ask for a new one with ``cache="refresh"``.
+        opentelemetry: emit an OpenTelemetry span and the ``gen_ai.client.*``
+            histograms for every generation recorded (through the global
+            tracer and meter providers; see ``docs/observability.md``).
+            Default: ``$CYLLAMA_OTEL`` or off.
 
     A file that cannot be opened (permissions, not a SQLite database) is left
     untouched: a warning is logged and the database falls back to memory
@@ -97,6 +101,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
         metrics_retention: Any = None,
         busy_timeout: float | None = None,
         cache_sampled: bool | None = None,
+        opentelemetry: bool | None = None,
     ) -> None:
         self.settings = Settings.resolve(
             path=path,
@@ -108,6 +113,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
             metrics_retention=metrics_retention,
             busy_timeout=busy_timeout,
             cache_sampled=cache_sampled,
+            opentelemetry=opentelemetry,
         )
         self._pool = None
         self.fallback_reason: str | None = None

@@ -1355,6 +1355,14 @@ class StatsMixin(StoreBase):
             1 if hit else 0,
             float(self.clock()),
         )
+        if self.settings.opentelemetry:
+            from .otel import emit_generation
+
+            emit_generation(
+                model_path=path, model_name=row[2], kind=_field(response, "kind") or _field(response, "object"),
+                input_tokens=prompt_tokens, output_tokens=generated, finish_reason=finish,
+                cache_hit=hit, duration_ms=timings[2], config=config,
+            )
         prune_due = row[-1] >= self._stats_next_prune
         buffer = self._stats_hits
         if hit and buffer is not None:
