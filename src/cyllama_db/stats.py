@@ -1043,6 +1043,29 @@ def _percentile_index(n: int, q: float) -> tuple[int, float]:
     return low, pos - low
 
 
+def _exact_percentile(values: list[float], q: float) -> float | None:
+    """Quantile ``q`` of sorted ``values`` (linear interpolation); None if empty."""
+    if not values:
+        return None
+    index, frac = _percentile_index(len(values), q)
+    upper = values[min(index + 1, len(values) - 1)]
+    return values[index] + (upper - values[index]) * frac
+
+
+def _histogram_percentile(count: int, cumulative: list[int], q: float) -> float | None:
+    """Quantile ``q`` (ms) from cumulative counts at :data:`LATENCY_BUCKETS`, interpolated
+    linearly inside the bucket that holds it (Prometheus's ``histogram_quantile``)."""
+    if not count:
+        return None
+    rank = q * count
+    lower_bound, lower_count = 0.0, 0
+    for le, cum in zip(LATENCY_BUCKETS, cumulative, strict=True):
+        if cum >= rank and cum > lower_count:
+            return (lower_bound + (le - lower_bound) * (rank - lower_count) / (cum - lower_count)) * 1000.0
+        lower_bound, lower_count = le, cum
+    return LATENCY_BUCKETS[-1] * 1000.0  # beyond the last bound: its value, as Prometheus does
+
+
 def _empty_summary() -> dict[str, Any]:
     return {
         "total_generations": 0,
@@ -1596,6 +1619,118 @@ class StatsMixin(StoreBase):
             upper_value = values[1] if len(values) > 1 else lower_value
             out.append(lower_value + (upper_value - lower_value) * frac)
         return out
+
+    @db_op(empty=lambda: {"step_seconds": 0, "start": 0.0, "end": 0.0, "exact": True, "models": [], "overall": []})
+    def get_stats_series(
+        self,
+        since: datetime | timedelta | float,
+        step: timedelta | float,
+        *,
+        until: datetime | timedelta | float | None = None,
+    ) -> dict[str, Any]:
+        """Generations, speed and latency over time, per model and overall (for charts).
+
+        Args:
+            since: first moment (datetime, Unix seconds, or a timedelta
+                meaning "that long ago").
+            step: width of each point (timedelta or seconds). Steps shorter
+                than 15 minutes read the raw rows (exact percentiles); steps
+                of 15 minutes or more read the rollup, aligned to its
+                15-minute buckets, with latency percentiles interpolated in
+                its latency histogram (:data:`LATENCY_BUCKETS`), as
+                Prometheus's ``histogram_quantile`` does.
+            until: end (default: now).
+
+        Returns ``{"step_seconds", "start", "end" (Unix seconds), "exact"
+        (whether percentiles are exact), "models": [{"model_path",
+        "model_name", "points"}], "overall": points}``; each point is
+        ``{"t" (start, Unix seconds), "generations", "cache_hits", "tokens",
+        "tokens_per_second" (generated tokens over generation time of real
+        generations; None without any), "p50_latency_ms", "p95_latency_ms"
+        (of real generations; None without any)}``, only for steps that
+        have generations, oldest first.
+        """
+        now = self.clock()
+        low = max(0.0, _time_arg(since, "since", now))
+        high = now if until is None else _time_arg(until, "until", now)
+        step_s = parse_duration(step).total_seconds() if not isinstance(step, (int, float)) else float(step)
+        if isinstance(step, bool) or not math.isfinite(step_s) or step_s <= 0:
+            raise ValueError(f"step must be a positive duration, got {step!r}")
+        if (high - low) / step_s > 10_000:
+            raise ValueError(f"step={step!r} gives more than 10000 points over this range; use a longer step")
+        self._stats_flush_hits()
+        exact = step_s < BUCKET_SECONDS
+        if not exact:
+            step_s = max(BUCKET_SECONDS, round(step_s / BUCKET_SECONDS) * BUCKET_SECONDS)
+        start = math.floor(low / step_s) * step_s
+        # (model, index) -> [generations, hits, tokens, gen_tokens, gen_time_ms, latencies or histogram]
+        cells: dict[tuple[str, int], list[Any]] = {}
+        names: dict[str, str | None] = {}
+        with self.pool.read() as conn:
+            if exact:
+                for mpath, i, n, hits, tokens, gtok, gtime in conn.execute(
+                    f"SELECT model_path, CAST((created_at - ?) / ? AS INTEGER), COUNT(*), SUM(cache_hit),"
+                    f" SUM(COALESCE(total_tokens, 0)), SUM(CASE WHEN {_GEN_OK} THEN generated_tokens ELSE 0 END),"
+                    f" SUM(CASE WHEN {_GEN_OK} THEN generation_time_ms ELSE 0 END)"
+                    " FROM stats WHERE created_at >= ? AND created_at < ? GROUP BY 1, 2",
+                    (start, step_s, low, high),
+                ):
+                    cells[(mpath, i)] = [n, hits, tokens, gtok, gtime, []]
+                for mpath, i, ms in conn.execute(
+                    "SELECT model_path, CAST((created_at - ?) / ? AS INTEGER), total_time_ms FROM stats"
+                    " WHERE created_at >= ? AND created_at < ? AND cache_hit = 0 AND total_time_ms IS NOT NULL",
+                    (start, step_s, low, high),
+                ):
+                    cells[(mpath, i)][5].append(ms)
+            else:
+                hist_sums = ", ".join(f"SUM({c})" for c in _HIST_COLUMNS)
+                for mpath, i, n, hits, tokens, gtok, gtime, lat_n, *hist in conn.execute(
+                    f"SELECT model_path, CAST((bucket * {BUCKET_SECONDS} - ?) / ? AS INTEGER), SUM(generations),"
+                    " SUM(cache_hits), SUM(tokens), SUM(gen_tokens), SUM(gen_time_ms), SUM(latency_count),"
+                    f" {hist_sums} FROM stats_rollup WHERE bucket >= ? AND bucket < ? GROUP BY 1, 2",
+                    (start, step_s, int(start // BUCKET_SECONDS), math.ceil(high / BUCKET_SECONDS)),
+                ):
+                    cells[(mpath, i)] = [n, hits, tokens, gtok, gtime, [lat_n, *hist]]
+            for mpath in {m for m, _ in cells}:
+                row = conn.execute(
+                    "SELECT model_name FROM stats_rollup WHERE model_path = ? ORDER BY bucket DESC LIMIT 1",
+                    (mpath,),
+                ).fetchone()
+                names[mpath] = None if row is None else row[0]
+
+        def point(i: int, parts: list[list[Any]]) -> dict[str, Any]:
+            n = sum(p[0] for p in parts)
+            gtok = sum(p[3] or 0 for p in parts)
+            gtime = sum(p[4] or 0.0 for p in parts)
+            if exact:
+                values = sorted(v for p in parts for v in p[5])
+                p50, p95 = (_exact_percentile(values, q) for q in (0.5, 0.95))
+            else:
+                merged = [sum(col) for col in zip(*(p[5] for p in parts), strict=True)]
+                p50, p95 = (_histogram_percentile(merged[0], merged[1:], q) for q in (0.5, 0.95))
+            return {
+                "t": start + i * step_s,
+                "generations": n,
+                "cache_hits": sum(p[1] for p in parts),
+                "tokens": sum(p[2] for p in parts),
+                "tokens_per_second": gtok / (gtime / 1000.0) if gtime > 0 else None,
+                "p50_latency_ms": p50,
+                "p95_latency_ms": p95,
+            }
+
+        models = []
+        for mpath in sorted(names, key=lambda m: -sum(c[0] for (mm, _), c in cells.items() if mm == m)):
+            indexes = sorted(i for m, i in cells if m == mpath)
+            models.append({
+                "model_path": mpath,
+                "model_name": names[mpath],
+                "points": [point(i, [cells[(mpath, i)]]) for i in indexes],
+            })
+        overall = [
+            point(i, [c for (_, j), c in cells.items() if j == i]) for i in sorted({i for _, i in cells})
+        ]
+        return {"step_seconds": step_s, "start": start, "end": high, "exact": exact,
+                "models": models, "overall": overall}
 
     @db_op(empty=list)
     def get_generation_history(
