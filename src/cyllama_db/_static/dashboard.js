@@ -158,6 +158,14 @@
         if (isNum(p[1])) { segment.push([x(p[0]), y(p[1])]); drawn += 1; }
       });
       flush();
+      if (spec.markers) {  // sparse points (one per step with generations) stay visible
+        points.forEach(function (p) {
+          if (isNum(p[1])) {
+            root.appendChild(svg("circle", { "class": "marker", cx: x(p[0]).toFixed(1), cy: y(p[1]).toFixed(1),
+              r: 2.5, fill: s.color }));
+          }
+        });
+      }
       if (s.area) { root.appendChild(svg("path", { "class": "area", fill: s.color, d: area || "M0,0" })); }
       var pathAttrs = { "class": "series", stroke: s.color, d: line, "data-points": String(drawn),
         "data-series": s.name };
@@ -304,7 +312,8 @@
     ];
     charts.forEach(function (c) {
       var drawn = lineChart({ label: c.title, unit: c.unit, series: c.series, format: c.format, axisFormat: c.axisFormat,
-        gap: stepMs, empty: "no generations in this range", attrs: { "data-chart": c.key } }, t0, t1);
+        gap: stepMs, markers: true, empty: "no generations in this range", attrs: { "data-chart": c.key } },
+        t0, t1);
       var card = el("section", { "class": "card", id: "chart-" + c.id },
         [el("h2", null, [c.title, el("span", { "class": "value", text: c.value })])]);
       card.appendChild(drawn.node);
