@@ -11,16 +11,17 @@ application configures (``opentelemetry-sdk``, an OTLP exporter, ...):
   wall time, with the GenAI semantic-convention attributes
   ``gen_ai.operation.name`` (``text_completion`` or ``chat``),
   ``gen_ai.provider.name`` (``llama.cpp``), ``gen_ai.request.model``,
-  ``gen_ai.response.model``, ``gen_ai.usage.input_tokens``,
-  ``gen_ai.usage.output_tokens``, ``gen_ai.response.finish_reasons`` and the
-  request parameters that were set (``gen_ai.request.temperature``,
-  ``max_tokens``, ``top_p``, ``top_k``, ``seed``, ``stop_sequences``,
-  ``frequency_penalty``, ``presence_penalty``), plus
+  ``gen_ai.usage.input_tokens``, ``gen_ai.usage.output_tokens`` (for a hit:
+  those of the answer it replayed), ``gen_ai.response.finish_reasons`` and
+  the request parameters that were set (``gen_ai.request.temperature``,
+  ``max_tokens``, ``top_p``, ``top_k``, ``seed``, ``stop_sequences``, and
+  ``frequency_penalty``/``presence_penalty`` when not 0), plus
   ``cyllama_db.cache_hit`` and ``cyllama_db.model_path``;
-* the ``gen_ai.client.token.usage`` histogram (unit ``{token}``, one record
-  per token type, ``gen_ai.token.type`` ``input``/``output``) and the
-  ``gen_ai.client.operation.duration`` histogram (unit ``s``), with the
-  bucket boundaries the conventions advise.
+* the ``gen_ai.client.operation.duration`` histogram (unit ``s``) for every
+  generation and the ``gen_ai.client.token.usage`` histogram (unit
+  ``{token}``, one record per ``gen_ai.token.type``, ``input``/``output``)
+  for real generations only (a hit uses no tokens: the conventions ask for
+  billable tokens), with the bucket boundaries the conventions advise.
 
 ``opentelemetry-api`` is imported on the first generation recorded with it
 enabled, never before; without it a WARNING says what to install and
@@ -56,6 +57,9 @@ _REQUEST_PARAMS = (
     ("top_p", "gen_ai.request.top_p"),
     ("top_k", "gen_ai.request.top_k"),
     ("seed", "gen_ai.request.seed"),
+)
+# Set only when not zero (their default: no penalty).
+_PENALTIES = (
     ("frequency_penalty", "gen_ai.request.frequency_penalty"),
     ("presence_penalty", "gen_ai.request.presence_penalty"),
 )
@@ -173,7 +177,6 @@ def _emit(
         "cyllama_db.cache_hit": bool(cache_hit),
     }
     attributes = dict(common)
-    attributes["gen_ai.response.model"] = model
     attributes["cyllama_db.model_path"] = model_path
     if input_tokens is not None:
         attributes["gen_ai.usage.input_tokens"] = int(input_tokens)
@@ -184,6 +187,10 @@ def _emit(
     for field, name in _REQUEST_PARAMS:
         value = _field(config, field)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            attributes[name] = value
+    for field, name in _PENALTIES:
+        value = _field(config, field)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value:
             attributes[name] = value
     for field in _STOP_FIELDS:
         stop = _field(config, field)
@@ -204,9 +211,12 @@ def _emit(
     )
     span.end(end_time=end)
 
-    if input_tokens is not None:
-        instruments.tokens.record(int(input_tokens), {**common, "gen_ai.token.type": "input"})
-    if output_tokens is not None:
-        instruments.tokens.record(int(output_tokens), {**common, "gen_ai.token.type": "output"})
+    # A hit used (and billed) no tokens: token usage is recorded for real generations
+    # only, as the conventions ask for billable tokens.
+    if not cache_hit:
+        if input_tokens is not None:
+            instruments.tokens.record(int(input_tokens), {**common, "gen_ai.token.type": "input"})
+        if output_tokens is not None:
+            instruments.tokens.record(int(output_tokens), {**common, "gen_ai.token.type": "output"})
     if seconds is not None:
         instruments.duration.record(seconds, common)
