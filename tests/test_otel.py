@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cyllama_db import CyllamaDB, ConfigurationError, ConfigurationTypeError
+from cyllama_db import ConfigurationError, ConfigurationTypeError, CyllamaDB
 
 sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
 from opentelemetry import metrics, trace  # noqa: E402

@@ -44,8 +44,8 @@ import re
 import threading
 import time
 import urllib.parse
-from datetime import timedelta
 from collections.abc import Callable
+from datetime import timedelta
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources

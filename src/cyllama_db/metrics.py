@@ -571,7 +571,7 @@ def _process_figures(psutil: Any, pid: int | None) -> dict[str, Any]:
     cache: dict[int, Any] = getattr(_process_state, "processes", None) or {}
     _process_state.processes = cache
     try:
-        proc = cache.get(pid)
+        proc: Any = cache.get(pid)
         first = proc is None
         if first:
             cache.clear()  # one inference process at a time

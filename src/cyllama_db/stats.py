@@ -45,9 +45,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUCKET_SECONDS",
-    "LATENCY_BUCKETS",
     "HIT_FLUSH_ROWS",
     "HIT_FLUSH_SECONDS",
+    "LATENCY_BUCKETS",
     "STATS_COLUMNS",
     "StatsMixin",
     "model_name_for",
