@@ -234,6 +234,14 @@ def _check_sample(sample: Any) -> Mapping[str, Any]:
     return sample
 
 
+def _check_process(process: Any) -> int | str | None:
+    if process is not None and process != "self" and (
+        isinstance(process, bool) or not isinstance(process, int) or process <= 0
+    ):
+        raise TypeError(f"process must be a pid (a positive int), 'self' or None, got {process!r}")
+    return process  # type: ignore[no-any-return]
+
+
 def _check_interval(interval: Any) -> float:
     value = _real(interval, "interval", "a number of seconds")
     if not MIN_SAMPLER_INTERVAL <= value <= MAX_SAMPLER_INTERVAL:
@@ -364,14 +372,18 @@ class MetricsMixin(StoreBase):
         *,
         nvml: Any = None,
         disk_path: str | os.PathLike[str] | None = None,
+        process: int | str | None = None,
     ) -> MetricsSampler:
         """Start a :class:`MetricsSampler` saving one sample every ``interval`` seconds.
+
+        ``process``: whose RSS and CPU are sampled (a pid, ``"self"``, or
+        None for the inference process; see :func:`sample_metrics`).
 
         The sampler stops with ``stop()``, at the end of a ``with`` block, or
         when this database is closed.  On a disabled database it is returned
         without starting (no thread, no cost).
         """
-        return MetricsSampler(self, interval, nvml=nvml, disk_path=disk_path).start()
+        return MetricsSampler(self, interval, nvml=nvml, disk_path=disk_path, process=process).start()
 
 
 # -- sampling ------------------------------------------------------------------------------
@@ -659,10 +671,7 @@ def sample_metrics(
         DatabaseClosedError: ``db`` is closed.
     """
     psutil = _import_psutil()
-    if process is not None and process != "self" and (
-        isinstance(process, bool) or not isinstance(process, int) or process <= 0
-    ):
-        raise TypeError(f"process must be a pid (a positive int), 'self' or None, got {process!r}")
+    _check_process(process)
     if db is not None and not isinstance(db, MetricsMixin):
         raise TypeError(f"db must be a CyllamaDB or None, got {type(db).__name__}")
     if disk_path is not None:
@@ -758,7 +767,7 @@ class MetricsSampler:
         self.interval = _check_interval(interval)
         self.nvml = nvml
         self.disk_path = None if disk_path is None else check_path(disk_path, "disk_path")
-        self.process = process  # see sample_metrics(process=...)
+        self.process = _check_process(process)  # see sample_metrics(process=...)
         self.samples_taken = 0
         self.errors = 0
         self.last_error: BaseException | None = None

@@ -1653,8 +1653,10 @@ class StatsMixin(StoreBase):
         now = self.clock()
         low = max(0.0, _time_arg(since, "since", now))
         high = now if until is None else _time_arg(until, "until", now)
+        if isinstance(step, bool) or not isinstance(step, (int, float, timedelta, str)):
+            raise TypeError(f"step must be a timedelta or seconds, got {type(step).__name__}")
         step_s = parse_duration(step).total_seconds() if not isinstance(step, (int, float)) else float(step)
-        if isinstance(step, bool) or not math.isfinite(step_s) or step_s <= 0:
+        if not math.isfinite(step_s) or step_s <= 0:
             raise ValueError(f"step must be a positive duration, got {step!r}")
         if (high - low) / step_s > 10_000:
             raise ValueError(f"step={step!r} gives more than 10000 points over this range; use a longer step")
