@@ -239,7 +239,7 @@ def _check_process(process: Any) -> int | str | None:
         isinstance(process, bool) or not isinstance(process, int) or process <= 0
     ):
         raise TypeError(f"process must be a pid (a positive int), 'self' or None, got {process!r}")
-    return process  # type: ignore[no-any-return]
+    return process
 
 
 def _check_interval(interval: Any) -> float:
