@@ -17,7 +17,7 @@ from typing import Any
 from ._time import parse_duration
 from .errors import ConfigurationError, ConfigurationTypeError
 
-__all__ = ["DEFAULT", "ENV_VARS", "LOG_LEVELS", "Settings", "default_db_path"]
+__all__ = ["DEFAULT", "ENV_VARS", "FALLBACKS", "LOG_LEVELS", "Settings", "default_db_path"]
 
 #: Every environment variable cyllama-db reads, with what it means.
 ENV_VARS: dict[str, str] = {
@@ -37,7 +37,14 @@ ENV_VARS: dict[str, str] = {
     "CYLLAMA_OTEL": (
         "1 or 0 (default): emit an OpenTelemetry span and gen_ai metrics for every generation"
     ),
+    "CYLLAMA_DB_FALLBACK": (
+        "memory (default) or raise: what to do when the file is unusable (not SQLite, corrupt, "
+        "a directory); raise refuses to run on an in-memory database"
+    ),
 }
+
+#: The answers to an unusable database file (``fallback=``, ``$CYLLAMA_DB_FALLBACK``).
+FALLBACKS = ("memory", "raise")
 
 LOG_LEVELS: dict[str, int] = {
     "DEBUG": logging.DEBUG,
@@ -127,11 +134,16 @@ def _parse_retention(name: str, raw: Any) -> timedelta:
     return retention
 
 
+_MAX_BUSY_TIMEOUT = 2_147_483.0
+
+
 def _parse_positive_float(name: str, raw: Any) -> float:
     try:
         if isinstance(raw, bool):
             raise ValueError
         value = float(raw)
+    except OverflowError:  # an int beyond a double's range
+        value = float("inf")
     except (TypeError, ValueError) as exc:
         raise _error_for(raw)(f"{name}={raw!r} is not a number") from exc
     if not value > 0 or value == float("inf"):
@@ -148,6 +160,15 @@ def _parse_level(name: str, raw: Any) -> str:
         return raw.strip().upper()
     raise _error_for(raw)(
         f"{name}={raw!r} is not a log level: use one of {', '.join(LOG_LEVELS)}"
+    )
+
+
+def _parse_fallback(name: str, raw: Any) -> str:
+    if isinstance(raw, str) and raw.strip().lower() in FALLBACKS:
+        return raw.strip().lower()
+    raise (ConfigurationError if isinstance(raw, str) else ConfigurationTypeError)(
+        f"{name}={raw!r} is not a fallback: use 'memory' (run on an in-memory database when the "
+        "file is unusable) or 'raise' (refuse to run)"
     )
 
 
@@ -172,6 +193,10 @@ class Settings:
     busy_timeout: float
     cache_sampled: bool = True
     opentelemetry: bool = False
+    #: opened read-only: reads work, every write raises ReadOnlyDatabaseError
+    readonly: bool = False
+    #: "memory" or "raise": the answer to a file that is not SQLite, corrupt or a directory
+    fallback: str = "memory"
 
     @classmethod
     def resolve(
@@ -187,6 +212,8 @@ class Settings:
         busy_timeout: float | None = None,
         cache_sampled: bool | None = None,
         opentelemetry: bool | None = None,
+        readonly: bool = False,
+        fallback: str | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Build settings from arguments, then the environment, then defaults."""
@@ -255,6 +282,10 @@ class Settings:
             busy = 30.0 if raw is None else _parse_positive_float("CYLLAMA_DB_BUSY_TIMEOUT", raw)
         else:
             busy = _parse_positive_float("busy_timeout", busy_timeout)
+        if busy > _MAX_BUSY_TIMEOUT:  # SQLite takes the timeout as a C int of milliseconds
+            raise ConfigurationError(
+                f"busy_timeout={busy:g} s is too long (at most {_MAX_BUSY_TIMEOUT:g} s, about 24 days)"
+            )
 
         if cache_sampled is None:
             raw = _env(env, "CYLLAMA_CACHE_SAMPLED")
@@ -263,6 +294,14 @@ class Settings:
             sampled = cache_sampled
         else:
             raise ConfigurationTypeError(f"cache_sampled must be True or False, got {cache_sampled!r}")
+        if not isinstance(readonly, bool):
+            raise ConfigurationTypeError(f"readonly must be True or False, got {readonly!r}")
+
+        if fallback is None:
+            raw = _env(env, "CYLLAMA_DB_FALLBACK")
+            answer = "memory" if raw is None else _parse_fallback("CYLLAMA_DB_FALLBACK", raw)
+        else:
+            answer = _parse_fallback("fallback", fallback)
 
         if opentelemetry is None:
             raw = _env(env, "CYLLAMA_OTEL")
@@ -283,4 +322,6 @@ class Settings:
             busy_timeout=busy,
             cache_sampled=sampled,
             opentelemetry=otel,
+            readonly=readonly,
+            fallback=answer,
         )

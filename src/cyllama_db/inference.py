@@ -73,6 +73,12 @@ __all__ = [
 ]
 
 logger = logging.getLogger("cyllama_db.inference")
+# Errors this module raises to its caller are logged here: the logs store
+# keeps them (log_to_db), but with no logging configured nothing prints them
+# (the NullHandler keeps Python's last-resort handler off): the caller got
+# the exception and decides what to show.
+raised_logger = logging.getLogger("cyllama_db.inference.raised")
+raised_logger.addHandler(logging.NullHandler())
 
 Kind = Literal["completion", "chat"]
 Messages = Sequence[Mapping[str, Any]]
@@ -107,7 +113,10 @@ _UNIT_FIELDS: Final = ("top_p", "min_p", "typical_p")
 def _check_float(name: str, value: Any, *, minimum: float | None = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"GenerationConfig.{name} must be a number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond a double's range
+        value = math.inf
     if not math.isfinite(value):
         raise ValueError(f"GenerationConfig.{name} must be finite, got {value!r}")
     if minimum is not None and value < minimum:
@@ -229,7 +238,14 @@ class GenerationConfig:
         if self.grammar is not None:
             from ._grammar import grammar_text
 
-            put("grammar", grammar_text(self.grammar))
+            if not isinstance(self.grammar, str) and not type(self.grammar).__module__.startswith("llama_cpp"):
+                raise TypeError(
+                    "GenerationConfig.grammar must be GBNF text (str) or a llama_cpp.LlamaGrammar, "
+                    f"got {type(self.grammar).__name__}"
+                )
+
+            # llama.cpp takes an empty grammar as no constraint: so does the key.
+            put("grammar", grammar_text(self.grammar) or None)
         if self.logit_bias is not None:
             put("logit_bias", _normalise_bias(self.logit_bias))
         _check_request_fields(self, put)
@@ -521,7 +537,9 @@ class GenerationStats:
         for name in _STATS_FLOAT:
             value = getattr(self, name)
             if value is not None:
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    abs(value) < 2**1023 if isinstance(value, int) else math.isfinite(value)
+                ):
                     raise TypeError(f"GenerationStats.{name} must be a finite number or None, got {value!r}")
                 object.__setattr__(self, name, float(value))
 
@@ -935,12 +953,14 @@ def _import_llama_cpp() -> Any:
     return llama_cpp
 
 
-def _sampling_kwargs(config: GenerationConfig, kind: Kind = "completion") -> dict[str, Any]:
+def _sampling_kwargs(config: GenerationConfig, kind: Kind = "completion", llama: Any = None) -> dict[str, Any]:
     """``create_completion``/``create_chat_completion`` arguments for ``config``.
 
     Grammars and JSON schemas are checked here, before llama.cpp sees them:
     llama.cpp parses a grammar while sampling and crashes the process on a
-    bad one, so a bad grammar must never reach it.
+    bad one, so a bad grammar must never reach it. With the loaded ``llama``,
+    token references (``<[id]>``, ``<|eos|>``) are checked against its
+    vocabulary too.
     """
     kwargs: dict[str, Any] = {
         "max_tokens": config.max_tokens,
@@ -994,6 +1014,10 @@ def _sampling_kwargs(config: GenerationConfig, kind: Kind = "completion") -> dic
     if grammar is not None:
         from llama_cpp import LlamaGrammar
 
+        if llama is not None:
+            from ._grammar import check_gbnf
+
+            check_gbnf(grammar, vocab=llama)
         kwargs["grammar"] = LlamaGrammar.from_string(grammar, verbose=False)
     return kwargs
 
@@ -1082,7 +1106,12 @@ def _wait_timeout(value: Any) -> float | None:
             ) from None
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (value < 2**1023 if isinstance(value, int) else math.isfinite(value))  # 10**400: no float
+        or value < 0
+    ):
         raise ValueError(f"wait_timeout must be seconds >= 0 or None (wait forever), got {value!r}")
     return float(value)
 
@@ -1635,6 +1664,8 @@ class LLM(Closing):
     ) -> Response:
         kwargs = {**_sampling_kwargs(config, kind), **extra}
         with self._model(wait) as llama:
+            if config.grammar is not None:
+                kwargs = {**_sampling_kwargs(config, kind, llama), **extra}
             _reset_perf(llama)
             t0 = time.perf_counter()
             try:
@@ -1680,9 +1711,11 @@ class LLM(Closing):
         kwargs = {**_sampling_kwargs(config, kind), **extra}
         self._lock.acquire(self.model_path, wait)
         try:
-            self._load_locked()
+            loaded = self._load_locked()
         finally:
             self._lock.release()
+        if config.grammar is not None:
+            kwargs = {**_sampling_kwargs(config, kind, loaded), **extra}
         name = _dict_model(self, extra)
         model_path = self.model_path
 
@@ -1867,7 +1900,7 @@ class LLM(Closing):
             error = GenerationError(f"generation with model {self.model_path!r} failed: {type(exc).__name__}: {exc}")
         # model_path and prompt fill the logs table's own columns (CyllamaDBHandler).
         prompt = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, sort_keys=True)
-        logger.error(
+        raised_logger.error(
             "generation failed for %s: %s",
             self.model_path,
             error,
@@ -1927,7 +1960,7 @@ class LLM(Closing):
             self._free_locked()
         if sig is None:
             error: ModelLoadError = ModelNotFoundError(self.model_path)
-            logger.error("cannot load model: %s", error)
+            raised_logger.error("cannot load model: %s", error)
             self._registry_load_failed()
             raise error
         llama_cpp = _import_llama_cpp()
@@ -1936,7 +1969,8 @@ class LLM(Closing):
             llama = llama_cpp.Llama(model_path=self.model_path, verbose=self.verbose, **self.load_options)
         except Exception as exc:
             error = self._load_error(exc)
-            logger.error("cannot load model: %s", error, exc_info=exc)
+            # The traceback is llama_cpp's; the error raised says what is wrong and what to do.
+            raised_logger.error("cannot load model: %s", error)
             self._registry_load_failed()
             raise error from exc
         logger.info("loaded model %s in %.0f ms", self.model_path, (time.perf_counter() - t0) * 1000)
