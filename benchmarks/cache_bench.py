@@ -251,6 +251,43 @@ def measure_complete(
     return {"miss_us": miss_us, "hit_us": hit_us, "generated_tokens": generated}
 
 
+def measure_otel_hit(model: str | Path, folder: Path, hits: int, max_tokens: int = 16) -> dict[str, Any]:
+    """complete() cache hits with OpenTelemetry on (an SDK tracer provider with a batch span
+    processor, and an SDK meter provider) against the same hits with it off, interleaved
+    call by call. Returns ``on_us`` and ``off_us`` (lists, microseconds)."""
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
+    trace.set_tracer_provider(provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    on = CyllamaDB(folder / "otel-on.db", opentelemetry=True)
+    off = CyllamaDB(folder / "otel-off.db", opentelemetry=False)
+    options = {"max_tokens": max_tokens, "temperature": 0.0, "n_ctx": 512}
+    prompt = "OpenTelemetry: what is a llama? Answer:"
+    try:
+        for db in (on, off):
+            complete(prompt, model, db=db, **options)  # the miss that stores the answer
+            complete(prompt, model, db=db, **options)  # warm the hit path (and OTel's first import)
+        on_us, off_us = [], []
+        for _ in range(hits):
+            for db, out in ((on, on_us), (off, off_us)):
+                start = time.perf_counter()
+                response = complete(prompt, model, db=db, **options)
+                out.append((time.perf_counter() - start) * 1e6)
+                assert response.cache_hit
+    finally:
+        on.close()
+        off.close()
+        provider.shutdown()
+    return {"on_us": on_us, "off_us": off_us}
+
+
 def measure_wrap(model: str | Path, folder: Path, misses: int, hits: int, max_tokens: int = 32) -> dict[str, Any]:
     """A wrapped ``Llama``'s ``create_completion`` hit, against the same call generating,
     ``complete()``'s hit and a raw ``get_cached_response``, all on one database in one run."""

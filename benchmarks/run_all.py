@@ -318,10 +318,14 @@ def bench_summary(p: Profile, folder: Path, rows: Rows, notes: list[str]) -> Non
         row = rows[key]
         if i == 2 and p.summary_skip_largest:
             row.skipped = f"skipped: {p.name} (the full run has {_size(n)} rows)"
+            rows["scrape_large"].skipped = row.skipped
             continue
         _progress(f"summary: filling {n:,} rows")
         t = stats_bench.measure_summary(str(folder), n, p.summary_repeat)
         row.ours, row.base = t["full"] / 1000, t["naive"] / 1000
+        scrape_key = {1: "scrape_medium", 2: "scrape_large"}.get(i)
+        if scrape_key:  # a /metrics scrape next to the summary of the same file
+            rows[scrape_key].ours, rows[scrape_key].base = t["scrape"] / 1000, t["full"] / 1000
         notes.append(
             f"summary at {_size(n)} rows: filled in {t['fill_s']:.1f} s (one executemany);"
             f" last 7 days {t['week']:.1f} ms, one model {t['one']:.1f} ms,"
@@ -377,7 +381,7 @@ def bench_complete(p: Profile, folder: Path, rows: Rows, notes: list[str]) -> No
         demo.skipped = f"skipped: {p.name}"
     if why:
         row.skipped = f"skipped: {why}"
-        for name in ("wrap_generating", "wrap_complete", "wrap_lookup"):
+        for name in ("wrap_generating", "wrap_complete", "wrap_lookup", "otel_hit"):
             rows[name].skipped = f"skipped: {why}"
         if demo.skipped is None:
             demo.skipped = f"skipped: {why}"
@@ -404,6 +408,12 @@ def bench_complete(p: Profile, folder: Path, rows: Rows, notes: list[str]) -> No
         rows["wrap_generating"].ours, rows["wrap_generating"].base = _us(w["wrap_us"]), _us(w["miss_us"])
         rows["wrap_complete"].ours, rows["wrap_complete"].base = _us(w["wrap_us"]), _us(w["complete_us"])
         rows["wrap_lookup"].ours, rows["wrap_lookup"].base = _us(w["wrap_us"]), _us(w["lookup_us"])
+        otel_missing = _missing("opentelemetry.sdk", "opentelemetry-sdk")
+        if otel_missing:
+            rows["otel_hit"].skipped = f"skipped: {otel_missing}"
+        else:
+            o = cache_bench.measure_otel_hit(model, folder, p.hits)
+            rows["otel_hit"].ours, rows["otel_hit"].base = _us(o["on_us"]), _us(o["off_us"])
         if demo.skipped is not None:
             return
         try:
@@ -471,6 +481,10 @@ def sections(p: Profile) -> list[Section]:
             Row("summary_small", f"get_stats_summary(), {small} rows", summary_base),
             Row("summary_medium", f"get_stats_summary(), {medium} rows", summary_base),
             Row("summary_large", f"get_stats_summary(), {large} rows", summary_base),
+            Row("scrape_medium", f"/metrics scrape (prometheus_text), {medium} rows",
+                f"get_stats_summary(), {medium} rows"),
+            Row("scrape_large", f"/metrics scrape (prometheus_text), {large} rows (target < 100 ms)",
+                f"get_stats_summary(), {large} rows"),
         ]),
         Section("gguf", bench_gguf, [
             Row("gguf_vs_reader", f"GGUF metadata: read_gguf_header, {_size(p.n_vocab)} vocab",
@@ -487,6 +501,8 @@ def sections(p: Profile) -> list[Section]:
             Row("wrap_lookup", "wrap(Llama).create_completion hit", "db.get_cached_response hit"),
             Row("complete_demo", "complete() hit vs generating, demo model (Gemma 3 270M)",
                 "the same call generating"),
+            Row("otel_hit", "complete() hit with OpenTelemetry on (SDK providers; target < 2x)",
+                "the same hit, OpenTelemetry off"),
         ]),
     ]
 

@@ -219,7 +219,8 @@ def measure_summary(folder: str, n: int, repeat: int) -> dict[str, float]:
 
     Keys: ``fill_s`` (seconds), ``full`` (``get_stats_summary()``), ``week``
     (last 7 days), ``one`` (one model), ``hist`` (a 100-row history page),
-    ``naive`` (:func:`naive_summary`, median of ``max(1, repeat // 2)``).
+    ``naive`` (:func:`naive_summary`, median of ``max(1, repeat // 2)``),
+    ``scrape`` (``prometheus_text(db)``: a ``/metrics`` scrape).
     """
     db = CyllamaDB(os.path.join(folder, f"summary-{n}.db"))
     try:
@@ -233,9 +234,14 @@ def measure_summary(folder: str, n: int, repeat: int) -> dict[str, float]:
         one = median_ms(lambda: db.get_stats_summary(model_path=MODELS[1]), repeat)
         hist = median_ms(lambda: db.get_generation_history(limit=100, model_path=MODELS[2]), repeat)
         naive = median_ms(lambda: naive_summary(db), max(1, repeat // 2))
+        from cyllama_db.prometheus import prometheus_text
+
+        prometheus_text(db)
+        scrape = median_ms(lambda: prometheus_text(db), repeat)
     finally:
         db.close()
-    return {"fill_s": fill_s, "full": full, "week": week, "one": one, "hist": hist, "naive": naive}
+    return {"fill_s": fill_s, "full": full, "week": week, "one": one, "hist": hist, "naive": naive,
+            "scrape": scrape}
 
 
 def bench_summary(folder: str, sizes: list[int], repeat: int) -> None:

@@ -48,19 +48,30 @@ def _fill(db: CyllamaDB, samples: int = 60) -> None:
                 "gpu_temperature": 60.0,
                 "active_models": 1,
                 "requests_per_minute": float(i % 12),
+                "process_rss_bytes": (300 + i) * 1024 * 1024,
+                "process_cpu_usage": 90.0 + i,
+                "process_pid": 4242,
             }
         )
+    # Generations spread over the last 50 minutes (the default range is an hour).
+    real_clock = db.clock
     for path, (count, tps) in MODELS.items():
         for k in range(count):
             hit = k % 4 == 0
+            db.clock = lambda k=k, path=path: now - 3000 + k * 360 + len(path)  # type: ignore[method-assign]
             db.record_generation(
                 path,
                 {"finish_reason": "stop", "stats": {"prompt_tokens": 10, "generated_tokens": 32,
-                                                    "total_time_ms": 2.0 if hit else 32_000 / tps,
+                                                    "generation_time_ms": 0.0 if hit else 32_000 / tps,
+                                                    "total_time_ms": 2.0 if hit else 32_000 / tps + 50,
                                                     "tokens_per_second": None if hit else tps}},
                 {"temperature": 0.7, "max_tokens": 32},
                 cache_hit=hit,
             )
+    db.clock = real_clock  # type: ignore[method-assign]
+    db.log("WARNING", "disk almost full", category="myapp")
+    db.log("ERROR", "generation failed: context overflow", category="cyllama_db.inference")
+    db.log("INFO", "loaded model /models/gemma-3-270m.gguf in 1234 ms", category="cyllama_db.inference")
     for i in range(4):
         db.cache_response(f"prompt {i}", "/models/llama-3-8b.Q4_K_M.gguf", None, "answer " * 50)
     for _ in range(3):
@@ -393,7 +404,8 @@ def test_headless_chromium_renders_the_charts(server: DashboardServer, tmp_path:
     assert "data-error" not in body
 
     paths = parsed.svg_paths()
-    assert set(paths) == {"cpu_usage", "memory_usage", "gpu_usage", "requests_per_minute"}
+    assert set(paths) == {"cpu_usage", "memory_usage", "gpu_usage", "requests_per_minute",
+                          "process_cpu_usage", "process_rss_bytes"}
     for metric, attrs in paths.items():
         assert attrs["data-points"] == "60", (metric, attrs)
         # One move and 59 line segments through 60 points, all inside the chart.
@@ -411,7 +423,11 @@ def test_headless_chromium_renders_the_charts(server: DashboardServer, tmp_path:
     for label, value in zip(parsed.text, parsed.text[1:], strict=False):
         tiles.setdefault(label, value)  # a tile's label comes first, its value next
     assert tiles["generations"] == "13" and tiles["entries"] == "4" and tiles["hits served"] == "3"
+    # Weighted by tokens: 9 real generations, 288 tokens in 5.6 s (the mean of their speeds is 66.7).
+    assert tiles["tokens/s"] == "51.4"
     assert SECRET not in dom.stdout
+
+    _check_monitoring_panels(parsed, _json(server.url + "api/series?range=1h"))
 
     shot = tmp_path / "dashboard.png"
     run = subprocess.run(
@@ -426,6 +442,107 @@ def test_headless_chromium_renders_the_charts(server: DashboardServer, tmp_path:
     target = os.environ.get("DASHBOARD_SCREENSHOT")
     if target:  # DASHBOARD_SCREENSHOT=docs/dashboard.png refreshes the docs' picture
         shutil.copyfile(shot, target)
+
+
+def _chart_series(parsed: _DomIndex, chart: str) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """``({series name: path attributes}, hover read-outs)`` of the chart ``data-chart=chart``."""
+    series: dict[str, dict[str, str]] = {}
+    titles: list[str] = []
+    inside = False
+    for tag, attrs in parsed.elements:
+        if tag == "svg":
+            inside = attrs.get("data-chart") == chart
+        elif inside and tag == "path" and attrs.get("class") == "series":
+            series[attrs["data-series"]] = attrs
+        elif inside and tag == "rect" and attrs.get("class") == "hit":
+            titles.append(attrs["data-t"])
+    return series, titles
+
+
+def _check_monitoring_panels(parsed: _DomIndex, series: dict[str, Any]) -> None:
+    body = next(attrs for tag, attrs in parsed.elements if tag == "body")
+    assert body["data-range"] == "1h"
+    tps, moments = _chart_series(parsed, "tokens_per_second")
+    assert set(tps) == {"llama-3-8b.Q4_K_M.gguf", "gemma-3-270m.gguf"}
+    assert tps["llama-3-8b.Q4_K_M.gguf"]["data-points"] == "6"  # its 6 real generations (hits have no speed)
+    assert tps["gemma-3-270m.gguf"]["data-points"] == "3"
+    # Hover columns: one per minute with a real generation (a speed), at its time.
+    assert sorted(int(t) for t in moments) == sorted(
+        {p["t"] for m in series["models"] for p in m["points"] if p["tokens_per_second"] is not None})
+    assert 5 <= len(moments) <= 9
+    latency, _ = _chart_series(parsed, "latency")
+    assert set(latency) == {f"{m} {q}" for m in ("llama-3-8b.Q4_K_M.gguf", "gemma-3-270m.gguf")
+                            for q in ("p50", "p95")}
+    assert latency["gemma-3-270m.gguf p95"]["stroke-dasharray"]
+    text = " ".join(parsed.text)
+    # Hover read-outs (each chart's columns carry a <title>), with the exact values.
+    assert "llama-3-8b.Q4_K_M.gguf: 40 tok/s" in text
+    assert "gemma-3-270m.gguf p50: 317 ms" in text  # 32000 / 120 + 50
+    assert "Inference process memory (RSS): 359.0 MB" in text  # the latest sample's RSS
+    hover_charts = [attrs for tag, attrs in parsed.elements if tag == "g" and attrs.get("class") == "hover"]
+    assert len(hover_charts) == 8  # every chart: 2 generation charts and 6 metrics charts
+    # Recent generations (newest first) and the warnings/errors panel.
+    badges = [attrs.get("class") for tag, attrs in parsed.elements if attrs.get("class") in ("pill hit", "pill miss")]
+    assert len(badges) == 13 and badges.count("pill hit") == 4
+    assert "disk almost full" in text and "generation failed: context overflow" in text
+    assert "loaded model" not in text  # INFO is not a warning...
+    assert "model load 1.23 s (gemma-3-270m.gguf, not part of any latency)" in text  # ...but its own figure
+
+
+@pytest.mark.slow
+def test_the_range_picker_changes_the_query(server: DashboardServer, tmp_path: Path) -> None:
+    binary = _chromium()
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    dash_logger = logging.getLogger("cyllama_db.dashboard")
+    dash_logger.addHandler(handler)
+    old_level = dash_logger.level
+    dash_logger.setLevel(logging.DEBUG)
+    try:
+        dom = subprocess.run(
+            [*_chromium_args(binary, profile), "--dump-dom", server.url + "#range=24h"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+    finally:
+        dash_logger.removeHandler(handler)
+        dash_logger.setLevel(old_level)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    parsed = _DomIndex()
+    parsed.feed(dom.stdout)
+    body = next(attrs for tag, attrs in parsed.elements if tag == "body")
+    assert body.get("data-loaded") == "1" and body["data-range"] == "24h"
+    assert any("/api/summary?range=24h" in line for line in seen), seen
+    active = [attrs["data-range"] for tag, attrs in parsed.elements if tag == "a" and attrs.get("class") == "active"]
+    assert active == ["24h"]
+    note = next(t for t in parsed.text if "generations in the last" in t)
+    assert note.startswith("13 generations in the last 24 hours, one point per 15 min")
+    tps, _ = _chart_series(parsed, "tokens_per_second")
+    # From the rollup: one 15-minute point per bucket holding real generations.
+    assert 1 <= int(tps["llama-3-8b.Q4_K_M.gguf"]["data-points"]) <= 6
+
+
+def test_series_and_recent_endpoints(server: DashboardServer) -> None:
+    for key, step in (("10m", 15), ("1h", 60), ("24h", 900), ("7d", 3600)):
+        data = _json(server.url + f"api/series?range={key}")
+        assert data["range"] == key and data["step_seconds"] == step
+    hour = _json(server.url + "api/series?range=1h")
+    assert hour["exact"] and sum(p["generations"] for p in hour["overall"]) == 13
+    gemma = next(m for m in hour["models"] if m["model_path"] == "/models/gemma-3-270m.gguf")
+    assert {p["tokens_per_second"] for p in gemma["points"]} == {120.0, None}
+    assert hour["window"]["tokens_per_second"] == pytest.approx(288 / 5.6)
+    week = _json(server.url + "api/series?range=7d")
+    assert not week["exact"] and sum(p["generations"] for p in week["overall"]) == 13
+    recent = _json(server.url + "api/recent?limit=5")
+    assert len(recent["generations"]) == 5 and recent["generations"][0]["created_at"] >= \
+        recent["generations"][-1]["created_at"]
+    assert [r["level"] for r in recent["logs"]] == ["ERROR", "WARNING"]
+    assert recent["model_loads"][0]["load_ms"] == 1234
+    for bad in ("api/series?range=2h", "api/summary?range=x", "api/recent?limit=0", "api/recent?limit=abc"):
+        status, _, body = _get(server.url + bad)
+        assert status == 400, (bad, body)
 
 
 # -- stalled and vanishing clients ------------------------------------------------------------

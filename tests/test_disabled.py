@@ -35,6 +35,8 @@ CALLS: dict[str, tuple[tuple[Any, ...], dict[str, Any], tuple[Any, ...]]] = {
     "get_model_by_name": (("m",), {}, (None,)),
     "get_models": ((), {}, ([],)),
     "get_stats_summary": ((), {}, ("summary",)),
+    "get_stats_series": ((3600.0, 60), {}, ({"step_seconds": 0, "start": 0.0, "end": 0.0, "exact": True,
+                                              "models": [], "overall": []},)),
     "import_database": (("in.db",), {}, ({}, None)),
     "invalidate_cache": ((), {}, (0,)),
     "list_cache_entries": ((), {}, ([],)),

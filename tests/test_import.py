@@ -7,7 +7,8 @@ import sys
 def test_import_does_not_load_heavy_modules() -> None:
     code = (
         "import sys, cyllama_db\n"
-        "heavy = [m for m in ('llama_cpp', 'psutil', 'pynvml', 'numpy', 'gguf') if m in sys.modules]\n"
+        "heavy = [m for m in ('llama_cpp', 'psutil', 'pynvml', 'numpy', 'gguf', 'opentelemetry',"
+        " 'prometheus_client') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sqlite3
+import subprocess
 import sys
 import threading
 import types
@@ -18,7 +20,13 @@ from hypothesis import strategies as st
 import cyllama_db
 from cyllama_db import CyllamaDB, DatabaseClosedError, MetricsSampler, MissingDependencyError
 from cyllama_db import metrics as metrics_mod
-from cyllama_db.metrics import METRICS_FIELDS, RETENTION_SQL, _next_deadline, sample_metrics
+from cyllama_db.metrics import (
+    METRICS_FIELDS,
+    PROCESS_FIELDS,
+    RETENTION_SQL,
+    _next_deadline,
+    sample_metrics,
+)
 
 T = 1_700_000_000.0  # an arbitrary "now" for the injected clock
 T_MS = int(T * 1000)
@@ -88,6 +96,9 @@ def test_table_has_the_seed_columns_plus_gpus_json(any_db: CyllamaDB) -> None:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(metrics_history)")]
         indexes = {r[1]: r for r in conn.execute("PRAGMA index_list(metrics_history)")}
         indexed = [r[2] for r in conn.execute("PRAGMA index_info(idx_metrics_timestamp)")]
+    # Schema 8 appends the inference process's own figures after the seed's columns.
+    assert columns[-3:] == ["process_rss_bytes", "process_cpu_usage", "process_pid"]
+    columns = columns[:-3]
     assert [c for c in columns if c != "gpus_json"] == SEED_COLUMNS
     assert "gpus_json" in columns
     assert "idx_metrics_timestamp" in indexes
@@ -378,7 +389,10 @@ def test_db_stats_count_metrics_rows(any_db: CyllamaDB) -> None:
 
 def test_sample_of_this_machine(file_db: CyllamaDB) -> None:
     sample = sample_metrics(file_db)
-    assert set(sample) == {*METRICS_FIELDS, "timestamp", "gpus"}
+    assert set(sample) == {*METRICS_FIELDS, *PROCESS_FIELDS, "timestamp", "gpus"}
+    if not metrics_mod._loaded_model_paths():  # earlier tests in this process may have loaded one
+        # Nothing generated and no model loaded: no inference process to report.
+        assert all(sample[k] is None for k in PROCESS_FIELDS)
     for key in ("cpu_usage", "memory_usage", "disk_usage"):
         assert isinstance(sample[key], float) and 0 <= sample[key] <= 100, (key, sample[key])
     if not sample["gpus"]:  # no NVIDIA GPU here (the usual test machine)
@@ -821,3 +835,59 @@ def test_sampler_start_resets_uptime_origin(memory_db: CyllamaDB) -> None:
         assert memory_db.get_metadata("server_start_time") == "2000000"
     finally:
         sampler.stop()
+
+
+# -- the inference process's own RSS and CPU -------------------------------------------------
+
+_MISS = {"finish_reason": "stop", "stats": {"prompt_tokens": 2, "generated_tokens": 4,
+                                            "generation_time_ms": 40.0, "total_time_ms": 50.0}}
+
+
+def test_the_process_that_generates_is_sampled(file_db: CyllamaDB) -> None:
+    pytest.importorskip("psutil")
+    file_db.record_generation("/models/m.gguf", _MISS)
+    first = sample_metrics(file_db)
+    assert first["process_pid"] == os.getpid()
+    assert first["process_rss_bytes"] > 10 * 1024 * 1024  # a Python process with SQLite loaded
+    # psutil's first reading of a process is meaningless: None (unless this
+    # thread already sampled it in an earlier test).
+    assert first["process_cpu_usage"] is None or first["process_cpu_usage"] >= 0
+    sum(i * i for i in range(300_000))  # some CPU time between the two readings
+    second = sample_metrics(file_db)
+    assert second["process_cpu_usage"] is not None and second["process_cpu_usage"] >= 0
+    file_db.save_metrics(second)
+    [row] = file_db.get_metrics_history()
+    assert row["process_pid"] == os.getpid() and row["process_rss_bytes"] == second["process_rss_bytes"]
+    assert sample_metrics(file_db, process="self")["process_pid"] == os.getpid()
+    with pytest.raises(TypeError, match="pid"):
+        sample_metrics(file_db, process="nope")
+
+
+def test_another_process_that_generates_is_found(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard's sampler runs in its own process: it reports the generating one."""
+    psutil = pytest.importorskip("psutil")
+    # As in the dashboard's process: no model loaded here (earlier tests may have loaded one).
+    monkeypatch.setattr(metrics_mod, "_loaded_model_paths", lambda: [])
+    code = (
+        "import sys, time; from cyllama_db import CyllamaDB\n"
+        f"db = CyllamaDB({str(db_path)!r})\n"
+        f"db.record_generation('/models/m.gguf', {_MISS!r})\n"
+        "big = bytearray(64 * 1024 * 1024)\n"  # a resident size no idle interpreter has
+        "for i in range(len(big) // 4096): big[i * 4096] = 1\n"
+        "print('ready', flush=True); sys.stdin.read()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(metrics_mod.__file__).parents[1])}
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        with CyllamaDB(db_path) as db:
+            sample = sample_metrics(db)
+            assert sample["process_pid"] == child.pid
+            assert sample["process_rss_bytes"] >= 64 * 1024 * 1024
+            assert sample["process_rss_bytes"] == pytest.approx(
+                psutil.Process(child.pid).memory_info().rss, rel=0.2)
+    finally:
+        child.communicate("", timeout=30)
+    with CyllamaDB(db_path) as db:  # the generating process is gone: nothing to report
+        assert sample_metrics(db)["process_pid"] is None

@@ -82,6 +82,13 @@ WRONG: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], type[Exception], st
     "get_model": [(("1",), {}, TypeError, "id"), ((True,), {}, TypeError, "id")],
     "get_model_by_name": [((1,), {}, TypeError, "name")],
     "get_models": [((), {"no_such_column": 1}, TypeError, "no_such_column")],
+    "get_stats_series": [
+        (("last week", 60), {}, TypeError, "since"),
+        ((3600.0, [60]), {}, TypeError, "step"),
+        ((3600.0, True), {}, TypeError, "step"),
+        ((3600.0, -5), {}, ValueError, "step"),
+        ((3600.0, 60), {"until": OBJ}, TypeError, "until"),
+    ],
     "get_stats_summary": [
         ((123,), {}, TypeError, "model_path"),
         ((None, "last week"), {}, TypeError, "since"),
@@ -163,6 +170,7 @@ WRONG: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], type[Exception], st
         (("1",), {}, TypeError, "interval"),
         ((0,), {}, ValueError, "interval"),
         ((), {"disk_path": 5}, TypeError, "disk_path"),
+        ((), {"process": 1.5}, TypeError, "process"),
     ],
     "to_llama_kwargs": [((1.5,), {}, TypeError, "model")],
     "to_sampling_kwargs": [((None,), {}, TypeError, "model")],
@@ -317,6 +325,7 @@ MODULE_WRONG: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], type[Excepti
         ((None,), {}, TypeError, "db"),
         ((DB,), {"interval": "1s"}, TypeError, "interval"),
         ((DB,), {"disk_path": 5}, TypeError, "disk_path"),
+        ((DB,), {"process": "other"}, TypeError, "process"),
     ],
     "cached": [
         ((5,), {}, TypeError, "function"),
@@ -370,6 +379,7 @@ MODULE_WRONG: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], type[Excepti
     "sample_metrics": [
         (("db",), {}, TypeError, "db"),
         ((), {"disk_path": 5}, TypeError, "disk_path"),
+        ((), {"process": 1.5}, TypeError, "process"),
     ],
     "to_llama_kwargs": [((5,), {}, TypeError, "params"), (({"nope": 1},), {}, KeyError, "nope")],
     "to_sampling_kwargs": [(([1],), {}, TypeError, "params")],

@@ -34,6 +34,9 @@ ENV_VARS: dict[str, str] = {
     "CYLLAMA_CACHE_SAMPLED": (
         "1 (default) or 0: whether sampled calls (temperature > 0, no fixed seed) are cached"
     ),
+    "CYLLAMA_OTEL": (
+        "1 or 0 (default): emit an OpenTelemetry span and gen_ai metrics for every generation"
+    ),
     "CYLLAMA_DB_FALLBACK": (
         "memory (default) or raise: what to do when the file is unusable (not SQLite, corrupt, "
         "a directory); raise refuses to run on an in-memory database"
@@ -189,6 +192,7 @@ class Settings:
     metrics_retention: timedelta
     busy_timeout: float
     cache_sampled: bool = True
+    opentelemetry: bool = False
     #: opened read-only: reads work, every write raises ReadOnlyDatabaseError
     readonly: bool = False
     #: "memory" or "raise": the answer to a file that is not SQLite, corrupt or a directory
@@ -207,6 +211,7 @@ class Settings:
         metrics_retention: Any = None,
         busy_timeout: float | None = None,
         cache_sampled: bool | None = None,
+        opentelemetry: bool | None = None,
         readonly: bool = False,
         fallback: str | None = None,
         environ: Mapping[str, str] | None = None,
@@ -298,6 +303,14 @@ class Settings:
         else:
             answer = _parse_fallback("fallback", fallback)
 
+        if opentelemetry is None:
+            raw = _env(env, "CYLLAMA_OTEL")
+            otel = False if raw is None else _parse_bool("CYLLAMA_OTEL", raw)
+        elif isinstance(opentelemetry, bool):
+            otel = opentelemetry
+        else:
+            raise ConfigurationTypeError(f"opentelemetry must be True or False, got {opentelemetry!r}")
+
         return cls(
             path=resolved,
             enabled=enabled,
@@ -308,6 +321,7 @@ class Settings:
             metrics_retention=retention,
             busy_timeout=busy,
             cache_sampled=sampled,
+            opentelemetry=otel,
             readonly=readonly,
             fallback=answer,
         )

@@ -1085,6 +1085,8 @@ class CacheMixin(StoreBase):
             conn.execute(f"DELETE FROM cache WHERE id IN ({','.join('?' * len(batch))})", batch)
         if ids:
             conn.execute(_SUBTRACT_SQL, (counted,))
+            # A counter for Prometheus (cyllama_cache_evictions_total): never decremented.
+            conn.execute("UPDATE cache_totals SET evictions = evictions + ? WHERE id = 1", (len(ids),))
         return len(ids), freed
 
     # -- hit bookkeeping -----------------------------------------------------------------------

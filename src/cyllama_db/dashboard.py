@@ -16,6 +16,10 @@ Routes (all ``GET``):
 ``/api/stats``      the statistics summary (``?since=7d``), ``by_model`` as a list
 ``/api/cache``      cache entries, size, limit and hit rate
 ``/api/models``     registered models (secrets always redacted)
+``/api/series``     tok/s, p50/p95 latency and generations over time per model
+                    (``?range=10m|1h|24h|7d``)
+``/api/recent``     the latest generations and warnings/errors (``?limit=N``)
+``/metrics``        Prometheus text exposition (see :mod:`cyllama_db.prometheus`)
 ==================  ============================================================
 
 It listens on 127.0.0.1 by default. It has no authentication: serve it on
@@ -36,17 +40,19 @@ import html
 import ipaddress
 import json
 import logging
+import re
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable
+from datetime import timedelta
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from ._time import parse_duration
-from .metrics import MAX_HISTORY_MINUTES, METRICS_FIELDS
+from .metrics import MAX_HISTORY_MINUTES, METRICS_FIELDS, PROCESS_FIELDS
 
 if TYPE_CHECKING:
     from .database import CyllamaDB
@@ -101,17 +107,29 @@ _PAGE = """<!doctype html>
   <span class="meta">database <code id="db-path">{path}</code></span>
   <span class="meta">size <span id="db-size">–</span></span>
   <span class="meta">schema <span id="db-schema">–</span></span>
+  <nav id="range" aria-label="time range">
+    <a href="#range=10m" data-range="10m">10 min</a><a href="#range=1h" data-range="1h">1 h</a><a
+      href="#range=24h" data-range="24h">24 h</a><a href="#range=7d" data-range="7d">7 d</a>
+  </nav>
   <span id="status">loading…</span>
 </header>
 <main>
-  <div class="section-title"><h2>System metrics</h2>
-    <p class="note" id="metrics-window">CPU, memory, GPU and requests per minute</p></div>
-  <div class="grid" id="charts"><noscript><p class="note">The charts need JavaScript;
+  <div class="section-title"><h2>Generations</h2>
+    <p class="note" id="series-window">tokens/s and latency per model</p>
+    <p class="note" id="loads"></p></div>
+  <div class="grid" id="gen-charts"><noscript><p class="note">The charts need JavaScript;
     the data is at <a href="api/summary">api/summary</a>.</p></noscript></div>
   <div class="grid wide-left">
     <section class="card"><h2>Generations per model</h2><div id="stats"></div></section>
     <section class="card"><h2>Response cache</h2><div id="cache"></div></section>
   </div>
+  <div class="grid wide-left">
+    <section class="card"><h2>Recent generations</h2><div id="recent"></div></section>
+    <section class="card"><h2>Warnings and errors</h2><div id="logs"></div></section>
+  </div>
+  <div class="section-title"><h2>System metrics</h2>
+    <p class="note" id="metrics-window">host and inference process</p></div>
+  <div class="grid" id="charts"></div>
   <section class="card"><h2>Models <span class="value" id="models-count"></span></h2>
     <div id="models"></div></section>
 </main>
@@ -193,7 +211,7 @@ def _metrics(db: CyllamaDB, minutes: float | None = None) -> dict[str, Any]:
         compact = {"t": row.get("timestamp_ms")}
         if compact["t"] is None and row.get("timestamp") is not None:
             compact["t"] = int(row["timestamp"].timestamp() * 1000)
-        compact.update({k: row.get(k) for k in METRICS_FIELDS})
+        compact.update({k: row.get(k) for k in METRICS_FIELDS + PROCESS_FIELDS})
         rows.append(compact)
     return {"window_minutes": window, "rows": rows}
 
@@ -235,16 +253,88 @@ def _models(db: CyllamaDB) -> dict[str, Any]:
     return {"rows": rows}
 
 
-def dashboard_data(db: CyllamaDB) -> dict[str, Any]:
-    """Everything the page shows, as JSON-ready data (``/api/summary``)."""
+#: The time ranges of the page's picker: (seconds, step of a chart point in seconds).
+#: Steps under 15 minutes read raw rows; the longer ones read the stats rollup.
+RANGES: dict[str, tuple[int, int]] = {
+    "10m": (600, 15),
+    "1h": (3600, 60),
+    "24h": (86_400, 900),
+    "7d": (604_800, 3600),
+}
+DEFAULT_RANGE = "1h"
+
+_LOAD_MESSAGE = re.compile(r"^loaded model (?P<path>.+) in (?P<ms>\d+(?:\.\d+)?) ms$")
+
+
+def _series(db: CyllamaDB, range_key: str = DEFAULT_RANGE) -> dict[str, Any]:
+    """tok/s, p50/p95 latency and generations over ``range_key``, per model and overall (ms times)."""
+    seconds, step = RANGES[range_key]
+    data = _method(db, "get_stats_series")(timedelta(seconds=seconds), step)
+    window = _stats(db, since=timedelta(seconds=seconds))
+
+    def points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**{k: v for k, v in r.items() if k != "t"}, "t": int(r["t"] * 1000)} for r in rows]
+
+    return {
+        "range": range_key,
+        "range_seconds": seconds,
+        "step_seconds": data["step_seconds"],
+        "exact": data["exact"],
+        "models": [
+            {"model_path": m["model_path"], "model_name": m["model_name"], "points": points(m["points"])}
+            for m in data["models"]
+        ],
+        "overall": points(data["overall"]),
+        "window": {k: window.get(k) for k in (
+            "total_generations", "total_tokens", "cache_hit_rate", "tokens_per_second", "by_model")},
+    }
+
+
+def _recent(db: CyllamaDB, limit: int = 20) -> dict[str, Any]:
+    """The latest generations, warnings/errors and model loads (from the logs store)."""
+    generations = []
+    for row in _method(db, "get_generation_history")(limit=limit):
+        generations.append({
+            "created_at": row["created_at"],
+            "model_path": row["model_path"],
+            "model_name": row["model_name"],
+            "prompt_tokens": row["prompt_tokens"],
+            "generated_tokens": row["generated_tokens"],
+            "tokens_per_second": row["tokens_per_second"],
+            "cache_hit": row["cache_hit"],
+            "total_time_ms": row["total_time_ms"],
+            "finish_reason": row["finish_reason"],
+        })
+    logs: list[dict[str, Any]] = []
+    loads: list[dict[str, Any]] = []
+    get_logs = getattr(db, "get_logs", None)
+    if callable(get_logs):
+        for row in get_logs(level="WARNING", limit=limit):
+            logs.append({k: row.get(k) for k in (
+                "created_at", "level", "category", "message", "error_type", "model_path")})
+        # Model loading is not part of any generation's latency: its own figure.
+        for row in get_logs(category="cyllama_db.inference", limit=200):
+            match = _LOAD_MESSAGE.match(str(row.get("message") or ""))
+            if match and len(loads) < limit:
+                loads.append({"created_at": row["created_at"], "model_path": match["path"],
+                              "load_ms": float(match["ms"])})
+    return {"generations": generations, "logs": logs, "model_loads": loads}
+
+
+def dashboard_data(db: CyllamaDB, range_key: str = DEFAULT_RANGE) -> dict[str, Any]:
+    """Everything the page shows, as JSON-ready data (``/api/summary?range=1h``)."""
     from .cli import _plain
 
+    if range_key not in RANGES:
+        raise ValueError(f"range must be one of {', '.join(RANGES)}, got {range_key!r}")
     return _plain(
         {
             "generated_at_ms": int(db.clock() * 1000),
             "database": _section(lambda: _info(db)),
             "metrics": _section(lambda: _metrics(db)),
             "stats": _section(lambda: _stats(db)),
+            "series": _section(lambda: _series(db, range_key)),
+            "recent": _section(lambda: _recent(db)),
             "cache": _section(lambda: _cache(db)),
             "models": _section(lambda: _models(db)),
         }
@@ -409,7 +499,13 @@ class _Handler(BaseHTTPRequestHandler):
             elif route.startswith("/static/"):
                 self._static(route[len("/static/"):])
             elif route == "/api/summary":
-                self._json(dashboard_data(db))
+                self._json(dashboard_data(db, _range(query)))
+            elif route == "/api/series":
+                range_key = _range(query)
+                self._json(_section(lambda: _series(db, range_key)))
+            elif route == "/api/recent":
+                limit = _limit(query)
+                self._json(_section(lambda: _recent(db, limit)))
             elif route == "/api/info":
                 self._json(_info(db))
             elif route == "/api/metrics":
@@ -422,6 +518,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(_section(lambda: _cache(db)))
             elif route == "/api/models":
                 self._json(_section(lambda: _models(db)))
+            elif route == "/metrics":
+                from .prometheus import CONTENT_TYPE, prometheus_text
+
+                self._send(HTTPStatus.OK, prometheus_text(db).encode("utf-8"), CONTENT_TYPE)
             else:
                 self._error(HTTPStatus.NOT_FOUND, f"no such page: {parsed.path}")
         except _BadRequest as exc:
@@ -468,6 +568,24 @@ def _minutes(query: dict[str, list[str]]) -> float | None:
             f"minutes must be a positive number up to {MAX_HISTORY_MINUTES}, got {raw[:40]!r}"
         )
     return value
+
+
+def _range(query: dict[str, list[str]]) -> str:
+    raw = _one(query, "range")
+    if raw is None:
+        return DEFAULT_RANGE
+    if raw not in RANGES:
+        raise _BadRequest(f"range must be one of {', '.join(RANGES)}, got {raw[:40]!r}")
+    return raw
+
+
+def _limit(query: dict[str, list[str]]) -> int:
+    raw = _one(query, "limit")
+    if raw is None:
+        return 20
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise _BadRequest(f"limit must be a whole number from 1 to 1000, got {raw[:40]!r}")
+    return int(raw)
 
 
 def _since(query: dict[str, list[str]]) -> Any:

@@ -175,6 +175,10 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
             ``$CYLLAMA_CACHE_SAMPLED`` or True: identical requests get the
             stored answer, as the design's keys say (the seed is not part of
             them); a call can still ask for a new one with ``cache="refresh"``.
+        opentelemetry: emit an OpenTelemetry span and the ``gen_ai.client.*``
+            histograms for every generation recorded (through the global
+            tracer and meter providers; see ``docs/observability.md``).
+            Default: ``$CYLLAMA_OTEL`` or off.
         busy_timeout: seconds a writer waits for another writer (opening
             waits as long at most). Default: ``$CYLLAMA_DB_BUSY_TIMEOUT`` or 30.
         readonly: open an existing file read-only: every read works, every
@@ -211,6 +215,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
         metrics_retention: Any = None,
         busy_timeout: float | None = None,
         cache_sampled: bool | None = None,
+        opentelemetry: bool | None = None,
         readonly: bool = False,
         fallback: str | None = None,
     ) -> None:
@@ -224,6 +229,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
             metrics_retention=metrics_retention,
             busy_timeout=busy_timeout,
             cache_sampled=cache_sampled,
+            opentelemetry=opentelemetry,
             readonly=readonly,
             fallback=fallback,
         )

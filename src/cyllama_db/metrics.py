@@ -43,6 +43,7 @@ __all__ = [
     "MAX_SAMPLER_INTERVAL",
     "METRICS_FIELDS",
     "MIN_SAMPLER_INTERVAL",
+    "PROCESS_FIELDS",
     "MetricsMixin",
     "MetricsSampler",
     "sample_metrics",
@@ -64,7 +65,10 @@ METRICS_FIELDS = (
     "uptime",
     "requests_per_minute",
 )
-_INTEGER_FIELDS = frozenset({"active_models", "uptime"})
+#: The sampled inference process's own figures (schema 8), stored beside the host's.
+PROCESS_FIELDS = ("process_rss_bytes", "process_cpu_usage", "process_pid")
+_STORED_FIELDS = METRICS_FIELDS + PROCESS_FIELDS
+_INTEGER_FIELDS = frozenset({"active_models", "uptime", "process_rss_bytes", "process_pid"})
 _GPU_FIELDS = (
     "gpu_usage",
     "gpu_temperature",
@@ -72,7 +76,7 @@ _GPU_FIELDS = (
     "gpu_memory_total",
     "gpu_power_usage",
 )
-_ACCEPTED_KEYS = frozenset(METRICS_FIELDS) | {"timestamp", "gpus"}
+_ACCEPTED_KEYS = frozenset(_STORED_FIELDS) | {"timestamp", "gpus"}
 
 _MIB = 1024 * 1024
 # Unix milliseconds below this (1973-03-03) are almost surely Unix seconds
@@ -91,9 +95,9 @@ MAX_HISTORY_MINUTES = 365_250 * 24 * 60
 
 _INSERT_SQL = (
     "INSERT INTO metrics_history (timestamp, "
-    + ", ".join(METRICS_FIELDS)
+    + ", ".join(_STORED_FIELDS)
     + ", gpus_json, created_at) VALUES ("
-    + ", ".join("?" * (len(METRICS_FIELDS) + 3))
+    + ", ".join("?" * (len(_STORED_FIELDS) + 3))
     + ")"
 )
 #: The retention delete run by every insert: two ranges on ``idx_metrics_timestamp``
@@ -101,7 +105,7 @@ _INSERT_SQL = (
 RETENTION_SQL = "DELETE FROM metrics_history WHERE timestamp < ? OR timestamp > ?"
 _HISTORY_SQL = (
     "SELECT id, timestamp, "
-    + ", ".join(METRICS_FIELDS)
+    + ", ".join(_STORED_FIELDS)
     + ", gpus_json, created_at FROM metrics_history"
     " WHERE timestamp >= ? AND timestamp <= ? ORDER BY timestamp, id"
 )
@@ -225,9 +229,17 @@ def _check_sample(sample: Any) -> Mapping[str, Any]:
     if unknown:
         raise ValueError(
             f"unknown metrics key(s) {', '.join(map(repr, unknown))}; "
-            f"accepted keys: timestamp, gpus, {', '.join(METRICS_FIELDS)}"
+            f"accepted keys: timestamp, gpus, {', '.join(_STORED_FIELDS)}"
         )
     return sample
+
+
+def _check_process(process: Any) -> int | str | None:
+    if process is not None and process != "self" and (
+        isinstance(process, bool) or not isinstance(process, int) or process <= 0
+    ):
+        raise TypeError(f"process must be a pid (a positive int), 'self' or None, got {process!r}")
+    return process
 
 
 def _check_interval(interval: Any) -> float:
@@ -289,7 +301,8 @@ class MetricsMixin(StoreBase):
     def save_metrics(self, sample: Mapping[str, Any]) -> int | None:
         """Store one sample; return its row id (``None`` when the database is disabled).
 
-        ``sample`` is a dict with any of :data:`METRICS_FIELDS` (missing ones are
+        ``sample`` is a dict with any of :data:`METRICS_FIELDS` and
+        :data:`PROCESS_FIELDS` (missing ones are
         stored as NULL), optionally ``timestamp`` (Unix milliseconds or a
         datetime; default now) and ``gpus`` (a list of per-GPU dicts, stored
         as JSON).  :func:`sample_metrics` returns exactly such a dict.  Rows
@@ -302,7 +315,7 @@ class MetricsMixin(StoreBase):
                 is not Unix milliseconds or is more than a day in the future.
         """
         _check_sample(sample)
-        values = [_number(key, sample.get(key)) for key in METRICS_FIELDS]
+        values = [_number(key, sample.get(key)) for key in _STORED_FIELDS]
         gpus_json = _gpus_json(sample.get("gpus"))
         now_ms = round(self.clock() * 1000)
         raw_ts = sample.get("timestamp")
@@ -319,7 +332,8 @@ class MetricsMixin(StoreBase):
 
         Each row is a plain dict: ``id``, ``timestamp`` (aware UTC datetime),
         ``timestamp_ms`` (the stored Unix milliseconds, for JSON), the
-        :data:`METRICS_FIELDS` (``None`` where not measured), ``gpus`` (list of
+        :data:`METRICS_FIELDS` and :data:`PROCESS_FIELDS` (``None`` where not
+        measured), ``gpus`` (list of
         per-GPU dicts, ``[]`` if none) and ``created_at`` (datetime, ``None``
         if the stored value is not a usable time).  Rows stamped more than a
         day ahead of the clock are left out (the next insert deletes them).
@@ -343,7 +357,7 @@ class MetricsMixin(StoreBase):
                 logger.debug("metrics_history row %s has an unusable timestamp %r", row[0], row[1])
                 continue
             record: dict[str, Any] = {"id": row[0], "timestamp": stamp, "timestamp_ms": row[1]}
-            record.update(zip(METRICS_FIELDS, row[2:-2], strict=True))
+            record.update(zip(_STORED_FIELDS, row[2:-2], strict=True))
             try:
                 record["gpus"] = json.loads(row[-2]) if row[-2] else []
             except ValueError:
@@ -358,14 +372,18 @@ class MetricsMixin(StoreBase):
         *,
         nvml: Any = None,
         disk_path: str | os.PathLike[str] | None = None,
+        process: int | str | None = None,
     ) -> MetricsSampler:
         """Start a :class:`MetricsSampler` saving one sample every ``interval`` seconds.
+
+        ``process``: whose RSS and CPU are sampled (a pid, ``"self"``, or
+        None for the inference process; see :func:`sample_metrics`).
 
         The sampler stops with ``stop()``, at the end of a ``with`` block, or
         when this database is closed.  On a disabled database it is returned
         without starting (no thread, no cost).
         """
-        return MetricsSampler(self, interval, nvml=nvml, disk_path=disk_path).start()
+        return MetricsSampler(self, interval, nvml=nvml, disk_path=disk_path, process=process).start()
 
 
 # -- sampling ------------------------------------------------------------------------------
@@ -525,6 +543,62 @@ def _loaded_model_paths() -> list[str]:
         return []
 
 
+# psutil.Process objects by pid, per sampling thread: cpu_percent() measures
+# since the previous call on the same object.
+_process_state = threading.local()
+
+#: The metadata key under which the statistics store notes the process that
+#: recorded the latest real generation ("<pid> <unix seconds>").
+INFERENCE_PROCESS_KEY = "inference_process"
+
+
+def _inference_pid(pool: ConnectionPool | None, psutil: Any) -> int | None:
+    """The process to report RSS/CPU for: this one if it loaded a model through
+    cyllama_db, else the one that recorded the latest real generation (if alive)."""
+    if _loaded_model_paths():
+        return os.getpid()
+    if pool is None:
+        return None
+    with pool.read() as conn:
+        row = conn.execute("SELECT value FROM metadata WHERE key = ?", (INFERENCE_PROCESS_KEY,)).fetchone()
+    if row is None:
+        return None
+    try:
+        pid_text, noted_text = str(row[0]).split()
+        pid, noted = int(pid_text), float(noted_text)
+        # A process started after the note cannot be the one that wrote it (pid reuse).
+        if psutil.Process(pid).create_time() > noted + 1:
+            return None
+    except Exception as exc:  # gone, unreadable, or malformed
+        logger.debug("inference process %r not available: %s", row[0], exc)
+        return None
+    return pid
+
+
+def _process_figures(psutil: Any, pid: int | None) -> dict[str, Any]:
+    """RSS bytes and CPU percent (of one core; may exceed 100) of ``pid``."""
+    empty = {"process_rss_bytes": None, "process_cpu_usage": None, "process_pid": None}
+    if pid is None:
+        return empty
+    cache: dict[int, Any] = getattr(_process_state, "processes", None) or {}
+    _process_state.processes = cache
+    try:
+        proc: Any = cache.get(pid)
+        first = proc is None
+        if first:
+            cache.clear()  # one inference process at a time
+            proc = cache[pid] = psutil.Process(pid)
+            proc.cpu_percent(interval=None)  # the first reading is meaningless
+        with proc.oneshot():
+            rss = int(proc.memory_info().rss)
+            cpu = None if first else float(proc.cpu_percent(interval=None))
+    except Exception as exc:
+        cache.pop(pid, None)
+        logger.debug("cannot read process %s: %s", pid, exc)
+        return empty
+    return {"process_rss_bytes": rss, "process_cpu_usage": cpu, "process_pid": pid}
+
+
 def _norm_path(path: str) -> str:
     return os.path.normcase(os.path.abspath(path))
 
@@ -564,6 +638,7 @@ def sample_metrics(
     *,
     nvml: Any = None,
     disk_path: str | os.PathLike[str] | None = None,
+    process: int | str | None = None,
 ) -> dict[str, Any]:
     """Take one sample of this machine, ready for :meth:`save_metrics`.
 
@@ -577,6 +652,11 @@ def sample_metrics(
             ``nvidia-ml-py``, imported here); tests pass a fake.
         disk_path: the filesystem whose use is ``disk_usage`` (default: the
             database file's, else the root of the current drive).
+        process: whose RSS and CPU are ``process_rss_bytes`` and
+            ``process_cpu_usage``: a pid, ``"self"``, or ``None`` (default)
+            for the inference process: this one if it has loaded a model
+            through cyllama-db, else the live process that recorded the
+            database's latest real generation (none: the fields are None).
 
     Returns:
         ``timestamp`` (Unix ms), every :data:`METRICS_FIELDS` value (GPU
@@ -591,6 +671,7 @@ def sample_metrics(
         DatabaseClosedError: ``db`` is closed.
     """
     psutil = _import_psutil()
+    _check_process(process)
     if db is not None and not isinstance(db, MetricsMixin):
         raise TypeError(f"db must be a CyllamaDB or None, got {type(db).__name__}")
     if disk_path is not None:
@@ -624,6 +705,13 @@ def sample_metrics(
     sample["active_models"] = len(loaded) + len(extra)
     sample["uptime"] = uptime
     sample["requests_per_minute"] = rpm
+    pid = os.getpid() if process == "self" else process if isinstance(process, int) else None
+    if process is None:
+        try:
+            pid = _inference_pid(pool, psutil)
+        except sqlite3.Error as exc:
+            logger.debug("no inference process from the database: %s", exc)
+    sample.update(_process_figures(psutil, pid))
     sample["gpus"] = gpus
     return {"timestamp": round(now * 1000), **sample}
 
@@ -671,6 +759,7 @@ class MetricsSampler:
         *,
         nvml: Any = None,
         disk_path: str | os.PathLike[str] | None = None,
+        process: int | str | None = None,
     ) -> None:
         if not isinstance(db, MetricsMixin):
             raise TypeError(f"db must be a CyllamaDB, got {type(db).__name__}")
@@ -678,6 +767,7 @@ class MetricsSampler:
         self.interval = _check_interval(interval)
         self.nvml = nvml
         self.disk_path = None if disk_path is None else check_path(disk_path, "disk_path")
+        self.process = _check_process(process)  # see sample_metrics(process=...)
         self.samples_taken = 0
         self.errors = 0
         self.last_error: BaseException | None = None
@@ -791,7 +881,7 @@ class MetricsSampler:
         """Take and save one sample; False when the sampler should end (database closed)."""
         try:
             # Looked up at call time so tests can replace the module's function.
-            sample = sample_metrics(self.db, nvml=self.nvml, disk_path=self.disk_path)
+            sample = sample_metrics(self.db, nvml=self.nvml, disk_path=self.disk_path, process=self.process)
             self.db.save_metrics(sample)
         except DatabaseClosedError:
             logger.debug("database closed: metrics sampler stops")

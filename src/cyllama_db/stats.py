@@ -47,6 +47,7 @@ __all__ = [
     "BUCKET_SECONDS",
     "HIT_FLUSH_ROWS",
     "HIT_FLUSH_SECONDS",
+    "LATENCY_BUCKETS",
     "STATS_COLUMNS",
     "StatsMixin",
     "model_name_for",
@@ -57,6 +58,17 @@ logger = logging.getLogger("cyllama_db.stats")
 
 #: Width of a rollup bucket. Every UTC offset in use is a multiple of 15 minutes.
 BUCKET_SECONDS = 900
+
+#: Upper bounds (seconds) of the latency histogram kept per rollup bucket (real
+#: generations) and in the running totals (every generation, for Prometheus's
+#: ``cyllama_generation_duration_seconds``). Cumulative, as Prometheus's ``le``.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75,
+    1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0, 128.0, 300.0,
+)
+_HIST_COLUMNS = tuple(f"h{i:02d}" for i in range(len(LATENCY_BUCKETS)))
+# A real generation whose speed counts: generated tokens over generation time.
+_GEN_OK = "cache_hit = 0 AND generated_tokens IS NOT NULL AND generation_time_ms > 0"
 
 #: The columns of a history row, in table order.
 STATS_COLUMNS = (
@@ -101,6 +113,13 @@ _INSERT_SQL = (
     " generated_tokens, total_tokens, prompt_time_ms, generation_time_ms,"
     " total_time_ms, tokens_per_second, temperature, max_tokens, finish_reason,"
     " cache_hit, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+# metrics.INFERENCE_PROCESS_KEY: the process that recorded the latest real generation.
+_NOTE_PROCESS_SQL = (
+    "INSERT INTO metadata (key, value, updated_at) VALUES ('inference_process', ?, ?)"
+    " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
 )
 
 
@@ -210,6 +229,221 @@ def _create_stats_tables(conn: sqlite3.Connection) -> None:
 @db_stats_provider
 def _stats_counts(conn: sqlite3.Connection) -> dict[str, Any]:
     return {"stats_entries": conn.execute("SELECT COUNT(*) FROM stats").fetchone()[0]}
+
+
+# -- migration 8: observability --------------------------------------------------------------
+#
+# stats_rollup gains what a token-weighted speed and latency percentiles over
+# time need (generated tokens and generation time of real generations, the
+# sum of their latencies and a cumulative latency histogram), and
+# stats_totals keeps running totals per (model, hit) that are never
+# decremented: Prometheus counters must not go down when old rows are
+# pruned. The triggers are rebuilt with the new columns and the new columns
+# are filled from the rows already there.
+
+
+def _hist_terms(value: str) -> list[str]:
+    """One cumulative-bucket term per bound: 1 if ``value`` (ms, may be NULL) is within it."""
+    return [f"COALESCE({value} <= {le * 1000!r}, 0)" for le in LATENCY_BUCKETS]
+
+
+def _miss(expr: str, *, timed: str = "NEW.total_time_ms") -> str:
+    return f"CASE WHEN NEW.cache_hit = 0 AND {timed} IS NOT NULL THEN {expr} ELSE 0 END"
+
+
+def _rollup_triggers() -> str:
+    hist = ", ".join(_HIST_COLUMNS)
+    miss_hist = ", ".join(
+        f"CASE WHEN NEW.cache_hit = 0 THEN {term} ELSE 0 END" for term in _hist_terms("NEW.total_time_ms")
+    )
+    hist_update = ",\n                ".join(f"{c} = {c} + excluded.{c}" for c in _HIST_COLUMNS)
+    old_hist = ",\n                ".join(
+        f"{c} = {c} - CASE WHEN OLD.cache_hit = 0 THEN {term} ELSE 0 END"
+        for c, term in zip(_HIST_COLUMNS, _hist_terms("OLD.total_time_ms"), strict=True)
+    )
+    gen_ok = "NEW.cache_hit = 0 AND NEW.generated_tokens IS NOT NULL AND NEW.generation_time_ms > 0"
+    old_gen_ok = gen_ok.replace("NEW.", "OLD.")
+    return f"""
+        CREATE TRIGGER stats_rollup_insert AFTER INSERT ON stats
+        BEGIN
+            INSERT INTO stats_rollup
+                (bucket, model_path, model_name, generations, cache_hits, tokens, tps_sum,
+                 tps_count, latency_count, gen_tokens, gen_time_ms, latency_sum_ms, {hist})
+            VALUES (
+                CAST(NEW.created_at / {BUCKET_SECONDS} AS INTEGER),
+                NEW.model_path,
+                NEW.model_name,
+                1,
+                NEW.cache_hit,
+                COALESCE(NEW.total_tokens, 0),
+                CASE WHEN NEW.cache_hit = 0 THEN COALESCE(NEW.tokens_per_second, 0) ELSE 0 END,
+                CASE WHEN NEW.cache_hit = 0 AND NEW.tokens_per_second IS NOT NULL
+                     THEN 1 ELSE 0 END,
+                CASE WHEN NEW.cache_hit = 0 AND NEW.total_time_ms IS NOT NULL
+                     THEN 1 ELSE 0 END,
+                CASE WHEN {gen_ok} THEN NEW.generated_tokens ELSE 0 END,
+                CASE WHEN {gen_ok} THEN NEW.generation_time_ms ELSE 0 END,
+                {_miss("NEW.total_time_ms")},
+                {miss_hist}
+            )
+            ON CONFLICT (model_path, bucket) DO UPDATE SET
+                model_name = COALESCE(excluded.model_name, model_name),
+                generations = generations + excluded.generations,
+                cache_hits = cache_hits + excluded.cache_hits,
+                tokens = tokens + excluded.tokens,
+                tps_sum = tps_sum + excluded.tps_sum,
+                tps_count = tps_count + excluded.tps_count,
+                latency_count = latency_count + excluded.latency_count,
+                gen_tokens = gen_tokens + excluded.gen_tokens,
+                gen_time_ms = gen_time_ms + excluded.gen_time_ms,
+                latency_sum_ms = latency_sum_ms + excluded.latency_sum_ms,
+                {hist_update};
+        END;
+
+        CREATE TRIGGER stats_rollup_delete AFTER DELETE ON stats
+        BEGIN
+            UPDATE stats_rollup SET
+                generations = generations - 1,
+                cache_hits = cache_hits - OLD.cache_hit,
+                tokens = tokens - COALESCE(OLD.total_tokens, 0),
+                tps_sum = tps_sum - CASE WHEN OLD.cache_hit = 0
+                                         THEN COALESCE(OLD.tokens_per_second, 0) ELSE 0 END,
+                tps_count = tps_count - CASE WHEN OLD.cache_hit = 0
+                                             AND OLD.tokens_per_second IS NOT NULL
+                                             THEN 1 ELSE 0 END,
+                latency_count = latency_count - CASE WHEN OLD.cache_hit = 0
+                                                     AND OLD.total_time_ms IS NOT NULL
+                                                     THEN 1 ELSE 0 END,
+                gen_tokens = gen_tokens - CASE WHEN {old_gen_ok} THEN OLD.generated_tokens ELSE 0 END,
+                gen_time_ms = gen_time_ms - CASE WHEN {old_gen_ok} THEN OLD.generation_time_ms ELSE 0 END,
+                latency_sum_ms = latency_sum_ms - CASE WHEN OLD.cache_hit = 0
+                                                       THEN COALESCE(OLD.total_time_ms, 0) ELSE 0 END,
+                {old_hist}
+            WHERE bucket = CAST(OLD.created_at / {BUCKET_SECONDS} AS INTEGER)
+              AND model_path = OLD.model_path;
+            DELETE FROM stats_rollup
+            WHERE bucket = CAST(OLD.created_at / {BUCKET_SECONDS} AS INTEGER)
+              AND model_path = OLD.model_path AND generations <= 0;
+        END;
+    """
+
+
+def _totals_trigger() -> str:
+    hist = ", ".join(_HIST_COLUMNS)
+    hist_values = ", ".join(_hist_terms("NEW.total_time_ms"))
+    hist_update = ",\n                ".join(f"{c} = {c} + excluded.{c}" for c in _HIST_COLUMNS)
+    gen_ok = "NEW.cache_hit = 0 AND NEW.generated_tokens IS NOT NULL AND NEW.generation_time_ms > 0"
+    return f"""
+        CREATE TRIGGER stats_totals_insert AFTER INSERT ON stats
+        BEGIN
+            INSERT INTO stats_totals
+                (model_path, cache_hit, model_name, generations, prompt_tokens, generated_tokens,
+                 gen_tokens, gen_time_ms, duration_count, duration_sum_ms, {hist})
+            VALUES (
+                NEW.model_path, NEW.cache_hit, NEW.model_name, 1,
+                COALESCE(NEW.prompt_tokens, 0), COALESCE(NEW.generated_tokens, 0),
+                CASE WHEN {gen_ok} THEN NEW.generated_tokens ELSE 0 END,
+                CASE WHEN {gen_ok} THEN NEW.generation_time_ms ELSE 0 END,
+                NEW.total_time_ms IS NOT NULL, COALESCE(NEW.total_time_ms, 0),
+                {hist_values}
+            )
+            ON CONFLICT (model_path, cache_hit) DO UPDATE SET
+                model_name = COALESCE(excluded.model_name, model_name),
+                generations = generations + 1,
+                prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                generated_tokens = generated_tokens + excluded.generated_tokens,
+                gen_tokens = gen_tokens + excluded.gen_tokens,
+                gen_time_ms = gen_time_ms + excluded.gen_time_ms,
+                duration_count = duration_count + excluded.duration_count,
+                duration_sum_ms = duration_sum_ms + excluded.duration_sum_ms,
+                {hist_update};
+        END;
+    """
+
+
+def _aggregate_select(group: str, *, misses_only_hist: bool) -> str:
+    """SELECT list over ``stats`` rows rebuilding the rollup/totals columns (migration backfill)."""
+    gen_ok = "cache_hit = 0 AND generated_tokens IS NOT NULL AND generation_time_ms > 0"
+    if misses_only_hist:
+        hist = ", ".join(
+            f"SUM(CASE WHEN cache_hit = 0 THEN COALESCE(total_time_ms <= {le * 1000!r}, 0) ELSE 0 END)"
+            for le in LATENCY_BUCKETS
+        )
+    else:
+        hist = ", ".join(f"SUM(COALESCE(total_time_ms <= {le * 1000!r}, 0))" for le in LATENCY_BUCKETS)
+    return (
+        f"SELECT {group},"
+        f" SUM(CASE WHEN {gen_ok} THEN generated_tokens ELSE 0 END),"
+        f" SUM(CASE WHEN {gen_ok} THEN generation_time_ms ELSE 0 END),"
+        + (
+            " SUM(CASE WHEN cache_hit = 0 THEN COALESCE(total_time_ms, 0) ELSE 0 END),"
+            if misses_only_hist
+            else " SUM(total_time_ms IS NOT NULL), SUM(COALESCE(total_time_ms, 0)),"
+        )
+        + f" {hist} FROM stats"
+    )
+
+
+@migration(8, "observability: stats totals, rollup latency histogram, cache evictions, process metrics")
+def _add_observability(conn: sqlite3.Connection) -> None:
+    hist_defs = ", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in _HIST_COLUMNS)
+    hist = ", ".join(_HIST_COLUMNS)
+    statements = [
+        "ALTER TABLE stats_rollup ADD COLUMN gen_tokens INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE stats_rollup ADD COLUMN gen_time_ms REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE stats_rollup ADD COLUMN latency_sum_ms REAL NOT NULL DEFAULT 0",
+        *(f"ALTER TABLE stats_rollup ADD COLUMN {c} INTEGER NOT NULL DEFAULT 0" for c in _HIST_COLUMNS),
+        f"""CREATE TABLE IF NOT EXISTS stats_totals (
+            model_path TEXT NOT NULL,
+            cache_hit INTEGER NOT NULL,
+            model_name TEXT,
+            generations INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            generated_tokens INTEGER NOT NULL DEFAULT 0,
+            gen_tokens INTEGER NOT NULL DEFAULT 0,
+            gen_time_ms REAL NOT NULL DEFAULT 0,
+            duration_count INTEGER NOT NULL DEFAULT 0,
+            duration_sum_ms REAL NOT NULL DEFAULT 0,
+            {hist_defs},
+            PRIMARY KEY (model_path, cache_hit)
+        ) WITHOUT ROWID""",
+        "DROP TRIGGER IF EXISTS stats_rollup_insert",
+        "DROP TRIGGER IF EXISTS stats_rollup_delete",
+        # Backfill the rollup's new columns from the rows already recorded.
+        f"""CREATE TEMP TABLE _rollup_fill (
+            bucket INTEGER NOT NULL, model_path TEXT NOT NULL, gen_tokens, gen_time_ms,
+            latency_sum_ms, {hist}, PRIMARY KEY (model_path, bucket)) WITHOUT ROWID""",
+        "INSERT INTO _rollup_fill "
+        + _aggregate_select(
+            f"CAST(created_at / {BUCKET_SECONDS} AS INTEGER), model_path", misses_only_hist=True
+        )
+        + " GROUP BY 1, 2",
+        f"""UPDATE stats_rollup SET (gen_tokens, gen_time_ms, latency_sum_ms, {hist}) = (
+            SELECT gen_tokens, gen_time_ms, latency_sum_ms, {hist} FROM _rollup_fill f
+            WHERE f.model_path = stats_rollup.model_path AND f.bucket = stats_rollup.bucket)
+            WHERE EXISTS (SELECT 1 FROM _rollup_fill f
+                          WHERE f.model_path = stats_rollup.model_path AND f.bucket = stats_rollup.bucket)""",
+        "DROP TABLE _rollup_fill",
+        # The running totals start from what is recorded now.
+        f"""INSERT INTO stats_totals (model_path, cache_hit, model_name, generations, prompt_tokens,
+            generated_tokens, gen_tokens, gen_time_ms, duration_count, duration_sum_ms, {hist}) """
+        + _aggregate_select(
+            "model_path, cache_hit, MAX(model_name), COUNT(*), SUM(COALESCE(prompt_tokens, 0)),"
+            " SUM(COALESCE(generated_tokens, 0))",
+            misses_only_hist=False,
+        )
+        + " GROUP BY model_path, cache_hit",
+        # Evictions, counted where the cache evicts (a counter, never decremented).
+        "ALTER TABLE cache_totals ADD COLUMN evictions INTEGER NOT NULL DEFAULT 0",
+        # The sampled process's own memory and CPU, next to the host's.
+        "ALTER TABLE metrics_history ADD COLUMN process_rss_bytes INTEGER",
+        "ALTER TABLE metrics_history ADD COLUMN process_cpu_usage REAL",
+        "ALTER TABLE metrics_history ADD COLUMN process_pid INTEGER",
+    ]
+    for statement in statements:
+        conn.execute(statement)
+    execute_script(conn, _rollup_triggers())
+    execute_script(conn, _totals_trigger())
 
 
 # -- session ids -----------------------------------------------------------------------------
@@ -809,6 +1043,29 @@ def _percentile_index(n: int, q: float) -> tuple[int, float]:
     return low, pos - low
 
 
+def _exact_percentile(values: list[float], q: float) -> float | None:
+    """Quantile ``q`` of sorted ``values`` (linear interpolation); None if empty."""
+    if not values:
+        return None
+    index, frac = _percentile_index(len(values), q)
+    upper = values[min(index + 1, len(values) - 1)]
+    return values[index] + (upper - values[index]) * frac
+
+
+def _histogram_percentile(count: int, cumulative: list[int], q: float) -> float | None:
+    """Quantile ``q`` (ms) from cumulative counts at :data:`LATENCY_BUCKETS`, interpolated
+    linearly inside the bucket that holds it (Prometheus's ``histogram_quantile``)."""
+    if not count:
+        return None
+    rank = q * count
+    lower_bound, lower_count = 0.0, 0
+    for le, cum in zip(LATENCY_BUCKETS, cumulative, strict=True):
+        if cum >= rank and cum > lower_count:
+            return (lower_bound + (le - lower_bound) * (rank - lower_count) / (cum - lower_count)) * 1000.0
+        lower_bound, lower_count = le, cum
+    return LATENCY_BUCKETS[-1] * 1000.0  # beyond the last bound: its value, as Prometheus does
+
+
 def _empty_summary() -> dict[str, Any]:
     return {
         "total_generations": 0,
@@ -816,6 +1073,7 @@ def _empty_summary() -> dict[str, Any]:
         "cache_hits": 0,
         "cache_hit_rate": 0.0,
         "avg_tokens_per_second": 0.0,
+        "tokens_per_second": 0.0,
         "by_model": {},
         "by_day": [],
     }
@@ -824,7 +1082,9 @@ def _empty_summary() -> dict[str, Any]:
 class _Agg:
     """Running totals of one group (a model, a day, or everything)."""
 
-    __slots__ = ("generations", "hits", "latency_count", "tokens", "tps_count", "tps_sum")
+    __slots__ = (
+        "gen_time_ms", "gen_tokens", "generations", "hits", "latency_count", "tokens", "tps_count", "tps_sum",
+    )
 
     def __init__(self) -> None:
         self.generations = 0
@@ -833,6 +1093,8 @@ class _Agg:
         self.tps_sum = 0.0
         self.tps_count = 0
         self.latency_count = 0
+        self.gen_tokens = 0
+        self.gen_time_ms = 0.0
 
     def add(
         self,
@@ -842,6 +1104,8 @@ class _Agg:
         tps_sum: float,
         tps_count: int,
         latency_count: int = 0,
+        gen_tokens: int | None = 0,
+        gen_time_ms: float | None = 0.0,
     ) -> None:
         self.generations += generations
         self.hits += hits
@@ -849,6 +1113,8 @@ class _Agg:
         self.tps_sum += tps_sum
         self.tps_count += tps_count
         self.latency_count += latency_count
+        self.gen_tokens += gen_tokens or 0
+        self.gen_time_ms += gen_time_ms or 0.0
 
     def figures(self) -> dict[str, Any]:
         return {
@@ -857,6 +1123,9 @@ class _Agg:
             "cache_hits": self.hits,
             "cache_hit_rate": self.hits / self.generations if self.generations else 0.0,
             "avg_tokens_per_second": self.tps_sum / self.tps_count if self.tps_count else 0.0,
+            "tokens_per_second": (
+                self.gen_tokens / (self.gen_time_ms / 1000.0) if self.gen_time_ms > 0 else 0.0
+            ),
         }
 
 
@@ -867,6 +1136,7 @@ class StatsMixin(StoreBase):
     _stats_next_prune: float = 0.0
     _stats_hits: _HitBuffer | None = None
     _stats_finalizer: weakref.finalize | None = None
+    _stats_process_noted: int = 0
 
     # -- lifecycle hooks -------------------------------------------------------------------
 
@@ -1111,6 +1381,14 @@ class StatsMixin(StoreBase):
             1 if hit else 0,
             float(self.clock()),
         )
+        if self.settings.opentelemetry:
+            from .otel import emit_generation
+
+            emit_generation(
+                model_path=path, model_name=row[2], kind=_field(response, "kind") or _field(response, "object"),
+                input_tokens=prompt_tokens, output_tokens=generated, finish_reason=finish,
+                cache_hit=hit, duration_ms=timings[2], config=config,
+            )
         prune_due = row[-1] >= self._stats_next_prune
         buffer = self._stats_hits
         if hit and buffer is not None:
@@ -1129,11 +1407,19 @@ class StatsMixin(StoreBase):
         try:
             if have_buffer and buffer is not None:
                 pending = buffer.take()
+            note = self._stats_process_noted != os.getpid()
             try:
                 with self.pool.transaction() as conn:
                     if pending:
                         conn.executemany(_INSERT_SQL, pending)
                     cursor = conn.execute(_INSERT_SQL, row)
+                    if note:
+                        # Which process generates: the metrics sampler (maybe in
+                        # another process) reports its RSS and CPU.
+                        now = row[-1]
+                        conn.execute(_NOTE_PROCESS_SQL, (f"{os.getpid()} {now!r}", int(now * 1000)))
+                if note:
+                    self._stats_process_noted = os.getpid()
             except BaseException:
                 if buffer is not None:
                     buffer.put_back(pending)
@@ -1224,14 +1510,18 @@ class StatsMixin(StoreBase):
 
         Returns a dict: ``total_generations``, ``total_tokens`` (hits
         included), ``cache_hits``, ``cache_hit_rate``,
-        ``avg_tokens_per_second`` (mean over real generations, hits
-        excluded), ``by_model`` (``{model_path: {model_name, generations,
-        tokens, cache_hits, cache_hit_rate, avg_tokens_per_second,
-        p50_latency_ms, p95_latency_ms}}``; latencies are of
-        ``total_time_ms`` over real generations, ``None`` if there are
-        none) and ``by_day`` (``[{date, generations, tokens, cache_hits,
-        cache_hit_rate, avg_tokens_per_second}]``, oldest first, days
-        without generations left out).
+        ``tokens_per_second`` (weighted by tokens: generated tokens over
+        generation time, summed over real generations; what a dashboard
+        should show), ``avg_tokens_per_second`` (the mean of each real
+        generation's own speed, which a few very short generations can
+        inflate), ``by_model`` (``{model_path: {model_name, generations,
+        tokens, cache_hits, cache_hit_rate, tokens_per_second,
+        avg_tokens_per_second, p50_latency_ms, p95_latency_ms}}``;
+        latencies are of ``total_time_ms`` over real generations (model
+        loading is not part of it), ``None`` if there are none) and
+        ``by_day`` (``[{date, generations, tokens, cache_hits,
+        cache_hit_rate, tokens_per_second, avg_tokens_per_second}]``,
+        oldest first, days without generations left out).
         """
         paths = None if model_path is None else self._model_paths(model_path)
         if tz is not None and not isinstance(tz, tzinfo):
@@ -1254,7 +1544,9 @@ class StatsMixin(StoreBase):
             " SUM(cache_hit), SUM(COALESCE(total_tokens, 0)),"
             " SUM(CASE WHEN cache_hit = 0 THEN COALESCE(tokens_per_second, 0) ELSE 0 END),"
             " SUM(CASE WHEN cache_hit = 0 AND tokens_per_second IS NOT NULL THEN 1 ELSE 0 END),"
-            " SUM(CASE WHEN cache_hit = 0 AND total_time_ms IS NOT NULL THEN 1 ELSE 0 END)"
+            " SUM(CASE WHEN cache_hit = 0 AND total_time_ms IS NOT NULL THEN 1 ELSE 0 END),"
+            f" SUM(CASE WHEN {_GEN_OK} THEN generated_tokens ELSE 0 END),"
+            f" SUM(CASE WHEN {_GEN_OK} THEN generation_time_ms ELSE 0 END)"
             f" FROM stats WHERE created_at >= ? AND created_at < ?{model_sql}"
             " GROUP BY 1, 2"
         )
@@ -1268,7 +1560,7 @@ class StatsMixin(StoreBase):
             args += [low, first_full * BUCKET_SECONDS, *model_arg]
             rollup_sql = (
                 "SELECT bucket, model_path, generations, cache_hits, tokens, tps_sum, tps_count,"
-                " latency_count"
+                " latency_count, gen_tokens, gen_time_ms"
                 " FROM stats_rollup WHERE bucket >= ?"
             )
             args.append(first_full)
@@ -1282,9 +1574,10 @@ class StatsMixin(StoreBase):
                 args += [max(low, end_full * BUCKET_SECONDS), high, *model_arg]
         cte = (
             "WITH parts(bucket, model_path, generations, cache_hits, tokens, tps_sum, tps_count,"
-            " latency_count)"
+            " latency_count, gen_tokens, gen_time_ms)"
             f" AS ({' UNION ALL '.join(parts)}) SELECT {{key}}, SUM(generations), SUM(cache_hits),"
-            " SUM(tokens), SUM(tps_sum), SUM(tps_count), SUM(latency_count)"
+            " SUM(tokens), SUM(tps_sum), SUM(tps_count), SUM(latency_count), SUM(gen_tokens),"
+            " SUM(gen_time_ms)"
             " FROM parts GROUP BY 1 ORDER BY 1"
         )
         with self.pool.read() as conn:
@@ -1318,6 +1611,7 @@ class StatsMixin(StoreBase):
             cache_hits=overall["cache_hits"],
             cache_hit_rate=overall["cache_hit_rate"],
             avg_tokens_per_second=overall["avg_tokens_per_second"],
+            tokens_per_second=overall["tokens_per_second"],
             by_model=by_model,
             by_day=_by_day(bucket_rows, tz),
         )
@@ -1373,6 +1667,120 @@ class StatsMixin(StoreBase):
             upper_value = values[1] if len(values) > 1 else lower_value
             out.append(lower_value + (upper_value - lower_value) * frac)
         return out
+
+    @db_op(empty=lambda: {"step_seconds": 0, "start": 0.0, "end": 0.0, "exact": True, "models": [], "overall": []})
+    def get_stats_series(
+        self,
+        since: datetime | timedelta | float,
+        step: timedelta | float,
+        *,
+        until: datetime | timedelta | float | None = None,
+    ) -> dict[str, Any]:
+        """Generations, speed and latency over time, per model and overall (for charts).
+
+        Args:
+            since: first moment (datetime, Unix seconds, or a timedelta
+                meaning "that long ago").
+            step: width of each point (timedelta or seconds). Steps shorter
+                than 15 minutes read the raw rows (exact percentiles); steps
+                of 15 minutes or more read the rollup, aligned to its
+                15-minute buckets, with latency percentiles interpolated in
+                its latency histogram (:data:`LATENCY_BUCKETS`), as
+                Prometheus's ``histogram_quantile`` does.
+            until: end (default: now).
+
+        Returns ``{"step_seconds", "start", "end" (Unix seconds), "exact"
+        (whether percentiles are exact), "models": [{"model_path",
+        "model_name", "points"}], "overall": points}``; each point is
+        ``{"t" (start, Unix seconds), "generations", "cache_hits", "tokens",
+        "tokens_per_second" (generated tokens over generation time of real
+        generations; None without any), "p50_latency_ms", "p95_latency_ms"
+        (of real generations; None without any)}``, only for steps that
+        have generations, oldest first.
+        """
+        now = self.clock()
+        low = max(0.0, _time_arg(since, "since", now))
+        high = now if until is None else _time_arg(until, "until", now)
+        if isinstance(step, bool) or not isinstance(step, (int, float, timedelta, str)):
+            raise TypeError(f"step must be a timedelta or seconds, got {type(step).__name__}")
+        step_s = parse_duration(step).total_seconds() if not isinstance(step, (int, float)) else float(step)
+        if not math.isfinite(step_s) or step_s <= 0:
+            raise ValueError(f"step must be a positive duration, got {step!r}")
+        if (high - low) / step_s > 10_000:
+            raise ValueError(f"step={step!r} gives more than 10000 points over this range; use a longer step")
+        self._stats_flush_hits()
+        exact = step_s < BUCKET_SECONDS
+        if not exact:
+            step_s = max(BUCKET_SECONDS, round(step_s / BUCKET_SECONDS) * BUCKET_SECONDS)
+        start = math.floor(low / step_s) * step_s
+        # (model, index) -> [generations, hits, tokens, gen_tokens, gen_time_ms, latencies or histogram]
+        cells: dict[tuple[str, int], list[Any]] = {}
+        names: dict[str, str | None] = {}
+        with self.pool.read() as conn:
+            if exact:
+                for mpath, i, n, hits, tokens, gtok, gtime in conn.execute(
+                    f"SELECT model_path, CAST((created_at - ?) / ? AS INTEGER), COUNT(*), SUM(cache_hit),"
+                    f" SUM(COALESCE(total_tokens, 0)), SUM(CASE WHEN {_GEN_OK} THEN generated_tokens ELSE 0 END),"
+                    f" SUM(CASE WHEN {_GEN_OK} THEN generation_time_ms ELSE 0 END)"
+                    " FROM stats WHERE created_at >= ? AND created_at < ? GROUP BY 1, 2",
+                    (start, step_s, low, high),
+                ):
+                    cells[(mpath, i)] = [n, hits, tokens, gtok, gtime, []]
+                for mpath, i, ms in conn.execute(
+                    "SELECT model_path, CAST((created_at - ?) / ? AS INTEGER), total_time_ms FROM stats"
+                    " WHERE created_at >= ? AND created_at < ? AND cache_hit = 0 AND total_time_ms IS NOT NULL",
+                    (start, step_s, low, high),
+                ):
+                    cells[(mpath, i)][5].append(ms)
+            else:
+                hist_sums = ", ".join(f"SUM({c})" for c in _HIST_COLUMNS)
+                for mpath, i, n, hits, tokens, gtok, gtime, lat_n, *hist in conn.execute(
+                    f"SELECT model_path, CAST((bucket * {BUCKET_SECONDS} - ?) / ? AS INTEGER), SUM(generations),"
+                    " SUM(cache_hits), SUM(tokens), SUM(gen_tokens), SUM(gen_time_ms), SUM(latency_count),"
+                    f" {hist_sums} FROM stats_rollup WHERE bucket >= ? AND bucket < ? GROUP BY 1, 2",
+                    (start, step_s, int(start // BUCKET_SECONDS), math.ceil(high / BUCKET_SECONDS)),
+                ):
+                    cells[(mpath, i)] = [n, hits, tokens, gtok, gtime, [lat_n, *hist]]
+            for mpath in {m for m, _ in cells}:
+                row = conn.execute(
+                    "SELECT model_name FROM stats_rollup WHERE model_path = ? ORDER BY bucket DESC LIMIT 1",
+                    (mpath,),
+                ).fetchone()
+                names[mpath] = None if row is None else row[0]
+
+        def point(i: int, parts: list[list[Any]]) -> dict[str, Any]:
+            n = sum(p[0] for p in parts)
+            gtok = sum(p[3] or 0 for p in parts)
+            gtime = sum(p[4] or 0.0 for p in parts)
+            if exact:
+                values = sorted(v for p in parts for v in p[5])
+                p50, p95 = (_exact_percentile(values, q) for q in (0.5, 0.95))
+            else:
+                merged = [sum(col) for col in zip(*(p[5] for p in parts), strict=True)]
+                p50, p95 = (_histogram_percentile(merged[0], merged[1:], q) for q in (0.5, 0.95))
+            return {
+                "t": start + i * step_s,
+                "generations": n,
+                "cache_hits": sum(p[1] for p in parts),
+                "tokens": sum(p[2] for p in parts),
+                "tokens_per_second": gtok / (gtime / 1000.0) if gtime > 0 else None,
+                "p50_latency_ms": p50,
+                "p95_latency_ms": p95,
+            }
+
+        models = []
+        for mpath in sorted(names, key=lambda m: -sum(c[0] for (mm, _), c in cells.items() if mm == m)):
+            indexes = sorted(i for m, i in cells if m == mpath)
+            models.append({
+                "model_path": mpath,
+                "model_name": names[mpath],
+                "points": [point(i, [cells[(mpath, i)]]) for i in indexes],
+            })
+        overall = [
+            point(i, [c for (_, j), c in cells.items() if j == i]) for i in sorted({i for _, i in cells})
+        ]
+        return {"step_seconds": step_s, "start": start, "end": high, "exact": exact,
+                "models": models, "overall": overall}
 
     @db_op(empty=list)
     def get_generation_history(

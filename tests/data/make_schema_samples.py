@@ -524,6 +524,11 @@ BUILDERS: dict[int, Builder] = {
     # v7 adds the cache's namespace column (default ''): the v2 builder's rows
     # are in the default namespace, which is what a file from before v7 holds.
     7: lambda conn, version: {},
+    # v8 adds stats_totals (filled by a trigger from the v3 builder's rows),
+    # new stats_rollup columns (same), cache_totals.evictions (0) and three
+    # nullable metrics_history columns for the sampled process (NULL in the
+    # v6 builder's rows, as in every file from before v8).
+    8: lambda conn, version: {},
 }
 
 

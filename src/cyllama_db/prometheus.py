@@ -1,0 +1,289 @@
+"""Prometheus exposition of what the database knows: ``GET /metrics`` and :func:`prometheus_text`.
+
+The text exposition format (version 0.0.4) is written by hand, so no
+dependency is needed; ``prometheus_client``'s parser reads it (the tests use
+it). Every figure comes from small tables, so a scrape costs about the same
+at a million generations as at ten:
+
+* counters (generations, tokens, generation time, the duration histogram)
+  come from ``stats_totals``, running totals kept by a trigger on the
+  ``stats`` table and never decremented: pruning old rows
+  (``prune_stats``, ``stats_max_age``) does not make them go down, as
+  Prometheus's ``rate()`` requires;
+* cache gauges from ``cache_totals`` (size, evictions) and the cache table;
+* host and process gauges from the latest metrics sample (the dashboard's
+  sampler, or ``db.start_metrics_sampler()`` in the inference process).
+
+Serve it from your own web server::
+
+    from cyllama_db.prometheus import CONTENT_TYPE, prometheus_text
+
+    def metrics_view(request):
+        return Response(prometheus_text(db), content_type=CONTENT_TYPE)
+
+``cyllama-db dashboard`` serves it at ``/metrics``. Metric names and
+labels are listed in ``docs/observability.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from .stats import _HIST_COLUMNS, LATENCY_BUCKETS
+
+if TYPE_CHECKING:
+    from .database import CyllamaDB
+
+__all__ = ["CONTENT_TYPE", "prometheus_text"]
+
+#: The Content-Type of :func:`prometheus_text`'s output.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_TOTALS_SQL = (
+    "SELECT model_path, model_name, cache_hit, generations, prompt_tokens, generated_tokens,"
+    " gen_tokens, gen_time_ms, duration_count, duration_sum_ms, "
+    + ", ".join(_HIST_COLUMNS)
+    + " FROM stats_totals ORDER BY model_path, cache_hit"
+)
+_CACHE_SQL = (
+    "SELECT (SELECT COUNT(*) FROM cache),"
+    " bytes + (SELECT COALESCE(SUM(size_bytes), 0) FROM cache WHERE id > counted_id),"
+    " evictions FROM cache_totals WHERE id = 1"
+)
+_SAMPLE_SQL = (
+    "SELECT timestamp, cpu_usage, memory_usage, disk_usage, gpu_usage, gpu_temperature,"
+    " gpu_memory_used, gpu_memory_total, gpu_power_usage, active_models, requests_per_minute,"
+    " gpus_json, process_rss_bytes, process_cpu_usage, process_pid"
+    " FROM metrics_history ORDER BY timestamp DESC LIMIT 1"
+)
+_MIB = 1024 * 1024
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _number(value: float | int) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == int(value) and abs(value) < 2**53:
+        return str(int(value))
+    return repr(float(value))
+
+
+def _labels(pairs: Iterable[tuple[str, str]]) -> str:
+    inner = ",".join(f'{k}="{_escape_label(v)}"' for k, v in pairs)
+    return "{" + inner + "}" if inner else ""
+
+
+class _Writer:
+    """Collects families: one HELP/TYPE header, then every sample of it."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str) -> None:
+        self.lines.append(f"# HELP {name} {_escape_help(help_text)}")
+        self.lines.append(f"# TYPE {name} {kind}")
+
+    def sample(self, name: str, labels: Iterable[tuple[str, str]], value: float | int) -> None:
+        self.lines.append(f"{name}{_labels(labels)} {_number(value)}")
+
+    def gauge(self, name: str, help_text: str, value: Any, labels: Iterable[tuple[str, str]] = ()) -> None:
+        if value is None:
+            return
+        self.family(name, "gauge", help_text)
+        self.sample(name, labels, value)
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def _model_label(path: str, name: str | None) -> str:
+    return name or os.path.basename(path.rstrip("/\\")) or path
+
+
+def _write_stats(out: _Writer, rows: list[tuple[Any, ...]]) -> None:
+    def model(row: tuple[Any, ...]) -> list[tuple[str, str]]:
+        return [("model", _model_label(row[0], row[1])), ("model_path", row[0])]
+
+    def cache(row: tuple[Any, ...]) -> tuple[str, str]:
+        return ("cache", "hit" if row[2] else "miss")
+
+    out.family(
+        "cyllama_generations_total",
+        "counter",
+        "Generations recorded, cache hits included, by model and cache outcome.",
+    )
+    for row in rows:
+        out.sample("cyllama_generations_total", [*model(row), cache(row)], row[3])
+
+    out.family(
+        "cyllama_tokens_total",
+        "counter",
+        "Tokens of the recorded generations by kind (prompt or generated); a hit counts the"
+        " tokens of the answer it replayed.",
+    )
+    for row in rows:
+        for kind, value in (("prompt", row[4]), ("generated", row[5])):
+            out.sample("cyllama_tokens_total", [*model(row), cache(row), ("kind", kind)], value)
+
+    misses = [row for row in rows if not row[2]]
+    out.family(
+        "cyllama_tokens_predicted_total",
+        "counter",
+        "Generated tokens of real generations that measured their generation time"
+        " (divide its rate by cyllama_tokens_predicted_seconds_total's for tokens/s).",
+    )
+    for row in misses:
+        out.sample("cyllama_tokens_predicted_total", model(row), row[6])
+    out.family(
+        "cyllama_tokens_predicted_seconds_total",
+        "counter",
+        "Time spent generating those tokens (prompt processing and model loading excluded).",
+    )
+    for row in misses:
+        out.sample("cyllama_tokens_predicted_seconds_total", model(row), row[7] / 1000.0)
+
+    out.family(
+        "cyllama_generation_duration_seconds",
+        "histogram",
+        "Wall time of each generation (model loading excluded); a hit's is its lookup.",
+    )
+    for row in rows:
+        labels = [*model(row), cache(row)]
+        for le, count in zip(LATENCY_BUCKETS, row[10:], strict=True):
+            out.sample("cyllama_generation_duration_seconds_bucket", [*labels, ("le", repr(le))], count)
+        out.sample("cyllama_generation_duration_seconds_bucket", [*labels, ("le", "+Inf")], row[8])
+        out.sample("cyllama_generation_duration_seconds_sum", labels, row[9] / 1000.0)
+        out.sample("cyllama_generation_duration_seconds_count", labels, row[8])
+
+
+def _write_cache(out: _Writer, row: tuple[Any, ...] | None, limit_bytes: int) -> None:
+    if row is None:
+        return
+    entries, size, evictions = row
+    out.gauge("cyllama_cache_entries", "Entries in the response cache (expired ones until removed).", entries)
+    out.gauge("cyllama_cache_size_bytes", "Size of the response cache as counted against its limit.", size)
+    out.gauge("cyllama_cache_max_size_bytes", "The response cache's size limit.", limit_bytes)
+    out.family(
+        "cyllama_cache_evictions_total",
+        "counter",
+        "Cache entries evicted (least recently used first) to keep the cache under its limit.",
+    )
+    out.sample("cyllama_cache_evictions_total", (), evictions)
+
+
+def _ratio(value: Any) -> float | None:
+    return None if value is None else float(value) / 100.0
+
+
+def _write_sample(out: _Writer, row: tuple[Any, ...] | None) -> None:
+    if row is None:
+        return
+    (timestamp, cpu, memory, disk, gpu, temp, mem_used, mem_total, power, models, rpm, gpus_json,
+     rss, proc_cpu, pid) = row
+    out.gauge(
+        "cyllama_metrics_sample_timestamp_seconds",
+        "When the host and process gauges below were sampled (Unix seconds).",
+        timestamp / 1000.0,
+    )
+    out.gauge("cyllama_cpu_usage_ratio", "Host CPU utilisation (0-1), latest sample.", _ratio(cpu))
+    out.gauge("cyllama_memory_usage_ratio", "Host memory in use (0-1), latest sample.", _ratio(memory))
+    out.gauge("cyllama_disk_usage_ratio", "Use of the database's filesystem (0-1), latest sample.", _ratio(disk))
+    out.gauge("cyllama_models_loaded", "Models loaded or running, latest sample.", models)
+    out.gauge("cyllama_requests_per_minute", "Generations recorded in the minute before the latest sample.", rpm)
+    if pid is not None:
+        labels = [("pid", str(pid))]
+        out.gauge(
+            "cyllama_process_resident_memory_bytes",
+            "Resident memory of the inference process, latest sample.",
+            rss,
+            labels,
+        )
+        out.gauge(
+            "cyllama_process_cpu_usage_ratio",
+            "CPU used by the inference process, in cores (1 = one core busy), latest sample.",
+            _ratio(proc_cpu),
+            labels,
+        )
+    try:
+        gpus = json.loads(gpus_json) if gpus_json else []
+    except ValueError:
+        gpus = []
+    if not isinstance(gpus, list) or not all(isinstance(g, dict) for g in gpus):
+        gpus = []
+    if not gpus and any(v is not None for v in (gpu, temp, mem_used, mem_total, power)):
+        gpus = [{"index": 0, "name": None, "gpu_usage": gpu, "gpu_temperature": temp,
+                 "gpu_memory_used": mem_used, "gpu_memory_total": mem_total, "gpu_power_usage": power}]
+    families = (
+        ("cyllama_gpu_utilization_ratio", "GPU utilisation (0-1), latest sample.", "gpu_usage", 0.01),
+        ("cyllama_gpu_memory_used_bytes", "GPU memory in use, latest sample.", "gpu_memory_used", _MIB),
+        ("cyllama_gpu_memory_total_bytes", "GPU memory in total.", "gpu_memory_total", _MIB),
+        ("cyllama_gpu_temperature_celsius", "GPU temperature, latest sample.", "gpu_temperature", 1),
+        ("cyllama_gpu_power_watts", "GPU power draw, latest sample.", "gpu_power_usage", 1),
+    )
+    for name, help_text, key, scale in families:
+        values = []
+        for i, g in enumerate(gpus):
+            value = g.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                labels = [("gpu", str(g.get("index", i)))]
+                if isinstance(g.get("name"), str):
+                    labels.append(("name", g["name"]))
+                values.append((labels, value * scale))
+        if values:
+            out.family(name, "gauge", help_text)
+            for labels, value in values:
+                out.sample(name, labels, value)
+
+
+def prometheus_text(db: CyllamaDB | None = None) -> str:
+    """Every cyllama-db metric in Prometheus's text exposition format (version 0.0.4).
+
+    ``db``: the database to read (default: the global one, :func:`get_db`).
+    Serve the result with :data:`CONTENT_TYPE`. Buffered cache-hit rows are
+    written first, so the counters include every hit recorded so far. A
+    disabled database gives an empty exposition; a store whose table is
+    missing (a file edited by hand) leaves its metrics out.
+    """
+    if db is None:
+        from .database import get_db
+
+        db = get_db()
+    if not db.enabled:
+        return ""
+    db._stats_flush_hits()
+    out = _Writer()
+    with db.pool.read() as conn:
+        try:
+            totals = conn.execute(_TOTALS_SQL).fetchall()
+        except sqlite3.OperationalError:
+            totals = []
+        try:
+            cache_row = conn.execute(_CACHE_SQL).fetchone()
+        except sqlite3.OperationalError:
+            cache_row = None
+        try:
+            sample_row = conn.execute(_SAMPLE_SQL).fetchone()
+        except sqlite3.OperationalError:
+            sample_row = None
+    _write_stats(out, totals)
+    _write_cache(out, cache_row, int(db.settings.max_cache_size_mb * _MIB))
+    _write_sample(out, sample_row)
+    return out.text()
