@@ -954,3 +954,72 @@ def test_import_reports_skipped_rows_and_takes_a_time_limit(run: Run, tmp_path: 
     assert report["skipped_row_count"] == 1 and report["skipped_rows"][0]["key"] == "broken\x1b[2J"
     code, out, err = run("import", str(source), "--timeout", "0")
     assert code == 1 and "timeout" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("info",), ("vacuum",), ("config", "set", "k", "5", "--type", "int"), ("config", "list"),
+        ("cache", "cleanup"), ("cache", "invalidate", "--all"), ("cache", "list"), ("stats",),
+        ("history",), ("logs",), ("migrate", "--status"), ("models", "list"), ("metrics", "history"),
+    ],
+)
+def test_json_is_accepted_before_or_after_any_command(run: Run, argv: tuple[str, ...]) -> None:
+    code, before, err = run("--json", *argv)
+    assert code == 0, err
+    json.loads(before)
+    code, after, err = run(*argv, "--json")
+    assert code == 0, err
+    assert type(json.loads(after)) is type(json.loads(before))
+
+
+def test_writes_report_in_json(run: Run, tiny_model_path: Path) -> None:
+    assert run.json("config", "set", "k", "[1, 2]", "--type", "json") == {"key": "k", "value": [1, 2], "type": "json"}
+    assert run.json("config", "unset", "k") == {"key": "k", "removed": True}
+    added = run.json("models", "add", str(tiny_model_path), "--name", "tiny")
+    assert added["name"] == "tiny" and added["id"] >= 1
+    assert run.json("models", "update", "tiny", "--param", "ctx_size=256")["ctx_size"] == 256
+    assert run.json("models", "rm", "tiny") == {"name": "tiny", "removed": True}
+    vacuumed = run.json("vacuum")
+    assert vacuumed["bytes_after"] > 0
+
+
+def test_small_cli_fixes(run: Run, db_path: Path, tmp_path: Path) -> None:
+    from cyllama_db import CyllamaDB
+
+    with CyllamaDB(db_path) as db:
+        db.save_metrics({"cpu_usage": 30.0, "memory_usage": 4.5})
+        db.save_metrics({"cpu_usage": 42.1, "memory_usage": 4.5})
+    code, out, _ = run("metrics", "history")
+    assert code == 0 and "30.00" in out and "42.10" in out  # one precision per column
+    existing = tmp_path / "exists.db"
+    existing.write_bytes(b"")
+    code, _, err = run("export", str(existing))
+    assert code == 1 and "--force" in err and "overwrite=True" not in err
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, _, err = run("dashboard", "--port", str(port), "--no-sampler")
+    assert code == 1 and f"port {port} is in use; try --port 0" in err
+
+
+def test_stats_columns_are_aligned(run: Run, db_path: Path) -> None:
+    from cyllama_db import CyllamaDB, Response
+
+    with CyllamaDB(db_path) as db:
+        for name, hits in (("/m/a.gguf", 0), ("/m/bbbbbbbbbbbbbbbb.gguf", 1)):
+            db.record_generation(name, Response("x", stats={"generated_tokens": 3, "prompt_tokens": 2,
+                                                            "total_time_ms": 12.5, "tokens_per_second": 240.0}))
+            if hits:
+                db.record_generation(name, Response("x"), cache_hit=True)
+    code, out, _ = run("stats")
+    table = [line for line in out.splitlines()[2:] if line.strip()]
+    header, rule, *rows = table
+    # every column (the hit-rate percentages too) ends where its rule ends
+    ends = [i + 1 for i, (a, b) in enumerate(zip(rule, rule[1:] + " ", strict=True)) if a == "-" and b == " "]
+    for row in rows:
+        for end in ends[1:]:
+            assert row[end - 1] != " ", (row, end)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -303,14 +304,35 @@ def _human_bytes(n: float | None) -> str:
     return f"{size:.1f} GB"  # pragma: no cover - loop always returns
 
 
-def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str], stream: TextIO | None = None) -> None:
-    """Print an aligned text table (numbers right-aligned)."""
+_PERCENT = re.compile(r"-?\d+(\.\d+)?%")
+
+
+def _table(
+    rows: Sequence[Sequence[Any]],
+    headers: Sequence[str],
+    stream: TextIO | None = None,
+    *,
+    decimals: int | None = None,
+) -> None:
+    """Print an aligned text table (numbers and percentages right-aligned).
+
+    ``decimals``: every float column shows that many decimals (a column of
+    measurements reads better as 30.00 / 42.10 than as 30 / 42.10).
+    """
     out = sys.stdout if stream is None else stream
-    cells = [[_fmt(v) for v in row] for row in rows]
+
+    def cell(value: Any) -> str:
+        if decimals is not None and isinstance(value, float) and math.isfinite(value):
+            return f"{value:.{decimals}f}"
+        return _fmt(value)
+
+    cells = [[cell(v) for v in row] for row in rows]
     numeric = [
         bool(rows)
         and all(
-            (isinstance(row[i], int | float) and not isinstance(row[i], bool)) or row[i] is None
+            (isinstance(row[i], int | float) and not isinstance(row[i], bool))
+            or row[i] is None
+            or (isinstance(row[i], str) and _PERCENT.fullmatch(row[i]) is not None)
             for row in rows
         )
         for i in range(len(headers))
@@ -543,6 +565,9 @@ def _cmd_vacuum(args: argparse.Namespace) -> int:
         before = _file_bytes(db.path)
         db.vacuum()
         after = _file_bytes(db.path)
+    if args.json:
+        _print_json({"path": db.path, "bytes_before": before, "bytes_after": after})
+        return 0
     print(f"vacuumed {db.path}: {_human_bytes(before)} -> {_human_bytes(after)}")
     return 0
 
@@ -682,6 +707,9 @@ def _cmd_config_set(args: argparse.Namespace) -> int:
     value = _typed_value(args.value, args.type, f"config set {args.key} --type {args.type}")
     with _open(args) as db:
         db.set_config(args.key, value)
+    if args.json:
+        _print_json({"key": args.key, "value": value, "type": args.type})
+        return 0
     print(f"{_visible(args.key)} = {_visible(_show_value(value), lines=True)} ({args.type})")
     return 0
 
@@ -706,6 +734,9 @@ def _cmd_config_unset(args: argparse.Namespace) -> int:
         existed = db.delete_config(args.key)
     if not existed:
         raise CommandError(f"config key {args.key!r} is not set")
+    if args.json:
+        _print_json({"key": args.key, "removed": True})
+        return 0
     print(f"removed {args.key}")
     return 0
 
@@ -721,6 +752,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.path == "-" and args.format != "jsonl":
         raise UsageError("only --format jsonl can be written to stdout ('-')", f"{PROG} export")
     progress = _progress_for("exporting")
+    if args.path != "-" and not args.force and os.path.exists(args.path) and not os.path.isdir(args.path):
+        raise CommandError(f"{args.path} already exists; choose another name or pass --force to overwrite it")
     with _open(args, reads=True) as db:
         target: Any = sys.stdout if args.path == "-" else args.path
         try:
@@ -914,6 +947,9 @@ def _cmd_cache_invalidate(args: argparse.Namespace) -> int:
         removed = fn(
             prompt=args.prompt, model_path=args.model, older_than=args.older_than, namespace=args.namespace
         )
+    if args.json:
+        _print_json({"removed": removed})
+        return 0
     print(f"removed {removed} cache entries")
     return 0
 
@@ -921,6 +957,9 @@ def _cmd_cache_invalidate(args: argparse.Namespace) -> int:
 def _cmd_cache_cleanup(args: argparse.Namespace) -> int:
     with _open(args) as db:
         removed = _require(db, "cleanup_cache", "cache")()
+    if args.json:
+        _print_json({"removed": removed})
+        return 0
     print(f"removed {removed} expired or over-limit cache entries")
     return 0
 
@@ -1160,6 +1199,9 @@ def _cmd_models_add(args: argparse.Namespace) -> int:
         # An id (or the record itself): print what was registered either way.
         found = db.get_model(result) if isinstance(result, int) else result
     record: dict[str, Any] = dict(found or {"name": args.name, "id": result})
+    if args.json:
+        _print_json(_redacted(record, False))
+        return 0
     print(_visible(f"registered {record['name']!r} (id {record['id']}): "
                    f"{record.get('architecture') or '?'} {record.get('size_label') or ''} "
                    f"{record.get('quantization') or ''}".rstrip()))
@@ -1181,7 +1223,10 @@ def _cmd_models_update(args: argparse.Namespace) -> int:
                          f"{PROG} models update")
     with _open(args) as db:
         _find_model(db, args.name)
-        _require(db, "update_model", "model registry")(args.name, **params)
+        updated = _require(db, "update_model", "model registry")(args.name, **params)
+    if args.json:
+        _print_json(_redacted(dict(updated or {"name": args.name}), False))
+        return 0
     print(f"updated {args.name!r}: {', '.join(sorted(params))}")
     return 0
 
@@ -1190,6 +1235,9 @@ def _cmd_models_rm(args: argparse.Namespace) -> int:
     with _open(args) as db:
         _find_model(db, args.name)
         _require(db, "delete_model", "model registry")(args.name)
+    if args.json:
+        _print_json({"name": args.name, "removed": True})
+        return 0
     print(f"removed {args.name!r}")
     return 0
 
@@ -1303,7 +1351,7 @@ def _cmd_metrics_history(args: argparse.Namespace) -> int:
         print(f"no samples in the last {_fmt(args.minutes)} minutes "
               f"(start one: {PROG} metrics watch, or {PROG} dashboard)")
         return 0
-    _table([_metric_row(r) for r in rows], ["time", *(h for _, h in _METRIC_COLUMNS)])
+    _table([_metric_row(r) for r in rows], ["time", *(h for _, h in _METRIC_COLUMNS)], decimals=2)
     return 0
 
 
@@ -1314,7 +1362,12 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     from . import dashboard
 
     with _open(args, reads=True) as db:
-        server = dashboard.make_server(db, args.host, args.port, refresh_seconds=args.refresh)
+        try:
+            server = dashboard.make_server(db, args.host, args.port, refresh_seconds=args.refresh)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CommandError(f"port {args.port} is in use; try --port 0 (any free port)") from None
+            raise
         sampler = None
         if db.settings.readonly and not args.no_sampler:
             print(f"{PROG}: warning: {db.path} is not writable: opened read-only, metrics are "
@@ -1327,7 +1380,10 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         if not dashboard.is_loopback(args.host):
             print(f"{PROG}: warning: serving on {args.host}, reachable from other machines; "
                   "the dashboard has no authentication", file=sys.stderr)
-        print(f"dashboard for {db.path} at {server.url} (Ctrl-C to stop)", flush=True)
+        if args.json:
+            print(_json_text({"database": db.path, "url": server.url}), flush=True)
+        else:
+            print(f"dashboard for {db.path} at {server.url} (Ctrl-C to stop)", flush=True)
         try:
             server.serve_forever(poll_interval=0.5)
         except KeyboardInterrupt:
@@ -1343,7 +1399,9 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def _add_json(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    # SUPPRESS: a --json given before the command (the global one) is kept.
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON instead of a table (also accepted before the command)")
 
 
 def _command(
@@ -1357,8 +1415,8 @@ def _command(
     # keeps a --db given before the command when this one is absent.
     parser.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS,
                         help="database file (same as the global --db)")
-    if read:
-        _add_json(parser)
+    # Every command prints something, so every command takes --json.
+    _add_json(parser)
     return parser
 
 
@@ -1387,6 +1445,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="database file (default: $CYLLAMA_DB_PATH, else the per-user data dir)",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON instead of tables (also accepted after the command)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     _command(sub, "info", _cmd_info, "path, size, schema version and row counts per store",
@@ -1420,7 +1480,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
     p.add_argument("--include-secrets", action="store_true",
                    help="keep secret model parameters (hf_token, api_key) instead of '***'")
-    _add_json(p)
     p = _command(sub, "import", _cmd_import,
                  "merge another cyllama-db database file into this one", read=True)
     p.add_argument("path", help="database file written by `cyllama-db export`")
