@@ -2378,13 +2378,35 @@ def _model_call(
     owner: str,
 ) -> Any:
     """Route a module-level call to a model file or to a registered model."""
+    llm, request, registry = _model_target(model_path, model, db, config, cache, verbose, kwargs, owner)
+    try:
+        return llm._request(kind, payload, stream, **request)
+    except ModelLoadError:
+        if registry is not None:
+            registry[0].mark_model_loaded(registry[1], status="error")
+        raise
+
+
+def _model_target(
+    model_path: str | os.PathLike[str] | None,
+    model: int | str | None,
+    db: Any,
+    config: Any,
+    cache: tuple[CacheArg, Any, str | None],
+    verbose: bool,
+    kwargs: Mapping[str, Any],
+    owner: str,
+) -> tuple[LLM, dict[str, Any], tuple[CyllamaDB, int] | None]:
+    """``(shared LLM, LLM._request keyword arguments, (registry db, model id) or None)`` of a
+    module-level call. With ``model=`` this reads the registry and marks the model used."""
     if model is None:
         if model_path is None:
             raise TypeError(
                 f"{owner} needs model_path (a .gguf file) or model= (a registered model's name or id)"
             )
         model_path = check_path(model_path, "model_path")
-        return _shared_call(kind, payload, model_path, db, config, stream, cache, verbose, kwargs, owner)
+        llm, request = _shared_target(model_path, db, config, cache, verbose, kwargs, owner)
+        return llm, request, None
     if model_path is not None:
         raise TypeError(f"{owner} takes model_path or model=, not both")
     registry_db, record, stored, base = _from_registry(model, db, config, owner)
@@ -2394,13 +2416,13 @@ def _model_call(
     # becomes "running" only when the shared model actually loads.
     registry_db.mark_model_loaded(model_id, status=None)
     try:
-        return _shared_call(
-            kind, payload, path, db, base, stream, cache, verbose, {**stored, **kwargs}, owner,
-            registry=(registry_db, model_id),
-        )  # fmt: skip
+        llm, request = _shared_target(
+            path, db, base, cache, verbose, {**stored, **kwargs}, owner, registry=(registry_db, model_id)
+        )
     except ModelLoadError:
         registry_db.mark_model_loaded(model_id, status="error")
         raise
+    return llm, request, (registry_db, model_id)
 
 
 def _from_registry(
@@ -2450,29 +2472,28 @@ def chat(
     )
 
 
-def _shared_call(
-    kind: Kind,
-    payload: Any,
+def _shared_target(
     model_path: str | os.PathLike[str],
     db: Any,
     config: Any,
-    stream: bool,
     cache: tuple[CacheArg, Any, str | None],
     verbose: bool,
     kwargs: Mapping[str, Any],
     owner: str,
     registry: tuple[CyllamaDB, int] | None = None,
-) -> Any:
+) -> tuple[LLM, dict[str, Any]]:
+    """The shared ``LLM`` for a module-level call and its ``LLM._request`` keyword arguments."""
     _check_db_arg(db)
     load, overrides = _split_kwargs(kwargs, owner)
     passthrough = _pop_passthrough(overrides)
     call_config = GenerationConfig.coerce(config).replace(**overrides)
     llm = _shared_llm(model_path, load, verbose, registry)
     mode, ttl, namespace = cache
-    return llm._request(
-        kind, payload, stream, config=call_config, db=db, cache=mode, ttl=ttl, namespace=namespace,
-        passthrough=passthrough,
-    )  # fmt: skip
+    request = {
+        "config": call_config, "db": db, "cache": mode, "ttl": ttl, "namespace": namespace,
+        "passthrough": passthrough,
+    }
+    return llm, request
 
 
 def unload_models() -> int:
