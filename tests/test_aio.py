@@ -171,7 +171,7 @@ def test_per_call_options_and_errors_are_the_sync_ones(tiny_model_path: Path, db
         assert short.stats.generated_tokens is not None and short.stats.generated_tokens <= 2
         with pytest.raises(TypeError, match="stream"):
             await llm("Options", stream=True)
-        with pytest.raises(TypeError, match="llm.chat"):
+        with pytest.raises(TypeError, match=r"llm\.chat"):
             await llm([{"role": "user", "content": "x"}])  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="cache"):
             await llm("Options", cache="sometimes")

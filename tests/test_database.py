@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 import cyllama_db
-from cyllama_db import CyllamaDB, DatabaseClosedError, configure_db, get_db, reset_db
+from cyllama_db import (
+    CyllamaDB,
+    DatabaseClosedError,
+    ReadOnlyDatabaseError,
+    configure_db,
+    get_db,
+    reset_db,
+)
+from cyllama_db.errors import ForeignDatabaseError
 
 
 def _sha(path: Path) -> str:
@@ -174,7 +182,7 @@ def test_unwritable_parent_falls_back(tmp_path: Path) -> None:
         assert db.get_config("a") == 1
 
 
-def test_read_only_file_falls_back_and_is_untouched(tmp_path: Path) -> None:
+def test_read_only_file_is_refused_or_read_but_never_forgotten(tmp_path: Path) -> None:
     path = tmp_path / "ro.db"
     with CyllamaDB(path) as db:
         db.set_config("kept", True)
@@ -190,10 +198,15 @@ def test_read_only_file_falls_back_and_is_untouched(tmp_path: Path) -> None:
         path.chmod(0o400)
         undo = None
     try:
-        with CyllamaDB(path) as db:
-            assert db.path == ":memory:"
-            assert db.get_config("kept") is None  # the fallback starts empty
-            db.set_config("new", 1)
+        # A valid file this user cannot write is not "unusable": falling back
+        # to an empty memory database would quietly lose every write.
+        with pytest.raises(ReadOnlyDatabaseError, match="readonly=True"):
+            CyllamaDB(path)
+        with CyllamaDB(path, readonly=True) as db:
+            assert db.path == str(path) and not db.is_memory
+            assert db.get_config("kept") is True
+            with pytest.raises(ReadOnlyDatabaseError, match="read-only"):
+                db.set_config("new", 1)
     finally:
         if undo:
             subprocess.run(undo, check=True)
@@ -366,10 +379,10 @@ def test_another_applications_sqlite_file_is_untouched(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     before = _sha(path)
-    with CyllamaDB(path) as db:
-        assert db.path == ":memory:"
-        assert "another application" in (db.fallback_reason or "")
-        db.set_config("ok", True)
+    with pytest.raises(ForeignDatabaseError, match="another application") as caught:
+        CyllamaDB(path)
+    assert "no cyllama-db schema_version table" in str(caught.value)
+    assert str(path) in str(caught.value)
     assert _sha(path) == before
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("cache",)]
@@ -383,3 +396,54 @@ def test_empty_sqlite_file_made_by_someone_else_is_adopted(tmp_path: Path) -> No
     with CyllamaDB(path) as db:
         assert db.path == str(path)
         db.set_config("a", 1)
+
+
+# -- reads never write (issue 13, item 5) ----------------------------------------------------
+
+_HOLD_WRITE_LOCK = (
+    "import sqlite3, sys\n"
+    "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+    "conn.execute('BEGIN IMMEDIATE')\n"
+    "print('locked', flush=True)\n"
+    "sys.stdin.read()\n"
+    "conn.execute('ROLLBACK')\n"
+)
+
+
+def test_reads_and_exports_succeed_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
+    import sys
+    import time
+
+    path = tmp_path / "busy.db"
+    db = CyllamaDB(path, busy_timeout=10)
+    try:
+        db.cache_response("prompt", "m.gguf", None, "answer")
+        for _ in range(3):  # buffered hit counts (cache) and hit rows (stats)
+            assert db.get_cached_response("prompt", "m.gguf", None) is not None
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_WRITE_LOCK, str(path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+            started = time.monotonic()
+            stats = db.get_db_stats()
+            cache = db.get_cache_stats()
+            exported = db.export_database(tmp_path / "copy.db")
+            rows = db.export_database(tmp_path / "cache.jsonl", format="jsonl", table="cache")
+            elapsed = time.monotonic() - started
+        finally:
+            assert holder.stdin is not None
+            holder.stdin.close()
+            holder.wait(timeout=30)
+        # Before: each flush waited the whole busy timeout, then DatabaseBusyError.
+        assert elapsed < 2.0, f"the reads waited {elapsed:.1f} s for another process's write"
+        assert stats["cache_entries"] == 1 and stats["path"] == str(path)
+        assert cache["entries"] == 1
+        assert exported and rows
+        with CyllamaDB(tmp_path / "copy.db", readonly=True) as copy:
+            assert copy.get_cache_stats()["entries"] == 1
+        # The buffered hits were kept, not lost: written by the next read that can.
+        assert db.get_cache_stats()["hits"] == 3
+    finally:
+        db.close()

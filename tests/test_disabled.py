@@ -37,6 +37,7 @@ CALLS: dict[str, tuple[tuple[Any, ...], dict[str, Any], tuple[Any, ...]]] = {
     "get_stats_summary": ((), {}, ("summary",)),
     "import_database": (("in.db",), {}, ({}, None)),
     "invalidate_cache": ((), {}, (0,)),
+    "list_cache_entries": ((), {}, ([],)),
     "log": (("INFO", "msg"), {}, (None,)),
     "mark_model_loaded": (("m",), {}, (None,)),
     "mark_model_unloaded": (("m",), {}, (False,)),

@@ -256,3 +256,48 @@ def test_locked_file_at_open_raises_instead_of_falling_back(db_path: Path) -> No
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+# -- the WAL stays bounded (issue 13, item 9) --------------------------------------------------
+
+
+def test_wal_stays_bounded_under_cache_churn_with_readers_that_never_pause(tmp_path: Path) -> None:
+    """A 2 MB cache churned with 100 KB answers while two threads read without pause.
+
+    SQLite's automatic checkpoint never waits for readers, so it never
+    reached the end of the WAL and the WAL grew with every eviction (57 MB
+    here before the fix, and it stayed that size).
+    """
+    from cyllama_db._pool import JOURNAL_SIZE_LIMIT
+
+    path = tmp_path / "churn.db"
+    wal = Path(f"{path}-wal")
+    db = CyllamaDB(path, max_cache_size_mb=2)
+    other = CyllamaDB(path, max_cache_size_mb=2)  # another process's view, kept open throughout
+    stop = threading.Event()
+
+    def read() -> None:
+        i = 0
+        while not stop.is_set():
+            other.get_cached_response(f"prompt {i % 800}", "m.gguf", None)
+            i += 1
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for thread in readers:
+        thread.start()
+    peak = 0
+    try:
+        for i in range(800):
+            db.cache_response(f"prompt {i}", "m.gguf", None, f"{i:08d}" * 12_500)
+            if i % 10 == 0:
+                peak = max(peak, wal.stat().st_size)
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+    assert db.get_cache_stats()["size_mb"] <= 2.0
+    assert peak < 32 * 1024 * 1024, f"the WAL grew to {peak / 1e6:.0f} MB under churn"
+    db.close()  # the other connection is still open: close() checkpoints and truncates anyway
+    assert wal.stat().st_size <= JOURNAL_SIZE_LIMIT
+    other.close()
+    assert not wal.exists() or wal.stat().st_size <= JOURNAL_SIZE_LIMIT

@@ -6,7 +6,17 @@ it is "falling back", ``db.is_memory`` with ``db.fallback_reason`` set, every
 store working in memory, and the original bytes and the folder's listing
 exactly as they were (no ``-wal``/``-shm``/``-journal`` left behind).
 
-Two neighbours with a different, defined outcome:
+With ``fallback="raise"`` (or ``CYLLAMA_DB_FALLBACK=raise``) every one of
+them raises ``DatabaseFileError`` instead, with the same untouched folder.
+
+Neighbours with a different, defined outcome (issue 13: a valid database is
+never silently replaced by an empty one):
+
+* another application's SQLite file raises ``ForeignDatabaseError`` and is
+  left byte-for-byte as it was, with no ``-wal``/``-shm``;
+* a valid database this user cannot write (or in a folder it cannot write)
+  raises ``ReadOnlyDatabaseError``; ``readonly=True`` reads it;
+* a full disk raises ``DiskFullError`` (a new path leaves no file behind);
 
 * a zero-length file (made by ``sqlite3.connect`` or ``touch``) is an empty
   database, and is adopted: it becomes a working cyllama database;
@@ -34,7 +44,9 @@ from pathlib import Path
 
 import pytest
 
-from cyllama_db import CyllamaDB
+from cyllama_db import CyllamaDB, CyllamaDBError, ReadOnlyDatabaseError
+from cyllama_db.errors import DatabaseFileError, DiskFullError, ForeignDatabaseError
+from cyllama_db.migrations import APPLICATION_ID
 
 pytestmark = pytest.mark.reliability
 
@@ -147,7 +159,6 @@ CASES = {
         _file(lambda real: real[:100] + _noise(_page_size(real) - 100, 3) + real[_page_size(real) :])
     ),
     "directory-in-place-of-file": Case(_directory),
-    "read-only-folder-existing-db": Case(_file(lambda real: real), read_only=True),
     "read-only-folder-no-db-yet": Case(_missing, read_only=True),
 }
 
@@ -306,3 +317,347 @@ def test_wal_with_valid_header_and_garbage_frames_is_ignored(tmp_path: Path) -> 
     with CyllamaDB(path) as db:
         _check_checkpointed(db, 100)
         assert db.get_config("after") == "torn wal"
+
+
+# -- fallback="raise" ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_fallback_raise_refuses_every_unusable_file(
+    name: str, how: str, tmp_path: Path, real_db: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case = CASES[name]
+    folder = tmp_path / "store"
+    folder.mkdir()
+    path = case.make(folder, real_db)
+    before = _snapshot(folder)
+    kwargs: dict[str, str] = {}
+    if how == "argument":
+        kwargs["fallback"] = "raise"
+        monkeypatch.setenv("CYLLAMA_DB_FALLBACK", "memory")  # the argument wins
+    else:
+        monkeypatch.setenv("CYLLAMA_DB_FALLBACK", "raise")
+    with contextlib.ExitStack() as stack:
+        if case.read_only:
+            stack.enter_context(_read_only(folder))
+        with pytest.raises(DatabaseFileError, match="fallback='raise'") as caught:
+            CyllamaDB(path, **kwargs)
+    assert str(path) in str(caught.value)
+    assert isinstance(caught.value, CyllamaDBError) and isinstance(caught.value, OSError)
+    assert _snapshot(folder) == before
+
+
+# -- another application's file (issue 13, item 1) ----------------------------------------------
+
+
+def _flyway(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        'CREATE TABLE "flyway_schema_history" (installed_rank INT NOT NULL PRIMARY KEY, '
+        "version VARCHAR(50), description VARCHAR(200) NOT NULL, script VARCHAR(1000) NOT NULL, "
+        "success BOOLEAN NOT NULL)"
+    )
+    conn.execute("INSERT INTO flyway_schema_history VALUES (1, '1', 'init', 'V1__init.sql', 1)")
+    conn.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT)")
+    conn.execute("INSERT INTO accounts (owner) VALUES ('alice')")
+
+
+def _flyway_schema_version(conn: sqlite3.Connection) -> None:
+    # Older Flyway (and other tools) call their history table schema_version.
+    conn.execute(
+        "CREATE TABLE schema_version (version TEXT, installed_rank INT PRIMARY KEY, "
+        "description TEXT, installed_on TEXT)"
+    )
+    conn.execute("INSERT INTO schema_version VALUES ('1', 1, 'init', '2020-01-01')")
+
+
+def _our_shape_plus_their_table(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
+        "applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP, name TEXT)"
+    )
+    conn.execute("INSERT INTO schema_version (version, name) VALUES (1, 'theirs')")
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+
+
+def _other_application_id(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA application_id = 1234")
+    conn.execute("CREATE TABLE config (key TEXT PRIMARY KEY, value TEXT)")
+
+
+def _only_a_view(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE VIEW answer AS SELECT 42")
+
+
+FOREIGN = {
+    "flyway-history": (_flyway, "no cyllama-db schema_version table"),
+    "flyway-style-schema-version": (_flyway_schema_version, "its schema_version table has the columns"),
+    "our-shape-plus-their-table": (_our_shape_plus_their_table, "invoices"),
+    "another-application-id": (_other_application_id, "application_id is 0x000004d2"),
+    "only-a-view": (_only_a_view, "no cyllama-db schema_version table"),
+}
+
+
+@pytest.mark.parametrize("wal", [False, True], ids=["rollback-journal", "wal"])
+@pytest.mark.parametrize("name", list(FOREIGN))
+def test_another_applications_file_is_refused_byte_for_byte_untouched(
+    name: str, wal: bool, tmp_path: Path
+) -> None:
+    make, reason = FOREIGN[name]
+    folder = tmp_path / "store"
+    folder.mkdir()
+    path = folder / "theirs.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    if wal:
+        conn.execute("PRAGMA journal_mode = WAL")
+    make(conn)
+    if wal:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    before = _snapshot(folder)
+    for fallback in ("memory", "raise"):
+        with pytest.raises(ForeignDatabaseError, match="another application") as caught:
+            CyllamaDB(path, fallback=fallback)
+        assert str(path) in str(caught.value) and reason in str(caught.value)
+        assert isinstance(caught.value, CyllamaDBError)
+        # Read-only too: refusing is not about writing.
+        with pytest.raises(ForeignDatabaseError):
+            CyllamaDB(path, readonly=True)
+    assert _snapshot(folder) == before, "another application's file or its folder changed"
+    assert sorted(p.name for p in folder.iterdir()) == ["theirs.db"]
+
+
+def test_our_files_are_stamped_and_old_ones_adopted(tmp_path: Path, real_db: bytes) -> None:
+    path = tmp_path / "old.db"
+    path.write_bytes(real_db)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    conn.execute("PRAGMA application_id = 0")  # as written by a cyllama-db before the stamp
+    conn.commit()
+    conn.close()
+    with CyllamaDB(path) as db:
+        assert not db.is_memory and db.get_config("key-3") == "value " * 20
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID == 0x43794442
+    conn.close()
+    assert int.from_bytes(path.read_bytes()[68:72], "big") == APPLICATION_ID  # in the header
+
+
+def test_an_empty_file_and_a_new_path_are_ours(tmp_path: Path) -> None:
+    for path in (tmp_path / "new.db", tmp_path / "empty.db"):
+        if path.name == "empty.db":
+            path.touch()
+        with CyllamaDB(path, fallback="raise") as db:
+            db.set_config("mine", True)
+        assert int.from_bytes(path.read_bytes()[68:72], "big") == APPLICATION_ID
+
+
+# -- files we may read but not write -----------------------------------------------------------
+
+
+def test_valid_file_in_a_read_only_folder_is_refused_and_readable(tmp_path: Path, real_db: bytes) -> None:
+    folder = tmp_path / "store"
+    folder.mkdir()
+    path = folder / "cyllama.db"
+    path.write_bytes(real_db)
+    before = _snapshot(folder)
+    with _read_only(folder):
+        with pytest.raises(ReadOnlyDatabaseError, match="readonly=True") as caught:
+            CyllamaDB(path)
+        assert "not writable" in str(caught.value)
+        with CyllamaDB(path, readonly=True) as db:
+            assert db.get_config("key-7") == "value " * 20
+            assert db.get_db_stats()["config_entries"] == 150
+            with pytest.raises(ReadOnlyDatabaseError):
+                db.set_config("x", 1)
+    assert _snapshot(folder) == before
+
+
+def _exercise_every_writer(db: CyllamaDB) -> None:
+    writers: list[Callable[[], object]] = [
+        lambda: db.set_config("x", 1),
+        lambda: db.delete_config("key-1"),
+        lambda: db.set_metadata("theme", "dark"),
+        lambda: db.cache_response("p", MODEL, None, "r"),
+        lambda: db.invalidate_cache(),
+        lambda: db.cleanup_cache(),
+        lambda: db.record_generation(MODEL, {"finish_reason": "stop", "stats": None}),
+        lambda: db.prune_stats(older_than=0),
+        lambda: db.log("ERROR", "no"),
+        lambda: db.save_model("m", model_path=MODEL),
+        lambda: db.save_metrics({"cpu_usage": 1.0}),
+        db.vacuum,
+    ]
+    for write in writers:
+        with pytest.raises(ReadOnlyDatabaseError):
+            write()
+
+
+def test_readonly_reads_everything_and_refuses_every_write(tmp_path: Path, real_db: bytes) -> None:
+    folder = tmp_path / "store"
+    folder.mkdir()
+    path = folder / "cyllama.db"
+    path.write_bytes(real_db)
+    before = _sha(path)
+    with CyllamaDB(path, readonly=True) as db:
+        assert db.settings.readonly and db.pool.readonly
+        assert db.get_config("key-0") == "value " * 20
+        assert db.get_cached_response("a prompt", MODEL, None) is not None
+        assert [r["message"] for r in db.get_logs()] == ["hello"]
+        assert db.get_cache_stats()["entries"] == 1
+        assert db.get_db_stats()["stats_entries"] == 1
+        _exercise_every_writer(db)
+        exported = db.export_database(tmp_path / "copy.db")
+        assert exported
+    assert _sha(path) == before, "readonly=True changed the file"
+    with pytest.raises(DatabaseFileError, match="no such file"):
+        CyllamaDB(tmp_path / "missing.db", readonly=True)
+    assert not (tmp_path / "missing.db").exists()
+
+
+# -- a full disk, and a lost -shm (issue 13, item 3) ---------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted for this test (root only; skipped where mount is not allowed)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root and mount(8) to mount a tiny tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(disk)],
+        capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill_disk(disk: Path) -> None:
+    with open(disk / "filler", "wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * 4096)
+
+
+def test_full_disk_raises_and_never_falls_back(tiny_disk: Path) -> None:
+    path = tiny_disk / "cyllama.db"
+    with CyllamaDB(path) as db:
+        db.set_config("kept", "before the disk filled up")
+    _fill_disk(tiny_disk)
+
+    # Opening a valid file: SQLite cannot create the -shm it needs.
+    with pytest.raises((DiskFullError, DatabaseFileError)) as caught:
+        CyllamaDB(path)
+    assert str(path) in str(caught.value)
+    # A new path: a clear error and no 0-byte file left behind.
+    new = tiny_disk / "new.db"
+    with pytest.raises(DiskFullError):
+        CyllamaDB(new)
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["cyllama.db", "filler"]
+
+    (tiny_disk / "filler").unlink()
+    with CyllamaDB(path) as db:  # room again: open, then fill up while open
+        _fill_disk(tiny_disk)
+        # (A statement inside a transaction failing raw is the error contract's
+        # part of issue 13, mapped by db_op; the COMMIT's failure maps here.)
+        with pytest.raises((CyllamaDBError, sqlite3.OperationalError), match="full"):
+            db.set_config("big", "x" * 500_000)
+        # Reads still work and never write; the value is not silently "saved" in memory.
+        assert db.get_config("kept") == "before the disk filled up"
+        assert db.get_config("big") is None
+        assert db.get_db_stats()["config_entries"] >= 1
+        assert not db.is_memory
+    (tiny_disk / "filler").unlink()
+    with CyllamaDB(path) as db:
+        assert db.get_config("kept") == "before the disk filled up"
+        assert db.get_config("big") is None
+
+
+def test_a_deleted_shm_is_recreated_not_a_fallback(tmp_path: Path) -> None:
+    path = tmp_path / "cyllama.db"
+    writer = CyllamaDB(path)
+    writer.set_config("in the wal", 1)
+    (tmp_path / "cyllama.db-shm").unlink()  # as after a reboot that wiped it
+    try:
+        with CyllamaDB(path, fallback="raise") as db:
+            assert not db.is_memory
+            assert db.get_config("in the wal") == 1
+            db.set_config("after", 2)
+    finally:
+        writer.close()
+    with CyllamaDB(path) as db:
+        assert db.get_config("after") == 2
+
+
+def test_a_deleted_shm_on_a_full_disk_is_an_error_not_an_empty_database(tiny_disk: Path) -> None:
+    path = tiny_disk / "cyllama.db"
+    with CyllamaDB(path) as db:
+        db.set_config("kept", 1)
+    for side in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            (tiny_disk / f"cyllama.db{side}").unlink()
+    _fill_disk(tiny_disk)
+    with pytest.raises((DiskFullError, DatabaseFileError)):
+        CyllamaDB(path)
+    (tiny_disk / "filler").unlink()
+    with CyllamaDB(path) as db:
+        assert db.get_config("kept") == 1
+
+
+@contextlib.contextmanager
+def _unwritable_file(path: Path) -> Iterator[None]:
+    """Make ``path`` readable but not writable for this process (chattr +i as root)."""
+    if os.geteuid() != 0:
+        path.chmod(0o400)
+        try:
+            yield
+        finally:
+            path.chmod(0o600)
+        return
+    if shutil.which("chattr") is None:
+        pytest.skip("running as root and chattr is not installed: cannot make a file read-only")
+    done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"running as root and chattr +i fails on this filesystem: {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_cli_read_commands_open_an_unwritable_file_read_only(
+    tmp_path: Path, real_db: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cyllama_db.cli import main
+
+    path = tmp_path / "cyllama.db"
+    path.write_bytes(real_db)
+    before = _sha(path)
+    with _unwritable_file(path):
+        for command in (
+            ["info"],
+            ["config", "list", "--json"],
+            ["config", "get", "key-1"],
+            ["stats"],
+            ["history"],
+            ["logs"],
+            ["cache", "list"],
+            ["cache", "stats"],
+            ["models", "list"],
+            ["metrics", "history"],
+            ["export", str(tmp_path / "copy.db")],
+        ):
+            code = main(["--db", str(path), *command])
+            _out, err = capsys.readouterr()
+            assert code == 0, (command, err)
+        # A write is refused with one line that says how to read it instead.
+        assert main(["--db", str(path), "config", "set", "x", "1"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "readonly=True" in err
+    assert _sha(path) == before
+    with CyllamaDB(tmp_path / "copy.db", readonly=True) as copy:
+        assert copy.get_config("key-1") == "value " * 20

@@ -153,3 +153,40 @@ def test_absurd_durations_are_configuration_errors(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("CYLLAMA_CACHE_TTL", "999999999999999d")
     with pytest.raises(ConfigurationError, match="CYLLAMA_CACHE_TTL"):
         Settings.resolve()
+
+
+# -- readonly and fallback (issue 13) ------------------------------------------------------------
+
+
+def test_fallback_argument_beats_environment_beats_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cyllama_db._settings import Settings
+
+    assert Settings.resolve(environ={}).fallback == "memory"
+    assert Settings.resolve(environ={"CYLLAMA_DB_FALLBACK": " Raise "}).fallback == "raise"
+    assert Settings.resolve(fallback="memory", environ={"CYLLAMA_DB_FALLBACK": "raise"}).fallback == "memory"
+    # Read when the database is built, not at import.
+    monkeypatch.setenv("CYLLAMA_DB_FALLBACK", "raise")
+    assert Settings.resolve().fallback == "raise"
+
+
+@pytest.mark.parametrize("bad", ["disk", "", "none"])
+def test_bad_fallback_is_a_configuration_error(bad: str) -> None:
+    from cyllama_db import ConfigurationError
+    from cyllama_db._settings import Settings
+
+    with pytest.raises(ConfigurationError, match="fallback"):
+        Settings.resolve(fallback=bad, environ={})
+    if bad:
+        with pytest.raises(ConfigurationError, match="CYLLAMA_DB_FALLBACK"):
+            Settings.resolve(environ={"CYLLAMA_DB_FALLBACK": bad})
+
+
+def test_fallback_and_readonly_of_the_wrong_type_are_type_errors() -> None:
+    from cyllama_db import ConfigurationTypeError
+    from cyllama_db._settings import Settings
+
+    with pytest.raises(ConfigurationTypeError):
+        Settings.resolve(fallback=1, environ={})  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationTypeError, match="readonly"):
+        Settings.resolve(readonly="yes", environ={})  # type: ignore[arg-type]
+    assert Settings.resolve(environ={}).readonly is False

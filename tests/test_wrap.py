@@ -387,3 +387,102 @@ def test_cached_on_a_wrapped_method_keys_on_the_wrappers_defaults(raw: Any, db: 
     assert short.cache_key("Keyed") != long.cache_key("Keyed")
     a, b = short("Keyed"), long("Keyed")
     assert a["usage"]["completion_tokens"] <= 2 < b["usage"]["completion_tokens"]
+
+
+@pytest.mark.parametrize(
+    ("messages", "error", "needle"),
+    [
+        ([{"role": "user"}], ValueError, r"messages\[0\] \(user\) needs 'content'"),
+        ([{"role": "user", "content": 5}], TypeError, r"messages\[0\]\['content'\] must be a str"),
+        ([{"role": "robot", "content": "hi"}], ValueError, "role 'robot'"),
+        ([{"role": "user", "content": None}], TypeError, "only an assistant message with tool_calls"),
+        ([{"role": "user", "content": [{"type": "text", "text": 5}]}], TypeError, "needs a str 'text'"),
+        ([{"role": "user", "content": [7]}], TypeError, r"\['content'\]\[0\] must be a dict"),
+        ([{"role": "user", "content": "x", "tool_calls": []}], ValueError, "only assistant messages carry"),
+        ([{"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {}}]}],
+         ValueError, "needs a non-empty str 'name'"),
+        ([{"role": "tool", "content": "42"}], ValueError, "tool_call_id"),
+        ([{"role": "user", "content": "x", "name": 3}], TypeError, r"\['name'\] must be a str"),
+    ],
+)
+def test_bad_chat_messages_are_refused_before_generating(
+    tiny_model_path: Path, db: CyllamaDB, raw: Any, messages: list[Any], error: type[Exception], needle: str
+) -> None:
+    llm = LLM(tiny_model_path, db=db, max_tokens=4)
+    with pytest.raises(error, match=needle):
+        llm.chat(messages)
+    with pytest.raises(error, match=needle):
+        wrap(raw, db=db).create_chat_completion(messages)
+    assert not llm.loaded  # refused before the model was even loaded
+    assert db.get_stats_summary()["total_generations"] == 0
+
+
+def test_tool_round_trip_messages_are_accepted(tiny_model_path: Path, db: CyllamaDB) -> None:
+    llm = LLM(tiny_model_path, db=db, max_tokens=3, temperature=0)
+    messages = [
+        {"role": "system", "content": "You call tools."},
+        {"role": "user", "content": [{"type": "text", "text": "Weather?"}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    assert llm.chat(messages).text is not None
+
+
+def test_bad_grammars_and_schemas_are_errors_never_crashes(tiny_model_path: Path, tmp_path: Path) -> None:
+    # In a child process: before the validator, the first of these killed the
+    # process with SIGSEGV, which would take the test run down with it.
+    script = textwrap.dedent(
+        f"""
+        from llama_cpp import Llama, LlamaGrammar
+        import cyllama_db
+        from cyllama_db import LLM, CyllamaDB, GrammarError, JSONSchemaError, chat, complete, wrap
+        path = {str(tiny_model_path)!r}
+        db = CyllamaDB({str(tmp_path / "g.db")!r})
+        llm = LLM(path, db=db, max_tokens=4)
+        w = wrap(Llama(path, verbose=False), db=db)
+        msgs = [{{"role": "user", "content": "hi"}}]
+        bad = ['root ::= (', 'root ::= "ok" <|eos|>', 'root ::= [a-z]{{3,1}}', 'start ::= "x"']
+        calls = {{
+            "LLM": lambda g: llm("x", grammar=g),
+            "LLM.chat": lambda g: llm.chat(msgs, grammar=g),
+            "complete": lambda g: complete("x", path, db=db, grammar=g, max_tokens=4),
+            "chat": lambda g: chat(msgs, path, db=db, grammar=g, max_tokens=4),
+            "wrap": lambda g: w.create_completion("x", grammar=g, max_tokens=4),
+            "wrap.chat": lambda g: w.create_chat_completion(msgs, grammar=g, max_tokens=4),
+            "wrap.LlamaGrammar": lambda g: w("x", grammar=LlamaGrammar.from_string(g), max_tokens=4),
+        }}
+        for name, call in calls.items():
+            for grammar in bad:
+                try:
+                    call(grammar)
+                except GrammarError as exc:
+                    assert isinstance(exc, ValueError) and "grammar" in str(exc)
+                    print("refused", name)
+                else:
+                    raise SystemExit(f"{{name}} accepted {{grammar!r}}")
+        schemas = [{{"type": "nonsense"}}, {{"$ref": "#/$defs/missing"}}]
+        for schema in schemas:
+            for call in (
+                lambda s: llm("x", response_format={{"type": "json_object", "schema": s}}),
+                lambda s: llm.chat(msgs, response_format={{"type": "json_object", "schema": s}}),
+                lambda s: w.create_chat_completion(msgs, response_format={{"type": "json_object", "schema": s}}),
+                lambda s: llm.chat(msgs, tools=[{{"type": "function", "function": {{"name": "f", "parameters": s}}}}]),
+            ):
+                try:
+                    call(schema)
+                except JSONSchemaError:
+                    print("refused schema")
+                else:
+                    raise SystemExit(f"accepted schema {{schema!r}}")
+        good = llm("x", grammar='root ::= "yes" | "no"')
+        assert good.text in ("yes", "no"), good.text
+        print("valid grammar ok", db.get_stats_summary()["total_generations"])
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    lines = proc.stdout.splitlines()
+    assert lines.count("refused schema") == 8
+    assert sum(line.startswith("refused ") and line != "refused schema" for line in lines) == 7 * 4
+    assert lines[-1] == "valid grammar ok 1"

@@ -11,6 +11,7 @@ empty answer when the database is disabled, and raises a clear error after
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from ._settings import Settings
 
 __all__ = ["Closing", "StoreBase", "db_op", "db_stats_provider"]
+
+logger = logging.getLogger("cyllama_db")
 
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C", bound="Closing")
@@ -93,3 +96,25 @@ class StoreBase:
         if self._pool is None or self._pool.closed:
             raise DatabaseClosedError(self.path)
         return self._pool
+
+    def _flush_for_read(self, *flushers: Callable[[], Any]) -> None:
+        """Write buffered bookkeeping before a read, if that needs no wait; never raises.
+
+        Runs ``flushers`` (default: every store's ``_store_flush`` hook)
+        with this thread's connection set not to wait for another
+        connection's write lock. Locked, full, read-only: the buffered rows
+        stay buffered for a later write, and the read goes on without them
+        (a read never waits on, or fails for, a write).
+        """
+        pool = self._pool
+        if pool is None or pool.closed or pool.readonly:
+            return
+        if not flushers:
+            hooks = [cls.__dict__.get("_store_flush") for cls in reversed(type(self).__mro__)]
+            flushers = tuple(functools.partial(hook, self) for hook in hooks if hook is not None)
+        for flush in flushers:
+            try:
+                with pool.no_wait():
+                    flush()
+            except Exception as exc:
+                logger.debug("buffered bookkeeping not written before a read (%s); it stays buffered", exc)

@@ -704,11 +704,7 @@ def canonical_messages(messages: Any) -> str:
     if not messages:
         raise ValueError("messages must not be empty")
     for i, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            raise TypeError(f"messages[{i}] must be a dict, got {type(message).__name__}")
-        role = message.get("role")
-        if not isinstance(role, str) or not role:
-            raise ValueError(f"messages[{i}] needs a non-empty str 'role' (e.g. 'user')")
+        check_message(message, i)
     try:
         text = canonical_json([dict(m) for m in messages])
     except (TypeError, ValueError) as exc:
@@ -719,6 +715,80 @@ def canonical_messages(messages: Any) -> str:
         for i, message in enumerate(messages):
             _check_strings(message, f"messages[{i}]")
     return text
+
+
+_ROLES: Final = ("system", "developer", "user", "assistant", "tool", "function")
+
+
+def check_message(message: Any, i: int) -> None:
+    """Check one chat message's shape (OpenAI's, as llama-cpp-python takes it).
+
+    Roles, content types (a str, a list of content parts, or None where a
+    tool call stands for it) and tool-call shapes; a ``TypeError`` for a
+    value of the wrong type, a ``ValueError`` for a missing or unknown one,
+    each naming ``messages[i]`` and what is expected. Checked before any
+    generation: a malformed message would otherwise be rendered by the chat
+    template into junk the model happily continues.
+    """
+    where = f"messages[{i}]"
+    if not isinstance(message, Mapping):
+        raise TypeError(f"{where} must be a dict, got {type(message).__name__}")
+    role = message.get("role")
+    if not isinstance(role, str) or not role:
+        raise ValueError(f"{where} needs a non-empty str 'role' (e.g. 'user')")
+    if role not in _ROLES:
+        raise ValueError(f"{where} has role {role!r}; use one of {', '.join(_ROLES)}")
+    tool_calls = message.get("tool_calls")
+    calls_content = role == "assistant" and (tool_calls or message.get("function_call"))
+    if "content" not in message and not calls_content:
+        raise ValueError(f"{where} ({role}) needs 'content': a str (or a list of content parts)")
+    content = message.get("content")
+    if content is None:
+        if not calls_content:
+            raise TypeError(f"{where}['content'] is None; only an assistant message with tool_calls may omit it")
+    elif isinstance(content, list):
+        for j, part in enumerate(content):
+            _check_part(part, f"{where}['content'][{j}]")
+    elif not isinstance(content, str):
+        raise TypeError(
+            f"{where}['content'] must be a str or a list of content parts, got {type(content).__name__}"
+        )
+    name = message.get("name")
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"{where}['name'] must be a str, got {type(name).__name__}")
+    if tool_calls is not None:
+        if role != "assistant":
+            raise ValueError(f"{where}: only assistant messages carry tool_calls (this one is {role!r})")
+        if not isinstance(tool_calls, list):
+            raise TypeError(f"{where}['tool_calls'] must be a list, got {type(tool_calls).__name__}")
+        for j, call in enumerate(tool_calls):
+            _check_tool_call(call, f"{where}['tool_calls'][{j}]")
+    if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+        raise ValueError(f"{where} (tool) needs a str 'tool_call_id' naming the call it answers")
+
+
+def _check_part(part: Any, where: str) -> None:
+    if not isinstance(part, Mapping):
+        raise TypeError(f"{where} must be a dict like {{'type': 'text', 'text': ...}}, got {type(part).__name__}")
+    kind = part.get("type")
+    if not isinstance(kind, str):
+        raise ValueError(f"{where} needs a str 'type' ('text', 'image_url'...)")
+    if kind == "text" and not isinstance(part.get("text"), str):
+        raise TypeError(f"{where} of type 'text' needs a str 'text'")
+    if kind == "image_url" and not isinstance(part.get("image_url"), (str, Mapping)):
+        raise TypeError(f"{where} of type 'image_url' needs 'image_url' (a URL str or {{'url': ...}})")
+
+
+def _check_tool_call(call: Any, where: str) -> None:
+    if not isinstance(call, Mapping):
+        raise TypeError(f"{where} must be a dict, got {type(call).__name__}")
+    function = call.get("function")
+    if call.get("type", "function") != "function" or not isinstance(function, Mapping):
+        raise ValueError(f"{where} must be {{'id': ..., 'type': 'function', 'function': {{'name', 'arguments'}}}}")
+    if not isinstance(function.get("name"), str) or not function["name"]:
+        raise ValueError(f"{where}['function'] needs a non-empty str 'name'")
+    if not isinstance(function.get("arguments", ""), str):
+        raise TypeError(f"{where}['function']['arguments'] must be a JSON str, got {type(function['arguments']).__name__}")
 
 
 def _check_strings(value: Any, name: str) -> None:

@@ -315,7 +315,7 @@ class ExportMixin(StoreBase):
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike for format='sqlite', got {type(path).__name__}")
         dest = self._prepare_destination(path, overwrite)
-        self._flush_stores()
+        self._flush_for_read()  # a read: never waits on, or fails for, a write
         tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.{os.getpid()}.tmp")
         _new_private_file(tmp)
         try:
@@ -402,7 +402,7 @@ class ExportMixin(StoreBase):
         include_secrets: bool,
         progress: ProgressCallback | None,
     ) -> dict[str, Any]:
-        self._flush_stores()
+        self._flush_for_read()  # a read: never waits on, or fails for, a write
         with self.pool.read() as conn:
             tables = _user_tables(conn)
         if table not in tables:

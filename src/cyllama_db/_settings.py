@@ -17,7 +17,7 @@ from typing import Any
 from ._time import parse_duration
 from .errors import ConfigurationError, ConfigurationTypeError
 
-__all__ = ["DEFAULT", "ENV_VARS", "LOG_LEVELS", "Settings", "default_db_path"]
+__all__ = ["DEFAULT", "ENV_VARS", "FALLBACKS", "LOG_LEVELS", "Settings", "default_db_path"]
 
 #: Every environment variable cyllama-db reads, with what it means.
 ENV_VARS: dict[str, str] = {
@@ -34,7 +34,14 @@ ENV_VARS: dict[str, str] = {
     "CYLLAMA_CACHE_SAMPLED": (
         "1 (default) or 0: whether sampled calls (temperature > 0, no fixed seed) are cached"
     ),
+    "CYLLAMA_DB_FALLBACK": (
+        "memory (default) or raise: what to do when the file is unusable (not SQLite, corrupt, "
+        "a directory); raise refuses to run on an in-memory database"
+    ),
 }
+
+#: The answers to an unusable database file (``fallback=``, ``$CYLLAMA_DB_FALLBACK``).
+FALLBACKS = ("memory", "raise")
 
 LOG_LEVELS: dict[str, int] = {
     "DEBUG": logging.DEBUG,
@@ -148,6 +155,15 @@ def _parse_level(name: str, raw: Any) -> str:
     )
 
 
+def _parse_fallback(name: str, raw: Any) -> str:
+    if isinstance(raw, str) and raw.strip().lower() in FALLBACKS:
+        return raw.strip().lower()
+    raise (ConfigurationError if isinstance(raw, str) else ConfigurationTypeError)(
+        f"{name}={raw!r} is not a fallback: use 'memory' (run on an in-memory database when the "
+        "file is unusable) or 'raise' (refuse to run)"
+    )
+
+
 def _error_for(raw: Any) -> type[ConfigurationError]:
     """The error for a malformed setting: a TypeError too when it is not even text or a number."""
     if isinstance(raw, bool) or not isinstance(raw, (str, int, float, timedelta)):
@@ -168,6 +184,10 @@ class Settings:
     metrics_retention: timedelta
     busy_timeout: float
     cache_sampled: bool = True
+    #: opened read-only: reads work, every write raises ReadOnlyDatabaseError
+    readonly: bool = False
+    #: "memory" or "raise": the answer to a file that is not SQLite, corrupt or a directory
+    fallback: str = "memory"
 
     @classmethod
     def resolve(
@@ -182,6 +202,8 @@ class Settings:
         metrics_retention: Any = None,
         busy_timeout: float | None = None,
         cache_sampled: bool | None = None,
+        readonly: bool = False,
+        fallback: str | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Build settings from arguments, then the environment, then defaults."""
@@ -258,6 +280,14 @@ class Settings:
             sampled = cache_sampled
         else:
             raise ConfigurationTypeError(f"cache_sampled must be True or False, got {cache_sampled!r}")
+        if not isinstance(readonly, bool):
+            raise ConfigurationTypeError(f"readonly must be True or False, got {readonly!r}")
+
+        if fallback is None:
+            raw = _env(env, "CYLLAMA_DB_FALLBACK")
+            answer = "memory" if raw is None else _parse_fallback("CYLLAMA_DB_FALLBACK", raw)
+        else:
+            answer = _parse_fallback("fallback", fallback)
 
         return cls(
             path=resolved,
@@ -269,4 +299,6 @@ class Settings:
             metrics_retention=retention,
             busy_timeout=busy,
             cache_sampled=sampled,
+            readonly=readonly,
+            fallback=answer,
         )

@@ -773,7 +773,7 @@ class CacheMixin(StoreBase):
     @db_op(empty=dict)
     def get_cache_stats(self) -> dict[str, Any]:
         """Entries, size, limit, hits, expired entries and a count per kind."""
-        self._cache_flush_hits()
+        self._flush_for_read(self._cache_flush_hits)  # best effort: a read never waits on a write
         now = self.clock()
         with self.pool.read() as conn:
             entries, size, hits, expired, oldest = conn.execute(
@@ -814,7 +814,7 @@ class CacheMixin(StoreBase):
             else:
                 # No context manager: it costs about as much as the SELECT
                 # itself. connection() raises once the pool is closed.
-                row = pool.connection().execute(_ROW_SQL, (key,)).fetchone()
+                row = pool.fetchone(_ROW_SQL, (key,))  # fork() waits for it (issue 13)
         except sqlite3.Error as exc:
             logger.warning("cache lookup failed, treating it as a miss: %s", exc)
             return None

@@ -405,7 +405,7 @@ class _Held(logging.Filter):
         return False
 
 
-def _construct(path: str | None) -> CyllamaDB:
+def _construct(path: str | None, readonly: bool = False) -> CyllamaDB:
     """``CyllamaDB(path)``, its "falling back to memory" warning kept off stderr.
 
     The library logs that warning and carries on in memory; the command line
@@ -421,7 +421,7 @@ def _construct(path: str | None) -> CyllamaDB:
     try:
         # The command line is an explicit request to use the database, so
         # CYLLAMA_DB_ENABLED=0 (meant for library calls) does not turn it off.
-        db = CyllamaDB(path, enabled=True)
+        db = CyllamaDB(path, enabled=True, readonly=readonly)
     finally:
         library_logger.removeFilter(held)
     if db.fallback_reason is None:
@@ -431,8 +431,18 @@ def _construct(path: str | None) -> CyllamaDB:
 
 
 @contextlib.contextmanager
-def _open(args: argparse.Namespace) -> Iterator[CyllamaDB]:
-    db = _construct(getattr(args, "db", None))
+def _open(args: argparse.Namespace, *, reads: bool = False) -> Iterator[CyllamaDB]:
+    """The database of ``--db``; ``reads=True``: a command that only reads, which opens
+    a file this user may read but not write read-only instead of failing."""
+    from .errors import ReadOnlyDatabaseError
+
+    path = getattr(args, "db", None)
+    try:
+        db = _construct(path)
+    except ReadOnlyDatabaseError:
+        if not reads:
+            raise
+        db = _construct(path, readonly=True)
     try:
         if db.fallback_reason is not None:
             raise CommandError(f"cannot open database {db.settings.path}: {db.fallback_reason}")
@@ -456,7 +466,7 @@ def _require(db: Any, method: str, store: str) -> Callable[..., Any]:
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import migrations
 
-    with _open(args) as db:
+    with _open(args, reads=True) as db:
         stats = db.get_db_stats()
         size = db.get_database_size()
     file_bytes = size if db.is_memory else _file_bytes(db.path)
@@ -510,7 +520,9 @@ def _read_only_versions(path: str) -> dict[int, tuple[str | None, str | None]]:
     if not os.path.isfile(path):
         raise CommandError(f"cannot read the schema version of {path}: not a regular file")
     uri = f"file:{urllib.parse.quote(path)}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=30)
+    from ._settings import Settings
+
+    conn = sqlite3.connect(uri, uri=True, timeout=Settings.resolve(path=path).busy_timeout)
     try:
         has = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_version'"
@@ -615,7 +627,7 @@ def _config_json(value: Any) -> Any:
 
 def _cmd_config_get(args: argparse.Namespace) -> int:
     missing = object()
-    with _open(args) as db:
+    with _open(args, reads=True) as db:
         value = db.get_config(args.key, missing)
     if value is missing:
         raise CommandError(f"config key {args.key!r} is not set (see: {PROG} config list)")
@@ -637,7 +649,7 @@ def _cmd_config_set(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_list(args: argparse.Namespace) -> int:
-    with _open(args) as db:
+    with _open(args, reads=True) as db:
         items = db.get_all_config()
     if args.json:
         _print_json([
@@ -671,7 +683,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.path == "-" and args.format != "jsonl":
         raise UsageError("only --format jsonl can be written to stdout ('-')", f"{PROG} export")
     progress = _progress_for("exporting")
-    with _open(args) as db:
+    with _open(args, reads=True) as db:
         target: Any = sys.stdout if args.path == "-" else args.path
         try:
             result = db.export_database(
@@ -785,7 +797,7 @@ def _cache_entries(
 
 
 def _cmd_cache_list(args: argparse.Namespace) -> int:
-    with _open(args) as db:
+    with _open(args, reads=True) as db:
         entries = _cache_entries(db, args.n, args.sort, args.model, args.namespace)
     if args.json:
         _print_json(entries)
@@ -817,7 +829,7 @@ def _cmd_cache_show(args: argparse.Namespace) -> int:
     prefix = args.key.strip().lower()
     if not prefix:
         raise UsageError("KEY must not be empty", f"{PROG} cache show")
-    with _open(args) as db:
+    with _open(args, reads=True) as db:
         names = _cache_columns(db)
         with db.pool.read() as conn:
             # A key prefix is an index range on the unique cache_key index.
@@ -865,7 +877,7 @@ def _cmd_cache_cleanup(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache_stats(args: argparse.Namespace) -> int:
-    with _open(args) as db:
+    with _open(args, reads=True) as db:
         stats = dict(_require(db, "get_cache_stats", "cache")())
         summary = db.get_stats_summary() if hasattr(db, "get_stats_summary") else {}
     # Hits over lookups is only known for recorded generations: take it from the statistics.
@@ -898,7 +910,7 @@ def _cmd_cache_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    with _open(args) as db:
+    with _open(args, reads=True) as db:
         summary = _require(db, "get_stats_summary", "statistics")(
             model_path=args.model, since=args.since, until=args.until
         )
@@ -921,7 +933,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
-    with _open(args) as db:
+    with _open(args, reads=True) as db:
         rows = _require(db, "get_generation_history", "statistics")(
             limit=args.n, offset=args.offset, model_path=args.model
         )
@@ -962,7 +974,7 @@ def _emit_logs(entries: Sequence[Mapping[str, Any]], as_json: bool, stream: Text
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
-    with _open(args) as db:
+    with _open(args, reads=True) as db:
         get_logs = _require(db, "get_logs", "logs")
         entries = list(reversed(get_logs(
             level=args.level, category=args.category, since=args.since, limit=args.n
@@ -1053,7 +1065,7 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
         filters["status"] = args.status
     if args.type:
         filters["type"] = args.type
-    with _open(args) as db:
+    with _open(args, reads=True) as db:
         models = [dict(m) for m in _require(db, "get_models", "model registry")(**filters)]
     models = [_redacted(m, args.show_secrets) for m in models]
     if args.json:
@@ -1071,7 +1083,7 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_show(args: argparse.Namespace) -> int:
-    with _open(args) as db:
+    with _open(args, reads=True) as db:
         model = _redacted(_find_model(db, args.name), args.show_secrets)
     if args.json:
         _print_json(model)
@@ -1133,7 +1145,7 @@ def _cmd_models_rm(args: argparse.Namespace) -> int:
 def _cmd_models_args(args: argparse.Namespace) -> int:
     import warnings
 
-    with _open(args) as db:
+    with _open(args, reads=True) as db:
         model = _find_model(db, args.name)
         if args.llama_kwargs:
             kwargs = _require(db, "to_llama_kwargs", "model registry")(model)
@@ -1230,7 +1242,7 @@ def _cmd_metrics_watch(args: argparse.Namespace) -> int:
 
 
 def _cmd_metrics_history(args: argparse.Namespace) -> int:
-    with _open(args) as db:
+    with _open(args, reads=True) as db:
         rows = _require(db, "get_metrics_history", "metrics")(minutes=args.minutes)
     if args.json:
         _print_json(rows)
@@ -1249,10 +1261,13 @@ def _cmd_metrics_history(args: argparse.Namespace) -> int:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from . import dashboard
 
-    with _open(args) as db:
+    with _open(args, reads=True) as db:
         server = dashboard.make_server(db, args.host, args.port, refresh_seconds=args.refresh)
         sampler = None
-        if not args.no_sampler and hasattr(db, "start_metrics_sampler"):
+        if db.settings.readonly and not args.no_sampler:
+            print(f"{PROG}: warning: {db.path} is not writable: opened read-only, metrics are "
+                  "not sampled", file=sys.stderr)
+        elif not args.no_sampler and hasattr(db, "start_metrics_sampler"):
             try:
                 sampler = db.start_metrics_sampler(interval=args.interval)
             except ImportError as exc:

@@ -8,11 +8,11 @@ module as a mixin that the facade is composed of.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
 import threading
-import urllib.parse
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,16 @@ from ._pool import ConnectionPool
 from ._settings import DEFAULT, Settings
 from .cache import CacheMixin
 from .config import ConfigMixin
-from .errors import DatabaseBusyError, DatabaseClosedError, SchemaVersionError
+from .errors import (
+    CyllamaDBError,
+    DatabaseBusyError,
+    DatabaseClosedError,
+    DatabaseFileError,
+    DiskFullError,
+    ForeignDatabaseError,
+    ReadOnlyDatabaseError,
+    SchemaVersionError,
+)
 from .logs import LogsMixin
 from .metadata import MetadataMixin
 from .metrics import MetricsMixin
@@ -40,6 +49,29 @@ logger = logging.getLogger("cyllama_db")
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
+# SQLite's primary result codes (``sqlite3.Error.sqlite_errorcode & 0xFF``, Python 3.11+).
+_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = (
+    8, 10, 11, 13, 14, 26
+)
+_IO_HINT = (
+    "An I/O error is not a broken file: nothing was written and the file was not replaced. "
+    "Check the disk (dmesg, df) and retry."
+)
+_FULL_HINT = "Free some disk space (or raise the quota) and retry; the file was left as it was."
+
+
+class _Unusable(Exception):
+    """Internal: the file itself cannot hold a database (not SQLite, corrupt, a directory...).
+
+    Only these fall back to memory (or raise with ``fallback="raise"``);
+    everything else (a full disk, an I/O error, a read-only or foreign
+    file, a lock) raises its own :class:`~cyllama_db.CyllamaDBError`.
+    """
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
 
 def _remove_new_side_files(path: str, existed: list[str]) -> None:
     """Delete the -wal/-shm that a failed read-only open just created beside ``path``."""
@@ -49,6 +81,71 @@ def _remove_new_side_files(path: str, existed: list[str]) -> None:
     for side in (wal, path + "-shm"):
         with contextlib.suppress(OSError):
             os.remove(side)
+
+
+def _remove_if_still_empty(path: str) -> None:
+    """Delete the file this open created, and its side files, if nothing was ever written to it."""
+    try:
+        if os.path.getsize(path) != 0:
+            return
+        wal = path + "-wal"
+        if os.path.exists(wal) and os.path.getsize(wal) != 0:
+            return  # another process is already writing a database into it
+        for name in (path, wal, path + "-shm", path + "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(name)
+    except OSError:
+        pass
+
+
+def _unwritable_place(path: str) -> str | None:
+    """Why SQLite cannot write ``path`` (or create its -wal/-shm), or None if it can."""
+    if not os.access(path, os.W_OK):
+        return f"{path} is not writable by this user"
+    folder = os.path.dirname(path) or "."
+    if not os.access(folder, os.W_OK):
+        return f"its folder {folder} is not writable, so SQLite cannot create the -wal and -shm files"
+    return None
+
+
+def _readonly_error(path: str, why: str) -> ReadOnlyDatabaseError:
+    return ReadOnlyDatabaseError(
+        f"cannot write to the database {path!r}: {why}. Nothing was changed. Open it with "
+        "CyllamaDB(path, readonly=True) to read it, fix the permissions, or point "
+        "CYLLAMA_DB_PATH at a writable location."
+    )
+
+
+def _os_error(exc: OSError, path: str) -> Exception:
+    """The library's error for an OSError while opening, or _Unusable for a file to fall back from."""
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return DiskFullError(path, str(exc), _FULL_HINT)
+    if exc.errno == errno.EIO:
+        return DatabaseFileError(path, str(exc), _IO_HINT)
+    return _Unusable(exc)
+
+
+def _sqlite_error(exc: sqlite3.Error, path: str, busy_timeout: float) -> Exception:
+    """The library's error for a SQLite error while opening, or _Unusable for a file to fall back from."""
+    text = str(exc)
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    lowered = text.lower()
+    if _pool_module._is_busy(exc):
+        # Busy is not broken: falling back would silently split the
+        # process's data from everyone else's.
+        return DatabaseBusyError(path, busy_timeout)
+    if primary == _SQLITE_FULL or "disk is full" in lowered:
+        return DiskFullError(path, text, _FULL_HINT)
+    if primary == _SQLITE_IOERR or "disk i/o error" in lowered:
+        return DatabaseFileError(path, text, _IO_HINT)
+    if primary == _SQLITE_READONLY or "readonly" in lowered or "read-only" in lowered:
+        return _readonly_error(path, f"{text} ({_unwritable_place(path) or 'SQLite refused the write'})")
+    if primary == _SQLITE_CANTOPEN or "unable to open" in lowered:
+        why = _unwritable_place(path)
+        if why is not None:
+            return _readonly_error(path, why)
+    return _Unusable(exc)
 
 
 class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin, StatsMixin, MetadataMixin, ConfigMixin, StoreBase):
@@ -80,12 +177,28 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
             ``$CYLLAMA_CACHE_SAMPLED`` or True: identical requests get the
             stored answer, as the design's keys say (the seed is not part of
             them); a call can still ask for a new one with ``cache="refresh"``.
+        busy_timeout: seconds a writer waits for another writer (opening
+            waits as long at most). Default: ``$CYLLAMA_DB_BUSY_TIMEOUT`` or 30.
+        readonly: open an existing file read-only: every read works, every
+            write raises :class:`~cyllama_db.ReadOnlyDatabaseError`, the file
+            is never modified (nor migrated). For a file this user may read
+            but not write. Default: False.
+        fallback: what to do when the file cannot hold a database at all
+            (not SQLite, corrupt, a directory, an unreadable or uncreatable
+            path): ``"memory"`` logs a warning and runs on an in-memory
+            database (:attr:`fallback_reason` says why); ``"raise"`` raises
+            :class:`~cyllama_db.errors.DatabaseFileError`. Default:
+            ``$CYLLAMA_DB_FALLBACK`` or ``"memory"``.
 
-    A file that cannot be opened (permissions, not a SQLite database) is left
-    untouched: a warning is logged and the database falls back to memory
-    (:attr:`fallback_reason` says why). A file written by a newer cyllama-db
-    raises :class:`~cyllama_db.SchemaVersionError` instead, since silently
-    forgetting everything would be worse than stopping.
+    Everything else raises and leaves the file as it was, since silently
+    forgetting everything would be worse than stopping: another
+    application's SQLite file :class:`~cyllama_db.errors.ForeignDatabaseError`,
+    a file from a newer cyllama-db :class:`~cyllama_db.SchemaVersionError`, a
+    valid file this user cannot write :class:`~cyllama_db.ReadOnlyDatabaseError`
+    (unless ``readonly=True``), a full disk
+    :class:`~cyllama_db.errors.DiskFullError` (a new file is not left
+    behind), an I/O error :class:`~cyllama_db.errors.DatabaseFileError`, and a
+    file locked past the busy timeout :class:`~cyllama_db.DatabaseBusyError`.
     """
 
     def __init__(
@@ -100,6 +213,8 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
         metrics_retention: Any = None,
         busy_timeout: float | None = None,
         cache_sampled: bool | None = None,
+        readonly: bool = False,
+        fallback: str | None = None,
     ) -> None:
         self.settings = Settings.resolve(
             path=path,
@@ -111,6 +226,8 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
             metrics_retention=metrics_retention,
             busy_timeout=busy_timeout,
             cache_sampled=cache_sampled,
+            readonly=readonly,
+            fallback=fallback,
         )
         self._pool = None
         self.fallback_reason: str | None = None
@@ -119,21 +236,23 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
             return
         if self.settings.path == ":memory:":
             self._pool = self._open_memory()
+            self._pool.readonly = self.settings.readonly
         else:
             try:
                 self._pool = self._open_file(self.settings.path)
-            except (SchemaVersionError, DatabaseBusyError):
-                raise
-            except sqlite3.OperationalError as exc:
-                if _pool_module._is_busy(exc):
-                    # Busy is not broken: falling back would silently split the
-                    # process's data from everyone else's.
-                    raise DatabaseBusyError(self.settings.path, self.settings.busy_timeout) from exc
-                self._fall_back(exc)
-            except (OSError, sqlite3.DatabaseError) as exc:
-                self._fall_back(exc)
+            except _Unusable as exc:
+                if self.settings.fallback == "raise":
+                    raise DatabaseFileError(
+                        self.settings.path,
+                        f"{type(exc.cause).__name__}: {exc.cause}",
+                        "The file cannot hold a database and fallback='raise' (or "
+                        "CYLLAMA_DB_FALLBACK=raise) forbids running on an in-memory one; the file "
+                        "was left untouched. Move it aside or point CYLLAMA_DB_PATH elsewhere.",
+                    ) from exc.cause
+                self._fall_back(exc.cause)
         self._run_hooks("_store_init")
-        self._record_open()
+        if not self.settings.readonly:
+            self._record_open()
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -154,70 +273,111 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
         return pool
 
     def _open_file(self, path: str) -> ConnectionPool:
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
+        """The pool for ``path``; raises a library error, or _Unusable for a file to fall back from."""
+        readonly = self.settings.readonly
+        created = False
         try:
-            # O_EXCL + 0600: the file is owner-only from its first byte, with no
-            # window in which another user could open it.
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            os.close(fd)
-        except FileExistsError:
-            pass
-        if not os.path.isfile(path):
-            raise IsADirectoryError(f"{path} is not a regular file")
-        if not os.access(path, os.R_OK | os.W_OK):
-            raise PermissionError(f"{path} is not readable and writable by this user")
-        with open(path, "rb") as handle:
-            head = handle.read(len(_SQLITE_MAGIC))
-        if head and head != _SQLITE_MAGIC:
-            raise sqlite3.DatabaseError(f"{path} is not a SQLite database (header {head[:16]!r})")
-        self._refuse_newer_schema(path)
-
-        pool = ConnectionPool(path, busy_timeout=self.settings.busy_timeout)
+            if not readonly:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                try:
+                    # O_EXCL + 0600: the file is owner-only from its first byte, with no
+                    # window in which another user could open it.
+                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                    os.close(fd)
+                    created = True
+                except FileExistsError:
+                    pass
+            elif not os.path.lexists(path):
+                raise DatabaseFileError(
+                    path,
+                    "no such file",
+                    "readonly=True opens an existing database only; check the path",
+                )
+        except OSError as exc:
+            if isinstance(exc, DatabaseFileError):
+                raise
+            raise _os_error(exc, path) from exc
         try:
-            with pool.read() as conn:
-                _migrations.migrate(conn, path)
+            return self._open_existing(path)
         except BaseException:
-            pool.close()
+            if created:
+                _remove_if_still_empty(path)  # a full disk must not leave a 0-byte file behind
             raise
+
+    def _open_existing(self, path: str) -> ConnectionPool:
+        readonly = self.settings.readonly
+        busy = self.settings.busy_timeout
+        try:
+            if not os.path.isfile(path):
+                raise _Unusable(IsADirectoryError(f"{path} is not a regular file"))
+            if not os.access(path, os.R_OK):
+                raise _Unusable(PermissionError(f"{path} is not readable by this user"))
+            with open(path, "rb") as handle:
+                head = handle.read(len(_SQLITE_MAGIC))
+        except OSError as exc:
+            raise _os_error(exc, path) from exc
+        if head and head != _SQLITE_MAGIC:
+            raise _Unusable(sqlite3.DatabaseError(f"{path} is not a SQLite database (header {head[:16]!r})"))
+        if not readonly and not os.access(path, os.W_OK):
+            # A valid file this user cannot write: not a reason to forget it.
+            raise _readonly_error(path, f"{path} is not writable by this user")
+        try:
+            self._check_file(path)
+            pool = ConnectionPool(path, busy_timeout=busy, readonly=readonly)
+            try:
+                with pool.read() as conn:
+                    if readonly:
+                        _migrations.check_not_newer(conn, path)
+                        self._refuse_pending(conn, path)
+                    else:
+                        _migrations.migrate(conn, path)
+            except BaseException:
+                pool.close()
+                raise
+        except sqlite3.Error as exc:
+            raise _sqlite_error(exc, path, busy) from exc
+        except OSError as exc:
+            if isinstance(exc, CyllamaDBError):
+                raise
+            raise _os_error(exc, path) from exc
         return pool
 
     @staticmethod
-    def _refuse_newer_schema(path: str) -> None:
-        # Read-only check before the pool sets WAL mode, which would rewrite
-        # the header of a file we must not touch.
-        uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+    def _refuse_pending(conn: sqlite3.Connection, path: str) -> None:
+        pending = _migrations.pending_versions(conn)
+        if pending:
+            raise ReadOnlyDatabaseError(
+                f"database {path!r} has schema version {_migrations.schema_version(conn)} and this "
+                f"cyllama-db needs {_migrations.latest_version()}; readonly=True cannot upgrade it. "
+                "Open it once without readonly=True (the file must be writable) to upgrade it."
+            )
+
+    def _check_file(self, path: str) -> None:
+        """Refuse another application's file, or one from a newer cyllama-db, before writing a byte.
+
+        Read-only, and before the pool sets WAL mode, which would rewrite the
+        header of a file we must not touch. Waits for a lock at most the busy
+        timeout.
+        """
+        uri = _pool_module.readonly_uri(path)
         existed = [side for side in (path + "-wal", path + "-shm") if os.path.exists(side)]
-        conn = sqlite3.connect(uri, uri=True, timeout=30)
+        conn = sqlite3.connect(uri, uri=True, timeout=self.settings.busy_timeout)
         try:
-            try:
-                _migrations.check_not_newer(conn, path)
-                applied = _migrations.applied_versions(conn)
-                tables = [] if applied else [
-                    row[0]
-                    for row in conn.execute(
-                        "SELECT name FROM sqlite_master WHERE type = 'table'"
-                        " AND name NOT LIKE 'sqlite_%' ORDER BY name"
-                    )
-                ]
-            except sqlite3.DatabaseError as exc:
-                if not _pool_module._is_busy(exc):
-                    # Even a read-only connection creates -wal and -shm beside a
-                    # file whose header says WAL mode; SQLite found this one
-                    # unusable, so the fallback must not leave them behind.
-                    conn.close()
-                    _remove_new_side_files(path, existed)
-                raise
-            if tables:
-                # Another application's database: migrating it would add our
-                # tables to it (or fail halfway on a clashing name).
-                raise sqlite3.DatabaseError(
-                    f"{path} is a SQLite database of another application "
-                    f"(tables: {', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''}); "
-                    "cyllama-db will not modify it"
-                )
-        finally:
+            _migrations.check_ours(conn, path)
+            _migrations.check_not_newer(conn, path)
+        except SchemaVersionError:
+            # A newer process may be using that file and its -shm: leave them.
             conn.close()
+            raise
+        except (ForeignDatabaseError, sqlite3.Error) as exc:
+            conn.close()
+            if not (isinstance(exc, sqlite3.Error) and _pool_module._is_busy(exc)):
+                # Even a read-only connection creates -wal and -shm beside a
+                # file whose header says WAL mode; a file we refuse or cannot
+                # use must not keep them.
+                _remove_new_side_files(path, existed)
+            raise
+        conn.close()
 
     def _record_open(self) -> None:
         # Only write what changed: opening (e.g. a CLI `info`) must neither wait
@@ -303,6 +463,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
         """Rebuild the file to reclaim free pages (``VACUUM``) and checkpoint the WAL."""
         if not self.enabled:
             return
+        self.pool.check_writable()
         self._run_hooks("_store_flush")
         with self.pool.read() as conn:
             conn.execute("VACUUM")
@@ -322,7 +483,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
         """Path, sizes, schema version and a row count per store (``{}`` when disabled)."""
         if not self.enabled:
             return {}
-        self._run_hooks("_store_flush")
+        self._flush_for_read()
         if self.is_memory:
             file_bytes = self.get_database_size()
         else:

@@ -15,8 +15,14 @@ __all__ = [
     "CyllamaDBError",
     "DatabaseBusyError",
     "DatabaseClosedError",
+    "DatabaseError",
+    "DatabaseFileError",
+    "DiskFullError",
+    "ForeignDatabaseError",
     "GenerationError",
     "GenerationTimeoutError",
+    "GrammarError",
+    "JSONSchemaError",
     "MigrationError",
     "MissingDependencyError",
     "ModelBusyError",
@@ -191,3 +197,60 @@ class DatabaseBusyError(CyllamaDBError, TimeoutError):
             f"whole busy timeout ({busy_timeout:g} s); nothing was written. Retry, keep the "
             "other writer's transactions short, or raise busy_timeout / CYLLAMA_DB_BUSY_TIMEOUT."
         )
+
+
+# -- appended for the error contract (issue 13): every sqlite3 failure and every
+# -- out-of-range number maps to one of these, never escapes raw.
+
+
+class DatabaseError(CyllamaDBError):
+    """SQLite failed on the database file itself (full disk, I/O error, file removed, corrupt).
+
+    ``path`` is the database, ``sqlite_error`` SQLite's own message. The
+    operation that raised wrote nothing (its transaction was rolled back).
+    """
+
+    def __init__(self, path: str, sqlite_error: str, hint: str) -> None:
+        self.path = path
+        self.sqlite_error = sqlite_error
+        super().__init__(f"database {path!r}: {sqlite_error}. {hint}")
+
+
+class DiskFullError(DatabaseError, OSError):
+    """The disk (or the file system's quota) holding the database is full; nothing was written."""
+
+
+class DatabaseFileError(DatabaseError, OSError):
+    """The database file is gone, replaced, unreadable or corrupt under a running process."""
+
+
+# -- appended for opening (issue 13): files that belong to another application.
+
+
+class ForeignDatabaseError(CyllamaDBError):
+    """The file is another application's SQLite database; cyllama-db refuses to touch it.
+
+    Nothing was written: not a byte of the file changed and no ``-wal`` or
+    ``-shm`` file was left beside it. Point ``CYLLAMA_DB_PATH`` (or
+    ``CyllamaDB(path=...)``) at a file of its own.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"database {path!r} belongs to another application ({reason}); cyllama-db left it "
+            "untouched. Use a file of its own: CYLLAMA_DB_PATH or CyllamaDB(path=...)."
+        )
+
+
+class GrammarError(CyllamaDBError, ValueError):
+    """A GBNF grammar that llama.cpp would refuse (or crash on); the message names the line and column.
+
+    Raised before the grammar reaches llama.cpp, whose grammar sampler would
+    otherwise fail at sampling time and bring the whole process down.
+    """
+
+
+class JSONSchemaError(GrammarError):
+    """A JSON schema that cannot be turned into a grammar (not a schema, an unknown type, a ``$ref`` that does not resolve)."""

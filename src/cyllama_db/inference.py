@@ -230,7 +230,8 @@ class GenerationConfig:
         if self.grammar is not None:
             from ._grammar import grammar_text
 
-            put("grammar", grammar_text(self.grammar))
+            # llama.cpp takes an empty grammar as no constraint: so does the key.
+            put("grammar", grammar_text(self.grammar) or None)
         if self.logit_bias is not None:
             put("logit_bias", _normalise_bias(self.logit_bias))
         _check_request_fields(self, put)
@@ -936,12 +937,14 @@ def _import_llama_cpp() -> Any:
     return llama_cpp
 
 
-def _sampling_kwargs(config: GenerationConfig, kind: Kind = "completion") -> dict[str, Any]:
+def _sampling_kwargs(config: GenerationConfig, kind: Kind = "completion", llama: Any = None) -> dict[str, Any]:
     """``create_completion``/``create_chat_completion`` arguments for ``config``.
 
     Grammars and JSON schemas are checked here, before llama.cpp sees them:
     llama.cpp parses a grammar while sampling and crashes the process on a
-    bad one, so a bad grammar must never reach it.
+    bad one, so a bad grammar must never reach it. With the loaded ``llama``,
+    token references (``<[id]>``, ``<|eos|>``) are checked against its
+    vocabulary too.
     """
     kwargs: dict[str, Any] = {
         "max_tokens": config.max_tokens,
@@ -995,6 +998,10 @@ def _sampling_kwargs(config: GenerationConfig, kind: Kind = "completion") -> dic
     if grammar is not None:
         from llama_cpp import LlamaGrammar
 
+        if llama is not None:
+            from ._grammar import check_gbnf
+
+            check_gbnf(grammar, vocab=llama)
         kwargs["grammar"] = LlamaGrammar.from_string(grammar, verbose=False)
     return kwargs
 
@@ -1723,6 +1730,8 @@ class LLM(Closing):
         with self._model(wait) as llama:
             if cancel is not None and cancel.is_set():
                 raise Cancelled(None)  # given up while it waited for the model: never started
+            if config.grammar is not None:
+                kwargs = {**_sampling_kwargs(config, kind, llama), **extra}
             _reset_perf(llama)
             t0 = time.perf_counter()
             try:
@@ -1775,9 +1784,11 @@ class LLM(Closing):
         kwargs = {**_sampling_kwargs(config, kind), **extra}
         self._lock.acquire(self.model_path, wait)
         try:
-            self._load_locked()
+            loaded = self._load_locked()
         finally:
             self._lock.release()
+        if config.grammar is not None:
+            kwargs = {**_sampling_kwargs(config, kind, loaded), **extra}
         name = _dict_model(self, extra)
         model_path = self.model_path
 

@@ -23,6 +23,14 @@ Version numbers handed out so far (add new ones at the end, never reuse):
 5  model registry
 6  metrics history
 == ====================================
+
+Every file is stamped with ``PRAGMA application_id`` = :data:`APPLICATION_ID`
+(the ASCII bytes of ``"CyDB"``) in the transaction of its first migration.
+A file from before the stamp is recognised by the exact shape of its
+``schema_version`` table and by holding nothing but cyllama-db's tables, and
+is stamped when next opened writable; any other non-empty SQLite file is
+another application's and :func:`check_ours` refuses it
+(:class:`~cyllama_db.errors.ForeignDatabaseError`).
 """
 
 from __future__ import annotations
@@ -33,11 +41,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import MigrationError, SchemaVersionError
+from .errors import ForeignDatabaseError, MigrationError, SchemaVersionError
 
 __all__ = [
+    "APPLICATION_ID",
     "Migration",
     "applied_versions",
+    "check_ours",
     "execute_script",
     "latest_version",
     "migrate",
@@ -50,6 +60,18 @@ __all__ = [
 logger = logging.getLogger("cyllama_db.migrations")
 
 MigrationFunc = Callable[[sqlite3.Connection], None]
+
+#: ``PRAGMA application_id`` of every cyllama-db file: ``"CyDB"`` in ASCII, 0x43794442.
+APPLICATION_ID = int.from_bytes(b"CyDB", "big")
+
+# ``PRAGMA table_info(schema_version)`` of our table: (name, declared type, pk).
+_VERSION_TABLE_SHAPE = [("version", "INTEGER", 1), ("applied_at", "TIMESTAMP", 0), ("name", "TEXT", 0)]
+_VERSION_TABLE_SQL = (
+    "CREATE TABLE IF NOT EXISTS schema_version ("
+    " version INTEGER PRIMARY KEY,"
+    " applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,"
+    " name TEXT)"
+)
 
 
 @dataclass(frozen=True)
@@ -134,6 +156,82 @@ def pending_versions(conn: sqlite3.Connection) -> list[int]:
     return [m.version for m in registered_migrations() if m.version not in applied]
 
 
+_known_names: tuple[tuple[int, ...], frozenset[str]] | None = None
+
+
+def _our_schema_names() -> frozenset[str]:
+    """Every table, index, trigger and view name the registered migrations create."""
+    global _known_names
+    versions = tuple(sorted(_MIGRATIONS))
+    if _known_names is None or _known_names[0] != versions:
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            conn.execute(_VERSION_TABLE_SQL)
+            for mig in registered_migrations():
+                mig.apply(conn)
+            names = frozenset(
+                row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+            )
+        finally:
+            conn.close()
+        _known_names = (versions, names)
+    return _known_names[1]
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+
+
+def check_ours(conn: sqlite3.Connection, path: str) -> bool:
+    """Raise :class:`ForeignDatabaseError` unless ``conn`` is a cyllama-db file (or empty).
+
+    Returns whether the file already carries our ``application_id``; an
+    empty file (no schema at all) and a cyllama-db file from before the
+    stamp return False and are stamped by :func:`migrate`. Only reads.
+    """
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    if app_id == APPLICATION_ID:
+        return True
+    if app_id != 0:
+        raise ForeignDatabaseError(
+            path, f"its PRAGMA application_id is {app_id & 0xFFFFFFFF:#010x}, cyllama-db's is {APPLICATION_ID:#010x}"
+        )
+    objects = [
+        (row[0], row[1])
+        for row in conn.execute(
+            "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+        )
+    ]
+    if not objects:
+        return False  # an empty database: ours to fill
+    tables = [name for kind, name in objects if kind == "table"]
+    if "schema_version" not in tables:
+        raise ForeignDatabaseError(
+            path, f"it has no cyllama-db schema_version table; its tables: {_listing(tables) or 'none'}"
+        )
+    shape = [
+        (row[1], str(row[2]).upper(), int(row[5]))
+        for row in conn.execute("PRAGMA table_info(schema_version)")
+    ]
+    if shape != _VERSION_TABLE_SHAPE:
+        columns = ", ".join(f"{n} {t}".strip() for n, t, _ in shape)
+        raise ForeignDatabaseError(
+            path,
+            f"its schema_version table has the columns ({columns}), not cyllama-db's "
+            "(version INTEGER PRIMARY KEY, applied_at TIMESTAMP, name TEXT)",
+        )
+    # A cyllama-db newer than this one may have added tables: say so instead.
+    check_not_newer(conn, path)
+    unknown = sorted(name for _, name in objects if name not in _our_schema_names())
+    if unknown:
+        raise ForeignDatabaseError(path, f"it holds tables or indexes cyllama-db never made: {_listing(unknown)}")
+    return False
+
+
+def _stamp(conn: sqlite3.Connection) -> None:
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+
 def check_not_newer(conn: sqlite3.Connection, path: str) -> None:
     """Raise :class:`SchemaVersionError` if the file comes from a newer cyllama-db."""
     found = schema_version(conn)
@@ -144,8 +242,11 @@ def check_not_newer(conn: sqlite3.Connection, path: str) -> None:
 def migrate(conn: sqlite3.Connection, path: str = "database") -> list[int]:
     """Apply every pending migration; return the versions applied by this call.
 
-    ``conn`` must be in autocommit mode (``isolation_level=None``).
+    ``conn`` must be in autocommit mode (``isolation_level=None``). Refuses
+    another application's file (:func:`check_ours`) before writing anything,
+    and stamps ours with :data:`APPLICATION_ID`.
     """
+    stamped = check_ours(conn, path)
     check_not_newer(conn, path)
     applied_now: list[int] = []
     # The common case (an up-to-date file) must not take the write lock: a
@@ -156,12 +257,7 @@ def migrate(conn: sqlite3.Connection, path: str = "database") -> list[int]:
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version ("
-                " version INTEGER PRIMARY KEY,"
-                " applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,"
-                " name TEXT)"
-            )
+            conn.execute(_VERSION_TABLE_SQL)
             # Re-read under the write lock: another process may have applied it.
             if schema_version(conn) > latest_version():
                 raise SchemaVersionError(path, schema_version(conn), latest_version())
@@ -181,6 +277,9 @@ def migrate(conn: sqlite3.Connection, path: str = "database") -> list[int]:
                     "INSERT INTO schema_version (version, name) VALUES (?, ?)",
                     (mig.version, mig.name),
                 )
+                if not stamped:
+                    _stamp(conn)  # in the same transaction as the first migration
+                    stamped = True
                 applied_now.append(mig.version)
                 logger.info(
                     "applied migration %d (%s) to %s in %.1f ms",
@@ -189,6 +288,17 @@ def migrate(conn: sqlite3.Connection, path: str = "database") -> list[int]:
                     path,
                     (time.perf_counter() - started) * 1000,
                 )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    if not stamped:
+        # A file from before the stamp, already up to date: one tiny write, once.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                _stamp(conn)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

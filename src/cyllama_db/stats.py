@@ -912,6 +912,9 @@ class StatsMixin(StoreBase):
         buffer = self._stats_hits
         if buffer is None:
             return
+        if not self.pool.waits():  # a read's best-effort flush: no wait, no warning
+            buffer.flush(None, lock_timeout=0)
+            return
         # Even with no rows waiting: the writer thread may hold some it is
         # writing right now, and the flush lock waits for that write.
         try:
