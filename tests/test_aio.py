@@ -667,3 +667,28 @@ def test_a_hit_never_leaves_the_loop(tiny_model_path: Path, db: CyllamaDB) -> No
         assert executor.submitted == before
 
     run(main())
+
+
+def test_nothing_outlives_the_event_loop(tiny_model_path: Path, db: CyllamaDB) -> None:
+    import gc
+
+    from cyllama_db import aio
+
+    llm = AsyncLLM(tiny_model_path, db=db, temperature=0.0, max_tokens=100)
+    Spy(llm.llm.llama, delay=0.02)
+
+    async def main(model: AsyncLLM) -> None:
+        with pytest.raises(GenerationTimeoutError):
+            async for _piece in model.stream("Left behind", timeout=0.001):
+                pass  # the loop closes while the producer still finishes its chunk
+
+    run(main(llm))
+    path = llm.model_path
+    del llm
+    deadline = time.monotonic() + 5
+    while _stream_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gc.collect()
+    assert not _stream_threads()
+    assert path not in inf.loaded_model_paths()  # the model was freed with its LLM
+    assert not aio._states  # no event loop is kept alive by its gates or flights

@@ -115,15 +115,14 @@ class _Gate:
         # The task whose open stream holds the gate (None for a generation) and that
         # stream's link: the same task asking again would wait for itself forever.
         self.owner: asyncio.Task[Any] | None = None
-        self.link: _Link | None = None
+        self.link: weakref.ref[_Link] | None = None  # weak: the gate outlives streams and loops
         self.holder = ""
         self.since = 0.0
 
     async def acquire(self, path: str, timeout: float | None, what: str, *, stream: bool = False) -> None:
         task = asyncio.current_task()
         if (
-            self.locked and task is not None and self.owner is task
-            and not (self.link is not None and self.link.closing)
+            self.locked and task is not None and self.owner is task and not self._closing()
         ):  # fmt: skip
             raise ModelBusyError(
                 f"this task has an unfinished stream on {path!r}; read it to the end or "
@@ -160,6 +159,11 @@ class _Gate:
         name = task.get_name() if task is not None else "?"
         self.holder = f"{what} in task {name!r}"
         self.since = time.monotonic()
+
+    def _closing(self) -> bool:
+        """Whether the holder is a stream already asked to close (it releases the model soon)."""
+        link = None if self.link is None else self.link()
+        return link is None or link.closing
 
     def release(self) -> None:
         self.owner = None
@@ -415,15 +419,18 @@ class _Link:
     """What an :class:`AsyncStream` and its producer thread share (never the stream itself,
     so dropping the stream closes it at once, by reference counting)."""
 
-    __slots__ = ("closing", "factory", "finished", "loop", "on_finished", "requests", "stream")
+    __slots__ = (
+        "__weakref__", "closing", "factory", "finished", "loop", "on_finished", "on_stop", "requests", "stream",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], Any]) -> None:
         self.loop = loop
-        self.factory = factory
+        self.factory: Callable[[], Any] | None = factory
         self.requests: queue.SimpleQueue[tuple[str, asyncio.Future[Any] | None]] = queue.SimpleQueue()
         self.stream: Any = None  # the sync Stream (or llama-cpp-python iterator), made by the producer
         self.finished: asyncio.Future[None] = loop.create_future()
         self.on_finished: Callable[[Any], None] | None = None
+        self.on_stop: Callable[[], None] | None = None  # on the loop, when the consumer stops early
         self.closing = False
 
     def close_soon(self) -> None:
@@ -454,6 +461,7 @@ def _produce(link: _Link) -> None:
                 break
             try:
                 if stream is None:
+                    assert link.factory is not None
                     stream = link.stream = link.factory()
                 item = next(stream)
             except StopIteration:
@@ -464,6 +472,7 @@ def _produce(link: _Link) -> None:
                 break
             _post(link.loop, _resolve, reply, item)
     finally:
+        link.factory = None  # the LLM is not kept alive by a finished stream
         response = None
         if stream is not None:
             close = getattr(stream, "close", None)
@@ -562,8 +571,11 @@ class AsyncStream:
     def _stop(self) -> None:
         self._done = True
         self._start = None
-        if self._link is not None:
-            self._link.close_soon()
+        link = self._link
+        if link is not None:
+            link.close_soon()
+            if link.on_stop is not None:
+                link.on_stop()
 
     async def aclose(self) -> None:
         """Stop the stream and wait until the model is released; an unfinished
@@ -584,6 +596,8 @@ class AsyncStream:
         link = self.__dict__.get("_link")
         if link is not None:
             link.close_soon()
+            if link.on_stop is not None:
+                _post(link.loop, link.on_stop)
 
     def _source(self) -> Any:
         if self._replay is not None:
@@ -629,7 +643,7 @@ def _stream(
             model, args = await target()
         else:
             assert llm is not None and request is not None
-            model, args = llm, request
+            model, args = llm, dict(request)
         stream.model_path = model.model_path
         plan = await _plan(model, kind, payload, True, args)
         if plan.hit is not None:
@@ -697,8 +711,14 @@ async def _start_producer(
             _settle_flight(state, key, flight, response if isinstance(response, Response) else _ABANDONED)
         _resolve(link.finished, None)
 
+    def stopped() -> None:
+        # Identical requests waiting for this stream start over now, not a token later.
+        if key is not None and flight is not None:
+            _settle_flight(state, key, flight, _ABANDONED)
+
     link.on_finished = finished
-    gate.link = link
+    link.on_stop = stopped
+    gate.link = weakref.ref(link)
     stream._link = link
     try:
         threading.Thread(target=_produce, args=(link,), name="cyllama-db stream", daemon=True).start()

@@ -364,9 +364,10 @@ class AsyncCachedFunction(CachedFunction[R]):
 
         from . import aio
 
+        fn: Any = self.__wrapped__
         database = _resolve_db(self._db)
         if database is None:
-            return await self.__wrapped__(*args, **kwargs)  # type: ignore[no-any-return]
+            return await fn(*args, **kwargs)
         args_json = self._args_json(args, kwargs)
         key = function_key(self.function_name, args_json)
         if aio._flush_due(database):
@@ -374,7 +375,7 @@ class AsyncCachedFunction(CachedFunction[R]):
         else:
             found, value = self._lookup(database, key)
         if found:
-            return value  # type: ignore[no-any-return]
+            return value
         state = aio._state()
         flight_key = "@cached:" + key
         while True:
@@ -386,34 +387,34 @@ class AsyncCachedFunction(CachedFunction[R]):
                 continue  # the first caller was cancelled: run it (or follow a newer one)
             if isinstance(outcome, aio._Failed):
                 raise outcome.error
-            return outcome  # type: ignore[no-any-return]
+            return outcome
         flight = state.flights[flight_key] = asyncio.get_running_loop().create_future()
-        outcome: Any = aio._ABANDONED
         try:
-            result = await self.__wrapped__(*args, **kwargs)
-            outcome = result
+            result = await fn(*args, **kwargs)
         except asyncio.CancelledError:
-            aio._settle_flight(state, flight_key, flight, outcome)
+            aio._settle_flight(state, flight_key, flight, aio._ABANDONED)
             raise
         except BaseException as exc:
             aio._settle_flight(state, flight_key, flight, aio._Failed(exc))
             raise
-        if flight_key in state.flights and not flight.done():
-            flight.set_result(result)  # followers go on now; new callers still find it until stored
-        try:
-            await asyncio.to_thread(self._store, database, key, args_json, result)
-        finally:
-            aio._settle_flight(state, flight_key, flight, result)
-        return result  # type: ignore[no-any-return]
-
-    def _store(self, database: CyllamaDB, key: str, args_json: str, result: Any) -> None:
         try:
             text = _encode_value(result, self.function_name + "()")
         except UncacheableError as exc:
             if self.strict:
+                aio._settle_flight(state, flight_key, flight, aio._Failed(exc))
                 raise
             self._not_stored(exc)
-            return
+            text = None
+        if not flight.done():
+            flight.set_result(result)  # followers go on now; new callers still find it until stored
+        try:
+            if text is not None:
+                await asyncio.to_thread(self._store, database, key, args_json, text)
+        finally:
+            aio._settle_flight(state, flight_key, flight, result)
+        return result
+
+    def _store(self, database: CyllamaDB, key: str, args_json: str, text: str) -> None:
         try:
             database._cache_put(
                 key=key,
