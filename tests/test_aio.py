@@ -468,6 +468,25 @@ def test_the_same_task_with_an_open_stream_gets_model_busy_at_once(tiny_model_pa
     run(main())
 
 
+def test_a_stream_dropped_inside_an_async_generator_is_not_busy(tiny_model_path: Path, db: CyllamaDB) -> None:
+    async def numbered(stream: AsyncStream) -> Any:
+        i = 0
+        async for piece in stream:
+            yield i, piece
+            i += 1
+
+    async def main() -> None:
+        llm = AsyncLLM(tiny_model_path, db=db, temperature=0.0, max_tokens=100, wait_timeout=5)
+        async for i, _piece in numbered(llm.stream("Wrapped stream")):
+            if i == 2:
+                break  # the wrapper is finalised by the loop a moment later
+        started = time.perf_counter()
+        assert (await llm("Straight after", max_tokens=3)).text
+        assert time.perf_counter() - started < 2
+
+    run(main())
+
+
 def test_async_with_closes_streams_and_frees_the_model(tiny_model_path: Path, db: CyllamaDB) -> None:
     async def main() -> tuple[AsyncLLM, AsyncStream]:
         async with AsyncLLM(tiny_model_path, db=db, temperature=0.0, max_tokens=100) as llm:

@@ -119,11 +119,18 @@ class _Gate:
         self.holder = ""
         self.since = 0.0
 
+    def _own_open_stream(self, task: asyncio.Task[Any] | None) -> bool:
+        return self.locked and task is not None and self.owner is task and not self._closing()
+
     async def acquire(self, path: str, timeout: float | None, what: str, *, stream: bool = False) -> None:
         task = asyncio.current_task()
-        if (
-            self.locked and task is not None and self.owner is task and not self._closing()
-        ):  # fmt: skip
+        for _ in range(4):
+            if not self._own_open_stream(task):
+                break
+            # A stream left inside a dropped async generator is closed by the loop's
+            # finaliser a few iterations later (an `async for` over a wrapper, then break).
+            await asyncio.sleep(0)
+        if self._own_open_stream(task):
             raise ModelBusyError(
                 f"this task has an unfinished stream on {path!r}; read it to the end or "
                 "await its aclose() (or leave the async for and drop it) before starting "
