@@ -263,6 +263,23 @@ def test_a_cancelled_leader_lets_its_followers_start_over(tiny_model_path: Path,
     assert spy.calls == ["create_completion", "create_completion"]
 
 
+def test_a_follower_waits_at_most_wait_timeout(tiny_model_path: Path, db: CyllamaDB) -> None:
+    llm = AsyncLLM(tiny_model_path, db=db, temperature=0.0, max_tokens=60, wait_timeout=0.1)
+    Spy(llm.llm.llama, delay=0.02)  # the leader takes over a second
+
+    async def main() -> None:
+        leader = asyncio.create_task(llm("Slow leader"))
+        await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        # it waits 0.1 s for the leader, then (going alone) 0.1 s for the model the leader holds
+        with pytest.raises(ModelBusyError, match="a generation in task"):
+            await llm("Slow leader")
+        assert time.perf_counter() - started < 1
+        assert not (await leader).cache_hit
+
+    run(main())
+
+
 # -- cancellation ----------------------------------------------------------------------------
 
 
