@@ -575,32 +575,46 @@ def test_cleanup_enforces_a_lowered_limit(tmp_path: Path, model: Path) -> None:
 
 def test_lru_order_merges_never_hit_and_hit_entries(tmp_path: Path) -> None:
     """Entries never hit go in insertion order, hit ones by their last hit: one LRU order."""
+    # A fixed absolute path: stored paths count toward entry sizes, and so decide
+    # how many entries one eviction takes (a relative one would depend on the cwd).
     with CyllamaDB(tmp_path / "merge.db", max_cache_size_mb=0.02) as db:
         now = [T0]
         db.clock = lambda: now[0]  # type: ignore[method-assign]
         for name in ("a", "b", "c", "d"):
             now[0] += 10
-            db.cache_response(name, "m.gguf", CONFIG, _response("x" * 1000))
+            db.cache_response(name, LRU_MODEL, CONFIG, _response("x" * 1000))
         now[0] = T0 + 41  # b: hit after d was stored
-        assert db.get_cached_response("b", "m.gguf", CONFIG) is not None
+        assert db.get_cached_response("b", LRU_MODEL, CONFIG) is not None
         now[0] = T0 + 35  # c: hit between c's and d's inserts (hits buffered in another order)
-        assert db.get_cached_response("c", "m.gguf", CONFIG) is not None
+        assert db.get_cached_response("c", LRU_MODEL, CONFIG) is not None
         db.get_db_stats()  # write the hits: b and c join the hit entries' index
-        removed: list[str] = []
+        # What each insert evicted: one eviction may take two entries, and then
+        # only their order relative to the others' is defined.
+        steps: list[set[str]] = []
+        gone: set[str] = set()
         for i in range(40):
             now[0] = T0 + 100 + i
-            db.cache_response(f"new {i}", "m.gguf", CONFIG, _response("x" * 1000))
-            for name in ("a", "b", "c", "d"):
-                if name not in removed and not _present(db, name):
-                    removed.append(name)
-            if len(removed) == 4:
+            db.cache_response(f"new {i}", LRU_MODEL, CONFIG, _response("x" * 1000))
+            step = {name for name in ("a", "b", "c", "d") if name not in gone and not _present(db, name)}
+            if step:
+                steps.append(step)
+                gone |= step
+            if len(gone) == 4:
                 break
-        assert removed == ["a", "c", "d", "b"]  # by last use: a 10, c 35 (hit), d 40, b 41 (hit)
+        expected = ["a", "c", "d", "b"]  # by last use: a 10, c 35 (hit), d 40, b 41 (hit)
+        position = 0
+        for step in steps:
+            assert step == set(expected[position : position + len(step)]), (steps, expected)
+            position += len(step)
+        assert position == 4
 
 
-def _present(db: CyllamaDB, prompt: str) -> bool:
+LRU_MODEL = "/nonexistent/cyllama-lru/m.gguf"
+
+
+def _present(db: CyllamaDB, prompt: str, model: str = LRU_MODEL) -> bool:
     with _other_connection(db) as conn:
-        key = generate_cache_key(prompt, "m.gguf", CONFIG)
+        key = generate_cache_key(prompt, model, CONFIG)
         return conn.execute("SELECT 1 FROM cache WHERE cache_key = ?", (key,)).fetchone() is not None
 
 
@@ -616,7 +630,7 @@ def test_a_restored_entry_counts_as_recently_used(tmp_path: Path) -> None:
         for i in range(6, 14):
             now[0] += 1
             db.cache_response(f"p{i}", "m.gguf", CONFIG, _response("x" * 1000))
-        assert _present(db, "p0") and not _present(db, "p1")
+        assert _present(db, "p0", "m.gguf") and not _present(db, "p1", "m.gguf")
         hit = db.get_cached_response("p0", "m.gguf", CONFIG)
         assert hit is not None and hit.text == "y" * 1000
         assert _counted_total(db) == _sum_bytes(db.path)

@@ -849,3 +849,108 @@ def test_cli_module_imports_only_the_standard_library() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ})
     assert out.stdout.strip() == ""
+
+
+# -- terminal escapes: shown, never run ---------------------------------------------------------
+
+EVIL = "evil\x1b]52;c;ZXZpbA==\x07\x1b[2J\x9b31m\u202ename"
+RAW_CONTROLS = ("\x1b", "\x07", "\x9b", "\u202e")
+
+
+@pytest.fixture
+def hostile_db(tmp_path: Path) -> Path:
+    """A database whose model names, prompts, log messages and config hold escape sequences."""
+    from cyllama_db.testing import write_tiny_llama
+
+    model = write_tiny_llama(tmp_path / "evil.gguf", extra_metadata={"general.name": EVIL})
+    path = tmp_path / "hostile.db"
+    with CyllamaDB(path) as db:
+        db.register_model(model)  # named after the file's general.name
+        db.cache_response(f"prompt {EVIL}", model, None, f"answer {EVIL}")
+        db.record_generation(str(model), {"text": EVIL})
+        db.log("WARNING", f"message {EVIL}\nsecond line", category=f"cat{EVIL}", context={"x": EVIL})
+        db.set_config(f"key{EVIL}", f"value {EVIL}")
+    return path
+
+
+HOSTILE_VIEWS = [
+    ("models", "list"), ("models", "show", EVIL), ("models", "args", EVIL),
+    ("models", "args", EVIL, "--llama-kwargs"), ("cache", "list"), ("logs",), ("config", "list"),
+    ("config", "get", f"key{EVIL}"), ("history",), ("stats",), ("info",),
+]
+
+
+@pytest.mark.parametrize("argv", HOSTILE_VIEWS, ids=lambda a: " ".join(x.replace(EVIL, "EVIL") for x in a))
+def test_human_views_show_escape_sequences_instead_of_running_them(
+    hostile_db: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
+    code, out, err = Run(hostile_db, capsys)(*argv)
+    assert code == 0, err
+    for char in RAW_CONTROLS:
+        assert char not in out + err, f"{' '.join(argv)} sent {char!r} to the terminal"
+
+
+def test_the_escapes_are_shown_as_their_letters(hostile_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = Run(hostile_db, capsys)
+    shown = "evil\\x1b]52;c;ZXZpbA==\\x07\\x1b[2J\\x9b31m\\u202ename"
+    assert shown in run("models", "list")[1]
+    assert shown in run("models", "show", EVIL)[1]
+    assert "prompt evil\\x1b]52;c;ZXZpbA==\\x07" in run("cache", "list")[1]  # a cut preview
+    logs = run("logs")[1]
+    assert f"message {shown}\nsecond line" in logs  # a newline in a message stays a newline
+    assert f"value {shown}" in run("config", "get", f"key{EVIL}")[1]
+
+
+@pytest.mark.parametrize(
+    "argv", [("models", "list"), ("models", "show", EVIL), ("cache", "list"), ("logs",), ("config", "list")],
+    ids=lambda a: " ".join(x.replace(EVIL, "EVIL") for x in a),
+)
+def test_json_views_escape_them_and_keep_the_value(
+    hostile_db: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
+    code, out, err = Run(hostile_db, capsys)(*argv, "--json")
+    assert code == 0, err
+    for char in RAW_CONTROLS:
+        assert char not in out
+    assert any(EVIL in text for text in _strings(json.loads(out)))  # the data itself is intact
+
+
+def _strings(data: Any) -> Iterator[str]:
+    if isinstance(data, str):
+        yield data
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            yield key
+            yield from _strings(value)
+    elif isinstance(data, list):
+        for value in data:
+            yield from _strings(value)
+
+
+def test_log_follow_lines_escape_them(hostile_db: Path) -> None:
+    import io as _io
+
+    from cyllama_db.cli import _emit_logs
+
+    with CyllamaDB(hostile_db) as db:
+        entries = db.get_logs()
+    for as_json in (True, False):
+        stream = _io.StringIO()
+        _emit_logs(entries, as_json, stream)
+        assert not any(char in stream.getvalue() for char in RAW_CONTROLS)
+
+
+def test_import_reports_skipped_rows_and_takes_a_time_limit(run: Run, tmp_path: Path) -> None:
+    source = tmp_path / "crafted.db"
+    with CyllamaDB(source) as other:
+        other.set_config("fine", 1)
+    conn = sqlite3.connect(source, isolation_level=None)
+    conn.execute("INSERT INTO config VALUES ('broken\x1b[2J', '{nope', 'json', 1, 1)")
+    conn.close()
+    code, out, err = run("import", str(source), "--timeout", "5m")
+    assert code == 0, err
+    assert "1 invalid rows skipped" in out and "config: 1 x value" in out and "\x1b" not in out
+    report = run.json("import", str(source), "--no-timeout")
+    assert report["skipped_row_count"] == 1 and report["skipped_rows"][0]["key"] == "broken\x1b[2J"
+    code, out, err = run("import", str(source), "--timeout", "0")
+    assert code == 1 and "timeout" in err

@@ -426,3 +426,91 @@ def test_headless_chromium_renders_the_charts(server: DashboardServer, tmp_path:
     target = os.environ.get("DASHBOARD_SCREENSHOT")
     if target:  # DASHBOARD_SCREENSHOT=docs/dashboard.png refreshes the docs' picture
         shutil.copyfile(shot, target)
+
+
+# -- stalled and vanishing clients ------------------------------------------------------------
+
+
+def _raw_socket(port: int) -> Any:
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return sock
+
+
+def _reset(sock: Any) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a client that crashed or gave up does."""
+    import socket
+
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_half_sent_requests_time_out_and_free_their_threads(file_db: CyllamaDB) -> None:
+    import threading
+
+    srv = make_server(file_db, "127.0.0.1", 0, request_timeout=1.0)
+    srv.start_background()
+    base = threading.active_count()
+    sockets = []
+    try:
+        for _ in range(30):
+            sock = _raw_socket(srv.port)
+            sock.sendall(b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+            sockets.append((time.monotonic(), sock))
+        # ...a normal request is served meanwhile
+        assert _json(srv.url + "api/info")["path"] == file_db.path
+        for sent, sock in sockets:  # the server hangs up on each, after the timeout
+            sock.settimeout(15)
+            assert sock.recv(65536) == b""
+            assert time.monotonic() - sent >= 0.9
+        deadline = time.monotonic() + 10
+        while threading.active_count() > base and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert threading.active_count() <= base, "stalled clients still hold threads"
+    finally:
+        for _, sock in sockets:
+            sock.close()
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_the_default_request_timeout_is_ten_seconds(file_db: CyllamaDB) -> None:
+    srv = make_server(file_db, "127.0.0.1", 0)
+    try:
+        assert srv.request_timeout == 10.0
+    finally:
+        srv.server_close()
+    with pytest.raises(ValueError, match="request_timeout"):
+        make_server(file_db, "127.0.0.1", 0, request_timeout=0)
+
+
+def test_clients_that_disconnect_early_leave_no_traceback(db_path: Path) -> None:
+    with CyllamaDB(db_path) as db:
+        _fill(db, samples=30)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cyllama_db", "--db", str(db_path), "dashboard", "--port", "0", "--no-sampler"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", proc.stdout.readline())
+        assert match
+        port = int(match.group(1))
+        for i in range(60):
+            sock = _raw_socket(port)
+            if i % 3 == 0:  # asks for the biggest answer and resets before reading it
+                sock.sendall(b"GET /api/summary HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            elif i % 3 == 1:  # resets halfway through its request
+                sock.sendall(b"GET /api/summ")
+            _reset(sock)
+        # still serving
+        assert _json(f"http://127.0.0.1:{port}/api/info")["path"] == str(db_path)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr and "ConnectionReset" not in stderr, stderr

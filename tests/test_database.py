@@ -50,12 +50,14 @@ def test_owner_only_even_with_permissive_umask(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "u.db").stat().st_mode) == 0o600
 
 
-def test_existing_file_permissions_are_not_changed(tmp_path: Path) -> None:
+def test_existing_readable_file_is_made_owner_only(tmp_path: Path) -> None:
+    # Issue 13: a group- or world-readable database we own is tightened to 0600
+    # (test_reliability_security.py covers the warning for one we do not own).
     path = tmp_path / "shared.db"
     CyllamaDB(path).close()
     path.chmod(0o640)
     CyllamaDB(path).close()
-    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_env_path_used_when_no_argument(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

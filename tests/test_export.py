@@ -553,3 +553,293 @@ def test_export_then_import_round_trips_config(tmp_path: Path, entries: dict[str
         report = dst.import_database(work / "copy.db")
         assert dst.get_all_config() == dict(sorted(entries.items()))
         assert report["tables"]["config"]["inserted"] == len(entries)
+
+
+# -- untrusted imports: the file's code never runs, and its bad rows are never stored -----------
+
+
+def _crafted(tmp_path: Path, name: str, *statements: str, checks: bool = True) -> Path:
+    """An export of a small, valid database, then edited with raw SQL as an attacker would."""
+    (tmp_path / "m.gguf").write_bytes(b"GGUF" + bytes(60))
+    source = CyllamaDB(tmp_path / f"{name}-source.db")
+    source.set_config("good", "kept")
+    source.log("INFO", "a good line")
+    source.cache_response("good prompt", tmp_path / "m.gguf", None, "good answer")
+    source.record_generation(str(tmp_path / "m.gguf"), {"text": "x"})
+    source.save_model("good-model", ctx_size=512)
+    path = tmp_path / f"{name}.db"
+    source.export_database(path)
+    source.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        if not checks:
+            conn.execute("PRAGMA ignore_check_constraints = ON")
+        for statement in statements:
+            conn.execute(statement)
+    finally:
+        conn.close()
+    return path
+
+
+def _store_still_works(db: CyllamaDB, tmp_path: Path) -> None:
+    """Every reader of every store answers, without an error, after the import."""
+    assert db.get_config("good") == "kept"
+    for key in db.get_all_config():
+        db.get_config(key)
+    assert any(entry["message"] == "a good line" for entry in db.get_logs(limit=1000))
+    hit = db.get_cached_response("good prompt", tmp_path / "m.gguf")
+    assert hit is not None and hit.text == "good answer"
+    summary = db.get_stats_summary()
+    assert summary["total_generations"] >= 1
+    db.get_generation_history()
+    assert db.get_model_by_name("good-model") is not None
+    db.get_models()
+    db.get_cache_stats()
+    db.get_db_stats()
+    db.get_all_metadata()
+    db.get_metrics_history()
+    with db.pool.read() as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+SLOW = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000000) SELECT max(i) FROM n"
+
+
+def test_import_never_runs_the_files_triggers_or_views(file_db: CyllamaDB, tmp_path: Path) -> None:
+    source = _crafted(
+        tmp_path, "trigger",
+        # Fires when the import edits its copy (it deletes the library's own metadata keys there).
+        "CREATE TRIGGER evil AFTER DELETE ON metadata BEGIN"
+        " INSERT OR REPLACE INTO config VALUES ('pwned', 'yes', 'str', 0, 0);"
+        f" {SLOW}; END",
+        f"CREATE TRIGGER evil_insert AFTER INSERT ON config BEGIN {SLOW}; END",
+        "CREATE TRIGGER evil_update AFTER UPDATE ON models BEGIN"
+        " INSERT OR REPLACE INTO config VALUES ('pwned2', 'yes', 'str', 0, 0); END",
+        "CREATE VIEW cache_view AS SELECT * FROM cache",
+    )
+    started = time.perf_counter()
+    report = file_db.import_database(source)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 5, f"the file's trigger ran: the import took {elapsed:.1f} s"
+    assert file_db.get_config("pwned") is None and file_db.get_config("pwned2") is None
+    assert report["tables"]["config"]["inserted"] == 1
+    with file_db.pool.read() as conn:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('trigger', 'view')")}
+    assert not {"evil", "evil_insert", "evil_update", "cache_view"} & names
+    _store_still_works(file_db, tmp_path)
+
+
+def test_import_holds_the_write_lock_only_for_the_merge(file_db: CyllamaDB, tmp_path: Path) -> None:
+    """Another writer is never starved by the file: a write during the import waits < 2 s."""
+    import threading
+
+    source = _crafted(tmp_path, "lock", f"CREATE TRIGGER slow AFTER DELETE ON metadata BEGIN {SLOW}; END")
+    waits: list[float] = []
+    done = threading.Event()
+
+    def writer() -> None:
+        with CyllamaDB(file_db.path) as other:
+            while not done.is_set():
+                started = time.perf_counter()
+                other.set_config("tick", started)
+                waits.append(time.perf_counter() - started)
+                time.sleep(0.005)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        file_db.import_database(source)
+    finally:
+        done.set()
+        thread.join(30)
+    assert waits and max(waits) < 2.0
+
+
+BAD_ROWS = {
+    "invalid JSON in config": (
+        "INSERT INTO config VALUES ('bad-json', '{not json', 'json', 1, 1)", "config", "bad-json", "value"),
+    "a blob value": (
+        "INSERT INTO config VALUES ('bad-blob', X'00FF', 'str', 1, 1)", "config", "bad-blob", "blob"),
+    "an int config that is not one": (
+        "INSERT INTO config VALUES ('bad-int', 'many', 'int', 1, 1)", "config", "bad-int", "value_type"),
+    "created_at=1e300": (
+        "INSERT INTO logs (level, message, created_at) VALUES ('INFO', 'far future', 1e300)",
+        "logs", None, "created_at"),
+    "updated_at=9e18": (
+        "INSERT INTO config VALUES ('bad-time', '\"x\"', 'json', 1, 9e18)", "config", "bad-time", "updated_at"),
+    "a bad context_json": (
+        "INSERT INTO logs (level, message, context_json, created_at) VALUES ('INFO', 'ctx', '{oops', 1)",
+        "logs", None, "context_json"),
+    "an unknown log level": (
+        "INSERT INTO logs (level, message, created_at) VALUES ('LOUD', 'lvl', 1)", "logs", None, "CHECK"),
+    "a cache hit flag of 5": (
+        "INSERT INTO stats (model_path, cache_hit, created_at) VALUES ('m', 5, 1)", "stats", None, "CHECK"),
+    "a text token count": (
+        "INSERT INTO stats (model_path, prompt_tokens, cache_hit, created_at) VALUES ('m', 'lots', 0, 1)",
+        "stats", None, "prompt_tokens"),
+    "an infinite speed": (
+        "INSERT INTO stats (model_path, tokens_per_second, cache_hit, created_at) VALUES ('m', 9e999, 0, 1)",
+        "stats", None, "tokens_per_second"),
+    "a model with broken GGUF metadata": (
+        "INSERT INTO models (name, created_at, updated_at, metadata_json) VALUES ('bad-meta', 1, 1, '[')",
+        "models", "bad-meta", "metadata_json"),
+    "a model with a text context size": (
+        "INSERT INTO models (name, created_at, updated_at, ctx_size) VALUES ('bad-ctx', 1, 1, 'huge')",
+        "models", "bad-ctx", "ctx_size"),
+    "a cache entry with NULL prompt": ((
+        "CREATE TABLE loose AS SELECT * FROM cache", "DROP TABLE cache", "ALTER TABLE loose RENAME TO cache",
+        "INSERT INTO cache (cache_key, kind, prompt, prompt_hash, model_path, model_name, model_identity,"
+        " config_json, response_text, size_bytes, created_at, hit_count, last_used_at)"
+        " VALUES ('k-null', 'completion', NULL, 'h', 'm', 'm', 'i', '{}', 'r', 1, 1, 0, 1)"), "cache", "k-null", "prompt"),
+    "two cache entries with one key": ((
+        "CREATE TABLE loose AS SELECT * FROM cache", "DROP TABLE cache", "ALTER TABLE loose RENAME TO cache",
+        "INSERT INTO cache SELECT * FROM cache"), "cache", None, "same cache_key"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ROWS, ids=list(BAD_ROWS))
+def test_import_skips_and_reports_each_bad_row(file_db: CyllamaDB, tmp_path: Path, case: str) -> None:
+    statement, table, key, reason = BAD_ROWS[case]
+    statements = statement if isinstance(statement, tuple) else (statement,)
+    source = _crafted(tmp_path, "bad", *statements, checks=False)
+    before = file_db.get_db_stats()
+    report = file_db.import_database(source)
+    assert report["skipped_row_count"] == 1, report["skipped_rows"]
+    [row] = report["skipped_rows"]
+    assert row["table"] == table and reason in row["reason"]
+    if key is not None:
+        assert row["key"] == key
+    assert report["tables"][table]["skipped"] == 1
+    assert sum(report["tables"][table]["skipped_reasons"].values()) == 1
+    # The good rows of the same file came in; the bad one did not.
+    assert file_db.get_config("good") == "kept"
+    if table == "config":
+        assert file_db.get_config(key) is None
+    if table == "models":
+        assert file_db.get_model_by_name(key) is None
+    after = file_db.get_db_stats()
+    assert after.get("stats_rows", 0) - before.get("stats_rows", 0) <= 1
+    _store_still_works(file_db, tmp_path)
+
+
+def test_import_recomputes_cache_sizes(file_db: CyllamaDB, tmp_path: Path) -> None:
+    """A size_bytes that lies (tiny, negative or huge) is replaced by the store's own formula."""
+    source = _crafted(tmp_path, "sizes", "UPDATE cache SET size_bytes = -1000000, prompt_hash = 'lie'")
+    with CyllamaDB(tmp_path / "reference.db") as reference:
+        reference.cache_response("good prompt", tmp_path / "m.gguf", None, "good answer")
+        with reference.pool.read() as conn:
+            [(true_size, true_hash)] = conn.execute("SELECT size_bytes, prompt_hash FROM cache").fetchall()
+    file_db.import_database(source)
+    with file_db.pool.read() as conn:
+        [(size, prompt_hash)] = conn.execute("SELECT size_bytes, prompt_hash FROM cache").fetchall()
+    assert (size, prompt_hash) == (true_size, true_hash)  # the same formula as cache.py's writes
+    assert file_db.get_cache_stats()["size_bytes"] == true_size
+    assert file_db.invalidate_cache(prompt="good prompt") == 1  # found by its real hash
+
+
+def test_import_of_huge_lying_cache_sizes_does_not_evict_the_store(
+    tmp_path: Path
+) -> None:
+    (tmp_path / "m.gguf").write_bytes(b"GGUF" + bytes(60))
+    db = CyllamaDB(tmp_path / "mine.db", max_cache_size_mb=1)
+    try:
+        db.cache_response("mine", tmp_path / "m.gguf", None, "my answer")
+        source = _crafted(tmp_path, "huge", "UPDATE cache SET size_bytes = 9000000000000")
+        report = db.import_database(source)
+        assert report["cache_evicted"] == 0
+        assert db.get_cached_response("mine", tmp_path / "m.gguf") is not None
+        assert db.get_cached_response("good prompt", tmp_path / "m.gguf") is not None
+    finally:
+        db.close()
+
+
+def test_import_time_is_bounded(file_db: CyllamaDB, tmp_path: Path) -> None:
+    from cyllama_db.errors import CyllamaDBError, ImportTimeoutError
+
+    source = _crafted(tmp_path, "slow")
+    before = file_db.get_all_config()
+    with pytest.raises(ImportTimeoutError, match="timeout") as info:
+        file_db.import_database(source, timeout=1e-9)
+    assert isinstance(info.value, (CyllamaDBError, TimeoutError))
+    assert file_db.get_all_config() == before
+    with pytest.raises(ValueError, match="timeout"):
+        file_db.import_database(source, timeout=0)
+    with pytest.raises(TypeError, match="timeout"):
+        file_db.import_database(source, timeout="1m")  # type: ignore[arg-type]
+    assert file_db.import_database(source, timeout=None)["tables"]["config"]["inserted"] == 1
+
+
+def test_import_of_a_file_with_a_table_missing_required_columns(file_db: CyllamaDB, tmp_path: Path) -> None:
+    source = _crafted(
+        tmp_path, "columns",
+        "DROP TABLE logs",
+        "CREATE TABLE logs (id INTEGER PRIMARY KEY, message TEXT, created_at REAL)",
+        "INSERT INTO logs (message, created_at) VALUES ('no level', 1)",
+    )
+    report = file_db.import_database(source)
+    assert report["tables"]["logs"]["skipped"] == 1
+    assert "level" in report["skipped_rows"][0]["reason"]
+    assert file_db.get_config("good") == "kept"
+    file_db.get_logs()
+
+
+# -- leftovers of killed exports and imports ---------------------------------------------------
+
+KILLED = textwrap.dedent(
+    """
+    import os, signal, sys
+    from cyllama_db import CyllamaDB
+    db = CyllamaDB(sys.argv[1])
+    def die(done, total):
+        os.kill(os.getpid(), signal.SIGKILL)  # mid-way: after the first pages or rows
+    if sys.argv[2] == "export":
+        db.export_database(sys.argv[3], progress=die)
+    else:
+        db.import_database(sys.argv[3], progress=die)
+    """
+)
+
+
+def _killed(*argv: str, tmpdir: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED, *argv], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "TMPDIR": str(tmpdir)},
+    )
+    assert proc.returncode == -9, proc.stderr
+
+
+def test_a_killed_export_leaves_a_temp_file_that_the_next_export_removes(file_db: CyllamaDB, tmp_path: Path) -> None:
+    file_db.set_config("k", "v" * 10_000)
+    out = tmp_path / "exports"
+    for i in range(3):
+        _killed(file_db.path, "export", str(out / f"copy{i}.db"), tmpdir=tmp_path)
+    # Each run removed the one before it left: three kills, one leftover.
+    leftovers = sorted(p.name for p in out.iterdir())
+    assert len(leftovers) == 1 and leftovers[0].endswith(".cyllama-export.tmp"), leftovers
+    # Someone else's file that looks alike, and a temp file of a live export, stay.
+    (out / "notes.tmp").write_text("mine")
+    live = out / f".other.db.{os.getpid()}.cyllama-export.tmp"
+    live.write_text("in progress")
+    file_db.export_database(out / "final.db")
+    assert sorted(p.name for p in out.iterdir()) == sorted(["final.db", "notes.tmp", live.name])
+
+
+def test_a_killed_import_leaves_a_working_copy_that_the_next_import_removes(
+    file_db: CyllamaDB, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    source = tmp_path / "source.db"
+    with CyllamaDB(source) as other:
+        other.set_config("imported", 1)
+    for _ in range(3):
+        _killed(file_db.path, "import", str(source), tmpdir=temp)
+    leftovers = [p.name for p in temp.iterdir()]  # each run removed the one before
+    assert len(leftovers) == 1 and leftovers[0].startswith("cyllama-import-"), leftovers
+    assert file_db.get_config("imported") is None  # the killed merges wrote nothing
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    file_db.import_database(source)
+    assert list(temp.iterdir()) == []
+    assert file_db.get_config("imported") == 1

@@ -255,11 +255,12 @@ def test_not_a_gguf_file_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCapt
     bogus = tmp_path / "weights.gguf"
     bogus.write_bytes(b"PK\x03\x04 this is a zip file, not a model" * 10)
     llm = LLM(bogus, db=False)
-    with caplog.at_level(logging.ERROR, logger="cyllama_db.inference"), pytest.raises(
+    with caplog.at_level(logging.ERROR, logger="cyllama_db.inference.raised"), pytest.raises(
         ModelLoadError, match=r"weights\.gguf.*not a GGUF file"
     ):
         llm("hello")
-    assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)
+    # logged for the logs store, without llama_cpp's traceback
+    assert any(r.levelno == logging.ERROR and "not a GGUF file" in r.getMessage() for r in caplog.records)
 
 
 def test_truncated_gguf_is_a_clear_error(tiny_model_path: Path, tmp_path: Path) -> None:
@@ -902,9 +903,9 @@ def test_model_file_change_reloads_and_rekeys(tiny_model_path: Path, tmp_path: P
 
 def test_generation_errors_are_logged(tiny_model_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     llm = LLM(tiny_model_path, db=False, n_ctx=256)
-    with caplog.at_level(logging.ERROR, logger="cyllama_db.inference"), pytest.raises(ContextOverflowError):
+    with caplog.at_level(logging.ERROR, logger="cyllama_db.inference.raised"), pytest.raises(ContextOverflowError):
         llm("word " * 400)
-    record = next(r for r in caplog.records if r.name == "cyllama_db.inference")
+    record = next(r for r in caplog.records if r.name == "cyllama_db.inference.raised")
     # the message says how to fix it; a llama_cpp traceback would bury it
     assert record.levelno == logging.ERROR and record.exc_info is None
     assert "n_ctx" in record.getMessage()
@@ -965,3 +966,36 @@ def test_models_are_freed_cleanly_at_exit(tiny_model_path: Path, tmp_path: Path)
     assert "Exception ignored" not in done.stderr, done.stderr
     with CyllamaDB(path) as db:
         assert db.get_model_by_name("tiny")["status"] == "stopped"  # type: ignore[index]
+
+
+def test_errors_raised_to_the_caller_print_nothing(tiny_model_path: Path, tmp_path: Path) -> None:
+    # With no logging configured, Python's last-resort handler would print every
+    # ERROR record to stderr: a caught ContextOverflowError must stay quiet, and
+    # a non-GGUF file must not print a traceback before its ModelLoadError.
+    import subprocess
+    import sys
+    import textwrap
+
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"PK\x03\x04 not a model" * 20)
+    script = textwrap.dedent(
+        f"""
+        from cyllama_db import LLM, CyllamaDB, ContextOverflowError, ModelLoadError
+        db = CyllamaDB({str(tmp_path / "quiet.db")!r}, log_to_db=True)
+        try:
+            LLM({str(tiny_model_path)!r}, db=db, n_ctx=256)("word " * 400)
+        except ContextOverflowError:
+            pass
+        try:
+            LLM({str(bogus)!r}, db=db)("hi")
+        except ModelLoadError:
+            pass
+        logs = [r["message"] for r in db.get_logs(level="ERROR")]
+        assert any("generation failed" in m for m in logs), logs
+        assert any("not a GGUF file" in m for m in logs), logs
+        db.close()
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""

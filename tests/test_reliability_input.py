@@ -93,6 +93,8 @@ WRONG: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], type[Exception], st
         ((123,), {}, TypeError, "path"),
         (("in.db",), {"on_conflict": "merge"}, ValueError, "on_conflict"),
         (("in.db",), {"progress": 5}, TypeError, "progress"),
+        (("in.db",), {"timeout": "1m"}, TypeError, "timeout"),
+        (("in.db",), {"timeout": -1}, ValueError, "timeout"),
     ],
     "list_cache_entries": [
         (("10",), {}, TypeError, "limit"),

@@ -21,7 +21,13 @@ from cyllama_db.errors import CyllamaDBError
 pytestmark = pytest.mark.reliability
 
 PACKAGE = Path(cyllama_db.__file__).parent
-SECRETS = ("sk-live-SECRET-1", "hf_SECRET_2", "custom-SECRET-3")
+SECRETS = (
+    "sk-live-SECRET-1", "hf_SECRET_2", "custom-SECRET-3",
+    "URL-PW-SECRET-4",  # a password in a URL
+    "sk-INLINE-SECRET-5",  # a secret flag written with its value in one custom_params key
+    "TOKEN-SECRET-6",  # a token as a URL's user name
+    "hf_TEXT-SECRET-7",  # a secret flag and its value inside a custom value's text
+)
 HOSTILE = (
     "x'; DROP TABLE models; --",
     "\" OR 1=1 --",
@@ -112,7 +118,12 @@ def with_secrets(tmp_path: Path) -> Path:
             model_path=str(tmp_path / "guarded.gguf"),
             api_key=SECRETS[0],
             hf_token=SECRETS[1],
-            custom_params={"--api-key-file": "/keys", "--hf-token": SECRETS[2]},
+            custom_params={
+                "--api-key-file": "/keys", "--hf-token": SECRETS[2], f"--api-key={SECRETS[4]}": True,
+                "--mmproj-url": f"https://{SECRETS[5]}@hf.example/proj.gguf",
+                "--extra": f"--hf-token {SECRETS[6]}",
+            },
+            model_url=f"https://user:{SECRETS[3]}@models.example/m.gguf",
             ctx_size=2048,
         )
     return path
@@ -210,6 +221,53 @@ def test_repr_and_errors_of_records_hide_secrets(with_secrets: Path) -> None:
         assert SECRETS[0] not in str(info.value)
 
 
+def test_every_python_view_of_a_record_hides_url_passwords_and_inline_flags(with_secrets: Path) -> None:
+    with CyllamaDB(with_secrets) as db:
+        record = db.get_model_by_name("guarded")
+        assert record is not None
+        views = {
+            "repr": repr(record),
+            "str": str(record),
+            "to_dict": json.dumps(record.to_dict(), default=str),
+            "to_server_args(redact_secrets=True)": " ".join(db.to_server_args("guarded", redact_secrets=True)),
+            "redact(to_llama_kwargs)": json.dumps(cyllama_db._params.redact(db.to_llama_kwargs("guarded")), default=str),
+        }
+        for view, text in views.items():
+            for secret in SECRETS:
+                assert secret not in text, f"{view} shows {secret}"
+        # pip's form: the user stays, the password is ****
+        assert "https://user:****@models.example/m.gguf" in views["to_dict"]
+        assert "https://****@hf.example/proj.gguf" in views["to_server_args(redact_secrets=True)"]
+        assert "--api-key=***" in views["to_server_args(redact_secrets=True)"]
+        # ...and the real values are there for launching
+        argv = db.to_server_args("guarded")
+        assert f"--api-key={SECRETS[4]}" in argv and f"https://user:{SECRETS[3]}@models.example/m.gguf" in argv
+        assert record["model_url"] == f"https://user:{SECRETS[3]}@models.example/m.gguf"
+
+
+def test_a_redacted_export_imported_back_keeps_the_stored_secrets(with_secrets: Path, tmp_path: Path) -> None:
+    with CyllamaDB(with_secrets) as db:
+        db.export_database(tmp_path / "redacted.db")
+        before = dict(db.get_model_by_name("guarded") or {})
+        report = db.import_database(tmp_path / "redacted.db", on_conflict="replace")
+        after = dict(db.get_model_by_name("guarded") or {})
+    assert report["tables"]["models"]["conflicts"] == 0
+    for column in ("model_url", "custom_params", "api_key", "hf_token"):
+        assert after[column] == before[column], column
+    with CyllamaDB(tmp_path / "fresh.db") as fresh:
+        fresh.import_database(tmp_path / "redacted.db")
+        model = fresh.get_model_by_name("guarded")
+        assert model is not None
+        stored = json.dumps(dict(model), default=str)
+        for secret in SECRETS:
+            assert secret not in stored
+        # A redacted secret is "not exported", never the value "***" ...
+        assert model["api_key"] is None and model["hf_token"] is None
+        assert "--hf-token" not in model["custom_params"] and "--api-key=***" not in model["custom_params"]
+        # ... while text that only had a secret inside it keeps the rest, pip-style
+        assert model["model_url"] == "https://user:****@models.example/m.gguf"
+
+
 # -- SQL injection ---------------------------------------------------------------------------
 
 
@@ -291,3 +349,67 @@ def test_hostile_cli_arguments_are_only_ever_data(
     assert code == 0, output
     code, output = _cli(capsys, *db_arg, "models", "show", hostile, "--json")
     assert code == 0 and json.loads(output)["name"] == hostile
+
+
+# -- folders and files the library creates or adopts -----------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_every_folder_the_library_creates_is_owner_only(tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        db = CyllamaDB(tmp_path / "a" / "b" / "db.sqlite")
+        db.set_config("k", 1)
+        db.export_database(tmp_path / "exports" / "deep" / "copy.db")
+        db.export_database(tmp_path / "rows" / "config.jsonl", format="jsonl", table="config")
+        db.import_database(tmp_path / "exports" / "deep" / "copy.db")
+        db.close()
+        for folder in ("a", "a/b", "exports", "exports/deep", "rows"):
+            mode = stat.S_IMODE((tmp_path / folder).stat().st_mode)
+            assert mode == 0o700, f"{folder} is {oct(mode)}"
+    finally:
+        os.umask(old)
+
+
+def test_import_working_folder_is_owner_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    seen: list[int] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def spy(*args: object, **kwargs: object) -> str:
+        folder = real_mkdtemp(*args, **kwargs)  # type: ignore[arg-type]
+        seen.append(stat.S_IMODE(os.stat(folder).st_mode))
+        return folder
+
+    monkeypatch.setattr(tempfile, "mkdtemp", spy)
+    with CyllamaDB(tmp_path / "db.sqlite") as db:
+        db.export_database(tmp_path / "copy.db")
+        db.import_database(tmp_path / "copy.db")
+    assert seen == [0o700]
+
+
+def test_a_world_readable_database_is_tightened_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "loose.db"
+    CyllamaDB(path).close()
+    os.chmod(path, 0o644)
+    Path(f"{path}-wal").write_bytes(b"")
+    os.chmod(f"{path}-wal", 0o666)
+    with CyllamaDB(path) as db:
+        db.set_config("k", 1)
+        assert not db.is_memory
+        assert stat.S_IMODE(os.stat(f"{path}-wal").st_mode) == 0o600
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_readable_file_we_cannot_tighten_is_named_in_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "shared.db"
+    CyllamaDB(path).close()
+    os.chmod(path, 0o644)
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(path).st_uid + 1)  # as if another user's file
+    with caplog.at_level("WARNING", logger="cyllama_db"), CyllamaDB(path) as db:
+        db.set_config("k", 1)
+    assert any(str(path) in r.getMessage() and "chmod 600" in r.getMessage() for r in caplog.records)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not ours to change

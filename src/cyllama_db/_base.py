@@ -17,13 +17,22 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from .errors import DatabaseClosedError
+from .errors import (
+    DatabaseBusyError,
+    DatabaseClosedError,
+    DatabaseError,
+    DatabaseFileError,
+    DatabaseIntegrityError,
+    DiskFullError,
+    OutOfRangeError,
+    ReadOnlyDatabaseError,
+)
 
 if TYPE_CHECKING:
     from ._pool import ConnectionPool
     from ._settings import Settings
 
-__all__ = ["Closing", "StoreBase", "db_op", "db_stats_provider"]
+__all__ = ["Closing", "StoreBase", "db_op", "db_stats_provider", "library_error"]
 
 logger = logging.getLogger("cyllama_db")
 
@@ -64,11 +73,62 @@ def db_op(empty: Callable[[], Any] | None = None) -> Callable[[F], F]:
                 return empty() if empty is not None else None
             if self._pool is None or self._pool.closed:
                 raise DatabaseClosedError(self.path)
-            return fn(self, *args, **kwargs)
+            try:
+                return fn(self, *args, **kwargs)
+            except (sqlite3.Error, OverflowError) as exc:
+                # The error contract: nothing of SQLite's own escapes raw.
+                raise library_error(exc, self.path, self.settings.busy_timeout) from exc
 
         return cast(F, wrapper)
 
     return decorate
+
+
+_FILE_GONE_HINT = (
+    "The database file was removed, replaced or damaged while this process had it open; "
+    "restore it from a backup (cyllama-db export) or open the path again to start a new one."
+)
+
+
+def library_error(exc: BaseException, path: str, busy_timeout: float = 0.0) -> Exception:
+    """The library's error for a raw ``sqlite3.Error`` or ``OverflowError`` raised under ``path``.
+
+    The mapping (docs/reliability.md): full disk -> :class:`DiskFullError`;
+    lock held too long -> :class:`DatabaseBusyError`; read-only file ->
+    :class:`ReadOnlyDatabaseError`; file removed, corrupt or unreadable ->
+    :class:`DatabaseFileError`; constraint -> :class:`DatabaseIntegrityError`;
+    a number too large for SQLite -> :class:`OutOfRangeError`; the rest ->
+    :class:`DatabaseError`.
+    """
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OverflowError):
+        return OutOfRangeError(
+            f"a number is out of range ({text}): SQLite holds 64-bit integers and finite floats; "
+            "pass a smaller value"
+        )
+    lowered = text.lower()
+    if "database or disk is full" in lowered or "disk is full" in lowered:
+        return DiskFullError(
+            path, text, "Free some disk space (or raise the quota) and retry; nothing was written."
+        )
+    if "locked" in lowered or "database is busy" in lowered:
+        return DatabaseBusyError(path, busy_timeout)
+    if "readonly" in lowered or "read-only" in lowered:
+        return ReadOnlyDatabaseError(
+            f"cannot write to the database {path!r}: {text}. Check the file's permissions "
+            "or point CYLLAMA_DB_PATH at a writable location."
+        )
+    if isinstance(exc, sqlite3.IntegrityError):
+        return DatabaseIntegrityError(
+            path, text, "A row broke a constraint of the schema; nothing was written."
+        )
+    if any(
+        word in lowered
+        for word in ("no such table", "no such column", "disk i/o error", "malformed",
+                     "not a database", "unable to open", "file is not a database")
+    ):
+        return DatabaseFileError(path, text, _FILE_GONE_HINT)
+    return DatabaseError(path, text, "The operation was rolled back; nothing was written.")
 
 
 class StoreBase:

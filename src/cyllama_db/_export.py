@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -39,11 +40,14 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+from . import _files
 from . import migrations as _migrations
 from ._base import StoreBase, db_op
 from ._validate import check_bool, check_callable, check_path
 
-__all__ = ["ON_CONFLICT", "ExportMixin", "ProgressCallback"]
+logger = logging.getLogger("cyllama_db")
+
+__all__ = ["DEFAULT_IMPORT_TIMEOUT", "ON_CONFLICT", "ExportMixin", "ProgressCallback"]
 
 #: ``progress(done, total)``: pages copied (export) or rows merged (import).
 ProgressCallback = Callable[[int, int], None]
@@ -105,6 +109,19 @@ def _redact_custom_text(text: Any) -> Any:
     from ._params import _redact_custom_text
 
     return _redact_custom_text(text)
+
+
+def _redact_text(value: Any) -> Any:
+    """``value`` with URL passwords and inline secret flags hidden (non-text: unchanged)."""
+    from ._params import redact_text
+
+    return redact_text(value) if isinstance(value, str) else value
+
+
+def _plain_text_columns(conn: sqlite3.Connection, schema: str) -> list[str]:
+    """The models table's TEXT columns other than secrets and custom_params (handled apart)."""
+    skip = {*_secret_columns(), "custom_params", "metadata_json", "gguf_chat_template"}
+    return [c[0] for c in _columns(conn, schema, "models") if c[1] == "TEXT" and c[0] not in skip]
 
 
 def _restore_custom_text(incoming: Any, stored: Any) -> Any:
@@ -236,6 +253,337 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# -- untrusted imports ---------------------------------------------------------------------
+
+#: Seconds ``import_database`` may take by default (copy, checks and merge together).
+DEFAULT_IMPORT_TIMEOUT = 600.0
+# Columns holding Unix seconds (Unix milliseconds in the metrics table): a value
+# outside the years 1-9999 cannot become a datetime and broke every listing.
+_TIME_COLUMNS = frozenset(
+    {"created_at", "updated_at", "expires_at", "last_hit_at", "last_used_at", "first_seen_at"}
+)
+_MS_TIME_COLUMNS: dict[str, frozenset[str]] = {
+    "metrics_history": frozenset({"timestamp", "created_at"}),
+    "metadata": frozenset({"updated_at"}),
+}
+# Text columns that must hold JSON (as json.loads reads it), by table.
+_JSON_COLUMNS: dict[str, tuple[str, ...]] = {
+    "cache": ("config_json", "response_json"),
+    "logs": ("context_json",),
+    "models": ("metadata_json",),
+    "metrics_history": ("gpus_json",),
+}
+_MAX_LISTED_SKIPS = 1000
+_URL_PASSWORD_MARK = ":****@"
+_FINITE = 1.7976931348623157e308
+
+
+def _check_timeout(timeout: Any) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+    if not 0 < timeout < 10**9:  # also NaN
+        raise ValueError(f"timeout must be a positive number of seconds (or None for no limit), got {timeout!r}")
+    return float(timeout)
+
+
+class _Deadline:
+    """The import's time limit, enforced inside SQLite by a progress handler."""
+
+    def __init__(self, seconds: float | None, source: str) -> None:
+        import time
+
+        self.seconds = seconds
+        self.source = source
+        self.at = None if seconds is None else time.monotonic() + seconds
+        self.expired = False
+
+    def _check(self) -> int:
+        import time
+
+        if self.at is not None and time.monotonic() > self.at:
+            self.expired = True
+            return 1  # SQLite stops the statement: "interrupted"
+        return 0
+
+    @contextlib.contextmanager
+    def watch(self, conn: sqlite3.Connection) -> Iterator[None]:
+        if self.at is None:
+            yield
+            return
+        if self._check():
+            raise self.error()
+        conn.set_progress_handler(self._check, 10_000)
+        try:
+            yield
+        finally:
+            conn.set_progress_handler(None, 0)
+
+    def error(self) -> Exception:
+        from .errors import ImportTimeoutError
+
+        return ImportTimeoutError(
+            f"importing {self.source!r} took longer than its {self.seconds:g} s limit and was "
+            "stopped; nothing was written. Pass a larger timeout (import_database(..., timeout=...), "
+            "cyllama-db import --timeout) for a large file, or check the file: it may be hostile."
+        )
+
+
+class _TableSchema:
+    """One table of this database, as the import's checks need it."""
+
+    def __init__(
+        self,
+        name: str,
+        columns: list[tuple[str, str, bool, int]],
+        alias: str | None,
+        unique: list[tuple[str, ...]],
+        checks: list[str],
+    ) -> None:
+        self.name = name
+        self.columns = columns  # (name, declared type, not null, pk position)
+        self.alias = alias
+        self.unique = unique
+        self.checks = checks
+
+
+def _check_clauses(sql: str) -> list[str]:
+    """The expressions of the ``CHECK (...)`` constraints in a ``CREATE TABLE`` (our own schema)."""
+    found: list[str] = []
+    for match in re.finditer(r"\bCHECK\s*\(", sql, re.IGNORECASE):
+        depth, i = 1, match.end()
+        quote: str | None = None
+        while i < len(sql) and depth:
+            ch = sql[i]
+            if quote:
+                if ch == quote:
+                    quote = None
+            elif ch in "'\"":
+                quote = ch
+            elif ch == "(":
+                depth += 1
+            elif ch == ")":
+                depth -= 1
+            i += 1
+        if depth == 0:
+            found.append(sql[match.end(): i - 1])
+    return found
+
+
+def _drop_code(conn: sqlite3.Connection) -> None:
+    """Drop every trigger and view of the import's private copy (they are code, not data)."""
+    for kind, name in conn.execute(
+        "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view')"
+    ).fetchall():
+        conn.execute(f"DROP {'TRIGGER' if kind == 'trigger' else 'VIEW'} IF EXISTS {_quote(name)}")
+
+
+class _Skipped:
+    """The rows an import left out, and why."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[str, dict[str, int]] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.count = 0
+
+    def add(self, table: str, key: Any, reason: str) -> None:
+        per = self.reasons.setdefault(table, {})
+        per[reason] = per.get(reason, 0) + 1
+        self.count += 1
+        if len(self.rows) < _MAX_LISTED_SKIPS:
+            self.rows.append({"table": table, "key": key, "reason": reason})
+
+    def per_table(self) -> dict[str, int]:
+        return {t: sum(r.values()) for t, r in self.reasons.items()}
+
+
+def _json_ok(text: Any) -> int:
+    if text is None:
+        return 1
+    if not isinstance(text, str):
+        return 0
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return 0
+    return 1
+
+
+def _config_ok(text: Any, value_type: Any) -> int:
+    from .config import decode_value
+
+    if not isinstance(text, str) or not isinstance(value_type, str):
+        return 0
+    try:
+        decode_value(text, value_type)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        return 0
+    return 1
+
+
+def _param_ok(name: str, value: Any) -> int:
+    from ._params import PARAMS_BY_NAME, from_sql
+
+    if value is None or name not in PARAMS_BY_NAME:
+        return 1
+    if value == _redacted_marker() or (isinstance(value, str) and _URL_PASSWORD_MARK in value):
+        return 1  # what an export redacted: the merge puts this database's value back
+    try:
+        from_sql(name, value)
+    except (ValueError, TypeError, OverflowError, RecursionError, KeyError):
+        return 0
+    return 1
+
+
+def _cache_entry_size(
+    prompt: Any, response_text: Any, response_json: Any, config_json: Any, model_path: Any, identity: Any
+) -> int:
+    """An imported cache entry's ``size_bytes``, recomputed, never taken from the file.
+
+    The same formula as ``CacheMixin._cache_write`` (cache.py; duplicated here
+    so import does not reach into the write path, and kept equal by
+    test_export.py's test that compares the two on a real entry).
+    """
+    from .cache import _ROW_OVERHEAD, _utf8_len
+
+    return (
+        len(str(prompt).encode("utf-8", "surrogatepass"))
+        + _utf8_len(str(response_text))
+        + (_utf8_len(response_json) if isinstance(response_json, str) and response_json else 0)
+        + len(str(config_json))
+        + len(str(model_path))
+        + len(str(identity))
+        + _ROW_OVERHEAD
+    )
+
+
+def _sha256(text: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(str(text).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _row_rules(table: _TableSchema, present: set[str]) -> list[tuple[str, str]]:
+    """``(reason, SQL that is 1 for a bad row)`` for each check of one table, first failing first."""
+    from ._time import MAX_TIMESTAMP, MIN_TIMESTAMP
+
+    rules: list[tuple[str, str]] = []
+    ms = _MS_TIME_COLUMNS.get(table.name, frozenset())
+    for name, declared, notnull, pk in table.columns:
+        if name == table.alias:
+            continue
+        q = _quote(name)
+        if name not in present:
+            if notnull:
+                rules.append((f"{name}: missing from the file's table (required)", "1"))
+            continue
+        rules.append((f"{name}: a blob (binary) value", f"typeof({q}) = 'blob'"))
+        if notnull or pk:
+            rules.append((f"{name}: empty (NULL) in a required column", f"{q} IS NULL"))
+        if declared == "INTEGER":
+            rules.append((f"{name}: not an integer", f"typeof({q}) NOT IN ('integer', 'null')"))
+        elif declared == "REAL":
+            rules.append((f"{name}: not a number", f"typeof({q}) NOT IN ('real', 'integer', 'null')"))
+            rules.append((f"{name}: not a finite number", f"{q} IS NOT NULL AND abs({q}) > {_FINITE!r}"))
+        elif declared == "TEXT":
+            rules.append((f"{name}: not text", f"typeof({q}) NOT IN ('text', 'null')"))
+        if name in _TIME_COLUMNS or name in ms:
+            scale = 1000 if name in ms else 1
+            rules.append((
+                f"{name}: not a time between the years 1 and 9999",
+                f"{q} IS NOT NULL AND NOT ({q} BETWEEN {MIN_TIMESTAMP * scale!r} AND {MAX_TIMESTAMP * scale!r})",
+            ))
+        if name in _JSON_COLUMNS.get(table.name, ()):
+            rules.append((f"{name}: not valid JSON", f"NOT cyllama_json_ok({q})"))
+        if table.name == "models":
+            rules.append((
+                f"{name}: not a valid value of the parameter",
+                f"NOT cyllama_param_ok({_sql_text(name)}, {q})",
+            ))
+    if table.name == "config" and {"value", "value_type"} <= present:
+        rules.append(("value: does not match its value_type (e.g. invalid JSON)",
+                      "NOT cyllama_config_ok(value, value_type)"))
+    names = {c[0] for c in table.columns}
+    for expr in table.checks:
+        idents = {w for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expr) if w in names}
+        if idents <= present:
+            rules.append((f"breaks the constraint CHECK ({' '.join(expr.split())})", f"({expr}) IS 0"))
+    return rules
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _key_of(row: tuple[Any, ...]) -> Any:
+    values = [v if isinstance(v, (str, int, float)) or v is None else repr(v)[:80] for v in row]
+    return values[0] if len(values) == 1 else values
+
+
+def _validate_copy(conn: sqlite3.Connection, schema: dict[str, _TableSchema]) -> _Skipped:
+    """Delete the rows of the import copy that this database could not hold; report them.
+
+    Runs on the private copy, before the merge takes the write lock.
+    """
+    skipped = _Skipped()
+    conn.create_function("cyllama_json_ok", 1, _json_ok, deterministic=True)
+    conn.create_function("cyllama_config_ok", 2, _config_ok, deterministic=True)
+    conn.create_function("cyllama_param_ok", 2, _param_ok, deterministic=True)
+    conn.create_function("cyllama_cache_size", 6, _cache_entry_size, deterministic=True)
+    conn.create_function("cyllama_sha256", 1, _sha256, deterministic=True)
+    copy_tables = set(_user_tables(conn, "main"))
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for name, table in schema.items():
+            if name not in copy_tables:
+                continue
+            present = {r[1] for r in conn.execute(f"PRAGMA main.table_info({_quote(name)})")}
+            key_cols = _KEY_OVERRIDES.get(name) or next(iter(table.unique), None)
+            key_sql = (
+                ", ".join(_quote(k) for k in key_cols) if key_cols and set(key_cols) <= present else "rowid"
+            )
+            rules = _row_rules(table, present)
+            t = _quote(name)
+            if rules:
+                case = " ".join(f"WHEN {sql} THEN {_sql_text(reason)}" for reason, sql in rules)
+                where = " OR ".join(f"({sql})" for _, sql in rules)
+                bad = conn.execute(
+                    f"SELECT rowid, CASE {case} END, {key_sql} FROM {t} WHERE {where}"
+                ).fetchall()
+                for rowid, reason, *key in bad:
+                    skipped.add(name, _key_of(tuple(key)), str(reason))
+                    conn.execute(f"DELETE FROM {t} WHERE rowid = ?", (rowid,))
+            # Two rows with one key: the store holds one (the first is kept).
+            for cols in ([*table.unique, *([_KEY_OVERRIDES[name]] if name in _KEY_OVERRIDES else [])]):
+                if not set(cols) <= present:
+                    continue
+                group = ", ".join(_quote(c) for c in cols)
+                dupes = conn.execute(
+                    f"SELECT rowid, {group} FROM {t} WHERE rowid NOT IN"
+                    f" (SELECT MIN(rowid) FROM {t} GROUP BY {group})"
+                ).fetchall()
+                for rowid, *key in dupes:
+                    skipped.add(name, _key_of(tuple(key)), f"a second row with the same {', '.join(cols)}")
+                    conn.execute(f"DELETE FROM {t} WHERE rowid = ?", (rowid,))
+            if name == "cache" and {
+                "size_bytes", "prompt", "response_text", "response_json", "config_json", "model_path",
+                "model_identity", "prompt_hash",
+            } <= present:
+                # Sizes drive the size limit and eviction: recomputed, never trusted.
+                conn.execute(
+                    "UPDATE cache SET size_bytes = cyllama_cache_size(prompt, response_text,"
+                    " response_json, config_json, model_path, model_identity),"
+                    " prompt_hash = cyllama_sha256(prompt)"
+                )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return skipped
+
+
 class ExportMixin(StoreBase):
     """``export_database`` / ``import_database``: copies and merges of the whole file."""
 
@@ -316,7 +664,7 @@ class ExportMixin(StoreBase):
             raise TypeError(f"path must be a str or os.PathLike for format='sqlite', got {type(path).__name__}")
         dest = self._prepare_destination(path, overwrite)
         self._flush_for_read()  # a read: never waits on, or fails for, a write
-        tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.{os.getpid()}.tmp")
+        tmp = _files.export_temp_name(dest)
         _new_private_file(tmp)
         try:
             dst = sqlite3.connect(tmp, isolation_level=None)
@@ -354,7 +702,10 @@ class ExportMixin(StoreBase):
                 f"export path {dest!r} already exists; choose another name or pass "
                 "overwrite=True (cyllama-db export --force)"
             )
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        _files.private_makedirs(os.path.dirname(dest))
+        # Exports killed before they finished (SIGKILL, power loss) left their
+        # temporary copy beside the target: their pid says they are gone.
+        _files.remove_stale_exports(os.path.dirname(dest))
         return dest
 
     def _redact_copy(self, dst: sqlite3.Connection) -> int:
@@ -388,6 +739,17 @@ class ExportMixin(StoreBase):
                             "UPDATE models SET custom_params = ? WHERE rowid = ?", (redacted, rowid)
                         )
                         changed += 1
+            # URL passwords (model_url="https://user:PW@host/...") and secret flags
+            # written inline, in every other text column.
+            text_cols = _plain_text_columns(dst, "main")
+            if text_cols:
+                listed = ", ".join(_quote(c) for c in text_cols)
+                for rowid, *values in dst.execute(f"SELECT rowid, {listed} FROM models").fetchall():
+                    for col, value in zip(text_cols, values, strict=True):
+                        shown = _redact_text(value)
+                        if shown is not value and shown != value:
+                            dst.execute(f"UPDATE models SET {_quote(col)} = ? WHERE rowid = ?", (shown, rowid))
+                            changed += 1
             dst.execute("COMMIT")
         except BaseException:
             dst.execute("ROLLBACK")
@@ -409,7 +771,7 @@ class ExportMixin(StoreBase):
             raise ValueError(f"no table {table!r} in the database; tables: {', '.join(tables)}")
         if isinstance(path, (str, os.PathLike)):
             dest = self._prepare_destination(path, overwrite)
-            tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.{os.getpid()}.tmp")
+            tmp = _files.export_temp_name(dest)
             _new_private_file(tmp)
             try:
                 with open(tmp, "w", encoding="utf-8") as handle:
@@ -458,6 +820,10 @@ class ExportMixin(StoreBase):
                 if redacting and "custom_params" in record:
                     text = row[names.index("custom_params")]
                     record["custom_params"] = _jsonable(_redact_custom_text(text))
+                if redacting:
+                    for name, value in record.items():
+                        if name not in secrets and name != "custom_params" and isinstance(value, str):
+                            record[name] = _redact_text(value)
                 handle.write(json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n")
                 written += 1
                 if progress is not None and written % 1000 == 0:
@@ -475,6 +841,7 @@ class ExportMixin(StoreBase):
         *,
         on_conflict: str = "keep",
         progress: ProgressCallback | None = None,
+        timeout: float | None = DEFAULT_IMPORT_TIMEOUT,
     ) -> dict[str, Any]:
         """Merge another cyllama-db database file into this one; return a report.
 
@@ -484,24 +851,42 @@ class ExportMixin(StoreBase):
         a conflict, settled by ``on_conflict``: ``"keep"`` (default) keeps
         this database's row, ``"replace"`` takes the imported one, ``"newer"``
         takes whichever was updated (else created) later. Secrets that the
-        export redacted (columns, or secret flags inside ``custom_params``)
-        never overwrite stored ones, and are never stored as ``"***"``. The whole merge is one
+        export redacted (columns, secret flags inside ``custom_params``, URL
+        passwords) never overwrite stored ones, and are never stored as ``"***"``. The whole merge is one
         transaction: it applies completely or not at all.
+
+        The file is untrusted input. It is read into a private copy, whose
+        triggers and views are dropped (and the merge runs with
+        ``trusted_schema=OFF``); every row is checked against this
+        database's own column types, constraints, time range and JSON
+        columns, and a row that fails is skipped and reported, never stored.
+        Cache entry sizes are recomputed, not taken from the file.
 
         A file from an older cyllama-db is upgraded (in a temporary copy; the
         file itself is only read); a file from a newer one raises
         :class:`~cyllama_db.SchemaVersionError`.
 
+        Args:
+            path: the file to import.
+            on_conflict: ``"keep"``, ``"replace"`` or ``"newer"`` (above).
+            progress: ``progress(done, total)`` called as rows are merged.
+            timeout: seconds the whole import may take (default 600; None: no
+                limit). Past it the import stops with
+                :class:`~cyllama_db.errors.ImportTimeoutError` and nothing is written.
+
         Returns:
             ``{"source", "source_schema_version", "on_conflict", "tables":
             {table: {"mode", "key", "rows", "inserted", "unchanged",
-            "duplicates", "conflicts", "replaced"}}, "conflicts": [{"table",
-            "key", "resolution"}], "skipped_tables", "cache_evicted"}``.
+            "duplicates", "conflicts", "replaced", "skipped",
+            "skipped_reasons"}}, "conflicts": [{"table", "key",
+            "resolution"}], "skipped_rows": [{"table", "key", "reason"}],
+            "skipped_row_count", "skipped_tables", "cache_evicted"}``.
         """
         if on_conflict not in ON_CONFLICT:
             error = ValueError if isinstance(on_conflict, str) else TypeError
             raise error(f"on_conflict must be one of {', '.join(ON_CONFLICT)}; got {on_conflict!r}")
         check_callable(progress, "progress")
+        limit = _check_timeout(timeout)
         source = os.path.abspath(os.path.expanduser(check_path(path, "path")))
         _check_sqlite_file(source, "import file")
         if self.path != ":memory:" and _same_file(source, self.path):
@@ -510,24 +895,69 @@ class ExportMixin(StoreBase):
         import shutil
         import tempfile
 
-        workdir = tempfile.mkdtemp(prefix="cyllama-import-")
+        deadline = _Deadline(limit, source)
+        # Imports killed before they finished left their working copy behind.
+        _files.remove_stale_import_dirs()
+        workdir = tempfile.mkdtemp(prefix=_files.import_temp_prefix())  # 0700
         try:
             copy = os.path.join(workdir, "import.db")
-            source_version = self._snapshot_for_import(source, copy)
+            source_version, skipped = self._snapshot_for_import(source, copy, deadline)
             self._flush_stores()
-            report = self._merge(copy, on_conflict, progress)
+            report = self._merge(copy, on_conflict, progress, deadline)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        report = {"source": source, "source_schema_version": source_version, **report}
+        for table, entry in report["tables"].items():
+            reasons = skipped.reasons.get(table, {})
+            entry["skipped"] = sum(reasons.values())
+            entry["rows"] += entry["skipped"]
+            entry["skipped_reasons"] = dict(reasons)
+        report = {
+            "source": source,
+            "source_schema_version": source_version,
+            **report,
+            "skipped_rows": skipped.rows,
+            "skipped_row_count": skipped.count,
+        }
+        if skipped.count:
+            logger.warning(
+                "import of %s skipped %d invalid row(s): %s", source, skipped.count,
+                "; ".join(f"{t}: {n}" for t, n in skipped.per_table().items()),
+            )
         cleanup = getattr(self, "cleanup_cache", None)
         # Imported entries count against the cache size limit like any others.
         report["cache_evicted"] = int(cleanup() or 0) if callable(cleanup) else 0
         return report
 
-    def _snapshot_for_import(self, source: str, copy: str) -> int:
-        """Copy ``source`` to ``copy`` (a fixed snapshot) and upgrade the copy's schema."""
+    def _main_schema(self) -> dict[str, _TableSchema]:
+        """This database's own tables: what every imported row is checked against."""
+        with self.pool.read() as conn:
+            derived = _derived_tables(conn)
+            schema = {}
+            for table in _user_tables(conn, "main"):
+                if table in derived:
+                    continue
+                sql = conn.execute(
+                    "SELECT sql FROM main.sqlite_master WHERE type = 'table' AND name = ?", (table,)
+                ).fetchone()[0]
+                rows = conn.execute(f"PRAGMA main.table_info({_quote(table)})").fetchall()
+                columns = [(r[1], str(r[2] or "").upper(), bool(r[3]), int(r[5])) for r in rows]
+                alias = _rowid_alias([(c[0], c[1], c[3]) for c in columns])
+                unique: list[tuple[str, ...]] = []
+                for index in conn.execute(f"PRAGMA main.index_list({_quote(table)})").fetchall():
+                    if int(index[2]) != 1:
+                        continue
+                    info = conn.execute(f"PRAGMA main.index_info({_quote(index[1])})").fetchall()
+                    names = tuple(r[2] for r in sorted(info, key=lambda r: r[0]))
+                    if names and all(n is not None for n in names) and names != (alias,):
+                        unique.append(names)
+                schema[table] = _TableSchema(table, columns, alias, unique, _check_clauses(str(sql or "")))
+        return schema
+
+    def _snapshot_for_import(self, source: str, copy: str, deadline: _Deadline) -> tuple[int, _Skipped]:
+        """Copy ``source`` to ``copy`` (a fixed snapshot), disarm it, upgrade it and drop invalid rows."""
         src = _open_readonly(source, self.settings.busy_timeout)
         try:
+            src.execute("PRAGMA trusted_schema = OFF")
             if "schema_version" not in {
                 r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type='table'")
             }:
@@ -540,24 +970,46 @@ class ExportMixin(StoreBase):
             _new_private_file(copy)
             dst = sqlite3.connect(copy, isolation_level=None)
             try:
-                with _pinned_snapshot(src):
-                    _backup(src, dst, None)
-                dst.execute("PRAGMA journal_mode = DELETE")
-                _migrations.migrate(dst, copy)
+                dst.execute("PRAGMA trusted_schema = OFF")
+                with deadline.watch(dst):
+                    with _pinned_snapshot(src):
+                        _backup(src, dst, None)
+                    dst.execute("PRAGMA journal_mode = DELETE")
+                    # The file's own code must never run: not while it is upgraded
+                    # below, and not inside the merge's write transaction.
+                    _drop_code(dst)
+                    _migrations.migrate(dst, copy)
+                    _drop_code(dst)
+                    skipped = _validate_copy(dst, self._main_schema())
             finally:
                 dst.close()
+        except sqlite3.Error as exc:
+            if deadline.expired:
+                raise deadline.error() from exc
+            raise ValueError(
+                f"import file {source!r} cannot be read as a cyllama-db database: {exc}"
+            ) from exc
         finally:
             src.close()
-        return version
+        return version, skipped
 
-    def _merge(self, copy: str, on_conflict: str, progress: ProgressCallback | None) -> dict[str, Any]:
+    def _merge(
+        self, copy: str, on_conflict: str, progress: ProgressCallback | None, deadline: _Deadline
+    ) -> dict[str, Any]:
         with self.pool.read() as conn:
             conn.execute(f"ATTACH DATABASE ? AS {_ALIAS}", (copy,))
+            trusted = conn.execute("PRAGMA trusted_schema").fetchone()[0]
+            conn.execute("PRAGMA trusted_schema = OFF")
         try:
-            with self.pool.transaction() as conn:
+            with self.pool.transaction() as conn, deadline.watch(conn):
                 return self._merge_tables(conn, on_conflict, progress)
+        except sqlite3.Error as exc:
+            if deadline.expired:
+                raise deadline.error() from exc
+            raise
         finally:
             with self.pool.read() as conn:
+                conn.execute(f"PRAGMA trusted_schema = {int(trusted)}")
                 conn.execute(f"DETACH DATABASE {_ALIAS}")
 
     def _merge_tables(
@@ -656,6 +1108,22 @@ class ExportMixin(StoreBase):
                             f"UPDATE {_ALIAS}.models SET custom_params = ? WHERE rowid = ?",
                             (restored, rowid),
                         )
+            if "name" in import_cols:
+                # A URL whose password the export hid: this database's own URL when it
+                # is the same one, else the imported text (it holds no secret).
+                for col in _plain_text_columns(conn, _ALIAS):
+                    if col not in main_cols:
+                        continue
+                    q = _quote(col)
+                    rows = conn.execute(
+                        f"SELECT s.rowid, s.{q}, m.{q} FROM {_ALIAS}.models AS s"
+                        " JOIN main.models AS m ON m.name = s.name"
+                        f" WHERE instr(s.{q}, '****@') > 0 OR instr(s.{q}, ?) > 0",
+                        (marker,),
+                    ).fetchall()
+                    for rowid, incoming, stored in rows:
+                        if isinstance(stored, str) and _redact_text(stored) == incoming:
+                            conn.execute(f"UPDATE {_ALIAS}.models SET {q} = ? WHERE rowid = ?", (stored, rowid))
 
     def _append(
         self,

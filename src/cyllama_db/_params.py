@@ -42,6 +42,8 @@ __all__ = [
     "from_sql",
     "parameter_table_markdown",
     "redact",
+    "redact_text",
+    "redact_url",
     "sqlite_type",
     "to_llama_kwargs",
     "to_sampling_kwargs",
@@ -938,7 +940,10 @@ def _validate_one(p: Param, value: Any) -> Any:
     elif p.type == "float":
         if not (_is_int(value) or isinstance(value, float)):
             raise ParameterTypeError(p.name, "float", value)
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond a double's range
+            raise ParameterValueError(p.name, value, "a finite number") from None
         if not math.isfinite(value):
             raise ParameterValueError(p.name, value, "a finite number")
         _check_range(p, value)
@@ -1234,6 +1239,10 @@ def to_server_args(
     custom = values.get("custom_params")
     if custom:
         argv += _custom_args(_redact_custom(custom) if redact_secrets else custom)
+    if redact_secrets:
+        # URL passwords (--model-url https://user:PW@host/...) and secrets written
+        # inline (--api-key=sk-...) in any word.
+        argv = [redact_text(word) for word in argv]
     return argv
 
 
@@ -1263,7 +1272,58 @@ def redact(params: Mapping[str, Any], show_secrets: bool = False) -> dict[str, A
         elif name == "custom_params" and isinstance(value, str):
             # An invalid stored value is shown as stored (see ModelRecord).
             out[name] = _redact_custom_text(value)
+        elif isinstance(value, str):
+            out[name] = redact_text(value)  # URL passwords, inline secret flags
+        elif isinstance(value, list) and any(isinstance(v, str) for v in value):
+            out[name] = [redact_text(v) if isinstance(v, str) else v for v in value]
     return out
+
+
+#: What :func:`redact_text` puts in place of a URL's password (pip's marker).
+URL_REDACTED: Final = "****"
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/?#@\s:]*)(?::(?P<password>[^/?#@\s]*))?@")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the credentials of every URL in it hidden, as pip shows them.
+
+    ``https://user:PW@host/x`` becomes ``https://user:****@host/x``; a lone
+    user name (often a token: ``https://TOKEN@host/``) becomes ``****``.
+    """
+    if "@" not in text or "://" not in text:
+        return text
+
+    def hide(match: re.Match[str]) -> str:
+        if match.group("password") is None:
+            return f"{match.group('scheme')}{URL_REDACTED}@"
+        return f"{match.group('scheme')}{match.group('user')}:{URL_REDACTED}@"
+
+    return _URL_CREDENTIALS.sub(hide, text)
+
+
+def _inline_secret_pattern() -> re.Pattern[str]:
+    words = "|".join(
+        re.escape(w).replace("\\-", "[-_]") for w in sorted(_SECRET_FLAG_WORDS, key=len, reverse=True)
+    )
+    return re.compile(rf"(?i)(?P<flag>(?<![\w-])-{{1,2}}(?:{words}))(?P<sep>=|\s+)(?P<value>\S+)")
+
+
+_INLINE_SECRET: re.Pattern[str] | None = None
+
+
+def redact_text(text: str) -> str:
+    """``text`` with URL passwords (:func:`redact_url`) and inline secret flags hidden.
+
+    An inline flag is a secret flag and its value in one word or line
+    (``--api-key=sk-...``, ``--hf-token hf_...``): the value becomes :data:`REDACTED`.
+    """
+    global _INLINE_SECRET
+    text = redact_url(text)
+    if "-" not in text:
+        return text
+    if _INLINE_SECRET is None:
+        _INLINE_SECRET = _inline_secret_pattern()
+    return _INLINE_SECRET.sub(lambda m: f"{m.group('flag')}{m.group('sep')}{REDACTED}", text)
 
 
 def _is_secret_flag(key: object) -> bool:
@@ -1285,7 +1345,13 @@ def _redact_custom(custom: Mapping[Any, Any]) -> dict[Any, Any]:
     a value llama-server would reject costs nothing, leaking one does.
     """
     return {
-        key: REDACTED if _is_set_secret(key, value) else value for key, value in custom.items()
+        (redact_text(key) if isinstance(key, str) else key): (
+            REDACTED if _is_set_secret(key, value)
+            else redact_text(value) if isinstance(value, str)
+            else [redact_text(v) if isinstance(v, str) else v for v in value] if isinstance(value, list)
+            else value
+        )
+        for key, value in custom.items()
     }
 
 
@@ -1303,12 +1369,16 @@ def _redact_custom_text(text: Any) -> Any:
     except ValueError:
         parsed = None
     if isinstance(parsed, dict):
-        if not any(_is_set_secret(k, v) for k, v in parsed.items()):
+        redacted = _redact_custom(parsed)
+        if redacted == parsed:
             return text
-        return json.dumps(_redact_custom(parsed), separators=(",", ":"))
+        return json.dumps(redacted, separators=(",", ":"))
     decoded = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
     lowered = decoded.lower().replace("_", "-")
-    return REDACTED if any(word in lowered for word in _SECRET_FLAG_WORDS) else text
+    if any(word in lowered for word in _SECRET_FLAG_WORDS):
+        return REDACTED
+    hidden = redact_url(decoded)
+    return text if hidden == decoded else hidden
 
 
 def _restore_custom_text(incoming: Any, stored: Any) -> Any:
@@ -1325,7 +1395,7 @@ def _restore_custom_text(incoming: Any, stored: Any) -> Any:
         parsed = json.loads(incoming) if isinstance(incoming, (str, bytes)) else None
     except ValueError:
         return incoming
-    if not isinstance(parsed, dict) or REDACTED not in parsed.values():
+    if not isinstance(parsed, dict) or not _has_redactions(parsed):
         return incoming
     try:
         mine = json.loads(stored) if isinstance(stored, (str, bytes)) else {}
@@ -1333,14 +1403,36 @@ def _restore_custom_text(incoming: Any, stored: Any) -> Any:
         mine = {}
     if not isinstance(mine, dict):
         mine = {}
+    # What each of this database's entries looks like once redacted.
+    mine_by_shown = {redact_text(k) if isinstance(k, str) else k: k for k in mine}
     restored: dict[str, Any] = {}
     for key, value in parsed.items():
         if value == REDACTED and _is_secret_flag(key):
             if key in mine:
                 restored[key] = mine[key]
             continue
+        if isinstance(key, str) and REDACTED in key and redact_text(key.replace(REDACTED, "x")) == key:
+            # A flag with its secret inline (--api-key=***): this database's own, or none.
+            original = mine_by_shown.get(key)
+            if original is not None:
+                restored[original] = mine[original]
+            continue
+        if isinstance(value, str) and REDACTED in value:
+            # A URL password or an inline flag hidden inside the text: this database's own.
+            stored_value = mine.get(key)
+            if isinstance(stored_value, str) and redact_text(stored_value) == value:
+                value = stored_value
         restored[key] = value
     return json.dumps(restored, separators=(",", ":"))
+
+
+def _has_redactions(parsed: Mapping[str, Any]) -> bool:
+    return any(
+        value == REDACTED
+        or (isinstance(key, str) and REDACTED in key)
+        or (isinstance(value, str) and REDACTED in value)
+        for key, value in parsed.items()
+    )
 
 
 def sqlite_type(param: Param | str) -> str:

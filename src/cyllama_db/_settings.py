@@ -131,11 +131,16 @@ def _parse_retention(name: str, raw: Any) -> timedelta:
     return retention
 
 
+_MAX_BUSY_TIMEOUT = 2_147_483.0
+
+
 def _parse_positive_float(name: str, raw: Any) -> float:
     try:
         if isinstance(raw, bool):
             raise ValueError
         value = float(raw)
+    except OverflowError:  # an int beyond a double's range
+        value = float("inf")
     except (TypeError, ValueError) as exc:
         raise _error_for(raw)(f"{name}={raw!r} is not a number") from exc
     if not value > 0 or value == float("inf"):
@@ -272,6 +277,10 @@ class Settings:
             busy = 30.0 if raw is None else _parse_positive_float("CYLLAMA_DB_BUSY_TIMEOUT", raw)
         else:
             busy = _parse_positive_float("busy_timeout", busy_timeout)
+        if busy > _MAX_BUSY_TIMEOUT:  # SQLite takes the timeout as a C int of milliseconds
+            raise ConfigurationError(
+                f"busy_timeout={busy:g} s is too long (at most {_MAX_BUSY_TIMEOUT:g} s, about 24 days)"
+            )
 
         if cache_sampled is None:
             raw = _env(env, "CYLLAMA_CACHE_SAMPLED")

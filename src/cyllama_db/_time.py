@@ -12,7 +12,12 @@ import re
 import time
 from datetime import datetime, timedelta, timezone
 
-__all__ = ["MAX_DURATION", "from_timestamp", "parse_duration", "to_timestamp"]
+__all__ = ["MAX_DURATION", "MAX_TIMESTAMP", "MIN_TIMESTAMP", "from_timestamp", "parse_duration", "to_timestamp"]
+
+#: The Unix seconds a datetime can stand for (years 1 to 9999, UTC): a stored or
+#: given time outside them cannot be shown, compared as a datetime or bucketed.
+MIN_TIMESTAMP = -62_135_596_800.0
+MAX_TIMESTAMP = 253_402_300_799.0
 
 #: The longest duration :func:`parse_duration` accepts (about 1000 years): longer
 #: ones are typing mistakes, and would overflow ``timedelta`` and datetimes anyway.
@@ -78,17 +83,38 @@ def to_timestamp(
     """Turn a datetime, a timedelta (meaning "that long before now") or a number into Unix seconds.
 
     Naive datetimes are taken as local time, as ``datetime.timestamp()`` does.
-    A wrong type raises ``TypeError`` naming the argument ``name``.
+    A wrong type raises ``TypeError`` naming the argument ``name``; a number
+    (or a timedelta) that is not finite or lands outside the years 1 to 9999
+    raises :class:`~cyllama_db.errors.OutOfRangeError` (a ``ValueError``).
     """
     if isinstance(value, datetime):
-        return value.timestamp()
+        try:
+            return value.timestamp()
+        except (OverflowError, ValueError, OSError) as exc:  # datetime.min in local time, say
+            raise _out_of_range(name, value) from exc
     if isinstance(value, timedelta):
-        return (time.time() if now is None else now) - value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        ts = (time.time() if now is None else now) - value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(
             f"{name} must be a datetime, a timedelta or Unix seconds, got {type(value).__name__}"
         )
-    return float(value)
+    else:
+        try:
+            ts = float(value)
+        except OverflowError:
+            raise _out_of_range(name, value) from None
+    if not MIN_TIMESTAMP <= ts <= MAX_TIMESTAMP:  # also NaN
+        raise _out_of_range(name, value)
+    return ts
+
+
+def _out_of_range(name: str, value: object) -> ValueError:
+    from .errors import OutOfRangeError
+
+    return OutOfRangeError(
+        f"{name}={_shown(value)} is out of range: a time must lie between the years 1 and 9999 "
+        f"(Unix seconds {MIN_TIMESTAMP:.0f} to {MAX_TIMESTAMP:.0f}); pass a datetime, a timedelta or Unix seconds in it"
+    )
 
 
 def from_timestamp(value: float | None) -> datetime | None:

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import sqlite3
 import sys
@@ -226,9 +227,46 @@ def _plain(value: Any, *, nonfinite: Callable[[float], Any] = _none) -> Any:
     return str(value)
 
 
+# -- terminal safety: what the database holds is shown, never run by the terminal -------------
+
+# C0 controls but newline and tab, DEL, C1 controls (U+0080-U+009F: 0x9b is a CSI
+# on some terminals), the line and paragraph separators, and the bidirectional
+# overrides that reorder what is shown (U+202A-U+202E, U+2066-U+2069).
+_UNSAFE_IN_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED_ESCAPES.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _visible(text: str, *, lines: bool = False) -> str:
+    """``text`` with every control character shown as an escape (``\\x1b``), as git and journalctl do.
+
+    Terminal escape sequences in a model name, a prompt or a log message
+    (clearing the screen, OSC 52 clipboard writes, ...) are printed as the
+    letters of their escape, never sent to the terminal. With ``lines`` a
+    newline and a tab stay as they are (multi-line log messages), else they
+    too become ``\\n`` and ``\\t`` (one table cell per line).
+    """
+    return (_UNSAFE_IN_LINES if lines else _UNSAFE).sub(_escape_char, text)
+
+
+def _json_text(data: Any, **dump: Any) -> str:
+    """JSON text for a terminal: json.dumps escapes C0 controls; C1 and the bidi controls too here."""
+    text = json.dumps(data, ensure_ascii=False, **dump)
+    return _UNSAFE_IN_LINES.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def _print_json(data: Any, stream: TextIO | None = None) -> None:
     out = sys.stdout if stream is None else stream
-    out.write(json.dumps(_plain(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    out.write(_json_text(_plain(data), indent=2, allow_nan=False) + "\n")
 
 
 def _fmt(value: Any) -> str:
@@ -246,8 +284,8 @@ def _fmt(value: Any) -> str:
             return str(int(value))
         return f"{value:.2f}" if abs(value) >= 0.01 else f"{value:.3g}"
     if isinstance(value, dict | list):
-        return json.dumps(_plain(value), ensure_ascii=False)
-    return str(value)
+        return _visible(json.dumps(_plain(value), ensure_ascii=False))
+    return _visible(str(value))
 
 
 def _pct(value: Any) -> str:
@@ -636,7 +674,7 @@ def _cmd_config_get(args: argparse.Namespace) -> int:
             {"key": args.key, "value": _config_json(value), "type": _value_type(args.key, value)}
         )
     else:
-        print(_show_value(value))
+        print(_visible(_show_value(value), lines=True))
     return 0
 
 
@@ -644,7 +682,7 @@ def _cmd_config_set(args: argparse.Namespace) -> int:
     value = _typed_value(args.value, args.type, f"config set {args.key} --type {args.type}")
     with _open(args) as db:
         db.set_config(args.key, value)
-    print(f"{args.key} = {_show_value(value)} ({args.type})")
+    print(f"{_visible(args.key)} = {_visible(_show_value(value), lines=True)} ({args.type})")
     return 0
 
 
@@ -714,15 +752,20 @@ def _cmd_import(args: argparse.Namespace) -> int:
     progress = _progress_for("importing")
     with _open(args) as db:
         try:
-            report = db.import_database(args.path, on_conflict=args.on_conflict, progress=progress)
+            timeout: Any = {"timeout": None} if args.no_timeout else (
+                {} if args.timeout is None else {"timeout": args.timeout.total_seconds()}
+            )
+            report = db.import_database(
+                args.path, on_conflict=args.on_conflict, progress=progress, **timeout
+            )
         finally:
             if progress is not None:
                 progress.finish()
     if args.json:
         _print_json(report)
         return 0
-    print(f"imported {report['source']} (schema version {report['source_schema_version']}) "
-          f"into {db.path}")
+    print(f"imported {_visible(report['source'])} (schema version {report['source_schema_version']}) "
+          f"into {_visible(db.path)}")
     rows = [
         [t, e["mode"] if e["key"] is None else "by " + ",".join(e["key"]), e["rows"], e["inserted"],
          e["unchanged"] + e["duplicates"], e["conflicts"], e["replaced"]]
@@ -738,8 +781,14 @@ def _cmd_import(args: argparse.Namespace) -> int:
             print(f"  ... and {report['conflict_count'] - 20} more (--json lists them)")
         if kept:
             print("the current rows were kept; use --on-conflict replace or newer to take imported ones")
+    if report.get("skipped_row_count"):
+        print(f"\n{report['skipped_row_count']} invalid rows skipped (never stored):")
+        for table, entry in report["tables"].items():
+            for reason, count in (entry.get("skipped_reasons") or {}).items():
+                print(f"  {_visible(table)}: {count} x {_visible(reason)}")
     if report["skipped_tables"]:
-        print(f"skipped tables this database does not have: {', '.join(report['skipped_tables'])}")
+        names = ", ".join(_visible(t) for t in report["skipped_tables"])
+        print(f"skipped tables this database does not have: {names}")
     if report.get("cache_evicted"):
         print(f"cache size limit: {report['cache_evicted']} entries evicted")
     return 0
@@ -821,7 +870,7 @@ def _short_path(path: Any) -> str:
 def _preview(text: Any, width: int = 40) -> str:
     if text is None:
         return "-"
-    flat = " ".join(str(text).split())
+    flat = _visible(" ".join(str(text).split()))
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
@@ -957,17 +1006,20 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 def _log_line(entry: Mapping[str, Any]) -> str:
     when = _fmt(entry.get("created_at"))
-    category = entry.get("category") or "-"
-    text = f"{when} {str(entry.get('level', '')).ljust(8)} {category}: {entry.get('message', '')}"
+    category = _visible(str(entry.get("category") or "-"))
+    level = _visible(str(entry.get("level", "")))
+    message = _visible(str(entry.get("message", "")), lines=True)
+    text = f"{when} {level.ljust(8)} {category}: {message}"
     if entry.get("error_type"):
-        text += f" [{entry['error_type']}: {entry.get('error_message') or ''}]"
+        error = f"{entry['error_type']}: {entry.get('error_message') or ''}"
+        text += f" [{_visible(error, lines=True)}]"
     return text
 
 
 def _emit_logs(entries: Sequence[Mapping[str, Any]], as_json: bool, stream: TextIO) -> None:
     for entry in entries:
         if as_json:
-            stream.write(json.dumps(_plain(entry), ensure_ascii=False) + "\n")
+            stream.write(_json_text(_plain(entry)) + "\n")
         else:
             stream.write(_log_line(entry) + "\n")
     stream.flush()
@@ -1108,9 +1160,9 @@ def _cmd_models_add(args: argparse.Namespace) -> int:
         # An id (or the record itself): print what was registered either way.
         found = db.get_model(result) if isinstance(result, int) else result
     record: dict[str, Any] = dict(found or {"name": args.name, "id": result})
-    print(f"registered {record['name']!r} (id {record['id']}): "
-          f"{record.get('architecture') or '?'} {record.get('size_label') or ''} "
-          f"{record.get('quantization') or ''}".rstrip())
+    print(_visible(f"registered {record['name']!r} (id {record['id']}): "
+                   f"{record.get('architecture') or '?'} {record.get('size_label') or ''} "
+                   f"{record.get('quantization') or ''}".rstrip()))
     return 0
 
 
@@ -1162,12 +1214,12 @@ def _cmd_models_args(args: argparse.Namespace) -> int:
             _print_json(kwargs)
         else:
             for key, value in kwargs.items():
-                print(f"{key}={value!r}")
+                print(_visible(f"{key}={value!r}"))
         return 0
     if args.json:
         _print_json(argv)
     else:
-        print(shlex.join(["llama-server", *argv]))
+        print(_visible(shlex.join(["llama-server", *argv])))
     for w in caught:
         print(f"note: {w.message}", file=sys.stderr)
     return 0
@@ -1232,7 +1284,7 @@ def _cmd_metrics_watch(args: argparse.Namespace) -> int:
                     continue
                 latest = history[-1]
                 if args.json:
-                    print(json.dumps(_plain(latest), ensure_ascii=False), flush=True)
+                    print(_json_text(_plain(latest)), flush=True)
                 else:
                     table.row(_metric_row(latest))
         except KeyboardInterrupt:
@@ -1375,6 +1427,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-conflict", choices=("keep", "replace", "newer"), default="keep",
                    help="when a keyed row differs: keep the current one (default), replace it, "
                    "or take the newer")
+    limit = p.add_mutually_exclusive_group()
+    limit.add_argument("--timeout", type=_duration, default=None, metavar="DURATION",
+                       help="stop (writing nothing) if the import takes longer, e.g. 90s, 30m "
+                       "(default 10m)")
+    limit.add_argument("--no-timeout", action="store_true", help="no time limit")
 
     # cache
     cache = _group(sub, "cache", "the response cache")
@@ -1519,18 +1576,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(devnull, sys.stdout.fileno())
         return 0
     except CommandError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {_visible(str(exc))}", file=sys.stderr)
         return 1
     except _USER_ERRORS as exc:
         if os.environ.get("CYLLAMA_DEBUG"):
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"{PROG}: error: {message}", file=sys.stderr)
+        print(f"{PROG}: error: {_visible(message)}", file=sys.stderr)
         return 1
     except Exception as exc:
         from .errors import CyllamaDBError
 
         if isinstance(exc, CyllamaDBError) and not os.environ.get("CYLLAMA_DEBUG"):
-            print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+            print(f"{PROG}: error: {_visible(' '.join(str(exc).split()))}", file=sys.stderr)
             return 1
         raise

@@ -114,10 +114,15 @@ class ConfigMixin(StoreBase):
         _check_key(key)
         if not self.enabled:
             return default
-        with self.pool.read() as conn:
-            row = conn.execute(
-                "SELECT value, value_type FROM config WHERE key = ?", (key,)
-            ).fetchone()
+        try:
+            with self.pool.read() as conn:
+                row = conn.execute(
+                    "SELECT value, value_type FROM config WHERE key = ?", (key,)
+                ).fetchone()
+        except sqlite3.Error as exc:  # the error contract (not db_op: this is a hot path)
+            from ._base import library_error
+
+            raise library_error(exc, self.path, self.settings.busy_timeout) from exc
         return default if row is None else decode_value(row[0], row[1])
 
     @db_op()

@@ -55,6 +55,9 @@ __all__ = ["DashboardServer", "dashboard_data", "is_loopback", "make_server"]
 
 logger = logging.getLogger("cyllama_db.dashboard")
 
+#: Seconds a dashboard connection may stay silent (mid-request or idle between requests).
+REQUEST_TIMEOUT = 10.0
+
 _STATIC = {
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
@@ -257,9 +260,18 @@ class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, db: CyllamaDB, host: str, port: int, *, refresh_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        db: CyllamaDB,
+        host: str,
+        port: int,
+        *,
+        refresh_seconds: float = 5.0,
+        request_timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
         self.db = db
         self.refresh_seconds = float(refresh_seconds)
+        self.request_timeout = float(request_timeout)
         self.host = host
         self.loopback = is_loopback(host)
         # IPv6 literals need an AF_INET6 socket.
@@ -281,6 +293,16 @@ class DashboardServer(ThreadingHTTPServer):
             shown = "127.0.0.1" if host == "0.0.0.0" else "[::1]"
         return f"http://{shown}:{self.port}/"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away or stalled is routine: one DEBUG line, no traceback on stderr."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            logger.debug("dashboard client %s went away: %s", client_address, exc)
+            return
+        logger.warning("dashboard request from %s failed", client_address, exc_info=True)
+
     def start_background(self) -> threading.Thread:
         """Serve from a daemon thread (tests, notebooks); stop with ``shutdown()``."""
         thread = threading.Thread(
@@ -296,19 +318,25 @@ def make_server(
     port: int = 8765,
     *,
     refresh_seconds: float = 5.0,
+    request_timeout: float = REQUEST_TIMEOUT,
 ) -> DashboardServer:
     """A :class:`DashboardServer` for ``db`` (default: the global database), not yet serving.
 
     ``port=0`` picks a free port (see ``server.url``). Call ``serve_forever()``
     to serve, or ``start_background()`` to serve from a daemon thread.
+    ``request_timeout`` (seconds, default 10) closes a connection that sends
+    nothing for that long, half-sent requests and idle keep-alive ones alike,
+    so stalled clients cannot pile up threads.
     """
+    if not (request_timeout > 0):
+        raise ValueError(f"request_timeout must be positive, got {request_timeout!r}")
     if db is None:
         from .database import get_db
 
         db = get_db()
     if not (refresh_seconds > 0):
         raise ValueError(f"refresh_seconds must be positive, got {refresh_seconds!r}")
-    return DashboardServer(db, host, port, refresh_seconds=refresh_seconds)
+    return DashboardServer(db, host, port, refresh_seconds=refresh_seconds, request_timeout=request_timeout)
 
 
 def _allowed_host(header: str | None) -> bool:
@@ -326,6 +354,11 @@ class _Handler(BaseHTTPRequestHandler):
     server: DashboardServer
     server_version = "cyllama-db-dashboard"
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        # The socket timeout applies to every read and write of this connection.
+        self.connection.settimeout(self.server.request_timeout)
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s - %s", self.address_string(), format % args)
@@ -393,6 +426,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(HTTPStatus.NOT_FOUND, f"no such page: {parsed.path}")
         except _BadRequest as exc:
             self._error(HTTPStatus.BAD_REQUEST, str(exc))
+        except (ConnectionError, TimeoutError) as exc:  # the client went away mid-answer
+            logger.debug("dashboard client left during %s: %s", self.path, exc)
+            self.close_connection = True
         except Exception as exc:  # report, keep serving
             logger.warning("dashboard request %s failed: %s", self.path, exc, exc_info=True)
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, _error_text(exc))

@@ -16,9 +16,10 @@ import threading
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from . import _files
 from . import _pool as _pool_module
 from . import migrations as _migrations
-from ._base import DB_STATS_PROVIDERS, StoreBase
+from ._base import DB_STATS_PROVIDERS, StoreBase, db_op
 from ._export import ExportMixin
 from ._pool import ConnectionPool
 from ._settings import DEFAULT, Settings
@@ -278,7 +279,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
         created = False
         try:
             if not readonly:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
+                _files.private_makedirs(os.path.dirname(path))  # 0700, each level it creates
                 try:
                     # O_EXCL + 0600: the file is owner-only from its first byte, with no
                     # window in which another user could open it.
@@ -298,11 +299,17 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
                 raise
             raise _os_error(exc, path) from exc
         try:
-            return self._open_existing(path)
+            pool = self._open_existing(path)
         except BaseException:
             if created:
                 _remove_if_still_empty(path)  # a full disk must not leave a 0-byte file behind
             raise
+        if not created and not readonly:
+            # One of ours from before (or copied in) that others can read: owner-only
+            # again when this user owns it, else a warning naming it.
+            for existing in (path, path + "-wal", path + "-shm"):
+                _files.tighten_file(existing)
+        return pool
 
     def _open_existing(self, path: str) -> ConnectionPool:
         readonly = self.settings.readonly
@@ -459,6 +466,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
 
     # -- maintenance -----------------------------------------------------------------------
 
+    @db_op()  # maps sqlite3 errors to the library's (issue 13)
     def vacuum(self) -> None:
         """Rebuild the file to reclaim free pages (``VACUUM``) and checkpoint the WAL."""
         if not self.enabled:
@@ -470,6 +478,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
             if not self.is_memory:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    @db_op(empty=int)  # maps sqlite3 errors to the library's (issue 13)
     def get_database_size(self) -> int:
         """Size of the database in bytes (pages in use times page size; 0 when disabled)."""
         if not self.enabled:
@@ -479,6 +488,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         return int(page_count * page_size)
 
+    @db_op(empty=dict)  # maps sqlite3 errors to the library's (issue 13)
     def get_db_stats(self) -> dict[str, Any]:
         """Path, sizes, schema version and a row count per store (``{}`` when disabled)."""
         if not self.enabled:
@@ -502,6 +512,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
                 stats.update(provider(conn))
         return stats
 
+    @db_op(empty=int)  # maps sqlite3 errors to the library's (issue 13)
     def schema_version(self) -> int:
         """The schema version of the open database (0 when disabled)."""
         if not self.enabled:
@@ -509,6 +520,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
         with self.pool.read() as conn:
             return _migrations.schema_version(conn)
 
+    @db_op(empty=list)  # maps sqlite3 errors to the library's (issue 13)
     def migration_status(self) -> list[dict[str, Any]]:
         """Every known migration with whether (and when) it was applied."""
         if not self.enabled:

@@ -17,11 +17,13 @@ __all__ = [
     "DatabaseClosedError",
     "DatabaseError",
     "DatabaseFileError",
+    "DatabaseIntegrityError",
     "DiskFullError",
     "ForeignDatabaseError",
     "GenerationError",
     "GenerationTimeoutError",
     "GrammarError",
+    "ImportTimeoutError",
     "JSONSchemaError",
     "MigrationError",
     "MissingDependencyError",
@@ -29,6 +31,7 @@ __all__ = [
     "ModelExistsError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "OutOfRangeError",
     "ReadOnlyDatabaseError",
     "SchemaVersionError",
     "UncacheableError",
@@ -222,6 +225,18 @@ class DiskFullError(DatabaseError, OSError):
 
 class DatabaseFileError(DatabaseError, OSError):
     """The database file is gone, replaced, unreadable or corrupt under a running process."""
+
+
+class DatabaseIntegrityError(DatabaseError, ValueError):
+    """A row broke one of the schema's constraints (``NOT NULL``, ``CHECK``, ``UNIQUE``); nothing was written."""
+
+
+class OutOfRangeError(CyllamaDBError, ValueError):
+    """A number of the right type that is too large (or not finite) for what it stands for."""
+
+
+class ImportTimeoutError(CyllamaDBError, TimeoutError):
+    """``import_database`` ran past its time limit; the import was rolled back, nothing was written."""
 
 
 # -- appended for opening (issue 13): files that belong to another application.

@@ -74,6 +74,12 @@ __all__ = [
 ]
 
 logger = logging.getLogger("cyllama_db.inference")
+# Errors this module raises to its caller are logged here: the logs store
+# keeps them (log_to_db), but with no logging configured nothing prints them
+# (the NullHandler keeps Python's last-resort handler off): the caller got
+# the exception and decides what to show.
+raised_logger = logging.getLogger("cyllama_db.inference.raised")
+raised_logger.addHandler(logging.NullHandler())
 
 Kind = Literal["completion", "chat"]
 Messages = Sequence[Mapping[str, Any]]
@@ -108,7 +114,10 @@ _UNIT_FIELDS: Final = ("top_p", "min_p", "typical_p")
 def _check_float(name: str, value: Any, *, minimum: float | None = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"GenerationConfig.{name} must be a number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond a double's range
+        value = math.inf
     if not math.isfinite(value):
         raise ValueError(f"GenerationConfig.{name} must be finite, got {value!r}")
     if minimum is not None and value < minimum:
@@ -229,6 +238,12 @@ class GenerationConfig:
             put("seed", _check_int("seed", self.seed))
         if self.grammar is not None:
             from ._grammar import grammar_text
+
+            if not isinstance(self.grammar, str) and not type(self.grammar).__module__.startswith("llama_cpp"):
+                raise TypeError(
+                    "GenerationConfig.grammar must be GBNF text (str) or a llama_cpp.LlamaGrammar, "
+                    f"got {type(self.grammar).__name__}"
+                )
 
             # llama.cpp takes an empty grammar as no constraint: so does the key.
             put("grammar", grammar_text(self.grammar) or None)
@@ -523,7 +538,9 @@ class GenerationStats:
         for name in _STATS_FLOAT:
             value = getattr(self, name)
             if value is not None:
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    abs(value) < 2**1023 if isinstance(value, int) else math.isfinite(value)
+                ):
                     raise TypeError(f"GenerationStats.{name} must be a finite number or None, got {value!r}")
                 object.__setattr__(self, name, float(value))
 
@@ -1132,7 +1149,12 @@ def _wait_timeout(value: Any) -> float | None:
             ) from None
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (value < 2**1023 if isinstance(value, int) else math.isfinite(value))  # 10**400: no float
+        or value < 0
+    ):
         raise ValueError(f"wait_timeout must be seconds >= 0 or None (wait forever), got {value!r}")
     return float(value)
 
@@ -1973,7 +1995,7 @@ class LLM(Closing):
             error = GenerationError(f"generation with model {self.model_path!r} failed: {type(exc).__name__}: {exc}")
         # model_path and prompt fill the logs table's own columns (CyllamaDBHandler).
         prompt = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, sort_keys=True)
-        logger.error(
+        raised_logger.error(
             "generation failed for %s: %s",
             self.model_path,
             error,
@@ -2033,7 +2055,7 @@ class LLM(Closing):
             self._free_locked()
         if sig is None:
             error: ModelLoadError = ModelNotFoundError(self.model_path)
-            logger.error("cannot load model: %s", error)
+            raised_logger.error("cannot load model: %s", error)
             self._registry_load_failed()
             raise error
         llama_cpp = _import_llama_cpp()
@@ -2042,7 +2064,8 @@ class LLM(Closing):
             llama = llama_cpp.Llama(model_path=self.model_path, verbose=self.verbose, **self.load_options)
         except Exception as exc:
             error = self._load_error(exc)
-            logger.error("cannot load model: %s", error, exc_info=exc)
+            # The traceback is llama_cpp's; the error raised says what is wrong and what to do.
+            raised_logger.error("cannot load model: %s", error)
             self._registry_load_failed()
             raise error from exc
         logger.info("loaded model %s in %.0f ms", self.model_path, (time.perf_counter() - t0) * 1000)

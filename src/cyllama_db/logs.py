@@ -583,11 +583,26 @@ class _Propagator(logging.Handler):
             return False  # propagation was switched back on: it delivers the record itself
         if record.levelno < _natural_level(record.name):
             return False
+        if record.name.endswith(".raised") and not _has_handlers(lib.parent):
+            # An error raised to the caller: where nothing is configured, Python's
+            # last-resort handler would print it, which its NullHandler prevents
+            # when the records propagate normally.
+            return False
         lib.parent.callHandlers(record)
         return True
 
     def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - handle() does it
         self.handle(record)
+
+
+def _has_handlers(logger: logging.Logger | None) -> bool:
+    while logger is not None:
+        if logger.handlers:
+            return True
+        if not logger.propagate:
+            return False
+        logger = logger.parent
+    return False
 
 
 _propagator = _Propagator()

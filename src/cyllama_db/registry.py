@@ -475,6 +475,7 @@ class RegistryMixin(StoreBase):
             raise UnknownModelError(model)
         return int(row[0])
 
+    @db_op()
     def _fetch(self, model: ModelRef) -> ModelRecord:
         with self.pool.read() as conn:
             model_id = self._resolve_id(conn, model)
