@@ -410,9 +410,13 @@ def _check_timeout(timeout: Any) -> float | None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be seconds per chunk (a number) or None, got {timeout!r}")
-    if not math.isfinite(timeout) or timeout <= 0:
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # an int beyond a double's range
+        seconds = math.inf
+    if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"timeout must be a positive number of seconds per chunk or None, got {timeout!r}")
-    return float(timeout)
+    return seconds
 
 
 # -- streams -------------------------------------------------------------------------------------
