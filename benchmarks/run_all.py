@@ -432,6 +432,46 @@ def bench_complete(p: Profile, folder: Path, rows: Rows, notes: list[str]) -> No
         unload_models()
 
 
+def bench_async(p: Profile, folder: Path, rows: Rows, notes: list[str]) -> None:
+    keys = ("async_hit", "async_hit_thread", "async_loop_lag")
+    why = _missing("llama_cpp", "llama-cpp-python") or _missing("gguf", "gguf")
+    if why:
+        for key in keys:
+            rows[key].skipped = f"skipped: {why}"
+        return
+    import aio_bench
+    from _util import pct, quiet_stderr
+
+    from cyllama_db.inference import unload_models
+    from cyllama_db.testing import write_tiny_llama
+
+    try:
+        model = folder / "tiny.gguf"
+        if not model.exists():
+            write_tiny_llama(model)
+        with quiet_stderr():
+            h = aio_bench.measure_hits(model, folder, p.hits)
+        rows["async_hit"].ours, rows["async_hit"].base = _us(h["async"]), _us(h["sync"])
+        rows["async_hit_thread"].ours, rows["async_hit_thread"].base = _us(h["thread"]), _us(h["sync"])
+        n = p.summary_sizes[1]
+        _progress(f"async: loop lag over {n:,} rows")
+        with quiet_stderr():
+            lag = aio_bench.measure_loop_lag(model, folder, n, p.summary_repeat)
+        row = rows["async_loop_lag"]
+        row.ours, row.base = pct(lag["async"], 0.99) / 1000, pct(lag["sync"], 0.99) / 1000
+        notes.append(
+            f"async: hits on the tiny model, {p.hits:,} of each interleaved; loop lag ="
+            f" how late a task sleeping 5 ms wakes, {lag['ticks']} ticks over {p.summary_repeat}"
+            f" rounds of {aio_bench.GENERATIONS} distinct generations (32 tokens) and"
+            f" get_stats_summary() over {_size(n)} rows: p50 {pct(lag['async'], 0.5):.2f} ms,"
+            f" max {max(lag['async']):.1f} ms through AsyncLLM and db.aio (the work took"
+            f" {1000 * _med(lag['async_wall']):.0f} ms); called synchronously on the loop"
+            f" instead the worst tick was {max(lag['sync']):.0f} ms late."
+        )
+    finally:
+        unload_models()
+
+
 @dataclasses.dataclass
 class Section:
     name: str
@@ -503,6 +543,13 @@ def sections(p: Profile) -> list[Section]:
                 "the same call generating"),
             Row("otel_hit", "complete() hit with OpenTelemetry on (SDK providers; target < 2x)",
                 "the same hit, OpenTelemetry off"),
+        ]),
+        Section("async", bench_async, [
+            Row("async_hit", "AsyncLLM hit: `await llm(prompt)` (target <= 3x)", "LLM hit: `llm(prompt)`"),
+            Row("async_hit_thread", "LLM hit in a thread: `await asyncio.to_thread(llm, prompt)`",
+                "LLM hit: `llm(prompt)`"),
+            Row("async_loop_lag", f"event-loop lag p99 (5 ms ticker), 8 async generations + summary"
+                f" over {medium} rows (target < 20 ms)", "the same calls made synchronously on the loop"),
         ]),
     ]
 

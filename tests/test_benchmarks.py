@@ -50,6 +50,9 @@ NEEDS = {
     "sampler_vs_minimal": ["psutil"],
     "sample_metrics": ["psutil"],
     "complete_tiny": ["llama_cpp", "gguf", "numpy"],
+    "async_hit": ["llama_cpp", "gguf", "numpy"],
+    "async_hit_thread": ["llama_cpp", "gguf", "numpy"],
+    "async_loop_lag": ["llama_cpp", "gguf", "numpy"],
 }
 TABLE_HEADER = "| figure | cyllama-db | baseline | baseline value | ratio |"
 VALUE = re.compile(r"^\d[\d.,]*( µs| ms| s|% of a core)$")

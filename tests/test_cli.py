@@ -1016,8 +1016,9 @@ def test_stats_columns_are_aligned(run: Run, db_path: Path) -> None:
             if hits:
                 db.record_generation(name, Response("x"), cache_hit=True)
     code, out, _ = run("stats")
+    assert code == 0
     table = [line for line in out.splitlines()[2:] if line.strip()]
-    header, rule, *rows = table
+    _header, rule, *rows = table
     # every column (the hit-rate percentages too) ends where its rule ends
     ends = [i + 1 for i, (a, b) in enumerate(zip(rule, rule[1:] + " ", strict=True)) if a == "-" and b == " "]
     for row in rows:

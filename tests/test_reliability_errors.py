@@ -9,6 +9,8 @@ system gives. Nothing else escapes: never ``OverflowError``, a raw
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import math
 import os
@@ -113,6 +115,8 @@ BASE: dict[str, dict[str, Any]] = {
 MSG = [{"role": "user", "content": "hi"}]
 DB = object()  # stands for the test's database
 MODULE_BASE: dict[str, dict[str, Any]] = {
+    "AsyncCyllamaDB": {"db": DB},
+    "AsyncLLM": {"model_path": "m.gguf", "db": DB},
     "CyllamaDB": {"path": "other.db"},
     "CyllamaDBHandler": {"db": DB},
     "GenerationConfig": {},
@@ -122,7 +126,10 @@ MODULE_BASE: dict[str, dict[str, Any]] = {
     "Response": {"text": "t"},
     "cached": {},
     "chat": {"messages": MSG, "model_path": "m.gguf", "db": DB},
+    "chat_async": {"messages": MSG, "model_path": "m.gguf", "db": DB},
     "complete": {"prompt": "p", "model_path": "m.gguf", "db": DB},
+    "complete_async": {"prompt": "p", "model_path": "m.gguf", "db": DB},
+    "stream_complete_async": {"prompt": "p", "model_path": "m.gguf", "db": DB},
     "configure_db": {"path": "global.db"},
     "generate_cache_key": {"prompt": "p", "model_path": "m.gguf"},
     "model_identity": {"model_path": "m.gguf"},
@@ -137,8 +144,12 @@ EXTRA_NAMES: dict[str, list[str]] = {
     "register_model": PARAM_NAMES, "save_model": PARAM_NAMES, "update_model": [*PARAM_NAMES, "name"],
     "get_models": ["status", "type", "name", "model_path", "ctx_size", "temperature", "nope"],
     "LLM": ["n_ctx", "temperature", "max_tokens", "seed", "n_gpu_layers", "chat_format"],
+    "AsyncLLM": ["n_ctx", "temperature", "max_tokens", "seed", "n_gpu_layers", "chat_format"],
     "chat": ["temperature", "max_tokens", "seed", "top_k", "logit_bias"],
+    "chat_async": ["temperature", "max_tokens", "seed", "top_k", "logit_bias"],
     "complete": ["temperature", "max_tokens", "seed", "top_k", "logit_bias", "stop"],
+    "complete_async": ["temperature", "max_tokens", "seed", "top_k", "logit_bias", "stop"],
+    "stream_complete_async": ["temperature", "max_tokens", "seed", "top_k", "logit_bias", "stop"],
     "configure_db": ["enabled", "cache_ttl", "max_cache_size_mb", "log_level", "log_to_db",
                      "metrics_retention", "busy_timeout"],
 }
@@ -194,6 +205,12 @@ def _check(name: str, call: Any, *, paths: bool) -> None:
     allowed = ALLOWED + ((OSError,) if paths else ())
     try:
         result = call()
+        # The async API: a coroutine fails when awaited, a stream at its first chunk.
+        if inspect.isawaitable(result):
+            result = asyncio.run(result)
+        elif hasattr(result, "__anext__"):
+            with contextlib.suppress(StopAsyncIteration):
+                asyncio.run(result.__anext__())
     except allowed as exc:
         bad = isinstance(exc, (OverflowError, sqlite3.Error, KeyError, AttributeError)) and not isinstance(
             exc, CyllamaDBError
@@ -257,7 +274,8 @@ MODULE_FUNCTIONS = sorted(MODULE_BASE)
 
 def test_the_fuzzed_functions_are_every_public_function() -> None:
     assert set(MODULE_BASE) == set(MODULE_WRONG) | {"CyllamaDB", "GenerationConfig"}
-MODULE_PATHS = {"LLM", "chat", "complete", "CyllamaDB", "configure_db", "model_identity", "generate_cache_key",
+MODULE_PATHS = {"LLM", "chat", "complete", "AsyncLLM", "chat_async", "complete_async", "stream_complete_async",
+                "CyllamaDB", "configure_db", "model_identity", "generate_cache_key",
                 "sample_metrics", "MetricsSampler"}
 
 

@@ -7,6 +7,7 @@ what was wrong, and must leave the database exactly as it was.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import io
 import math
@@ -306,6 +307,17 @@ MODULE_WRONG: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], type[Excepti
         ((M,), {"wait_timeout": -1}, ValueError, "wait_timeout"),
         ((M,), {"wait_timeout": "5s"}, ValueError, "wait_timeout"),
     ],
+    "AsyncLLM": [
+        ((5,), {}, TypeError, "model_path"),
+        ((M,), {"config": 5}, TypeError, "config"),
+        ((M,), {"db": "db.sqlite"}, TypeError, "db"),
+        ((M,), {"cache": "yes"}, TypeError, "cache"),
+        ((M,), {"verbose": 1.0}, TypeError, "verbose"),
+        ((M,), {"n_ctx": "big"}, TypeError, "n_ctx"),
+        ((M,), {"no_such_option": 1}, TypeError, "no_such_option"),
+        ((M,), {"wait_timeout": -1}, ValueError, "wait_timeout"),
+    ],
+    "AsyncCyllamaDB": [(("db.sqlite",), {}, TypeError, "db")],
     "CyllamaDBHandler": [(("db.sqlite",), {}, TypeError, "db"), ((), {"level": [1]}, TypeError, "level")],
     "GenerationStats": [
         ((), {name: "many"}, TypeError, name)
@@ -363,6 +375,42 @@ MODULE_WRONG: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], type[Excepti
         (("p",), {"model_path": M, "namespace": ""}, ValueError, "namespace"),
         (("p",), {"model_path": M, "verbose": "no"}, TypeError, "verbose"),
     ],
+    "complete_async": [
+        ((5,), {"model_path": M}, TypeError, "prompt"),
+        (("p",), {"model_path": 5}, TypeError, "model_path"),
+        (("p", M), {"config": "greedy"}, TypeError, "config"),
+        (("p", M), {"verbose": "no"}, TypeError, "verbose"),
+        (("p", M), {"db": "x"}, TypeError, "db"),
+        (("p",), {"model": 1.5}, TypeError, "model"),
+        (("p", M), {"cache": "no"}, ValueError, "cache"),
+        (("p", M), {"ttl": -1}, ValueError, "ttl"),
+        (("p", M), {"namespace": ""}, ValueError, "namespace"),
+        (("p", M), {"temprature": 0.1}, TypeError, "temprature"),
+    ],
+    "chat_async": [
+        (("hi", M), {}, TypeError, "messages"),
+        ((MSG,), {"model_path": 5}, TypeError, "model_path"),
+        ((MSG, M), {"config": 5}, TypeError, "config"),
+        ((MSG, M), {"verbose": "no"}, TypeError, "verbose"),
+        ((MSG, M), {"db": "x"}, TypeError, "db"),
+        ((MSG,), {"model": 1.5}, TypeError, "model"),
+        ((MSG, M), {"cache": 1}, TypeError, "cache"),
+        ((MSG, M), {"ttl": [1]}, TypeError, "ttl"),
+        ((MSG, M), {"namespace": 5}, TypeError, "namespace"),
+    ],
+    "stream_complete_async": [
+        ((5, M), {}, TypeError, "prompt"),
+        (("p",), {"model_path": 5}, TypeError, "model_path"),
+        (("p", M), {"config": 5}, TypeError, "config"),
+        (("p", M), {"verbose": "no"}, TypeError, "verbose"),
+        (("p", M), {"db": "x"}, TypeError, "db"),
+        (("p",), {"model": 1.5}, TypeError, "model"),
+        (("p", M), {"cache": "no"}, ValueError, "cache"),
+        (("p", M), {"ttl": -1}, ValueError, "ttl"),
+        (("p", M), {"namespace": 5}, TypeError, "namespace"),
+        (("p", M), {"timeout": "5s"}, TypeError, "timeout"),
+        (("p", M), {"timeout": 0}, ValueError, "timeout"),
+    ],
     "configure_db": [
         ((), {"path": 5}, TypeError, "path"),
         ((), {"enabled": "maybe"}, TypeError, "enabled"),
@@ -399,6 +447,7 @@ NOT_IN_MODULE_TABLE = {
     "Param": "the declarative parameter table's entry type, built once in _params.py",
     "Settings": "built by Settings.resolve from CyllamaDB's arguments",
     "Stream": "built by LLM and complete(stream=True), not by users",
+    "AsyncStream": "built by AsyncLLM.stream and stream_complete_async, not by users",
     "ChunkStream": "built by wrap(...).create_completion(stream=True), not by users",
     "wrap": "needs a loaded llama_cpp.Llama: its wrong calls are in test_wrap.py",
     "CachedLlama": "made by wrap(): its wrong calls are in test_wrap.py",
@@ -434,7 +483,12 @@ def test_wrong_call_of_the_module_api_is_a_clear_error(
     before = _snapshot(db)
     args = tuple(db if a is DB else a for a in args)
     with pytest.raises(exc) as info:
-        getattr(cyllama_db, name)(*args, **kwargs)
+        result = getattr(cyllama_db, name)(*args, **kwargs)
+        # The async API: a coroutine raises when awaited, a stream at its first chunk.
+        if inspect.isawaitable(result):
+            asyncio.run(result)
+        elif hasattr(result, "__anext__"):
+            asyncio.run(result.__anext__())
     _assert_names(name, info.value, fragment)
     assert _snapshot(db) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([M, "global.db", "global.db-wal", "global.db-shm"])

@@ -20,6 +20,14 @@ from ._params import (
     validate_params,
 )
 from ._settings import ENV_VARS, Settings
+from .aio import (
+    AsyncCyllamaDB,
+    AsyncLLM,
+    AsyncStream,
+    chat_async,
+    complete_async,
+    stream_complete_async,
+)
 from .cache import generate_cache_key, model_identity
 from .database import CyllamaDB, configure_db, get_db, reset_db
 from .decorators import cached
@@ -38,6 +46,7 @@ from .errors import (
     DiskFullError,
     ForeignDatabaseError,
     GenerationError,
+    GenerationTimeoutError,
     GrammarError,
     ImportTimeoutError,
     JSONSchemaError,
@@ -77,6 +86,9 @@ __all__ = [
     "PARAMS",
     "PARAMS_BY_NAME",
     "AmbiguousModelError",
+    "AsyncCyllamaDB",
+    "AsyncLLM",
+    "AsyncStream",
     "CacheMissError",
     "CachedLlama",
     "ChunkStream",
@@ -96,6 +108,7 @@ __all__ = [
     "GenerationConfig",
     "GenerationError",
     "GenerationStats",
+    "GenerationTimeoutError",
     "GrammarError",
     "ImportTimeoutError",
     "JSONSchemaError",
@@ -123,13 +136,16 @@ __all__ = [
     "__version__",
     "cached",
     "chat",
+    "chat_async",
     "complete",
+    "complete_async",
     "configure_db",
     "generate_cache_key",
     "get_db",
     "model_identity",
     "reset_db",
     "sample_metrics",
+    "stream_complete_async",
     "to_llama_kwargs",
     "to_sampling_kwargs",
     "to_server_args",

@@ -25,7 +25,7 @@ from time import monotonic as _monotonic
 from typing import Any, Final, Generic, TypeVar
 
 from ._validate import check_path, check_text
-from .errors import UncacheableError
+from .errors import CyllamaDBError, UncacheableError
 
 __all__ = [
     "OUTPUT_LOAD_OPTIONS",
@@ -877,6 +877,18 @@ def _keyable(value: Any, name: str, objects: Callable[[Any, str], Any] | None) -
 # -- single-flight -----------------------------------------------------------------------------
 
 
+class Cancelled(CyllamaDBError):
+    """A generation given up part-way because its caller went away (the async API's
+    cancellation). Internal: the caller sees ``asyncio.CancelledError``. A
+    single-flight leader that raises it abandons its flight, so its followers
+    start over instead of sharing the error. ``response`` is what was produced
+    (``finish_reason="cancelled"``), or None if generation never started."""
+
+    def __init__(self, response: Any) -> None:
+        super().__init__("the generation was cancelled by its caller")
+        self.response = response
+
+
 class _Flight(Generic[T]):
     __slots__ = ("abandoned", "done", "error", "owner", "result")
 
@@ -973,6 +985,9 @@ class SingleFlight(Generic[T]):
             # The leader gave up: start over (lead, or follow a newer leader).
         try:
             result = fn()
+        except Cancelled:
+            self.settle(key, flight, abandoned=True)  # the followers start over
+            raise
         except BaseException as exc:
             self.settle(key, flight, error=exc)
             raise

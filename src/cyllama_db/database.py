@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _files
 from . import _pool as _pool_module
@@ -40,6 +40,9 @@ from .metadata import MetadataMixin
 from .metrics import MetricsMixin
 from .registry import RegistryMixin
 from .stats import StatsMixin
+
+if TYPE_CHECKING:
+    from .aio import AsyncCyllamaDB
 
 __all__ = ["CyllamaDB", "configure_db", "get_db", "reset_db"]
 
@@ -425,6 +428,14 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
     def closed(self) -> bool:
         """Whether :meth:`close` was called (a disabled database is never closed)."""
         return self._pool is not None and self._pool.closed
+
+    @property
+    def aio(self) -> AsyncCyllamaDB:
+        """This database for asyncio code: every method as a coroutine run in a worker
+        thread (``await db.aio.get_stats_summary()``); see :class:`~cyllama_db.AsyncCyllamaDB`."""
+        from .aio import AsyncCyllamaDB
+
+        return AsyncCyllamaDB(self)
 
     def __repr__(self) -> str:
         state = "disabled" if not self.enabled else ("closed" if self.closed else "open")

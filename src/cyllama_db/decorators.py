@@ -39,7 +39,7 @@ from .inference import LLM, Response, Stream, _check_db_arg, _resolve_db
 if TYPE_CHECKING:
     from .database import CyllamaDB
 
-__all__ = ["BoundCachedFunction", "CachedFunction", "CachedLLM", "cached"]
+__all__ = ["AsyncCachedFunction", "BoundCachedFunction", "CachedFunction", "CachedLLM", "cached"]
 
 logger = logging.getLogger("cyllama_db.cache")
 
@@ -161,8 +161,8 @@ class CachedFunction(Generic[R]):
             raise TypeError(f"@cached needs a callable, got {type(fn).__name__}")
         callee, lead, keywords, owner = _target(fn)
         for candidate in (fn, callee):
-            if inspect.iscoroutinefunction(candidate):
-                raise TypeError("@cached does not support async functions")
+            if inspect.iscoroutinefunction(candidate) and not isinstance(self, AsyncCachedFunction):
+                raise TypeError("an async function is cached by AsyncCachedFunction: use cached(fn)")
             if inspect.isasyncgenfunction(candidate) or inspect.isgeneratorfunction(candidate):
                 raise TypeError(
                     f"@cached does not support generator functions ({getattr(candidate, '__qualname__', fn)!r}): "
@@ -342,6 +342,119 @@ class CachedFunction(Generic[R]):
         return f"<cached {self.function_name}>"
 
 
+class AsyncCachedFunction(CachedFunction[R]):
+    """A cached ``async def`` function (made by :func:`cached`): ``await f(...)``.
+
+    Keys, storage, ``cache_key``/``invalidate``/``cache_clear`` are those of
+    :class:`CachedFunction`. The lookup runs on the event loop (a hit costs
+    tens of microseconds; one due to write the buffered hit counts runs in a
+    thread), the function itself runs as the coroutine it is, and its result
+    is stored from a worker thread. Concurrent identical calls in one event
+    loop run the function once: the others await the first one's result
+    without holding a thread (if that first call is cancelled, one of them
+    runs it instead).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _mark_coroutine_function(self)
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> R:  # type: ignore[override]
+        import asyncio
+
+        from . import aio
+
+        fn: Any = self.__wrapped__
+        database = _resolve_db(self._db)
+        if database is None:
+            return await fn(*args, **kwargs)
+        args_json = self._args_json(args, kwargs)
+        key = function_key(self.function_name, args_json)
+        if aio._flush_due(database):
+            found, value = await asyncio.to_thread(self._lookup, database, key)
+        else:
+            found, value = self._lookup(database, key)
+        if found:
+            return value
+        state = aio._state()
+        flight_key = "@cached:" + key
+        while True:
+            flight = state.flights.get(flight_key)
+            if flight is None:
+                break
+            outcome = await asyncio.shield(flight)
+            if outcome is aio._ABANDONED:
+                continue  # the first caller was cancelled: run it (or follow a newer one)
+            if isinstance(outcome, aio._Failed):
+                raise outcome.error
+            return outcome
+        flight = state.flights[flight_key] = asyncio.get_running_loop().create_future()
+        try:
+            result = await fn(*args, **kwargs)
+        except asyncio.CancelledError:
+            aio._settle_flight(state, flight_key, flight, aio._ABANDONED)
+            raise
+        except BaseException as exc:
+            aio._settle_flight(state, flight_key, flight, aio._Failed(exc))
+            raise
+        try:
+            text = _encode_value(result, self.function_name + "()")
+        except UncacheableError as exc:
+            if self.strict:
+                aio._settle_flight(state, flight_key, flight, aio._Failed(exc))
+                raise
+            self._not_stored(exc)
+            text = None
+        if not flight.done():
+            flight.set_result(result)  # followers go on now; new callers still find it until stored
+        try:
+            if text is not None:
+                await asyncio.to_thread(self._store, database, key, args_json, text)
+        finally:
+            aio._settle_flight(state, flight_key, flight, result)
+        return result
+
+    def _store(self, database: CyllamaDB, key: str, args_json: str, text: str) -> None:
+        try:
+            database._cache_put(
+                key=key,
+                kind="function",
+                prompt=args_json,
+                model_path=self.function_name,
+                identity="fn:" + self.function_name,
+                config_json="{}",
+                response_text=text,
+                response_json=None,
+                ttl=self.ttl,
+            )
+        except Exception as exc:
+            logger.warning("could not cache the result of %s: %s", self.function_name, exc, exc_info=True)
+
+    def __repr__(self) -> str:
+        return f"<cached async {self.function_name}>"
+
+
+def _mark_coroutine_function(obj: Any) -> None:
+    """Make ``inspect``/``asyncio.iscoroutinefunction(obj)`` true (frameworks check it)."""
+    import asyncio.coroutines
+
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    if mark is not None:  # Python 3.12+
+        mark(obj)
+    marker = getattr(asyncio.coroutines, "_is_coroutine", None)
+    if marker is not None:  # asyncio.iscoroutinefunction before 3.14
+        obj._is_coroutine = marker
+
+
+def _is_async(fn: Any) -> bool:
+    """Whether calling ``fn`` (a function, bound method, partial or callable object) makes a coroutine."""
+    try:
+        callee = _target(fn)[0]
+    except Exception:
+        return False
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(callee)
+
+
 class BoundCachedFunction:
     """A :class:`CachedFunction` method bound to an instance: ``obj.method``.
 
@@ -503,7 +616,11 @@ def cached(
     A cached ``None`` counts as a hit. A result that cannot be stored as
     JSON is returned and not cached, with a WARNING logged (the first time
     per function); ``strict=True`` raises ``UncacheableError`` instead.
-    Generator and async functions are refused (``TypeError``).
+    Generator functions (sync or async) are refused (``TypeError``).
+
+    An ``async def`` function gives an :class:`AsyncCachedFunction`: ``await
+    f(...)``, with the lookup on the event loop, the store in a worker
+    thread, and concurrent identical calls in one loop run once.
 
     The wrapper has ``cache_key(*args, **kwargs)``, ``invalidate(*args,
     **kwargs)`` and ``cache_clear()``; so has a decorated method looked up
@@ -549,7 +666,8 @@ def cached(
             raise TypeError("this is already cached; apply @cached once")
         if not callable(target):
             raise TypeError(f"cached() needs a function or an LLM, got {type(target).__name__}")
-        return CachedFunction(target, ttl_value, db, name=name, strict=strict, key=key)
+        cls = AsyncCachedFunction if _is_async(target) else CachedFunction
+        return cls(target, ttl_value, db, name=name, strict=strict, key=key)
 
     if fn is None:
         return wrap

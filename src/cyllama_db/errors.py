@@ -22,6 +22,7 @@ __all__ = [
     "DiskFullError",
     "ForeignDatabaseError",
     "GenerationError",
+    "GenerationTimeoutError",
     "GrammarError",
     "ImportTimeoutError",
     "JSONSchemaError",
@@ -128,6 +129,15 @@ class ContextOverflowError(CyllamaDBError, ValueError):
 
 class GenerationError(CyllamaDBError, RuntimeError):
     """llama.cpp failed while generating (tokenising or evaluating the prompt)."""
+
+
+class GenerationTimeoutError(CyllamaDBError, TimeoutError):
+    """An async stream's next chunk took longer than its ``timeout=`` (``AsyncLLM.stream``).
+
+    The generation was stopped and nothing was cached. A ``TimeoutError``,
+    so ``except asyncio.TimeoutError`` catches it too. Pass a larger
+    ``timeout`` (seconds per chunk) or None to wait as long as it takes.
+    """
 
 
 class ModelBusyError(CyllamaDBError, RuntimeError):

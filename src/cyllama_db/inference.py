@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Union
 
 from ._base import Closing
 from ._cacheutil import (
+    Cancelled,
     SingleFlight,
     canonical_json,
     canonical_messages,
@@ -1059,6 +1060,48 @@ def _reset_perf(llama: Any) -> None:
         llama_cpp.llama_perf_context_reset(llama.ctx)
 
 
+def _cancellable(llama: Any, kind: Kind, payload: Any, kwargs: dict[str, Any], cancel: threading.Event) -> Any:
+    """A non-streamed generation that stops at the next token once ``cancel`` is set.
+
+    llama-cpp-python checks ``stopping_criteria`` after every sampled token;
+    ``create_chat_completion`` has no such argument but hands its prompt to
+    ``create_completion``, so for chat that method is wrapped, on this
+    ``Llama`` only and only for the call (the caller holds the model lock).
+    """
+    stopping = _stop_when(cancel)
+    if kind == "completion":
+        kwargs = {**kwargs, "stopping_criteria": _with_criterion(kwargs.get("stopping_criteria"), stopping)}
+        return llama.create_completion(payload, stream=False, **kwargs)
+    own = llama.__dict__.get("create_completion")  # an instance override (a test spy) stays in place
+    inner = llama.create_completion
+
+    def create_completion(*args: Any, **kw: Any) -> Any:
+        kw["stopping_criteria"] = _with_criterion(kw.get("stopping_criteria"), stopping)
+        return inner(*args, **kw)
+
+    llama.create_completion = create_completion
+    try:
+        return llama.create_chat_completion(messages=payload, stream=False, **kwargs)
+    finally:
+        if own is None:
+            del llama.create_completion
+        else:
+            llama.create_completion = own
+
+
+def _stop_when(cancel: threading.Event) -> Callable[[Any, Any], bool]:
+    def stop(_tokens: Any, _logits: Any) -> bool:
+        return cancel.is_set()
+
+    return stop
+
+
+def _with_criterion(existing: Any, criterion: Callable[[Any, Any], bool]) -> Any:
+    from llama_cpp import StoppingCriteriaList
+
+    return StoppingCriteriaList([*(existing or ()), criterion])
+
+
 def _make_stats(
     prompt_tokens: int | None,
     generated: int | None,
@@ -1521,6 +1564,35 @@ class LLM(Closing):
         passthrough: Mapping[str, Any] | None = None,
         chunks: bool = False,
     ) -> Response | Stream:
+        plan = self._prepare(
+            kind, payload, stream, overrides, config=config, db=db, cache=cache, ttl=ttl,
+            namespace=namespace, passthrough=passthrough,
+        )  # fmt: skip
+        if plan.hit is not None:
+            _record(plan.database, self.model_path, plan.hit, plan.config)
+            return self._replay(plan.hit, chunks, plan.extra) if stream else plan.hit
+        return self._finish(plan, stream, chunks)
+
+    def _prepare(
+        self,
+        kind: Kind,
+        payload: Any,
+        stream: bool,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        config: GenerationConfig | None = None,
+        db: Any = _OWN_DB,
+        cache: CacheArg = None,
+        ttl: Any = None,
+        namespace: str | None = None,
+        passthrough: Mapping[str, Any] | None = None,
+    ) -> _Plan:
+        """The first half of a request, which never touches the model: arguments checked,
+        the key made and, unless the mode says not to, the cache looked up (``plan.hit``).
+
+        A miss under ``cache="only-if-cached"`` raises ``CacheMissError`` here.
+        The async API runs this half on the event loop and :meth:`_finish` in a thread.
+        """
         started = time.perf_counter()
         if stream is not True and stream is not False:
             raise TypeError(f"stream must be True or False, got {stream!r}")
@@ -1558,39 +1630,47 @@ class LLM(Closing):
         ):  # fmt: skip
             mode = "off"
         wait = _wait_timeout(self.wait_timeout)
+        plan = _Plan(kind, payload, config, database, mode, extra, wait, started)
         if database is None or mode == "off":
-            if stream:
-                return self._stream(kind, payload, config, database, None, extra, chunks, wait)
-            response = self._generate(kind, payload, config, extra, wait)
-            _record(database, self.model_path, response, config)
-            return response
+            return plan
 
         identity = model_identity(self.model_path)
         if kind == "chat":
             key = chat_key(prompt_text, identity, config.cache_json(), self._load_key("chat"), space)
         else:
             key = completion_key(prompt_text, identity, config.cache_json(), self._load_key("completion"), space)
-        entry = _Entry(key, kind, prompt_text, identity, ttl, space)
-        if mode != "refresh":
-            hit = self._lookup(database, entry, started)
-            if hit is not None:
-                _record(database, self.model_path, hit, config)
-                return self._replay(hit, chunks, extra) if stream else hit
-            if mode == "only":
-                raise CacheMissError(
-                    f"no cached answer for this {kind} request on {os.path.basename(self.model_path)!r} "
-                    f"(key {key[:16]}…) and cache='only-if-cached' forbids generating"
-                )
-        else:
+        plan.entry = _Entry(key, kind, prompt_text, identity, ttl, space)
+        if mode == "refresh":
+            return plan
+        plan.hit = self._lookup(database, plan.entry, started)
+        if plan.hit is None and mode == "only":
+            raise CacheMissError(
+                f"no cached answer for this {kind} request on {os.path.basename(self.model_path)!r} "
+                f"(key {key[:16]}…) and cache='only-if-cached' forbids generating"
+            )
+        plan.flight_key = _flight_key(database, key)
+        return plan
+
+    def _finish(self, plan: _Plan, stream: bool, chunks: bool = False) -> Response | Stream:
+        """The second half of a request :meth:`_prepare` did not answer: generate (blocking)."""
+        kind, payload, config, database = plan.kind, plan.payload, plan.config, plan.database
+        extra, wait, entry, cancel = plan.extra, plan.wait, plan.entry, plan.cancel
+        if database is None or entry is None:
+            if stream:
+                return self._stream(kind, payload, config, database, None, extra, chunks, wait)
+            response = self._generate(kind, payload, config, extra, wait, cancel)
+            _record(database, self.model_path, response, config)
+            return response
+        if plan.flight_key is None:  # cache="refresh"
             if stream:
                 return self._stream(kind, payload, config, database, entry, extra, chunks, wait, refresh=True)
-            response = self._generate(kind, payload, config, extra, wait)
-            response._key = key
+            response = self._generate(kind, payload, config, extra, wait, cancel)
+            response._key = entry.key
             self._store(database, entry, config, response)
             _record(database, self.model_path, response, config)
             return response
 
-        flight_key = _flight_key(database, key)
+        flight_key, started = plan.flight_key, plan.started
         # A stream joins a generation of the same request already under way
         # (waiting for it, as it would wait for the model); otherwise it leads
         # from its first chunk on (see _stream).
@@ -1603,8 +1683,8 @@ class LLM(Closing):
             again = self._lookup(database, entry, started)
             if again is not None:
                 return again
-            response = self._generate(kind, payload, config, extra, wait)
-            response._key = key
+            response = self._generate(kind, payload, config, extra, wait, cancel)
+            response._key = entry.key
             self._store(database, entry, config, response)
             return response
 
@@ -1660,16 +1740,26 @@ class LLM(Closing):
             self._lock.release()
 
     def _generate(
-        self, kind: Kind, payload: Any, config: GenerationConfig, extra: Mapping[str, Any], wait: float | None
+        self,
+        kind: Kind,
+        payload: Any,
+        config: GenerationConfig,
+        extra: Mapping[str, Any],
+        wait: float | None,
+        cancel: threading.Event | None = None,
     ) -> Response:
         kwargs = {**_sampling_kwargs(config, kind), **extra}
         with self._model(wait) as llama:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(None)  # given up while it waited for the model: never started
             if config.grammar is not None:
                 kwargs = {**_sampling_kwargs(config, kind, llama), **extra}
             _reset_perf(llama)
             t0 = time.perf_counter()
             try:
-                if kind == "completion":
+                if cancel is not None:
+                    out = _cancellable(llama, kind, payload, kwargs, cancel)
+                elif kind == "completion":
                     out = llama.create_completion(payload, stream=False, **kwargs)
                 else:
                     out = llama.create_chat_completion(messages=payload, stream=False, **kwargs)
@@ -1692,6 +1782,11 @@ class LLM(Closing):
             kind=kind,
         )
         response._source = plain(out)
+        if cancel is not None and cancel.is_set():
+            # Stopped part-way: the caller is gone. Never stored; its statistics
+            # are recorded by whoever catches this (as a closed stream's are).
+            response.finish_reason = "cancelled"
+            raise Cancelled(response)
         return response
 
     def _stream(
@@ -2036,6 +2131,30 @@ class _Entry:
     namespace: str = ""
 
 
+@dataclass
+class _Plan:
+    """A request between :meth:`LLM._prepare` (checked, keyed, looked up) and :meth:`LLM._finish`.
+
+    ``entry`` is None when the cache is not used; ``flight_key`` None unless
+    the call may share a generation (``cache=True`` on a database); ``hit``
+    the cached answer, if one was found. ``cancel``, when set by the async
+    API, stops the generation at its next token (see :func:`_cancellable`).
+    """
+
+    kind: Kind
+    payload: Any
+    config: GenerationConfig
+    database: CyllamaDB | None
+    mode: str
+    extra: dict[str, Any]
+    wait: float | None
+    started: float
+    entry: _Entry | None = None
+    hit: Response | None = None
+    flight_key: str | None = None
+    cancel: threading.Event | None = None
+
+
 def _flight_key(db: CyllamaDB, key: str) -> str:
     # Per database file (two CyllamaDB objects on one file share flights);
     # an in-memory database is its own object.
@@ -2293,13 +2412,35 @@ def _model_call(
     owner: str,
 ) -> Any:
     """Route a module-level call to a model file or to a registered model."""
+    llm, request, registry = _model_target(model_path, model, db, config, cache, verbose, kwargs, owner)
+    try:
+        return llm._request(kind, payload, stream, **request)
+    except ModelLoadError:
+        if registry is not None:
+            registry[0].mark_model_loaded(registry[1], status="error")
+        raise
+
+
+def _model_target(
+    model_path: str | os.PathLike[str] | None,
+    model: int | str | None,
+    db: Any,
+    config: Any,
+    cache: tuple[CacheArg, Any, str | None],
+    verbose: bool,
+    kwargs: Mapping[str, Any],
+    owner: str,
+) -> tuple[LLM, dict[str, Any], tuple[CyllamaDB, int] | None]:
+    """``(shared LLM, LLM._request keyword arguments, (registry db, model id) or None)`` of a
+    module-level call. With ``model=`` this reads the registry and marks the model used."""
     if model is None:
         if model_path is None:
             raise TypeError(
                 f"{owner} needs model_path (a .gguf file) or model= (a registered model's name or id)"
             )
         model_path = check_path(model_path, "model_path")
-        return _shared_call(kind, payload, model_path, db, config, stream, cache, verbose, kwargs, owner)
+        llm, request = _shared_target(model_path, db, config, cache, verbose, kwargs, owner)
+        return llm, request, None
     if model_path is not None:
         raise TypeError(f"{owner} takes model_path or model=, not both")
     registry_db, record, stored, base = _from_registry(model, db, config, owner)
@@ -2309,13 +2450,13 @@ def _model_call(
     # becomes "running" only when the shared model actually loads.
     registry_db.mark_model_loaded(model_id, status=None)
     try:
-        return _shared_call(
-            kind, payload, path, db, base, stream, cache, verbose, {**stored, **kwargs}, owner,
-            registry=(registry_db, model_id),
-        )  # fmt: skip
+        llm, request = _shared_target(
+            path, db, base, cache, verbose, {**stored, **kwargs}, owner, registry=(registry_db, model_id)
+        )
     except ModelLoadError:
         registry_db.mark_model_loaded(model_id, status="error")
         raise
+    return llm, request, (registry_db, model_id)
 
 
 def _from_registry(
@@ -2365,29 +2506,28 @@ def chat(
     )
 
 
-def _shared_call(
-    kind: Kind,
-    payload: Any,
+def _shared_target(
     model_path: str | os.PathLike[str],
     db: Any,
     config: Any,
-    stream: bool,
     cache: tuple[CacheArg, Any, str | None],
     verbose: bool,
     kwargs: Mapping[str, Any],
     owner: str,
     registry: tuple[CyllamaDB, int] | None = None,
-) -> Any:
+) -> tuple[LLM, dict[str, Any]]:
+    """The shared ``LLM`` for a module-level call and its ``LLM._request`` keyword arguments."""
     _check_db_arg(db)
     load, overrides = _split_kwargs(kwargs, owner)
     passthrough = _pop_passthrough(overrides)
     call_config = GenerationConfig.coerce(config).replace(**overrides)
     llm = _shared_llm(model_path, load, verbose, registry)
     mode, ttl, namespace = cache
-    return llm._request(
-        kind, payload, stream, config=call_config, db=db, cache=mode, ttl=ttl, namespace=namespace,
-        passthrough=passthrough,
-    )  # fmt: skip
+    request = {
+        "config": call_config, "db": db, "cache": mode, "ttl": ttl, "namespace": namespace,
+        "passthrough": passthrough,
+    }
+    return llm, request
 
 
 def unload_models() -> int:

@@ -18,9 +18,10 @@ one entry.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from .inference import _CONFIG_FIELDS, LLM, CacheArg, DBArg, GenerationConfig, Response, _is_llama
 
@@ -147,6 +148,24 @@ class CachedLlama:
     # -- the call --------------------------------------------------------------------------------
 
     def _run(self, kind: str, payload: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = self._parse(kind, payload, args, kwargs)
+        if call.direct is not None:
+            return call.direct()
+        result = self._llm._request(
+            call.kind, call.payload, call.stream, config=call.config, cache=call.cache, ttl=call.ttl,
+            namespace=call.namespace, passthrough=call.passthrough, chunks=True,
+        )  # fmt: skip
+        if call.stream or not isinstance(result, Response):
+            return result
+        return self._as_dict(result, call.passthrough)
+
+    def _as_dict(self, response: Response, passthrough: Mapping[str, Any]) -> Any:
+        name = passthrough.get("model")
+        return response.to_openai(model=name if isinstance(name, str) else str(self.__wrapped__.model_path))
+
+    def _parse(self, kind: str, payload: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
+        """A llama-cpp-python call as a cached request, or as a ``direct`` call to the model
+        (uncached: a token-list prompt, or a parameter cyllama-db does not know)."""
         ours = {**self._call_defaults, **{name: kwargs.pop(name) for name in _OURS if name in kwargs}}
         names = self._names[kind]
         if args or not names.issuperset(kwargs):
@@ -165,25 +184,57 @@ class CachedLlama:
         config, extra = self._bases[kind]
         changes, call_extra = _split(given, config)
         passthrough = {**extra, **call_extra}
+        direct: Any = None
         if kind == "completion" and not isinstance(payload, str):
             # A token-list prompt: llama-cpp-python's own path, uncached.
             method = self.__wrapped__.create_completion
-            return method(payload, stream=stream, **_llama_kwargs(config.replace(**changes), passthrough, kind))
-        unknown = {k: v for k, v in passthrough.items() if k not in _PASSED}
-        if unknown:
+            call_kwargs = _llama_kwargs(config.replace(**changes), passthrough, kind)
+            direct = functools.partial(method, payload, stream=stream, **call_kwargs)
+        elif any(k not in _PASSED for k in passthrough):
             # A parameter this version of cyllama-db does not know: pass it on, uncached.
             method = getattr(self.__wrapped__, "create_completion" if kind == "completion" else "create_chat_completion")
             key = "prompt" if kind == "completion" else "messages"
-            return method(**{key: payload}, stream=stream, **_llama_kwargs(config.replace(**changes), passthrough, kind))
+            call_kwargs = _llama_kwargs(config.replace(**changes), passthrough, kind)
+            direct = functools.partial(method, **{key: payload}, stream=stream, **call_kwargs)
         call_config = config.replace(**changes) if changes else config
-        result = self._llm._request(
-            kind, payload, stream, config=call_config, cache=ours.get("cache"), ttl=ours.get("ttl"),  # type: ignore[arg-type]
-            namespace=ours.get("namespace"), passthrough=passthrough, chunks=True,
+        return _Call(
+            kind, payload, stream, call_config, ours.get("cache"), ours.get("ttl"), ours.get("namespace"),
+            passthrough, direct,
         )  # fmt: skip
-        if stream or not isinstance(result, Response):
-            return result
-        name = passthrough.get("model")
-        return result.to_openai(model=name if isinstance(name, str) else str(self.__wrapped__.model_path))
+
+    # -- async -----------------------------------------------------------------------------------
+
+    async def acreate_completion(self, prompt: Any, *args: Any, **kwargs: Any) -> Any:
+        """``create_completion`` for asyncio: the same parameters and dicts, through the same cache.
+
+        Generation runs in a worker thread, never on the event loop; identical
+        concurrent requests generate once. With ``stream=True`` the result is an
+        async iterator of chunk dicts (:class:`~cyllama_db.aio.AsyncStream`).
+        Cancelling the awaiting task stops the generation at its next token.
+        """
+        from .aio import _wrapped_call
+
+        return await _wrapped_call(self, self._parse("completion", prompt, args, kwargs))
+
+    async def acreate_chat_completion(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
+        """``create_chat_completion`` for asyncio (see :meth:`acreate_completion`)."""
+        from .aio import _wrapped_call
+
+        return await _wrapped_call(self, self._parse("chat", messages, args, kwargs))
+
+
+class _Call(NamedTuple):
+    """One parsed llama-cpp-python call (see :meth:`CachedLlama._parse`)."""
+
+    kind: Any
+    payload: Any
+    stream: bool
+    config: GenerationConfig
+    cache: Any
+    ttl: Any
+    namespace: Any
+    passthrough: dict[str, Any]
+    direct: Any  # a partial calling the model uncached, or None
 
 
 def _split(values: Mapping[str, Any], base: GenerationConfig | None = None) -> Any:
