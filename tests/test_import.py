@@ -22,3 +22,18 @@ def test_public_names_are_exported() -> None:
         assert hasattr(cyllama_db, name), name
     for name in ("CyllamaDB", "configure_db", "get_db", "CyllamaDBError", "SchemaVersionError"):
         assert name in cyllama_db.__all__
+
+
+def test_the_async_api_loads_asyncio_only_when_used() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, cyllama_db\n"
+        "assert 'asyncio' not in sys.modules, 'import cyllama_db loaded asyncio'\n"
+        "from cyllama_db import AsyncLLM, complete_async\n"
+        "assert 'asyncio' in sys.modules and AsyncLLM.__module__ == 'cyllama_db.aio'\n"
+        "assert 'AsyncLLM' in dir(cyllama_db)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

@@ -6,6 +6,8 @@ only by the functions that need them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._params import (
     PARAMS,
     PARAMS_BY_NAME,
@@ -20,14 +22,6 @@ from ._params import (
     validate_params,
 )
 from ._settings import ENV_VARS, Settings
-from .aio import (
-    AsyncCyllamaDB,
-    AsyncLLM,
-    AsyncStream,
-    chat_async,
-    complete_async,
-    stream_complete_async,
-)
 from .cache import generate_cache_key, model_identity
 from .database import CyllamaDB, configure_db, get_db, reset_db
 from .decorators import cached
@@ -77,7 +71,37 @@ from .metrics import MetricsSampler, sample_metrics
 from .registry import MODEL_STATUSES, ModelRecord
 from .wrap import CachedLlama, wrap
 
+if TYPE_CHECKING:
+    from .aio import (
+        AsyncCyllamaDB,
+        AsyncLLM,
+        AsyncStream,
+        chat_async,
+        complete_async,
+        stream_complete_async,
+    )
+
 __version__ = "0.1.0"
+
+# The async API imports asyncio (~25 ms): loaded on first use, so that
+# `import cyllama_db` stays cheap for the scripts that never await.
+_LAZY = {
+    "AsyncCyllamaDB", "AsyncLLM", "AsyncStream", "chat_async", "complete_async", "stream_complete_async",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import aio
+
+        value = getattr(aio, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cyllama_db' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY)
 
 __all__ = [
     "ENV_VARS",
