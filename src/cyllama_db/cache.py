@@ -79,7 +79,7 @@ from ._openai import skeleton
 from ._time import from_timestamp, parse_duration, to_timestamp
 from ._validate import check_path
 from .errors import DatabaseClosedError
-from .inference import GenerationConfig, GenerationStats, Response
+from .types import GenerationConfig, GenerationStats, Response
 from .migrations import execute_script, migration
 
 __all__ = [
