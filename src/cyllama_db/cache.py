@@ -76,7 +76,7 @@ from ._cacheutil import (
     sha256_text,
 )
 from ._openai import skeleton
-from ._time import from_timestamp, parse_duration, to_timestamp
+from ._time import from_timestamp, parse_duration, time_arg
 from ._validate import check_path
 from .errors import DatabaseClosedError
 from .inference import GenerationConfig, GenerationStats, Response
@@ -644,7 +644,7 @@ class CacheMixin(StoreBase):
         self,
         prompt: str | Sequence[Mapping[str, Any]] | None = None,
         model_path: str | os.PathLike[str] | None = None,
-        older_than: datetime | timedelta | float | None = None,
+        older_than: datetime | timedelta | float | str | None = None,
         *,
         namespace: str | None = None,
     ) -> int:
@@ -656,7 +656,8 @@ class CacheMixin(StoreBase):
           (older versions of the file). For a path that does not exist, a bare
           file name (``"model.gguf"``) matches entries of any file with that name;
         * ``older_than``: entries created before this datetime, before this
-          long ago (timedelta), or before these Unix seconds;
+          long ago (a timedelta or duration text: ``older_than="7d"``), before
+          these Unix seconds, or before this ISO-8601 date/time text;
         * ``namespace``: entries of this namespace only (given per call as
           ``complete(..., namespace=...)``). Without it every namespace matches.
         """
@@ -680,7 +681,7 @@ class CacheMixin(StoreBase):
             clauses.append("(" + " OR ".join(options) + ")")
         if older_than is not None:
             clauses.append("created_at < ?")
-            params.append(to_timestamp(older_than, now=self.clock(), name="older_than"))
+            params.append(time_arg(older_than, "older_than", self.clock()))
         with self.pool.transaction() as conn:
             removed = self._cache_delete_where(conn, " AND ".join(clauses) or "1", params)
         logger.debug("invalidated %d cache entries", removed)

@@ -30,7 +30,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from ._time import _shown, parse_duration
+from ._time import _shown, parse_when
 
 if TYPE_CHECKING:
     from .database import CyllamaDB
@@ -87,9 +87,13 @@ class _Parser(argparse.ArgumentParser):
 # -- argument types ------------------------------------------------------------------------
 
 
-def _duration(text: str) -> timedelta:
+def _duration(text: str) -> timedelta | datetime:
+    """``--since``/``--until``/``--older-than``: read by the API's own parser (``_time.parse_when``).
+
+    A duration (``7d``, ``90m``: that long ago) or an ISO-8601 date/time.
+    """
     try:
-        value = parse_duration(text)
+        value = parse_when(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return value
@@ -935,7 +939,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 def _cmd_history(args: argparse.Namespace) -> int:
     with _open(args, reads=True) as db:
         rows = _require(db, "get_generation_history", "statistics")(
-            limit=args.n, offset=args.offset, model_path=args.model
+            limit=args.n, offset=args.offset, model_path=args.model, since=args.since, until=args.until
         )
     if args.json:
         _print_json(rows)
@@ -977,7 +981,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     with _open(args, reads=True) as db:
         get_logs = _require(db, "get_logs", "logs")
         entries = list(reversed(get_logs(
-            level=args.level, category=args.category, since=args.since, limit=args.n
+            level=args.level, category=args.category, since=args.since, limit=args.n, search=args.search
         )))
         if not args.follow:
             if args.json:
@@ -998,7 +1002,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
                 since: Any = last if last is not None else args.since
                 fresh = [
                     e for e in reversed(get_logs(level=args.level, category=args.category,
-                                                 since=since, limit=100_000))
+                                                 since=since, limit=100_000, search=args.search))
                     if not (e["created_at"] == last and e.get("id") in seen)
                 ]
                 if not fresh:
@@ -1390,7 +1394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="PATH", help="entries of this model")
     p.add_argument("--prompt", help="entries for this exact prompt")
     p.add_argument("--older-than", type=_duration, metavar="DURATION",
-                   help="entries created longer ago than this (e.g. 7d, 12h)")
+                   help="entries created longer ago than this (e.g. 7d, 12h), or before a date (2024-05-01)")
     p.add_argument("--namespace", metavar="NAME", help="entries of this namespace")
     p.add_argument("--all", action="store_true", help="every entry")
     _command(cache, "cleanup", _cmd_cache_cleanup,
@@ -1401,13 +1405,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "stats", _cmd_stats, "generation statistics per model", read=True)
     p.add_argument("--model", metavar="PATH", help="only this model")
     p.add_argument("--since", type=_duration, metavar="DURATION",
-                   help="only the last DURATION (e.g. 7d, 24h)")
+                   help="only the last DURATION (e.g. 7d, 24h), or from a date (2024-05-01)")
     p.add_argument("--until", type=_duration, metavar="DURATION",
-                   help="only up to DURATION ago")
+                   help="only up to DURATION ago, or before a date")
     p = _command(sub, "history", _cmd_history, "recorded generations, newest first", read=True)
     p.add_argument("-n", type=_positive_int, default=20, metavar="N", help="how many (default 20)")
     p.add_argument("--offset", type=_non_negative_int, default=0, help="skip this many first")
     p.add_argument("--model", metavar="PATH", help="only this model")
+    p.add_argument("--since", type=_duration, metavar="DURATION",
+                   help="only the last DURATION (e.g. 24h), or from a date (2024-05-01)")
+    p.add_argument("--until", type=_duration, metavar="DURATION",
+                   help="only up to DURATION ago, or before a date")
 
     # logs
     p = _command(sub, "logs", _cmd_logs, "structured log entries, oldest of the last N first",
@@ -1417,7 +1425,10 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
                    help="this level and above")
     p.add_argument("--category", help="only this category (logger name)")
-    p.add_argument("--since", type=_duration, metavar="DURATION", help="only the last DURATION")
+    p.add_argument("--since", type=_duration, metavar="DURATION",
+                   help="only the last DURATION (e.g. 1h), or from a date (2024-05-01)")
+    p.add_argument("-q", "--search", metavar="TEXT",
+                   help='only entries whose text matches TEXT (full-text: words, "a phrase", prefix*)')
     p.add_argument("-f", "--follow", action="store_true",
                    help="keep printing new entries until Ctrl-C (with --json: JSON lines)")
     p.add_argument("--interval", type=_positive_float, default=1.0, metavar="SECONDS",

@@ -348,11 +348,12 @@ class LogsMixin(StoreBase):
         self,
         level: str | int | None = None,
         category: str | None = None,
-        since: datetime | timedelta | float | None = None,
+        since: datetime | timedelta | float | str | None = None,
         limit: int = 100,
         *,
-        until: datetime | timedelta | float | None = None,
+        until: datetime | timedelta | float | str | None = None,
         offset: int = 0,
+        search: str | None = None,
     ) -> list[dict[str, Any]]:
         """Log rows, newest first, as plain dicts.
 
@@ -362,9 +363,10 @@ class LogsMixin(StoreBase):
             category: that category and its dotted children, as in
                 ``logging``'s hierarchy (``"cyllama_db"`` also matches
                 ``"cyllama_db.cache"``).
-            since: first moment included (datetime, Unix seconds, or a
-                timedelta meaning "that long ago").
-            until: first moment excluded.
+            since: first moment included: a datetime, Unix seconds, a
+                timedelta or duration text meaning "that long ago"
+                (``since="1h"``), or ISO-8601 text (``"2024-05-01T12:00Z"``).
+            until: first moment excluded (the same forms).
             limit: at most this many rows; ``offset`` skips the newest ones
                 (non-negative ints; beyond 2**63 - 1 they mean "no limit").
 
@@ -416,14 +418,15 @@ class LogsMixin(StoreBase):
     @db_op(empty=int)
     def prune_logs(
         self,
-        older_than: datetime | timedelta | float | None = None,
+        older_than: datetime | timedelta | float | str | None = None,
         keep_last: int | None = None,
     ) -> int:
         """Delete log rows; return how many.
 
         Each argument is a separate limit, and a row goes if either says so:
-        ``older_than`` (datetime, Unix seconds, or a timedelta meaning "that
-        long ago") removes rows written before it; ``keep_last=N`` keeps only
+        ``older_than`` (datetime, Unix seconds, ISO-8601 text, or a
+        timedelta or duration text such as ``"30d"`` meaning "that long
+        ago") removes rows written before it; ``keep_last=N`` keeps only
         the newest N rows. At least one is required.
         """
         if older_than is None and keep_last is None:
