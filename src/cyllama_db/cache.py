@@ -684,6 +684,8 @@ class CacheMixin(StoreBase):
             params.append(time_arg(older_than, "older_than", self.clock()))
         with self.pool.transaction() as conn:
             removed = self._cache_delete_where(conn, " AND ".join(clauses) or "1", params)
+            if removed:
+                self._reclaim(conn)
         logger.debug("invalidated %d cache entries", removed)
         return int(removed)
 
@@ -763,6 +765,8 @@ class CacheMixin(StoreBase):
                 conn.execute(_RECOUNT_SQL)
                 evicted, total = self._cache_settle(conn, limit=limit, target=limit, keep_key=None)
                 removed += evicted
+                if removed:
+                    self._reclaim(conn)
         except BaseException:
             estimate.forget()
             raise
@@ -1005,6 +1009,11 @@ class CacheMixin(StoreBase):
         # The LRU order must include the hits still in the buffer.
         self._cache_flush_hits()
         evicted, freed = self._cache_evict(conn, total=total, target=target, keep_key=keep_key)
+        if evicted:
+            # A no-op unless the eviction left an eighth of the file free (e.g.
+            # after the limit was lowered): pages freed by the usual small
+            # evictions are reused by the next inserts.
+            self._reclaim(conn)
         return evicted, total - freed
 
     def _cache_evict(

@@ -444,6 +444,8 @@ class LogsMixin(StoreBase):
                     " (SELECT id FROM logs ORDER BY created_at DESC, id DESC LIMIT ?)",
                     (keep_last,),
                 ).rowcount
+            if removed:
+                self._reclaim(conn)
         return removed
 
 

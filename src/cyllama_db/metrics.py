@@ -253,8 +253,9 @@ def _check_minutes(minutes: Any) -> float:
         # minutes as text would read as seconds elsewhere, so it is refused.
         text = minutes.strip()
         if not text or text[-1].isdigit():
-            raise ValueError(
-                f"minutes={minutes!r}: give a number of minutes, or text with a unit such as '90m', '1h' or '7d'"
+            raise TypeError(
+                f"minutes must be a number of minutes, a timedelta or text with a unit such as "
+                f"'90m', '1h' or '7d', got the str {minutes!r}"
             )
         try:
             minutes = parse_duration(text).total_seconds() / 60

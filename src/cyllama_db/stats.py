@@ -1406,6 +1406,8 @@ class StatsMixin(StoreBase):
         self._stats_flush_hits()
         with self.pool.transaction() as conn:
             cursor = conn.execute(f"DELETE FROM stats WHERE {clause}", args)
+            if cursor.rowcount > 0:
+                self._reclaim(conn)
         return max(cursor.rowcount, 0)
 
 
