@@ -76,6 +76,7 @@ from ._cacheutil import (
     sha256_text,
 )
 from ._openai import skeleton
+from ._search import CACHE_FTS, fts_query, require_index
 from ._time import from_timestamp, parse_duration, time_arg
 from ._validate import check_path
 from .errors import DatabaseClosedError
@@ -736,6 +737,77 @@ class CacheMixin(StoreBase):
         entries = []
         for row in rows:
             entry = dict(zip(names, row, strict=True))
+            for name in ("created_at", "expires_at", "last_hit_at", "last_used_at"):
+                entry[name] = from_timestamp(entry[name])
+            entries.append(entry)
+        return entries
+
+    @db_op(empty=list)
+    def search_cache(
+        self,
+        query: str,
+        limit: int = 20,
+        *,
+        model_path: str | os.PathLike[str] | None = None,
+        namespace: str | None = None,
+        include_expired: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Cache entries whose prompt or response matches ``query``, best match first.
+
+        A full-text search (SQLite FTS5, ranked by BM25): every word must
+        appear, in any case and with or without accents (``cafe`` finds
+        ``Café``); ``"a phrase"`` in double quotes matches those words in
+        that order; ``word*`` matches any word starting with ``word``.
+        Nothing else is query syntax (``OR``, ``NEAR``, ``-`` are plain
+        text). The prompt of a chat entry is its messages as JSON, so role
+        names (``user``) match too.
+
+        Each result is a dict as :meth:`list_cache_entries` gives, plus
+        ``response_text`` and ``snippet`` (the best matching part, the
+        matched words in ``[`` ``]``). ``model_path`` and ``namespace``
+        filter as there; expired entries are left out unless
+        ``include_expired``. Raises
+        :class:`~cyllama_db.errors.SearchUnavailableError` if this SQLite
+        has no FTS5.
+        """
+        match = fts_query(query, "query")
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be an int, got {type(limit).__name__}")
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        if not isinstance(include_expired, bool):
+            raise TypeError(f"include_expired must be True or False, got {include_expired!r}")
+        self._cache_flush_hits_quietly()
+        clauses = [f"{CACHE_FTS} MATCH ?"]
+        params: list[Any] = [match]
+        if model_path is not None:
+            path = check_path(model_path, "model_path")
+            clauses.append("(c.model_path = ? OR c.model_name = ? OR c.model_identity = ?)")
+            params += [os.path.abspath(os.path.expanduser(path)), os.path.basename(path), model_identity(path)]
+        if namespace is not None:
+            clauses.append("c.namespace = ?")
+            params.append("" if namespace == "" else check_namespace(namespace))
+        if not include_expired:
+            clauses.append("(c.expires_at IS NULL OR c.expires_at > ?)")
+            params.append(self.clock())
+        names = (
+            "cache_key", "kind", "namespace", "model_name", "model_path", "prompt", "response_text",
+            "finish_reason", "tokens_generated", "size_bytes", "hit_count", "created_at", "expires_at",
+            "last_hit_at", "last_used_at",
+        )
+        with self.pool.read() as conn:
+            require_index(conn, CACHE_FTS)
+            rows = conn.execute(
+                f"SELECT {', '.join('c.' + n for n in names)},"
+                f" snippet({CACHE_FTS}, -1, '[', ']', '…', 16)"
+                f" FROM {CACHE_FTS} JOIN cache AS c ON c.id = {CACHE_FTS}.rowid"
+                f" WHERE {' AND '.join(clauses)} ORDER BY {CACHE_FTS}.rank, c.id DESC LIMIT ?",
+                (*params, min(limit, 2**63 - 1)),
+            ).fetchall()
+        entries = []
+        for row in rows:
+            entry = dict(zip(names, row[:-1], strict=True))
+            entry["snippet"] = row[-1]
             for name in ("created_at", "expires_at", "last_hit_at", "last_used_at"):
                 entry[name] = from_timestamp(entry[name])
             entries.append(entry)

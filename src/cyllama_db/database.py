@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from . import _pool as _pool_module
+from . import _search, _views  # noqa: F401  (register migrations 8 and 9)
 from . import migrations as _migrations
 from ._base import DB_STATS_PROVIDERS, StoreBase
 from ._export import ExportMixin

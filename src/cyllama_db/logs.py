@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ._base import StoreBase, db_op, db_stats_provider
+from ._search import LOGS_FTS, fts_query, require_index
 from ._settings import LOG_LEVELS
 from ._time import from_timestamp
 from ._validate import check_text
@@ -369,6 +370,13 @@ class LogsMixin(StoreBase):
             until: first moment excluded (the same forms).
             limit: at most this many rows; ``offset`` skips the newest ones
                 (non-negative ints; beyond 2**63 - 1 they mean "no limit").
+            search: only rows whose ``message``, ``error_type``,
+                ``error_message`` or ``prompt_preview`` match this full-text
+                search (SQLite FTS5): every word must appear (any case, accents
+                ignored), ``"a phrase"`` in double quotes, ``word*`` for a
+                prefix; nothing else is query syntax. Still newest first.
+                Raises :class:`~cyllama_db.errors.SearchUnavailableError`
+                without FTS5.
 
         Each dict has ``id``, ``level``, ``category``, ``message``,
         ``context`` (the decoded dict or ``None``), ``model_path``,
@@ -379,6 +387,9 @@ class LogsMixin(StoreBase):
         offset = _check_limit(offset, "offset")
         clauses: list[str] = []
         args: list[Any] = []
+        if search is not None:
+            clauses.append(f"id IN (SELECT rowid FROM {LOGS_FTS} WHERE {LOGS_FTS} MATCH ?)")
+            args.append(fts_query(search, "search"))
         if level is not None:
             floor = LOG_LEVELS[level_name(level)]
             names = [name for name, number in LOG_LEVELS.items() if number >= floor]
@@ -399,6 +410,8 @@ class LogsMixin(StoreBase):
             args.append(_time_arg(until, "until", now))
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with self.pool.read() as conn:
+            if search is not None:
+                require_index(conn, LOGS_FTS)
             rows = conn.execute(
                 "SELECT id, level, category, message, context_json, model_path, prompt_preview,"
                 f" error_type, error_message, stack_trace, created_at FROM logs{where}"

@@ -524,6 +524,10 @@ BUILDERS: dict[int, Builder] = {
     # v7 adds the cache's namespace column (default ''): the v2 builder's rows
     # are in the default namespace, which is what a file from before v7 holds.
     7: lambda conn, version: {},
+    # v8 adds the full-text search indexes (filled from the logs and cache rows
+    # by the migration itself), v9 the readable views: no table of their own to fill.
+    8: lambda conn, version: {},
+    9: lambda conn, version: {},
 }
 
 
