@@ -30,6 +30,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
+from ._search import fts_query
 from ._time import _shown, parse_when
 
 if TYPE_CHECKING:
@@ -829,6 +830,31 @@ def _preview(text: Any, width: int = 40) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
+def _cmd_cache_search(args: argparse.Namespace) -> int:
+    with _open(args, reads=True) as db:
+        try:
+            fts_query(args.text, "TEXT")
+        except ValueError as exc:
+            raise UsageError(str(exc), f"{PROG} cache search") from None
+        entries = _require(db, "search_cache", "cache")(
+            args.text, limit=args.n, model_path=args.model, namespace=args.namespace,
+            include_expired=args.expired,
+        )
+    if args.json:
+        _print_json(entries)
+        return 0
+    if not entries:
+        print(f"no cache entries match {args.text!r}")
+        return 0
+    _table(
+        [[str(e.get("cache_key", ""))[:16], e.get("model_name") or _short_path(e.get("model_path")),
+          e.get("namespace") or "-", e.get("hit_count"), e.get("created_at"),
+          _preview(e.get("snippet"), 72)] for e in entries],
+        ["key", "model", "namespace", "hits", "created", "match"],
+    )
+    return 0
+
+
 def _cmd_cache_show(args: argparse.Namespace) -> int:
     prefix = args.key.strip().lower()
     if not prefix:
@@ -978,6 +1004,11 @@ def _emit_logs(entries: Sequence[Mapping[str, Any]], as_json: bool, stream: Text
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
+    if args.search is not None:
+        try:
+            fts_query(args.search, "-q")
+        except ValueError as exc:
+            raise UsageError(str(exc), f"{PROG} logs") from None
     with _open(args, reads=True) as db:
         get_logs = _require(db, "get_logs", "logs")
         entries = list(reversed(get_logs(
@@ -1388,6 +1419,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="newest first (default) or most-hit first")
     p.add_argument("--model", metavar="PATH", help="only entries of this model")
     p.add_argument("--namespace", metavar="NAME", help="only entries of this namespace")
+    p = _command(cache, "search", _cmd_cache_search,
+                 "entries whose prompt or response matches TEXT (full-text), best first", read=True)
+    p.add_argument("text", help='words (all must appear), "a phrase" in double quotes, prefix*')
+    p.add_argument("-n", type=_positive_int, default=20, metavar="N", help="how many (default 20)")
+    p.add_argument("--model", metavar="PATH", help="only entries of this model")
+    p.add_argument("--namespace", metavar="NAME", help="only entries of this namespace")
+    p.add_argument("--expired", action="store_true", help="include expired entries")
     p = _command(cache, "show", _cmd_cache_show, "one entry in full", read=True)
     p.add_argument("key", help="the cache key (a unique prefix is enough)")
     p = _command(cache, "invalidate", _cmd_cache_invalidate, "remove matching entries")
