@@ -38,6 +38,7 @@ CALLS: dict[str, tuple[tuple[Any, ...], dict[str, Any], tuple[Any, ...]]] = {
     "import_database": (("in.db",), {}, ({}, None)),
     "invalidate_cache": ((), {}, (0,)),
     "list_cache_entries": ((), {}, ([],)),
+    "search_cache": (("anything",), {}, ([],)),
     "log": (("INFO", "msg"), {}, (None,)),
     "mark_model_loaded": (("m",), {}, (None,)),
     "mark_model_unloaded": (("m",), {}, (False,)),

@@ -79,6 +79,8 @@ WRONG: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], type[Exception], st
         ((None, None, None, "100"), {}, TypeError, "limit"),
         ((), {"until": [1]}, TypeError, "until"),
         ((), {"offset": 1.5}, TypeError, "offset"),
+        ((), {"search": 5}, TypeError, "search"),
+        ((), {"search": "!?"}, ValueError, "search"),
     ],
     "get_metadata": [((1,), {}, TypeError, "key")],
     "get_metrics_history": [
@@ -110,10 +112,20 @@ WRONG: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], type[Exception], st
         ((10, "newest", 5), {}, TypeError, "model_path"),
         ((), {"namespace": 5}, TypeError, "namespace"),
     ],
+    "search_cache": [
+        ((5,), {}, TypeError, "query"),
+        (("",), {}, ValueError, "query"),
+        (("x", "10"), {}, TypeError, "limit"),
+        (("x", 0), {}, ValueError, "limit"),
+        (("x",), {"model_path": 5}, TypeError, "model_path"),
+        (("x",), {"namespace": 5}, TypeError, "namespace"),
+        (("x",), {"include_expired": "yes"}, TypeError, "include_expired"),
+    ],
     "invalidate_cache": [
         ((123,), {}, TypeError, "prompt"),
         ((None, 123), {}, TypeError, "model_path"),
-        ((None, None, "old"), {}, TypeError, "older_than"),
+        ((None, None, "old"), {}, ValueError, "older_than"),
+        ((None, None, b"7d"), {}, TypeError, "older_than"),
         ((), {"namespace": 7}, TypeError, "namespace"),
     ],
     "log": [
@@ -125,8 +137,16 @@ WRONG: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], type[Exception], st
     ],
     "mark_model_loaded": [((1.5,), {}, TypeError, "model"), (("m", 5), {}, TypeError, "status")],
     "mark_model_unloaded": [(([1],), {}, TypeError, "model")],
-    "prune_logs": [(("old",), {}, TypeError, "older_than"), ((), {"keep_last": -1}, ValueError, "keep_last")],
-    "prune_stats": [(("old",), {}, TypeError, "older_than"), ((60,), {"model_path": 5}, TypeError, "model_path")],
+    "prune_logs": [
+        (("old",), {}, ValueError, "older_than"),
+        ((b"7d",), {}, TypeError, "older_than"),
+        ((), {"keep_last": -1}, ValueError, "keep_last"),
+    ],
+    "prune_stats": [
+        (("old",), {}, ValueError, "older_than"),
+        (([7],), {}, TypeError, "older_than"),
+        ((60,), {"model_path": 5}, TypeError, "model_path"),
+    ],
     "record_generation": [
         ((123, {"text": "x"}), {}, TypeError, "model_path"),
         (("m.gguf", "text"), {}, TypeError, "response"),

@@ -17,7 +17,15 @@ from pathlib import Path
 import pytest
 
 from cyllama_db import CyllamaDB, GenerationConfig, _search
-from cyllama_db._search import CACHE_FTS, LOGS_FTS, fts5_available, fts_query
+from cyllama_db._search import (
+    CACHE_FTS,
+    CACHE_INDEX,
+    LOGS_FTS,
+    LOGS_INDEX,
+    fts5_available,
+    fts_query,
+    refresh,
+)
 from cyllama_db.cli import main
 from cyllama_db.errors import SearchUnavailableError
 
@@ -280,6 +288,100 @@ def test_export_and_import_round_trip_the_search(tmp_path: Path) -> None:
         _assert_index_matches_rows(target)
 
 
+# -- deferred indexing -----------------------------------------------------------------------
+
+
+def _indexed(db: CyllamaDB, name: str) -> int:
+    with db.pool.read() as conn:
+        return int(conn.execute(f"SELECT COUNT(*) FROM {name}_docsize").fetchone()[0])
+
+
+def test_inserts_are_indexed_in_batches_not_one_by_one(file_db: CyllamaDB) -> None:
+    from cyllama_db.logs import LOG_INDEX_BATCH
+
+    file_db.cache_response("question 0", "m.gguf", CONFIG, "answer")
+    assert len(file_db.search_cache("question")) == 1
+    for i in range(1, 10):
+        file_db.cache_response(f"question {i}", "m.gguf", CONFIG, "answer")
+    assert _indexed(file_db, CACHE_FTS) == 1  # an insert writes no index
+    assert len(file_db.search_cache("question", limit=100)) == 10  # a search syncs first
+    assert _indexed(file_db, CACHE_FTS) == 10
+    for i in range(LOG_INDEX_BATCH - 1):
+        file_db.log("INFO", f"line {i}")
+    assert _indexed(file_db, LOGS_FTS) == 0
+    file_db.log("INFO", "the last of a batch")
+    assert _indexed(file_db, LOGS_FTS) == LOG_INDEX_BATCH  # every 256th write indexes the batch
+
+
+def test_close_indexes_what_is_left(db_path: Path) -> None:
+    with CyllamaDB(db_path) as db:
+        db.log("INFO", "written just before closing")
+        db.cache_response("last words", "m.gguf", CONFIG, "spoken")
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute(f"SELECT COUNT(*) FROM {LOGS_FTS}_docsize").fetchone()[0] >= 1
+        assert conn.execute(f"SELECT COUNT(*) FROM {CACHE_FTS}_docsize").fetchone() == (1,)
+    finally:
+        conn.close()
+
+
+def test_a_reused_rowid_never_shows_the_old_text(file_db: CyllamaDB) -> None:
+    """The cache's ids are reused (no AUTOINCREMENT): a new row must not inherit the old index entry."""
+    file_db.cache_response("first", "m.gguf", CONFIG, "crocodile")
+    file_db.cache_response("second", "m.gguf", CONFIG, "alligator")
+    assert _keys(file_db.search_cache("alligator")) == ["second"]  # synced: both indexed
+    path = file_db.path
+    file_db.close()
+    conn = sqlite3.connect(path)  # another tool: delete the top row, insert one that takes its id
+    with conn:
+        top = conn.execute("SELECT MAX(id) FROM cache").fetchone()[0]
+        conn.execute("DELETE FROM cache WHERE id = ?", (top,))
+        conn.execute(
+            "INSERT INTO cache (id, cache_key, prompt, prompt_hash, model_path, model_name, model_identity,"
+            " config_json, response_text, size_bytes, created_at, last_used_at)"
+            " VALUES (?, 'k2', 'third', 'h', 'm.gguf', 'm.gguf', 'm.gguf', '{}', 'gecko', 1, 1, 1)",
+            (top,),
+        )
+    conn.close()
+    with CyllamaDB(path, readonly=True) as ro:  # cannot sync: must still not mix the two up
+        assert ro.search_cache("alligator", include_expired=True) == []
+    with CyllamaDB(path) as db:
+        assert db.search_cache("alligator", include_expired=True) == []
+        assert _keys(db.search_cache("gecko", include_expired=True)) == ["third"]
+        _assert_index_matches_rows(db)
+
+
+def test_updates_in_place_are_reindexed(file_db: CyllamaDB) -> None:
+    file_db.log("INFO", "original wording")
+    assert file_db.get_logs(search="original")
+    with file_db.pool.transaction() as conn:
+        conn.execute("UPDATE logs SET message = 'corrected wording' WHERE message = 'original wording'")
+    assert file_db.get_logs(search="original") == []
+    assert _messages(file_db.get_logs(search="corrected")) == ["corrected wording"]
+    _assert_index_matches_rows(file_db)
+
+
+def test_triggers_work_with_trusted_schema_off(file_db: CyllamaDB) -> None:
+    """The triggers touch plain tables only: writes work where virtual tables may not be used
+    from triggers (an import's merge runs with trusted_schema=OFF)."""
+    file_db.log("INFO", "kept")
+    file_db.log("INFO", "dropped")
+    file_db.cache_response("q", "m.gguf", CONFIG, "old answer")
+    assert file_db.get_logs(search="dropped") and file_db.search_cache("old")
+    with file_db.pool.transaction() as conn:
+        conn.execute("PRAGMA trusted_schema = OFF")
+        try:
+            conn.execute("DELETE FROM logs WHERE message = 'dropped'")
+            conn.execute("UPDATE cache SET response_text = 'new answer'")
+            conn.execute("INSERT INTO logs (level, message, created_at) VALUES ('INFO', 'added', 1.0)")
+        finally:
+            conn.execute("PRAGMA trusted_schema = ON")
+    assert file_db.get_logs(search="dropped") == []
+    assert _messages(file_db.get_logs(search="added")) == ["added"]
+    assert file_db.search_cache("old") == [] and len(file_db.search_cache("new")) == 1
+    _assert_index_matches_rows(file_db)
+
+
 # -- without FTS5 ----------------------------------------------------------------------------
 
 
@@ -341,14 +443,15 @@ def test_cli_cache_search(cli_db: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 
 def _assert_index_matches_rows(db: CyllamaDB) -> None:
-    """Each index holds exactly the terms a fresh index of the current rows would (FTS5 vocab)."""
+    """After a sync, each index holds exactly the terms a fresh index of the current rows would
+    (compared through FTS5's vocabulary tables), and nothing is left pending."""
+    for index in (LOGS_INDEX, CACHE_INDEX):
+        refresh(db.pool, index)
     with db.pool.read() as conn:
-        for name, table, columns in (
-            (LOGS_FTS, "logs", _search._LOGS_INDEX),
-            (CACHE_FTS, "cache", _search._CACHE_INDEX),
-        ):
-            cols = ", ".join(columns)
-            exprs = ", ".join(e.replace("ROW", table) for e in columns.values())
+        for index in (LOGS_INDEX, CACHE_INDEX):
+            name, table, cols = index.name, index.table, index.cols
+            exprs = index.values(table)
+            assert conn.execute(f"SELECT COUNT(*) FROM {name}_pending").fetchone() == (0,)
             conn.execute(f"DROP TABLE IF EXISTS temp.fresh_{name}")
             conn.execute(
                 f"CREATE VIRTUAL TABLE temp.fresh_{name} USING fts5({cols}, tokenize='{_search.FTS_TOKENIZER}')"

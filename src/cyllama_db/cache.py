@@ -76,7 +76,7 @@ from ._cacheutil import (
     sha256_text,
 )
 from ._openai import skeleton
-from ._search import CACHE_FTS, fts_query, require_index
+from ._search import CACHE_FTS, CACHE_INDEX, fts_query, refresh, require_index, sync_index
 from ._time import from_timestamp, parse_duration, time_arg
 from ._validate import check_path
 from .errors import DatabaseClosedError
@@ -543,12 +543,23 @@ class CacheMixin(StoreBase):
 
     def _store_flush(self) -> None:
         self._cache_flush_hits()
+        self._cache_refresh_index()
+
+    def _cache_refresh_index(self) -> None:
+        """Index the entries stored since the last sync (full-text search); a no-op if none."""
+        pool = self._pool
+        if pool is not None and not pool.closed and not pool.readonly:
+            refresh(pool, CACHE_INDEX)
 
     def _store_close(self) -> None:
         try:
             self._cache_flush_hits()
         except Exception as exc:  # closing must not fail over bookkeeping
             logger.warning("could not write buffered cache hit counts: %s", exc)
+        try:
+            self._cache_refresh_index()
+        except Exception as exc:
+            logger.debug("cache search index not brought up to date: %s", exc)
 
     # -- public API --------------------------------------------------------------------------
 
@@ -686,6 +697,7 @@ class CacheMixin(StoreBase):
         with self.pool.transaction() as conn:
             removed = self._cache_delete_where(conn, " AND ".join(clauses) or "1", params)
             if removed:
+                sync_index(conn, CACHE_INDEX)  # drop them from the search index now
                 self._reclaim(conn)
         logger.debug("invalidated %d cache entries", removed)
         return int(removed)
@@ -778,8 +790,10 @@ class CacheMixin(StoreBase):
         if not isinstance(include_expired, bool):
             raise TypeError(f"include_expired must be True or False, got {include_expired!r}")
         self._cache_flush_hits_quietly()
-        clauses = [f"{CACHE_FTS} MATCH ?"]
-        params: list[Any] = [match]
+        # Entries whose indexed text is pending removal (changed or gone) are
+        # left out: that matters only where the index could not be synced first.
+        clauses = [f"c.id NOT IN (SELECT id FROM {CACHE_FTS}_pending)"]
+        params: list[Any] = []
         if model_path is not None:
             path = check_path(model_path, "model_path")
             clauses.append("(c.model_path = ? OR c.model_name = ? OR c.model_identity = ?)")
@@ -795,14 +809,17 @@ class CacheMixin(StoreBase):
             "finish_reason", "tokens_generated", "size_bytes", "hit_count", "created_at", "expires_at",
             "last_hit_at", "last_used_at",
         )
+        # Best effort, as every read's bookkeeping: a read never waits on a write.
+        self._flush_for_read(self._cache_refresh_index)
         with self.pool.read() as conn:
             require_index(conn, CACHE_FTS)
             rows = conn.execute(
                 f"SELECT {', '.join('c.' + n for n in names)},"
                 f" snippet({CACHE_FTS}, -1, '[', ']', '…', 16)"
                 f" FROM {CACHE_FTS} JOIN cache AS c ON c.id = {CACHE_FTS}.rowid"
-                f" WHERE {' AND '.join(clauses)} ORDER BY {CACHE_FTS}.rank, c.id DESC LIMIT ?",
-                (*params, min(limit, 2**63 - 1)),
+                f" WHERE {CACHE_FTS} MATCH ? AND {' AND '.join(clauses)}"
+                f" ORDER BY {CACHE_FTS}.rank, c.id DESC LIMIT ?",
+                (match, *params, min(limit, 2**63 - 1)),
             ).fetchall()
         entries = []
         for row in rows:
@@ -1075,6 +1092,10 @@ class CacheMixin(StoreBase):
         """Inside a write transaction: fold the uncounted rows into ``cache_totals``; if the
         total is over ``limit``, evict down to ``target``. Returns ``(evicted, exact total)``."""
         conn.execute(_FOLD_SQL)
+        # The same periodic sync indexes the entries stored since the last one
+        # for full-text search: in a batch (an FTS5 write per insert would
+        # double an insert's cost), and about 1% of the cache at a time.
+        sync_index(conn, CACHE_INDEX)
         total = int(conn.execute(_COUNTED_SQL).fetchone()[0])
         if total <= limit:
             return 0, total
@@ -1082,6 +1103,7 @@ class CacheMixin(StoreBase):
         self._cache_flush_hits()
         evicted, freed = self._cache_evict(conn, total=total, target=target, keep_key=keep_key)
         if evicted:
+            sync_index(conn, CACHE_INDEX)
             # A no-op unless the eviction left an eighth of the file free (e.g.
             # after the limit was lowered): pages freed by the usual small
             # evictions are reused by the next inserts.

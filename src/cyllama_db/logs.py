@@ -29,7 +29,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ._base import StoreBase, db_op, db_stats_provider
-from ._search import LOGS_FTS, fts_query, require_index
+from ._search import (
+    LOGS_FTS,
+    LOGS_INDEX,
+    fts_query,
+    refresh,
+    require_index,
+    search_clause,
+    sync_index,
+)
 from ._settings import LOG_LEVELS
 from ._time import from_timestamp
 from ._validate import check_text
@@ -39,6 +47,10 @@ from .stats import _check_limit, _time_arg
 __all__ = ["LOG_COLUMNS", "CyllamaDBHandler", "LogsMixin", "level_name"]
 
 LIBRARY_LOGGER = "cyllama_db"
+
+#: Log rows are indexed for full-text search every this many writes (and
+#: before a search, at close): see ``_search``.
+LOG_INDEX_BATCH = 256
 
 #: Characters of a prompt kept in ``prompt_preview``.
 PROMPT_PREVIEW_CHARS = 100
@@ -205,6 +217,17 @@ class LogsMixin(StoreBase):
     """``log``, ``get_logs``, ``prune_logs``; attaches the library logger with ``log_to_db``."""
 
     _log_handler: CyllamaDBHandler | None = None
+    #: log rows written by this object since it last brought the search index up to date
+    _logs_unindexed: int = 0
+
+    def _store_flush(self) -> None:
+        self._logs_refresh_index()
+
+    def _logs_refresh_index(self) -> None:
+        """Index the log rows written since the last sync (full-text search); a no-op if none."""
+        if self._pool is not None and not self._pool.closed and not self._pool.readonly:
+            refresh(self._pool, LOGS_INDEX)
+            self._logs_unindexed = 0
 
     def _store_init(self) -> None:
         if self.settings.log_to_db:
@@ -218,6 +241,10 @@ class LogsMixin(StoreBase):
         handler, self._log_handler = self._log_handler, None
         if handler is not None:
             _detach_library_logger(handler)
+        try:
+            self._logs_refresh_index()
+        except Exception as exc:  # closing must not fail over the search index
+            logging.getLogger(LIBRARY_LOGGER).debug("log search index not brought up to date: %s", exc)
 
     def _log_open_events(self) -> None:
         """Write what happened while opening, before the handler could be attached."""
@@ -338,6 +365,12 @@ class LogsMixin(StoreBase):
                         self.clock() if created_at is None else created_at,
                     ),
                 )
+                # New rows are indexed for search in batches, not one by one
+                # (a commit per row would write an FTS5 segment per row).
+                self._logs_unindexed += 1
+                if self._logs_unindexed >= LOG_INDEX_BATCH:
+                    sync_index(conn, LOGS_INDEX)
+                    self._logs_unindexed = 0
         finally:
             _writing.active = outer
         return cursor.lastrowid
@@ -388,7 +421,7 @@ class LogsMixin(StoreBase):
         clauses: list[str] = []
         args: list[Any] = []
         if search is not None:
-            clauses.append(f"id IN (SELECT rowid FROM {LOGS_FTS} WHERE {LOGS_FTS} MATCH ?)")
+            clauses.append(search_clause(LOGS_INDEX, "id"))
             args.append(fts_query(search, "search"))
         if level is not None:
             floor = LOG_LEVELS[level_name(level)]
@@ -409,6 +442,9 @@ class LogsMixin(StoreBase):
             clauses.append("created_at < ?")
             args.append(_time_arg(until, "until", now))
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        if search is not None:
+            # Best effort, as every read's bookkeeping: a read never waits on a write.
+            self._flush_for_read(self._logs_refresh_index)
         with self.pool.read() as conn:
             if search is not None:
                 require_index(conn, LOGS_FTS)
@@ -458,6 +494,7 @@ class LogsMixin(StoreBase):
                     (keep_last,),
                 ).rowcount
             if removed:
+                sync_index(conn, LOGS_INDEX)  # drop the pruned rows from the search index now
                 self._reclaim(conn)
         return removed
 

@@ -1344,7 +1344,8 @@ class StatsMixin(StoreBase):
         """
         limit = _check_limit(limit, "limit")
         offset = _check_limit(offset, "offset")
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         if model_path is not None:
             clauses.append("model_path = ?")
             args.append(_check_model_path(model_path))
