@@ -102,7 +102,7 @@ def test_deletes_give_space_back(tmp_path: Path, auto_vacuum: bool) -> None:
             after, free = _pages(db)
             assert free < RECLAIM_MIN_PAGES and after < before / 4
         else:
-            assert after == before and free > 0.9 * before
+            assert after >= before and free > 0.9 * before  # nothing given back
         db.vacuum()
     size = os.path.getsize(tmp_path / "big.db")
     assert size < 200 * 4096  # vacuum() always compacts fully
