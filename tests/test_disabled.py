@@ -44,6 +44,7 @@ CALLS: dict[str, tuple[tuple[Any, ...], dict[str, Any], tuple[Any, ...]]] = {
     "cached_models": ((), {}, ([],)),
     "registered_model_files": ((), {}, ([],)),
     "model_usage": ((["m.gguf"],), {}, ((0, None),)),
+    "search_cache": (("anything",), {}, ([],)),
     "log": (("INFO", "msg"), {}, (None,)),
     "mark_model_loaded": (("m",), {}, (None,)),
     "mark_model_unloaded": (("m",), {}, (False,)),

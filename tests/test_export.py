@@ -558,6 +558,10 @@ def test_export_then_import_round_trips_config(tmp_path: Path, entries: dict[str
 # -- untrusted imports: the file's code never runs, and its bad rows are never stored -----------
 
 
+# The views over the cache table must go before an attacker can swap the table itself.
+_DROP_CACHE_VIEWS = ("DROP VIEW IF EXISTS cache_fts_source", "DROP VIEW IF EXISTS cache_entries")
+
+
 def _crafted(tmp_path: Path, name: str, *statements: str, checks: bool = True) -> Path:
     """An export of a small, valid database, then edited with raw SQL as an attacker would."""
     (tmp_path / "m.gguf").write_bytes(b"GGUF" + bytes(60))
@@ -687,12 +691,14 @@ BAD_ROWS = {
         "INSERT INTO models (name, created_at, updated_at, ctx_size) VALUES ('bad-ctx', 1, 1, 'huge')",
         "models", "bad-ctx", "ctx_size"),
     "a cache entry with NULL prompt": ((
-        "CREATE TABLE loose AS SELECT * FROM cache", "DROP TABLE cache", "ALTER TABLE loose RENAME TO cache",
+        *_DROP_CACHE_VIEWS, "CREATE TABLE loose AS SELECT * FROM cache", "DROP TABLE cache",
+        "ALTER TABLE loose RENAME TO cache",
         "INSERT INTO cache (cache_key, kind, prompt, prompt_hash, model_path, model_name, model_identity,"
         " config_json, response_text, size_bytes, created_at, hit_count, last_used_at)"
         " VALUES ('k-null', 'completion', NULL, 'h', 'm', 'm', 'i', '{}', 'r', 1, 1, 0, 1)"), "cache", "k-null", "prompt"),
     "two cache entries with one key": ((
-        "CREATE TABLE loose AS SELECT * FROM cache", "DROP TABLE cache", "ALTER TABLE loose RENAME TO cache",
+        *_DROP_CACHE_VIEWS, "CREATE TABLE loose AS SELECT * FROM cache", "DROP TABLE cache",
+        "ALTER TABLE loose RENAME TO cache",
         "INSERT INTO cache SELECT * FROM cache"), "cache", None, "same cache_key"),
 }
 

@@ -528,14 +528,16 @@ def test_app_levels_still_decide_what_the_console_shows(console: io.StringIO) ->
 
 def test_time_and_paging_errors_name_the_argument(debug_db: CyllamaDB) -> None:
     debug_db.log("INFO", "one")
+    with pytest.raises(ValueError, match="since='yesterday'"):
+        debug_db.get_logs(since="yesterday")
+    with pytest.raises(ValueError, match="until='now'"):
+        debug_db.get_logs(until="now")
     with pytest.raises(TypeError, match="since"):
-        debug_db.get_logs(since="yesterday")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="until"):
-        debug_db.get_logs(until="now")  # type: ignore[arg-type]
+        debug_db.get_logs(since=[1])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="since"):
         debug_db.get_logs(since=float("nan"))
     with pytest.raises(TypeError, match="older_than"):
-        debug_db.prune_logs(older_than="30d")  # type: ignore[arg-type]
+        debug_db.prune_logs(older_than=b"30d")  # type: ignore[arg-type]
     # Beyond SQLite's integers: "no limit", "past the end", "keep everything".
     assert len(debug_db.get_logs(limit=10**30)) == 1
     assert debug_db.get_logs(offset=10**30) == []

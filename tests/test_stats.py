@@ -636,7 +636,7 @@ def test_prune_stats(any_db: CyllamaDB) -> None:
     with pytest.raises(TypeError, match="older_than"):
         any_db.prune_stats(older_than=None)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        any_db.prune_stats(older_than="7d")  # type: ignore[arg-type]
+        any_db.prune_stats(older_than=b"7d")  # type: ignore[arg-type]
 
 
 def test_prune_everything_empties_the_rollup(memory_db: CyllamaDB) -> None:
@@ -964,16 +964,18 @@ def test_record_generation_checks_argument_types(memory_db: CyllamaDB) -> None:
 
 def test_time_and_paging_errors_name_the_argument(memory_db: CyllamaDB) -> None:
     record_at(memory_db, T0)
+    with pytest.raises(ValueError, match="since='yesterday'"):
+        memory_db.get_stats_summary(since="yesterday")
+    with pytest.raises(ValueError, match="until='now'"):
+        memory_db.get_stats_summary(until="now")
     with pytest.raises(TypeError, match="since"):
-        memory_db.get_stats_summary(since="yesterday")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="until"):
-        memory_db.get_stats_summary(until="now")  # type: ignore[arg-type]
+        memory_db.get_stats_summary(since=object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="since"):
         memory_db.get_stats_summary(since=math.nan)
     with pytest.raises(ValueError, match="until"):
         memory_db.get_stats_summary(until=10**400)
     with pytest.raises(TypeError, match="older_than"):
-        memory_db.prune_stats(older_than="7d")  # type: ignore[arg-type]
+        memory_db.prune_stats(older_than=["7d"])  # type: ignore[arg-type]
     # Beyond SQLite's integers a limit means "no limit", an offset "past the end".
     assert len(memory_db.get_generation_history(limit=10**30)) == 1
     assert memory_db.get_generation_history(offset=10**30) == []

@@ -130,12 +130,20 @@ def _restore_custom_text(incoming: Any, stored: Any) -> Any:
     return _restore_custom_text(incoming, stored)
 
 
+# The tables SQLite keeps for each FTS5 (or FTS3/4) virtual table.
+_SHADOW_SUFFIXES = ("_data", "_idx", "_content", "_docsize", "_config", "_segments", "_segdir", "_stat")
+
+
 def _user_tables(conn: sqlite3.Connection, schema: str = "main") -> list[str]:
+    """The tables holding data: not schema_version, and not virtual tables (the full-text
+    indexes) or their shadow tables, which triggers derive from the data."""
     rows = conn.execute(
-        f"SELECT name FROM {_quote(schema)}.sqlite_master WHERE type = 'table'"
+        f"SELECT name, sql FROM {_quote(schema)}.sqlite_master WHERE type = 'table'"
         " AND name NOT LIKE 'sqlite_%' ORDER BY name"
     ).fetchall()
-    return [r[0] for r in rows if r[0] not in _INTERNAL_TABLES]
+    virtual = {name for name, sql in rows if str(sql or "").upper().startswith("CREATE VIRTUAL TABLE")}
+    shadows = {v + suffix for v in virtual for suffix in _SHADOW_SUFFIXES}
+    return [name for name, _ in rows if name not in _INTERNAL_TABLES and name not in virtual | shadows]
 
 
 def _derived_tables(conn: sqlite3.Connection) -> set[str]:

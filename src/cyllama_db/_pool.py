@@ -217,11 +217,19 @@ class ConnectionPool:
     """Hands out the calling thread's connection; closes them all on :meth:`close`."""
 
     def __init__(
-        self, path: str, *, busy_timeout: float = 30.0, memory: bool = False, readonly: bool = False
+        self,
+        path: str,
+        *,
+        busy_timeout: float = 30.0,
+        memory: bool = False,
+        readonly: bool = False,
+        auto_vacuum: bool = False,
     ) -> None:
         self.path = path
         self.memory = memory
         self.busy_timeout = busy_timeout
+        #: a new (empty) database gets ``PRAGMA auto_vacuum = INCREMENTAL`` (else NONE)
+        self.auto_vacuum = auto_vacuum
         #: every write raises ReadOnlyDatabaseError (file connections are opened ``mode=ro``)
         self.readonly = readonly
         self._fork_held = False
@@ -282,7 +290,11 @@ class ConnectionPool:
             conn.execute("PRAGMA foreign_keys = ON")
             if read_only_file:
                 conn.execute("PRAGMA query_only = ON")
-            elif target != ":memory:":
+            elif conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+                # A new, empty database: its auto-vacuum mode can only be chosen
+                # now, before anything (switching to WAL included) writes page 1.
+                conn.execute(f"PRAGMA auto_vacuum = {'INCREMENTAL' if self.auto_vacuum else 'NONE'}")
+            if not read_only_file and target != ":memory:":
                 conn.execute("PRAGMA journal_mode = WAL")
                 # NORMAL is durable across application crashes in WAL mode; only an
                 # OS crash or power loss can drop the last commits.

@@ -37,6 +37,10 @@ ENV_VARS: dict[str, str] = {
     "CYLLAMA_OTEL": (
         "1 or 0 (default): emit an OpenTelemetry span and gen_ai metrics for every generation"
     ),
+    "CYLLAMA_AUTO_VACUUM": (
+        "1 (default) or 0: new files use incremental auto-vacuum, and space freed by deletes "
+        "(cleanup, eviction, pruning) is given back to the file system"
+    ),
     "CYLLAMA_DB_FALLBACK": (
         "memory (default) or raise: what to do when the file is unusable (not SQLite, corrupt, "
         "a directory); raise refuses to run on an in-memory database"
@@ -197,6 +201,8 @@ class Settings:
     readonly: bool = False
     #: "memory" or "raise": the answer to a file that is not SQLite, corrupt or a directory
     fallback: str = "memory"
+    #: new files get incremental auto-vacuum; freed pages are returned after deletes
+    auto_vacuum: bool = True
 
     @classmethod
     def resolve(
@@ -214,6 +220,7 @@ class Settings:
         opentelemetry: bool | None = None,
         readonly: bool = False,
         fallback: str | None = None,
+        auto_vacuum: bool | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Build settings from arguments, then the environment, then defaults."""
@@ -311,6 +318,14 @@ class Settings:
         else:
             raise ConfigurationTypeError(f"opentelemetry must be True or False, got {opentelemetry!r}")
 
+        if auto_vacuum is None:
+            raw = _env(env, "CYLLAMA_AUTO_VACUUM")
+            vacuum = True if raw is None else _parse_bool("CYLLAMA_AUTO_VACUUM", raw)
+        elif isinstance(auto_vacuum, bool):
+            vacuum = auto_vacuum
+        else:
+            raise ConfigurationTypeError(f"auto_vacuum must be True or False, got {auto_vacuum!r}")
+
         return cls(
             path=resolved,
             enabled=enabled,
@@ -324,4 +339,5 @@ class Settings:
             opentelemetry=otel,
             readonly=readonly,
             fallback=answer,
+            auto_vacuum=vacuum,
         )

@@ -12,7 +12,16 @@ import re
 import time
 from datetime import datetime, timedelta, timezone
 
-__all__ = ["MAX_DURATION", "MAX_TIMESTAMP", "MIN_TIMESTAMP", "from_timestamp", "parse_duration", "to_timestamp"]
+__all__ = [
+    "MAX_DURATION",
+    "MAX_TIMESTAMP",
+    "MIN_TIMESTAMP",
+    "from_timestamp",
+    "parse_duration",
+    "parse_when",
+    "time_arg",
+    "to_timestamp",
+]
 
 #: The Unix seconds a datetime can stand for (years 1 to 9999, UTC): a stored or
 #: given time outside them cannot be shown, compared as a datetime or bucketed.
@@ -77,16 +86,50 @@ def _checked(seconds: float | int, text: object) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def to_timestamp(
-    value: datetime | timedelta | float | int, *, now: float | None = None, name: str = "time"
-) -> float:
-    """Turn a datetime, a timedelta (meaning "that long before now") or a number into Unix seconds.
+def parse_when(text: str) -> timedelta | datetime:
+    """A moment written as text: a duration meaning "that long ago", or an ISO-8601 date/time.
 
-    Naive datetimes are taken as local time, as ``datetime.timestamp()`` does.
-    A wrong type raises ``TypeError`` naming the argument ``name``; a number
-    (or a timedelta) that is not finite or lands outside the years 1 to 9999
-    raises :class:`~cyllama_db.errors.OutOfRangeError` (a ``ValueError``).
+    ``"90s"``, ``"15m"``, ``"1h"``, ``"7d"``, ``"2w"`` (and a bare number of
+    seconds, ``"3600"``) come back as a :class:`~datetime.timedelta`, read by
+    :func:`parse_duration`; ``"2024-05-01"``, ``"2024-05-01T12:30"`` or
+    ``"2024-05-01T12:30:00+02:00"`` / ``"...Z"`` as a :class:`~datetime.datetime`
+    (without an offset it is local time, as for naive datetimes). This one
+    function reads every ``since``/``until``/``older_than`` given as text,
+    in the Python API and on the command line alike. Raises ``TypeError``
+    for a non-str and ``ValueError`` for text that is neither.
     """
+    if not isinstance(text, str):
+        raise TypeError(f"expected text such as '7d' or '2024-05-01', got {type(text).__name__}")
+    stripped = text.strip()
+    if _DURATION_RE.match(stripped):
+        return parse_duration(stripped)
+    if stripped.endswith(("z", "Z")):
+        stripped = stripped[:-1] + "+00:00"  # fromisoformat reads "Z" only from Python 3.11 on
+    try:
+        moment = datetime.fromisoformat(stripped)
+    except ValueError:
+        raise ValueError(
+            f"not a duration or a date: {_shown(text)} (expected e.g. 90m, 24h, 7d, "
+            "or an ISO-8601 date such as 2024-05-01 or 2024-05-01T12:30:00Z)"
+        ) from None
+    return moment
+
+
+def to_timestamp(
+    value: datetime | timedelta | float | int | str, *, now: float | None = None, name: str = "time"
+) -> float:
+    """Turn a datetime, a timedelta or duration text (meaning "that long before now"),
+    ISO-8601 text or a number into Unix seconds.
+
+    Text is read by :func:`parse_when` (``"7d"``, ``"90m"``, ``"2024-05-01"``).
+    Naive datetimes are taken as local time, as ``datetime.timestamp()`` does.
+    A wrong type raises ``TypeError`` naming the argument ``name``; text that
+    is neither a duration nor a date raises ``ValueError``; a number (or a
+    timedelta) that is not finite or lands outside the years 1 to 9999 raises
+    :class:`~cyllama_db.errors.OutOfRangeError` (a ``ValueError``).
+    """
+    if isinstance(value, str):
+        value = parse_when(value)
     if isinstance(value, datetime):
         try:
             return value.timestamp()
@@ -96,7 +139,8 @@ def to_timestamp(
         ts = (time.time() if now is None else now) - value.total_seconds()
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(
-            f"{name} must be a datetime, a timedelta or Unix seconds, got {type(value).__name__}"
+            f"{name} must be a datetime, a timedelta, Unix seconds or text such as '7d' or "
+            f"'2024-05-01', got {type(value).__name__}"
         )
     else:
         try:
@@ -115,6 +159,27 @@ def _out_of_range(name: str, value: object) -> ValueError:
         f"{name}={_shown(value)} is out of range: a time must lie between the years 1 and 9999 "
         f"(Unix seconds {MIN_TIMESTAMP:.0f} to {MAX_TIMESTAMP:.0f}); pass a datetime, a timedelta or Unix seconds in it"
     )
+
+
+def time_arg(value: object, name: str, now: float) -> float:
+    """``to_timestamp(value)`` for the argument ``name``, with errors that name it.
+
+    Every ``since``/``until``/``older_than`` of the public API goes through
+    here: a datetime, Unix seconds, a timedelta or duration text (``"7d"``:
+    that long before ``now``), or ISO-8601 text.
+    """
+    try:
+        ts = to_timestamp(value, now=now)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"{name} must be a datetime, a timedelta, Unix seconds or text such as '7d', '90m' "
+            f"or '2024-05-01', got {type(value).__name__}"
+        ) from None
+    except (OverflowError, ValueError) as exc:
+        raise ValueError(f"{name}={_shown(value)} is not a usable time: {exc}") from None
+    if math.isnan(ts):
+        raise ValueError(f"{name} must not be NaN")
+    return ts
 
 
 def from_timestamp(value: float | None) -> datetime | None:

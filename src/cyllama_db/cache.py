@@ -76,11 +76,12 @@ from ._cacheutil import (
     sha256_text,
 )
 from ._openai import skeleton
-from ._time import from_timestamp, parse_duration, to_timestamp
+from ._search import CACHE_FTS, CACHE_INDEX, fts_query, refresh, require_index, sync_index
+from ._time import from_timestamp, parse_duration, time_arg
 from ._validate import check_path
 from .errors import DatabaseClosedError
-from .types import GenerationConfig, GenerationStats, Response
 from .migrations import execute_script, migration
+from .types import GenerationConfig, GenerationStats, Response
 
 __all__ = [
     "OUTPUT_LOAD_OPTIONS",
@@ -555,12 +556,23 @@ class CacheMixin(StoreBase):
 
     def _store_flush(self) -> None:
         self._cache_flush_hits()
+        self._cache_refresh_index()
+
+    def _cache_refresh_index(self) -> None:
+        """Index the entries stored since the last sync (full-text search); a no-op if none."""
+        pool = self._pool
+        if pool is not None and not pool.closed and not pool.readonly:
+            refresh(pool, CACHE_INDEX)
 
     def _store_close(self) -> None:
         try:
             self._cache_flush_hits()
         except Exception as exc:  # closing must not fail over bookkeeping
             logger.warning("could not write buffered cache hit counts: %s", exc)
+        try:
+            self._cache_refresh_index()
+        except Exception as exc:
+            logger.debug("cache search index not brought up to date: %s", exc)
 
     # -- public API --------------------------------------------------------------------------
 
@@ -657,7 +669,7 @@ class CacheMixin(StoreBase):
         self,
         prompt: str | Sequence[Mapping[str, Any]] | None = None,
         model_path: str | os.PathLike[str] | None = None,
-        older_than: datetime | timedelta | float | None = None,
+        older_than: datetime | timedelta | float | str | None = None,
         *,
         namespace: str | None = None,
     ) -> int:
@@ -669,7 +681,8 @@ class CacheMixin(StoreBase):
           (older versions of the file). For a path that does not exist, a bare
           file name (``"model.gguf"``) matches entries of any file with that name;
         * ``older_than``: entries created before this datetime, before this
-          long ago (timedelta), or before these Unix seconds;
+          long ago (a timedelta or duration text: ``older_than="7d"``), before
+          these Unix seconds, or before this ISO-8601 date/time text;
         * ``namespace``: entries of this namespace only (given per call as
           ``complete(..., namespace=...)``). Without it every namespace matches.
         """
@@ -697,9 +710,12 @@ class CacheMixin(StoreBase):
             clauses.append("(" + " OR ".join(options) + ")")
         if older_than is not None:
             clauses.append("created_at < ?")
-            params.append(to_timestamp(older_than, now=self.clock(), name="older_than"))
+            params.append(time_arg(older_than, "older_than", self.clock()))
         with self.pool.transaction() as conn:
             removed = self._cache_delete_where(conn, " AND ".join(clauses) or "1", params)
+            if removed:
+                sync_index(conn, CACHE_INDEX)  # drop them from the search index now
+                self._reclaim(conn)
         logger.debug("invalidated %d cache entries", removed)
         return int(removed)
 
@@ -773,6 +789,82 @@ class CacheMixin(StoreBase):
         check_path(model, "model_path")
         return select_model(self, model)
 
+    @db_op(empty=list)
+    def search_cache(
+        self,
+        query: str,
+        limit: int = 20,
+        *,
+        model_path: str | os.PathLike[str] | None = None,
+        namespace: str | None = None,
+        include_expired: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Cache entries whose prompt or response matches ``query``, best match first.
+
+        A full-text search (SQLite FTS5, ranked by BM25): every word must
+        appear, in any case and with or without accents (``cafe`` finds
+        ``Café``); ``"a phrase"`` in double quotes matches those words in
+        that order; ``word*`` matches any word starting with ``word``.
+        Nothing else is query syntax (``OR``, ``NEAR``, ``-`` are plain
+        text). The prompt of a chat entry is its messages as JSON, so role
+        names (``user``) match too.
+
+        Each result is a dict as :meth:`list_cache_entries` gives, plus
+        ``response_text`` and ``snippet`` (the best matching part, the
+        matched words in ``[`` ``]``). ``model_path`` and ``namespace``
+        filter as there; expired entries are left out unless
+        ``include_expired``. Raises
+        :class:`~cyllama_db.errors.SearchUnavailableError` if this SQLite
+        has no FTS5.
+        """
+        match = fts_query(query, "query")
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be an int, got {type(limit).__name__}")
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        if not isinstance(include_expired, bool):
+            raise TypeError(f"include_expired must be True or False, got {include_expired!r}")
+        self._cache_flush_hits_quietly()
+        # Entries whose indexed text is pending removal (changed or gone) are
+        # left out: that matters only where the index could not be synced first.
+        clauses = [f"c.id NOT IN (SELECT id FROM {CACHE_FTS}_pending)"]
+        params: list[Any] = []
+        if model_path is not None:
+            clause, args = _selection_sql(self._select_model(model_path))
+            clauses.append(clause.replace("model_path IN", "c.model_path IN").replace("model_identity IN", "c.model_identity IN"))
+            params += args
+        if namespace is not None:
+            clauses.append("c.namespace = ?")
+            params.append("" if namespace == "" else check_namespace(namespace))
+        if not include_expired:
+            clauses.append("(c.expires_at IS NULL OR c.expires_at > ?)")
+            params.append(self.clock())
+        names = (
+            "cache_key", "kind", "namespace", "model_name", "model_path", "prompt", "response_text",
+            "finish_reason", "tokens_generated", "size_bytes", "hit_count", "created_at", "expires_at",
+            "last_hit_at", "last_used_at",
+        )
+        # Best effort, as every read's bookkeeping: a read never waits on a write.
+        self._flush_for_read(self._cache_refresh_index)
+        with self.pool.read() as conn:
+            require_index(conn, CACHE_FTS)
+            rows = conn.execute(
+                f"SELECT {', '.join('c.' + n for n in names)},"
+                f" snippet({CACHE_FTS}, -1, '[', ']', '…', 16)"
+                f" FROM {CACHE_FTS} JOIN cache AS c ON c.id = {CACHE_FTS}.rowid"
+                f" WHERE {CACHE_FTS} MATCH ? AND {' AND '.join(clauses)}"
+                f" ORDER BY {CACHE_FTS}.rank, c.id DESC LIMIT ?",
+                (match, *params, min(limit, 2**63 - 1)),
+            ).fetchall()
+        entries = []
+        for row in rows:
+            entry = dict(zip(names, row[:-1], strict=True))
+            entry["snippet"] = row[-1]
+            for name in ("created_at", "expires_at", "last_hit_at", "last_used_at"):
+                entry[name] = from_timestamp(entry[name])
+            entries.append(entry)
+        return entries
+
     def _cache_flush_hits_quietly(self) -> None:
         # A listing must not fail (or wait) because hit counts cannot be written now.
         try:
@@ -797,6 +889,8 @@ class CacheMixin(StoreBase):
                 conn.execute(_RECOUNT_SQL)
                 evicted, total = self._cache_settle(conn, limit=limit, target=limit, keep_key=None)
                 removed += evicted
+                if removed:
+                    self._reclaim(conn)
         except BaseException:
             estimate.forget()
             raise
@@ -1033,12 +1127,22 @@ class CacheMixin(StoreBase):
         """Inside a write transaction: fold the uncounted rows into ``cache_totals``; if the
         total is over ``limit``, evict down to ``target``. Returns ``(evicted, exact total)``."""
         conn.execute(_FOLD_SQL)
+        # The same periodic sync indexes the entries stored since the last one
+        # for full-text search: in a batch (an FTS5 write per insert would
+        # double an insert's cost), and about 1% of the cache at a time.
+        sync_index(conn, CACHE_INDEX)
         total = int(conn.execute(_COUNTED_SQL).fetchone()[0])
         if total <= limit:
             return 0, total
         # The LRU order must include the hits still in the buffer.
         self._cache_flush_hits()
         evicted, freed = self._cache_evict(conn, total=total, target=target, keep_key=keep_key)
+        if evicted:
+            sync_index(conn, CACHE_INDEX)
+            # A no-op unless the eviction left an eighth of the file free (e.g.
+            # after the limit was lowered): pages freed by the usual small
+            # evictions are reused by the next inserts.
+            self._reclaim(conn)
         return evicted, total - freed
 
     def _cache_evict(

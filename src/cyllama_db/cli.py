@@ -32,7 +32,8 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from ._time import _shown, parse_duration
+from ._search import fts_query
+from ._time import _shown, parse_when
 
 if TYPE_CHECKING:
     from .database import CyllamaDB
@@ -89,9 +90,13 @@ class _Parser(argparse.ArgumentParser):
 # -- argument types ------------------------------------------------------------------------
 
 
-def _duration(text: str) -> timedelta:
+def _duration(text: str) -> timedelta | datetime:
+    """``--since``/``--until``/``--older-than``: read by the API's own parser (``_time.parse_when``).
+
+    A duration (``7d``, ``90m``: that long ago) or an ISO-8601 date/time.
+    """
     try:
-        value = parse_duration(text)
+        value = parse_when(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return value
@@ -907,6 +912,31 @@ def _preview(text: Any, width: int = 40) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
+def _cmd_cache_search(args: argparse.Namespace) -> int:
+    with _open(args, reads=True) as db:
+        try:
+            fts_query(args.text, "TEXT")
+        except ValueError as exc:
+            raise UsageError(str(exc), f"{PROG} cache search") from None
+        entries = _require(db, "search_cache", "cache")(
+            args.text, limit=args.n, model_path=args.model, namespace=args.namespace,
+            include_expired=args.expired,
+        )
+    if args.json:
+        _print_json(entries)
+        return 0
+    if not entries:
+        print(f"no cache entries match {args.text!r}")
+        return 0
+    _table(
+        [[str(e.get("cache_key", ""))[:16], e.get("model_name") or _short_path(e.get("model_path")),
+          e.get("namespace") or "-", e.get("hit_count"), e.get("created_at"),
+          _preview(e.get("snippet"), 72)] for e in entries],
+        ["key", "model", "namespace", "hits", "created", "match"],
+    )
+    return 0
+
+
 def _cmd_cache_show(args: argparse.Namespace) -> int:
     prefix = args.key.strip().lower()
     if not prefix:
@@ -1023,7 +1053,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 def _cmd_history(args: argparse.Namespace) -> int:
     with _open(args, reads=True) as db:
         rows = _require(db, "get_generation_history", "statistics")(
-            limit=args.n, offset=args.offset, model_path=args.model
+            limit=args.n, offset=args.offset, model_path=args.model, since=args.since, until=args.until
         )
     if args.json:
         _print_json(rows)
@@ -1065,10 +1095,15 @@ def _emit_logs(entries: Sequence[Mapping[str, Any]], as_json: bool, stream: Text
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
+    if args.search is not None:
+        try:
+            fts_query(args.search, "-q")
+        except ValueError as exc:
+            raise UsageError(str(exc), f"{PROG} logs") from None
     with _open(args, reads=True) as db:
         get_logs = _require(db, "get_logs", "logs")
         entries = list(reversed(get_logs(
-            level=args.level, category=args.category, since=args.since, limit=args.n
+            level=args.level, category=args.category, since=args.since, limit=args.n, search=args.search
         )))
         if not args.follow:
             if args.json:
@@ -1089,7 +1124,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
                 since: Any = last if last is not None else args.since
                 fresh = [
                     e for e in reversed(get_logs(level=args.level, category=args.category,
-                                                 since=since, limit=100_000))
+                                                 since=since, limit=100_000, search=args.search))
                     if not (e["created_at"] == last and e.get("id") in seen)
                 ]
                 if not fresh:
@@ -1500,13 +1535,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="newest first (default) or most-hit first")
     p.add_argument("--model", metavar="PATH", help="only entries of this model")
     p.add_argument("--namespace", metavar="NAME", help="only entries of this namespace")
+    p = _command(cache, "search", _cmd_cache_search,
+                 "entries whose prompt or response matches TEXT (full-text), best first", read=True)
+    p.add_argument("text", help='words (all must appear), "a phrase" in double quotes, prefix*')
+    p.add_argument("-n", type=_positive_int, default=20, metavar="N", help="how many (default 20)")
+    p.add_argument("--model", metavar="PATH", help="only entries of this model")
+    p.add_argument("--namespace", metavar="NAME", help="only entries of this namespace")
+    p.add_argument("--expired", action="store_true", help="include expired entries")
     p = _command(cache, "show", _cmd_cache_show, "one entry in full", read=True)
     p.add_argument("key", help="the cache key (a unique prefix is enough)")
     p = _command(cache, "invalidate", _cmd_cache_invalidate, "remove matching entries")
     p.add_argument("--model", metavar="PATH", help="entries of this model")
     p.add_argument("--prompt", help="entries for this exact prompt")
     p.add_argument("--older-than", type=_duration, metavar="DURATION",
-                   help="entries created longer ago than this (e.g. 7d, 12h)")
+                   help="entries created longer ago than this (e.g. 7d, 12h), or before a date (2024-05-01)")
     p.add_argument("--namespace", metavar="NAME", help="entries of this namespace")
     p.add_argument("--all", action="store_true", help="every entry")
     _command(cache, "cleanup", _cmd_cache_cleanup,
@@ -1517,13 +1559,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "stats", _cmd_stats, "generation statistics per model", read=True)
     p.add_argument("--model", metavar="PATH", help="only this model")
     p.add_argument("--since", type=_duration, metavar="DURATION",
-                   help="only the last DURATION (e.g. 7d, 24h)")
+                   help="only the last DURATION (e.g. 7d, 24h), or from a date (2024-05-01)")
     p.add_argument("--until", type=_duration, metavar="DURATION",
-                   help="only up to DURATION ago")
+                   help="only up to DURATION ago, or before a date")
     p = _command(sub, "history", _cmd_history, "recorded generations, newest first", read=True)
     p.add_argument("-n", type=_positive_int, default=20, metavar="N", help="how many (default 20)")
     p.add_argument("--offset", type=_non_negative_int, default=0, help="skip this many first")
     p.add_argument("--model", metavar="PATH", help="only this model")
+    p.add_argument("--since", type=_duration, metavar="DURATION",
+                   help="only the last DURATION (e.g. 24h), or from a date (2024-05-01)")
+    p.add_argument("--until", type=_duration, metavar="DURATION",
+                   help="only up to DURATION ago, or before a date")
 
     # logs
     p = _command(sub, "logs", _cmd_logs, "structured log entries, oldest of the last N first",
@@ -1533,7 +1579,10 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
                    help="this level and above")
     p.add_argument("--category", help="only this category (logger name)")
-    p.add_argument("--since", type=_duration, metavar="DURATION", help="only the last DURATION")
+    p.add_argument("--since", type=_duration, metavar="DURATION",
+                   help="only the last DURATION (e.g. 1h), or from a date (2024-05-01)")
+    p.add_argument("-q", "--search", metavar="TEXT",
+                   help='only entries whose text matches TEXT (full-text: words, "a phrase", prefix*)')
     p.add_argument("-f", "--follow", action="store_true",
                    help="keep printing new entries until Ctrl-C (with --json: JSON lines)")
     p.add_argument("--interval", type=_positive_float, default=1.0, metavar="SECONDS",

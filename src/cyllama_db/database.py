@@ -16,7 +16,7 @@ import threading
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from . import _files
+from . import _files, _search, _views  # noqa: F401  (register migrations 8 and 9)
 from . import _pool as _pool_module
 from . import migrations as _migrations
 from ._base import DB_STATS_PROVIDERS, StoreBase, db_op
@@ -194,6 +194,16 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
             database (:attr:`fallback_reason` says why); ``"raise"`` raises
             :class:`~cyllama_db.errors.DatabaseFileError`. Default:
             ``$CYLLAMA_DB_FALLBACK`` or ``"memory"``.
+        auto_vacuum: keep the file from staying large after deletes. A new
+            file is made with SQLite's incremental auto-vacuum, and when
+            cleanup, eviction, invalidation or pruning leaves more than an
+            eighth of it free, up to :data:`~cyllama_db._base.RECLAIM_MAX_PAGES`
+            free pages are given back (``PRAGMA incremental_vacuum``) in the
+            same transaction. A file made without it (older cyllama-db, or
+            ``auto_vacuum=False``) is switched by one full :meth:`vacuum`.
+            ``False``: new files are made without it and nothing is given
+            back automatically (freed pages are reused by later writes).
+            Default: ``$CYLLAMA_AUTO_VACUUM`` or True.
 
     Everything else raises and leaves the file as it was, since silently
     forgetting everything would be worse than stopping: another
@@ -221,6 +231,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
         opentelemetry: bool | None = None,
         readonly: bool = False,
         fallback: str | None = None,
+        auto_vacuum: bool | None = None,
     ) -> None:
         self.settings = Settings.resolve(
             path=path,
@@ -235,6 +246,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
             opentelemetry=opentelemetry,
             readonly=readonly,
             fallback=fallback,
+            auto_vacuum=auto_vacuum,
         )
         self._pool = None
         self.fallback_reason: str | None = None
@@ -274,7 +286,10 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
         self._pool = self._open_memory()
 
     def _open_memory(self) -> ConnectionPool:
-        pool = ConnectionPool(":memory:", busy_timeout=self.settings.busy_timeout, memory=True)
+        pool = ConnectionPool(
+            ":memory:", busy_timeout=self.settings.busy_timeout, memory=True,
+            auto_vacuum=self.settings.auto_vacuum,
+        )
         with pool.read() as conn:
             _migrations.migrate(conn, ":memory:")
         return pool
@@ -336,7 +351,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
             raise _readonly_error(path, f"{path} is not writable by this user")
         try:
             self._check_file(path)
-            pool = ConnectionPool(path, busy_timeout=busy, readonly=readonly)
+            pool = ConnectionPool(path, busy_timeout=busy, readonly=readonly, auto_vacuum=self.settings.auto_vacuum)
             try:
                 with pool.read() as conn:
                     if readonly:
@@ -474,12 +489,20 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
 
     @db_op()  # maps sqlite3 errors to the library's (issue 13)
     def vacuum(self) -> None:
-        """Rebuild the file to reclaim free pages (``VACUUM``) and checkpoint the WAL."""
+        """Rebuild the file to reclaim free pages (``VACUUM``) and checkpoint the WAL.
+
+        With ``auto_vacuum`` on (the default), a file made without
+        incremental auto-vacuum (by an older cyllama-db, or with
+        ``auto_vacuum=False``) is switched to it by this rebuild: SQLite can
+        only change the mode of an existing file with a full ``VACUUM``.
+        """
         if not self.enabled:
             return
         self.pool.check_writable()
         self._run_hooks("_store_flush")
         with self.pool.read() as conn:
+            if self.settings.auto_vacuum and conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0:
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect with the VACUUM
             conn.execute("VACUUM")
             if not self.is_memory:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -496,7 +519,8 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
 
     @db_op(empty=dict)  # maps sqlite3 errors to the library's (issue 13)
     def get_db_stats(self) -> dict[str, Any]:
-        """Path, sizes, schema version and a row count per store (``{}`` when disabled)."""
+        """Path, sizes, schema version, the file's auto-vacuum mode (``"incremental"``,
+        ``"none"``) and free pages, and a row count per store (``{}`` when disabled)."""
         if not self.enabled:
             return {}
         self._flush_for_read()
@@ -514,6 +538,9 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
             "schema_version": self.schema_version(),
         }
         with self.pool.read() as conn:
+            mode = conn.execute("PRAGMA auto_vacuum").fetchone()[0]
+            stats["auto_vacuum"] = {0: "none", 1: "full", 2: "incremental"}.get(mode, str(mode))
+            stats["free_pages"] = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
             for provider in DB_STATS_PROVIDERS:
                 stats.update(provider(conn))
         return stats

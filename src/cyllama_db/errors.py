@@ -35,6 +35,7 @@ __all__ = [
     "OutOfRangeError",
     "ReadOnlyDatabaseError",
     "SchemaVersionError",
+    "SearchUnavailableError",
     "UncacheableError",
     "UnknownModelError",
 ]
@@ -283,3 +284,12 @@ class GrammarError(CyllamaDBError, ValueError):
 
 class JSONSchemaError(GrammarError):
     """A JSON schema that cannot be turned into a grammar (not a schema, an unknown type, a ``$ref`` that does not resolve)."""
+
+
+class SearchUnavailableError(CyllamaDBError, RuntimeError):
+    """Full-text search was asked for, but the database has no search index.
+
+    The index needs SQLite's FTS5 extension, which this Python's SQLite lacks
+    (or lacked when the file was upgraded); the message says which, and how
+    to get it. Everything else keeps working without it.
+    """

@@ -29,6 +29,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ._base import StoreBase, db_op, db_stats_provider
+from ._search import (
+    LOGS_FTS,
+    LOGS_INDEX,
+    fts_query,
+    refresh,
+    require_index,
+    search_clause,
+    sync_index,
+)
 from ._settings import LOG_LEVELS
 from ._time import from_timestamp
 from ._validate import check_text
@@ -38,6 +47,10 @@ from .stats import _check_limit, _time_arg
 __all__ = ["LOG_COLUMNS", "CyllamaDBHandler", "LogsMixin", "level_name"]
 
 LIBRARY_LOGGER = "cyllama_db"
+
+#: Log rows are indexed for full-text search every this many writes (and
+#: before a search, at close): see ``_search``.
+LOG_INDEX_BATCH = 256
 
 #: Characters of a prompt kept in ``prompt_preview``.
 PROMPT_PREVIEW_CHARS = 100
@@ -204,6 +217,17 @@ class LogsMixin(StoreBase):
     """``log``, ``get_logs``, ``prune_logs``; attaches the library logger with ``log_to_db``."""
 
     _log_handler: CyllamaDBHandler | None = None
+    #: log rows written by this object since it last brought the search index up to date
+    _logs_unindexed: int = 0
+
+    def _store_flush(self) -> None:
+        self._logs_refresh_index()
+
+    def _logs_refresh_index(self) -> None:
+        """Index the log rows written since the last sync (full-text search); a no-op if none."""
+        if self._pool is not None and not self._pool.closed and not self._pool.readonly:
+            refresh(self._pool, LOGS_INDEX)
+            self._logs_unindexed = 0
 
     def _store_init(self) -> None:
         if self.settings.log_to_db:
@@ -217,6 +241,10 @@ class LogsMixin(StoreBase):
         handler, self._log_handler = self._log_handler, None
         if handler is not None:
             _detach_library_logger(handler)
+        try:
+            self._logs_refresh_index()
+        except Exception as exc:  # closing must not fail over the search index
+            logging.getLogger(LIBRARY_LOGGER).debug("log search index not brought up to date: %s", exc)
 
     def _log_open_events(self) -> None:
         """Write what happened while opening, before the handler could be attached."""
@@ -337,6 +365,12 @@ class LogsMixin(StoreBase):
                         self.clock() if created_at is None else created_at,
                     ),
                 )
+                # New rows are indexed for search in batches, not one by one
+                # (a commit per row would write an FTS5 segment per row).
+                self._logs_unindexed += 1
+                if self._logs_unindexed >= LOG_INDEX_BATCH:
+                    sync_index(conn, LOGS_INDEX)
+                    self._logs_unindexed = 0
         finally:
             _writing.active = outer
         return cursor.lastrowid
@@ -348,11 +382,12 @@ class LogsMixin(StoreBase):
         self,
         level: str | int | None = None,
         category: str | None = None,
-        since: datetime | timedelta | float | None = None,
+        since: datetime | timedelta | float | str | None = None,
         limit: int = 100,
         *,
-        until: datetime | timedelta | float | None = None,
+        until: datetime | timedelta | float | str | None = None,
         offset: int = 0,
+        search: str | None = None,
     ) -> list[dict[str, Any]]:
         """Log rows, newest first, as plain dicts.
 
@@ -362,11 +397,19 @@ class LogsMixin(StoreBase):
             category: that category and its dotted children, as in
                 ``logging``'s hierarchy (``"cyllama_db"`` also matches
                 ``"cyllama_db.cache"``).
-            since: first moment included (datetime, Unix seconds, or a
-                timedelta meaning "that long ago").
-            until: first moment excluded.
+            since: first moment included: a datetime, Unix seconds, a
+                timedelta or duration text meaning "that long ago"
+                (``since="1h"``), or ISO-8601 text (``"2024-05-01T12:00Z"``).
+            until: first moment excluded (the same forms).
             limit: at most this many rows; ``offset`` skips the newest ones
                 (non-negative ints; beyond 2**63 - 1 they mean "no limit").
+            search: only rows whose ``message``, ``error_type``,
+                ``error_message`` or ``prompt_preview`` match this full-text
+                search (SQLite FTS5): every word must appear (any case, accents
+                ignored), ``"a phrase"`` in double quotes, ``word*`` for a
+                prefix; nothing else is query syntax. Still newest first.
+                Raises :class:`~cyllama_db.errors.SearchUnavailableError`
+                without FTS5.
 
         Each dict has ``id``, ``level``, ``category``, ``message``,
         ``context`` (the decoded dict or ``None``), ``model_path``,
@@ -377,6 +420,9 @@ class LogsMixin(StoreBase):
         offset = _check_limit(offset, "offset")
         clauses: list[str] = []
         args: list[Any] = []
+        if search is not None:
+            clauses.append(search_clause(LOGS_INDEX, "id"))
+            args.append(fts_query(search, "search"))
         if level is not None:
             floor = LOG_LEVELS[level_name(level)]
             names = [name for name, number in LOG_LEVELS.items() if number >= floor]
@@ -396,7 +442,12 @@ class LogsMixin(StoreBase):
             clauses.append("created_at < ?")
             args.append(_time_arg(until, "until", now))
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        if search is not None:
+            # Best effort, as every read's bookkeeping: a read never waits on a write.
+            self._flush_for_read(self._logs_refresh_index)
         with self.pool.read() as conn:
+            if search is not None:
+                require_index(conn, LOGS_FTS)
             rows = conn.execute(
                 "SELECT id, level, category, message, context_json, model_path, prompt_preview,"
                 f" error_type, error_message, stack_trace, created_at FROM logs{where}"
@@ -416,14 +467,15 @@ class LogsMixin(StoreBase):
     @db_op(empty=int)
     def prune_logs(
         self,
-        older_than: datetime | timedelta | float | None = None,
+        older_than: datetime | timedelta | float | str | None = None,
         keep_last: int | None = None,
     ) -> int:
         """Delete log rows; return how many.
 
         Each argument is a separate limit, and a row goes if either says so:
-        ``older_than`` (datetime, Unix seconds, or a timedelta meaning "that
-        long ago") removes rows written before it; ``keep_last=N`` keeps only
+        ``older_than`` (datetime, Unix seconds, ISO-8601 text, or a
+        timedelta or duration text such as ``"30d"`` meaning "that long
+        ago") removes rows written before it; ``keep_last=N`` keeps only
         the newest N rows. At least one is required.
         """
         if older_than is None and keep_last is None:
@@ -441,6 +493,9 @@ class LogsMixin(StoreBase):
                     " (SELECT id FROM logs ORDER BY created_at DESC, id DESC LIMIT ?)",
                     (keep_last,),
                 ).rowcount
+            if removed:
+                sync_index(conn, LOGS_INDEX)  # drop the pruned rows from the search index now
+                self._reclaim(conn)
         return removed
 
 

@@ -25,12 +25,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._base import StoreBase, db_op, db_stats_provider
-from ._time import from_timestamp
+from ._time import from_timestamp, parse_duration, time_arg
 from ._validate import check_path
 from .errors import DatabaseClosedError, MissingDependencyError
 from .migrations import execute_script, migration
@@ -252,8 +252,28 @@ def _check_interval(interval: Any) -> float:
     return value
 
 
+def _ms(seconds: float) -> int:
+    """Unix seconds as the table's milliseconds, clamped to SQLite's 64-bit integers."""
+    return int(max(min(seconds * 1000, 2.0**62), -(2.0**62)))
+
+
 def _check_minutes(minutes: Any) -> float:
-    value = _real(minutes, "minutes", "a number")
+    if isinstance(minutes, timedelta):
+        minutes = minutes.total_seconds() / 60
+    elif isinstance(minutes, str):
+        # A duration with its unit ("1h", "90m", "7d"); a bare number of
+        # minutes as text would read as seconds elsewhere, so it is refused.
+        text = minutes.strip()
+        if not text or text[-1].isdigit():
+            raise TypeError(
+                f"minutes must be a number of minutes, a timedelta or text with a unit such as "
+                f"'90m', '1h' or '7d', got the str {minutes!r}"
+            )
+        try:
+            minutes = parse_duration(text).total_seconds() / 60
+        except ValueError as exc:
+            raise ValueError(f"minutes={minutes!r} is not a duration: {exc}") from None
+    value = _real(minutes, "minutes", "a number, a timedelta or text such as '1h'")
     if not 0 < value <= MAX_HISTORY_MINUTES:  # also False for nan
         raise ValueError(
             f"minutes must be a positive number up to {MAX_HISTORY_MINUTES} (about 1000 years), "
@@ -327,8 +347,20 @@ class MetricsMixin(StoreBase):
         return cursor.lastrowid
 
     @db_op(empty=list)
-    def get_metrics_history(self, minutes: float = 10) -> list[dict[str, Any]]:
+    def get_metrics_history(
+        self,
+        minutes: float | timedelta | str = 10,
+        *,
+        since: datetime | timedelta | float | str | None = None,
+        until: datetime | timedelta | float | str | None = None,
+    ) -> list[dict[str, Any]]:
         """The samples of the last ``minutes`` minutes, oldest first.
+
+        ``minutes`` is a number of minutes, a timedelta or duration text with
+        its unit (``"1h"``, ``"90m"``, ``"7d"``). ``since`` (which then
+        replaces ``minutes``) and ``until`` take what every ``since`` of the
+        API takes: a datetime, Unix seconds, a timedelta or duration text
+        meaning "that long ago" (``since="2h"``), or ISO-8601 text.
 
         Each row is a plain dict: ``id``, ``timestamp`` (aware UTC datetime),
         ``timestamp_ms`` (the stored Unix milliseconds, for JSON), the
@@ -344,10 +376,17 @@ class MetricsMixin(StoreBase):
                 :data:`MAX_HISTORY_MINUTES` (about 1000 years).
         """
         window = _check_minutes(minutes)
-        now_ms = round(self.clock() * 1000)
-        since_ms = now_ms - round(window * 60_000)
+        now = self.clock()
+        now_ms = round(now * 1000)
+        if since is None:
+            since_ms = now_ms - round(window * 60_000)
+        else:
+            since_ms = _ms(time_arg(since, "since", now))
+        end_ms = now_ms + _MAX_FUTURE_MS
+        if until is not None:
+            end_ms = min(end_ms, _ms(time_arg(until, "until", now)) - 1)  # until is excluded
         with self.pool.read() as conn:
-            rows = conn.execute(_HISTORY_SQL, (since_ms, now_ms + _MAX_FUTURE_MS)).fetchall()
+            rows = conn.execute(_HISTORY_SQL, (since_ms, end_ms)).fetchall()
         history = []
         for row in rows:
             # Rows come from other processes and imports too: one that no

@@ -350,6 +350,8 @@ def _filter_value(key: str, value: Any) -> Any:
     if key == "status":
         return _check_status(value)
     if key in _TIMESTAMP_COLUMNS:
+        if isinstance(value, str):  # "7d" means a moment relative to now: not an equality filter
+            raise ParameterTypeError(key, "a datetime or Unix seconds", value)
         try:
             return to_timestamp(value)
         except TypeError:

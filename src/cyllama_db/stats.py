@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._base import StoreBase, db_op, db_stats_provider
 from ._cacheutil import recent_model_identity
-from ._time import from_timestamp, parse_duration, to_timestamp
+from ._time import from_timestamp, parse_duration, time_arg
 from .migrations import execute_script, migration
 
 if TYPE_CHECKING:
@@ -998,18 +998,8 @@ def _check_limit(value: Any, name: str) -> int:
 
 
 def _time_arg(value: Any, name: str, now: float) -> float:
-    """``to_timestamp(value)``, with errors that name the argument."""
-    try:
-        ts = to_timestamp(value, now=now)
-    except TypeError:
-        raise TypeError(
-            f"{name} must be a datetime, a timedelta or Unix seconds, got {type(value).__name__}"
-        ) from None
-    except (OverflowError, ValueError) as exc:
-        raise ValueError(f"{name}={value!r} is not a usable time: {exc}") from None
-    if math.isnan(ts):
-        raise ValueError(f"{name} must not be NaN")
-    return ts
+    """``to_timestamp(value)``, with errors that name the argument (see :func:`._time.time_arg`)."""
+    return time_arg(value, name, now)
 
 
 def _check_flag(value: Any, name: str) -> bool:
@@ -1490,8 +1480,8 @@ class StatsMixin(StoreBase):
     def get_stats_summary(
         self,
         model_path: str | os.PathLike[str] | None = None,
-        since: datetime | timedelta | float | None = None,
-        until: datetime | timedelta | float | None = None,
+        since: datetime | timedelta | float | str | None = None,
+        until: datetime | timedelta | float | str | None = None,
         *,
         tz: tzinfo | None = None,
     ) -> dict[str, Any]:
@@ -1502,9 +1492,11 @@ class StatsMixin(StoreBase):
                 ``general.name`` or its registry name; every recorded path of
                 the same file (its fingerprint) counts. An ambiguous name
                 raises :class:`~cyllama_db.AmbiguousModelError`.
-            since: first moment included (datetime, Unix seconds, or a
-                timedelta meaning "that long ago"); default: the beginning.
-            until: first moment excluded; default: no end.
+            since: first moment included: a datetime, Unix seconds, a
+                timedelta or duration text meaning "that long ago"
+                (``since="7d"``), or ISO-8601 text (``"2024-05-01"``);
+                default: the beginning.
+            until: first moment excluded (the same forms); default: no end.
             tz: the time zone whose calendar days ``by_day`` counts in;
                 default: this machine's local time zone.
 
@@ -1790,6 +1782,8 @@ class StatsMixin(StoreBase):
         model_path: str | os.PathLike[str] | None = None,
         *,
         session_id: str | None = None,
+        since: datetime | timedelta | float | str | None = None,
+        until: datetime | timedelta | float | str | None = None,
     ) -> list[dict[str, Any]]:
         """Recorded generations, newest first, as plain dicts (``pandas.DataFrame`` takes them).
 
@@ -1797,12 +1791,14 @@ class StatsMixin(StoreBase):
         :data:`STATS_COLUMNS`); ``cache_hit`` is a bool and ``created_at`` an
         aware UTC datetime. ``limit``/``offset`` page through the history
         (non-negative ints; beyond 2**63 - 1 they mean "no limit");
-        ``model_path`` (made absolute, like the recorded paths) and
-        ``session_id`` filter it.
+        ``model_path`` (made absolute, like the recorded paths),
+        ``session_id`` and the window ``[since, until)`` filter it (as for
+        :meth:`get_stats_summary`: ``since="24h"``, a datetime, ...).
         """
         limit = _check_limit(limit, "limit")
         offset = _check_limit(offset, "offset")
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         if model_path is not None:
             paths = self._model_paths(model_path)
             clauses.append(f"model_path IN ({', '.join('?' * len(paths))})")
@@ -1812,6 +1808,13 @@ class StatsMixin(StoreBase):
                 raise TypeError(f"session_id must be a str, got {type(session_id).__name__}")
             clauses.append("session_id = ?")
             args.append(session_id)
+        now = self.clock()
+        if since is not None:
+            clauses.append("created_at >= ?")
+            args.append(_time_arg(since, "since", now))
+        if until is not None:
+            clauses.append("created_at < ?")
+            args.append(_time_arg(until, "until", now))
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         self._stats_flush_hits()
         with self.pool.read() as conn:
@@ -1833,14 +1836,15 @@ class StatsMixin(StoreBase):
     @db_op(empty=int)
     def prune_stats(
         self,
-        older_than: datetime | timedelta | float,
+        older_than: datetime | timedelta | float | str,
         *,
         model_path: str | os.PathLike[str] | None = None,
     ) -> int:
         """Delete generation rows recorded before ``older_than``; return how many.
 
-        ``older_than`` is a datetime, Unix seconds, or a timedelta meaning
-        "that long ago" (``prune_stats(older_than=timedelta(days=90))``).
+        ``older_than`` is a datetime, Unix seconds, ISO-8601 text, or a
+        timedelta or duration text meaning "that long ago"
+        (``prune_stats(older_than="90d")``).
         ``model_path`` limits it to one model (made absolute, like the
         recorded paths).
         """
@@ -1858,6 +1862,8 @@ class StatsMixin(StoreBase):
         self._stats_flush_hits()
         with self.pool.transaction() as conn:
             cursor = conn.execute(f"DELETE FROM stats WHERE {clause}", args)
+            if cursor.rowcount > 0:
+                self._reclaim(conn)
         return max(cursor.rowcount, 0)
 
 

@@ -529,6 +529,10 @@ BUILDERS: dict[int, Builder] = {
     # nullable metrics_history columns for the sampled process (NULL in the
     # v6 builder's rows, as in every file from before v8).
     8: lambda conn, version: {},
+    # v9 adds the full-text search indexes (filled from the logs and cache rows
+    # by the migration itself), v10 the readable views: no table of their own to fill.
+    9: lambda conn, version: {},
+    10: lambda conn, version: {},
 }
 
 
