@@ -16,9 +16,7 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 import stat
-import tempfile
 
 __all__ = [
     "export_temp_name",
@@ -135,7 +133,10 @@ def import_temp_prefix() -> str:
 
 def remove_stale_import_dirs(folder: str | None = None) -> int:
     """Remove import working folders (in the temp folder) whose process is gone; return how many."""
-    folder = tempfile.gettempdir() if folder is None else folder
+    if folder is None:
+        import tempfile  # deferred: tempfile and shutil cost ~4 ms at import
+
+        folder = tempfile.gettempdir()
     removed = 0
     try:
         names = os.listdir(folder)
@@ -147,6 +148,8 @@ def remove_stale_import_dirs(folder: str | None = None) -> int:
             continue
         path = os.path.join(folder, name)
         if os.path.isdir(path) and not os.path.islink(path) and _mine(path):
+            import shutil  # only when there are leftovers to remove
+
             shutil.rmtree(path, ignore_errors=True)
             removed += not os.path.exists(path)
     if removed:
