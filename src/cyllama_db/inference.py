@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal, Union
+from typing import TYPE_CHECKING, Any, Final, Literal, Union, overload
 
 from ._base import Closing
 from ._cacheutil import (
@@ -802,6 +802,30 @@ class LLM(Closing):
 
     # -- public API ------------------------------------------------------------------------------
 
+    @overload
+    def __call__(
+        self,
+        prompt: str,
+        stream: Literal[False] = False,
+        *,
+        cache: CacheArg = None,
+        ttl: Any = None,
+        namespace: str | None = None,
+        **overrides: Any,
+    ) -> Response: ...
+
+    @overload
+    def __call__(
+        self,
+        prompt: str,
+        stream: Literal[True],
+        *,
+        cache: CacheArg = None,
+        ttl: Any = None,
+        namespace: str | None = None,
+        **overrides: Any,
+    ) -> Stream: ...
+
     def __call__(
         self,
         prompt: str,
@@ -811,7 +835,7 @@ class LLM(Closing):
         ttl: Any = None,
         namespace: str | None = None,
         **overrides: Any,
-    ) -> Any:
+    ) -> Response | Stream:
         """Complete ``prompt`` (plain text, no chat template): a :class:`Response`, or a :class:`Stream` of text chunks.
 
         ``overrides`` are :class:`GenerationConfig` fields under their own or
@@ -828,6 +852,30 @@ class LLM(Closing):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__} (use llm.chat() for messages)")
         return self._call("completion", prompt, stream, overrides, cache, ttl, namespace)
 
+    @overload
+    def chat(
+        self,
+        messages: Messages,
+        stream: Literal[False] = False,
+        *,
+        cache: CacheArg = None,
+        ttl: Any = None,
+        namespace: str | None = None,
+        **overrides: Any,
+    ) -> Response: ...
+
+    @overload
+    def chat(
+        self,
+        messages: Messages,
+        stream: Literal[True],
+        *,
+        cache: CacheArg = None,
+        ttl: Any = None,
+        namespace: str | None = None,
+        **overrides: Any,
+    ) -> Stream: ...
+
     def chat(
         self,
         messages: Messages,
@@ -837,7 +885,7 @@ class LLM(Closing):
         ttl: Any = None,
         namespace: str | None = None,
         **overrides: Any,
-    ) -> Any:
+    ) -> Response | Stream:
         """Answer chat ``messages`` through the model's chat template: a :class:`Response` or :class:`Stream`.
 
         Takes the same options as :meth:`__call__`, including ``tools``,
@@ -1741,6 +1789,40 @@ def _split_kwargs(kwargs: Mapping[str, Any], owner: str) -> tuple[dict[str, Any]
     return load, overrides
 
 
+@overload
+def complete(
+    prompt: str,
+    model_path: str | os.PathLike[str] | None = None,
+    db: DBArg = None,
+    config: GenerationConfig | Mapping[str, Any] | None = None,
+    stream: Literal[False] = False,
+    *,
+    model: int | str | None = None,
+    cache: CacheArg = True,
+    ttl: Any = None,
+    namespace: str | None = None,
+    verbose: bool = False,
+    **kwargs: Any,
+) -> Response: ...
+
+
+@overload
+def complete(
+    prompt: str,
+    model_path: str | os.PathLike[str] | None = None,
+    db: DBArg = None,
+    config: GenerationConfig | Mapping[str, Any] | None = None,
+    *,
+    stream: Literal[True],
+    model: int | str | None = None,
+    cache: CacheArg = True,
+    ttl: Any = None,
+    namespace: str | None = None,
+    verbose: bool = False,
+    **kwargs: Any,
+) -> Stream: ...
+
+
 def complete(
     prompt: str,
     model_path: str | os.PathLike[str] | None = None,
@@ -1754,7 +1836,7 @@ def complete(
     namespace: str | None = None,
     verbose: bool = False,
     **kwargs: Any,
-) -> Any:
+) -> Response | Stream:
     """Complete ``prompt`` with the model at ``model_path``, through the response cache.
 
     Models stay loaded between calls (the :data:`MAX_SHARED_MODELS` most
@@ -1865,6 +1947,40 @@ def _from_registry(
     return db, record, kwargs, base
 
 
+@overload
+def chat(
+    messages: Messages,
+    model_path: str | os.PathLike[str] | None = None,
+    db: DBArg = None,
+    config: GenerationConfig | Mapping[str, Any] | None = None,
+    stream: Literal[False] = False,
+    *,
+    model: int | str | None = None,
+    cache: CacheArg = True,
+    ttl: Any = None,
+    namespace: str | None = None,
+    verbose: bool = False,
+    **kwargs: Any,
+) -> Response: ...
+
+
+@overload
+def chat(
+    messages: Messages,
+    model_path: str | os.PathLike[str] | None = None,
+    db: DBArg = None,
+    config: GenerationConfig | Mapping[str, Any] | None = None,
+    *,
+    stream: Literal[True],
+    model: int | str | None = None,
+    cache: CacheArg = True,
+    ttl: Any = None,
+    namespace: str | None = None,
+    verbose: bool = False,
+    **kwargs: Any,
+) -> Stream: ...
+
+
 def chat(
     messages: Messages,
     model_path: str | os.PathLike[str] | None = None,
@@ -1878,7 +1994,7 @@ def chat(
     namespace: str | None = None,
     verbose: bool = False,
     **kwargs: Any,
-) -> Any:
+) -> Response | Stream:
     """Like :func:`complete` for chat ``messages`` (applies the model's chat template).
 
     ``model=`` selects a registered model instead of ``model_path``;
