@@ -155,6 +155,16 @@ def _parse_positive_float(name: str, raw: Any) -> float:
     return value
 
 
+def _resolve_bool(value: Any, name: str, environ: Mapping[str, str], env_name: str, *, default: bool) -> bool:
+    """A switch: the argument (True/False) > ``env_name`` (1/0, true/false...) > ``default``."""
+    if value is None:
+        raw = _env(environ, env_name)
+        return default if raw is None else _parse_bool(env_name, raw)
+    if isinstance(value, bool):
+        return value
+    raise ConfigurationTypeError(f"{name} must be True or False, got {value!r}")
+
+
 def _parse_level(name: str, raw: Any) -> str:
     if isinstance(raw, int) and not isinstance(raw, bool):
         for level_name, number in LOG_LEVELS.items():
@@ -266,13 +276,7 @@ class Settings:
         else:
             level = _parse_level("log_level", log_level)
 
-        if log_to_db is None:
-            raw = _env(env, "CYLLAMA_LOG_TO_DB")
-            to_db = False if raw is None else _parse_bool("CYLLAMA_LOG_TO_DB", raw)
-        elif isinstance(log_to_db, bool):
-            to_db = log_to_db
-        else:
-            raise ConfigurationTypeError(f"log_to_db must be True or False, got {log_to_db!r}")
+        to_db = _resolve_bool(log_to_db, "log_to_db", env, "CYLLAMA_LOG_TO_DB", default=False)
 
         if metrics_retention is None:
             raw = _env(env, "CYLLAMA_METRICS_RETENTION")
@@ -294,13 +298,7 @@ class Settings:
                 f"busy_timeout={busy:g} s is too long (at most {_MAX_BUSY_TIMEOUT:g} s, about 24 days)"
             )
 
-        if cache_sampled is None:
-            raw = _env(env, "CYLLAMA_CACHE_SAMPLED")
-            sampled = True if raw is None else _parse_bool("CYLLAMA_CACHE_SAMPLED", raw)
-        elif isinstance(cache_sampled, bool):
-            sampled = cache_sampled
-        else:
-            raise ConfigurationTypeError(f"cache_sampled must be True or False, got {cache_sampled!r}")
+        sampled = _resolve_bool(cache_sampled, "cache_sampled", env, "CYLLAMA_CACHE_SAMPLED", default=True)
         if not isinstance(readonly, bool):
             raise ConfigurationTypeError(f"readonly must be True or False, got {readonly!r}")
 
@@ -310,21 +308,9 @@ class Settings:
         else:
             answer = _parse_fallback("fallback", fallback)
 
-        if opentelemetry is None:
-            raw = _env(env, "CYLLAMA_OTEL")
-            otel = False if raw is None else _parse_bool("CYLLAMA_OTEL", raw)
-        elif isinstance(opentelemetry, bool):
-            otel = opentelemetry
-        else:
-            raise ConfigurationTypeError(f"opentelemetry must be True or False, got {opentelemetry!r}")
+        otel = _resolve_bool(opentelemetry, "opentelemetry", env, "CYLLAMA_OTEL", default=False)
 
-        if auto_vacuum is None:
-            raw = _env(env, "CYLLAMA_AUTO_VACUUM")
-            vacuum = True if raw is None else _parse_bool("CYLLAMA_AUTO_VACUUM", raw)
-        elif isinstance(auto_vacuum, bool):
-            vacuum = auto_vacuum
-        else:
-            raise ConfigurationTypeError(f"auto_vacuum must be True or False, got {auto_vacuum!r}")
+        vacuum = _resolve_bool(auto_vacuum, "auto_vacuum", env, "CYLLAMA_AUTO_VACUUM", default=True)
 
         return cls(
             path=resolved,
