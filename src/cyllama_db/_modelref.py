@@ -22,7 +22,7 @@ from typing import Any
 from ._cacheutil import model_identity
 from .errors import AmbiguousModelError
 
-__all__ = ["ModelSelection", "select_model"]
+__all__ = ["ModelSelection", "known_models", "select_model"]
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,14 @@ def _call(db: Any, method: str) -> list[Any]:
     return list(fn()) if callable(fn) else []
 
 
-def select_model(db: Any, selector: str | os.PathLike[str]) -> ModelSelection:
+def known_models(db: Any) -> list[tuple[str, str | None, set[str]]]:
+    """Every model the stores know, for :func:`select_model` calls made in a row."""
+    return _known(db)
+
+
+def select_model(
+    db: Any, selector: str | os.PathLike[str], known: list[tuple[str, str | None, set[str]]] | None = None
+) -> ModelSelection:
     """Resolve a registry name, GGUF ``general.name``, file name or path to the rows it means.
 
     Raises :class:`~cyllama_db.errors.AmbiguousModelError` (a ``ValueError``)
@@ -90,7 +97,8 @@ def select_model(db: Any, selector: str | os.PathLike[str]) -> ModelSelection:
     direct = _identity_of(candidate)
     if direct is not None:
         identities[direct] = {candidate}
-    known = _known(db)
+    if known is None:
+        known = _known(db)
     for path, identity, names in known:
         if text in names or path == candidate or (direct is not None and identity == direct):
             identities.setdefault(identity or f"path:{path}", set()).add(path)

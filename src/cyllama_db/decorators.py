@@ -275,24 +275,28 @@ class CachedFunction(Generic[R]):
                     raise
                 self._not_stored(exc)
                 return result
-            try:
-                database._cache_put(
-                    key=key,
-                    kind="function",
-                    prompt=args_json,
-                    model_path=self.function_name,
-                    identity="fn:" + self.function_name,
-                    config_json="{}",
-                    response_text=text,
-                    response_json=None,
-                    ttl=self.ttl,
-                )
-            except Exception as exc:
-                logger.warning("could not cache the result of %s: %s", self.function_name, exc, exc_info=True)
+            self._store(database, key, args_json, text)
             return result
 
         result, _shared = _flights.run(key, compute)
         return result
+
+    def _store(self, database: CyllamaDB, key: str, args_json: str, text: str) -> None:
+        """Write one result; a failed write is logged, never raised (the call already paid for it)."""
+        try:
+            database._cache_put(
+                key=key,
+                kind="function",
+                prompt=args_json,
+                model_path=self.function_name,
+                identity="fn:" + self.function_name,
+                config_json="{}",
+                response_text=text,
+                response_json=None,
+                ttl=self.ttl,
+            )
+        except Exception as exc:
+            logger.warning("could not cache the result of %s: %s", self.function_name, exc, exc_info=True)
 
     @staticmethod
     def _lookup(database: CyllamaDB, key: str) -> tuple[bool, Any]:
@@ -413,22 +417,6 @@ class AsyncCachedFunction(CachedFunction[R]):
         finally:
             aio._settle_flight(state, flight_key, flight, result)
         return result
-
-    def _store(self, database: CyllamaDB, key: str, args_json: str, text: str) -> None:
-        try:
-            database._cache_put(
-                key=key,
-                kind="function",
-                prompt=args_json,
-                model_path=self.function_name,
-                identity="fn:" + self.function_name,
-                config_json="{}",
-                response_text=text,
-                response_json=None,
-                ttl=self.ttl,
-            )
-        except Exception as exc:
-            logger.warning("could not cache the result of %s: %s", self.function_name, exc, exc_info=True)
 
     def __repr__(self) -> str:
         return f"<cached async {self.function_name}>"

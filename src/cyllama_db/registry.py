@@ -464,15 +464,17 @@ class RegistryMixin(StoreBase):
         usage = getattr(self, "model_usage", None)
         if not records or not callable(usage):
             return records
-        from ._modelref import select_model
+        from ._modelref import known_models, select_model
 
+        # One look at the stores for the whole listing, not one per record.
+        known = known_models(self)
         for record in records:
             path = record.get("model_path")
             if not path:
                 record["use_count"] = 0
                 continue
             try:
-                paths = select_model(self, str(path)).paths
+                paths = select_model(self, str(path), known).paths
                 count, last = usage(paths)
             except Exception as exc:  # bookkeeping: a listing must not fail over it
                 logger.debug("no usage figures for model %s: %s", record.get("name"), exc)
