@@ -4,7 +4,7 @@ Writes a llama model with a large (default 150k-token, Qwen/Llama-3 sized)
 BPE vocabulary into a temporary directory, then times reading its metadata
 with:
 
-* ``cyllama_db._gguf.read_gguf_header`` / ``summarize_gguf`` /
+* ``cyllama_db.stores.gguf.read_gguf_header`` / ``summarize_gguf`` /
   ``model_fingerprint`` (cold and cached),
 * ``gguf.GGUFReader`` (llama.cpp's reference Python reader),
 * ``llama_cpp.Llama(model_path, vocab_only=True)`` when llama-cpp-python is
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import quiet_stderr  # noqa: E402
 
 from cyllama_db import CyllamaDB  # noqa: E402
-from cyllama_db._gguf import (  # noqa: E402
+from cyllama_db.stores.gguf import (  # noqa: E402
     clear_fingerprint_cache,
     model_fingerprint,
     read_gguf_header,

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _util import header, interleaved, row, timings_us
 
 from cyllama_db import CyllamaDB, sample_metrics
-from cyllama_db.metrics import METRICS_FIELDS
+from cyllama_db.stores.metrics import METRICS_FIELDS
 
 N = 2000
 WINDOW_ROWS = 600  # 10 minutes at 1 Hz

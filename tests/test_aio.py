@@ -32,7 +32,7 @@ from cyllama_db import (
     stream_complete_async,
     wrap,
 )
-from cyllama_db import inference as inf
+from cyllama_db.llm import inference as inf
 
 pytestmark = pytest.mark.llama
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from cyllama_db import CyllamaDB, GenerationConfig, configure_db, get_db
-from cyllama_db._base import RECLAIM_MAX_PAGES, RECLAIM_MIN_PAGES, reclaim_free_pages
-from cyllama_db._settings import ENV_VARS, Settings
+from cyllama_db.db.settings import ENV_VARS, Settings
+from cyllama_db.db.store import RECLAIM_MAX_PAGES, RECLAIM_MIN_PAGES, reclaim_free_pages
 from cyllama_db.errors import ConfigurationError, ConfigurationTypeError
 
 DATA = Path(__file__).parent / "data"

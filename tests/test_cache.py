@@ -27,11 +27,11 @@ from cyllama_db import (
     GenerationConfig,
     GenerationStats,
     Response,
-    _cacheutil,
     generate_cache_key,
     model_identity,
 )
-from cyllama_db import cache as cache_module
+from cyllama_db.stores import cache as cache_module
+from cyllama_db.stores import keys as _cacheutil
 
 CONFIG = GenerationConfig(temperature=0.0, max_tokens=16)
 T0 = 1_700_000_000.0
@@ -243,7 +243,7 @@ def test_load_option_defaults_match_llama_cpp() -> None:
     params = inspect.signature(llama_cpp.Llama.__init__).parameters
     defaults = {**_cacheutil._FLOAT_OPTIONS, **_cacheutil._INT_OPTIONS, **_cacheutil._BOOL_OPTIONS}
     assert {name: params[name].default for name in defaults} == defaults
-    from cyllama_db.inference import LOAD_OPTIONS
+    from cyllama_db.llm.inference import LOAD_OPTIONS
 
     assert set(_cacheutil.OUTPUT_LOAD_OPTIONS) <= set(LOAD_OPTIONS) <= set(params)
 

@@ -187,7 +187,7 @@ def test_other_warnings_while_opening_still_reach_the_log(
 ) -> None:
     import logging
 
-    from cyllama_db import database
+    from cyllama_db.db import facade as database
 
     real_init = database.CyllamaDB.__init__
 
@@ -700,7 +700,7 @@ def test_models_mistakes(run: Run, tiny_model_path: Path) -> None:
 
 
 def test_status_choices_come_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cyllama_db import registry
+    from cyllama_db.stores import registry as registry
 
     monkeypatch.setattr(registry, "MODEL_STATUSES", ("running", "stopped", "paused"))
     parser = build_parser()

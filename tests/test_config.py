@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cyllama_db import CyllamaDB
-from cyllama_db.config import decode_value, encode_value
+from cyllama_db.stores.config import decode_value, encode_value
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
 json_values = st.recursive(

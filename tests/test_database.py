@@ -305,7 +305,7 @@ def test_db_stats_and_size(file_db: CyllamaDB) -> None:
     stats = file_db.get_db_stats()
     assert stats["config_entries"] == 50
     assert stats["metadata_entries"] >= 2
-    assert stats["schema_version"] == cyllama_db.migrations.latest_version()
+    assert stats["schema_version"] == cyllama_db.db.migrations.latest_version()
     assert stats["file_size_mb"] > 0
     assert file_db.get_database_size() >= 50 * 1000
 

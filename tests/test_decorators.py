@@ -219,7 +219,7 @@ def test_unstorable_results_are_returned_with_a_warning(
         calls.append(1)
         return {1, 2}  # a set: no JSON form
 
-    with caplog.at_level(logging.DEBUG, logger="cyllama_db.cache"):
+    with caplog.at_level(logging.DEBUG, logger="cyllama_db.stores.cache"):
         assert returns_object() == {1, 2}
         assert returns_object() == {1, 2}  # not stored: computed again
     assert len(calls) == 2
@@ -725,7 +725,7 @@ def test_llama_methods_never_mix_models(
 
 
 def test_llama_load_options_read_from_the_object(tiny_model_path: Path) -> None:
-    from cyllama_db._cacheutil import (
+    from cyllama_db.stores.keys import (
         OUTPUT_LOAD_OPTIONS,
         llama_identity,
         llama_load_options,

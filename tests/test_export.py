@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cyllama_db import CyllamaDB, SchemaVersionError
-from cyllama_db import migrations as _migrations
+from cyllama_db.db import migrations as _migrations
 
 
 def _rows(path: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -483,7 +483,7 @@ def test_import_is_all_or_nothing(
     other.set_config("a", 1)
     other.log("INFO", "x")
     other.close()
-    from cyllama_db import _export
+    from cyllama_db.stores import export as _export
 
     def boom(self: Any, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("disk on fire")

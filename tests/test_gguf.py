@@ -19,8 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cyllama_db import _gguf
-from cyllama_db._gguf import (
+from cyllama_db.errors import CyllamaDBError
+from cyllama_db.stores import gguf as _gguf
+from cyllama_db.stores.gguf import (
     LLAMA_FTYPE_NAMES,
     GGUFFormatError,
     GGUFHeader,
@@ -30,7 +31,6 @@ from cyllama_db._gguf import (
     read_gguf_header,
     summarize_gguf,
 )
-from cyllama_db.errors import CyllamaDBError
 from cyllama_db.testing import (
     DEFAULT_CHAT_TEMPLATE,
     SEED_KEY,
@@ -647,7 +647,7 @@ def test_testing_module_imports_lazily() -> None:
     import sys
 
     code = (
-        "import sys, cyllama_db.testing, cyllama_db._gguf; "
+        "import sys, cyllama_db.testing, cyllama_db.stores.gguf; "
         "print(sorted(m for m in ('gguf', 'numpy', 'llama_cpp') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

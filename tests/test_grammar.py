@@ -1,7 +1,7 @@
 """GBNF grammars and JSON schemas are validated before llama.cpp sees them (issue 12, part 5).
 
 llama-cpp-python 0.3 hands grammar text to llama.cpp unparsed, and a grammar
-llama.cpp refuses crashes the process at sampling time.  ``cyllama_db._grammar``
+llama.cpp refuses crashes the process at sampling time.  ``cyllama_db.llm.grammar``
 ports llama.cpp's parser; these tests hold it to real llama.cpp in three ways:
 
 * tables of valid and invalid grammars, each checked against
@@ -31,9 +31,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cyllama_db import _grammar
-from cyllama_db._grammar import check_gbnf, check_json_schema, grammar_text
 from cyllama_db.errors import CyllamaDBError, GrammarError, JSONSchemaError
+from cyllama_db.llm import grammar as _grammar
+from cyllama_db.llm.grammar import check_gbnf, check_json_schema, grammar_text
 
 # llama.cpp's own example grammars (grammars/*.gbnf), the small ones.
 ARITHMETIC = r"""
@@ -561,7 +561,7 @@ def test_grammar_text_refuses_other_objects_without_importing_llama_cpp() -> Non
 
 
 def test_importing_the_module_does_not_import_llama_cpp() -> None:
-    code = "import sys, cyllama_db._grammar; print('llama_cpp' in sys.modules)"
+    code = "import sys, cyllama_db.llm.grammar; print('llama_cpp' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert out.stdout.strip() == "False", out.stderr

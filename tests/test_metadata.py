@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from cyllama_db import CyllamaDB, migrations
+from cyllama_db import CyllamaDB
+from cyllama_db.db import migrations
 
 
 def test_set_get_delete(any_db: CyllamaDB) -> None:

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 import cyllama_db
 from cyllama_db import CyllamaDB, DatabaseClosedError, MetricsSampler, MissingDependencyError
-from cyllama_db import metrics as metrics_mod
-from cyllama_db.metrics import (
+from cyllama_db.stores import metrics as metrics_mod
+from cyllama_db.stores.metrics import (
     METRICS_FIELDS,
     PROCESS_FIELDS,
     RETENTION_SQL,
@@ -499,7 +499,7 @@ def _messages(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRe
 
 
 def test_fake_nvml_two_gpus_one_failing_call(memory_db: CyllamaDB, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="cyllama_db.metrics")
+    caplog.set_level(logging.DEBUG, logger="cyllama_db.stores.metrics")
     nvml = FakeNVML(TWO_GPUS, fail={("nvmlDeviceGetPowerUsage", 1)})
     sample = sample_metrics(memory_db, nvml=nvml)
     # the first GPU fills the seed's columns (MiB and W)
@@ -539,7 +539,7 @@ def test_failing_call_on_the_first_gpu_leaves_that_column_none(memory_db: Cyllam
 
 @pytest.mark.parametrize("nvml", [FakeNVML([], init_error=FakeNVMLError("NVML Shared Library Not Found")), FakeNVML([])])
 def test_no_nvml_or_no_gpu_gives_none(memory_db: CyllamaDB, caplog: pytest.LogCaptureFixture, nvml: FakeNVML) -> None:
-    caplog.set_level(logging.DEBUG, logger="cyllama_db.metrics")
+    caplog.set_level(logging.DEBUG, logger="cyllama_db.stores.metrics")
     for _ in range(3):
         sample = sample_metrics(memory_db, nvml=nvml)
         assert all(sample[k] is None for k in metrics_mod._GPU_FIELDS)
@@ -550,7 +550,7 @@ def test_no_nvml_or_no_gpu_gives_none(memory_db: CyllamaDB, caplog: pytest.LogCa
 
 
 def test_pynvml_not_installed(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="cyllama_db.metrics")
+    caplog.set_level(logging.DEBUG, logger="cyllama_db.stores.metrics")
     monkeypatch.setitem(sys.modules, "pynvml", None)
     monkeypatch.setattr(metrics_mod, "_readers", {})
     for _ in range(2):
@@ -576,9 +576,9 @@ def test_active_models_uptime_and_requests_per_minute(
     memory_db: CyllamaDB, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     a, b, c, d = (str(tmp_path / f"{n}.gguf") for n in "abcd")
-    fake_inference = types.ModuleType("cyllama_db.inference")
+    fake_inference = types.ModuleType("cyllama_db.llm.inference")
     fake_inference.loaded_model_paths = lambda: [a, Path(b)]  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "cyllama_db.inference", fake_inference)
+    monkeypatch.setitem(sys.modules, "cyllama_db.llm.inference", fake_inference)
 
     with memory_db.pool.transaction() as conn:
         for name, status, path in [("a", "running", a), ("c", "running", c), ("d", "stopped", d)]:
@@ -597,13 +597,13 @@ def test_active_models_uptime_and_requests_per_minute(
 
 
 def test_figures_tolerate_missing_tables_and_broken_inference(monkeypatch: pytest.MonkeyPatch) -> None:
-    broken = types.ModuleType("cyllama_db.inference")
+    broken = types.ModuleType("cyllama_db.llm.inference")
 
     def boom() -> list[str]:
         raise RuntimeError("not ready")
 
     broken.loaded_model_paths = boom  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "cyllama_db.inference", broken)
+    monkeypatch.setitem(sys.modules, "cyllama_db.llm.inference", broken)
     with CyllamaDB(":memory:") as db:
         with db.pool.transaction() as conn:
             conn.execute("DROP TABLE IF EXISTS models")
@@ -618,9 +618,9 @@ def test_figures_tolerate_missing_tables_and_broken_inference(monkeypatch: pytes
 
 
 def test_inference_module_is_not_imported_by_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(sys.modules, "cyllama_db.inference", raising=False)
+    monkeypatch.delitem(sys.modules, "cyllama_db.llm.inference", raising=False)
     sample_metrics(nvml=FakeNVML([]))
-    assert "cyllama_db.inference" not in sys.modules
+    assert "cyllama_db.llm.inference" not in sys.modules
 
 
 # -- the sampler ---------------------------------------------------------------------------
@@ -663,7 +663,7 @@ def test_sampler_context_manager_and_restart(memory_db: CyllamaDB) -> None:
 def test_sampler_survives_a_failing_sample(
     memory_db: CyllamaDB, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, thread_errors: list[BaseException]
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="cyllama_db.metrics")
+    caplog.set_level(logging.DEBUG, logger="cyllama_db.stores.metrics")
     calls = {"n": 0}
 
     def flaky(db: Any, **_: Any) -> dict[str, Any]:
@@ -807,7 +807,7 @@ def test_cpu_reading_is_primed_per_thread(monkeypatch: pytest.MonkeyPatch, memor
 
 @pytest.mark.llama
 def test_figures_with_a_real_model_registry_and_stats(memory_db: CyllamaDB, tiny_model_path: Path, tmp_path: Path) -> None:
-    from cyllama_db.inference import LLM
+    from cyllama_db.llm.inference import LLM
 
     llm = LLM(tiny_model_path, db=memory_db, max_tokens=2)
     try:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cyllama_db import CyllamaDB, MigrationError, SchemaVersionError, migrations
-from cyllama_db.migrations import Migration, execute_script
+from cyllama_db import CyllamaDB, MigrationError, SchemaVersionError
+from cyllama_db.db import migrations
+from cyllama_db.db.migrations import Migration, execute_script
 
 
 def _open_and_close(path: str) -> None:

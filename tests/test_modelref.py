@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cyllama_db import LLM, AmbiguousModelError, CyllamaDB, complete, wrap
-from cyllama_db import inference as inf
+from cyllama_db.llm import inference as inf
 
 pytestmark = pytest.mark.llama
 

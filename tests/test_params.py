@@ -1,4 +1,4 @@
-"""Tests for the declarative model-parameter catalogue (cyllama_db._params)."""
+"""Tests for the declarative model-parameter catalogue (cyllama_db.stores.params)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cyllama_db._params import (
+from cyllama_db.stores.params import (
     GROUPS,
     IDENTITY_COLUMNS,
     PARAMS,

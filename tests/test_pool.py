@@ -268,7 +268,7 @@ def test_wal_stays_bounded_under_cache_churn_with_readers_that_never_pause(tmp_p
     reached the end of the WAL and the WAL grew with every eviction (57 MB
     here before the fix, and it stayed that size).
     """
-    from cyllama_db._pool import JOURNAL_SIZE_LIMIT
+    from cyllama_db.db.pool import JOURNAL_SIZE_LIMIT
 
     path = tmp_path / "churn.db"
     wal = Path(f"{path}-wal")

@@ -17,7 +17,7 @@ import pytest
 
 from cyllama_db import CyllamaDB
 from cyllama_db.prometheus import CONTENT_TYPE, prometheus_text
-from cyllama_db.stats import LATENCY_BUCKETS
+from cyllama_db.stores.stats import LATENCY_BUCKETS
 
 parser = pytest.importorskip("prometheus_client.parser")
 

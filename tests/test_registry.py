@@ -38,9 +38,9 @@ from cyllama_db import (
     ServerArgWarning,
     UnknownModelError,
     UnknownParameterError,
-    _gguf,
 )
-from cyllama_db._params import FILE_COLUMNS, IDENTITY_COLUMNS, REDACTED, sqlite_type
+from cyllama_db.stores import gguf as _gguf
+from cyllama_db.stores.params import FILE_COLUMNS, IDENTITY_COLUMNS, REDACTED, sqlite_type
 from cyllama_db.testing import DEFAULT_CHAT_TEMPLATE, write_large_vocab_gguf, write_tiny_llama
 
 # test_params.py owns the "valid value for each parameter" strategies (and a
@@ -479,7 +479,7 @@ def test_invalid_stored_secret_is_not_logged(
             "UPDATE models SET api_key = ?, custom_params = ?",
             (b"12345678", '{"--api-key": "SK-SECRET", "x": NaN}'),
         )
-    with caplog.at_level("WARNING", logger="cyllama_db.registry"):
+    with caplog.at_level("WARNING", logger="cyllama_db.stores.registry"):
         rec = db.get_model(mid)
     assert rec is not None and rec["api_key"] == b"12345678"  # shown as stored...
     assert "12345678" not in repr(rec) and "SK-SECRET" not in repr(rec)  # ...but redacted
@@ -1175,7 +1175,7 @@ def test_models_persist_across_reopen(db_path: Path) -> None:
 
 
 def test_docs_parameter_table_is_generated_from_params() -> None:
-    from cyllama_db._params import parameter_table_markdown
+    from cyllama_db.stores.params import parameter_table_markdown
 
     text = (ROOT / "docs" / "registry.md").read_text()
     start, end = "<!-- parameters:start -->\n", "<!-- parameters:end -->"
@@ -1183,7 +1183,7 @@ def test_docs_parameter_table_is_generated_from_params() -> None:
     table = text.split(start, 1)[1].split(end, 1)[0].strip("\n") + "\n"
     assert table == parameter_table_markdown(), (
         "docs/registry.md's parameter table is stale; regenerate it with\n"
-        "  python -c \"from cyllama_db._params import parameter_table_markdown as t; print(t(), end='')\"\n"
+        "  python -c \"from cyllama_db.stores.params import parameter_table_markdown as t; print(t(), end='')\"\n"
         "and paste it between the parameters:start / parameters:end markers"
     )
     assert len(table.strip().splitlines()) == len(PARAMS) + 2
@@ -1213,7 +1213,7 @@ def test_no_warnings_from_normal_use(db: CyllamaDB) -> None:
 
 
 def test_inference_arguments(db: CyllamaDB) -> None:
-    from cyllama_db.registry import inference_arguments
+    from cyllama_db.stores.registry import inference_arguments
 
     db.save_model(
         "m", model_path="/m.gguf", ctx_size=512, seed=5, temperature=0.1, predict=-1,
@@ -1296,7 +1296,7 @@ def test_llm_from_registry_overrides(tiny_registered: CyllamaDB) -> None:
 
 def test_complete_with_a_registered_model(tiny_registered: CyllamaDB) -> None:
     from cyllama_db import complete
-    from cyllama_db.inference import unload_models
+    from cyllama_db.llm.inference import unload_models
 
     db = tiny_registered
     try:
@@ -1325,7 +1325,7 @@ def test_complete_with_a_registered_model(tiny_registered: CyllamaDB) -> None:
 
 def test_chat_with_a_registered_model(tiny_registered: CyllamaDB) -> None:
     from cyllama_db import chat
-    from cyllama_db.inference import unload_models
+    from cyllama_db.llm.inference import unload_models
 
     db = tiny_registered
     messages = [{"role": "user", "content": "Say hi"}]
@@ -1464,7 +1464,7 @@ def test_llm_close_never_raises_when_the_database_is_gone(tiny_model_path: Path,
 
 def test_a_cache_hit_does_not_mark_the_model_running(tiny_registered: CyllamaDB) -> None:
     from cyllama_db import complete
-    from cyllama_db.inference import loaded_model_paths, unload_models
+    from cyllama_db.llm.inference import loaded_model_paths, unload_models
 
     db = tiny_registered
     try:
@@ -1491,8 +1491,9 @@ def test_a_cache_hit_does_not_mark_the_model_running(tiny_registered: CyllamaDB)
 def test_evicted_shared_model_is_marked_stopped(
     tiny_registered: CyllamaDB, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cyllama_db import complete, inference
-    from cyllama_db.inference import unload_models
+    from cyllama_db import complete
+    from cyllama_db.llm import inference
+    from cyllama_db.llm.inference import unload_models
 
     db = tiny_registered
     path = db.get_model_by_name("tiny")["model_path"]  # type: ignore[index]

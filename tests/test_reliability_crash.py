@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from cyllama_db import CyllamaDB
-from cyllama_db.migrations import latest_version
+from cyllama_db.db.migrations import latest_version
 
 pytestmark = [
     pytest.mark.reliability,

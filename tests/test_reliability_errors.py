@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 
 import cyllama_db
 from cyllama_db import CyllamaDB
-from cyllama_db._params import PARAMS_BY_NAME
 from cyllama_db.errors import (
     CyllamaDBError,
     DatabaseError,
@@ -35,6 +34,7 @@ from cyllama_db.errors import (
     DiskFullError,
     OutOfRangeError,
 )
+from cyllama_db.stores.params import PARAMS_BY_NAME
 from test_reliability_input import MODULE_WRONG, NO_ARGUMENTS, WRONG
 
 pytestmark = pytest.mark.reliability
@@ -403,7 +403,7 @@ def test_a_database_deleted_under_a_live_process_is_a_database_file_error(
 
 
 def test_constraint_failures_are_integrity_errors() -> None:
-    from cyllama_db._base import library_error
+    from cyllama_db.db.store import library_error
 
     error = library_error(sqlite3.IntegrityError("UNIQUE constraint failed: cache.cache_key"), "x.db")
     assert isinstance(error, DatabaseIntegrityError) and isinstance(error, ValueError)

@@ -45,8 +45,8 @@ from pathlib import Path
 import pytest
 
 from cyllama_db import CyllamaDB, CyllamaDBError, ReadOnlyDatabaseError
+from cyllama_db.db.migrations import APPLICATION_ID
 from cyllama_db.errors import DatabaseFileError, DiskFullError, ForeignDatabaseError
-from cyllama_db.migrations import APPLICATION_ID
 
 pytestmark = pytest.mark.reliability
 

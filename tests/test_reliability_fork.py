@@ -162,7 +162,7 @@ def test_a_child_keeps_its_writes_when_the_parent_closes_first(tmp_path: Path) -
 _FORK_IN_A_TRANSACTION = textwrap.dedent(
     r"""
     import os, signal, sys, threading, time
-    import cyllama_db._pool as pool_module
+    import cyllama_db.db.pool as pool_module
     from cyllama_db import CyllamaDB, DatabaseBusyError
 
     pool_module.FORK_WAIT_SECONDS = 0.2  # the holder below outlasts it on purpose

@@ -23,7 +23,7 @@ import pytest
 
 import cyllama_db
 from cyllama_db import CyllamaDB, SchemaVersionError, cached
-from cyllama_db.migrations import latest_version
+from cyllama_db.db.migrations import latest_version
 
 pytestmark = pytest.mark.reliability
 

@@ -230,7 +230,7 @@ def test_every_python_view_of_a_record_hides_url_passwords_and_inline_flags(with
             "str": str(record),
             "to_dict": json.dumps(record.to_dict(), default=str),
             "to_server_args(redact_secrets=True)": " ".join(db.to_server_args("guarded", redact_secrets=True)),
-            "redact(to_llama_kwargs)": json.dumps(cyllama_db._params.redact(db.to_llama_kwargs("guarded")), default=str),
+            "redact(to_llama_kwargs)": json.dumps(cyllama_db.stores.params.redact(db.to_llama_kwargs("guarded")), default=str),
         }
         for view, text in views.items():
             for secret in SECRETS:

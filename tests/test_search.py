@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from cyllama_db import CyllamaDB, GenerationConfig, _search
-from cyllama_db._search import (
+from cyllama_db import CyllamaDB, GenerationConfig
+from cyllama_db.cli import main
+from cyllama_db.errors import SearchUnavailableError
+from cyllama_db.stores import search as _search
+from cyllama_db.stores.search import (
     CACHE_FTS,
     CACHE_INDEX,
     LOGS_FTS,
@@ -26,8 +29,6 @@ from cyllama_db._search import (
     fts_query,
     refresh,
 )
-from cyllama_db.cli import main
-from cyllama_db.errors import SearchUnavailableError
 
 DATA = Path(__file__).parent / "data"
 CONFIG = GenerationConfig(temperature=0.0, max_tokens=8)
@@ -297,7 +298,7 @@ def _indexed(db: CyllamaDB, name: str) -> int:
 
 
 def test_inserts_are_indexed_in_batches_not_one_by_one(file_db: CyllamaDB) -> None:
-    from cyllama_db.logs import LOG_INDEX_BATCH
+    from cyllama_db.stores.logs import LOG_INDEX_BATCH
 
     file_db.cache_response("question 0", "m.gguf", CONFIG, "answer")
     assert len(file_db.search_cache("question")) == 1

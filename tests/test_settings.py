@@ -159,7 +159,7 @@ def test_absurd_durations_are_configuration_errors(monkeypatch: pytest.MonkeyPat
 
 
 def test_fallback_argument_beats_environment_beats_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cyllama_db._settings import Settings
+    from cyllama_db.db.settings import Settings
 
     assert Settings.resolve(environ={}).fallback == "memory"
     assert Settings.resolve(environ={"CYLLAMA_DB_FALLBACK": " Raise "}).fallback == "raise"
@@ -172,7 +172,7 @@ def test_fallback_argument_beats_environment_beats_default(monkeypatch: pytest.M
 @pytest.mark.parametrize("bad", ["disk", "", "none"])
 def test_bad_fallback_is_a_configuration_error(bad: str) -> None:
     from cyllama_db import ConfigurationError
-    from cyllama_db._settings import Settings
+    from cyllama_db.db.settings import Settings
 
     with pytest.raises(ConfigurationError, match="fallback"):
         Settings.resolve(fallback=bad, environ={})
@@ -183,7 +183,7 @@ def test_bad_fallback_is_a_configuration_error(bad: str) -> None:
 
 def test_fallback_and_readonly_of_the_wrong_type_are_type_errors() -> None:
     from cyllama_db import ConfigurationTypeError
-    from cyllama_db._settings import Settings
+    from cyllama_db.db.settings import Settings
 
     with pytest.raises(ConfigurationTypeError):
         Settings.resolve(fallback=1, environ={})  # type: ignore[arg-type]

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import cyllama_db.stats as stats_module
+import cyllama_db.stores.stats as stats_module
 from cyllama_db import CyllamaDB, DatabaseClosedError
-from cyllama_db.stats import (
+from cyllama_db.stores.stats import (
     BUCKET_SECONDS,
     STATS_COLUMNS,
     model_name_for,
@@ -772,7 +772,7 @@ def test_hits_are_written_at_exit_without_close(db_path: Path, tmp_path: Path) -
     import sys
 
     code = (
-        "import cyllama_db.stats as s\n"
+        "import cyllama_db.stores.stats as s\n"
         "s.HIT_FLUSH_SECONDS = 3600.0\n"
         "from cyllama_db import CyllamaDB\n"
         f"db = CyllamaDB({str(db_path)!r})\n"
@@ -865,7 +865,7 @@ def test_buffer_is_bounded(
     monkeypatch.setattr(stats_module, "HIT_FLUSH_SECONDS", 3600.0)
     monkeypatch.setattr(stats_module, "HIT_BUFFER_MAX", 20)
     with CyllamaDB(db_path) as db:
-        with caplog.at_level(logging.WARNING, logger="cyllama_db.stats"):
+        with caplog.at_level(logging.WARNING, logger="cyllama_db.stores.stats"):
             for k in range(50):
                 record_at(db, T0 + k, hit=True)
         assert "dropped the" in caplog.text

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from cyllama_db import CyllamaDB, GenerationConfig
-from cyllama_db._views import VIEWS
+from cyllama_db.stores.views import VIEWS
 
 DATA = Path(__file__).parent / "data"
 CONFIG = GenerationConfig(temperature=0.0, max_tokens=8)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from cyllama_db import LLM, CacheMissError, ChunkStream, CyllamaDB, complete, wrap
-from cyllama_db import inference as inf
+from cyllama_db.llm import inference as inf
 
 pytestmark = pytest.mark.llama
 

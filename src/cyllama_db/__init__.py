@@ -8,23 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._params import (
-    PARAMS,
-    PARAMS_BY_NAME,
-    Param,
-    ParameterTypeError,
-    ParameterValueError,
-    ServerArgWarning,
-    UnknownParameterError,
-    to_llama_kwargs,
-    to_sampling_kwargs,
-    to_server_args,
-    validate_params,
-)
-from ._settings import ENV_VARS, Settings
-from .cache import generate_cache_key, model_identity
-from .database import CyllamaDB, configure_db, get_db, reset_db
-from .decorators import cached
+from .cached import cached
+from .db.facade import CyllamaDB, configure_db, get_db, reset_db
+from .db.settings import ENV_VARS, Settings
 from .errors import (
     AmbiguousModelError,
     CacheMissError,
@@ -56,7 +42,7 @@ from .errors import (
     UncacheableError,
     UnknownModelError,
 )
-from .inference import (
+from .llm.inference import (
     LLM,
     ChunkStream,
     GenerationConfig,
@@ -66,10 +52,24 @@ from .inference import (
     chat,
     complete,
 )
-from .logs import CyllamaDBHandler
-from .metrics import MetricsSampler, sample_metrics
-from .registry import MODEL_STATUSES, ModelRecord
-from .wrap import CachedLlama, wrap
+from .llm.wrap import CachedLlama, wrap
+from .stores.cache import generate_cache_key, model_identity
+from .stores.logs import CyllamaDBHandler
+from .stores.metrics import MetricsSampler, sample_metrics
+from .stores.params import (
+    PARAMS,
+    PARAMS_BY_NAME,
+    Param,
+    ParameterTypeError,
+    ParameterValueError,
+    ServerArgWarning,
+    UnknownParameterError,
+    to_llama_kwargs,
+    to_sampling_kwargs,
+    to_server_args,
+    validate_params,
+)
+from .stores.registry import MODEL_STATUSES, ModelRecord
 
 if TYPE_CHECKING:
     from .aio import (

@@ -1,7 +1,7 @@
 """The async API: ``AsyncLLM``, ``complete_async``, ``chat_async``, ``stream_complete_async``.
 
 The names and signatures are cyllama's, with the response cache, statistics,
-per-call options and errors of the sync API (:mod:`cyllama_db.inference`)::
+per-call options and errors of the sync API (:mod:`cyllama_db.llm.inference`)::
 
     async with AsyncLLM("model.gguf", temperature=0.0) as llm:
         response = await llm("What is Python?")
@@ -46,9 +46,8 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from ._cacheutil import Cancelled
 from .errors import GenerationTimeoutError, ModelBusyError
-from .inference import (
+from .llm.inference import (
     _OWN_DB,
     _UNSET,
     LLM,
@@ -65,10 +64,11 @@ from .inference import (
     _record,
     _resolve_db,
 )
+from .stores.keys import Cancelled
 
 if TYPE_CHECKING:
-    from .database import CyllamaDB
-    from .wrap import CachedLlama, _Call
+    from .db.facade import CyllamaDB
+    from .llm.wrap import CachedLlama, _Call
 
 __all__ = [
     "AsyncCyllamaDB",
@@ -79,7 +79,7 @@ __all__ = [
     "stream_complete_async",
 ]
 
-logger = logging.getLogger("cyllama_db.inference")
+logger = logging.getLogger("cyllama_db.llm.inference")
 
 T = TypeVar("T")
 
@@ -290,8 +290,8 @@ async def _warm(llm: LLM) -> None:
         return
 
     def warm() -> None:
-        from ._cacheutil import model_identity
-        from .stats import model_name_for
+        from .stores.keys import model_identity
+        from .stores.stats import model_name_for
 
         model_identity(path)
         model_name_for(path)
@@ -306,7 +306,7 @@ def _flush_due(db: Any) -> bool:
     hits = getattr(db, "_cache_hits", None)
     if not hits:
         return False
-    from .cache import _FLUSH_ENTRIES, _FLUSH_SECONDS
+    from .stores.cache import _FLUSH_ENTRIES, _FLUSH_SECONDS
 
     since = getattr(db, "_cache_hits_since", 0.0)
     return len(hits) + 1 >= _FLUSH_ENTRIES or time.monotonic() - since >= _FLUSH_SECONDS
@@ -942,7 +942,7 @@ class AsyncLLM:
 
 
 def _wait(llm: LLM) -> float | None:
-    from .inference import _wait_timeout
+    from .llm.inference import _wait_timeout
 
     return _wait_timeout(llm.wait_timeout)
 
@@ -973,7 +973,7 @@ async def _target(
 
 
 def _db_type() -> type:
-    from .database import CyllamaDB
+    from .db.facade import CyllamaDB
 
     return CyllamaDB
 

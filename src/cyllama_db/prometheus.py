@@ -34,10 +34,10 @@ import sqlite3
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .stats import _HIST_COLUMNS, LATENCY_BUCKETS
+from .stores.stats import _HIST_COLUMNS, LATENCY_BUCKETS
 
 if TYPE_CHECKING:
-    from .database import CyllamaDB
+    from .db.facade import CyllamaDB
 
 __all__ = ["CONTENT_TYPE", "prometheus_text"]
 
@@ -263,7 +263,7 @@ def prometheus_text(db: CyllamaDB | None = None) -> str:
     missing (a file edited by hand) leaves its metrics out.
     """
     if db is None:
-        from .database import get_db
+        from .db.facade import get_db
 
         db = get_db()
     if not db.enabled:

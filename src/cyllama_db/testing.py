@@ -195,7 +195,7 @@ def _llama_metadata(
     m.set(K.General.SIZE_LABEL, size_label, T.STRING)
     m.set(K.General.FILE_TYPE, file_type, T.UINT32)
     m.set(K.General.QUANTIZATION_VERSION, gguf.GGML_QUANT_VERSION, T.UINT32)
-    # Metadata-only fingerprints (cyllama_db._gguf.model_fingerprint) would
+    # Metadata-only fingerprints (cyllama_db.stores.gguf.model_fingerprint) would
     # otherwise not tell apart models that differ only in their random weights.
     m.set(SEED_KEY, seed, T.UINT64)
     m.set(K.LLM.VOCAB_SIZE.format(arch=arch), n_vocab, T.UINT32)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
-from ._cacheutil import canonical_json
+from .stores.keys import canonical_json
 
 __all__ = ["GenerationConfig", "GenerationStats", "Response", "hit_stats", "response_format_schema"]
 
@@ -168,7 +168,7 @@ class GenerationConfig:
         if self.seed is not None:
             put("seed", _check_int("seed", self.seed))
         if self.grammar is not None:
-            from ._grammar import grammar_text
+            from .llm.grammar import grammar_text
 
             if not isinstance(self.grammar, str) and not type(self.grammar).__module__.startswith("llama_cpp"):
                 raise TypeError(
@@ -551,7 +551,7 @@ class Response:
         ``model`` is the dict's ``model`` (default: :attr:`model_path`).
         The dict is new on every call and ``json.dumps`` takes it as is.
         """
-        from ._openai import build_dict, mark, plain, rebuild
+        from .llm.openai import build_dict, mark, plain, rebuild
 
         name = self.model_path if model is None else model
         source = self._source

@@ -6,7 +6,7 @@ Usage (from the repository root)::
     python tests/data/make_schema_samples.py --force 7  # rebuild one that never shipped
 
 ``schema_v{N}.db`` is what cyllama-db at schema version N left on disk: it is
-made by the real migration runner (:func:`cyllama_db.migrations.migrate`) with
+made by the real migration runner (:func:`cyllama_db.db.migrations.migrate`) with
 the registry narrowed to migrations 1..N, and then filled through raw SQL
 written against that version's columns (not through the store APIs, which
 are free to change). ``schema_samples.json`` lists, per version, the rows
@@ -51,9 +51,9 @@ from cyllama_db import (  # noqa: E402
     GenerationConfig,
     cached,
     generate_cache_key,
-    migrations,
     model_identity,
 )
+from cyllama_db.db import migrations  # noqa: E402
 
 MANIFEST = HERE / "schema_samples.json"
 MAX_BYTES = 100_000

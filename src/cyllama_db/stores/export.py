@@ -40,10 +40,10 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from . import _files
-from . import migrations as _migrations
-from ._base import StoreBase, db_op
-from ._validate import check_bool, check_callable, check_path
+from .._validate import check_bool, check_callable, check_path
+from ..db import files as _files
+from ..db import migrations as _migrations
+from ..db.store import StoreBase, db_op
 
 logger = logging.getLogger("cyllama_db")
 
@@ -93,27 +93,27 @@ def _quote(name: str) -> str:
 
 
 def _secret_columns() -> list[str]:
-    from ._params import PARAMS
+    from .params import PARAMS
 
     return [p.name for p in PARAMS if p.secret]
 
 
 def _redacted_marker() -> str:
-    from ._params import REDACTED
+    from .params import REDACTED
 
     return str(REDACTED)
 
 
 def _redact_custom_text(text: Any) -> Any:
     """``custom_params`` column text with the values of secret flags (``--api-key``...) redacted."""
-    from ._params import _redact_custom_text
+    from .params import _redact_custom_text
 
     return _redact_custom_text(text)
 
 
 def _redact_text(value: Any) -> Any:
     """``value`` with URL passwords and inline secret flags hidden (non-text: unchanged)."""
-    from ._params import redact_text
+    from .params import redact_text
 
     return redact_text(value) if isinstance(value, str) else value
 
@@ -125,7 +125,7 @@ def _plain_text_columns(conn: sqlite3.Connection, schema: str) -> list[str]:
 
 
 def _restore_custom_text(incoming: Any, stored: Any) -> Any:
-    from ._params import _restore_custom_text
+    from .params import _restore_custom_text
 
     return _restore_custom_text(incoming, stored)
 
@@ -329,7 +329,7 @@ class _Deadline:
             conn.set_progress_handler(None, 0)
 
     def error(self) -> Exception:
-        from .errors import ImportTimeoutError
+        from ..errors import ImportTimeoutError
 
         return ImportTimeoutError(
             f"importing {self.source!r} took longer than its {self.seconds:g} s limit and was "
@@ -431,7 +431,7 @@ def _config_ok(text: Any, value_type: Any) -> int:
 
 
 def _param_ok(name: str, value: Any) -> int:
-    from ._params import PARAMS_BY_NAME, from_sql
+    from .params import PARAMS_BY_NAME, from_sql
 
     if value is None or name not in PARAMS_BY_NAME:
         return 1
@@ -474,7 +474,7 @@ def _sha256(text: Any) -> str:
 
 def _row_rules(table: _TableSchema, present: set[str]) -> list[tuple[str, str]]:
     """``(reason, SQL that is 1 for a bad row)`` for each check of one table, first failing first."""
-    from ._time import MAX_TIMESTAMP, MIN_TIMESTAMP
+    from .._time import MAX_TIMESTAMP, MIN_TIMESTAMP
 
     rules: list[tuple[str, str]] = []
     ms = _MS_TIME_COLUMNS.get(table.name, frozenset())

@@ -24,8 +24,8 @@ from datetime import date, datetime, time, timedelta
 from time import monotonic as _monotonic
 from typing import Any, Final, Generic, TypeVar
 
-from ._validate import check_path, check_text
-from .errors import CyllamaDBError, UncacheableError
+from .._validate import check_path, check_text
+from ..errors import CyllamaDBError, UncacheableError
 
 __all__ = [
     "OUTPUT_LOAD_OPTIONS",
@@ -47,7 +47,7 @@ __all__ = [
     "sha256_text",
 ]
 
-logger = logging.getLogger("cyllama_db.cache")
+logger = logging.getLogger("cyllama_db.stores.cache")
 T = TypeVar("T")
 
 # What json.dumps(str, ensure_ascii=True) does, minus the Python-level calls
@@ -87,7 +87,7 @@ _checked: dict[str, tuple[float, str]] = {}
 def model_identity(model_path: str | os.PathLike[str]) -> str:
     """What a cache entry's model is: ``"<basename>@<fingerprint>"``.
 
-    The fingerprint (128 bits of :func:`cyllama_db._gguf.model_fingerprint`)
+    The fingerprint (128 bits of :func:`cyllama_db.stores.gguf.model_fingerprint`)
     covers the file size and the whole GGUF header and metadata section, so
     the same file at two paths shares cache entries, while a different file
     under the same name (re-quantised, re-converted, edited metadata) does not.
@@ -134,7 +134,7 @@ def recent_model_identity(model_path: str | os.PathLike[str]) -> str:
 
 
 def _fingerprint(path: str, size: int) -> str:
-    from ._gguf import GGUFFormatError, model_fingerprint
+    from .gguf import GGUFFormatError, model_fingerprint
 
     try:
         return model_fingerprint(path)
@@ -154,7 +154,7 @@ def _fingerprint(path: str, size: int) -> str:
 
 def clear_identity_cache() -> None:
     """Forget remembered identities (e.g. after rewriting a model in place within one mtime tick)."""
-    from ._gguf import clear_fingerprint_cache
+    from .gguf import clear_fingerprint_cache
 
     _identity_cache.clear()
     _checked.clear()

@@ -47,7 +47,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from .errors import (
+from ..errors import (
     DatabaseBusyError,
     DatabaseClosedError,
     DatabaseFileError,

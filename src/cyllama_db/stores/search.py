@@ -53,11 +53,11 @@ import re
 import sqlite3
 from typing import TYPE_CHECKING
 
-from .errors import SearchUnavailableError
-from .migrations import execute_script, migration
+from ..db.migrations import execute_script, migration
+from ..errors import SearchUnavailableError
 
 if TYPE_CHECKING:
-    from ._pool import ConnectionPool
+    from ..db.pool import ConnectionPool
 
 __all__ = [
     "CACHE_FTS",

@@ -35,13 +35,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import date, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
-from ._base import StoreBase, db_op, db_stats_provider
-from ._cacheutil import recent_model_identity
-from ._time import from_timestamp, parse_duration, time_arg
-from .migrations import execute_script, migration
+from .._time import from_timestamp, parse_duration, time_arg
+from ..db.migrations import execute_script, migration
+from ..db.store import StoreBase, db_op, db_stats_provider
+from .keys import recent_model_identity
 
 if TYPE_CHECKING:
-    from ._pool import ConnectionPool
+    from ..db.pool import ConnectionPool
 
 __all__ = [
     "BUCKET_SECONDS",
@@ -54,7 +54,7 @@ __all__ = [
     "process_session_id",
 ]
 
-logger = logging.getLogger("cyllama_db.stats")
+logger = logging.getLogger("cyllama_db.stores.stats")
 
 #: Width of a rollup bucket. Every UTC offset in use is a multiple of 15 minutes.
 BUCKET_SECONDS = 900
@@ -777,7 +777,7 @@ def model_name_for(model_path: str | os.PathLike[str]) -> str:
         return cached
     name = fallback
     try:
-        from ._gguf import read_gguf_header
+        from .gguf import read_gguf_header
 
         value = read_gguf_header(path).kv.get("general.name")
         if isinstance(value, str) and value.strip():
@@ -1372,7 +1372,7 @@ class StatsMixin(StoreBase):
             float(self.clock()),
         )
         if self.settings.opentelemetry:
-            from .otel import emit_generation
+            from ..otel import emit_generation
 
             emit_generation(
                 model_path=path, model_name=row[2], kind=_field(response, "kind") or _field(response, "object"),
@@ -1471,7 +1471,7 @@ class StatsMixin(StoreBase):
     def _model_paths(self, model: Any) -> list[str]:
         """The recorded paths a model filter selects: its registry name, GGUF
         ``general.name``, file name or path, resolved to the file's identity."""
-        from ._modelref import select_model
+        from .modelref import select_model
 
         _check_model_path(model)  # the type and emptiness checks
         return sorted(select_model(self, model).paths)

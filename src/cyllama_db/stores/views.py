@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from .migrations import execute_script, migration
+from ..db.migrations import execute_script, migration
 
 __all__ = ["VIEWS"]
 

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import ForeignDatabaseError, MigrationError, SchemaVersionError
+from ..errors import ForeignDatabaseError, MigrationError, SchemaVersionError
 
 __all__ = [
     "APPLICATION_ID",
@@ -57,7 +57,7 @@ __all__ = [
     "schema_version",
 ]
 
-logger = logging.getLogger("cyllama_db.migrations")
+logger = logging.getLogger("cyllama_db.db.migrations")
 
 MigrationFunc = Callable[[sqlite3.Connection], None]
 

@@ -3,7 +3,7 @@
 ::
 
     llm = Llama("model.gguf", n_ctx=2048)       # your code, unchanged
-    llm = cyllama_db.wrap(llm)                  # the one added line
+    llm = cyllama_db.llm.wrap(llm)                  # the one added line
     out = llm.create_completion("Q: 2+2? A:", max_tokens=8)
     out["choices"][0]["text"]                   # the same dict llama-cpp-python returns
 
@@ -118,7 +118,7 @@ class CachedLlama:
     def __cache_key__(self) -> dict[str, Any]:
         """What ``@cached`` keys a wrapped method by: the model, its load options and this
         wrapper's defaults per kind (``wrap(l, max_tokens=2)`` is not ``wrap(l, max_tokens=8)``)."""
-        from ._cacheutil import llama_identity
+        from ..stores.keys import llama_identity
 
         return {
             "llama": llama_identity(self.__wrapped__),
@@ -212,13 +212,13 @@ class CachedLlama:
         async iterator of chunk dicts (:class:`~cyllama_db.aio.AsyncStream`).
         Cancelling the awaiting task stops the generation at its next token.
         """
-        from .aio import _wrapped_call
+        from ..aio import _wrapped_call
 
         return await _wrapped_call(self, self._parse("completion", prompt, args, kwargs))
 
     async def acreate_chat_completion(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
         """``create_chat_completion`` for asyncio (see :meth:`acreate_completion`)."""
-        from .aio import _wrapped_call
+        from ..aio import _wrapped_call
 
         return await _wrapped_call(self, self._parse("chat", messages, args, kwargs))
 

@@ -14,8 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from ._time import parse_duration
-from .errors import ConfigurationError, ConfigurationTypeError
+from .._time import parse_duration
+from ..errors import ConfigurationError, ConfigurationTypeError
 
 __all__ = ["DEFAULT", "ENV_VARS", "FALLBACKS", "LOG_LEVELS", "Settings", "default_db_path"]
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from .errors import CyllamaDBError
+from ..errors import CyllamaDBError
 
 __all__ = [
     "FILE_COLUMNS",

@@ -31,7 +31,7 @@ import json
 import re
 from typing import Any
 
-from .errors import GrammarError, JSONSchemaError, MissingDependencyError
+from ..errors import GrammarError, JSONSchemaError, MissingDependencyError
 
 __all__ = ["check_gbnf", "check_json_schema", "grammar_text"]
 

@@ -1,7 +1,7 @@
 """``@cached``: persistent memoisation in the response cache.
 
 Works on plain functions (``@cached`` or ``@cached(ttl=..., db=...)``), on
-methods, and on an :class:`~cyllama_db.inference.LLM`
+methods, and on an :class:`~cyllama_db.llm.inference.LLM`
 (``cached(ttl=...)(llm)("prompt")``). Function entries live in the same
 ``cache`` table as responses (kind ``'function'``), so TTL, the size limit,
 invalidation and statistics apply to them too. Arguments and return values
@@ -21,7 +21,10 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from ._cacheutil import (
+from ._time import parse_duration
+from .errors import UncacheableError
+from .llm.inference import LLM, Response, Stream, _check_db_arg, _resolve_db
+from .stores.keys import (
     _UNBOUND,
     SingleFlight,
     bound_instance,
@@ -32,16 +35,13 @@ from ._cacheutil import (
     key_material,
     keyable,
 )
-from ._time import parse_duration
-from .errors import UncacheableError
-from .inference import LLM, Response, Stream, _check_db_arg, _resolve_db
 
 if TYPE_CHECKING:
-    from .database import CyllamaDB
+    from .db.facade import CyllamaDB
 
 __all__ = ["AsyncCachedFunction", "BoundCachedFunction", "CachedFunction", "CachedLLM", "cached"]
 
-logger = logging.getLogger("cyllama_db.cache")
+logger = logging.getLogger("cyllama_db.stores.cache")
 
 R = TypeVar("R")
 
@@ -509,7 +509,7 @@ class BoundCachedFunction:
 
 
 class CachedLLM:
-    """An :class:`~cyllama_db.inference.LLM` view that always caches, with its own TTL and database."""
+    """An :class:`~cyllama_db.llm.inference.LLM` view that always caches, with its own TTL and database."""
 
     def __init__(self, llm: LLM, ttl: timedelta | None, db: Any) -> None:
         self.llm = llm

@@ -2,7 +2,7 @@
 
 Keys (:func:`generate_cache_key`) are SHA-256 over canonical JSON of the
 prompt, the model's identity, the output-deciding part of the
-:class:`~cyllama_db.inference.GenerationConfig` (everything but ``seed``) and
+:class:`~cyllama_db.llm.inference.GenerationConfig` (everything but ``seed``) and
 the ``llama_cpp.Llama`` load options that change the output
 (:data:`OUTPUT_LOAD_OPTIONS`).
 The model identity is the file's basename plus a fingerprint of its size and
@@ -62,8 +62,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from ._base import StoreBase, db_op, db_stats_provider
-from ._cacheutil import (
+from .._time import from_timestamp, parse_duration, time_arg
+from .._validate import check_path
+from ..db.migrations import execute_script, migration
+from ..db.store import StoreBase, db_op, db_stats_provider
+from ..errors import DatabaseClosedError
+from ..llm.openai import skeleton
+from ..types import GenerationConfig, GenerationStats, Response
+from .keys import (
     OUTPUT_LOAD_OPTIONS,
     canonical_messages,
     chat_key,
@@ -75,13 +81,7 @@ from ._cacheutil import (
     recent_model_identity,
     sha256_text,
 )
-from ._openai import skeleton
-from ._search import CACHE_FTS, CACHE_INDEX, fts_query, refresh, require_index, sync_index
-from ._time import from_timestamp, parse_duration, time_arg
-from ._validate import check_path
-from .errors import DatabaseClosedError
-from .migrations import execute_script, migration
-from .types import GenerationConfig, GenerationStats, Response
+from .search import CACHE_FTS, CACHE_INDEX, fts_query, refresh, require_index, sync_index
 
 __all__ = [
     "OUTPUT_LOAD_OPTIONS",
@@ -91,7 +91,7 @@ __all__ = [
     "model_identity",
 ]
 
-logger = logging.getLogger("cyllama_db.cache")
+logger = logging.getLogger("cyllama_db.stores.cache")
 _DEBUG: Final = logging.DEBUG
 
 #: Automatic eviction (after an insert pushes the cache over its limit)
@@ -784,7 +784,7 @@ class CacheMixin(StoreBase):
             ]
 
     def _select_model(self, model: Any) -> Any:
-        from ._modelref import select_model
+        from .modelref import select_model
 
         check_path(model, "model_path")
         return select_model(self, model)

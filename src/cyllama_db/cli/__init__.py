@@ -32,11 +32,11 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from ._search import fts_query
-from ._time import _shown, parse_when
+from .._time import _shown, parse_when
+from ..stores.search import fts_query
 
 if TYPE_CHECKING:
-    from .database import CyllamaDB
+    from ..db.facade import CyllamaDB
 
 __all__ = ["build_parser", "main"]
 
@@ -478,7 +478,7 @@ def _construct(path: str | None, readonly: bool = False) -> CyllamaDB:
     so the warning would be a second line. Anything else logged while opening
     is passed on unchanged.
     """
-    from .database import CyllamaDB
+    from ..db.facade import CyllamaDB
 
     library_logger = logging.getLogger("cyllama_db")
     held = _Held()
@@ -499,7 +499,7 @@ def _construct(path: str | None, readonly: bool = False) -> CyllamaDB:
 def _open(args: argparse.Namespace, *, reads: bool = False) -> Iterator[CyllamaDB]:
     """The database of ``--db``; ``reads=True``: a command that only reads, which opens
     a file this user may read but not write read-only instead of failing."""
-    from .errors import ReadOnlyDatabaseError
+    from ..errors import ReadOnlyDatabaseError
 
     path = getattr(args, "db", None)
     try:
@@ -529,7 +529,7 @@ def _require(db: Any, method: str, store: str) -> Callable[..., Any]:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from . import migrations
+    from ..db import migrations
 
     with _open(args, reads=True) as db:
         stats = db.get_db_stats()
@@ -588,7 +588,7 @@ def _read_only_versions(path: str) -> dict[int, tuple[str | None, str | None]]:
     if not os.path.isfile(path):
         raise CommandError(f"cannot read the schema version of {path}: not a regular file")
     uri = f"file:{urllib.parse.quote(path)}?mode=ro"
-    from ._settings import Settings
+    from ..db.settings import Settings
 
     conn = sqlite3.connect(uri, uri=True, timeout=Settings.resolve(path=path).busy_timeout)
     try:
@@ -608,13 +608,14 @@ def _read_only_versions(path: str) -> dict[int, tuple[str | None, str | None]]:
 
 
 def _db_file(args: argparse.Namespace) -> str:
-    from ._settings import Settings
+    from ..db.settings import Settings
 
     return Settings.resolve(path=getattr(args, "db", None), enabled=True).path
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from . import database, migrations
+    from ..db import facade as database
+    from ..db import migrations
 
     del database  # imported for its side effect: every store registers its migrations
 
@@ -667,7 +668,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _value_type(key: str, value: Any) -> str:
-    from .config import encode_value
+    from ..stores.config import encode_value
 
     return encode_value(key, value)[1]
 
@@ -849,7 +850,7 @@ def _cache_columns(db: Any) -> list[str]:
 
 
 def _cache_record(names: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
-    from ._time import from_timestamp
+    from .._time import from_timestamp
 
     record = dict(zip(names, row, strict=True))
     for name in _CACHE_TIMES:
@@ -1143,7 +1144,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 
 def _param_value(name: str, text: str) -> Any:
     """A ``--param name=value`` value converted to the parameter's type."""
-    from ._params import PARAMS_BY_NAME
+    from ..stores.params import PARAMS_BY_NAME
 
     param = PARAMS_BY_NAME.get(name)
     kind = None if param is None else param.type
@@ -1173,7 +1174,7 @@ def _params_from(pairs: Sequence[tuple[str, str]] | None) -> dict[str, Any]:
 
 
 def _redacted(model: Mapping[str, Any], show_secrets: bool) -> dict[str, Any]:
-    from ._params import redact
+    from ..stores.params import redact
 
     return redact(dict(model), show_secrets=show_secrets)
 
@@ -1331,7 +1332,7 @@ def _metric_row(sample: Mapping[str, Any]) -> list[Any]:
 
 
 def _cmd_metrics_sample(args: argparse.Namespace) -> int:
-    from . import metrics
+    from ..stores import metrics
 
     with _open(args) as db:
         sample = metrics.sample_metrics(db)
@@ -1394,7 +1395,7 @@ def _cmd_metrics_history(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from . import dashboard
+    from .. import dashboard
 
     with _open(args, reads=True) as db:
         try:
@@ -1463,9 +1464,9 @@ def _group(subparsers: Any, name: str, help_text: str) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``cyllama-db`` argument parser (every command and option)."""
-    from . import __version__
-    from .metrics import MAX_HISTORY_MINUTES, MAX_SAMPLER_INTERVAL, MIN_SAMPLER_INTERVAL
-    from .registry import MODEL_STATUSES
+    from .. import __version__
+    from ..stores.metrics import MAX_HISTORY_MINUTES, MAX_SAMPLER_INTERVAL, MIN_SAMPLER_INTERVAL
+    from ..stores.registry import MODEL_STATUSES
 
     sampler_interval = _float_between(MIN_SAMPLER_INTERVAL, MAX_SAMPLER_INTERVAL)
     parser = _Parser(
@@ -1693,7 +1694,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {_visible(message)}", file=sys.stderr)
         return 1
     except Exception as exc:
-        from .errors import CyllamaDBError
+        from ..errors import CyllamaDBError
 
         if isinstance(exc, CyllamaDBError) and not os.environ.get("CYLLAMA_DEBUG"):
             print(f"{PROG}: error: {_visible(' '.join(str(exc).split()))}", file=sys.stderr)

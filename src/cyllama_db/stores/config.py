@@ -12,9 +12,9 @@ import math
 import sqlite3
 from typing import Any
 
-from ._base import StoreBase, db_op, db_stats_provider
-from ._validate import check_text
-from .migrations import execute_script, migration
+from .._validate import check_text
+from ..db.migrations import execute_script, migration
+from ..db.store import StoreBase, db_op, db_stats_provider
 
 __all__ = ["VALUE_TYPES", "ConfigMixin", "decode_value", "encode_value"]
 
@@ -120,7 +120,7 @@ class ConfigMixin(StoreBase):
                     "SELECT value, value_type FROM config WHERE key = ?", (key,)
                 ).fetchone()
         except sqlite3.Error as exc:  # the error contract (not db_op: this is a hot path)
-            from ._base import library_error
+            from ..db.store import library_error
 
             raise library_error(exc, self.path, self.settings.busy_timeout) from exc
         return default if row is None else decode_value(row[0], row[1])

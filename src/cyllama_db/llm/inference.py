@@ -28,8 +28,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, Union, overload
 
-from ._base import Closing
-from ._cacheutil import (
+from .._validate import check_path
+from ..db.store import Closing
+from ..errors import (
+    CacheMissError,
+    ContextOverflowError,
+    DatabaseClosedError,
+    GenerationError,
+    MissingDependencyError,
+    ModelBusyError,
+    ModelLoadError,
+    ModelNotFoundError,
+    UncacheableError,
+)
+from ..stores.keys import (
     Cancelled,
     SingleFlight,
     canonical_json,
@@ -41,20 +53,7 @@ from ._cacheutil import (
     load_options_json,
     model_identity,
 )
-from ._openai import accumulate_chunks, plain, replay_chunks, split_text
-from ._validate import check_path
-from .errors import (
-    CacheMissError,
-    ContextOverflowError,
-    DatabaseClosedError,
-    GenerationError,
-    MissingDependencyError,
-    ModelBusyError,
-    ModelLoadError,
-    ModelNotFoundError,
-    UncacheableError,
-)
-from .types import (  # noqa: F401 - re-exported: inference's names since before the split
+from ..types import (  # noqa: F401 - re-exported: inference's names since before the split
     _CONFIG_FIELDS,
     _DEFAULT_CONFIG,
     _FLOAT_FIELDS,
@@ -84,9 +83,10 @@ from .types import (  # noqa: F401 - re-exported: inference's names since before
     hit_stats,
     response_format_schema,
 )
+from .openai import accumulate_chunks, plain, replay_chunks, split_text
 
 if TYPE_CHECKING:
-    from .database import CyllamaDB
+    from ..db.facade import CyllamaDB
 
 __all__ = [
     "LLM",
@@ -101,12 +101,12 @@ __all__ = [
     "unload_models",
 ]
 
-logger = logging.getLogger("cyllama_db.inference")
+logger = logging.getLogger("cyllama_db.llm.inference")
 # Errors this module raises to its caller are logged here: the logs store
 # keeps them (log_to_db), but with no logging configured nothing prints them
 # (the NullHandler keeps Python's last-resort handler off): the caller got
 # the exception and decides what to show.
-raised_logger = logging.getLogger("cyllama_db.inference.raised")
+raised_logger = logging.getLogger("cyllama_db.llm.inference.raised")
 raised_logger.addHandler(logging.NullHandler())
 
 Kind = Literal["completion", "chat"]
@@ -400,7 +400,7 @@ def _sampling_kwargs(config: GenerationConfig, kind: Kind = "completion", llama:
         from llama_cpp import LlamaGrammar
 
         if llama is not None:
-            from ._grammar import check_gbnf
+            from .grammar import check_gbnf
 
             check_gbnf(grammar, vocab=llama)
         kwargs["grammar"] = LlamaGrammar.from_string(grammar, verbose=False)
@@ -409,7 +409,7 @@ def _sampling_kwargs(config: GenerationConfig, kind: Kind = "completion", llama:
 
 def _schema_grammar(schema: Any) -> str:
     """GBNF for a JSON schema (``{}``: any JSON value), checked; JSONSchemaError otherwise."""
-    from ._grammar import check_json_schema
+    from .grammar import check_json_schema
 
     if schema == {}:
         from llama_cpp.llama_grammar import JSON_GBNF
@@ -526,7 +526,7 @@ def _wait_timeout(value: Any) -> float | None:
         try:
             value = float(raw)
         except ValueError:
-            from .errors import ConfigurationError
+            from ..errors import ConfigurationError
 
             raise ConfigurationError(
                 f"CYLLAMA_MODEL_WAIT_TIMEOUT={raw!r} is not a number of seconds (or 'none')"
@@ -595,14 +595,14 @@ def _resolve_db(db: Any) -> CyllamaDB | None:
     if db is False:
         return None
     if db is None or db is True:
-        from .database import get_db
+        from ..db.facade import get_db
 
         db = get_db()
     return db if db.enabled else None
 
 
 def _check_db_arg(db: Any) -> None:
-    from .database import CyllamaDB
+    from ..db.facade import CyllamaDB
 
     if db is None or isinstance(db, (bool, CyllamaDB)):
         return
@@ -686,7 +686,7 @@ class LLM(Closing):
             override ``config``. Any other name raises ``TypeError``, and so
             does a load option of the wrong type. Those that change the output
             (``chat_format``, LoRA, RoPE, ``kv_overrides``...:
-            ``cyllama_db.cache.OUTPUT_LOAD_OPTIONS``) are part of the cache key.
+            ``cyllama_db.stores.cache.OUTPUT_LOAD_OPTIONS``) are part of the cache key.
 
     The model loads on the first call that misses the cache, and again if the
     file on disk changes. One generation runs at a time per ``LLM`` (llama.cpp
@@ -934,7 +934,7 @@ class LLM(Closing):
 
     def cache_key(self, prompt: str | Messages, *, namespace: str | None = None, **overrides: Any) -> str:
         """The cache key a call with ``prompt`` (a str, or chat messages) and ``overrides`` uses."""
-        from .cache import check_namespace
+        from ..stores.cache import check_namespace
 
         config = self.config.replace(**overrides)
         identity = model_identity(self.model_path)
@@ -1033,10 +1033,10 @@ class LLM(Closing):
         explicit = cache is not None
         mode = _cache_mode(self.cache if cache is None else cache)
         if ttl is not None:
-            from .cache import _ttl_seconds
+            from ..stores.cache import _ttl_seconds
 
             _ttl_seconds(ttl)
-        from .cache import check_namespace
+        from ..stores.cache import check_namespace
 
         space = check_namespace(namespace)
         if kind == "chat":
@@ -1652,7 +1652,7 @@ def _dict_model(llm: LLM, extra: Mapping[str, Any]) -> str:
 
 def _is_llama(value: Any) -> bool:
     """Whether ``value`` is a loaded ``llama_cpp.Llama`` (without importing llama_cpp)."""
-    from ._cacheutil import is_llama
+    from ..stores.keys import is_llama
 
     return is_llama(value) and isinstance(getattr(value, "model_path", None), (str, os.PathLike))
 
@@ -1687,12 +1687,12 @@ def _auto_chat_format(llama: Any) -> str | None:
 def _adopted_load_options(llama: Any) -> dict[str, Any]:
     """The output-changing load options of a loaded Llama, as ``LLM(path, **options)`` would key them.
 
-    Read back from the object (:func:`~cyllama_db._cacheutil.llama_load_options`),
+    Read back from the object (:func:`~cyllama_db.stores.keys.llama_load_options`),
     so that ``wrap(Llama(p, chat_format=X))`` and ``LLM(p, chat_format=X)``
     share cache entries. The chat format llama-cpp-python picked by itself is
     left out, as ``LLM(p)`` leaves it out.
     """
-    from ._cacheutil import llama_load_options
+    from ..stores.keys import llama_load_options
 
     options = {name: value for name, value in llama_load_options(llama).items() if value is not None}
     if options.get("chat_handler") is None and options.get("chat_format") == _auto_chat_format(llama):
@@ -1929,7 +1929,7 @@ def _from_registry(
     model: int | str, db: Any, config: Any, owner: str
 ) -> tuple[CyllamaDB, Mapping[str, Any], dict[str, Any], GenerationConfig]:
     """(registry database, record, ``LLM`` keyword arguments, base config) of a registered model."""
-    from .registry import inference_arguments
+    from ..stores.registry import inference_arguments
 
     _check_db_arg(db)
     if db is False:
@@ -1938,7 +1938,7 @@ def _from_registry(
             "or leave db=None for the global one"
         )
     if db is None or db is True:
-        from .database import get_db
+        from ..db.facade import get_db
 
         db = get_db()
     record, kwargs, sampling = inference_arguments(db, model)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from .errors import (
+from ..errors import (
     DatabaseBusyError,
     DatabaseClosedError,
     DatabaseError,
@@ -29,8 +29,8 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from ._pool import ConnectionPool
-    from ._settings import Settings
+    from .pool import ConnectionPool
+    from .settings import Settings
 
 __all__ = [
     "RECLAIM_MAX_PAGES",

@@ -16,16 +16,7 @@ import threading
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from . import _files, _search, _views  # noqa: F401  (register migrations 8 and 9)
-from . import _pool as _pool_module
-from . import migrations as _migrations
-from ._base import DB_STATS_PROVIDERS, StoreBase, db_op
-from ._export import ExportMixin
-from ._pool import ConnectionPool
-from ._settings import DEFAULT, Settings
-from .cache import CacheMixin
-from .config import ConfigMixin
-from .errors import (
+from ..errors import (
     CyllamaDBError,
     DatabaseBusyError,
     DatabaseClosedError,
@@ -35,14 +26,24 @@ from .errors import (
     ReadOnlyDatabaseError,
     SchemaVersionError,
 )
-from .logs import LogsMixin
-from .metadata import MetadataMixin
-from .metrics import MetricsMixin
-from .registry import RegistryMixin
-from .stats import StatsMixin
+from ..stores import search as _search  # noqa: F401  (register migrations 8 and 9)
+from ..stores.cache import CacheMixin
+from ..stores.config import ConfigMixin
+from ..stores.export import ExportMixin
+from ..stores.logs import LogsMixin
+from ..stores.metadata import MetadataMixin
+from ..stores.metrics import MetricsMixin
+from ..stores.registry import RegistryMixin
+from ..stores.stats import StatsMixin
+from . import files as _files
+from . import migrations as _migrations
+from . import pool as _pool_module
+from .pool import ConnectionPool
+from .settings import DEFAULT, Settings
+from .store import DB_STATS_PROVIDERS, StoreBase, db_op
 
 if TYPE_CHECKING:
-    from .aio import AsyncCyllamaDB
+    from ..aio import AsyncCyllamaDB
 
 __all__ = ["CyllamaDB", "configure_db", "get_db", "reset_db"]
 
@@ -197,7 +198,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
         auto_vacuum: keep the file from staying large after deletes. A new
             file is made with SQLite's incremental auto-vacuum, and when
             cleanup, eviction, invalidation or pruning leaves more than an
-            eighth of it free, up to :data:`~cyllama_db._base.RECLAIM_MAX_PAGES`
+            eighth of it free, up to :data:`~cyllama_db.db.store.RECLAIM_MAX_PAGES`
             free pages are given back (``PRAGMA incremental_vacuum``) in the
             same transaction. A file made without it (older cyllama-db, or
             ``auto_vacuum=False``) is switched by one full :meth:`vacuum`.
@@ -448,7 +449,7 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
     def aio(self) -> AsyncCyllamaDB:
         """This database for asyncio code: every method as a coroutine run in a worker
         thread (``await db.aio.get_stats_summary()``); see :class:`~cyllama_db.AsyncCyllamaDB`."""
-        from .aio import AsyncCyllamaDB
+        from ..aio import AsyncCyllamaDB
 
         return AsyncCyllamaDB(self)
 

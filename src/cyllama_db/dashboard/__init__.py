@@ -2,7 +2,7 @@
 
 Standard library only (``http.server``), no build step and nothing fetched
 from the internet: the page is one HTML document plus a small script and
-style sheet shipped inside the package (``cyllama_db/_static``); the script
+style sheet shipped inside the package (``cyllama_db/dashboard/static``); the script
 asks this server for JSON and draws the charts as inline SVG.
 
 Routes (all ``GET``):
@@ -51,11 +51,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from ._time import parse_duration
-from .metrics import MAX_HISTORY_MINUTES, METRICS_FIELDS, PROCESS_FIELDS
+from .._time import parse_duration
+from ..stores.metrics import MAX_HISTORY_MINUTES, METRICS_FIELDS, PROCESS_FIELDS
 
 if TYPE_CHECKING:
-    from .database import CyllamaDB
+    from ..db.facade import CyllamaDB
 
 __all__ = ["DashboardServer", "dashboard_data", "is_loopback", "make_server"]
 
@@ -244,7 +244,7 @@ def _cache(db: CyllamaDB) -> dict[str, Any]:
 
 
 def _models(db: CyllamaDB) -> dict[str, Any]:
-    from ._params import redact
+    from ..stores.params import redact
 
     rows = []
     for model in _method(db, "get_models")():
@@ -313,7 +313,7 @@ def _recent(db: CyllamaDB, limit: int = 20) -> dict[str, Any]:
             logs.append({k: row.get(k) for k in (
                 "created_at", "level", "category", "message", "error_type", "model_path")})
         # Model loading is not part of any generation's latency: its own figure.
-        for row in get_logs(category="cyllama_db.inference", limit=200):
+        for row in get_logs(category="cyllama_db.llm.inference", limit=200):
             match = _LOAD_MESSAGE.match(str(row.get("message") or ""))
             if match and len(loads) < limit:
                 loads.append({"created_at": row["created_at"], "model_path": match["path"],
@@ -323,7 +323,7 @@ def _recent(db: CyllamaDB, limit: int = 20) -> dict[str, Any]:
 
 def dashboard_data(db: CyllamaDB, range_key: str = DEFAULT_RANGE) -> dict[str, Any]:
     """Everything the page shows, as JSON-ready data (``/api/summary?range=1h``)."""
-    from .cli import _plain
+    from ..cli import _plain
 
     if range_key not in RANGES:
         raise ValueError(f"range must be one of {', '.join(RANGES)}, got {range_key!r}")
@@ -421,7 +421,7 @@ def make_server(
     if not (request_timeout > 0):
         raise ValueError(f"request_timeout must be positive, got {request_timeout!r}")
     if db is None:
-        from .database import get_db
+        from ..db.facade import get_db
 
         db = get_db()
     if not (refresh_seconds > 0):
@@ -468,7 +468,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, data: Any, status: int = HTTPStatus.OK) -> None:
-        from .cli import _plain
+        from ..cli import _plain
 
         body = json.dumps(_plain(data), ensure_ascii=False, allow_nan=False).encode("utf-8")
         self._send(status, body, "application/json; charset=utf-8")
@@ -519,7 +519,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif route == "/api/models":
                 self._json(_section(lambda: _models(db)))
             elif route == "/metrics":
-                from .prometheus import CONTENT_TYPE, prometheus_text
+                from ..prometheus import CONTENT_TYPE, prometheus_text
 
                 self._send(HTTPStatus.OK, prometheus_text(db).encode("utf-8"), CONTENT_TYPE)
             else:
@@ -540,7 +540,7 @@ class _Handler(BaseHTTPRequestHandler):
         if content_type is None:  # also rejects any path with '/' or '..'
             self._error(HTTPStatus.NOT_FOUND, f"no such file: {name}")
             return
-        body = resources.files("cyllama_db").joinpath("_static").joinpath(name).read_bytes()
+        body = resources.files("cyllama_db").joinpath("dashboard").joinpath("static").joinpath(name).read_bytes()
         self._send(HTTPStatus.OK, body, content_type)
 
 

@@ -4,7 +4,7 @@ One ``models`` table merges the seed design's GGUF metadata cache (file
 size, architecture, quantization, context length, vocabulary size, chat
 template, the full key/value set, a fingerprint) with the dashboard's
 identity columns (``id``, unique ``name``, ``type``, ``status``, timestamps)
-and one column per entry of :data:`cyllama_db._params.PARAMS`.  The parameter
+and one column per entry of :data:`cyllama_db.stores.params.PARAMS`.  The parameter
 columns are generated from that list, and columns that a newer list adds are
 added to existing files when they are opened, so the schema never drifts from
 the validation, ``to_llama_kwargs()`` and ``to_server_args()``.
@@ -32,9 +32,13 @@ import stat
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from . import _gguf
-from ._base import StoreBase, db_op, db_stats_provider
-from ._params import (
+from .._time import from_timestamp, to_timestamp
+from .._validate import check_path
+from ..db.migrations import execute_script, migration
+from ..db.store import StoreBase, db_op, db_stats_provider
+from ..errors import ModelExistsError, ModelLoadError, ReadOnlyDatabaseError, UnknownModelError
+from . import gguf as _gguf
+from .params import (
     FILE_COLUMNS,
     IDENTITY_COLUMNS,
     PARAMS,
@@ -50,14 +54,10 @@ from ._params import (
     to_server_args,
     to_sql,
 )
-from ._time import from_timestamp, to_timestamp
-from ._validate import check_path
-from .errors import ModelExistsError, ModelLoadError, ReadOnlyDatabaseError, UnknownModelError
-from .migrations import execute_script, migration
 
 __all__ = ["MODEL_STATUSES", "ModelRecord", "ModelRef", "RegistryMixin", "inference_arguments"]
 
-logger = logging.getLogger("cyllama_db.registry")
+logger = logging.getLogger("cyllama_db.stores.registry")
 
 #: The values ``status`` may take (the dashboard's set).
 MODEL_STATUSES: Final = ("running", "stopped", "loading", "error")
@@ -159,7 +159,7 @@ class ModelRecord(dict[str, Any]):
     ``parameter_count``, ``quantization``, ``context_length``, ``vocab_size``,
     ``gguf_chat_template``, ``gguf_metadata`` (every GGUF key/value, long
     arrays summarised; stored as ``metadata_json``), ``fingerprint``, ``first_seen_at``, ``last_used_at``) and
-    every parameter of :data:`~cyllama_db._params.PARAMS` (``None`` = unset).
+    every parameter of :data:`~cyllama_db.stores.params.PARAMS` (``None`` = unset).
     Timestamps are aware UTC datetimes.
 
     The values are the real ones, secrets included, so a record can be
@@ -464,7 +464,7 @@ class RegistryMixin(StoreBase):
         usage = getattr(self, "model_usage", None)
         if not records or not callable(usage):
             return records
-        from ._modelref import known_models, select_model
+        from .modelref import known_models, select_model
 
         # One look at the stores for the whole listing, not one per record.
         known = known_models(self)
@@ -824,7 +824,7 @@ class RegistryMixin(StoreBase):
     def to_llama_kwargs(self, model: ModelRef) -> dict[str, Any]:
         """``llama_cpp.Llama(**kwargs)`` keywords for a model (id, name or record).
 
-        See :func:`cyllama_db._params.to_llama_kwargs` for the translations
+        See :func:`cyllama_db.stores.params.to_llama_kwargs` for the translations
         (cache type names to ggml codes, ``flash_attn``, ``gpu_layers``...).
         """
         return to_llama_kwargs(self._as_record(model))
@@ -866,9 +866,9 @@ def inference_arguments(
 
     Returns ``(record, llm_kwargs, sampling)``: ``llm_kwargs`` are
     ``LLM(**llm_kwargs)`` keywords (``model_path``, the ``Llama()`` load
-    options of :func:`~cyllama_db._params.to_llama_kwargs` and ``verbose``
+    options of :func:`~cyllama_db.stores.params.to_llama_kwargs` and ``verbose``
     when ``log_disable`` is stored); ``sampling`` are ``GenerationConfig``
-    fields (:func:`~cyllama_db._params.to_sampling_kwargs`, which also
+    fields (:func:`~cyllama_db.stores.params.to_sampling_kwargs`, which also
     carries the seed, a per-call setting there).
 
     Raises:

@@ -29,14 +29,14 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._base import StoreBase, db_op, db_stats_provider
-from ._time import from_timestamp, parse_duration, time_arg
-from ._validate import check_path
-from .errors import DatabaseClosedError, MissingDependencyError
-from .migrations import execute_script, migration
+from .._time import from_timestamp, parse_duration, time_arg
+from .._validate import check_path
+from ..db.migrations import execute_script, migration
+from ..db.store import StoreBase, db_op, db_stats_provider
+from ..errors import DatabaseClosedError, MissingDependencyError
 
 if TYPE_CHECKING:
-    from ._pool import ConnectionPool
+    from ..db.pool import ConnectionPool
 
 __all__ = [
     "MAX_HISTORY_MINUTES",
@@ -49,7 +49,7 @@ __all__ = [
     "sample_metrics",
 ]
 
-logger = logging.getLogger("cyllama_db.metrics")
+logger = logging.getLogger("cyllama_db.stores.metrics")
 
 #: The seed design's value columns, in its order (``timestamp`` and ``gpus`` come besides).
 METRICS_FIELDS = (
@@ -567,7 +567,7 @@ def _reader_for(nvml: Any) -> _GPUReader:
 
 
 def _loaded_model_paths() -> list[str]:
-    # A model loaded through cyllama_db.inference means that module was
+    # A model loaded through cyllama_db.llm.inference means that module was
     # imported; if it was not, nothing was loaded and importing it now
     # (with whatever it pulls in) would be wasted.
     module = sys.modules.get(f"{__package__}.inference")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final, Union
 
-from .errors import CyllamaDBError
+from ..errors import CyllamaDBError
 
 __all__ = [
     "LLAMA_FTYPE_NAMES",

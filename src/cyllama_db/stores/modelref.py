@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ._cacheutil import model_identity
-from .errors import AmbiguousModelError
+from ..errors import AmbiguousModelError
+from .keys import model_identity
 
 __all__ = ["ModelSelection", "known_models", "select_model"]
 

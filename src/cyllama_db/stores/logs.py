@@ -28,8 +28,12 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from ._base import StoreBase, db_op, db_stats_provider
-from ._search import (
+from .._time import from_timestamp
+from .._validate import check_text
+from ..db.migrations import execute_script, migration
+from ..db.settings import LOG_LEVELS
+from ..db.store import StoreBase, db_op, db_stats_provider
+from .search import (
     LOGS_FTS,
     LOGS_INDEX,
     fts_query,
@@ -38,10 +42,6 @@ from ._search import (
     search_clause,
     sync_index,
 )
-from ._settings import LOG_LEVELS
-from ._time import from_timestamp
-from ._validate import check_text
-from .migrations import execute_script, migration
 from .stats import _check_limit, _time_arg
 
 __all__ = ["LOG_COLUMNS", "CyllamaDBHandler", "LogsMixin", "level_name"]
@@ -396,7 +396,7 @@ class LogsMixin(StoreBase):
                 errors and critical rows).
             category: that category and its dotted children, as in
                 ``logging``'s hierarchy (``"cyllama_db"`` also matches
-                ``"cyllama_db.cache"``).
+                ``"cyllama_db.stores.cache"``).
             since: first moment included: a datetime, Unix seconds, a
                 timedelta or duration text meaning "that long ago"
                 (``since="1h"``), or ISO-8601 text (``"2024-05-01T12:00Z"``).
@@ -552,7 +552,7 @@ class CyllamaDBHandler(logging.Handler):
         try:
             db = self.db
             if db is None:
-                from .database import get_db
+                from ..db.facade import get_db
 
                 db = get_db()
             if not db.enabled:

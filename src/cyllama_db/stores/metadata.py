@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from ._base import StoreBase, db_op, db_stats_provider
-from ._validate import check_text
+from .._validate import check_text
+from ..db.store import StoreBase, db_op, db_stats_provider
 
 __all__ = ["RESERVED_METADATA_KEYS", "MetadataMixin"]
 
