@@ -26,12 +26,13 @@ from ..errors import (
     ReadOnlyDatabaseError,
     SchemaVersionError,
 )
-from ..stores import search as _search  # noqa: F401  (register migrations 8 and 9)
+from ..stores import search as _search  # noqa: F401  (registers migration 9)
+from ..stores import views as _views  # noqa: F401  (registers migration 10)
 from ..stores.cache import CacheMixin
-from ..stores.config import ConfigMixin
+from ..stores.config import ConfigStore
 from ..stores.export import ExportMixin
 from ..stores.logs import LogsMixin
-from ..stores.metadata import MetadataMixin
+from ..stores.metadata import MetadataStore
 from ..stores.metrics import MetricsMixin
 from ..stores.registry import RegistryMixin
 from ..stores.stats import StatsMixin
@@ -40,7 +41,7 @@ from . import migrations as _migrations
 from . import pool as _pool_module
 from .pool import ConnectionPool
 from .settings import DEFAULT, Settings
-from .store import DB_STATS_PROVIDERS, StoreBase, db_op
+from .store import DB_STATS_PROVIDERS, Store, StoreBase, db_op, delegate
 
 if TYPE_CHECKING:
     from ..aio import AsyncCyllamaDB
@@ -150,7 +151,15 @@ def _sqlite_error(exc: sqlite3.Error, path: str, busy_timeout: float) -> Excepti
     return _Unusable(exc)
 
 
-class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin, StatsMixin, MetadataMixin, ConfigMixin, StoreBase):
+class CyllamaDB(
+    CacheMixin,
+    RegistryMixin,
+    ExportMixin,
+    MetricsMixin,
+    LogsMixin,
+    StatsMixin,
+    StoreBase,
+):
     """One SQLite file holding everything local llama.cpp inference should remember.
 
     Args:
@@ -251,6 +260,10 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
         )
         self._pool = None
         self.fallback_reason: str | None = None
+        self.config = ConfigStore(self)
+        self.metadata = MetadataStore(self)
+        #: Every store, in the order they are opened, flushed and closed.
+        self.stores: tuple[Store, ...] = (self.config, self.metadata)
         self._close_lock = threading.Lock()
         if not self.enabled:
             return
@@ -425,6 +438,58 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
             hook = cls.__dict__.get(name)
             if hook is not None:
                 hook(self)
+        for store in self.stores:
+            if name == "_store_init":
+                store.open()
+            elif name == "_store_flush":
+                store.flush()
+            elif name == "_store_close":
+                try:
+                    store.close()
+                except Exception as exc:  # closing must not fail over one store's bookkeeping
+                    logger.warning("closing the %s store: %s", store.name, exc)
+
+    # -- config (the flat API of db.config) -----------------------------------------------
+
+    @delegate(ConfigStore.get)
+    def get_config(self, key: str, default: Any = None) -> Any:
+        return self.config.get(key, default)
+
+    @delegate(ConfigStore.set)
+    def set_config(self, key: str, value: Any) -> None:
+        self.config.set(key, value)
+
+    @delegate(ConfigStore.all)
+    def get_all_config(self) -> dict[str, Any]:
+        return self.config.all()
+
+    @delegate(ConfigStore.delete)
+    def delete_config(self, key: str) -> bool:
+        return self.config.delete(key)
+
+    # -- metadata (the flat API of db.metadata) -------------------------------------------
+
+    @delegate(MetadataStore.set)
+    def set_metadata(self, key: str, value: str | int | float) -> None:
+        self.metadata.set(key, value)
+
+    @delegate(MetadataStore.get)
+    def get_metadata(self, key: str) -> str | None:
+        return self.metadata.get(key)
+
+    @delegate(MetadataStore.all)
+    def get_all_metadata(self) -> dict[str, str]:
+        return self.metadata.all()
+
+    @delegate(MetadataStore.delete)
+    def delete_metadata(self, key: str) -> bool:
+        return self.metadata.delete(key)
+
+    @delegate(MetadataStore.mark_server_start)
+    def mark_server_start(self) -> None:
+        self.metadata.mark_server_start()
+
+    # -- (sections for the other stores' flat APIs follow) --------------------------------
 
     # -- identity --------------------------------------------------------------------------
 
@@ -542,6 +607,8 @@ class CyllamaDB(CacheMixin, RegistryMixin, ExportMixin, MetricsMixin, LogsMixin,
             mode = conn.execute("PRAGMA auto_vacuum").fetchone()[0]
             stats["auto_vacuum"] = {0: "none", 1: "full", 2: "incremental"}.get(mode, str(mode))
             stats["free_pages"] = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            for store in self.stores:
+                stats.update(store.counts(conn))
             for provider in DB_STATS_PROVIDERS:
                 stats.update(provider(conn))
         return stats

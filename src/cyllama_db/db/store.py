@@ -15,7 +15,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from ..errors import (
     DatabaseBusyError,
@@ -29,6 +29,7 @@ from ..errors import (
 )
 
 if TYPE_CHECKING:
+    from .facade import CyllamaDB
     from .pool import ConnectionPool
     from .settings import Settings
 
@@ -36,9 +37,11 @@ __all__ = [
     "RECLAIM_MAX_PAGES",
     "RECLAIM_MIN_PAGES",
     "Closing",
+    "Store",
     "StoreBase",
     "db_op",
     "db_stats_provider",
+    "delegate",
     "library_error",
     "reclaim_free_pages",
 ]
@@ -222,9 +225,104 @@ class StoreBase:
         if not flushers:
             hooks = [cls.__dict__.get("_store_flush") for cls in reversed(type(self).__mro__)]
             flushers = tuple(functools.partial(hook, self) for hook in hooks if hook is not None)
+            flushers += tuple(store.flush for store in getattr(self, "stores", ()))
         for flush in flushers:
             try:
                 with pool.no_wait():
                     flush()
             except Exception as exc:
                 logger.debug("buffered bookkeeping not written before a read (%s); it stays buffered", exc)
+
+
+class Store:
+    """A store: one object owning its tables, reached as an attribute of the database.
+
+    ``db.config``, ``db.cache``, ``db.stats``... are stores. Each owns its
+    tables (the migrations that create them), the SQL that reads and writes
+    them, its part of :meth:`~cyllama_db.CyllamaDB.get_db_stats` and its
+    import/export merge policy. Other modules use a store's public methods
+    only. The database opens, flushes and closes its stores in the order of
+    ``CyllamaDB.stores``.
+
+    Subclasses get the database's state through properties (``settings``,
+    ``enabled``, ``path``, ``pool``, ``clock``), so a test that replaces
+    ``db.clock`` moves every store's time with it.
+    """
+
+    #: The attribute the store is reached under (``db.<name>``).
+    name: ClassVar[str] = ""
+    #: The tables this store owns.
+    tables: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, db: CyllamaDB) -> None:
+        self.db = db
+
+    # -- what the database provides ----------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        """The database's resolved settings."""
+        return self.db.settings
+
+    @property
+    def enabled(self) -> bool:
+        """False when the database was disabled: every call is then a no-op."""
+        return self.db.settings.enabled
+
+    @property
+    def path(self) -> str:
+        """The database in use (``":memory:"`` for in-memory databases, also after a fallback)."""
+        return self.db.path
+
+    @property
+    def _pool(self) -> ConnectionPool | None:
+        return self.db._pool
+
+    @property
+    def pool(self) -> ConnectionPool:
+        """The connection pool (raises :class:`DatabaseClosedError` once closed)."""
+        return self.db.pool
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """Seconds since the epoch: the database's clock (tests replace ``db.clock``)."""
+        return self.db.clock
+
+    def _reclaim(self, conn: sqlite3.Connection) -> None:
+        self.db._reclaim(conn)
+
+    def _flush_for_read(self, *flushers: Callable[[], Any]) -> None:
+        self.db._flush_for_read(*flushers)
+
+    # -- lifecycle hooks ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Called once the database is open (set up in-memory state)."""
+
+    def flush(self) -> None:
+        """Write buffered bookkeeping (before a read that must see it, a vacuum, an export)."""
+
+    def close(self) -> None:
+        """Called by ``CyllamaDB.close()`` before the connections close; must not raise."""
+
+    def counts(self, conn: sqlite3.Connection) -> dict[str, Any]:
+        """This store's part of ``get_db_stats()`` (row counts), read on ``conn``."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {self.db!r}>"
+
+
+def delegate(target: Callable[..., Any]) -> Callable[[F], F]:
+    """Mark a facade method as the flat spelling of a store method (``db.get_config`` -> ``db.config.get``).
+
+    Copies the store method's docstring; the tests check that both
+    signatures match, so the flat API cannot drift from the store's.
+    """
+
+    def decorate(fn: F) -> F:
+        fn.__doc__ = target.__doc__
+        fn.__delegates_to__ = target  # type: ignore[attr-defined]
+        return fn
+
+    return decorate

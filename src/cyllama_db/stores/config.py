@@ -14,9 +14,9 @@ from typing import Any
 
 from .._validate import check_text
 from ..db.migrations import execute_script, migration
-from ..db.store import StoreBase, db_op, db_stats_provider
+from ..db.store import Store, db_op, library_error
 
-__all__ = ["VALUE_TYPES", "ConfigMixin", "decode_value", "encode_value"]
+__all__ = ["VALUE_TYPES", "ConfigStore", "decode_value", "encode_value"]
 
 VALUE_TYPES = ("str", "int", "float", "bool", "json")
 
@@ -40,11 +40,6 @@ def _create_core_tables(conn: sqlite3.Connection) -> None:
         );
         """,
     )
-
-
-@db_stats_provider
-def _config_counts(conn: sqlite3.Connection) -> dict[str, Any]:
-    return {"config_entries": conn.execute("SELECT COUNT(*) FROM config").fetchone()[0]}
 
 
 def _check_key(key: object) -> str:
@@ -106,10 +101,20 @@ def decode_value(text: str, value_type: str) -> Any:
     raise ValueError(f"unknown config value_type {value_type!r}")
 
 
-class ConfigMixin(StoreBase):
-    """``get_config`` / ``set_config`` / ``get_all_config`` / ``delete_config``."""
+class ConfigStore(Store):
+    """Typed settings under string keys: ``db.config.get/set/delete/all``.
 
-    def get_config(self, key: str, default: Any = None) -> Any:
+    The flat ``db.get_config`` / ``set_config`` / ``get_all_config`` /
+    ``delete_config`` are the same methods.
+    """
+
+    name = "config"
+    tables = ("config",)
+
+    def counts(self, conn: sqlite3.Connection) -> dict[str, Any]:
+        return {"config_entries": conn.execute("SELECT COUNT(*) FROM config").fetchone()[0]}
+
+    def get(self, key: str, default: Any = None) -> Any:
         """The value stored under ``key``, with its original type, or ``default``."""
         _check_key(key)
         if not self.enabled:
@@ -120,13 +125,11 @@ class ConfigMixin(StoreBase):
                     "SELECT value, value_type FROM config WHERE key = ?", (key,)
                 ).fetchone()
         except sqlite3.Error as exc:  # the error contract (not db_op: this is a hot path)
-            from ..db.store import library_error
-
             raise library_error(exc, self.path, self.settings.busy_timeout) from exc
         return default if row is None else decode_value(row[0], row[1])
 
     @db_op()
-    def set_config(self, key: str, value: Any) -> None:
+    def set(self, key: str, value: Any) -> None:
         """Store ``value`` (str, int, float, bool, None, dict or list) under ``key``."""
         _check_key(key)
         text, value_type = encode_value(key, value)
@@ -143,14 +146,14 @@ class ConfigMixin(StoreBase):
             )
 
     @db_op(empty=dict)
-    def get_all_config(self) -> dict[str, Any]:
+    def all(self) -> dict[str, Any]:
         """Every config entry as ``{key: value}``, keys sorted."""
         with self.pool.read() as conn:
             rows = conn.execute("SELECT key, value, value_type FROM config ORDER BY key").fetchall()
         return {key: decode_value(text, vtype) for key, text, vtype in rows}
 
     @db_op(empty=lambda: False)
-    def delete_config(self, key: str) -> bool:
+    def delete(self, key: str) -> bool:
         """Remove ``key``; return whether it existed."""
         _check_key(key)
         with self.pool.transaction() as conn:

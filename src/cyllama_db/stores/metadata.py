@@ -3,7 +3,7 @@
 The library keeps two keys itself: ``db_version`` (the schema version) and
 ``server_start_time`` (Unix milliseconds; the metrics store derives ``uptime``
 from it). ``server_start_time`` is set when the file is created and reset by
-:meth:`MetadataMixin.mark_server_start`, which a metrics sampler calls when it
+:meth:`MetadataStore.mark_server_start`, which a metrics sampler calls when it
 starts: the process that samples is the "server" whose uptime the dashboard
 shows. Merely opening the database (a CLI command, a script) leaves it alone.
 """
@@ -14,16 +14,11 @@ import sqlite3
 from typing import Any
 
 from .._validate import check_text
-from ..db.store import StoreBase, db_op, db_stats_provider
+from ..db.store import Store, db_op
 
-__all__ = ["RESERVED_METADATA_KEYS", "MetadataMixin"]
+__all__ = ["RESERVED_METADATA_KEYS", "MetadataStore"]
 
 RESERVED_METADATA_KEYS = ("db_version", "server_start_time")
-
-
-@db_stats_provider
-def _metadata_counts(conn: sqlite3.Connection) -> dict[str, Any]:
-    return {"metadata_entries": conn.execute("SELECT COUNT(*) FROM metadata").fetchone()[0]}
 
 
 def _check_key(key: object) -> str:
@@ -35,11 +30,21 @@ def _check_key(key: object) -> str:
     return key
 
 
-class MetadataMixin(StoreBase):
-    """``set_metadata`` / ``get_metadata`` / ``delete_metadata`` / ``get_all_metadata``."""
+class MetadataStore(Store):
+    """Text values under string keys: ``db.metadata.get/set/delete/all``, ``mark_server_start``.
+
+    The flat ``db.get_metadata`` / ``set_metadata`` / ``get_all_metadata`` /
+    ``delete_metadata`` are the same methods.
+    """
+
+    name = "metadata"
+    tables = ("metadata",)
+
+    def counts(self, conn: sqlite3.Connection) -> dict[str, Any]:
+        return {"metadata_entries": conn.execute("SELECT COUNT(*) FROM metadata").fetchone()[0]}
 
     @db_op()
-    def set_metadata(self, key: str, value: str | int | float) -> None:
+    def set(self, key: str, value: str | int | float) -> None:
         """Store ``value`` under ``key``; numbers are stored as their text, like the design's."""
         _check_key(key)
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
@@ -57,7 +62,7 @@ class MetadataMixin(StoreBase):
             )
 
     @db_op()
-    def get_metadata(self, key: str) -> str | None:
+    def get(self, key: str) -> str | None:
         """The text stored under ``key``, or None when absent."""
         _check_key(key)
         with self.pool.read() as conn:
@@ -65,7 +70,7 @@ class MetadataMixin(StoreBase):
         return None if row is None else str(row[0])
 
     @db_op(empty=dict)
-    def get_all_metadata(self) -> dict[str, str]:
+    def all(self) -> dict[str, str]:
         """Every metadata entry as ``{key: value}``."""
         with self.pool.read() as conn:
             return dict(conn.execute("SELECT key, value FROM metadata ORDER BY key").fetchall())
@@ -73,10 +78,10 @@ class MetadataMixin(StoreBase):
     @db_op()
     def mark_server_start(self) -> None:
         """Set ``server_start_time`` to now (Unix ms): uptime counts from here."""
-        self.set_metadata("server_start_time", str(int(self.clock() * 1000)))
+        self.set("server_start_time", str(int(self.clock() * 1000)))
 
     @db_op(empty=lambda: False)
-    def delete_metadata(self, key: str) -> bool:
+    def delete(self, key: str) -> bool:
         """Remove ``key``; return whether it existed."""
         _check_key(key)
         with self.pool.transaction() as conn:
