@@ -57,7 +57,7 @@ __all__ = [
     "schema_version",
 ]
 
-logger = logging.getLogger("cyllama_db.db.migrations")
+logger = logging.getLogger("cyllama_db.migrations")
 
 MigrationFunc = Callable[[sqlite3.Connection], None]
 
