@@ -426,6 +426,36 @@ def test_errors_show_custom_params_redacted() -> None:
         validate_params({"ctx_size": "4096"})
 
 
+def test_secret_value_errors_keep_only_the_redacted_value() -> None:
+    with pytest.raises(ParameterValueError) as info:
+        raise ParameterValueError("api_key", "SK-LEAK", "anything else")
+    assert info.value.value == "***" and "SK-LEAK" not in str(info.value)
+    assert "this str value" in str(info.value)
+
+
+def test_registry_errors_live_in_errors_py() -> None:
+    """The parameter and GGUF errors are defined in cyllama_db.errors, same objects everywhere."""
+    import cyllama_db
+    from cyllama_db import errors
+    from cyllama_db.stores import gguf, params
+
+    bases = {
+        "UnknownParameterError": (errors.CyllamaDBError, KeyError, TypeError),
+        "ParameterTypeError": (errors.CyllamaDBError, TypeError),
+        "ParameterValueError": (errors.CyllamaDBError, ValueError),
+        "ServerArgWarning": (UserWarning,),
+        "GGUFFormatError": (errors.CyllamaDBError, ValueError),
+    }
+    for name, expected in bases.items():
+        cls = getattr(errors, name)
+        assert cls.__module__ == "cyllama_db.errors" and name in errors.__all__, name
+        assert cls.__bases__ == expected, name
+        home = gguf if name == "GGUFFormatError" else params
+        assert getattr(home, name) is cls and name in home.__all__, name
+        if name != "GGUFFormatError":  # public from the package, as before
+            assert getattr(cyllama_db, name) is cls and name in cyllama_db.__all__, name
+
+
 @pytest.mark.parametrize(
     "name", ["ctx_size", "seed", "threads", "top_k", "gpu_layers", "n_gpu_layers_draft"]
 )

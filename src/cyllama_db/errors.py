@@ -9,6 +9,8 @@ catches the built-in keeps working.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 __all__ = [
     "AmbiguousModelError",
     "ConfigurationError",
@@ -21,6 +23,7 @@ __all__ = [
     "DatabaseIntegrityError",
     "DiskFullError",
     "ForeignDatabaseError",
+    "GGUFFormatError",
     "GenerationError",
     "GenerationTimeoutError",
     "GrammarError",
@@ -33,11 +36,15 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "OutOfRangeError",
+    "ParameterTypeError",
+    "ParameterValueError",
     "ReadOnlyDatabaseError",
     "SchemaVersionError",
     "SearchUnavailableError",
+    "ServerArgWarning",
     "UncacheableError",
     "UnknownModelError",
+    "UnknownParameterError",
 ]
 
 
@@ -198,6 +205,85 @@ class ModelExistsError(CyllamaDBError, ValueError):
             f"a model named {name!r} is already registered; "
             + (hint or "pick another name, or change it with db.update_model(id, ...)")
         )
+
+
+# -- the model registry's parameter, file and launch errors (issue 15: moved here
+# -- from stores/params.py and stores/gguf.py, which import them from here).
+
+
+class UnknownParameterError(CyllamaDBError, KeyError, TypeError):
+    """A parameter name that :data:`~cyllama_db.PARAMS` does not know.
+
+    A ``KeyError`` (an unknown key) and a ``TypeError`` (like any unexpected
+    keyword argument, e.g. to ``save_model(**params)``).
+    """
+
+    def __init__(self, name: str, suggestions: Iterable[str] = (), hint: str | None = None) -> None:
+        self.name = name
+        self.suggestions = tuple(suggestions)
+        if hint is None:
+            hint = (
+                f"; did you mean {', '.join(map(repr, self.suggestions))}?"
+                if self.suggestions
+                else ""
+            )
+        else:
+            hint = f"; {hint}"
+        self.message = f"unknown model parameter {name!r}{hint}"
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would repr() the message, wrapping it in quotes.
+        return self.message
+
+
+def _shown(name: str, value: object) -> tuple[bool, object]:
+    # The catalogue decides what is secret; imported here, when an error is
+    # made, so that this module imports nothing of the library's.
+    from .stores.params import shown_in_errors
+
+    return shown_in_errors(name, value)
+
+
+class ParameterTypeError(CyllamaDBError, TypeError):
+    """A parameter value of the wrong Python type.
+
+    The message shows the value, except for secret parameters (``hf_token``,
+    ``api_key``: only its type) and ``custom_params`` (secret flags redacted).
+    """
+
+    def __init__(self, name: str, expected: str, value: object) -> None:
+        self.name = name
+        self.expected = expected
+        self.got = type(value).__name__
+        hidden, shown = _shown(name, value)
+        detail = "" if hidden else f" ({shown!r})"
+        super().__init__(f"model parameter {name!r} expects {expected}, got {self.got}{detail}")
+
+
+class ParameterValueError(CyllamaDBError, ValueError):
+    """A parameter value of the right type that the parameter does not allow.
+
+    ``value`` (and the message) is the value given, except for secret
+    parameters (:data:`~cyllama_db.stores.params.REDACTED`) and
+    ``custom_params`` (secret flags redacted).
+    """
+
+    def __init__(self, name: str, value: object, allowed: str) -> None:
+        hidden, shown = _shown(name, value)
+        self.name = name
+        self.value = shown
+        self.allowed = allowed
+        what = f"this {type(value).__name__} value" if hidden else repr(shown)
+        super().__init__(f"model parameter {name!r} does not allow {what}; allowed: {allowed}")
+
+
+class ServerArgWarning(UserWarning):
+    """A set parameter could not be expressed on the llama-server command line."""
+
+
+class GGUFFormatError(CyllamaDBError, ValueError):
+    """The file is not a (supported, well-formed) GGUF file."""
 
 
 class DatabaseBusyError(CyllamaDBError, TimeoutError):

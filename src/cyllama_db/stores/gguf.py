@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final, Union
 
-from ..errors import CyllamaDBError
+from ..errors import GGUFFormatError
 
 __all__ = [
     "LLAMA_FTYPE_NAMES",
@@ -138,10 +138,6 @@ LLAMA_FTYPE_NAMES: Final[dict[int, str]] = {
     41: "Q2_0",
 }
 _FTYPE_GUESSED: Final = 1024
-
-
-class GGUFFormatError(CyllamaDBError, ValueError):
-    """The file is not a (supported, well-formed) GGUF file."""
 
 
 @dataclass

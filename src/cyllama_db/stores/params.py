@@ -19,11 +19,16 @@ import json
 import math
 import re
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from ..errors import CyllamaDBError
+from ..errors import (
+    ParameterTypeError,
+    ParameterValueError,
+    ServerArgWarning,
+    UnknownParameterError,
+)
 
 __all__ = [
     "FILE_COLUMNS",
@@ -44,6 +49,7 @@ __all__ = [
     "redact",
     "redact_text",
     "redact_url",
+    "shown_in_errors",
     "sqlite_type",
     "to_llama_kwargs",
     "to_sampling_kwargs",
@@ -89,88 +95,25 @@ _TYPES: Final = frozenset({"int", "float", "bool", "str", "json", "gpu_layers"})
 
 
 # ---------------------------------------------------------------------------
-# errors
+# what an error may show (the errors themselves are in cyllama_db.errors)
 # ---------------------------------------------------------------------------
 
 
-class UnknownParameterError(CyllamaDBError, KeyError, TypeError):
-    """A parameter name that :data:`PARAMS` does not know.
-
-    A ``KeyError`` (an unknown key) and a ``TypeError`` (like any unexpected
-    keyword argument, e.g. to ``save_model(**params)``).
-    """
-
-    def __init__(self, name: str, suggestions: Iterable[str] = (), hint: str | None = None) -> None:
-        self.name = name
-        self.suggestions = tuple(suggestions)
-        if hint is None:
-            hint = (
-                f"; did you mean {', '.join(map(repr, self.suggestions))}?"
-                if self.suggestions
-                else ""
-            )
-        else:
-            hint = f"; {hint}"
-        self.message = f"unknown model parameter {name!r}{hint}"
-        super().__init__(self.message)
-
-    def __str__(self) -> str:
-        # KeyError.__str__ would repr() the message, wrapping it in quotes.
-        return self.message
-
-
-_HIDDEN: Final = object()
-
-
-def _safe_value(name: str, value: object) -> object:
-    """``value`` of parameter ``name`` as an error may show it; ``_HIDDEN``: only its type.
+def shown_in_errors(name: str, value: object) -> tuple[bool, object]:
+    """How an error message may show ``value`` of parameter ``name``: ``(hidden, shown)``.
 
     Error messages end up in logs and tracebacks, so a secret parameter's
-    value is never shown and ``custom_params`` is shown with the values of
-    its secret flags redacted.
+    value is never shown (``hidden`` is True, ``shown`` is :data:`REDACTED`:
+    show only its type) and ``custom_params`` is shown with the values of
+    its secret flags redacted. :class:`~cyllama_db.ParameterTypeError` and
+    :class:`~cyllama_db.ParameterValueError` use it.
     """
     p = PARAMS_BY_NAME.get(name)
     if p is not None and p.secret:
-        return _HIDDEN
+        return True, REDACTED
     if name == "custom_params":
-        return _redact_custom(value) if isinstance(value, Mapping) else _HIDDEN
-    return value
-
-
-class ParameterTypeError(CyllamaDBError, TypeError):
-    """A parameter value of the wrong Python type.
-
-    The message shows the value, except for secret parameters (``hf_token``,
-    ``api_key``: only its type) and ``custom_params`` (secret flags redacted).
-    """
-
-    def __init__(self, name: str, expected: str, value: object) -> None:
-        self.name = name
-        self.expected = expected
-        self.got = type(value).__name__
-        shown = _safe_value(name, value)
-        detail = "" if shown is _HIDDEN else f" ({shown!r})"
-        super().__init__(f"model parameter {name!r} expects {expected}, got {self.got}{detail}")
-
-
-class ParameterValueError(CyllamaDBError, ValueError):
-    """A parameter value of the right type that the parameter does not allow.
-
-    ``value`` (and the message) is the value given, except for secret
-    parameters (:data:`REDACTED`) and ``custom_params`` (secret flags redacted).
-    """
-
-    def __init__(self, name: str, value: object, allowed: str) -> None:
-        shown = _safe_value(name, value)
-        self.name = name
-        self.value = REDACTED if shown is _HIDDEN else shown
-        self.allowed = allowed
-        what = f"this {type(value).__name__} value" if shown is _HIDDEN else repr(shown)
-        super().__init__(f"model parameter {name!r} does not allow {what}; allowed: {allowed}")
-
-
-class ServerArgWarning(UserWarning):
-    """A set parameter could not be expressed on the llama-server command line."""
+        return (False, _redact_custom(value)) if isinstance(value, Mapping) else (True, REDACTED)
+    return False, value
 
 
 # ---------------------------------------------------------------------------
