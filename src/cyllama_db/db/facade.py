@@ -24,7 +24,7 @@ from ..stores.export import ExportMixin
 from ..stores.logs import LogsMixin
 from ..stores.metadata import MetadataStore
 from ..stores.metrics import MetricsMixin
-from ..stores.registry import RegistryMixin
+from ..stores.registry import ModelRecord, ModelRef, ModelRegistry
 from ..stores.stats import StatsMixin
 from . import migrations as _migrations
 from .settings import DEFAULT, Settings
@@ -40,7 +40,6 @@ logger = logging.getLogger("cyllama_db")
 
 class CyllamaDB(
     CacheMixin,
-    RegistryMixin,
     ExportMixin,
     MetricsMixin,
     LogsMixin,
@@ -149,8 +148,13 @@ class CyllamaDB(
         self.fallback_reason: str | None = None
         self.config = ConfigStore(self)
         self.metadata = MetadataStore(self)
+        self.models = ModelRegistry(self)
         #: Every store, in the order they are opened, flushed and closed.
-        self.stores: tuple[Store, ...] = (self.config, self.metadata)
+        self.stores: tuple[Store, ...] = (
+            self.config,
+            self.metadata,
+            self.models,
+        )
         self._close_lock = threading.Lock()
         if not self.enabled:
             return
@@ -228,6 +232,77 @@ class CyllamaDB(
     @delegate(MetadataStore.mark_server_start)
     def mark_server_start(self) -> None:
         self.metadata.mark_server_start()
+
+    # -- models (the flat API of db.models) ----------------------------------------------
+
+    @delegate(ModelRegistry.save)
+    def save_model(
+        self, name: str, type: str = "llama", status: str = "stopped", **params: Any
+    ) -> int:
+        return self.models.save(name, type, status, **params)
+
+    @delegate(ModelRegistry.list)
+    def get_models(self, **filters: Any) -> list[ModelRecord]:
+        return self.models.list(**filters)
+
+    @delegate(ModelRegistry.files)
+    def registered_model_files(self) -> list[tuple[str, str | None, str | None]]:
+        return self.models.files()
+
+    @delegate(ModelRegistry.get)
+    def get_model(self, id: int) -> ModelRecord | None:
+        return self.models.get(id)
+
+    @delegate(ModelRegistry.get_by_name)
+    def get_model_by_name(self, name: str) -> ModelRecord | None:
+        return self.models.get_by_name(name)
+
+    @delegate(ModelRegistry.update)
+    def update_model(self, model: ModelRef, **params: Any) -> ModelRecord:
+        return self.models.update(model, **params)
+
+    @delegate(ModelRegistry.delete)
+    def delete_model(self, model: ModelRef) -> bool:
+        return self.models.delete(model)
+
+    @delegate(ModelRegistry.delete_all)
+    def delete_all_models(self) -> int:
+        return self.models.delete_all()
+
+    @delegate(ModelRegistry.mark_loaded)
+    def mark_model_loaded(self, model: ModelRef, status: str | None = "running") -> None:
+        self.models.mark_loaded(model, status)
+
+    @delegate(ModelRegistry.mark_unloaded)
+    def mark_model_unloaded(self, model: ModelRef) -> bool:
+        return self.models.mark_unloaded(model)
+
+    @delegate(ModelRegistry.register)
+    def register_model(
+        self, path: str | os.PathLike[str], name: str | None = None, **params: Any
+    ) -> int:
+        return self.models.register(path, name, **params)
+
+    @delegate(ModelRegistry.to_llama_kwargs)
+    def to_llama_kwargs(self, model: ModelRef) -> dict[str, Any]:
+        return self.models.to_llama_kwargs(model)
+
+    @delegate(ModelRegistry.to_sampling_kwargs)
+    def to_sampling_kwargs(self, model: ModelRef) -> dict[str, Any]:
+        return self.models.to_sampling_kwargs(model)
+
+    @delegate(ModelRegistry.to_server_args)
+    def to_server_args(
+        self,
+        model: ModelRef,
+        *,
+        model_path_flag: str = "--model",
+        legacy: bool = False,
+        redact_secrets: bool = False,
+    ) -> list[str]:
+        return self.models.to_server_args(
+            model, model_path_flag=model_path_flag, legacy=legacy, redact_secrets=redact_secrets
+        )
 
     # -- (sections for the other stores' flat APIs follow) --------------------------------
 

@@ -8,7 +8,7 @@ file's identity (the fingerprint of its GGUF header that cache keys use):
 every recorded path with that identity matches, wherever the file lives.
 
 Resolution reads the stores through their public methods: the registry's
-``registered_model_files()``, the statistics' ``recorded_models()`` and the
+``db.models.files()``, the statistics' ``recorded_models()`` and the
 cache's ``cached_models()``.
 """
 
@@ -61,7 +61,7 @@ def _known(db: Any) -> list[tuple[str, str | None, set[str]]]:
         current[1].update(n for n in names if n)
         current[1].add(os.path.basename(path))
 
-    for name, path, filename in _call(db, "registered_model_files"):
+    for name, path, filename in _call(getattr(db, "models", None), "files"):
         add(path and os.path.abspath(os.path.expanduser(path)), None, [name, filename])
     for path, name in _call(db, "recorded_models"):
         add(path, None, [name])

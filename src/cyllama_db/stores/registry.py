@@ -19,6 +19,10 @@ Two names would have clashed and are resolved so:
 
 Rows come back as :class:`ModelRecord` dicts whose ``repr`` and
 :meth:`ModelRecord.to_dict` redact secrets (``hf_token``, ``api_key``).
+
+The store is :class:`ModelRegistry`, reached as ``db.models``
+(``db.models.register(path)``, ``db.models.get(id)``...); the facade's flat
+``db.register_model``, ``db.get_model``... are the same methods.
 """
 
 from __future__ import annotations
@@ -30,12 +34,12 @@ import re
 import sqlite3
 import stat
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .._time import from_timestamp, to_timestamp
 from .._validate import check_path
 from ..db.migrations import execute_script, migration
-from ..db.store import StoreBase, db_op, db_stats_provider
+from ..db.store import Store, db_op
 from ..errors import ModelExistsError, ModelLoadError, ReadOnlyDatabaseError, UnknownModelError
 from . import gguf as _gguf
 from .params import (
@@ -55,7 +59,10 @@ from .params import (
     to_sql,
 )
 
-__all__ = ["MODEL_STATUSES", "ModelRecord", "ModelRef", "RegistryMixin", "inference_arguments"]
+if TYPE_CHECKING:
+    from ..db.facade import CyllamaDB
+
+__all__ = ["MODEL_STATUSES", "ModelRecord", "ModelRef", "ModelRegistry", "inference_arguments"]
 
 logger = logging.getLogger("cyllama_db.registry")
 
@@ -137,14 +144,6 @@ def _create_models_table(conn: sqlite3.Connection) -> None:
         CREATE INDEX IF NOT EXISTS idx_models_path ON models(model_path);
         """,
     )
-
-
-@db_stats_provider
-def _model_counts(conn: sqlite3.Connection) -> dict[str, Any]:
-    total, running = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(status = 'running'), 0) FROM models"
-    ).fetchone()
-    return {"model_entries": total, "running_models": running}
 
 
 # -- records ---------------------------------------------------------------------------------
@@ -385,20 +384,30 @@ def _file_info(summary: Mapping[str, Any], st: os.stat_result, path: str) -> dic
     }
 
 
-# -- the mixin ---------------------------------------------------------------------------------
+# -- the store ---------------------------------------------------------------------------------
 
 
-class RegistryMixin(StoreBase):
-    """The model registry: ``save_model`` / ``get_models`` / ``register_model`` / ...
+class ModelRegistry(Store):
+    """The model registry, ``db.models``: every llama-server parameter and the GGUF metadata of each model.
 
-    The snake_case form of the dashboard's ``saveModel``, ``getModels``,
-    ``getModel``, ``getModelByName``, ``updateModel``, ``deleteModel`` and
-    ``deleteAllModels``, plus :meth:`register_model` (reads a GGUF file's
-    metadata), :meth:`mark_model_loaded` / :meth:`mark_model_unloaded` and the conversions
-    :meth:`to_llama_kwargs`, :meth:`to_sampling_kwargs`, :meth:`to_server_args`.
+    ``db.models.save`` / ``list`` / ``get`` / ``get_by_name`` / ``update`` /
+    ``delete`` / ``delete_all`` are the snake_case form of the dashboard's
+    ``saveModel``, ``getModels``, ``getModel``, ``getModelByName``,
+    ``updateModel``, ``deleteModel`` and ``deleteAllModels``; :meth:`register`
+    reads a GGUF file's metadata; :meth:`fetch` looks a model up by id, name
+    or record; :meth:`mark_loaded` / :meth:`mark_unloaded` keep its status;
+    :meth:`to_llama_kwargs`, :meth:`to_sampling_kwargs` and
+    :meth:`to_server_args` turn it back into a launch.
+
+    The flat ``db.save_model``, ``db.get_models``, ``db.register_model``, ...
+    are the same methods.
     """
 
-    def _store_init(self) -> None:
+    name = "models"
+    tables = ("models",)
+
+    def open(self) -> None:
+        """Add the columns of parameters that :data:`PARAMS` gained since the file was made."""
         # Parameters added to PARAMS after a file was created get their column
         # now, so the table always matches the list.
         with self.pool.read() as conn:
@@ -415,6 +424,13 @@ class RegistryMixin(StoreBase):
         except ReadOnlyDatabaseError as exc:
             logger.warning("cannot add new parameter columns to the registry: %s", exc)
 
+    def counts(self, conn: sqlite3.Connection) -> dict[str, Any]:
+        """``model_entries`` and ``running_models`` for ``get_db_stats()``."""
+        total, running = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(status = 'running'), 0) FROM models"
+        ).fetchone()
+        return {"model_entries": total, "running_models": running}
+
     # -- reading -------------------------------------------------------------------------
 
     def _select(self, where: str = "", args: Iterable[Any] = ()) -> list[ModelRecord]:
@@ -424,34 +440,17 @@ class RegistryMixin(StoreBase):
             rows = cursor.fetchall()
         return self._with_usage([_record_from_row(columns, row) for row in rows])
 
-    def get_models(self, **filters: Any) -> list[ModelRecord]:
-        """Every registered model matching all ``filters``, oldest first.
-
-        A filter is ``column=value`` on any parameter (``flash_attn="on"``,
-        ``ctx_size=8192``), identity column (``status="running"``,
-        ``type="llama"``) or file column (``architecture="llama"``,
-        ``quantization="Q4_K_M"``); ``None`` matches unset values.  Values are
-        validated like stored ones; an unknown key raises
-        :class:`~cyllama_db.UnknownParameterError` (also when the database
-        is disabled: the arguments are checked first; then ``[]``).
-        """
-        clauses: list[str] = []
-        args: list[Any] = []
-        for key, value in filters.items():
-            sql_value = _filter_value(key, value)
-            if sql_value is None:
-                clauses.append(f"{_q(key)} IS NULL")
-            else:
-                clauses.append(f"{_q(key)} = ?")
-                args.append(sql_value)
-        where = "WHERE " + " AND ".join(clauses) if clauses else ""
-        return self._select_op(where, args)
-
     @db_op(empty=list)
-    def registered_model_files(self) -> list[tuple[str, str | None, str | None]]:
+    def files(self) -> list[tuple[str, str | None, str | None]]:
         """``(name, model_path, filename)`` of every registered model (a cheap listing)."""
         with self.pool.read() as conn:
             return [(str(n), p, f) for n, p, f in conn.execute("SELECT name, model_path, filename FROM models")]
+
+    @db_op(empty=list)
+    def running_paths(self) -> list[str | None]:
+        """The ``model_path`` of every model whose status is ``running`` (``None`` where unset), oldest first."""
+        with self.pool.read() as conn:
+            return [r[0] for r in conn.execute("SELECT model_path FROM models WHERE status = 'running' ORDER BY id")]
 
     def _with_usage(self, records: list[ModelRecord]) -> list[ModelRecord]:
         """Add ``use_count`` and bring ``last_used_at`` up to date from the statistics.
@@ -461,20 +460,20 @@ class RegistryMixin(StoreBase):
         the statistics hold one row per generation, and every recorded path
         with the same file fingerprint is the same model.
         """
-        usage = getattr(self, "model_usage", None)
+        usage = getattr(self.db, "model_usage", None)
         if not records or not callable(usage):
             return records
         from .modelref import known_models, select_model
 
         # One look at the stores for the whole listing, not one per record.
-        known = known_models(self)
+        known = known_models(self.db)
         for record in records:
             path = record.get("model_path")
             if not path:
                 record["use_count"] = 0
                 continue
             try:
-                paths = select_model(self, str(path), known).paths
+                paths = select_model(self.db, str(path), known).paths
                 count, last = usage(paths)
             except Exception as exc:  # bookkeeping: a listing must not fail over it
                 logger.debug("no usage figures for model %s: %s", record.get("name"), exc)
@@ -489,7 +488,7 @@ class RegistryMixin(StoreBase):
     def _select_op(self, where: str = "", args: Iterable[Any] = ()) -> list[ModelRecord]:
         return self._select(where, args)
 
-    def get_model(self, id: int) -> ModelRecord | None:
+    def get(self, id: int) -> ModelRecord | None:
         """The model with this id, or ``None``."""
         if isinstance(id, bool) or not isinstance(id, int):
             raise ParameterTypeError("id", "int", id)
@@ -498,7 +497,7 @@ class RegistryMixin(StoreBase):
         found = self._select_op("WHERE id = ?", (id,))
         return found[0] if found else None
 
-    def get_model_by_name(self, name: str) -> ModelRecord | None:
+    def get_by_name(self, name: str) -> ModelRecord | None:
         """The model with this name, or ``None``."""
         if not isinstance(name, str):
             raise ParameterTypeError("name", "str", name)
@@ -517,7 +516,17 @@ class RegistryMixin(StoreBase):
         return int(row[0])
 
     @db_op()
-    def _fetch(self, model: ModelRef) -> ModelRecord:
+    def fetch(self, model: ModelRef) -> ModelRecord:
+        """The stored record of ``model`` (an id, a name or a record: its ``id`` is looked up).
+
+        Unlike :meth:`get` / :meth:`get_by_name`, a model that is not there
+        is an error. Returns ``None`` when the database is disabled.
+
+        Raises:
+            UnknownModelError: no such model (a ``KeyError``).
+            ParameterTypeError / ParameterValueError: ``model`` is not an id,
+                a name or a record with an ``id``.
+        """
         with self.pool.read() as conn:
             model_id = self._resolve_id(conn, model)
         found = self._select("WHERE id = ?", (model_id,))
@@ -537,11 +546,11 @@ class RegistryMixin(StoreBase):
                 "the database is disabled, so there is no model registry to look it up in; "
                 "enable it, or pass the parameters themselves (a ModelRecord or a dict)",
             )
-        return self._fetch(ref)
+        return self.fetch(ref)
 
     # -- writing -------------------------------------------------------------------------
 
-    def save_model(
+    def save(
         self, name: str, type: str = "llama", status: str = "stopped", **params: Any
     ) -> int:
         """Add a model with its llama-server parameters; return its id (0 when disabled).
@@ -563,10 +572,10 @@ class RegistryMixin(StoreBase):
             {"name": name, "type": type, "status": status, **params},
             identity=("name", "type", "status"),
         )
-        return self._save_model(name, ident, values)
+        return self._save(name, ident, values)
 
     @db_op(empty=lambda: 0)
-    def _save_model(self, name: str, ident: dict[str, Any], values: dict[str, Any]) -> int:
+    def _save(self, name: str, ident: dict[str, Any], values: dict[str, Any]) -> int:
         now = self.clock()
         row = {**ident, "created_at": now, "updated_at": now, **values}
         try:
@@ -585,30 +594,30 @@ class RegistryMixin(StoreBase):
         return int(cursor.lastrowid or 0)
 
     @staticmethod
-    def _update(conn: sqlite3.Connection, model_id: int, row: Mapping[str, Any]) -> None:
+    def _update_row(conn: sqlite3.Connection, model_id: int, row: Mapping[str, Any]) -> None:
         sets = ", ".join(f"{_q(k)} = ?" for k in row)
         conn.execute(f"UPDATE models SET {sets} WHERE id = ?", (*row.values(), model_id))
 
-    def update_model(self, model: ModelRef, **params: Any) -> ModelRecord:
+    def update(self, model: ModelRef, **params: Any) -> ModelRecord:
         """Change parameters (``None`` unsets one), ``name``, ``type`` or ``status``.
 
         ``model`` is an id, a name or a record.  Changing ``model_path``
         clears the file metadata (it described the old file); call
-        :meth:`register_model` to read the new one.  Returns the updated
+        :meth:`register` to read the new one.  Returns the updated
         record (``None`` when the database is disabled).
 
         Raises:
             UnknownModelError: no such model.
             ModelExistsError: renamed to a name that is taken.
             UnknownParameterError / ParameterTypeError / ParameterValueError:
-                as :meth:`save_model`.
+                as :meth:`save`.
         """
         _check_ref(model)
         ident, values = _split_params(params, identity=("name", "type", "status"))
-        return self._update_model(model, ident, values)
+        return self._update(model, ident, values)
 
     @db_op()
-    def _update_model(
+    def _update(
         self, model: ModelRef, ident: dict[str, Any], values: dict[str, Any]
     ) -> ModelRecord:
         row: dict[str, Any] = {**ident, **values}
@@ -623,20 +632,20 @@ class RegistryMixin(StoreBase):
                         row.update(dict.fromkeys(_FILE_INFO_COLUMNS))
                 if row:
                     row["updated_at"] = self.clock()
-                    self._update(conn, model_id, row)
+                    self._update_row(conn, model_id, row)
         except sqlite3.IntegrityError as exc:
             if "models.name" in str(exc):
                 raise ModelExistsError(str(ident.get("name"))) from None
             raise
-        return self._fetch(model_id)
+        return self.fetch(model_id)
 
-    def delete_model(self, model: ModelRef) -> bool:
+    def delete(self, model: ModelRef) -> bool:
         """Remove a model (id, name or record); return whether it existed."""
         _check_ref(model)
-        return self._delete_model(model)
+        return self._delete(model)
 
     @db_op(empty=lambda: False)
-    def _delete_model(self, model: ModelRef) -> bool:
+    def _delete(self, model: ModelRef) -> bool:
         with self.pool.transaction() as conn:
             try:
                 model_id = self._resolve_id(conn, model)
@@ -646,12 +655,12 @@ class RegistryMixin(StoreBase):
         return True
 
     @db_op(empty=lambda: 0)
-    def delete_all_models(self) -> int:
+    def delete_all(self) -> int:
         """Remove every model; return how many there were."""
         with self.pool.transaction() as conn:
             return int(conn.execute("DELETE FROM models").rowcount)
 
-    def mark_model_loaded(self, model: ModelRef, status: str | None = "running") -> None:
+    def mark_loaded(self, model: ModelRef, status: str | None = "running") -> None:
         """Record that ``model`` was just used: ``last_used_at`` = now, and ``status`` set.
 
         ``status=None`` leaves the status alone (a use that loaded nothing,
@@ -663,10 +672,10 @@ class RegistryMixin(StoreBase):
         if status is not None:
             _check_status(status)
         _check_ref(model)
-        self._mark_model(model, status)
+        self._mark(model, status)
 
     @db_op()
-    def _mark_model(self, model: ModelRef, status: str | None) -> None:
+    def _mark(self, model: ModelRef, status: str | None) -> None:
         with self.pool.transaction() as conn:
             model_id = self._resolve_id(conn, model)
             if status is None:
@@ -679,7 +688,7 @@ class RegistryMixin(StoreBase):
                     (self.clock(), status, model_id),
                 )
 
-    def mark_model_unloaded(self, model: ModelRef) -> bool:
+    def mark_unloaded(self, model: ModelRef) -> bool:
         """Record that ``model`` left memory: a ``running`` status becomes ``stopped``.
 
         Any other status (``error``, ``loading``, or ``stopped`` already) is
@@ -688,10 +697,10 @@ class RegistryMixin(StoreBase):
         ``complete()`` model call it for the models they had marked running.
         """
         _check_ref(model)
-        return self._unmark_model(model)
+        return self._unmark(model)
 
     @db_op(empty=lambda: False)
-    def _unmark_model(self, model: ModelRef) -> bool:
+    def _unmark(self, model: ModelRef) -> bool:
         with self.pool.transaction() as conn:
             try:
                 model_id = self._resolve_id(conn, model)
@@ -705,7 +714,7 @@ class RegistryMixin(StoreBase):
 
     # -- GGUF files ----------------------------------------------------------------------
 
-    def register_model(
+    def register(
         self, path: str | os.PathLike[str], name: str | None = None, **params: Any
     ) -> int:
         """Register (or refresh) a GGUF model file with its metadata and parameters.
@@ -723,14 +732,14 @@ class RegistryMixin(StoreBase):
         are applied and other stored parameters are kept.  ``model_path`` is
         set to the absolute path.  Returns the model's id (0 when the
         database is disabled: the arguments are still checked, the file is
-        not read), like :meth:`save_model`.
+        not read), like :meth:`save`.
 
         Raises:
             FileNotFoundError: no such file.
             GGUFFormatError: not a (well-formed) GGUF file (a ``ValueError``).
             ModelExistsError: no free default name; pass ``name=``.
             UnknownParameterError / ParameterTypeError / ParameterValueError:
-                as :meth:`save_model`.
+                as :meth:`save`.
         """
         spath = os.path.abspath(os.path.expanduser(check_path(path, "path")))
         if name is not None:
@@ -740,10 +749,10 @@ class RegistryMixin(StoreBase):
                 "model_path", hint="register_model() sets it from `path`"
             )
         ident, values = _split_params(params, identity=("type", "status"))
-        return self._register_model(spath, name, ident, values)
+        return self._register(spath, name, ident, values)
 
     @db_op(empty=lambda: 0)
-    def _register_model(
+    def _register(
         self, spath: str, name: str | None, ident: dict[str, Any], values: dict[str, Any]
     ) -> int:
         st = os.stat(spath)
@@ -771,7 +780,7 @@ class RegistryMixin(StoreBase):
                     model_id = self._insert(conn, {"name": chosen, "created_at": now, **row})
                 else:
                     model_id = int(existing[0])
-                    self._update(conn, model_id, row)
+                    self._update_row(conn, model_id, row)
         except sqlite3.IntegrityError as exc:  # pragma: no cover - the name was checked
             raise ModelExistsError(str(name)) from exc
         return model_id
@@ -855,12 +864,37 @@ class RegistryMixin(StoreBase):
             redact_secrets=redact_secrets,
         )
 
+    # -- listing (last: a method named ``list`` hides the builtin in the annotations below it) --
+
+    def list(self, **filters: Any) -> list[ModelRecord]:
+        """Every registered model matching all ``filters``, oldest first.
+
+        A filter is ``column=value`` on any parameter (``flash_attn="on"``,
+        ``ctx_size=8192``), identity column (``status="running"``,
+        ``type="llama"``) or file column (``architecture="llama"``,
+        ``quantization="Q4_K_M"``); ``None`` matches unset values.  Values are
+        validated like stored ones; an unknown key raises
+        :class:`~cyllama_db.UnknownParameterError` (also when the database
+        is disabled: the arguments are checked first; then ``[]``).
+        """
+        clauses: list[str] = []
+        args: list[Any] = []
+        for key, value in filters.items():
+            sql_value = _filter_value(key, value)
+            if sql_value is None:
+                clauses.append(f"{_q(key)} IS NULL")
+            else:
+                clauses.append(f"{_q(key)} = ?")
+                args.append(sql_value)
+        where = "WHERE " + " AND ".join(clauses) if clauses else ""
+        return self._select_op(where, args)
+
 
 # -- inference -------------------------------------------------------------------------------
 
 
 def inference_arguments(
-    db: RegistryMixin, model: ModelRef
+    db: CyllamaDB, model: ModelRef
 ) -> tuple[ModelRecord, dict[str, Any], dict[str, Any]]:
     """What ``LLM.from_registry`` / ``complete(model=...)`` need to run a registered model.
 
@@ -881,7 +915,7 @@ def inference_arguments(
             "the database is disabled, so there is no model registry to load it from; "
             "enable it or pass model_path instead",
         )
-    record = db._fetch(model)
+    record = db.models.fetch(model)
     load = to_llama_kwargs(record)
     path = load.pop("model_path", None)
     if path is None:
