@@ -1209,6 +1209,80 @@ def test_no_warnings_from_normal_use(db: CyllamaDB) -> None:
         db.to_llama_kwargs(mid)
 
 
+# -- the store object (db.models) ---------------------------------------------------------------
+
+
+def test_the_registry_is_a_store_reached_as_db_models(db: CyllamaDB, tiny_gguf: Path) -> None:
+    from cyllama_db.db.store import DB_STATS_PROVIDERS, Store
+    from cyllama_db.stores.registry import ModelRegistry
+
+    assert isinstance(db.models, ModelRegistry) and isinstance(db.models, Store)
+    assert db.models in db.stores and db.models.db is db
+    assert (db.models.name, db.models.tables) == ("models", ("models",))
+    assert not [p for p in DB_STATS_PROVIDERS if "model" in p.__name__]  # counts() took its place
+    with db.pool.read() as conn:
+        assert db.models.counts(conn) == {"model_entries": 0, "running_models": 0}
+
+    mid = db.models.register(tiny_gguf, name="tiny", ctx_size=256)
+    assert db.models.get(mid) == db.get_model(mid) == db.models.get_by_name("tiny")
+    assert db.models.fetch("tiny") == db.models.fetch(mid) == db.models.fetch(db.get_model(mid))
+    other = db.models.save("other", status="running", model_path="/x/other.gguf")
+    assert [m["name"] for m in db.models.list()] == ["tiny", "other"] == [m["name"] for m in db.get_models()]
+    assert db.models.files() == db.registered_model_files() == [
+        ("tiny", str(tiny_gguf), "tiny.gguf"), ("other", "/x/other.gguf", None),
+    ]
+    assert db.models.running_paths() == ["/x/other.gguf"]
+    assert db.models.update("other", ctx_size=64)["ctx_size"] == 64
+    assert db.models.mark_unloaded(other) is True and db.models.running_paths() == []
+    db.models.mark_loaded("tiny")
+    assert db.models.running_paths() == [str(tiny_gguf)]
+    assert db.models.to_llama_kwargs("tiny")["n_ctx"] == 256
+    assert db.models.to_server_args("tiny") == db.to_server_args("tiny")
+    assert db.models.to_sampling_kwargs("tiny") == db.to_sampling_kwargs("tiny")
+    assert db.models.delete("other") is True and db.models.delete("other") is False
+    assert db.models.delete_all() == 1 and db.models.list() == []
+
+
+def test_fetch_raises_for_a_missing_model(db: CyllamaDB) -> None:
+    with pytest.raises(UnknownModelError, match="'ghost'"):
+        db.models.fetch("ghost")
+    with pytest.raises(UnknownModelError, match="id 7"):
+        db.models.fetch(7)
+    with pytest.raises(ParameterTypeError, match="model"):
+        db.models.fetch(1.5)  # type: ignore[arg-type]
+    assert CyllamaDB(enabled=False).models.fetch("ghost") is None  # disabled: the empty answer
+
+
+def test_disabled_store_answers_empty(tiny_gguf: Path) -> None:
+    models = CyllamaDB(enabled=False).models
+    assert models.files() == [] and models.running_paths() == [] and models.list() == []
+    assert models.register(tiny_gguf) == 0 and models.save("m") == 0 and models.get(1) is None
+
+
+def test_flat_registry_methods_are_delegates_with_the_same_signature() -> None:
+    """Every public ModelRegistry method but the hooks has a flat facade spelling, of the same signature."""
+    import inspect
+
+    from cyllama_db.db.store import Store
+    from cyllama_db.stores.registry import ModelRegistry
+
+    own = {
+        name for name, member in vars(ModelRegistry).items()
+        if not name.startswith("_") and callable(member) and not hasattr(Store, name)
+    } - {"fetch", "running_paths"}  # store-only: for the other modules
+    flat = {
+        member.__delegates_to__.__name__: member
+        for member in vars(CyllamaDB).values()
+        if getattr(getattr(member, "__delegates_to__", None), "__qualname__", "").startswith("ModelRegistry.")
+    }
+    assert set(flat) == own
+    for name, facade_method in flat.items():
+        target = getattr(ModelRegistry, name)
+        assert facade_method.__delegates_to__ is target
+        assert inspect.signature(facade_method) == inspect.signature(target), name
+        assert facade_method.__doc__ == target.__doc__ and target.__doc__, name
+
+
 # -- inference arguments -----------------------------------------------------------------------
 
 
