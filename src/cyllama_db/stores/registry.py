@@ -411,12 +411,12 @@ class ModelRegistry(Store):
         # Parameters added to PARAMS after a file was created get their column
         # now, so the table always matches the list.
         with self.pool.read() as conn:
-            have = {row[1] for row in conn.execute("PRAGMA table_info(models)")}
+            have = set(self.backend.columns(conn, "models"))
         if not [p for p in PARAMS if p.name not in have]:
             return
         try:
             with self.pool.transaction() as conn:
-                have = {row[1] for row in conn.execute("PRAGMA table_info(models)")}
+                have = set(self.backend.columns(conn, "models"))
                 for p in PARAMS:
                     if p.name not in have:
                         conn.execute(f"ALTER TABLE models ADD COLUMN {_param_column_sql(p)}")
