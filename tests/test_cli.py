@@ -120,12 +120,12 @@ def test_usage_mistakes_exit_2_with_one_line(run: Run, argv: list[str]) -> None:
 def test_arithmetic_errors_are_one_line_exit_1(
     run: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cyllama_db.cli as cli
+    import cyllama_db.cli.database as database
 
     def overflow(args: argparse.Namespace) -> int:
         raise OverflowError("Python int too large to convert to SQLite INTEGER")
 
-    monkeypatch.setattr(cli, "_cmd_info", overflow)
+    monkeypatch.setattr(database, "cmd_info", overflow)
     code, _, err = run("info")
     assert code == 1
     assert _one_line_error(err) == (
@@ -755,10 +755,10 @@ def test_metrics_watch_prints_an_aligned_table(cli_process: Any) -> None:
 
 
 def test_stream_table_widths() -> None:
-    from cyllama_db.cli import _StreamTable
+    from cyllama_db.cli.format import StreamTable
 
     out = io.StringIO()
-    table = _StreamTable(["time", "cpu %", "models"], [5, 7, 1], [False, True, True], out)
+    table = StreamTable(["time", "cpu %", "models"], [5, 7, 1], [False, True, True], out)
     table.header()
     table.row(["12:00", 3.5, 1])
     table.row(["12:01", None, 12])
@@ -930,13 +930,13 @@ def _strings(data: Any) -> Iterator[str]:
 def test_log_follow_lines_escape_them(hostile_db: Path) -> None:
     import io as _io
 
-    from cyllama_db.cli import _emit_logs
+    from cyllama_db.cli.logs import emit_logs
 
     with CyllamaDB(hostile_db) as db:
         entries = db.get_logs()
     for as_json in (True, False):
         stream = _io.StringIO()
-        _emit_logs(entries, as_json, stream)
+        emit_logs(entries, as_json, stream)
         assert not any(char in stream.getvalue() for char in RAW_CONTROLS)
 
 

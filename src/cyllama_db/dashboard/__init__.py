@@ -323,11 +323,11 @@ def _recent(db: CyllamaDB, limit: int = 20) -> dict[str, Any]:
 
 def dashboard_data(db: CyllamaDB, range_key: str = DEFAULT_RANGE) -> dict[str, Any]:
     """Everything the page shows, as JSON-ready data (``/api/summary?range=1h``)."""
-    from ..cli import _plain
+    from ..cli.format import plain
 
     if range_key not in RANGES:
         raise ValueError(f"range must be one of {', '.join(RANGES)}, got {range_key!r}")
-    return _plain(
+    return plain(
         {
             "generated_at_ms": int(db.clock() * 1000),
             "database": _section(lambda: _info(db)),
@@ -468,9 +468,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, data: Any, status: int = HTTPStatus.OK) -> None:
-        from ..cli import _plain
+        from ..cli.format import plain
 
-        body = json.dumps(_plain(data), ensure_ascii=False, allow_nan=False).encode("utf-8")
+        body = json.dumps(plain(data), ensure_ascii=False, allow_nan=False).encode("utf-8")
         self._send(status, body, "application/json; charset=utf-8")
 
     def _error(self, status: int, message: str) -> None:
