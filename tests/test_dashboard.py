@@ -70,8 +70,8 @@ def _fill(db: CyllamaDB, samples: int = 60) -> None:
             )
     db.clock = real_clock  # type: ignore[method-assign]
     db.log("WARNING", "disk almost full", category="myapp")
-    db.log("ERROR", "generation failed: context overflow", category="cyllama_db.llm.inference")
-    db.log("INFO", "loaded model /models/gemma-3-270m.gguf in 1234 ms", category="cyllama_db.llm.inference")
+    db.log("ERROR", "generation failed: context overflow", category="cyllama_db.inference")
+    db.log("INFO", "loaded model /models/gemma-3-270m.gguf in 1234 ms", category="cyllama_db.inference")
     for i in range(4):
         db.cache_response(f"prompt {i}", "/models/llama-3-8b.Q4_K_M.gguf", None, "answer " * 50)
     for _ in range(3):

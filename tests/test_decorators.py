@@ -219,7 +219,7 @@ def test_unstorable_results_are_returned_with_a_warning(
         calls.append(1)
         return {1, 2}  # a set: no JSON form
 
-    with caplog.at_level(logging.DEBUG, logger="cyllama_db.stores.cache"):
+    with caplog.at_level(logging.DEBUG, logger="cyllama_db.cache"):
         assert returns_object() == {1, 2}
         assert returns_object() == {1, 2}  # not stored: computed again
     assert len(calls) == 2

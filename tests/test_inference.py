@@ -255,7 +255,7 @@ def test_not_a_gguf_file_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCapt
     bogus = tmp_path / "weights.gguf"
     bogus.write_bytes(b"PK\x03\x04 this is a zip file, not a model" * 10)
     llm = LLM(bogus, db=False)
-    with caplog.at_level(logging.ERROR, logger="cyllama_db.llm.inference.raised"), pytest.raises(
+    with caplog.at_level(logging.ERROR, logger="cyllama_db.inference.raised"), pytest.raises(
         ModelLoadError, match=r"weights\.gguf.*not a GGUF file"
     ):
         llm("hello")
@@ -559,7 +559,7 @@ def test_a_failing_stats_store_never_breaks_generation(
         raise RuntimeError("stats table on fire")
 
     monkeypatch.setattr(db, "record_generation", broken, raising=False)
-    with caplog.at_level(logging.WARNING, logger="cyllama_db.llm.inference"):
+    with caplog.at_level(logging.WARNING, logger="cyllama_db.inference"):
         assert llm("Still works").text
         assert llm("Still works").cache_hit
     assert "stats table on fire" in caplog.text
@@ -903,9 +903,9 @@ def test_model_file_change_reloads_and_rekeys(tiny_model_path: Path, tmp_path: P
 
 def test_generation_errors_are_logged(tiny_model_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     llm = LLM(tiny_model_path, db=False, n_ctx=256)
-    with caplog.at_level(logging.ERROR, logger="cyllama_db.llm.inference.raised"), pytest.raises(ContextOverflowError):
+    with caplog.at_level(logging.ERROR, logger="cyllama_db.inference.raised"), pytest.raises(ContextOverflowError):
         llm("word " * 400)
-    record = next(r for r in caplog.records if r.name == "cyllama_db.llm.inference.raised")
+    record = next(r for r in caplog.records if r.name == "cyllama_db.inference.raised")
     # the message says how to fix it; a llama_cpp traceback would bury it
     assert record.levelno == logging.ERROR and record.exc_info is None
     assert "n_ctx" in record.getMessage()
@@ -922,7 +922,7 @@ def test_generation_errors_fill_the_logs_tables_columns(tiny_model_path: Path, t
             llm("word " * 400)
         with pytest.raises(ContextOverflowError):
             llm.chat([{"role": "user", "content": "chat " * 400}])
-        rows = database.get_logs(level="ERROR", category="cyllama_db.llm.inference")
+        rows = database.get_logs(level="ERROR", category="cyllama_db.inference")
         assert len(rows) == 2
         assert all(row["model_path"] == llm.model_path for row in rows)
         previews = sorted(row["prompt_preview"] for row in rows)
@@ -932,10 +932,10 @@ def test_generation_errors_fill_the_logs_tables_columns(tiny_model_path: Path, t
 
 
 def test_hits_and_misses_are_logged_at_debug(llm: LLM, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG, logger="cyllama_db.stores.cache"):
+    with caplog.at_level(logging.DEBUG, logger="cyllama_db.cache"):
         llm("Logged")
         llm("Logged")
-    messages = [r.getMessage() for r in caplog.records if r.name == "cyllama_db.stores.cache"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "cyllama_db.cache"]
     assert any("cache miss" in m for m in messages) and any("cache hit" in m for m in messages)
 
 

@@ -138,9 +138,9 @@ def test_levels_below_log_level_are_not_stored() -> None:
 
 def test_get_logs_filters(debug_db: CyllamaDB) -> None:
     entries = [
-        ("DEBUG", "cyllama_db.stores.cache", "miss"),
+        ("DEBUG", "cyllama_db.cache", "miss"),
         ("INFO", "cyllama_db", "opened"),
-        ("WARNING", "cyllama_db.stores.cache", "evicted"),
+        ("WARNING", "cyllama_db.cache", "evicted"),
         ("ERROR", "app", "crash"),
         ("CRITICAL", "cyllama_dbx", "not a child"),
     ]
@@ -155,7 +155,7 @@ def test_get_logs_filters(debug_db: CyllamaDB) -> None:
     assert messages(level="WARNING") == ["not a child", "crash", "evicted"]
     assert messages(level=logging.ERROR) == ["not a child", "crash"]
     assert messages(category="cyllama_db") == ["evicted", "opened", "miss"]
-    assert messages(category="cyllama_db.stores.cache") == ["evicted", "miss"]
+    assert messages(category="cyllama_db.cache") == ["evicted", "miss"]
     assert messages(category="cyllama_db", level="INFO") == ["evicted", "opened"]
     assert messages(since=T0 + 120) == ["not a child", "crash", "evicted"]
     assert messages(since=T0 + 60, until=T0 + 180) == ["evicted", "opened"]
@@ -346,18 +346,18 @@ def test_log_to_db_attaches_the_library_logger() -> None:
     try:
         assert any(isinstance(h, CyllamaDBHandler) for h in lib.handlers)
         assert lib.getEffectiveLevel() == logging.DEBUG
-        logging.getLogger("cyllama_db.stores.cache").debug("cache miss", extra={"prompt": "Hi"})
-        logging.getLogger("cyllama_db.llm.inference").error("generation failed")
+        logging.getLogger("cyllama_db.cache").debug("cache miss", extra={"prompt": "Hi"})
+        logging.getLogger("cyllama_db.inference").error("generation failed")
         logging.getLogger("elsewhere").error("not the library")
         rows = db.get_logs()
         messages = [r["message"] for r in rows]
         assert messages[:2] == ["generation failed", "cache miss"]
         assert "not the library" not in messages
-        assert rows[1]["category"] == "cyllama_db.stores.cache"
+        assert rows[1]["category"] == "cyllama_db.cache"
         assert rows[1]["prompt_preview"] == "Hi"
         # The migrations of this open were logged before the handler existed:
         # they are written when it is attached.
-        migrations = db.get_logs(category="cyllama_db.db.migrations")
+        migrations = db.get_logs(category="cyllama_db.migrations")
         assert len(migrations) == db.schema_version() == len(db.migration_status())
     finally:
         db.close()
@@ -367,9 +367,9 @@ def test_log_to_db_attaches_the_library_logger() -> None:
 
 def test_library_logger_level_follows_log_level() -> None:
     with CyllamaDB(":memory:", log_to_db=True) as db:  # INFO
-        logging.getLogger("cyllama_db.stores.cache").debug("not created at INFO")
-        logging.getLogger("cyllama_db.stores.cache").info("stored")
-        assert [r["message"] for r in db.get_logs(category="cyllama_db.stores.cache")] == ["stored"]
+        logging.getLogger("cyllama_db.cache").debug("not created at INFO")
+        logging.getLogger("cyllama_db.cache").info("stored")
+        assert [r["message"] for r in db.get_logs(category="cyllama_db.cache")] == ["stored"]
 
 
 def test_no_handler_without_log_to_db() -> None:
@@ -377,7 +377,7 @@ def test_no_handler_without_log_to_db() -> None:
         assert not any(
             isinstance(h, CyllamaDBHandler) for h in logging.getLogger("cyllama_db").handlers
         )
-        logging.getLogger("cyllama_db.stores.cache").warning("not stored")
+        logging.getLogger("cyllama_db.cache").warning("not stored")
         assert db.get_logs() == []
 
 
@@ -400,10 +400,10 @@ def test_env_and_configure_db_enable_it(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 def test_migrations_logged_once_per_file(db_path: Path) -> None:
     with CyllamaDB(db_path, log_to_db=True) as db:
-        first = db.get_logs(category="cyllama_db.db.migrations")
+        first = db.get_logs(category="cyllama_db.migrations")
         assert len(first) == db.schema_version()
     with CyllamaDB(db_path, log_to_db=True) as db:  # nothing new to migrate
-        assert len(db.get_logs(category="cyllama_db.db.migrations")) == len(first)
+        assert len(db.get_logs(category="cyllama_db.migrations")) == len(first)
 
 
 def test_fallback_is_logged(tmp_path: Path) -> None:
@@ -435,7 +435,7 @@ import logging, sys
 from cyllama_db import CyllamaDB
 
 with CyllamaDB(":memory:", log_to_db=True, log_level="DEBUG") as db:
-    log = logging.getLogger("cyllama_db.stores.cache")
+    log = logging.getLogger("cyllama_db.cache")
     log.debug("library debug line")
     log.info("library info line")
     log.warning("library warning line")
@@ -495,12 +495,12 @@ def console() -> Iterator[io.StringIO]:
 def test_app_levels_still_decide_what_the_console_shows(console: io.StringIO) -> None:
     lib = logging.getLogger("cyllama_db")
     before = (lib.level, lib.propagate, list(lib.handlers))
-    chatty = logging.getLogger("cyllama_db.llm.inference")
+    chatty = logging.getLogger("cyllama_db.inference")
     chatty.setLevel(logging.DEBUG)  # the application wants this one's debug lines
     try:
         with CyllamaDB(":memory:", log_to_db=True, log_level="DEBUG") as db:
-            logging.getLogger("cyllama_db.stores.cache").debug("cache debug")
-            logging.getLogger("cyllama_db.stores.cache").info("cache info")
+            logging.getLogger("cyllama_db.cache").debug("cache debug")
+            logging.getLogger("cyllama_db.cache").info("cache info")
             chatty.debug("inference debug")
             logging.getLogger("cyllama_db").warning("top warning")
             assert {r["message"] for r in db.get_logs()} >= {
@@ -511,10 +511,10 @@ def test_app_levels_still_decide_what_the_console_shows(console: io.StringIO) ->
             }
             # A second database storing only INFO: the first still gets DEBUG.
             with CyllamaDB(":memory:", log_to_db=True, log_level="INFO") as other:
-                logging.getLogger("cyllama_db.stores.cache").debug("second debug")
+                logging.getLogger("cyllama_db.cache").debug("second debug")
                 assert "second debug" in [r["message"] for r in db.get_logs()]
                 assert "second debug" not in [r["message"] for r in other.get_logs()]
-            logging.getLogger("cyllama_db.stores.cache").debug("after other closed")
+            logging.getLogger("cyllama_db.cache").debug("after other closed")
             assert "after other closed" in [r["message"] for r in db.get_logs()]
     finally:
         chatty.setLevel(logging.NOTSET)

@@ -499,7 +499,7 @@ def _messages(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRe
 
 
 def test_fake_nvml_two_gpus_one_failing_call(memory_db: CyllamaDB, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="cyllama_db.stores.metrics")
+    caplog.set_level(logging.DEBUG, logger="cyllama_db.metrics")
     nvml = FakeNVML(TWO_GPUS, fail={("nvmlDeviceGetPowerUsage", 1)})
     sample = sample_metrics(memory_db, nvml=nvml)
     # the first GPU fills the seed's columns (MiB and W)
@@ -539,7 +539,7 @@ def test_failing_call_on_the_first_gpu_leaves_that_column_none(memory_db: Cyllam
 
 @pytest.mark.parametrize("nvml", [FakeNVML([], init_error=FakeNVMLError("NVML Shared Library Not Found")), FakeNVML([])])
 def test_no_nvml_or_no_gpu_gives_none(memory_db: CyllamaDB, caplog: pytest.LogCaptureFixture, nvml: FakeNVML) -> None:
-    caplog.set_level(logging.DEBUG, logger="cyllama_db.stores.metrics")
+    caplog.set_level(logging.DEBUG, logger="cyllama_db.metrics")
     for _ in range(3):
         sample = sample_metrics(memory_db, nvml=nvml)
         assert all(sample[k] is None for k in metrics_mod._GPU_FIELDS)
@@ -550,7 +550,7 @@ def test_no_nvml_or_no_gpu_gives_none(memory_db: CyllamaDB, caplog: pytest.LogCa
 
 
 def test_pynvml_not_installed(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="cyllama_db.stores.metrics")
+    caplog.set_level(logging.DEBUG, logger="cyllama_db.metrics")
     monkeypatch.setitem(sys.modules, "pynvml", None)
     monkeypatch.setattr(metrics_mod, "_readers", {})
     for _ in range(2):
@@ -663,7 +663,7 @@ def test_sampler_context_manager_and_restart(memory_db: CyllamaDB) -> None:
 def test_sampler_survives_a_failing_sample(
     memory_db: CyllamaDB, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, thread_errors: list[BaseException]
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="cyllama_db.stores.metrics")
+    caplog.set_level(logging.DEBUG, logger="cyllama_db.metrics")
     calls = {"n": 0}
 
     def flaky(db: Any, **_: Any) -> dict[str, Any]:
@@ -876,7 +876,7 @@ def test_another_process_that_generates_is_found(db_path: Path, monkeypatch: pyt
         "for i in range(len(big) // 4096): big[i * 4096] = 1\n"
         "print('ready', flush=True); sys.stdin.read()\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(metrics_mod.__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(metrics_mod.__file__).parents[2])}
     child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, env=env)
     try:

@@ -78,7 +78,7 @@ def test_failing_migration_rolls_back_with_its_record(
         conn.execute("CREATE TABLE half_done (x)")
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setitem(migrations._MIGRATIONS, bad_version, Migration(bad_version, "bad", bad))
+    monkeypatch.setitem(migrations._MIGRATIONS, bad_version, Migration(bad_version, "bad", (bad,)))
     with pytest.raises(MigrationError, match="disk on fire"):
         # the failure is not a reason to fall back silently: it propagates
         migrations.migrate(sqlite3.connect(db_path, isolation_level=None), str(db_path))
@@ -95,7 +95,7 @@ def test_new_migration_is_applied_on_open(monkeypatch: pytest.MonkeyPatch, db_pa
     def add(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE extra (x)")
 
-    monkeypatch.setitem(migrations._MIGRATIONS, v, Migration(v, "extra", add))
+    monkeypatch.setitem(migrations._MIGRATIONS, v, Migration(v, "extra", (add,)))
     with CyllamaDB(db_path) as db:
         assert db.schema_version() == v
         with db.pool.read() as conn:

@@ -479,7 +479,7 @@ def test_invalid_stored_secret_is_not_logged(
             "UPDATE models SET api_key = ?, custom_params = ?",
             (b"12345678", '{"--api-key": "SK-SECRET", "x": NaN}'),
         )
-    with caplog.at_level("WARNING", logger="cyllama_db.stores.registry"):
+    with caplog.at_level("WARNING", logger="cyllama_db.registry"):
         rec = db.get_model(mid)
     assert rec is not None and rec["api_key"] == b"12345678"  # shown as stored...
     assert "12345678" not in repr(rec) and "SK-SECRET" not in repr(rec)  # ...but redacted

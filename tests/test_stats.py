@@ -865,7 +865,7 @@ def test_buffer_is_bounded(
     monkeypatch.setattr(stats_module, "HIT_FLUSH_SECONDS", 3600.0)
     monkeypatch.setattr(stats_module, "HIT_BUFFER_MAX", 20)
     with CyllamaDB(db_path) as db:
-        with caplog.at_level(logging.WARNING, logger="cyllama_db.stores.stats"):
+        with caplog.at_level(logging.WARNING, logger="cyllama_db.stats"):
             for k in range(50):
                 record_at(db, T0 + k, hit=True)
         assert "dropped the" in caplog.text

@@ -79,7 +79,7 @@ __all__ = [
     "stream_complete_async",
 ]
 
-logger = logging.getLogger("cyllama_db.llm.inference")
+logger = logging.getLogger("cyllama_db.inference")
 
 T = TypeVar("T")
 

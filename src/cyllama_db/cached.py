@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncCachedFunction", "BoundCachedFunction", "CachedFunction", "CachedLLM", "cached"]
 
-logger = logging.getLogger("cyllama_db.stores.cache")
+logger = logging.getLogger("cyllama_db.cache")
 
 R = TypeVar("R")
 

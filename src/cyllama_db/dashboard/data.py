@@ -222,7 +222,7 @@ def recent(db: CyllamaDB, limit: int = 20) -> dict[str, Any]:
             logs.append({k: row.get(k) for k in (
                 "created_at", "level", "category", "message", "error_type", "model_path")})
         # Model loading is not part of any generation's latency: its own figure.
-        for row in get_logs(category="cyllama_db.llm.inference", limit=200):
+        for row in get_logs(category="cyllama_db.inference", limit=200):
             match = _LOAD_MESSAGE.match(str(row.get("message") or ""))
             if match and len(loads) < limit:
                 loads.append({"created_at": row["created_at"], "model_path": match["path"],

@@ -7,24 +7,14 @@ module as a mixin that the facade is composed of.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
 import os
-import sqlite3
 import threading
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
-    CyllamaDBError,
-    DatabaseBusyError,
     DatabaseClosedError,
-    DatabaseFileError,
-    DiskFullError,
-    ForeignDatabaseError,
-    ReadOnlyDatabaseError,
-    SchemaVersionError,
 )
 from ..stores import search as _search  # noqa: F401  (registers migration 9)
 from ..stores import views as _views  # noqa: F401  (registers migration 10)
@@ -36,11 +26,9 @@ from ..stores.metadata import MetadataStore
 from ..stores.metrics import MetricsMixin
 from ..stores.registry import RegistryMixin
 from ..stores.stats import StatsMixin
-from . import files as _files
 from . import migrations as _migrations
-from . import pool as _pool_module
-from .pool import ConnectionPool
 from .settings import DEFAULT, Settings
+from .sqlite import SQLiteBackend
 from .store import DB_STATS_PROVIDERS, Store, StoreBase, db_op, delegate
 
 if TYPE_CHECKING:
@@ -49,107 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["CyllamaDB", "configure_db", "get_db", "reset_db"]
 
 logger = logging.getLogger("cyllama_db")
-
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-
-# SQLite's primary result codes (``sqlite3.Error.sqlite_errorcode & 0xFF``, Python 3.11+).
-_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = (
-    8, 10, 11, 13, 14, 26
-)
-_IO_HINT = (
-    "An I/O error is not a broken file: nothing was written and the file was not replaced. "
-    "Check the disk (dmesg, df) and retry."
-)
-_FULL_HINT = "Free some disk space (or raise the quota) and retry; the file was left as it was."
-
-
-class _Unusable(Exception):
-    """Internal: the file itself cannot hold a database (not SQLite, corrupt, a directory...).
-
-    Only these fall back to memory (or raise with ``fallback="raise"``);
-    everything else (a full disk, an I/O error, a read-only or foreign
-    file, a lock) raises its own :class:`~cyllama_db.CyllamaDBError`.
-    """
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-def _remove_new_side_files(path: str, existed: list[str]) -> None:
-    """Delete the -wal/-shm that a failed read-only open just created beside ``path``."""
-    wal = path + "-wal"
-    if existed or (os.path.exists(wal) and os.path.getsize(wal) > 0):
-        return  # another connection's (or a crashed writer's) files: not ours to delete
-    for side in (wal, path + "-shm"):
-        with contextlib.suppress(OSError):
-            os.remove(side)
-
-
-def _remove_if_still_empty(path: str) -> None:
-    """Delete the file this open created, and its side files, if nothing was ever written to it."""
-    try:
-        if os.path.getsize(path) != 0:
-            return
-        wal = path + "-wal"
-        if os.path.exists(wal) and os.path.getsize(wal) != 0:
-            return  # another process is already writing a database into it
-        for name in (path, wal, path + "-shm", path + "-journal"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(name)
-    except OSError:
-        pass
-
-
-def _unwritable_place(path: str) -> str | None:
-    """Why SQLite cannot write ``path`` (or create its -wal/-shm), or None if it can."""
-    if not os.access(path, os.W_OK):
-        return f"{path} is not writable by this user"
-    folder = os.path.dirname(path) or "."
-    if not os.access(folder, os.W_OK):
-        return f"its folder {folder} is not writable, so SQLite cannot create the -wal and -shm files"
-    return None
-
-
-def _readonly_error(path: str, why: str) -> ReadOnlyDatabaseError:
-    return ReadOnlyDatabaseError(
-        f"cannot write to the database {path!r}: {why}. Nothing was changed. Open it with "
-        "CyllamaDB(path, readonly=True) to read it, fix the permissions, or point "
-        "CYLLAMA_DB_PATH at a writable location."
-    )
-
-
-def _os_error(exc: OSError, path: str) -> Exception:
-    """The library's error for an OSError while opening, or _Unusable for a file to fall back from."""
-    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return DiskFullError(path, str(exc), _FULL_HINT)
-    if exc.errno == errno.EIO:
-        return DatabaseFileError(path, str(exc), _IO_HINT)
-    return _Unusable(exc)
-
-
-def _sqlite_error(exc: sqlite3.Error, path: str, busy_timeout: float) -> Exception:
-    """The library's error for a SQLite error while opening, or _Unusable for a file to fall back from."""
-    text = str(exc)
-    code = getattr(exc, "sqlite_errorcode", None)
-    primary = code & 0xFF if isinstance(code, int) else None
-    lowered = text.lower()
-    if _pool_module._is_busy(exc):
-        # Busy is not broken: falling back would silently split the
-        # process's data from everyone else's.
-        return DatabaseBusyError(path, busy_timeout)
-    if primary == _SQLITE_FULL or "disk is full" in lowered:
-        return DiskFullError(path, text, _FULL_HINT)
-    if primary == _SQLITE_IOERR or "disk i/o error" in lowered:
-        return DatabaseFileError(path, text, _IO_HINT)
-    if primary == _SQLITE_READONLY or "readonly" in lowered or "read-only" in lowered:
-        return _readonly_error(path, f"{text} ({_unwritable_place(path) or 'SQLite refused the write'})")
-    if primary == _SQLITE_CANTOPEN or "unable to open" in lowered:
-        why = _unwritable_place(path)
-        if why is not None:
-            return _readonly_error(path, why)
-    return _Unusable(exc)
-
 
 class CyllamaDB(
     CacheMixin,
@@ -267,159 +154,12 @@ class CyllamaDB(
         self._close_lock = threading.Lock()
         if not self.enabled:
             return
-        if self.settings.path == ":memory:":
-            self._pool = self._open_memory()
-            self._pool.readonly = self.settings.readonly
-        else:
-            try:
-                self._pool = self._open_file(self.settings.path)
-            except _Unusable as exc:
-                if self.settings.fallback == "raise":
-                    raise DatabaseFileError(
-                        self.settings.path,
-                        f"{type(exc.cause).__name__}: {exc.cause}",
-                        "The file cannot hold a database and fallback='raise' (or "
-                        "CYLLAMA_DB_FALLBACK=raise) forbids running on an in-memory one; the file "
-                        "was left untouched. Move it aside or point CYLLAMA_DB_PATH elsewhere.",
-                    ) from exc.cause
-                self._fall_back(exc.cause)
+        self.backend = SQLiteBackend.open(self.settings)
+        self._pool = self.backend.pool
+        self.fallback_reason = self.backend.fallback_reason
         self._run_hooks("_store_init")
         if not self.settings.readonly:
             self._record_open()
-
-    # -- opening ---------------------------------------------------------------------------
-
-    def _fall_back(self, exc: BaseException) -> None:
-        self.fallback_reason = f"{type(exc).__name__}: {exc}"
-        logger.warning(
-            "cannot use database %s (%s); falling back to an in-memory database "
-            "for this process. The file was left untouched.",
-            self.settings.path,
-            exc,
-        )
-        self._pool = self._open_memory()
-
-    def _open_memory(self) -> ConnectionPool:
-        pool = ConnectionPool(
-            ":memory:", busy_timeout=self.settings.busy_timeout, memory=True,
-            auto_vacuum=self.settings.auto_vacuum,
-        )
-        with pool.read() as conn:
-            _migrations.migrate(conn, ":memory:")
-        return pool
-
-    def _open_file(self, path: str) -> ConnectionPool:
-        """The pool for ``path``; raises a library error, or _Unusable for a file to fall back from."""
-        readonly = self.settings.readonly
-        created = False
-        try:
-            if not readonly:
-                _files.private_makedirs(os.path.dirname(path))  # 0700, each level it creates
-                try:
-                    # O_EXCL + 0600: the file is owner-only from its first byte, with no
-                    # window in which another user could open it.
-                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-                    os.close(fd)
-                    created = True
-                except FileExistsError:
-                    pass
-            elif not os.path.lexists(path):
-                raise DatabaseFileError(
-                    path,
-                    "no such file",
-                    "readonly=True opens an existing database only; check the path",
-                )
-        except OSError as exc:
-            if isinstance(exc, DatabaseFileError):
-                raise
-            raise _os_error(exc, path) from exc
-        try:
-            pool = self._open_existing(path)
-        except BaseException:
-            if created:
-                _remove_if_still_empty(path)  # a full disk must not leave a 0-byte file behind
-            raise
-        if not created and not readonly:
-            # One of ours from before (or copied in) that others can read: owner-only
-            # again when this user owns it, else a warning naming it.
-            for existing in (path, path + "-wal", path + "-shm"):
-                _files.tighten_file(existing)
-        return pool
-
-    def _open_existing(self, path: str) -> ConnectionPool:
-        readonly = self.settings.readonly
-        busy = self.settings.busy_timeout
-        try:
-            if not os.path.isfile(path):
-                raise _Unusable(IsADirectoryError(f"{path} is not a regular file"))
-            if not os.access(path, os.R_OK):
-                raise _Unusable(PermissionError(f"{path} is not readable by this user"))
-            with open(path, "rb") as handle:
-                head = handle.read(len(_SQLITE_MAGIC))
-        except OSError as exc:
-            raise _os_error(exc, path) from exc
-        if head and head != _SQLITE_MAGIC:
-            raise _Unusable(sqlite3.DatabaseError(f"{path} is not a SQLite database (header {head[:16]!r})"))
-        if not readonly and not os.access(path, os.W_OK):
-            # A valid file this user cannot write: not a reason to forget it.
-            raise _readonly_error(path, f"{path} is not writable by this user")
-        try:
-            self._check_file(path)
-            pool = ConnectionPool(path, busy_timeout=busy, readonly=readonly, auto_vacuum=self.settings.auto_vacuum)
-            try:
-                with pool.read() as conn:
-                    if readonly:
-                        _migrations.check_not_newer(conn, path)
-                        self._refuse_pending(conn, path)
-                    else:
-                        _migrations.migrate(conn, path)
-            except BaseException:
-                pool.close()
-                raise
-        except sqlite3.Error as exc:
-            raise _sqlite_error(exc, path, busy) from exc
-        except OSError as exc:
-            if isinstance(exc, CyllamaDBError):
-                raise
-            raise _os_error(exc, path) from exc
-        return pool
-
-    @staticmethod
-    def _refuse_pending(conn: sqlite3.Connection, path: str) -> None:
-        pending = _migrations.pending_versions(conn)
-        if pending:
-            raise ReadOnlyDatabaseError(
-                f"database {path!r} has schema version {_migrations.schema_version(conn)} and this "
-                f"cyllama-db needs {_migrations.latest_version()}; readonly=True cannot upgrade it. "
-                "Open it once without readonly=True (the file must be writable) to upgrade it."
-            )
-
-    def _check_file(self, path: str) -> None:
-        """Refuse another application's file, or one from a newer cyllama-db, before writing a byte.
-
-        Read-only, and before the pool sets WAL mode, which would rewrite the
-        header of a file we must not touch. Waits for a lock at most the busy
-        timeout.
-        """
-        uri = _pool_module.readonly_uri(path)
-        existed = [side for side in (path + "-wal", path + "-shm") if os.path.exists(side)]
-        conn = sqlite3.connect(uri, uri=True, timeout=self.settings.busy_timeout)
-        try:
-            _migrations.check_ours(conn, path)
-            _migrations.check_not_newer(conn, path)
-        except SchemaVersionError:
-            # A newer process may be using that file and its -shm: leave them.
-            conn.close()
-            raise
-        except (ForeignDatabaseError, sqlite3.Error) as exc:
-            conn.close()
-            if not (isinstance(exc, sqlite3.Error) and _pool_module._is_busy(exc)):
-                # Even a read-only connection creates -wal and -shm beside a
-                # file whose header says WAL mode; a file we refuse or cannot
-                # use must not keep them.
-                _remove_new_side_files(path, existed)
-            raise
-        conn.close()
 
     def _record_open(self) -> None:
         # Only write what changed: opening (e.g. a CLI `info`) must neither wait
@@ -496,9 +236,8 @@ class CyllamaDB(
     @property
     def path(self) -> str:
         """The database in use: the file path, or ``":memory:"`` (also after a fallback)."""
-        if self.fallback_reason is not None:
-            return ":memory:"
-        return self.settings.path
+        backend = self.__dict__.get("backend")
+        return self.settings.path if backend is None else backend.location
 
     @property
     def is_memory(self) -> bool:
@@ -566,22 +305,14 @@ class CyllamaDB(
             return
         self.pool.check_writable()
         self._run_hooks("_store_flush")
-        with self.pool.read() as conn:
-            if self.settings.auto_vacuum and conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0:
-                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect with the VACUUM
-            conn.execute("VACUUM")
-            if not self.is_memory:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.backend.vacuum()
 
     @db_op(empty=int)  # maps sqlite3 errors to the library's (issue 13)
     def get_database_size(self) -> int:
         """Size of the database in bytes (pages in use times page size; 0 when disabled)."""
         if not self.enabled:
             return 0
-        with self.pool.read() as conn:
-            page_count = conn.execute("PRAGMA page_count").fetchone()[0]
-            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        return int(page_count * page_size)
+        return self.backend.size_bytes()
 
     @db_op(empty=dict)  # maps sqlite3 errors to the library's (issue 13)
     def get_db_stats(self) -> dict[str, Any]:
@@ -590,23 +321,14 @@ class CyllamaDB(
         if not self.enabled:
             return {}
         self._flush_for_read()
-        if self.is_memory:
-            file_bytes = self.get_database_size()
-        else:
-            file_bytes = sum(
-                os.path.getsize(p)
-                for p in (self.path, self.path + "-wal")
-                if os.path.exists(p)
-            )
+        engine = self.backend.storage_stats()
         stats: dict[str, Any] = {
             "path": self.path,
-            "file_size_mb": round(file_bytes / 1_048_576, 4),
+            "file_size_mb": engine.pop("file_size_mb"),
             "schema_version": self.schema_version(),
+            **engine,
         }
         with self.pool.read() as conn:
-            mode = conn.execute("PRAGMA auto_vacuum").fetchone()[0]
-            stats["auto_vacuum"] = {0: "none", 1: "full", 2: "incremental"}.get(mode, str(mode))
-            stats["free_pages"] = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
             for store in self.stores:
                 stats.update(store.counts(conn))
             for provider in DB_STATS_PROVIDERS:

@@ -58,7 +58,7 @@ __all__ = [
     "schema_version",
 ]
 
-logger = logging.getLogger("cyllama_db.db.migrations")
+logger = logging.getLogger("cyllama_db.migrations")
 
 MigrationFunc = Callable[[sqlite3.Connection], None]
 
@@ -77,28 +77,44 @@ _VERSION_TABLE_SQL = (
 
 @dataclass(frozen=True)
 class Migration:
+    """One schema version: its name and the steps that make it, run in one transaction."""
+
     version: int
     name: str
-    apply: MigrationFunc
+    parts: tuple[MigrationFunc, ...]
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        """Run every part, in registration order (inside the caller's transaction)."""
+        for part in self.parts:
+            part(conn)
 
 
 _MIGRATIONS: dict[int, Migration] = {}
 
 
 def migration(version: int, name: str) -> Callable[[MigrationFunc], MigrationFunc]:
-    """Register ``fn(conn)`` as schema migration number ``version``."""
+    """Register ``fn(conn)`` as schema migration number ``version``.
+
+    Each store registers the steps that create or change its own tables.
+    When one version changed the tables of several stores (version 1 made
+    ``config`` and ``metadata``), each store registers its part under the
+    same number and name; the parts run together, in one transaction, and
+    the version is recorded once.
+    """
     if not isinstance(version, int) or version < 1:
         raise ValueError(f"migration version must be a positive int, got {version!r}")
 
     def register(fn: MigrationFunc) -> MigrationFunc:
         existing = _MIGRATIONS.get(version)
-        # Re-importing a module (e.g. importlib.reload) re-registers the same
-        # function name; a different one under the same number is a bug.
-        if existing is not None and existing.apply.__qualname__ != fn.__qualname__:
-            raise ValueError(
-                f"migration {version} is already registered as {existing.name!r}"
-            )
-        _MIGRATIONS[version] = Migration(version, name, fn)
+        if existing is None:
+            _MIGRATIONS[version] = Migration(version, name, (fn,))
+            return fn
+        if existing.name != name:
+            raise ValueError(f"migration {version} is already registered as {existing.name!r}")
+        # Re-importing a module (e.g. importlib.reload) registers the same
+        # function again: it replaces itself rather than running twice.
+        parts = tuple(part for part in existing.parts if part.__qualname__ != fn.__qualname__ or part.__module__ != fn.__module__)
+        _MIGRATIONS[version] = Migration(version, name, (*parts, fn))
         return fn
 
     return register

@@ -29,6 +29,7 @@ from ..errors import (
 )
 
 if TYPE_CHECKING:
+    from .backend import Backend
     from .facade import CyllamaDB
     from .pool import ConnectionPool
     from .settings import Settings
@@ -288,8 +289,14 @@ class Store:
         """Seconds since the epoch: the database's clock (tests replace ``db.clock``)."""
         return self.db.clock
 
+    @property
+    def backend(self) -> Backend:
+        """The engine behind the database (:class:`~cyllama_db.db.backend.Backend`)."""
+        return self.db.backend
+
     def _reclaim(self, conn: sqlite3.Connection) -> None:
-        self.db._reclaim(conn)
+        """After a delete, inside its transaction: give free space back (``Backend.reclaim``)."""
+        self.db.backend.reclaim(conn)
 
     def _flush_for_read(self, *flushers: Callable[[], Any]) -> None:
         self.db._flush_for_read(*flushers)

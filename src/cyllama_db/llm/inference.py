@@ -101,12 +101,12 @@ __all__ = [
     "unload_models",
 ]
 
-logger = logging.getLogger("cyllama_db.llm.inference")
+logger = logging.getLogger("cyllama_db.inference")
 # Errors this module raises to its caller are logged here: the logs store
 # keeps them (log_to_db), but with no logging configured nothing prints them
 # (the NullHandler keeps Python's last-resort handler off): the caller got
 # the exception and decides what to show.
-raised_logger = logging.getLogger("cyllama_db.llm.inference.raised")
+raised_logger = logging.getLogger("cyllama_db.inference.raised")
 raised_logger.addHandler(logging.NullHandler())
 
 Kind = Literal["completion", "chat"]

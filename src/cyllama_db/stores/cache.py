@@ -91,7 +91,7 @@ __all__ = [
     "model_identity",
 ]
 
-logger = logging.getLogger("cyllama_db.stores.cache")
+logger = logging.getLogger("cyllama_db.cache")
 _DEBUG: Final = logging.DEBUG
 
 #: Automatic eviction (after an insert pushes the cache over its limit)

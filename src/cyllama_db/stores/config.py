@@ -13,7 +13,7 @@ import sqlite3
 from typing import Any
 
 from .._validate import check_text
-from ..db.migrations import execute_script, migration
+from ..db.migrations import migration
 from ..db.store import Store, db_op, library_error
 
 __all__ = ["VALUE_TYPES", "ConfigStore", "decode_value", "encode_value"]
@@ -22,9 +22,8 @@ VALUE_TYPES = ("str", "int", "float", "bool", "json")
 
 
 @migration(1, "config and metadata tables")
-def _create_core_tables(conn: sqlite3.Connection) -> None:
-    execute_script(
-        conn,
+def _create_config_table(conn: sqlite3.Connection) -> None:
+    conn.execute(
         """
         CREATE TABLE IF NOT EXISTS config (
             key TEXT PRIMARY KEY,
@@ -32,13 +31,8 @@ def _create_core_tables(conn: sqlite3.Connection) -> None:
             value_type TEXT NOT NULL CHECK (value_type IN ('str','int','float','bool','json')),
             created_at REAL NOT NULL,
             updated_at REAL NOT NULL
-        );
-        CREATE TABLE IF NOT EXISTS metadata (
-            key TEXT PRIMARY KEY NOT NULL,
-            value TEXT NOT NULL,
-            updated_at INTEGER NOT NULL
-        );
-        """,
+        )
+        """
     )
 
 

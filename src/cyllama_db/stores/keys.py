@@ -47,7 +47,7 @@ __all__ = [
     "sha256_text",
 ]
 
-logger = logging.getLogger("cyllama_db.stores.cache")
+logger = logging.getLogger("cyllama_db.cache")
 T = TypeVar("T")
 
 # What json.dumps(str, ensure_ascii=True) does, minus the Python-level calls

@@ -396,7 +396,7 @@ class LogsMixin(StoreBase):
                 errors and critical rows).
             category: that category and its dotted children, as in
                 ``logging``'s hierarchy (``"cyllama_db"`` also matches
-                ``"cyllama_db.stores.cache"``).
+                ``"cyllama_db.cache"``).
             since: first moment included: a datetime, Unix seconds, a
                 timedelta or duration text meaning "that long ago"
                 (``since="1h"``), or ISO-8601 text (``"2024-05-01T12:00Z"``).

@@ -14,11 +14,25 @@ import sqlite3
 from typing import Any
 
 from .._validate import check_text
+from ..db.migrations import migration
 from ..db.store import Store, db_op
 
 __all__ = ["RESERVED_METADATA_KEYS", "MetadataStore"]
 
 RESERVED_METADATA_KEYS = ("db_version", "server_start_time")
+
+
+@migration(1, "config and metadata tables")
+def _create_metadata_table(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS metadata (
+            key TEXT PRIMARY KEY NOT NULL,
+            value TEXT NOT NULL,
+            updated_at INTEGER NOT NULL
+        )
+        """
+    )
 
 
 def _check_key(key: object) -> str:

@@ -49,7 +49,7 @@ __all__ = [
     "sample_metrics",
 ]
 
-logger = logging.getLogger("cyllama_db.stores.metrics")
+logger = logging.getLogger("cyllama_db.metrics")
 
 #: The seed design's value columns, in its order (``timestamp`` and ``gpus`` come besides).
 METRICS_FIELDS = (
@@ -570,7 +570,7 @@ def _loaded_model_paths() -> list[str]:
     # A model loaded through cyllama_db.llm.inference means that module was
     # imported; if it was not, nothing was loaded and importing it now
     # (with whatever it pulls in) would be wasted.
-    module = sys.modules.get(f"{__package__}.inference")
+    module = sys.modules.get("cyllama_db.llm.inference")
     fn = getattr(module, "loaded_model_paths", None)
     if fn is None:
         return []

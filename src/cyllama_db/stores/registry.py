@@ -57,7 +57,7 @@ from .params import (
 
 __all__ = ["MODEL_STATUSES", "ModelRecord", "ModelRef", "RegistryMixin", "inference_arguments"]
 
-logger = logging.getLogger("cyllama_db.stores.registry")
+logger = logging.getLogger("cyllama_db.registry")
 
 #: The values ``status`` may take (the dashboard's set).
 MODEL_STATUSES: Final = ("running", "stopped", "loading", "error")

@@ -54,7 +54,7 @@ __all__ = [
     "process_session_id",
 ]
 
-logger = logging.getLogger("cyllama_db.stores.stats")
+logger = logging.getLogger("cyllama_db.stats")
 
 #: Width of a rollup bucket. Every UTC offset in use is a multiple of 15 minutes.
 BUCKET_SECONDS = 900

@@ -1,0 +1,137 @@
+"""The storage seam: what a store may ask of the database engine.
+
+Stores write plain SQL that SQLite and PostgreSQL both understand
+(``INSERT ... ON CONFLICT ... DO UPDATE``, ``RETURNING``, ``COALESCE``,
+numeric Unix-second timestamps) with ``?`` placeholders, and ask the
+:class:`Backend` for everything else: connections and transactions, the
+placeholder translation, upserts, the current time in SQL, full-text
+search, schema introspection, sizes and maintenance, and the mapping of the
+engine's errors to the library's. SQLite (:class:`~cyllama_db.db.sqlite.SQLiteBackend`)
+is the one implementation; a second engine implements this class and no
+store changes. The contract is written out in ``docs/index.md``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar, Protocol
+
+__all__ = ["Backend", "Connection"]
+
+
+class Connection(Protocol):
+    """The DB-API connection a store gets from :meth:`Backend.read` / :meth:`Backend.transaction`."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, parameters: Any, /) -> Any: ...
+
+
+class Backend(ABC):
+    """One database engine behind the stores (see ``docs/index.md``, "The storage seam").
+
+    Lifecycle: :meth:`open` (a classmethod) connects, refuses files or
+    servers that are not ours or are newer, runs pending migrations and
+    returns the backend; :meth:`close` closes every connection.
+    """
+
+    #: The engine's name: ``"sqlite"``, ``"postgresql"``.
+    name: ClassVar[str]
+    #: The placeholder the engine's driver expects in place of ``?``.
+    placeholder: ClassVar[str] = "?"
+    #: Why the database is not the one asked for (a fallback to memory), or None.
+    fallback_reason: str | None = None
+
+    # -- connections and transactions ---------------------------------------------------------
+
+    @abstractmethod
+    def read(self) -> AbstractContextManager[Any]:
+        """This thread's connection, for reads (and writes that join an open transaction)."""
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[Any]:
+        """A write transaction on this thread's connection, committed on exit, rolled back on error.
+
+        Nested calls join the outer transaction. Waits for other writers up
+        to the busy timeout, then raises ``DatabaseBusyError``.
+        """
+
+    @abstractmethod
+    def no_wait(self) -> AbstractContextManager[None]:
+        """Inside the block, writes fail at once instead of waiting for another writer's lock."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close every thread's connection; idempotent."""
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the data lives, safe to show: a path, ``":memory:"``, or a URL without its password."""
+
+    @property
+    @abstractmethod
+    def is_memory(self) -> bool:
+        """Whether the data lives in this process only."""
+
+    # -- SQL dialect ----------------------------------------------------------------------------
+
+    def sql(self, text: str) -> str:
+        """``text`` with its ``?`` placeholders in the driver's style (unchanged for ``?`` engines)."""
+        return text
+
+    def upsert(self, table: str, columns: Sequence[str], key: Sequence[str], update: Sequence[str] | None = None) -> str:
+        """``INSERT`` of ``columns`` that updates ``update`` (default: the non-key columns) on a ``key`` conflict."""
+        names = ", ".join(columns)
+        marks = ", ".join("?" for _ in columns)
+        changed = [c for c in columns if c not in key] if update is None else list(update)
+        action = (
+            "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in changed) if changed else "DO NOTHING"
+        )
+        return f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT({', '.join(key)}) {action}"
+
+    @abstractmethod
+    def now_sql(self) -> str:
+        """An SQL expression for the current time in Unix seconds (a float), for views and defaults."""
+
+    # -- schema introspection --------------------------------------------------------------------
+
+    @abstractmethod
+    def columns(self, conn: Any, table: str) -> list[str]:
+        """The column names of ``table``, in order (``[]`` if there is no such table)."""
+
+    @abstractmethod
+    def has_table(self, conn: Any, table: str) -> bool:
+        """Whether ``table`` exists."""
+
+    # -- sizes and maintenance ------------------------------------------------------------------------
+
+    @abstractmethod
+    def size_bytes(self) -> int:
+        """Bytes the data takes inside the engine (pages in use, or the relations' size)."""
+
+    @abstractmethod
+    def storage_stats(self) -> dict[str, Any]:
+        """Engine-specific lines of ``get_db_stats()`` (file size, free pages, vacuum mode...)."""
+
+    @abstractmethod
+    def vacuum(self) -> None:
+        """Give free space back and compact."""
+
+    def reclaim(self, conn: Any) -> int:
+        """After a delete, inside its transaction: give free space back if the engine does that; returns pages freed."""
+        return 0
+
+    # -- errors ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    def error(self, exc: BaseException) -> Exception:
+        """The library's error (a :class:`~cyllama_db.CyllamaDBError`) for the engine's ``exc``."""
+
+    # -- full-text search ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def search_available(self) -> bool:
+        """Whether full-text search works on this engine (SQLite: the FTS5 module is compiled in)."""
