@@ -22,6 +22,7 @@ from .session import open_db
 
 __all__ = ["cmd_export", "cmd_import", "cmd_info", "cmd_migrate", "cmd_vacuum"]
 
+
 # -- info / vacuum / migrate ---------------------------------------------------------------
 
 
@@ -138,7 +139,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     else:
         print(f"{path}: migrated from schema version {before} to {after}")
     return 0
-
 
 
 # -- export / import -----------------------------------------------------------------------
