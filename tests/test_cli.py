@@ -13,7 +13,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -120,12 +122,12 @@ def test_usage_mistakes_exit_2_with_one_line(run: Run, argv: list[str]) -> None:
 def test_arithmetic_errors_are_one_line_exit_1(
     run: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cyllama_db.cli as cli
+    import cyllama_db.cli.database as database
 
     def overflow(args: argparse.Namespace) -> int:
         raise OverflowError("Python int too large to convert to SQLite INTEGER")
 
-    monkeypatch.setattr(cli, "_cmd_info", overflow)
+    monkeypatch.setattr(database, "cmd_info", overflow)
     code, _, err = run("info")
     assert code == 1
     assert _one_line_error(err) == (
@@ -506,6 +508,60 @@ def test_cache_commands(run: Run, db_path: Path, tiny_model_path: Path) -> None:
     assert run.json("cache", "list") == []
 
 
+def test_cache_show_takes_a_unique_key_prefix(run: Run, db_path: Path, tiny_model_path: Path) -> None:
+    model = str(tiny_model_path)
+    with CyllamaDB(db_path) as db:
+        for i in range(17):  # 17 hex keys: at least two share their first digit
+            db.cache_response(f"prompt {i}", model, CONFIG, f"answer {i}")
+        keys = sorted(e["cache_key"] for e in db.list_cache_entries(limit=100))
+        # The store method the command calls: key order, at most `limit`, no id, JSON parsed.
+        found = db.find_cache_entries(keys[3][:12], limit=2)
+        assert [e["cache_key"] for e in found] == [keys[3]]
+        assert "id" not in found[0] and "config_json" not in found[0]
+        assert found[0]["config"]["max_tokens"] == 8 and found[0]["response_text"].startswith("answer")
+        assert isinstance(found[0]["created_at"], datetime)
+        assert [e["cache_key"] for e in db.find_cache_entries("", limit=3)] == keys[:3]
+    shared = next(c for c, n in Counter(k[0] for k in keys).items() if n > 1)
+    code, _, err = run("cache", "show", shared)
+    assert code == 1 and "matches several entries" in _one_line_error(err)
+    shown = run.json("cache", "show", keys[3][:12].upper())  # keys are hex: any case finds them
+    assert shown["cache_key"] == keys[3] and shown["config"]["temperature"] == 0.0
+    code, _, err = run("cache", "show", "  ")
+    assert code == 2 and "must not be empty" in _one_line_error(err)
+
+
+def test_cache_show_keeps_a_column_that_is_not_valid_json(
+    run: Run, db_path: Path, tiny_model_path: Path
+) -> None:
+    with CyllamaDB(db_path) as db:
+        db.cache_response("hello", str(tiny_model_path), CONFIG, "world")
+        (key,) = [e["cache_key"] for e in db.list_cache_entries()]
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE cache SET config_json = '{not json' WHERE cache_key = ?", (key,))
+    conn.commit()
+    conn.close()
+    shown = run.json("cache", "show", key)
+    assert shown["config_json"] == "{not json" and "config" not in shown
+    assert shown["response_text"] == "world"
+
+
+def test_cli_reaches_the_database_through_store_methods_only() -> None:
+    for path in sorted((ROOT / "src" / "cyllama_db" / "cli").glob("*.py")):
+        text = path.read_text()
+        for needle in ("SELECT ", "PRAGMA", ".pool", "sqlite3.connect", ".execute("):
+            assert needle not in text, f"cli/{path.name} has {needle!r}: call a store method instead"
+
+
+def test_the_dashboard_takes_only_formatting_from_the_cli() -> None:
+    code = (
+        "import sys, cyllama_db.dashboard\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('cyllama_db.cli'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ})
+    assert out.stdout.split() == ["cyllama_db.cli", "cyllama_db.cli.format"]
+
+
 def test_cache_cleanup_removes_expired(run: Run, db_path: Path, tiny_model_path: Path) -> None:
     with CyllamaDB(db_path) as db:
         db.clock = lambda: time.time() - 3600
@@ -755,10 +811,10 @@ def test_metrics_watch_prints_an_aligned_table(cli_process: Any) -> None:
 
 
 def test_stream_table_widths() -> None:
-    from cyllama_db.cli import _StreamTable
+    from cyllama_db.cli.format import StreamTable
 
     out = io.StringIO()
-    table = _StreamTable(["time", "cpu %", "models"], [5, 7, 1], [False, True, True], out)
+    table = StreamTable(["time", "cpu %", "models"], [5, 7, 1], [False, True, True], out)
     table.header()
     table.row(["12:00", 3.5, 1])
     table.row(["12:01", None, 12])
@@ -930,13 +986,13 @@ def _strings(data: Any) -> Iterator[str]:
 def test_log_follow_lines_escape_them(hostile_db: Path) -> None:
     import io as _io
 
-    from cyllama_db.cli import _emit_logs
+    from cyllama_db.cli.logs import emit_logs
 
     with CyllamaDB(hostile_db) as db:
         entries = db.get_logs()
     for as_json in (True, False):
         stream = _io.StringIO()
-        _emit_logs(entries, as_json, stream)
+        emit_logs(entries, as_json, stream)
         assert not any(char in stream.getvalue() for char in RAW_CONTROLS)
 
 

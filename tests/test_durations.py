@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cyllama_db import CyllamaDB, GenerationConfig, cli
+from cyllama_db import CyllamaDB, GenerationConfig
 from cyllama_db._time import parse_when, time_arg, to_timestamp
 from cyllama_db.cli import main
+from cyllama_db.cli.args import duration
 
 CONFIG = GenerationConfig(temperature=0.0, max_tokens=8)
 NOW = 1_800_000_000.0  # a fixed "now" (2027-01-15)
@@ -40,7 +41,7 @@ DAY = 86400.0
 def test_parse_when(text: str, expected: timedelta | datetime) -> None:
     assert parse_when(text) == expected
     # The command line's type is the same function.
-    assert cli._duration(text) == expected
+    assert duration(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "z", "yesterday", "-5m", "7 days", "2024-13-01", "1e400h"])
@@ -48,7 +49,7 @@ def test_parse_when_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         parse_when(text)
     with pytest.raises(Exception, match=r"not a duration|too long"):
-        cli._duration(text)
+        duration(text)
 
 
 def test_to_timestamp_reads_text_relative_to_now() -> None:

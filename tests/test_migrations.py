@@ -119,3 +119,41 @@ def test_execute_script_keeps_one_transaction() -> None:
     assert conn.execute("SELECT name FROM sqlite_master WHERE name='a'").fetchone() is None
     with pytest.raises(MigrationError, match="incomplete"):
         execute_script(conn, "CREATE TABLE b (x")
+
+
+def test_read_versions_reads_without_migrating_or_creating(tmp_path: Path) -> None:
+    from cyllama_db.errors import DatabaseFileError
+
+    path = tmp_path / "v.db"
+    assert migrations.read_versions(str(path), 1.0) == {}
+    assert not path.exists()
+    assert migrations.read_versions(":memory:", 1.0) == {}
+
+    with CyllamaDB(path) as db:
+        latest = db.schema_version()
+    versions = migrations.read_versions(str(path), 1.0)
+    assert sorted(versions) == list(range(1, latest + 1))
+    names = {m.version: m.name for m in migrations.registered_migrations()}
+    assert all(versions[v][0] == names[v] and versions[v][1] for v in versions)
+
+    # An early file: schema_version without a name column, nothing else; read, not migrated.
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT)")
+    conn.execute("INSERT INTO schema_version VALUES (1, '2024-01-01 00:00:00')")
+    conn.commit()
+    conn.close()
+    assert migrations.read_versions(str(old), 1.0) == {1: (None, "2024-01-01 00:00:00")}
+    conn = sqlite3.connect(old)
+    assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["schema_version"]
+    conn.close()
+
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(DatabaseFileError, match="not a regular file") as raised:
+        migrations.read_versions(str(tmp_path / "dir.db"), 1.0)
+    assert raised.value.sqlite_error == "not a regular file"
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database at all, but long enough to have a header" * 100)
+    with pytest.raises(DatabaseFileError) as raised:
+        migrations.read_versions(str(junk), 1.0)
+    assert raised.value.sqlite_error == "file is not a database"

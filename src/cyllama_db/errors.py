@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 __all__ = [
     "AmbiguousModelError",
+    "CommandError",
     "ConfigurationError",
     "ContextOverflowError",
     "CyllamaDBError",
@@ -45,6 +46,7 @@ __all__ = [
     "UncacheableError",
     "UnknownModelError",
     "UnknownParameterError",
+    "UsageError",
 ]
 
 
@@ -379,3 +381,23 @@ class SearchUnavailableError(CyllamaDBError, RuntimeError):
     (or lacked when the file was upgraded); the message says which, and how
     to get it. Everything else keeps working without it.
     """
+
+
+# -- the command line (``cyllama-db``): how ``cli.main`` reports a failed command.
+
+
+class UsageError(CyllamaDBError):
+    """A malformed ``cyllama-db`` command line: reported on one line, exit code 2.
+
+    ``prog`` is the command it belongs to (``"cyllama-db export"``), named in
+    the message together with its ``--help``.
+    """
+
+    def __init__(self, message: str, prog: str = "cyllama-db") -> None:
+        super().__init__(message)
+        self.message = message
+        self.prog = prog
+
+
+class CommandError(CyllamaDBError):
+    """A ``cyllama-db`` command cannot do what was asked: one line on stderr, exit code 1."""

@@ -53,6 +53,7 @@ __all__ = [
     "migrate",
     "migration",
     "pending_versions",
+    "read_versions",
     "registered_migrations",
     "schema_version",
 ]
@@ -321,3 +322,44 @@ def migrate(conn: sqlite3.Connection, path: str = "database") -> list[int]:
                 conn.execute("ROLLBACK")
             raise
     return applied_now
+
+
+def read_versions(path: str, busy_timeout: float) -> dict[int, tuple[str | None, str | None]]:
+    """``{version: (name, applied_at)}`` of the file at ``path``, read without migrating or creating it.
+
+    Opens the file read-only (``mode=ro``), waiting at most ``busy_timeout``
+    seconds for a lock. ``{}`` for ``":memory:"``, a path where no file
+    exists and a file without a ``schema_version`` table; ``name`` is None
+    for a file from before migrations had names. Raises
+    :class:`~cyllama_db.errors.DatabaseFileError` if ``path`` is not a
+    regular file or not an SQLite database (``sqlite_error`` says which),
+    and the library's error for any other SQLite failure (see
+    :func:`~cyllama_db.db.store.library_error`).
+    """
+    import os
+    import urllib.parse
+
+    from ..errors import DatabaseFileError
+    from .store import library_error
+
+    if path == ":memory:" or not os.path.exists(path):
+        return {}
+    if not os.path.isfile(path):
+        raise DatabaseFileError(
+            path, "not a regular file", "Give the path of a cyllama-db database file."
+        )
+    try:
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True, timeout=busy_timeout)
+        try:
+            if not _has_version_table(conn):
+                return {}
+            cols = {r[1] for r in conn.execute("PRAGMA table_info(schema_version)")}
+            name_col = "name" if "name" in cols else "NULL"
+            return {
+                int(v): (n, a)
+                for v, n, a in conn.execute(f"SELECT version, {name_col}, applied_at FROM schema_version")
+            }
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise library_error(exc, path, busy_timeout) from exc

@@ -1252,3 +1252,45 @@ class CacheMixin(StoreBase):
                     self._cache_hits.clear()  # give up: it is bookkeeping, not data
             raise
         return len(rows)
+
+    @db_op(empty=list)
+    def find_cache_entries(self, key_prefix: str, limit: int = 2) -> list[dict[str, Any]]:
+        """The entries whose ``cache_key`` starts with ``key_prefix``, in key order, at most ``limit``.
+
+        For looking an entry up by a prefix of its key (``cyllama-db cache
+        show``): ask for 2 and a unique prefix gives exactly one. Each entry
+        is a dict of every column but ``id``, in table order, with the times
+        as datetimes; ``config_json`` and ``response_json`` are replaced by
+        ``config`` and ``response`` (the parsed JSON, placed last) when they
+        hold valid JSON. Keys are lowercase hex: pass a lowercase prefix.
+        """
+        if not isinstance(key_prefix, str):
+            raise TypeError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be an int, got {type(limit).__name__}")
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self._cache_flush_hits_quietly()
+        with self.pool.read() as conn:
+            # A key prefix is an index range on the unique cache_key index.
+            cursor = conn.execute(
+                "SELECT * FROM cache WHERE cache_key >= ? AND cache_key < ? ORDER BY cache_key LIMIT ?",
+                (key_prefix, key_prefix + "\U0010ffff", limit),
+            )
+            names = [d[0] for d in cursor.description]
+            rows = cursor.fetchall()
+        entries = []
+        for row in rows:
+            entry = dict(zip(names, row, strict=True))
+            entry.pop("id", None)
+            for name in ("created_at", "expires_at", "last_hit_at", "last_used_at"):
+                if isinstance(entry.get(name), int | float):
+                    entry[name] = from_timestamp(entry[name])
+            for name in ("config_json", "response_json"):
+                text = entry.get(name)
+                if isinstance(text, str):
+                    with contextlib.suppress(ValueError):
+                        entry[name[: -len("_json")]] = json.loads(text)
+                        del entry[name]
+            entries.append(entry)
+        return entries
