@@ -33,11 +33,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     with open_db(args, reads=True) as db:
         stats = db.get_db_stats()
         size = db.get_database_size()
-    file_bytes = size if db.is_memory else _file_bytes(db.path)
+    file_bytes = stats["file_bytes"]
     counts = {
         k: v
         for k, v in stats.items()
-        if k not in ("path", "file_size_mb", "schema_version")
+        if k not in ("path", "file_size_mb", "file_bytes", "schema_version")
         and isinstance(v, int)
         and not isinstance(v, bool)
     }
@@ -67,18 +67,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_vacuum(args: argparse.Namespace) -> int:
     """``cyllama-db vacuum`` (see docs/cli.md); returns the exit code."""
     with open_db(args) as db:
-        before = _file_bytes(db.path)
+        before = db.get_db_stats()["file_bytes"]
         db.vacuum()
-        after = _file_bytes(db.path)
+        after = db.get_db_stats()["file_bytes"]
     if args.json:
         print_json({"path": db.path, "bytes_before": before, "bytes_after": after})
         return 0
     print(f"vacuumed {db.path}: {human_bytes(before)} -> {human_bytes(after)}")
     return 0
-
-
-def _file_bytes(path: str) -> int:
-    return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
 
 
 def _db_file(args: argparse.Namespace) -> tuple[str, float]:

@@ -85,16 +85,11 @@ def _method(db: Any, name: str) -> Callable[..., Any]:
 
 def info(db: CyllamaDB) -> dict[str, Any]:
     """Path, bytes on disk, schema version and row counts (``/api/info``)."""
-    import os
-
     db_stats = db.get_db_stats()
-    if db.is_memory:
-        file_bytes = db.get_database_size()
-    else:
-        file_bytes = sum(os.path.getsize(p) for p in (db.path, db.path + "-wal") if os.path.exists(p))
+    file_bytes = db_stats["file_bytes"]
     counts = {
         k: v for k, v in db_stats.items()
-        if isinstance(v, int) and not isinstance(v, bool) and k != "schema_version"
+        if isinstance(v, int) and not isinstance(v, bool) and k not in ("schema_version", "file_bytes")
     }
     return {
         "path": db.path,

@@ -227,7 +227,8 @@ class SQLiteBackend(Backend):
         return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
 
     def storage_stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = {"file_size_mb": round(self.file_bytes() / 1_048_576, 4)}
+        file_bytes = self.file_bytes()
+        stats: dict[str, Any] = {"file_size_mb": round(file_bytes / 1_048_576, 4), "file_bytes": file_bytes}
         with self.pool.read() as conn:
             mode = conn.execute("PRAGMA auto_vacuum").fetchone()[0]
             stats["auto_vacuum"] = {0: "none", 1: "full", 2: "incremental"}.get(mode, str(mode))
