@@ -24,7 +24,7 @@ from ..types import GenerationStats, Response
 from .openai import accumulate_chunks, plain
 from .options import Kind, _import_llama_cpp
 
-# The documented log categories of inference (docs/logs.md), kept from before the split.
+# The user-facing log categories of inference (docs/logs.md), whichever module logs.
 logger = logging.getLogger("cyllama_db.inference")
 # Errors raised to the caller are logged here: the logs store keeps them
 # (log_to_db), but with no logging configured nothing prints them (the

@@ -75,7 +75,7 @@ from .stream import Stream, live_stream, replay_stream
 if TYPE_CHECKING:
     from ..db.facade import CyllamaDB
 
-# The documented log category of inference (docs/logs.md), kept from before the split.
+# The user-facing log category of inference (docs/logs.md), whichever module logs.
 logger = logging.getLogger("cyllama_db.inference")
 
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_SHARED_MODELS", "chat", "complete", "loaded_model_paths", "unload_models"]
 
-# The documented log category of inference (docs/logs.md), kept from before the split.
+# The user-facing log category of inference (docs/logs.md), whichever module logs.
 logger = logging.getLogger("cyllama_db.inference")
 
 #: How many models ``complete()``/``chat()`` keep loaded between calls (least

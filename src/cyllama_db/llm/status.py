@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ..db.facade import CyllamaDB
     from .model import LLM
 
-# The documented log category of inference (docs/logs.md), whichever module logs.
+# The user-facing log category of inference (docs/logs.md), whichever module logs.
 logger = logging.getLogger("cyllama_db.inference")
 
 # -- statistics ----------------------------------------------------------------------------------
