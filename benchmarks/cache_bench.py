@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _util import header, interleaved, pct, row, timings_us
 
 from cyllama_db import CyllamaDB, GenerationConfig, Response, complete
-from cyllama_db.llm.inference import GenerationStats
+from cyllama_db.types import GenerationStats
 
 ENTRIES = 10_000
 PROMPT_CHARS = 200

@@ -389,7 +389,7 @@ def bench_complete(p: Profile, folder: Path, rows: Rows, notes: list[str]) -> No
     import cache_bench
     from _util import quiet_stderr
 
-    from cyllama_db.llm.inference import unload_models
+    from cyllama_db.llm import unload_models
     from cyllama_db.testing import write_tiny_llama
 
     try:
@@ -442,7 +442,7 @@ def bench_async(p: Profile, folder: Path, rows: Rows, notes: list[str]) -> None:
     import aio_bench
     from _util import pct, quiet_stderr
 
-    from cyllama_db.llm.inference import unload_models
+    from cyllama_db.llm import unload_models
     from cyllama_db.testing import write_tiny_llama
 
     try:

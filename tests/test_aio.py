@@ -32,7 +32,7 @@ from cyllama_db import (
     stream_complete_async,
     wrap,
 )
-from cyllama_db.llm import inference as inf
+from cyllama_db.llm import LLM, loaded_model_paths, unload_models
 
 pytestmark = pytest.mark.llama
 
@@ -55,7 +55,7 @@ def db(tmp_path: Path) -> Iterator[CyllamaDB]:
 @pytest.fixture(autouse=True)
 def _no_shared_models() -> Iterator[None]:
     yield
-    inf.unload_models()
+    unload_models()
 
 
 class Spy:
@@ -146,7 +146,7 @@ def test_same_cache_entries_as_the_sync_api(tiny_model_path: Path, db: CyllamaDB
         assert hit.cache_hit and hit.text == sync.text
         llm = AsyncLLM(tiny_model_path, db=db, **GREEDY)
         assert (await llm("Shared entry")).cache_hit
-        assert llm.cache_key("Shared entry") == inf.LLM(tiny_model_path, db=db, **GREEDY).cache_key("Shared entry")
+        assert llm.cache_key("Shared entry") == LLM(tiny_model_path, db=db, **GREEDY).cache_key("Shared entry")
         chat = await chat_async(MSGS, tiny_model_path, db=db, **GREEDY)
         assert not chat.cache_hit
         assert (await chat_async(MSGS, tiny_model_path, db=db, **GREEDY)).cache_hit
@@ -726,5 +726,5 @@ def test_nothing_outlives_the_event_loop(tiny_model_path: Path, db: CyllamaDB) -
         time.sleep(0.01)
     gc.collect()
     assert not _stream_threads()
-    assert path not in inf.loaded_model_paths()  # the model was freed with its LLM
+    assert path not in loaded_model_paths()  # the model was freed with its LLM
     assert not aio._states  # no event loop is kept alive by its gates or flights

@@ -243,7 +243,7 @@ def test_load_option_defaults_match_llama_cpp() -> None:
     params = inspect.signature(llama_cpp.Llama.__init__).parameters
     defaults = {**_cacheutil._FLOAT_OPTIONS, **_cacheutil._INT_OPTIONS, **_cacheutil._BOOL_OPTIONS}
     assert {name: params[name].default for name in defaults} == defaults
-    from cyllama_db.llm.inference import LOAD_OPTIONS
+    from cyllama_db.llm import LOAD_OPTIONS
 
     assert set(_cacheutil.OUTPUT_LOAD_OPTIONS) <= set(LOAD_OPTIONS) <= set(params)
 

@@ -28,7 +28,9 @@ from cyllama_db import (
     complete,
     generate_cache_key,
 )
-from cyllama_db.llm import inference as inf
+from cyllama_db.llm import loaded_model_paths, locks, unload_models
+from cyllama_db.llm import shared as shared_models
+from cyllama_db.types import _CONFIG_FIELDS
 
 GREEDY = {"temperature": 0.0, "max_tokens": 12}
 
@@ -73,7 +75,7 @@ def llm(tiny_model_path: Path, db: CyllamaDB) -> Iterator[LLM]:
 @pytest.fixture(autouse=True)
 def _no_shared_models() -> Iterator[None]:
     yield
-    inf.unload_models()
+    unload_models()
 
 
 # -- GenerationConfig ------------------------------------------------------------------------
@@ -452,7 +454,7 @@ def test_infrastructure_load_options_are_not_part_of_the_key(tiny_model_path: Pa
 def test_load_options_that_change_the_output_are_part_of_the_key(
     tiny_model_path: Path, db: CyllamaDB, options: dict[str, Any]
 ) -> None:
-    sampling = {k: v for k, v in options.items() if k in inf._CONFIG_FIELDS}
+    sampling = {k: v for k, v in options.items() if k in _CONFIG_FIELDS}
     plain = LLM(tiny_model_path, db=db, **GREEDY, **sampling)
     plain("Hello")
     changed = LLM(tiny_model_path, db=db, **{**GREEDY, **options})
@@ -779,13 +781,13 @@ def test_followers_of_an_abandoned_stream_generate_themselves(
 ) -> None:
     spy = Spy(llm)
     waiting = threading.Event()
-    real_wait = inf._flights.wait
+    real_wait = locks._flights.wait
 
     def wait(flight: Any, timeout: Any = None) -> Any:
         waiting.set()
         return real_wait(flight, timeout)
 
-    monkeypatch.setattr(inf._flights, "wait", wait)
+    monkeypatch.setattr(locks._flights, "wait", wait)
     leader = llm("Abandoned flight", stream=True)
     next(leader)  # leads the flight and holds the model
     out: list[Response] = []
@@ -802,13 +804,13 @@ def test_followers_of_an_abandoned_stream_generate_themselves(
 def test_a_stream_follower_replays_the_leaders_result(llm: LLM, monkeypatch: pytest.MonkeyPatch) -> None:
     spy = Spy(llm)
     waiting = threading.Event()
-    real_wait = inf._flights.wait
+    real_wait = locks._flights.wait
 
     def wait(flight: Any, timeout: Any = None) -> Any:
         waiting.set()
         return real_wait(flight, timeout)
 
-    monkeypatch.setattr(inf._flights, "wait", wait)
+    monkeypatch.setattr(locks._flights, "wait", wait)
     leader = llm("Followed flight", stream=True)
     parts = [next(leader)]
     out: list[tuple[str, bool]] = []
@@ -843,27 +845,27 @@ def test_different_prompts_from_threads_are_serialised(llm: LLM) -> None:
 
 def test_complete_reuses_the_loaded_model(tiny_model_path: Path, db: CyllamaDB) -> None:
     first = complete("Reuse", tiny_model_path, db=db, **GREEDY)
-    shared = list(inf._shared.values())
+    shared = list(shared_models._shared.values())
     assert len(shared) == 1 and shared[0].loaded
     llama = shared[0]._llama
     second = complete("Reuse again", tiny_model_path, db=db, **GREEDY)
-    assert next(iter(inf._shared.values()))._llama is llama
+    assert next(iter(shared_models._shared.values()))._llama is llama
     assert not first.cache_hit and not second.cache_hit
     assert complete("Reuse", tiny_model_path, db=db, **GREEDY).cache_hit
-    assert str(tiny_model_path) in inf.loaded_model_paths()
+    assert str(tiny_model_path) in loaded_model_paths()
 
 
 def test_complete_keeps_a_bounded_number_of_models(
     tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(inf, "MAX_SHARED_MODELS", 1)
+    monkeypatch.setattr(shared_models, "MAX_SHARED_MODELS", 1)
     copy = tmp_path / "copy.gguf"
     shutil.copy(tiny_model_path, copy)
     complete("a", tiny_model_path, db=False, **GREEDY)
     complete("b", copy, db=False, **GREEDY)
-    assert [llm.model_path for llm in inf._shared.values()] == [str(copy)]
-    assert inf.unload_models() == 1
-    assert str(copy) not in inf.loaded_model_paths()
+    assert [llm.model_path for llm in shared_models._shared.values()] == [str(copy)]
+    assert unload_models() == 1
+    assert str(copy) not in loaded_model_paths()
 
 
 def test_complete_stream_and_config(tiny_model_path: Path, db: CyllamaDB) -> None:
@@ -879,11 +881,11 @@ def test_loaded_model_paths_and_close(llm: LLM) -> None:
     import gc
 
     gc.collect()  # LLMs of earlier tests that were never closed hold their models until collected
-    assert llm.model_path not in inf.loaded_model_paths()
+    assert llm.model_path not in loaded_model_paths()
     llm("Load me")
-    assert llm.model_path in inf.loaded_model_paths()
+    assert llm.model_path in loaded_model_paths()
     llm.close()
-    assert not llm.loaded and llm.model_path not in inf.loaded_model_paths()
+    assert not llm.loaded and llm.model_path not in loaded_model_paths()
     assert llm("Load me").cache_hit  # closing frees the model, not the cache
 
 

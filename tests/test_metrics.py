@@ -388,6 +388,14 @@ def test_db_stats_count_metrics_rows(any_db: CyllamaDB) -> None:
 
 
 def test_sample_of_this_machine(file_db: CyllamaDB) -> None:
+    import gc
+
+    from cyllama_db.llm import unload_models
+
+    # No model loaded: the shared ones released, and an LLM an earlier test
+    # left in a reference cycle (an exception's traceback) collected.
+    unload_models()
+    gc.collect()
     sample = sample_metrics(file_db)
     assert set(sample) == {*METRICS_FIELDS, *PROCESS_FIELDS, "timestamp", "gpus"}
     if not metrics_mod._loaded_model_paths():  # earlier tests in this process may have loaded one
@@ -576,9 +584,9 @@ def test_active_models_uptime_and_requests_per_minute(
     memory_db: CyllamaDB, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     a, b, c, d = (str(tmp_path / f"{n}.gguf") for n in "abcd")
-    fake_inference = types.ModuleType("cyllama_db.llm.inference")
-    fake_inference.loaded_model_paths = lambda: [a, Path(b)]  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "cyllama_db.llm.inference", fake_inference)
+    fake_shared = types.ModuleType("cyllama_db.llm.shared")
+    fake_shared.loaded_model_paths = lambda: [a, Path(b)]  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "cyllama_db.llm.shared", fake_shared)
 
     with memory_db.pool.transaction() as conn:
         for name, status, path in [("a", "running", a), ("c", "running", c), ("d", "stopped", d)]:
@@ -597,13 +605,13 @@ def test_active_models_uptime_and_requests_per_minute(
 
 
 def test_figures_tolerate_missing_tables_and_broken_inference(monkeypatch: pytest.MonkeyPatch) -> None:
-    broken = types.ModuleType("cyllama_db.llm.inference")
+    broken = types.ModuleType("cyllama_db.llm.shared")
 
     def boom() -> list[str]:
         raise RuntimeError("not ready")
 
     broken.loaded_model_paths = boom  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "cyllama_db.llm.inference", broken)
+    monkeypatch.setitem(sys.modules, "cyllama_db.llm.shared", broken)
     with CyllamaDB(":memory:") as db:
         with db.pool.transaction() as conn:
             conn.execute("DROP TABLE IF EXISTS models")
@@ -618,9 +626,9 @@ def test_figures_tolerate_missing_tables_and_broken_inference(monkeypatch: pytes
 
 
 def test_inference_module_is_not_imported_by_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(sys.modules, "cyllama_db.llm.inference", raising=False)
+    monkeypatch.delitem(sys.modules, "cyllama_db.llm.shared", raising=False)
     sample_metrics(nvml=FakeNVML([]))
-    assert "cyllama_db.llm.inference" not in sys.modules
+    assert "cyllama_db.llm.shared" not in sys.modules
 
 
 # -- the sampler ---------------------------------------------------------------------------
@@ -807,7 +815,7 @@ def test_cpu_reading_is_primed_per_thread(monkeypatch: pytest.MonkeyPatch, memor
 
 @pytest.mark.llama
 def test_figures_with_a_real_model_registry_and_stats(memory_db: CyllamaDB, tiny_model_path: Path, tmp_path: Path) -> None:
-    from cyllama_db.llm.inference import LLM
+    from cyllama_db.llm import LLM
 
     llm = LLM(tiny_model_path, db=memory_db, max_tokens=2)
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cyllama_db import LLM, AmbiguousModelError, CyllamaDB, complete, wrap
-from cyllama_db.llm import inference as inf
+from cyllama_db.llm import unload_models
 
 pytestmark = pytest.mark.llama
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.llama
 @pytest.fixture(autouse=True)
 def _no_shared_models() -> None:
     yield
-    inf.unload_models()
+    unload_models()
 
 
 def _cli(db: Path, *args: str) -> str:

@@ -1370,7 +1370,7 @@ def test_llm_from_registry_overrides(tiny_registered: CyllamaDB) -> None:
 
 def test_complete_with_a_registered_model(tiny_registered: CyllamaDB) -> None:
     from cyllama_db import complete
-    from cyllama_db.llm.inference import unload_models
+    from cyllama_db.llm import unload_models
 
     db = tiny_registered
     try:
@@ -1399,7 +1399,7 @@ def test_complete_with_a_registered_model(tiny_registered: CyllamaDB) -> None:
 
 def test_chat_with_a_registered_model(tiny_registered: CyllamaDB) -> None:
     from cyllama_db import chat
-    from cyllama_db.llm.inference import unload_models
+    from cyllama_db.llm import unload_models
 
     db = tiny_registered
     messages = [{"role": "user", "content": "Say hi"}]
@@ -1538,7 +1538,7 @@ def test_llm_close_never_raises_when_the_database_is_gone(tiny_model_path: Path,
 
 def test_a_cache_hit_does_not_mark_the_model_running(tiny_registered: CyllamaDB) -> None:
     from cyllama_db import complete
-    from cyllama_db.llm.inference import loaded_model_paths, unload_models
+    from cyllama_db.llm import loaded_model_paths, unload_models
 
     db = tiny_registered
     try:
@@ -1566,13 +1566,13 @@ def test_evicted_shared_model_is_marked_stopped(
     tiny_registered: CyllamaDB, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from cyllama_db import complete
-    from cyllama_db.llm import inference
-    from cyllama_db.llm.inference import unload_models
+    from cyllama_db.llm import shared
+    from cyllama_db.llm.shared import unload_models
 
     db = tiny_registered
     path = db.get_model_by_name("tiny")["model_path"]  # type: ignore[index]
     db.save_model("tiny-128", model_path=path, ctx_size=128, threads=1, gpu_layers=0, predict=2)
-    monkeypatch.setattr(inference, "MAX_SHARED_MODELS", 1)
+    monkeypatch.setattr(shared, "MAX_SHARED_MODELS", 1)
     try:
         complete("Hello", model="tiny", db=db, cache=False)
         assert (_status(db, "tiny"), _status(db, "tiny-128")) == ("running", "stopped")

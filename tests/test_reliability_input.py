@@ -491,6 +491,8 @@ NOT_IN_MODULE_TABLE = {
     "CachedLlama": "made by wrap(): its wrong calls are in test_wrap.py",
     "get_db": "no arguments",
     "reset_db": "no arguments",
+    "unload_models": "no arguments",
+    "loaded_model_paths": "no arguments",
 }
 MODULE_ANY_VALUE = {("MetricsSampler", "nvml"), ("sample_metrics", "nvml")}  # an injected NVML module
 # Where the message names the parameter by what it is rather than by its name.

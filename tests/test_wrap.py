@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from cyllama_db import LLM, CacheMissError, ChunkStream, CyllamaDB, complete, wrap
-from cyllama_db.llm import inference as inf
+from cyllama_db.llm import unload_models
 
 pytestmark = pytest.mark.llama
 
@@ -39,7 +39,7 @@ def db(tmp_path: Path) -> Iterator[CyllamaDB]:
 @pytest.fixture(autouse=True)
 def _no_shared_models() -> Iterator[None]:
     yield
-    inf.unload_models()
+    unload_models()
 
 
 def _without_volatile(out: dict[str, Any]) -> dict[str, Any]:

@@ -42,16 +42,7 @@ from .errors import (
     UncacheableError,
     UnknownModelError,
 )
-from .llm.inference import (
-    LLM,
-    ChunkStream,
-    GenerationConfig,
-    GenerationStats,
-    Response,
-    Stream,
-    chat,
-    complete,
-)
+from .llm import LLM, ChunkStream, Stream, chat, complete, loaded_model_paths, unload_models
 from .llm.wrap import CachedLlama, wrap
 from .stores.cache import generate_cache_key, model_identity
 from .stores.logs import CyllamaDBHandler
@@ -70,6 +61,7 @@ from .stores.params import (
     validate_params,
 )
 from .stores.registry import MODEL_STATUSES, ModelRecord
+from .types import GenerationConfig, GenerationStats, Response
 
 if TYPE_CHECKING:
     from .aio import (
@@ -166,6 +158,7 @@ __all__ = [
     "configure_db",
     "generate_cache_key",
     "get_db",
+    "loaded_model_paths",
     "model_identity",
     "reset_db",
     "sample_metrics",
@@ -173,6 +166,7 @@ __all__ = [
     "to_llama_kwargs",
     "to_sampling_kwargs",
     "to_server_args",
+    "unload_models",
     "validate_params",
     "wrap",
 ]

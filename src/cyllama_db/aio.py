@@ -1,7 +1,7 @@
 """The async API: ``AsyncLLM``, ``complete_async``, ``chat_async``, ``stream_complete_async``.
 
 The names and signatures are cyllama's, with the response cache, statistics,
-per-call options and errors of the sync API (:mod:`cyllama_db.llm.inference`)::
+per-call options and errors of the sync API (:mod:`cyllama_db.llm`)::
 
     async with AsyncLLM("model.gguf", temperature=0.0) as llm:
         response = await llm("What is Python?")
@@ -47,24 +47,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .errors import GenerationTimeoutError, ModelBusyError
-from .llm.inference import (
-    _OWN_DB,
-    _UNSET,
-    LLM,
-    CacheArg,
-    DBArg,
-    GenerationConfig,
-    Messages,
-    Response,
-    _as_hit,
-    _model_target,
-    _ModelLock,
-    _Plan,
-    _pop_passthrough,
-    _record,
-    _resolve_db,
-)
+from .llm.locks import _UNSET, _ModelLock, _wait_timeout
+from .llm.model import LLM, _Plan
+from .llm.options import _OWN_DB, CacheArg, DBArg, Messages, _pop_passthrough, _resolve_db
+from .llm.shared import _model_target
+from .llm.status import _record
+from .llm.stream import replay_stream
 from .stores.keys import Cancelled
+from .types import GenerationConfig, Response, _as_hit
 
 if TYPE_CHECKING:
     from .db.facade import CyllamaDB
@@ -659,7 +649,7 @@ def _stream(
         plan = await _plan(model, kind, payload, True, args)
         if plan.hit is not None:
             _record(plan.database, model.model_path, plan.hit, plan.config)
-            stream._replay = model._replay(plan.hit, chunks, plan.extra)
+            stream._replay = replay_stream(model, plan.hit, chunks, plan.extra)
             return
         await _begin(stream, model, plan, chunks)
 
@@ -690,7 +680,7 @@ async def _begin(stream: AsyncStream, llm: LLM, plan: _Plan, chunks: bool) -> No
                 raise outcome.error
             hit = _as_hit(outcome, plan.started)
             _record(plan.database, llm.model_path, hit, plan.config)
-            stream._replay = llm._replay(hit, chunks, plan.extra)
+            stream._replay = replay_stream(llm, hit, chunks, plan.extra)
             return
     await _start_producer(
         stream, llm, functools.partial(llm._finish, plan, True, chunks), plan.wait, state, key, flight
@@ -942,8 +932,6 @@ class AsyncLLM:
 
 
 def _wait(llm: LLM) -> float | None:
-    from .llm.inference import _wait_timeout
-
     return _wait_timeout(llm.wait_timeout)
 
 

@@ -1,7 +1,7 @@
 """``@cached``: persistent memoisation in the response cache.
 
 Works on plain functions (``@cached`` or ``@cached(ttl=..., db=...)``), on
-methods, and on an :class:`~cyllama_db.llm.inference.LLM`
+methods, and on an :class:`~cyllama_db.LLM`
 (``cached(ttl=...)(llm)("prompt")``). Function entries live in the same
 ``cache`` table as responses (kind ``'function'``), so TTL, the size limit,
 invalidation and statistics apply to them too. Arguments and return values
@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ._time import parse_duration
 from .errors import UncacheableError
-from .llm.inference import LLM, Response, Stream, _check_db_arg, _resolve_db
+from .llm.model import LLM
+from .llm.options import _check_db_arg, _resolve_db
+from .llm.stream import Stream
 from .stores.keys import (
     _UNBOUND,
     SingleFlight,
@@ -35,6 +37,7 @@ from .stores.keys import (
     key_material,
     keyable,
 )
+from .types import Response
 
 if TYPE_CHECKING:
     from .db.facade import CyllamaDB
@@ -509,7 +512,7 @@ class BoundCachedFunction:
 
 
 class CachedLLM:
-    """An :class:`~cyllama_db.llm.inference.LLM` view that always caches, with its own TTL and database."""
+    """An :class:`~cyllama_db.LLM` view that always caches, with its own TTL and database."""
 
     def __init__(self, llm: LLM, ttl: timedelta | None, db: Any) -> None:
         self.llm = llm

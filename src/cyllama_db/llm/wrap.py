@@ -3,7 +3,7 @@
 ::
 
     llm = Llama("model.gguf", n_ctx=2048)       # your code, unchanged
-    llm = cyllama_db.llm.wrap(llm)                  # the one added line
+    llm = cyllama_db.wrap(llm)                  # the one added line
     out = llm.create_completion("Q: 2+2? A:", max_tokens=8)
     out["choices"][0]["text"]                   # the same dict llama-cpp-python returns
 
@@ -23,7 +23,9 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from .inference import _CONFIG_FIELDS, LLM, CacheArg, DBArg, GenerationConfig, Response, _is_llama
+from ..types import _CONFIG_FIELDS, GenerationConfig, Response
+from .model import LLM
+from .options import CacheArg, DBArg, _is_llama, _sampling_kwargs
 
 __all__ = ["CachedLlama", "wrap"]
 
@@ -275,8 +277,6 @@ def _differs(current: Any, value: Any) -> bool:
 
 
 def _llama_kwargs(config: GenerationConfig, passthrough: Mapping[str, Any], kind: str) -> dict[str, Any]:
-    from .inference import _sampling_kwargs
-
     return {**_sampling_kwargs(config, kind), **passthrough}  # type: ignore[arg-type]
 
 

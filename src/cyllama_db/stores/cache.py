@@ -2,7 +2,7 @@
 
 Keys (:func:`generate_cache_key`) are SHA-256 over canonical JSON of the
 prompt, the model's identity, the output-deciding part of the
-:class:`~cyllama_db.llm.inference.GenerationConfig` (everything but ``seed``) and
+:class:`~cyllama_db.types.GenerationConfig` (everything but ``seed``) and
 the ``llama_cpp.Llama`` load options that change the output
 (:data:`OUTPUT_LOAD_OPTIONS`).
 The model identity is the file's basename plus a fingerprint of its size and
@@ -67,7 +67,6 @@ from .._validate import check_path
 from ..db.migrations import execute_script, migration
 from ..db.store import StoreBase, db_op, db_stats_provider
 from ..errors import DatabaseClosedError
-from ..llm.openai import skeleton
 from ..types import GenerationConfig, GenerationStats, Response
 from .keys import (
     OUTPUT_LOAD_OPTIONS,
@@ -444,6 +443,8 @@ def _response_json(response: Response) -> str:
         if source is not None:
             # llama-cpp-python's dict without its text (that is response_text): tool
             # calls, log-probabilities and usage come back with a hit (to_openai()).
+            from ..llm.openai import skeleton  # stores never import llm at module level
+
             data["openai"] = skeleton(source, response.kind)
         return _encode_json(data)
     if not _STATS_AS_FORMATTED:

@@ -567,10 +567,10 @@ def _reader_for(nvml: Any) -> _GPUReader:
 
 
 def _loaded_model_paths() -> list[str]:
-    # A model loaded through cyllama_db.llm.inference means that module was
+    # A model loaded through cyllama_db.llm means cyllama_db.llm.shared was
     # imported; if it was not, nothing was loaded and importing it now
     # (with whatever it pulls in) would be wasted.
-    module = sys.modules.get("cyllama_db.llm.inference")
+    module = sys.modules.get("cyllama_db.llm.shared")
     fn = getattr(module, "loaded_model_paths", None)
     if fn is None:
         return []
