@@ -79,6 +79,8 @@ class TablePolicy:
             empty: the primary key, else the first unique index.
         content: the columns whose difference makes a conflict; empty: every
             column but the key and :attr:`bookkeeping`.
+        newer_by: the column ``on_conflict="newer"`` compares (the larger
+            value wins); ``None``: the current row is kept.
         bookkeeping: columns that record use, not content (timestamps, hit
             counts): rows differing only in them are no conflict. A replaced
             row takes them from the file; a kept row keeps its own.
@@ -90,7 +92,8 @@ class TablePolicy:
         json_columns: text columns that must hold valid JSON.
         secret_columns: columns whose values an export writes as the
             redaction marker (``"***"``) unless secrets are included; an
-            import never stores the marker, it keeps the stored value.
+            import never stores the marker, it keeps the stored value (NULL
+            for a new row: the column must allow it).
         secret_flag_columns: JSON columns of raw command-line flags whose
             secret flags (``--api-key``...) are redacted and restored one by one.
         redact_text_except: ``None``: no other column holds secrets. A tuple:
@@ -107,6 +110,7 @@ class TablePolicy:
     merge: MergeKind = "keyed"
     key: tuple[str, ...] = ()
     content: tuple[str, ...] = ()
+    newer_by: str | None = None
     bookkeeping: tuple[str, ...] = ()
     local_keys: tuple[str, ...] = ()
     time_columns: tuple[str, ...] = ()
@@ -126,12 +130,15 @@ class TablePolicy:
             raise ValueError(
                 f"TablePolicy({self.table!r}).merge must be one of {', '.join(MERGE_KINDS)}, got {self.merge!r}"
             )
-        if self.merge != "keyed" and (self.key or self.content or self.local_keys):
+        if self.merge != "keyed" and (self.key or self.content or self.local_keys or self.newer_by):
             raise ValueError(
-                f"TablePolicy({self.table!r}): key, content and local_keys apply to merge='keyed' only"
+                f"TablePolicy({self.table!r}): key, content, newer_by and local_keys apply to merge='keyed' only"
             )
         if self.local_keys and len(self.key) != 1:
             raise ValueError(f"TablePolicy({self.table!r}): local_keys need a one-column key")
+        if self.redacts and not self.key:
+            # An import puts the stored secret back in place of "***": it finds the row by key.
+            raise ValueError(f"TablePolicy({self.table!r}): secret columns need merge='keyed' with a key")
         overlap = set(self.time_columns) & set(self.ms_time_columns)
         if overlap:
             raise ValueError(

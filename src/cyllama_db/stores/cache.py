@@ -127,6 +127,7 @@ EXPORT_POLICY: tuple[_policy.TablePolicy, ...] = (
         "cache",
         key=("cache_key",),
         content=("response_text", "response_json", "finish_reason"),
+        newer_by="created_at",
         time_columns=("created_at", "expires_at", "last_hit_at", "last_used_at"),
         json_columns=("config_json", "response_json"),
         recomputed=(

@@ -36,6 +36,7 @@ EXPORT_POLICY: tuple[_policy.TablePolicy, ...] = (
     _policy.TablePolicy(
         "config",
         key=("key",),
+        newer_by="updated_at",
         bookkeeping=("created_at", "updated_at"),
         time_columns=("created_at", "updated_at"),
         row_checks=(

@@ -6,7 +6,7 @@ The merge follows each table's :class:`~cyllama_db.db.policy.TablePolicy`
 - ``"keyed"`` tables match rows by their natural key; a matched row with
   different content is a *conflict*, which ``on_conflict`` settles
   (``"keep"`` the current row, ``"replace"`` it with the imported one, or
-  take the ``"newer"`` of the two by ``updated_at``/``created_at``); every
+  take the ``"newer"`` of the two by the policy's ``newer_by`` column); every
   conflict is listed in the report;
 - ``"append"`` tables get the rows not already present (importing the same
   file twice is harmless);
@@ -780,7 +780,7 @@ class Importer(Store):
         else:
             content = [n for n in names if n not in key and n not in policy.bookkeeping]
         same = " AND ".join(f"m.{_quote(n)} IS s.{_quote(n)}" for n in content) or "1"
-        stamp = next((c for c in ("updated_at", "created_at") if c in names), None)
+        stamp = policy.newer_by if policy.newer_by in names else None
         key_cols = ", ".join(f"s.{_quote(k)}" for k in key)
         stamps = f", m.{_quote(stamp)}, s.{_quote(stamp)}" if stamp else ", NULL, NULL"
 

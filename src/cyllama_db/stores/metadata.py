@@ -26,6 +26,7 @@ EXPORT_POLICY: tuple[_policy.TablePolicy, ...] = (
     _policy.TablePolicy(
         "metadata",
         key=("key",),
+        newer_by="updated_at",
         bookkeeping=("updated_at",),
         local_keys=("db_version", "server_start_time"),
         ms_time_columns=("updated_at",),

@@ -89,6 +89,7 @@ EXPORT_POLICY: tuple[_policy.TablePolicy, ...] = (
     _policy.TablePolicy(
         "models",
         key=("name",),
+        newer_by="updated_at",
         bookkeeping=("created_at", "updated_at", "last_used_at"),
         time_columns=("created_at", "updated_at", "first_seen_at", "last_used_at"),
         json_columns=("metadata_json",),
