@@ -483,12 +483,12 @@ def test_import_is_all_or_nothing(
     other.set_config("a", 1)
     other.log("INFO", "x")
     other.close()
-    from cyllama_db.stores import export as _export
+    from cyllama_db.stores import importer as _importer
 
     def boom(self: Any, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(_export.ExportMixin, "_append", boom)
+    monkeypatch.setattr(_importer.Importer, "_append", boom)
     with pytest.raises(RuntimeError, match="disk on fire"):
         file_db.import_database(other.path)
     assert file_db.get_config("a") is None  # config was merged before logs, then rolled back

@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import (
     DatabaseClosedError,
@@ -20,7 +20,8 @@ from ..stores import search as _search  # noqa: F401  (registers migration 9)
 from ..stores import views as _views  # noqa: F401  (registers migration 10)
 from ..stores.cache import CacheMixin
 from ..stores.config import ConfigStore
-from ..stores.export import ExportMixin
+from ..stores.export import Exporter, ProgressCallback
+from ..stores.importer import DEFAULT_IMPORT_TIMEOUT, Importer
 from ..stores.logs import LogsMixin
 from ..stores.metadata import MetadataStore
 from ..stores.metrics import MetricsMixin
@@ -40,7 +41,6 @@ logger = logging.getLogger("cyllama_db")
 
 class CyllamaDB(
     CacheMixin,
-    ExportMixin,
     MetricsMixin,
     LogsMixin,
     StatsMixin,
@@ -437,6 +437,39 @@ class CyllamaDB(
             }
             for mig in _migrations.registered_migrations()
         ]
+
+    # -- export/import (Exporter and Importer apply the stores' EXPORT_POLICY) -------------
+
+    @delegate(Exporter.export)
+    def export_database(
+        self,
+        path: str | os.PathLike[str] | IO[str],
+        *,
+        format: str = "sqlite",
+        table: str | None = None,
+        overwrite: bool = False,
+        include_secrets: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> dict[str, Any]:
+        return Exporter(self).export(
+            path,
+            format=format,
+            table=table,
+            overwrite=overwrite,
+            include_secrets=include_secrets,
+            progress=progress,
+        )
+
+    @delegate(Importer.merge)
+    def import_database(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        on_conflict: str = "keep",
+        progress: ProgressCallback | None = None,
+        timeout: float | None = DEFAULT_IMPORT_TIMEOUT,
+    ) -> dict[str, Any]:
+        return Importer(self).merge(path, on_conflict=on_conflict, progress=progress, timeout=timeout)
 
 
 # -- the process-wide database -------------------------------------------------------------

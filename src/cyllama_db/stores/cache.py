@@ -64,6 +64,7 @@ from typing import Any, Final
 
 from .._time import from_timestamp, parse_duration, time_arg
 from .._validate import check_path
+from ..db import policy as _policy
 from ..db.migrations import execute_script, migration
 from ..db.store import StoreBase, db_op, db_stats_provider
 from ..errors import DatabaseClosedError
@@ -83,12 +84,62 @@ from .keys import (
 from .search import CACHE_FTS, CACHE_INDEX, fts_query, refresh, require_index, sync_index
 
 __all__ = [
+    "EXPORT_POLICY",
     "OUTPUT_LOAD_OPTIONS",
     "CacheMixin",
     "clear_identity_cache",
     "generate_cache_key",
     "model_identity",
 ]
+
+
+def _cache_entry_size(
+    prompt: Any, response_text: Any, response_json: Any, config_json: Any, model_path: Any, identity: Any
+) -> int:
+    """An imported cache entry's ``size_bytes``, recomputed, never taken from the file.
+
+    The formula of ``_cache_write`` (kept equal by test_export.py's test that
+    compares the two on a real entry).
+    """
+    return (
+        len(str(prompt).encode("utf-8", "surrogatepass"))
+        + _utf8_len(str(response_text))
+        + (_utf8_len(response_json) if isinstance(response_json, str) and response_json else 0)
+        + len(str(config_json))
+        + len(str(model_path))
+        + len(str(identity))
+        + _ROW_OVERHEAD
+    )
+
+
+def _prompt_hash(prompt: Any) -> str:
+    """An imported cache entry's ``prompt_hash``, recomputed (lookups and invalidation use it)."""
+    return sha256_text(str(prompt))
+
+
+#: How the cache's tables are exported and imported (``db/policy.py``): entries
+#: match by key, and only a different response is a conflict (the same key on
+#: two machines may come with another path to the same file). Sizes drive the
+#: size limit and eviction, so they are recomputed, never trusted.
+EXPORT_POLICY: tuple[_policy.TablePolicy, ...] = (
+    _policy.TablePolicy(
+        "cache",
+        key=("cache_key",),
+        content=("response_text", "response_json", "finish_reason"),
+        newer_by="created_at",
+        time_columns=("created_at", "expires_at", "last_hit_at", "last_used_at"),
+        json_columns=("config_json", "response_json"),
+        recomputed=(
+            _policy.Recompute(
+                "size_bytes",
+                _cache_entry_size,
+                ("prompt", "response_text", "response_json", "config_json", "model_path", "model_identity"),
+            ),
+            _policy.Recompute("prompt_hash", _prompt_hash, ("prompt",)),
+        ),
+    ),
+    _policy.TablePolicy("cache_totals", merge="derived"),
+)
 
 logger = logging.getLogger("cyllama_db.cache")
 _DEBUG: Final = logging.DEBUG

@@ -13,10 +13,39 @@ import sqlite3
 from typing import Any
 
 from .._validate import check_text
+from ..db import policy as _policy
 from ..db.migrations import migration
 from ..db.store import Store, db_op, library_error
 
-__all__ = ["VALUE_TYPES", "ConfigStore", "decode_value", "encode_value"]
+__all__ = ["EXPORT_POLICY", "VALUE_TYPES", "ConfigStore", "decode_value", "encode_value"]
+
+
+def _config_ok(text: Any, value_type: Any) -> int:
+    """1 when an imported row's ``value`` reads back as its ``value_type``, else 0."""
+    if not isinstance(text, str) or not isinstance(value_type, str):
+        return 0
+    try:
+        decode_value(text, value_type)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        return 0
+    return 1
+
+
+#: How the ``config`` table is exported and imported (``db/policy.py``).
+EXPORT_POLICY: tuple[_policy.TablePolicy, ...] = (
+    _policy.TablePolicy(
+        "config",
+        key=("key",),
+        newer_by="updated_at",
+        bookkeeping=("created_at", "updated_at"),
+        time_columns=("created_at", "updated_at"),
+        row_checks=(
+            _policy.RowCheck(
+                ("value", "value_type"), _config_ok, "value: does not match its value_type (e.g. invalid JSON)"
+            ),
+        ),
+    ),
+)
 
 VALUE_TYPES = ("str", "int", "float", "bool", "json")
 

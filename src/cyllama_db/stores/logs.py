@@ -30,6 +30,7 @@ from typing import Any
 
 from .._time import from_timestamp
 from .._validate import check_text
+from ..db import policy as _policy
 from ..db.migrations import execute_script, migration
 from ..db.settings import LOG_LEVELS
 from ..db.store import StoreBase, db_op, db_stats_provider
@@ -44,7 +45,15 @@ from .search import (
 )
 from .stats import _check_limit, _time_arg
 
-__all__ = ["LOG_COLUMNS", "CyllamaDBHandler", "LogsMixin", "level_name"]
+__all__ = ["EXPORT_POLICY", "LOG_COLUMNS", "CyllamaDBHandler", "LogsMixin", "level_name"]
+
+
+#: How the ``logs`` table is exported and imported (``db/policy.py``): appended.
+EXPORT_POLICY: tuple[_policy.TablePolicy, ...] = (
+    _policy.TablePolicy(
+        "logs", merge="append", time_columns=("created_at",), json_columns=("context_json",)
+    ),
+)
 
 LIBRARY_LOGGER = "cyllama_db"
 

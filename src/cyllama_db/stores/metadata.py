@@ -14,10 +14,25 @@ import sqlite3
 from typing import Any
 
 from .._validate import check_text
+from ..db import policy as _policy
 from ..db.migrations import migration
 from ..db.store import Store, db_op
 
-__all__ = ["RESERVED_METADATA_KEYS", "MetadataStore"]
+__all__ = ["EXPORT_POLICY", "RESERVED_METADATA_KEYS", "MetadataStore"]
+
+
+#: How the ``metadata`` table is exported and imported (``db/policy.py``): the
+#: reserved keys (:data:`RESERVED_METADATA_KEYS`) are this database's own.
+EXPORT_POLICY: tuple[_policy.TablePolicy, ...] = (
+    _policy.TablePolicy(
+        "metadata",
+        key=("key",),
+        newer_by="updated_at",
+        bookkeeping=("updated_at",),
+        local_keys=("db_version", "server_start_time"),
+        ms_time_columns=("updated_at",),
+    ),
+)
 
 RESERVED_METADATA_KEYS = ("db_version", "server_start_time")
 

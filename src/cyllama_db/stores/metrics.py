@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._time import from_timestamp, parse_duration, time_arg
 from .._validate import check_path
+from ..db import policy as _policy
 from ..db.migrations import execute_script, migration
 from ..db.store import StoreBase, db_op, db_stats_provider
 from ..errors import DatabaseClosedError, MissingDependencyError
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from ..db.pool import ConnectionPool
 
 __all__ = [
+    "EXPORT_POLICY",
     "MAX_HISTORY_MINUTES",
     "MAX_SAMPLER_INTERVAL",
     "METRICS_FIELDS",
@@ -48,6 +50,18 @@ __all__ = [
     "MetricsSampler",
     "sample_metrics",
 ]
+
+
+#: How ``metrics_history`` is exported and imported (``db/policy.py``): samples
+#: are appended; their times are Unix milliseconds.
+EXPORT_POLICY: tuple[_policy.TablePolicy, ...] = (
+    _policy.TablePolicy(
+        "metrics_history",
+        merge="append",
+        ms_time_columns=("timestamp", "created_at"),
+        json_columns=("gpus_json",),
+    ),
+)
 
 logger = logging.getLogger("cyllama_db.metrics")
 

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .._time import from_timestamp, to_timestamp
 from .._validate import check_path
+from ..db import policy as _policy
 from ..db.migrations import execute_script, migration
 from ..db.store import Store, db_op
 from ..errors import ModelExistsError, ModelLoadError, ReadOnlyDatabaseError, UnknownModelError
@@ -62,7 +63,49 @@ from .params import (
 if TYPE_CHECKING:
     from ..db.facade import CyllamaDB
 
-__all__ = ["MODEL_STATUSES", "ModelRecord", "ModelRef", "ModelRegistry", "inference_arguments"]
+__all__ = [
+    "EXPORT_POLICY",
+    "MODEL_STATUSES",
+    "ModelRecord",
+    "ModelRef",
+    "ModelRegistry",
+    "inference_arguments",
+]
+
+
+def _param_ok(name: str, value: Any) -> int:
+    """1 when an imported ``models`` column holds a valid value of its parameter, else 0."""
+    from .params import REDACTED
+
+    if value is None or name not in PARAMS_BY_NAME:
+        return 1
+    if value == REDACTED or (isinstance(value, str) and ":****@" in value):
+        return 1  # what an export redacted: the merge puts this database's value back
+    try:
+        from_sql(name, value)
+    except (ValueError, TypeError, OverflowError, RecursionError, KeyError):
+        return 0
+    return 1
+
+
+#: How the ``models`` table is exported and imported (``db/policy.py``): models
+#: match by name (the id is local). Secrets (``hf_token``, ``api_key``, their
+#: flags in ``custom_params``, URL passwords) are redacted by an export unless
+#: asked, and a redacted value never overwrites a stored one.
+EXPORT_POLICY: tuple[_policy.TablePolicy, ...] = (
+    _policy.TablePolicy(
+        "models",
+        key=("name",),
+        newer_by="updated_at",
+        bookkeeping=("created_at", "updated_at", "last_used_at"),
+        time_columns=("created_at", "updated_at", "first_seen_at", "last_used_at"),
+        json_columns=("metadata_json",),
+        secret_columns=tuple(p.name for p in PARAMS if p.secret),
+        secret_flag_columns=("custom_params",),
+        redact_text_except=("metadata_json", "gguf_chat_template"),
+        column_check=_policy.ColumnCheck(_param_ok, "not a valid value of the parameter"),
+    ),
+)
 
 logger = logging.getLogger("cyllama_db.registry")
 

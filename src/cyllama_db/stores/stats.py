@@ -36,6 +36,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from .._time import from_timestamp, parse_duration, time_arg
+from ..db import policy as _policy
 from ..db.migrations import execute_script, migration
 from ..db.store import StoreBase, db_op, db_stats_provider
 from .keys import recent_model_identity
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUCKET_SECONDS",
+    "EXPORT_POLICY",
     "HIT_FLUSH_ROWS",
     "HIT_FLUSH_SECONDS",
     "LATENCY_BUCKETS",
@@ -53,6 +55,15 @@ __all__ = [
     "model_name_for",
     "process_session_id",
 ]
+
+
+#: How the stats tables are exported and imported (``db/policy.py``): rows are
+#: appended; the rollup and the totals are rebuilt by triggers from them.
+EXPORT_POLICY: tuple[_policy.TablePolicy, ...] = (
+    _policy.TablePolicy("stats", merge="append", time_columns=("created_at",)),
+    _policy.TablePolicy("stats_rollup", merge="derived"),
+    _policy.TablePolicy("stats_totals", merge="derived"),
+)
 
 logger = logging.getLogger("cyllama_db.stats")
 
