@@ -37,3 +37,29 @@ def test_the_async_api_loads_asyncio_only_when_used() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_import_loads_the_errors_only_and_names_load_on_first_use() -> None:
+    code = (
+        "import sys, cyllama_db\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('cyllama_db'))\n"
+        "assert loaded == ['cyllama_db', 'cyllama_db.errors'], loaded\n"
+        "assert 'typing' not in sys.modules, 'import cyllama_db loaded typing'\n"
+        "from cyllama_db import cached, CyllamaDB\n"
+        "import cyllama_db.decorators\n"
+        "assert callable(cached) and cyllama_db.cached is cached, 'the module shadowed the decorator'\n"
+        "assert 'cyllama_db.db.facade' in sys.modules and 'cyllama_db.cli' not in sys.modules\n"
+        "assert 'llama_cpp' not in sys.modules\n"
+        "assert sorted(dir(cyllama_db)) == sorted(cyllama_db.__all__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    import pytest
+
+    import cyllama_db
+
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        cyllama_db.nope  # noqa: B018

@@ -1,16 +1,18 @@
-"""cyllama-db: one SQLite file for everything local llama.cpp inference should remember.
+"""cyllama-db: one database for everything local llama.cpp inference should remember.
 
-Importing this package is cheap: llama_cpp, psutil and pynvml are imported
-only by the functions that need them.
+``import cyllama_db`` is cheap: it loads the error classes and nothing else.
+Every other public name is loaded on first use (PEP 562), so a script that
+only needs ``cached`` never pays for the CLI, the async API or the stores it
+does not touch, and llama_cpp, psutil, pynvml, psycopg and opentelemetry are
+imported only by the functions that need them.
+
+The public API is exactly ``__all__``; everything under the subpackages
+(``db``, ``stores``, ``llm``, ``cli``, ``dashboard``) is internal unless its
+page in docs/ says otherwise.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from .cached import cached
-from .db.facade import CyllamaDB, configure_db, get_db, reset_db
-from .db.settings import ENV_VARS, Settings
 from .errors import (
     AmbiguousModelError,
     CacheMissError,
@@ -42,26 +44,9 @@ from .errors import (
     UncacheableError,
     UnknownModelError,
 )
-from .llm import LLM, ChunkStream, Stream, chat, complete, loaded_model_paths, unload_models
-from .llm.wrap import CachedLlama, wrap
-from .stores.cache import generate_cache_key, model_identity
-from .stores.logs import CyllamaDBHandler
-from .stores.metrics import MetricsSampler, sample_metrics
-from .stores.params import (
-    PARAMS,
-    PARAMS_BY_NAME,
-    Param,
-    ParameterTypeError,
-    ParameterValueError,
-    ServerArgWarning,
-    UnknownParameterError,
-    to_llama_kwargs,
-    to_sampling_kwargs,
-    to_server_args,
-    validate_params,
-)
-from .stores.registry import MODEL_STATUSES, ModelRecord
-from .types import GenerationConfig, GenerationStats, Response
+
+# typing costs ~10 ms to import; mypy reads any name TYPE_CHECKING as True.
+TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from .aio import (
@@ -72,28 +57,130 @@ if TYPE_CHECKING:
         complete_async,
         stream_complete_async,
     )
+    from .db.facade import (
+        CyllamaDB,
+        configure_db,
+        get_db,
+        reset_db,
+    )
+    from .db.settings import (
+        ENV_VARS,
+        Settings,
+    )
+    from .decorators import (
+        cached,
+    )
+    from .llm import (
+        LLM,
+        ChunkStream,
+        Stream,
+        chat,
+        complete,
+        loaded_model_paths,
+        unload_models,
+    )
+    from .llm.wrap import (
+        CachedLlama,
+        wrap,
+    )
+    from .stores.cache import (
+        generate_cache_key,
+        model_identity,
+    )
+    from .stores.logs import (
+        CyllamaDBHandler,
+    )
+    from .stores.metrics import (
+        MetricsSampler,
+        sample_metrics,
+    )
+    from .stores.params import (
+        PARAMS,
+        PARAMS_BY_NAME,
+        Param,
+        ParameterTypeError,
+        ParameterValueError,
+        ServerArgWarning,
+        UnknownParameterError,
+        to_llama_kwargs,
+        to_sampling_kwargs,
+        to_server_args,
+        validate_params,
+    )
+    from .stores.registry import (
+        MODEL_STATUSES,
+        ModelRecord,
+    )
+    from .types import (
+        GenerationConfig,
+        GenerationStats,
+        Response,
+    )
 
 __version__ = "0.1.0"
 
-# The async API imports asyncio (~25 ms): loaded on first use, so that
-# `import cyllama_db` stays cheap for the scripts that never await.
-_LAZY = {
-    "AsyncCyllamaDB", "AsyncLLM", "AsyncStream", "chat_async", "complete_async", "stream_complete_async",
+# Where each lazily loaded public name lives.
+_LAZY: dict[str, str] = {
+    "AsyncCyllamaDB": ".aio",
+    "AsyncLLM": ".aio",
+    "AsyncStream": ".aio",
+    "chat_async": ".aio",
+    "complete_async": ".aio",
+    "stream_complete_async": ".aio",
+    "CyllamaDB": ".db.facade",
+    "configure_db": ".db.facade",
+    "get_db": ".db.facade",
+    "reset_db": ".db.facade",
+    "ENV_VARS": ".db.settings",
+    "Settings": ".db.settings",
+    "cached": ".decorators",
+    "ChunkStream": ".llm",
+    "LLM": ".llm",
+    "Stream": ".llm",
+    "chat": ".llm",
+    "complete": ".llm",
+    "loaded_model_paths": ".llm",
+    "unload_models": ".llm",
+    "CachedLlama": ".llm.wrap",
+    "wrap": ".llm.wrap",
+    "generate_cache_key": ".stores.cache",
+    "model_identity": ".stores.cache",
+    "CyllamaDBHandler": ".stores.logs",
+    "MetricsSampler": ".stores.metrics",
+    "sample_metrics": ".stores.metrics",
+    "PARAMS": ".stores.params",
+    "PARAMS_BY_NAME": ".stores.params",
+    "Param": ".stores.params",
+    "ParameterTypeError": ".stores.params",
+    "ParameterValueError": ".stores.params",
+    "ServerArgWarning": ".stores.params",
+    "UnknownParameterError": ".stores.params",
+    "to_llama_kwargs": ".stores.params",
+    "to_sampling_kwargs": ".stores.params",
+    "to_server_args": ".stores.params",
+    "validate_params": ".stores.params",
+    "MODEL_STATUSES": ".stores.registry",
+    "ModelRecord": ".stores.registry",
+    "GenerationConfig": ".types",
+    "GenerationStats": ".types",
+    "Response": ".types",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from . import aio
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cyllama_db' has no attribute {name!r}")
+    import importlib
 
-        value = getattr(aio, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'cyllama_db' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _LAZY)
+    return sorted(__all__)
+
 
 __all__ = [
     "ENV_VARS",

@@ -9,7 +9,9 @@ catches the built-in keeps working.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: collections.abc costs an import
+    from collections.abc import Iterable
 
 __all__ = [
     "AmbiguousModelError",
