@@ -829,7 +829,7 @@ class TestSizeEstimate:
                 thread.join()
             assert not errors
             assert _sum_bytes(db.path) <= 0.2 * 1_048_576
-            assert db._cache_size.total is not None and db._cache_size.total >= _sum_bytes(db.path)
+            assert db.cache._size.total is not None and db.cache._size.total >= _sum_bytes(db.path)
 
 
 def test_stats_providers_report_the_cache(file_db: CyllamaDB, model: Path) -> None:
