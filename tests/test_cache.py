@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import os
@@ -829,7 +830,7 @@ class TestSizeEstimate:
                 thread.join()
             assert not errors
             assert _sum_bytes(db.path) <= 0.2 * 1_048_576
-            assert db._cache_size.total is not None and db._cache_size.total >= _sum_bytes(db.path)
+            assert db.cache._size.total is not None and db.cache._size.total >= _sum_bytes(db.path)
 
 
 def test_stats_providers_report_the_cache(file_db: CyllamaDB, model: Path) -> None:
@@ -1095,3 +1096,147 @@ def test_pool_connection_in_a_forked_child_is_a_new_one(file_db: CyllamaDB) -> N
     os.waitpid(pid, 0)
     assert result == b"\x00"
     assert file_db.pool.connection() is parent
+
+
+# -- the store object (db.cache) ---------------------------------------------------------------
+
+
+def test_the_store_object_and_the_flat_api_are_one_cache(file_db: CyllamaDB, model: Path) -> None:
+    cache = file_db.cache
+    assert cache in file_db.stores and cache.name == "cache"
+    cache.put("Hello", model, CONFIG, _response("stored by the store"))
+    hit = file_db.get_cached_response("Hello", model, CONFIG)
+    assert hit is not None and hit.text == "stored by the store" and hit.cache_hit
+    file_db.cache_response("Bye", model, CONFIG, _response("stored flat"), ttl="1h", namespace="team")
+    again = cache.get("Bye", model, CONFIG, namespace="team")
+    assert again is not None and again.text == "stored flat"
+    assert cache.get("Bye", model, CONFIG) is None  # another namespace
+    assert cache.entries() == file_db.list_cache_entries()
+    assert [e["prompt"] for e in cache.entries(order="hits", namespace="team")] == ["Bye"]
+    assert cache.models() == file_db.cached_models() and len(cache.models()) == 1
+    assert cache.stats() == file_db.get_cache_stats() and cache.stats()["entries"] == 2
+    assert [e["prompt"] for e in cache.search("stored")] == [e["prompt"] for e in file_db.search_cache("stored")]
+    assert cache.invalidate(namespace="team") == 1
+    assert cache.cleanup() == 0
+    assert file_db.invalidate_cache() == 1 and cache.stats()["entries"] == 0
+
+
+def test_find_gives_every_column_of_the_entries_under_a_key_prefix(file_db: CyllamaDB, model: Path) -> None:
+    file_db.cache_response("hello", model, CONFIG, _response("world"))
+    key = generate_cache_key("hello", model, CONFIG)
+    [entry] = file_db.cache.find(key[:12].upper())  # keys are hex: any case matches
+    with _other_connection(file_db) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(cache)")]
+    expected = [c for c in columns if c not in ("id", "config_json", "response_json")] + ["config", "response"]
+    assert list(entry) == expected
+    assert entry["cache_key"] == key and entry["response_text"] == "world" and entry["prompt"] == "hello"
+    assert entry["config"] == json.loads(CONFIG.to_json()) and entry["config"]["max_tokens"] == 16
+    assert entry["response"]["finish_reason"] == "stop" and entry["response"]["stats"]["generated_tokens"] == 5
+    assert isinstance(entry["created_at"], datetime) and entry["last_hit_at"] is None
+    assert file_db.cache.find(key) == [entry]
+    assert file_db.cache.find("zzzz") == []
+    # Hits still in the buffer are written first.
+    file_db.get_cached_response("hello", model, CONFIG)
+    assert file_db.cache.find(key)[0]["hit_count"] == 1
+
+
+def test_find_tells_an_ambiguous_prefix_and_checks_its_arguments(memory_db: CyllamaDB, model: Path) -> None:
+    for i in range(40):  # 40 keys over 16 first hex digits: some first digit is shared
+        memory_db.cache_response(f"p{i}", model, CONFIG, _response())
+    keys = sorted(e["cache_key"] for e in memory_db.list_cache_entries(limit=100))
+    shared = next(k[0] for k, n in itertools.pairwise(keys) if k[0] == n[0])
+    found = memory_db.cache.find(shared)
+    assert len(found) == 2 and all(e["cache_key"].startswith(shared) for e in found)
+    assert [e["cache_key"] for e in found] == sorted(e["cache_key"] for e in found)
+    assert len(memory_db.cache.find(shared, limit=1)) == 1
+    assert len(memory_db.cache.find(shared, limit=100)) == sum(k.startswith(shared) for k in keys)
+    with pytest.raises(ValueError, match="key_prefix"):
+        memory_db.cache.find("  ")
+    with pytest.raises(TypeError, match="key_prefix"):
+        memory_db.cache.find(12)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="limit"):
+        memory_db.cache.find(shared, limit=0)
+    assert CyllamaDB(enabled=False).cache.find("ab") == []
+
+
+def test_find_shows_a_cached_function_entry(memory_db: CyllamaDB) -> None:
+    from cyllama_db import cached
+
+    @cached(db=memory_db)
+    def double(x: int) -> int:
+        return 2 * x
+
+    assert double(21) == 42
+    [entry] = memory_db.cache.find(double.cache_key(21))
+    assert entry["kind"] == "function" and entry["response_text"] == "42"
+    assert entry["response_json"] is None and entry["config"] == {}
+
+
+def test_the_ways_in_for_callers_that_have_their_key(file_db: CyllamaDB, model: Path) -> None:
+    cache = file_db.cache
+    key = generate_cache_key("keyed", model, CONFIG)
+    assert cache.lookup(key, str(model), 0.0) is None
+    cache.store_response(
+        key=key, kind="completion", prompt="keyed", model_path=str(model), identity=model_identity(model),
+        config=CONFIG, response=_response("by key"), ttl=None,
+    )
+    hit = cache.lookup(key, "shown/path.gguf", 0.0)
+    assert hit is not None and (hit.text, hit.model_path, hit.cache_hit) == ("by key", "shown/path.gguf", True)
+    assert hit.stats.generated_tokens == 5
+    # ...and it is the entry the public lookup finds.
+    assert file_db.get_cached_response("keyed", model, CONFIG).text == "by key"  # type: ignore[union-attr]
+    cache.put_value(
+        key="fn-key", kind="function", prompt="{}", model_path="mod.fn", identity="fn:mod.fn",
+        config_json="{}", response_text=json.dumps({"a": None}), response_json=None,
+    )
+    cache.put_value(
+        key="fn-none", kind="function", prompt="[]", model_path="mod.fn", identity="fn:mod.fn",
+        config_json="{}", response_text="null", response_json=None, ttl=60,
+    )
+    assert cache.get_value("fn-key") == (True, {"a": None})
+    assert cache.get_value("fn-none") == (True, None)  # a stored None is a hit
+    assert cache.get_value("absent") == (False, None)
+    assert cache.delete(key="fn-key") == 1 and cache.get_value("fn-key") == (False, None)
+    assert cache.delete(identity="fn:mod.fn") == 1
+    assert cache.delete(key="fn-key") == 0
+    with pytest.raises(TypeError, match="key= or identity="):
+        cache.delete()
+    assert cache.stats()["entries"] == 1
+    off = CyllamaDB(enabled=False).cache
+    assert off.lookup(key, str(model), 0.0) is None and off.get_value(key) == (False, None)
+    assert off.delete(key=key) == 0
+
+
+def test_flush_writes_the_buffered_hits_and_indexes_new_entries(
+    file_db: CyllamaDB, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file_db.cache_response("first", model, CONFIG, _response())  # the first insert syncs (and indexes)
+    file_db.cache_response("p", model, CONFIG, _response("findable words"))  # this one is not indexed yet
+    file_db.get_cached_response("p", model, CONFIG)
+    with _other_connection(file_db) as conn:
+        assert conn.execute("SELECT SUM(hit_count) FROM cache").fetchone()[0] == 0
+        assert conn.execute("SELECT COUNT(*) FROM cache_fts_docsize").fetchone()[0] == 1
+        file_db.cache.flush()
+        assert conn.execute("SELECT SUM(hit_count) FROM cache").fetchone()[0] == 1
+        assert conn.execute("SELECT COUNT(*) FROM cache_fts_docsize").fetchone()[0] == 2
+    # flush_due: whether the next hit writes the buffer (the async API runs that one in a thread).
+    assert not file_db.cache.flush_due()
+    file_db.get_cached_response("p", model, CONFIG)
+    assert not file_db.cache.flush_due()
+    monkeypatch.setattr(cache_module, "_FLUSH_ENTRIES", 2)
+    assert file_db.cache.flush_due()
+    file_db.cache.flush()
+    assert not file_db.cache.flush_due()
+
+
+def test_totals_are_the_gauges_for_monitoring(tmp_path: Path) -> None:
+    with CyllamaDB(tmp_path / "t.db", max_cache_size_mb=0.05) as db:
+        assert db.cache.totals() == {"entries": 0, "size_bytes": 0, "evictions": 0}
+        for i in range(100):
+            db.cache_response(f"prompt {i}", "m.gguf", CONFIG, _response("y" * 900))
+        totals = db.cache.totals()
+        assert totals is not None
+        assert totals["entries"] == db.get_cache_stats()["entries"] < 100
+        assert totals["size_bytes"] == _sum_bytes(db.path) <= 0.05 * 1_048_576
+        assert totals["evictions"] == 100 - totals["entries"]
+    assert CyllamaDB(enabled=False).cache.totals() is None

@@ -515,12 +515,12 @@ def test_cache_show_takes_a_unique_key_prefix(run: Run, db_path: Path, tiny_mode
             db.cache_response(f"prompt {i}", model, CONFIG, f"answer {i}")
         keys = sorted(e["cache_key"] for e in db.list_cache_entries(limit=100))
         # The store method the command calls: key order, at most `limit`, no id, JSON parsed.
-        found = db.find_cache_entries(keys[3][:12], limit=2)
+        found = db.cache.find(keys[3][:12], limit=2)
         assert [e["cache_key"] for e in found] == [keys[3]]
         assert "id" not in found[0] and "config_json" not in found[0]
         assert found[0]["config"]["max_tokens"] == 8 and found[0]["response_text"].startswith("answer")
         assert isinstance(found[0]["created_at"], datetime)
-        assert [e["cache_key"] for e in db.find_cache_entries("", limit=3)] == keys[:3]
+        assert [e["cache_key"] for e in db.cache.find(keys[0][:1], limit=1)] == keys[:1]
     shared = next(c for c, n in Counter(k[0] for k in keys).items() if n > 1)
     code, _, err = run("cache", "show", shared)
     assert code == 1 and "matches several entries" in _one_line_error(err)

@@ -40,7 +40,6 @@ CALLS: dict[str, tuple[tuple[Any, ...], dict[str, Any], tuple[Any, ...]]] = {
     "import_database": (("in.db",), {}, ({}, None)),
     "invalidate_cache": ((), {}, (0,)),
     "list_cache_entries": ((), {}, ([],)),
-    "find_cache_entries": (("ab",), {}, ([],)),
     "recorded_models": ((), {}, ([],)),
     "cached_models": ((), {}, ([],)),
     "registered_model_files": ((), {}, ([],)),

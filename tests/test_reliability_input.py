@@ -128,13 +128,6 @@ WRONG: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], type[Exception], st
         ((10, "newest", 5), {}, TypeError, "model_path"),
         ((), {"namespace": 5}, TypeError, "namespace"),
     ],
-    "find_cache_entries": [
-        ((5,), {}, TypeError, "key_prefix"),
-        ((None,), {}, TypeError, "key_prefix"),
-        (("ab", "2"), {}, TypeError, "limit"),
-        (("ab", True), {}, TypeError, "limit"),
-        (("ab", 0), {}, ValueError, "limit"),
-    ],
     "search_cache": [
         ((5,), {}, TypeError, "query"),
         (("",), {}, ValueError, "query"),

@@ -46,14 +46,13 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from .errors import GenerationTimeoutError, ModelBusyError
+from .errors import Cancelled, GenerationTimeoutError, ModelBusyError
 from .llm.locks import _UNSET, _ModelLock, _wait_timeout
 from .llm.model import LLM, _Plan
 from .llm.options import _OWN_DB, CacheArg, DBArg, Messages, _pop_passthrough, _resolve_db
 from .llm.shared import _model_target
 from .llm.status import _record
 from .llm.stream import replay_stream
-from .stores.keys import Cancelled
 from .types import GenerationConfig, Response, _as_hit
 
 if TYPE_CHECKING:
@@ -293,13 +292,8 @@ async def _warm(llm: LLM) -> None:
 def _flush_due(db: Any) -> bool:
     """Whether a lookup on ``db`` may write its buffered hit counts (a write transaction,
     which can wait for another writer): such a lookup runs in a thread."""
-    hits = getattr(db, "_cache_hits", None)
-    if not hits:
-        return False
-    from .stores.cache import _FLUSH_ENTRIES, _FLUSH_SECONDS
-
-    since = getattr(db, "_cache_hits_since", 0.0)
-    return len(hits) + 1 >= _FLUSH_ENTRIES or time.monotonic() - since >= _FLUSH_SECONDS
+    cache = getattr(db, "cache", None)
+    return cache is not None and cache.flush_due()
 
 
 async def _plan(llm: LLM, kind: str, payload: Any, stream: bool, request: Mapping[str, Any]) -> _Plan:

@@ -287,7 +287,7 @@ class CachedFunction(Generic[R]):
     def _store(self, database: CyllamaDB, key: str, args_json: str, text: str) -> None:
         """Write one result; a failed write is logged, never raised (the call already paid for it)."""
         try:
-            database._cache_put(
+            database.cache.put_value(
                 key=key,
                 kind="function",
                 prompt=args_json,
@@ -303,7 +303,7 @@ class CachedFunction(Generic[R]):
 
     @staticmethod
     def _lookup(database: CyllamaDB, key: str) -> tuple[bool, Any]:
-        found, value = database._cache_get_value(key)
+        found, value = database.cache.get_value(key)
         if found and isinstance(value, dict) and len(value) == 1 and _RESPONSE_TAG in value:
             response = Response.from_dict(value[_RESPONSE_TAG])
             response.cache_hit = True
@@ -315,14 +315,14 @@ class CachedFunction(Generic[R]):
         database = _resolve_db(self._db)
         if database is None:
             return False
-        return database._cache_delete(key=self.cache_key(*args, **kwargs)) > 0
+        return database.cache.delete(key=self.cache_key(*args, **kwargs)) > 0
 
     def cache_clear(self) -> int:
         """Forget every cached result of this function; returns how many."""
         database = _resolve_db(self._db)
         if database is None:
             return 0
-        return database._cache_delete(identity="fn:" + self.function_name)
+        return database.cache.delete(identity="fn:" + self.function_name)
 
     def _not_stored(self, exc: UncacheableError) -> None:
         # The work is done: hand the result back rather than lose it, and say
@@ -539,7 +539,7 @@ class CachedLLM:
         database = _resolve_db(self._db_arg())
         if database is None:
             return False
-        return database._cache_delete(key=self.cache_key(prompt, **overrides)) > 0
+        return database.cache.delete(key=self.cache_key(prompt, **overrides)) > 0
 
     def __repr__(self) -> str:
         return f"<cached {self.llm!r}>"

@@ -12,9 +12,11 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: collections.abc costs an import
     from collections.abc import Iterable
+    from typing import Any
 
 __all__ = [
     "AmbiguousModelError",
+    "Cancelled",
     "CommandError",
     "ConfigurationError",
     "ContextOverflowError",
@@ -177,6 +179,18 @@ class AmbiguousModelError(CyllamaDBError, ValueError):
 
 class CacheMissError(CyllamaDBError, LookupError):
     """``cache="only-if-cached"`` was asked for and the cache has no answer; nothing was generated."""
+
+
+class Cancelled(CyllamaDBError):
+    """A generation given up part-way because its caller went away (the async API's
+    cancellation). Internal: the caller sees ``asyncio.CancelledError``. A
+    single-flight leader that raises it abandons its flight, so its followers
+    start over instead of sharing the error. ``response`` is what was produced
+    (``finish_reason="cancelled"``), or None if generation never started."""
+
+    def __init__(self, response: Any) -> None:
+        super().__init__("the generation was cancelled by its caller")
+        self.response = response
 
 
 class UncacheableError(CyllamaDBError, TypeError):

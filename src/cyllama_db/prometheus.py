@@ -10,7 +10,7 @@ at a million generations as at ten:
   ``stats`` table and never decremented: pruning old rows
   (``prune_stats``, ``stats_max_age``) does not make them go down, as
   Prometheus's ``rate()`` requires;
-* cache gauges from ``cache_totals`` (size, evictions) and the cache table;
+* cache gauges from ``db.cache.totals()`` (entries, size, evictions: ``cache_totals``);
 * host and process gauges from the latest metrics sample (the dashboard's
   sampler, or ``db.start_metrics_sampler()`` in the inference process).
 
@@ -49,11 +49,6 @@ _TOTALS_SQL = (
     " gen_tokens, gen_time_ms, duration_count, duration_sum_ms, "
     + ", ".join(_HIST_COLUMNS)
     + " FROM stats_totals ORDER BY model_path, cache_hit"
-)
-_CACHE_SQL = (
-    "SELECT (SELECT COUNT(*) FROM cache),"
-    " bytes + (SELECT COALESCE(SUM(size_bytes), 0) FROM cache WHERE id > counted_id),"
-    " evictions FROM cache_totals WHERE id = 1"
 )
 _SAMPLE_SQL = (
     "SELECT timestamp, cpu_usage, memory_usage, disk_usage, gpu_usage, gpu_temperature,"
@@ -174,10 +169,10 @@ def _write_stats(out: _Writer, rows: list[tuple[Any, ...]]) -> None:
         out.sample("cyllama_generation_duration_seconds_count", labels, row[8])
 
 
-def _write_cache(out: _Writer, row: tuple[Any, ...] | None, limit_bytes: int) -> None:
-    if row is None:
+def _write_cache(out: _Writer, totals: dict[str, int] | None, limit_bytes: int) -> None:
+    if totals is None:
         return
-    entries, size, evictions = row
+    entries, size, evictions = totals["entries"], totals["size_bytes"], totals["evictions"]
     out.gauge("cyllama_cache_entries", "Entries in the response cache (expired ones until removed).", entries)
     out.gauge("cyllama_cache_size_bytes", "Size of the response cache as counted against its limit.", size)
     out.gauge("cyllama_cache_max_size_bytes", "The response cache's size limit.", limit_bytes)
@@ -276,14 +271,10 @@ def prometheus_text(db: CyllamaDB | None = None) -> str:
         except sqlite3.OperationalError:
             totals = []
         try:
-            cache_row = conn.execute(_CACHE_SQL).fetchone()
-        except sqlite3.OperationalError:
-            cache_row = None
-        try:
             sample_row = conn.execute(_SAMPLE_SQL).fetchone()
         except sqlite3.OperationalError:
             sample_row = None
     _write_stats(out, totals)
-    _write_cache(out, cache_row, int(db.settings.max_cache_size_mb * _MIB))
+    _write_cache(out, db.cache.totals(), int(db.settings.max_cache_size_mb * _MIB))
     _write_sample(out, sample_row)
     return out.text()

@@ -77,7 +77,7 @@ def cmd_cache_show(args: argparse.Namespace) -> int:
     if not prefix:
         raise UsageError("KEY must not be empty", f"{PROG} cache show")
     with open_db(args, reads=True) as db:
-        rows = db.find_cache_entries(prefix, limit=2)
+        rows = db.cache.find(prefix, limit=2)
     if not rows:
         raise CommandError(f"no cache entry with key {args.key!r} (see: {PROG} cache list)")
     if len(rows) > 1:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
@@ -18,7 +20,7 @@ from ..errors import (
 )
 from ..stores import search as _search  # noqa: F401  (registers migration 9)
 from ..stores import views as _views  # noqa: F401  (registers migration 10)
-from ..stores.cache import CacheMixin
+from ..stores.cache import CacheStore
 from ..stores.config import ConfigStore
 from ..stores.export import Exporter, ProgressCallback
 from ..stores.importer import DEFAULT_IMPORT_TIMEOUT, Importer
@@ -34,13 +36,13 @@ from .store import DB_STATS_PROVIDERS, Store, StoreBase, db_op, delegate
 
 if TYPE_CHECKING:
     from ..aio import AsyncCyllamaDB
+    from ..types import GenerationConfig, Response
 
 __all__ = ["CyllamaDB", "configure_db", "get_db", "reset_db"]
 
 logger = logging.getLogger("cyllama_db")
 
 class CyllamaDB(
-    CacheMixin,
     MetricsMixin,
     LogsMixin,
     StatsMixin,
@@ -149,11 +151,13 @@ class CyllamaDB(
         self.config = ConfigStore(self)
         self.metadata = MetadataStore(self)
         self.models = ModelRegistry(self)
+        self.cache = CacheStore(self)
         #: Every store, in the order they are opened, flushed and closed.
         self.stores: tuple[Store, ...] = (
             self.config,
             self.metadata,
             self.models,
+            self.cache,
         )
         self._close_lock = threading.Lock()
         if not self.enabled:
@@ -302,6 +306,82 @@ class CyllamaDB(
     ) -> list[str]:
         return self.models.to_server_args(
             model, model_path_flag=model_path_flag, legacy=legacy, redact_secrets=redact_secrets
+        )
+
+    # -- cache (the flat API of db.cache) --------------------------------------------------
+
+    @delegate(CacheStore.get)
+    def get_cached_response(
+        self,
+        prompt: str | Sequence[Mapping[str, Any]],
+        model_path: str | os.PathLike[str],
+        config: GenerationConfig | Mapping[str, Any] | None = None,
+        *,
+        load_options: Mapping[str, Any] | None = None,
+        namespace: str | None = None,
+    ) -> Response | None:
+        return self.cache.get(prompt, model_path, config, load_options=load_options, namespace=namespace)
+
+    @delegate(CacheStore.put)
+    def cache_response(
+        self,
+        prompt: str | Sequence[Mapping[str, Any]],
+        model_path: str | os.PathLike[str],
+        config: GenerationConfig | Mapping[str, Any] | None,
+        response: Response | str,
+        ttl: timedelta | float | str | None = None,
+        *,
+        load_options: Mapping[str, Any] | None = None,
+        namespace: str | None = None,
+    ) -> None:
+        self.cache.put(prompt, model_path, config, response, ttl, load_options=load_options, namespace=namespace)
+
+    @delegate(CacheStore.invalidate)
+    def invalidate_cache(
+        self,
+        prompt: str | Sequence[Mapping[str, Any]] | None = None,
+        model_path: str | os.PathLike[str] | None = None,
+        older_than: datetime | timedelta | float | str | None = None,
+        *,
+        namespace: str | None = None,
+    ) -> int:
+        return self.cache.invalidate(prompt, model_path, older_than, namespace=namespace)
+
+    @delegate(CacheStore.cleanup)
+    def cleanup_cache(self) -> int:
+        return self.cache.cleanup()
+
+    @delegate(CacheStore.stats)
+    def get_cache_stats(self) -> dict[str, Any]:
+        return self.cache.stats()
+
+    @delegate(CacheStore.entries)
+    def list_cache_entries(
+        self,
+        limit: int = 20,
+        order: str = "newest",
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        namespace: str | None = None,
+    ) -> list[dict[str, Any]]:
+        return self.cache.entries(limit, order, model_path, namespace=namespace)
+
+    @delegate(CacheStore.models)
+    def cached_models(self) -> list[tuple[str, str, str]]:
+        return self.cache.models()
+
+    @delegate(CacheStore.search)
+    def search_cache(
+        self,
+        query: str,
+        limit: int = 20,
+        *,
+        model_path: str | os.PathLike[str] | None = None,
+        namespace: str | None = None,
+        include_expired: bool = False,
+    ) -> list[dict[str, Any]]:
+        return self.cache.search(
+            query, limit, model_path=model_path, namespace=namespace, include_expired=include_expired
         )
 
     # -- (sections for the other stores' flat APIs follow) --------------------------------

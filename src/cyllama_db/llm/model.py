@@ -543,7 +543,7 @@ class LLM(Closing):
         return replay_stream(self, response, chunks, extra) if stream else response
 
     def _lookup(self, db: CyllamaDB, entry: _Entry, started: float) -> Response | None:
-        hit = db._cache_lookup(entry.key, self.model_path, started)
+        hit = db.cache.lookup(entry.key, self.model_path, started)
         if hit is not None:
             hit.kind = entry.kind
             hit._key = entry.key
@@ -551,7 +551,7 @@ class LLM(Closing):
 
     def _store(self, db: CyllamaDB, entry: _Entry, config: GenerationConfig, response: Response) -> None:
         try:
-            db._cache_store_response(
+            db.cache.store_response(
                 key=entry.key,
                 kind=entry.kind,
                 prompt=entry.prompt_text,

@@ -28,13 +28,13 @@ as much as a plain ``INSERT``, because neither writes anything else:
   ``id`` (re-stores, imports). So the exact total is always one short read
   away, for every process. (Per-row DELETE triggers would cost ~15 us per
   evicted row, more than the eviction itself; writes to the table by other
-  tools are repaired by :meth:`CacheMixin.cleanup_cache`, which recounts.)
+  tools are repaired by :meth:`CacheStore.cleanup`, which recounts.)
 * each database object keeps a running estimate of the total
   (:class:`_SizeEstimate`) and only folds, compares with the limit and
   evicts in the insert's transaction after it has inserted 1% of the limit
   (:data:`SYNC_FRACTION`) since it last looked, or when the estimate would
   pass the limit. The user never needs to call
-  :meth:`CacheMixin.cleanup_cache`. With several processes writing, each
+  :meth:`CacheStore.cleanup`. With several processes writing, each
   one cannot see the others' inserts since its last look, so the total can
   pass the limit by at most 1% of it per additional writing process.
 
@@ -60,13 +60,13 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .._time import from_timestamp, parse_duration, time_arg
 from .._validate import check_path
 from ..db import policy as _policy
 from ..db.migrations import execute_script, migration
-from ..db.store import StoreBase, db_op, db_stats_provider
+from ..db.store import Store, db_op, library_error
 from ..errors import DatabaseClosedError
 from ..types import GenerationConfig, GenerationStats, Response
 from .keys import (
@@ -81,12 +81,24 @@ from .keys import (
     recent_model_identity,
     sha256_text,
 )
-from .search import CACHE_FTS, CACHE_INDEX, fts_query, refresh, require_index, sync_index
+from .search import (
+    CACHE_FTS,
+    CACHE_INDEX,
+    create_cache_index,
+    fts_query,
+    refresh,
+    require_index,
+    sync_index,
+)
+
+if TYPE_CHECKING:
+    from ..db.facade import CyllamaDB
+    from ..db.pool import ConnectionPool
 
 __all__ = [
     "EXPORT_POLICY",
     "OUTPUT_LOAD_OPTIONS",
-    "CacheMixin",
+    "CacheStore",
     "clear_identity_cache",
     "generate_cache_key",
     "model_identity",
@@ -186,6 +198,12 @@ _FOLD_SQL: Final = (
     " counted_id = (SELECT COALESCE(MAX(id), 0) FROM cache) WHERE id = 1"
 )
 _COUNTED_SQL: Final = "SELECT bytes FROM cache_totals WHERE id = 1"
+# The gauges of totals(): entries, the exact size, evictions so far.
+_GAUGES_SQL: Final = (
+    "SELECT (SELECT COUNT(*) FROM cache),"
+    " bytes + (SELECT COALESCE(SUM(size_bytes), 0) FROM cache WHERE id > counted_id),"
+    " evictions FROM cache_totals WHERE id = 1"
+)
 # After a delete: subtract what it removed below counted_id, and keep
 # counted_id <= MAX(id) (an insert may take a freed top rowid again).
 _SUBTRACT_SQL: Final = (
@@ -271,7 +289,7 @@ def _create_cache(conn: sqlite3.Connection) -> None:
 
         -- No INSERT or DELETE trigger (each would cost more than the write):
         -- an insert writes only its own row, and the store's deletes adjust
-        -- the total themselves (CacheMixin._cache_delete_where). The MIN(...)
+        -- the total themselves (CacheStore._delete_where). The MIN(...)
         -- keeps counted_id <= MAX(id), so that a rowid freed at the top and
         -- taken again by an insert is above counted_id and gets counted.
         -- One UPDATE: every expression sees the old counted_id.
@@ -296,6 +314,12 @@ def _add_cache_namespace(conn: sqlite3.Connection) -> None:
         CREATE INDEX IF NOT EXISTS idx_cache_namespace ON cache(namespace) WHERE namespace != '';
         """,
     )
+
+
+@migration(9, "full-text search")
+def _create_cache_index(conn: sqlite3.Connection) -> None:
+    # The cache's part of version 9 (the logs' index is search.py's part).
+    create_cache_index(conn)
 
 
 def _selection_sql(selection: Any) -> tuple[str, list[Any]]:
@@ -324,13 +348,6 @@ def check_namespace(namespace: Any) -> str:
         )
     check_text(namespace, "namespace")
     return namespace
-
-
-@db_stats_provider
-def _cache_counts(conn: sqlite3.Connection) -> dict[str, Any]:
-    entries = conn.execute("SELECT COUNT(*) FROM cache").fetchone()[0]
-    size = conn.execute(_TOTAL_SQL).fetchone()[0]
-    return {"cache_entries": int(entries), "cache_size_mb": round(size / 1_048_576, 4)}
 
 
 def generate_cache_key(
@@ -581,55 +598,101 @@ class _SizeEstimate:
             self.total = None
 
 
-# Databases with buffered hits, flushed once more at interpreter exit.
-_pending_dbs: weakref.WeakSet[CacheMixin] = weakref.WeakSet()
+# Stores with buffered hits, flushed once more at interpreter exit.
+_pending_stores: weakref.WeakSet[CacheStore] = weakref.WeakSet()
 
 
 @atexit.register
 def _flush_at_exit() -> None:  # pragma: no cover - runs at interpreter exit
-    for db in list(_pending_dbs):
+    for store in list(_pending_stores):
         with contextlib.suppress(Exception):
-            db._cache_flush_hits()
+            store._flush_hits()
 
 
-class CacheMixin(StoreBase):
-    """``get_cached_response`` / ``cache_response`` / ``invalidate_cache`` / ``cleanup_cache`` / ``get_cache_stats``."""
+_ENTRY_COLUMNS: Final = (
+    "cache_key", "kind", "namespace", "model_name", "model_path", "prompt", "finish_reason",
+    "tokens_generated", "size_bytes", "hit_count", "created_at", "expires_at", "last_hit_at",
+    "last_used_at",
+)
+_TIMES: Final = ("created_at", "expires_at", "last_hit_at", "last_used_at")
 
-    _cache_hits: dict[str, list[float]]
-    _cache_hits_lock: threading.Lock
-    _cache_hits_since: float
-    _cache_size: _SizeEstimate
 
-    def _store_init(self) -> None:
-        self._cache_hits = {}
-        self._cache_hits_lock = threading.Lock()
-        self._cache_hits_since = 0.0
-        self._cache_size = _SizeEstimate()
+def _check_limit(limit: Any) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, got {type(limit).__name__}")
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
 
-    def _store_flush(self) -> None:
-        self._cache_flush_hits()
-        self._cache_refresh_index()
 
-    def _cache_refresh_index(self) -> None:
-        """Index the entries stored since the last sync (full-text search); a no-op if none."""
-        pool = self._pool
-        if pool is not None and not pool.closed and not pool.readonly:
-            refresh(pool, CACHE_INDEX)
+class CacheStore(Store):
+    """The response cache: ``db.cache.get/put/invalidate/cleanup/stats/entries/search/find``.
 
-    def _store_close(self) -> None:
+    The flat ``db.get_cached_response`` / ``cache_response`` /
+    ``invalidate_cache`` / ``cleanup_cache`` / ``get_cache_stats`` /
+    ``list_cache_entries`` / ``search_cache`` / ``cached_models`` are the
+    same methods. ``lookup``, ``store_response``, ``get_value``,
+    ``put_value`` and ``delete`` are the ways in for ``LLM``/``complete()``
+    and ``@cached``, which have their key already.
+    """
+
+    name = "cache"
+    tables = ("cache", "cache_totals")
+
+    def __init__(self, db: CyllamaDB) -> None:
+        super().__init__(db)
+        # Bound once: the hot paths read them on every call (the settings
+        # never change; the pool is bound when the database opens).
+        self._settings = db.settings
+        self._conn_pool: ConnectionPool | None = None
+        #: key -> [pending hits, latest hit time], written in batches
+        self._hits: dict[str, list[float]] = {}
+        self._hits_lock = threading.Lock()
+        self._hits_since = 0.0
+        self._size = _SizeEstimate()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        self._conn_pool = self.pool
+
+    def flush(self) -> None:
+        """Write the buffered hit counts and index the entries stored since the last sync for search."""
+        self._flush_hits()
+        self._refresh_index()
+
+    def close(self) -> None:
         try:
-            self._cache_flush_hits()
+            self._flush_hits()
         except Exception as exc:  # closing must not fail over bookkeeping
             logger.warning("could not write buffered cache hit counts: %s", exc)
         try:
-            self._cache_refresh_index()
+            self._refresh_index()
         except Exception as exc:
             logger.debug("cache search index not brought up to date: %s", exc)
 
+    def counts(self, conn: sqlite3.Connection) -> dict[str, Any]:
+        entries = conn.execute("SELECT COUNT(*) FROM cache").fetchone()[0]
+        size = conn.execute(_TOTAL_SQL).fetchone()[0]
+        return {"cache_entries": int(entries), "cache_size_mb": round(size / 1_048_576, 4)}
+
+    def _refresh_index(self) -> None:
+        """Index the entries stored since the last sync (full-text search); a no-op if none."""
+        pool = self._conn_pool
+        if pool is not None and not pool.closed and not pool.readonly:
+            refresh(pool, CACHE_INDEX)
+
+    def _check_open(self) -> ConnectionPool | None:
+        """The pool, None when disabled; raises once closed (what ``db_op`` checks, without its wrapper)."""
+        if not self._settings.enabled:
+            return None
+        pool = self._conn_pool
+        if pool is None or pool.closed:
+            raise DatabaseClosedError(self.path)
+        return pool
+
     # -- public API --------------------------------------------------------------------------
 
-    @db_op()
-    def get_cached_response(
+    def get(
         self,
         prompt: str | Sequence[Mapping[str, Any]],
         model_path: str | os.PathLike[str],
@@ -647,6 +710,9 @@ class CacheMixin(StoreBase):
         token counts and the lookup's own time. ``namespace`` looks in that
         namespace only (None: the default one).
         """
+        # Not @db_op: a hit's path (its checks are _check_open; a failed read is a miss).
+        if self._check_open() is None:
+            return None
         started = time.perf_counter()
         cfg = config if type(config) is GenerationConfig else GenerationConfig.coerce(config)
         path = check_path(model_path, "model_path")
@@ -662,7 +728,7 @@ class CacheMixin(StoreBase):
             load = _load_json(load_options, "chat") if load_options else ""
             key = chat_key(_prompt_of(prompt)[1], identity, cfg.cache_json(), load, space)
             kind = "chat"
-        row = self._cache_row(key)
+        row = self._row(key)
         if row is None:
             return None
         response = _hit(row, path, started)
@@ -670,8 +736,7 @@ class CacheMixin(StoreBase):
         response._key = key
         return response
 
-    @db_op()
-    def cache_response(
+    def put(
         self,
         prompt: str | Sequence[Mapping[str, Any]],
         model_path: str | os.PathLike[str],
@@ -684,11 +749,14 @@ class CacheMixin(StoreBase):
     ) -> None:
         """Store ``response`` for this call; ``ttl`` None = the database's ``cache_ttl``.
 
-        ``load_options`` as for :meth:`get_cached_response`. Values are stored
-        as JSON. An entry larger than the whole size limit is not stored
-        (logged at DEBUG). Text with a lone surrogate (no UTF-8 form) raises
+        ``load_options`` as for :meth:`get`. Values are stored as JSON. An
+        entry larger than the whole size limit is not stored (logged at
+        DEBUG). Text with a lone surrogate (no UTF-8 form) raises
         ``ValueError`` naming the argument.
         """
+        # Not @db_op (a write's path): the same checks and error mapping, inline.
+        if self._check_open() is None:
+            return
         cfg = config if type(config) is GenerationConfig else GenerationConfig.coerce(config)
         path = check_path(model_path, "model_path")
         if isinstance(response, str):
@@ -710,14 +778,17 @@ class CacheMixin(StoreBase):
             load = _load_json(load_options, "chat") if load_options else ""
             key = chat_key(prompt_text, identity, cfg.cache_json(), load, space)
         stats = response.stats
-        self._cache_write(
-            key, kind, prompt_text, _absolute(path), identity, cfg.to_json(), response.text,
-            _response_json(response), response.finish_reason, stats.prompt_tokens,
-            stats.generated_tokens, stats.tokens_per_second, stats.generation_time_ms, ttl, space,
-        )
+        try:
+            self._write(
+                key, kind, prompt_text, _absolute(path), identity, cfg.to_json(), response.text,
+                _response_json(response), response.finish_reason, stats.prompt_tokens,
+                stats.generated_tokens, stats.tokens_per_second, stats.generation_time_ms, ttl, space,
+            )
+        except (sqlite3.Error, OverflowError) as exc:  # the error contract, as db_op maps it
+            raise library_error(exc, self.path, self._settings.busy_timeout) from exc
 
     @db_op(empty=int)
-    def invalidate_cache(
+    def invalidate(
         self,
         prompt: str | Sequence[Mapping[str, Any]] | None = None,
         model_path: str | os.PathLike[str] | None = None,
@@ -764,7 +835,7 @@ class CacheMixin(StoreBase):
             clauses.append("created_at < ?")
             params.append(time_arg(older_than, "older_than", self.clock()))
         with self.pool.transaction() as conn:
-            removed = self._cache_delete_where(conn, " AND ".join(clauses) or "1", params)
+            removed = self._delete_where(conn, " AND ".join(clauses) or "1", params)
             if removed:
                 sync_index(conn, CACHE_INDEX)  # drop them from the search index now
                 self._reclaim(conn)
@@ -772,7 +843,7 @@ class CacheMixin(StoreBase):
         return int(removed)
 
     @db_op(empty=list)
-    def list_cache_entries(
+    def entries(
         self,
         limit: int = 20,
         order: str = "newest",
@@ -788,13 +859,10 @@ class CacheMixin(StoreBase):
         ``model_path`` selects one model (a path, or a bare file name);
         ``namespace`` one namespace (``""`` is the default one).
         """
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise TypeError(f"limit must be an int, got {type(limit).__name__}")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        _check_limit(limit)
         if order not in ("newest", "hits"):
             raise ValueError(f"order must be 'newest' or 'hits', got {order!r}")
-        self._cache_flush_hits_quietly()
+        self._flush_hits_quietly()
         clauses: list[str] = []
         params: list[Any] = []
         if model_path is not None:
@@ -807,25 +875,65 @@ class CacheMixin(StoreBase):
             params.append("" if namespace == "" else check_namespace(namespace))
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         by = "created_at DESC" if order == "newest" else "hit_count DESC, last_used_at DESC"
-        names = (
-            "cache_key", "kind", "namespace", "model_name", "model_path", "prompt", "finish_reason",
-            "tokens_generated", "size_bytes", "hit_count", "created_at", "expires_at", "last_hit_at",
-            "last_used_at",
-        )
         with self.pool.read() as conn:
             rows = conn.execute(
-                f"SELECT {', '.join(names)} FROM cache{where} ORDER BY {by}, id DESC LIMIT ?", (*params, limit)
+                f"SELECT {', '.join(_ENTRY_COLUMNS)} FROM cache{where} ORDER BY {by}, id DESC LIMIT ?",
+                (*params, limit),
             ).fetchall()
         entries = []
         for row in rows:
-            entry = dict(zip(names, row, strict=True))
-            for name in ("created_at", "expires_at", "last_hit_at", "last_used_at"):
+            entry = dict(zip(_ENTRY_COLUMNS, row, strict=True))
+            for name in _TIMES:
                 entry[name] = from_timestamp(entry[name])
             entries.append(entry)
         return entries
 
     @db_op(empty=list)
-    def cached_models(self) -> list[tuple[str, str, str]]:
+    def find(self, key_prefix: str, limit: int = 2) -> list[dict[str, Any]]:
+        """The entries whose key starts with ``key_prefix`` (at most ``limit``), in key order, in full.
+
+        Each is a dict of every column of the entry but its row id: what
+        :meth:`entries` gives, plus ``prompt_hash``, ``model_identity``,
+        ``response_text``, the token counts and timings, and the entry's
+        ``config`` and ``response`` metadata parsed from their JSON (a
+        ``@cached`` entry has ``response_json`` None). Times are datetimes.
+        Keys are lowercase hex, so the prefix is matched in any case; the
+        default ``limit=2`` tells a unique prefix from an ambiguous one.
+        """
+        if not isinstance(key_prefix, str):
+            raise TypeError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
+        prefix = key_prefix.strip().lower()
+        if not prefix:
+            raise ValueError("key_prefix must not be empty: give the first characters of a cache key")
+        check_text(prefix, "key_prefix")
+        _check_limit(limit)
+        self._flush_hits_quietly()
+        with self.pool.read() as conn:
+            # A key prefix is an index range on the unique cache_key index.
+            cursor = conn.execute(
+                "SELECT * FROM cache WHERE cache_key >= ? AND cache_key < ? ORDER BY cache_key LIMIT ?",
+                (prefix, prefix + "\U0010ffff", min(limit, 2**63 - 1)),
+            )
+            names = [column[0] for column in cursor.description]
+            rows = cursor.fetchall()
+        found = []
+        for row in rows:
+            entry = dict(zip(names, row, strict=True))
+            entry.pop("id", None)
+            for name in _TIMES:
+                if isinstance(entry.get(name), int | float):
+                    entry[name] = from_timestamp(entry[name])
+            for name in ("config_json", "response_json"):
+                text = entry.get(name)
+                if isinstance(text, str):
+                    with contextlib.suppress(ValueError):  # not JSON: the raw column stays
+                        entry[name[: -len("_json")]] = json.loads(text)
+                        del entry[name]
+            found.append(entry)
+        return found
+
+    @db_op(empty=list)
+    def models(self) -> list[tuple[str, str, str]]:
         """Every model with cache entries: ``(model_path, model_name, model_identity)``."""
         with self.pool.read() as conn:
             return [
@@ -839,10 +947,10 @@ class CacheMixin(StoreBase):
         from .modelref import select_model
 
         check_path(model, "model_path")
-        return select_model(self, model)
+        return select_model(self.db, model)
 
     @db_op(empty=list)
-    def search_cache(
+    def search(
         self,
         query: str,
         limit: int = 20,
@@ -861,7 +969,7 @@ class CacheMixin(StoreBase):
         text). The prompt of a chat entry is its messages as JSON, so role
         names (``user``) match too.
 
-        Each result is a dict as :meth:`list_cache_entries` gives, plus
+        Each result is a dict as :meth:`entries` gives, plus
         ``response_text`` and ``snippet`` (the best matching part, the
         matched words in ``[`` ``]``). ``model_path`` and ``namespace``
         filter as there; expired entries are left out unless
@@ -870,13 +978,10 @@ class CacheMixin(StoreBase):
         has no FTS5.
         """
         match = fts_query(query, "query")
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise TypeError(f"limit must be an int, got {type(limit).__name__}")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        _check_limit(limit)
         if not isinstance(include_expired, bool):
             raise TypeError(f"include_expired must be True or False, got {include_expired!r}")
-        self._cache_flush_hits_quietly()
+        self._flush_hits_quietly()
         # Entries whose indexed text is pending removal (changed or gone) are
         # left out: that matters only where the index could not be synced first.
         clauses = [f"c.id NOT IN (SELECT id FROM {CACHE_FTS}_pending)"]
@@ -897,7 +1002,7 @@ class CacheMixin(StoreBase):
             "last_hit_at", "last_used_at",
         )
         # Best effort, as every read's bookkeeping: a read never waits on a write.
-        self._flush_for_read(self._cache_refresh_index)
+        self._flush_for_read(self._refresh_index)
         with self.pool.read() as conn:
             require_index(conn, CACHE_FTS)
             rows = conn.execute(
@@ -912,34 +1017,34 @@ class CacheMixin(StoreBase):
         for row in rows:
             entry = dict(zip(names, row[:-1], strict=True))
             entry["snippet"] = row[-1]
-            for name in ("created_at", "expires_at", "last_hit_at", "last_used_at"):
+            for name in _TIMES:
                 entry[name] = from_timestamp(entry[name])
             entries.append(entry)
         return entries
 
-    def _cache_flush_hits_quietly(self) -> None:
+    def _flush_hits_quietly(self) -> None:
         # A listing must not fail (or wait) because hit counts cannot be written now.
         try:
-            self._cache_flush_hits()
+            self._flush_hits()
         except Exception as exc:
             logger.debug("hit counts not written before a listing: %s", exc)
 
     @db_op(empty=int)
-    def cleanup_cache(self) -> int:
+    def cleanup(self) -> int:
         """Remove expired entries, then least-recently-used ones until the size limit holds; returns how many."""
-        self._cache_flush_hits()
-        limit = self._cache_limit_bytes()
-        estimate = self._cache_size
+        self._flush_hits()
+        limit = self._limit_bytes()
+        estimate = self._size
         try:
             with self.pool.transaction() as conn:
                 mark = estimate.sync_start()
-                removed = self._cache_delete_where(
+                removed = self._delete_where(
                     conn, "expires_at IS NOT NULL AND expires_at <= ?", [self.clock()]
                 )
                 # Maintenance may scan: recount from scratch, which also repairs
                 # cache_totals after writes to the table by other tools.
                 conn.execute(_RECOUNT_SQL)
-                evicted, total = self._cache_settle(conn, limit=limit, target=limit, keep_key=None)
+                evicted, total = self._settle(conn, limit=limit, target=limit, keep_key=None)
                 removed += evicted
                 if removed:
                     self._reclaim(conn)
@@ -952,9 +1057,9 @@ class CacheMixin(StoreBase):
         return int(removed)
 
     @db_op(empty=dict)
-    def get_cache_stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         """Entries, size, limit, hits, expired entries and a count per kind."""
-        self._flush_for_read(self._cache_flush_hits)  # best effort: a read never waits on a write
+        self._flush_for_read(self._flush_hits)  # best effort: a read never waits on a write
         now = self.clock()
         with self.pool.read() as conn:
             entries, size, hits, expired, oldest = conn.execute(
@@ -978,14 +1083,29 @@ class CacheMixin(StoreBase):
             ),
         }
 
-    # -- the hot paths (also used by inference.py and decorators.py) ---------------------------
+    @db_op()
+    def totals(self) -> dict[str, int] | None:
+        """The cache's gauges for monitoring: ``entries``, ``size_bytes`` (exact, as counted
+        against the limit) and ``evictions`` (entries evicted so far, a counter); None where
+        a read-only file from an older cyllama-db lacks them. Cheap: no scan of the table."""
+        with self.pool.read() as conn:
+            try:
+                row = conn.execute(_GAUGES_SQL).fetchone()
+            except sqlite3.OperationalError:
+                return None
+        if row is None:
+            return None
+        entries, size, evictions = row
+        return {"entries": int(entries), "size_bytes": int(size), "evictions": int(evictions)}
 
-    def _cache_row(self, key: str) -> tuple[Any, ...] | None:
+    # -- the hot paths (the ways in for llm/ and cached.py, which have their key) --------------
+
+    def _row(self, key: str) -> tuple[Any, ...] | None:
         """The live row for ``key`` (response_text, finish_reason, prompt_tokens,
         tokens_generated), counting a hit; None if absent or expired."""
-        if not self.settings.enabled:
+        if not self._settings.enabled:
             return None
-        pool = self._pool
+        pool = self._conn_pool
         if pool is None:
             raise DatabaseClosedError(self.path)
         try:
@@ -1003,22 +1123,28 @@ class CacheMixin(StoreBase):
             if logger.isEnabledFor(_DEBUG):
                 logger.debug("cache miss %s", key[:16])
             return None
-        now = self.clock()
+        now = self.db.clock()
         expires = row[4]
         if expires is not None and expires <= now:
             if logger.isEnabledFor(_DEBUG):
                 logger.debug("cache miss %s (expired)", key[:16])
             return None
-        self._cache_count_hit(key, now)
+        self._count_hit(key, now)
         if logger.isEnabledFor(_DEBUG):
             logger.debug("cache hit %s", key[:16])
         return row
 
-    def _cache_lookup(self, key: str, model_path: str, started: float) -> Response | None:
-        row = self._cache_row(key)
+    def lookup(self, key: str, model_path: str, started: float) -> Response | None:
+        """The hit for ``key`` (a key of :func:`generate_cache_key`), or None; for ``LLM``/``complete()``.
+
+        ``model_path`` goes into the Response, and its ``total_time_ms``
+        counts from ``started`` (a ``time.perf_counter()`` value). A hit is
+        counted (buffered); a failed read is logged and is a miss.
+        """
+        row = self._row(key)
         return None if row is None else _hit(row, model_path, started)
 
-    def _cache_store_response(
+    def store_response(
         self,
         *,
         key: str,
@@ -1031,14 +1157,20 @@ class CacheMixin(StoreBase):
         ttl: Any,
         namespace: str = "",
     ) -> None:
+        """Store ``response`` under ``key``, already computed by the caller (``LLM``/``complete()``).
+
+        ``prompt`` is the stored prompt text (chat: canonical messages JSON),
+        ``identity`` the model's :func:`model_identity`, ``ttl`` None for the
+        database's default. An entry over the whole size limit is skipped.
+        """
         stats = response.stats
-        self._cache_write(
+        self._write(
             key, kind, prompt, model_path, identity, config.to_json(), response.text,
             _response_json(response), response.finish_reason, stats.prompt_tokens,
             stats.generated_tokens, stats.tokens_per_second, stats.generation_time_ms, ttl, namespace,
         )
 
-    def _cache_put(
+    def put_value(
         self,
         *,
         key: str,
@@ -1057,14 +1189,14 @@ class CacheMixin(StoreBase):
         ttl: Any = None,
         namespace: str = "",
     ) -> None:
-        """Store one entry (also ``@cached``'s way in); an entry over the whole limit is skipped."""
-        self._cache_write(
+        """Store one entry as given, under ``key`` (``@cached``'s way in); an entry over the whole limit is skipped."""
+        self._write(
             key, kind, prompt, model_path, identity, config_json, response_text, response_json,
             finish_reason, prompt_tokens, tokens_generated, tokens_per_second, generation_time_ms, ttl,
             namespace,
         )
 
-    def _cache_write(
+    def _write(
         self,
         key: str,
         kind: str,
@@ -1084,10 +1216,10 @@ class CacheMixin(StoreBase):
     ) -> None:
         # Positional on purpose: this is every write's path, and keyword
         # passing of 14 arguments costs about a microsecond.
-        settings = self.settings
+        settings = self._settings
         if not settings.enabled:
             return
-        pool = self._pool
+        pool = self._conn_pool
         if pool is None:
             raise DatabaseClosedError(self.path)
         if ttl is None:
@@ -1110,14 +1242,14 @@ class CacheMixin(StoreBase):
         if size > limit:
             logger.debug("not caching a %d-byte entry: larger than the %d-byte cache limit", size, limit)
             return
-        now = self.clock()
+        now = self.db.clock()
         params = (
             key, kind, prompt, hashlib.sha256(prompt_bytes).hexdigest(), model_path,
             _basename(model_path), identity, config_json, response_text, response_json,
             finish_reason, prompt_tokens, tokens_generated, tokens_per_second, generation_time_ms,
             size, now, None if ttl_s is None else now + ttl_s, now, namespace,
         )
-        estimate = self._cache_size
+        estimate = self._size
         if estimate.reserve(size, limit, max(1, int(limit * SYNC_FRACTION))):
             # The common case, well within the limit: the upsert is the whole
             # transaction (execute_write: autocommit, as safe as BEGIN IMMEDIATE).
@@ -1130,7 +1262,7 @@ class CacheMixin(StoreBase):
             with pool.transaction() as conn:
                 conn.execute(_PUT_SQL, params)
                 mark = estimate.sync_start()
-                evicted, total = self._cache_settle(
+                evicted, total = self._settle(
                     conn, limit=limit, target=int(limit * EVICT_TO_FRACTION), keep_key=key
                 )
         except BaseException:
@@ -1140,22 +1272,25 @@ class CacheMixin(StoreBase):
         if evicted:
             logger.debug("cache over its %d-byte limit: evicted %d entries", limit, evicted)
 
-    def _cache_get_value(self, key: str) -> tuple[bool, Any]:
-        """``(True, value)`` for a live ``@cached`` entry (a stored None is a hit), else ``(False, None)``."""
-        row = self._cache_row(key)
+    def get_value(self, key: str) -> tuple[bool, Any]:
+        """``(True, value)`` for a live ``@cached`` entry under ``key`` (a stored None is a hit), else ``(False, None)``."""
+        row = self._row(key)
         if row is None:
             return False, None
         return True, json.loads(row[0])
 
-    def _cache_delete(self, *, key: str | None = None, identity: str | None = None) -> int:
-        if not self.enabled:
-            return 0
+    @db_op(empty=int)
+    def delete(self, *, key: str | None = None, identity: str | None = None) -> int:
+        """Remove the entry under ``key``, or every entry of the model ``identity`` (``@cached``:
+        ``"fn:<function name>"``); returns how many went."""
+        if key is None and identity is None:
+            raise TypeError("delete() needs key= or identity=")
         column, value = ("cache_key", key) if key is not None else ("model_identity", identity)
         with self.pool.transaction() as conn:
-            return self._cache_delete_where(conn, f"{column} = ?", [value])
+            return self._delete_where(conn, f"{column} = ?", [value])
 
     @staticmethod
-    def _cache_delete_where(conn: sqlite3.Connection, where: str, params: list[Any]) -> int:
+    def _delete_where(conn: sqlite3.Connection, where: str, params: list[Any]) -> int:
         """``DELETE FROM cache WHERE <where>`` inside the caller's transaction, keeping
         ``cache_totals`` exact; returns how many rows went."""
         counted = conn.execute("SELECT counted_id FROM cache_totals WHERE id = 1").fetchone()[0]
@@ -1170,10 +1305,10 @@ class CacheMixin(StoreBase):
 
     # -- size limit ----------------------------------------------------------------------------
 
-    def _cache_limit_bytes(self) -> int:
-        return int(self.settings.max_cache_size_mb * 1_048_576)
+    def _limit_bytes(self) -> int:
+        return int(self._settings.max_cache_size_mb * 1_048_576)
 
-    def _cache_settle(
+    def _settle(
         self, conn: sqlite3.Connection, *, limit: int, target: int, keep_key: str | None
     ) -> tuple[int, int]:
         """Inside a write transaction: fold the uncounted rows into ``cache_totals``; if the
@@ -1187,8 +1322,8 @@ class CacheMixin(StoreBase):
         if total <= limit:
             return 0, total
         # The LRU order must include the hits still in the buffer.
-        self._cache_flush_hits()
-        evicted, freed = self._cache_evict(conn, total=total, target=target, keep_key=keep_key)
+        self._flush_hits()
+        evicted, freed = self._evict(conn, total=total, target=target, keep_key=keep_key)
         if evicted:
             sync_index(conn, CACHE_INDEX)
             # A no-op unless the eviction left an eighth of the file free (e.g.
@@ -1197,7 +1332,7 @@ class CacheMixin(StoreBase):
             self._reclaim(conn)
         return evicted, total - freed
 
-    def _cache_evict(
+    def _evict(
         self, conn: sqlite3.Connection, *, total: int, target: int, keep_key: str | None
     ) -> tuple[int, int]:
         """Delete least-recently-used entries (inside the caller's transaction) until at most
@@ -1205,7 +1340,7 @@ class CacheMixin(StoreBase):
 
         Expired entries are not searched for first (that is a full scan);
         they are normally the least recently used anyway, and
-        :meth:`cleanup_cache` removes them explicitly.
+        :meth:`cleanup` removes them explicitly.
         """
         if total <= target:
             return 0, 0
@@ -1245,38 +1380,43 @@ class CacheMixin(StoreBase):
             conn.execute("UPDATE cache_totals SET evictions = evictions + ? WHERE id = 1", (len(ids),))
         return len(ids), freed
 
-    # -- hit bookkeeping -----------------------------------------------------------------------
+    # -- hit bookkeeping (a write-behind buffer) -------------------------------------------------
 
-    def _cache_count_hit(self, key: str, now: float) -> None:
-        with self._cache_hits_lock:
-            hits = self._cache_hits
+    def flush_due(self) -> bool:
+        """Whether the next hit may write the buffered hit counts (a write transaction, which
+        can wait for another writer): the async API runs such a lookup in a thread."""
+        hits = self._hits
+        if not hits:
+            return False
+        return len(hits) + 1 >= _FLUSH_ENTRIES or time.monotonic() - self._hits_since >= _FLUSH_SECONDS
+
+    def _count_hit(self, key: str, now: float) -> None:
+        with self._hits_lock:
+            hits = self._hits
             pending = hits.get(key)
             if pending is None:
                 if not hits:
-                    self._cache_hits_since = time.monotonic()
-                    _pending_dbs.add(self)
+                    self._hits_since = time.monotonic()
+                    _pending_stores.add(self)
                 hits[key] = [1, now]
             else:
                 pending[0] += 1
                 if now > pending[1]:
                     pending[1] = now
-            due = (
-                len(hits) >= _FLUSH_ENTRIES
-                or time.monotonic() - self._cache_hits_since >= _FLUSH_SECONDS
-            )
+            due = len(hits) >= _FLUSH_ENTRIES or time.monotonic() - self._hits_since >= _FLUSH_SECONDS
         if due:
             try:
-                self._cache_flush_hits()
+                self._flush_hits()
             except Exception as exc:
                 # Bookkeeping only: a locked or read-only file must not turn a hit into an error.
                 logger.warning("could not write cache hit counts: %s", exc)
 
-    def _cache_flush_hits(self) -> int:
+    def _flush_hits(self) -> int:
         """Write the buffered hit counts; returns how many entries were updated."""
-        if not self.enabled or not getattr(self, "_cache_hits", None):
+        if not self._hits or not self._settings.enabled:
             return 0
-        with self._cache_hits_lock:
-            pending, self._cache_hits = self._cache_hits, {}
+        with self._hits_lock:
+            pending, self._hits = self._hits, {}
         if not pending:
             return 0
         rows = [(int(count), last, last, key) for key, (count, last) in pending.items()]
@@ -1290,59 +1430,17 @@ class CacheMixin(StoreBase):
                 )
         except Exception:
             # Keep the counts for the next attempt, merged with any new ones.
-            with self._cache_hits_lock:
+            with self._hits_lock:
                 for key, (count, last) in pending.items():
-                    current = self._cache_hits.get(key)
+                    current = self._hits.get(key)
                     if current is None:
-                        self._cache_hits[key] = [count, last]
+                        self._hits[key] = [count, last]
                     else:
                         current[0] += count
                         current[1] = max(current[1], last)
                 # Start the flush interval again rather than retrying on every hit.
-                self._cache_hits_since = time.monotonic()
-                if len(self._cache_hits) > 16 * _FLUSH_ENTRIES:
-                    self._cache_hits.clear()  # give up: it is bookkeeping, not data
+                self._hits_since = time.monotonic()
+                if len(self._hits) > 16 * _FLUSH_ENTRIES:
+                    self._hits.clear()  # give up: it is bookkeeping, not data
             raise
         return len(rows)
-
-    @db_op(empty=list)
-    def find_cache_entries(self, key_prefix: str, limit: int = 2) -> list[dict[str, Any]]:
-        """The entries whose ``cache_key`` starts with ``key_prefix``, in key order, at most ``limit``.
-
-        For looking an entry up by a prefix of its key (``cyllama-db cache
-        show``): ask for 2 and a unique prefix gives exactly one. Each entry
-        is a dict of every column but ``id``, in table order, with the times
-        as datetimes; ``config_json`` and ``response_json`` are replaced by
-        ``config`` and ``response`` (the parsed JSON, placed last) when they
-        hold valid JSON. Keys are lowercase hex: pass a lowercase prefix.
-        """
-        if not isinstance(key_prefix, str):
-            raise TypeError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise TypeError(f"limit must be an int, got {type(limit).__name__}")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        self._cache_flush_hits_quietly()
-        with self.pool.read() as conn:
-            # A key prefix is an index range on the unique cache_key index.
-            cursor = conn.execute(
-                "SELECT * FROM cache WHERE cache_key >= ? AND cache_key < ? ORDER BY cache_key LIMIT ?",
-                (key_prefix, key_prefix + "\U0010ffff", limit),
-            )
-            names = [d[0] for d in cursor.description]
-            rows = cursor.fetchall()
-        entries = []
-        for row in rows:
-            entry = dict(zip(names, row, strict=True))
-            entry.pop("id", None)
-            for name in ("created_at", "expires_at", "last_hit_at", "last_used_at"):
-                if isinstance(entry.get(name), int | float):
-                    entry[name] = from_timestamp(entry[name])
-            for name in ("config_json", "response_json"):
-                text = entry.get(name)
-                if isinstance(text, str):
-                    with contextlib.suppress(ValueError):
-                        entry[name[: -len("_json")]] = json.loads(text)
-                        del entry[name]
-            entries.append(entry)
-        return entries

@@ -25,10 +25,11 @@ from time import monotonic as _monotonic
 from typing import Any, Final, Generic, TypeVar
 
 from .._validate import check_path, check_text
-from ..errors import CyllamaDBError, UncacheableError
+from ..errors import Cancelled, UncacheableError
 
 __all__ = [
     "OUTPUT_LOAD_OPTIONS",
+    "Cancelled",  # defined in errors.py; still importable from here for llm/
     "SingleFlight",
     "callable_identity",
     "canonical_json",
@@ -875,18 +876,6 @@ def _keyable(value: Any, name: str, objects: Callable[[Any, str], Any] | None) -
 
 
 # -- single-flight -----------------------------------------------------------------------------
-
-
-class Cancelled(CyllamaDBError):
-    """A generation given up part-way because its caller went away (the async API's
-    cancellation). Internal: the caller sees ``asyncio.CancelledError``. A
-    single-flight leader that raises it abandons its flight, so its followers
-    start over instead of sharing the error. ``response`` is what was produced
-    (``finish_reason="cancelled"``), or None if generation never started."""
-
-    def __init__(self, response: Any) -> None:
-        super().__init__("the generation was cancelled by its caller")
-        self.response = response
 
 
 class _Flight(Generic[T]):

@@ -66,6 +66,7 @@ __all__ = [
     "FTS_TOKENIZER",
     "LOGS_FTS",
     "LOGS_INDEX",
+    "create_cache_index",
     "fts5_available",
     "fts_query",
     "index_is_behind",
@@ -221,13 +222,22 @@ def _create_search_indexes(conn: sqlite3.Connection) -> None:
             sqlite3.sqlite_version,
         )
         return
+    # The cache's index is the cache store's part of this version (cache.py).
+    execute_script(conn, LOGS_INDEX.create_sql())
+    sync_index(conn, LOGS_INDEX)  # the rows already there (a file from before v9)
+
+
+def create_cache_index(conn: sqlite3.Connection) -> None:
+    """Create the cache's full-text index and its source view, and index the rows there
+    (the cache store's part of migration 9); nothing without FTS5."""
+    if not fts5_available():
+        return
     conn.execute(
         f"CREATE VIEW IF NOT EXISTS {CACHE_FTS_SOURCE} AS"
         f" SELECT id, {_chat_text('cache')} AS prompt, response_text FROM cache"
     )
-    for index in (LOGS_INDEX, CACHE_INDEX):
-        execute_script(conn, index.create_sql())
-        sync_index(conn, index)  # the rows already there (a file from before v9)
+    execute_script(conn, CACHE_INDEX.create_sql())
+    sync_index(conn, CACHE_INDEX)  # the rows already there (a file from before v9)
 
 
 def index_is_behind(conn: sqlite3.Connection, index: _Index) -> bool:
