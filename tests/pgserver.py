@@ -112,6 +112,8 @@ class Server:
     #: Seconds initdb and pg_ctl start took together.
     startup_s: float = 0.0
     run_as: list[str] = field(default_factory=list)
+    #: The ``pg_ctl -o`` options it was started with (for :meth:`resume`).
+    options: str = ""
     _stopped: bool = False
 
     @property
@@ -178,6 +180,22 @@ class Server:
         if self.run_as[0] == "su":
             return ["su", self.run_as[1], "-s", "/bin/sh", "-c", shlex.join(argv)]
         return [*self.run_as, *argv]
+
+    def _pg_ctl(self, action: str, *args: str) -> None:
+        if self.root is None or self.bindir is None:
+            raise RuntimeError("an external server is not ours to stop or start")
+        _run(
+            self._cmd(os.path.join(self.bindir, "pg_ctl"), "-D", str(self.root / "data"), action, *args),
+            f"pg_ctl {action}", self.log_path,
+        )
+
+    def pause(self) -> None:
+        """Stop the server (``-m fast``: clients are disconnected) but keep its data, for :meth:`resume`."""
+        self._pg_ctl("stop", "-m", "fast", "-w", "-t", "30")
+
+    def resume(self) -> None:
+        """Start a paused server again, on the same port, with the same data."""
+        self._pg_ctl("start", "-l", str(self.log_path), "-w", "-t", str(STARTUP_TIMEOUT), "-o", self.options)
 
     def stop(self) -> None:
         """Stop the server (``pg_ctl stop -m fast``) and remove its folder; idempotent.
@@ -286,12 +304,9 @@ def start(base_dir: str | os.PathLike[str] | None = None, database: str = DATABA
                 f"-c unix_socket_directories={sockets}", "-c fsync=off",
                 "-c synchronous_commit=off", "-c full_page_writes=off", "-c max_connections=200",
             ])
+            server.options = options
             try:
-                _run(
-                    server._cmd(os.path.join(bindir, "pg_ctl"), "-D", str(data), "-l", str(log), "-w",
-                                "-t", str(STARTUP_TIMEOUT), "-o", options, "start"),
-                    "pg_ctl start", log,
-                )
+                server.resume()
                 break
             except ServerStartError as exc:
                 if attempt == 2 or "could not bind" not in str(exc):

@@ -211,9 +211,12 @@ def _parse_postgres(url: str, rest: str) -> DatabaseURL:
             )
         options.append((unquote(key), unquote(value)))
     words: dict[str, str] = {}
-    for key, value in (("host", host), ("port", port), ("dbname", database), ("user", user), ("password", password)):
-        if value is not None:
-            words[key] = str(value)
+    parts: tuple[tuple[str, object], ...] = (
+        ("host", host), ("port", port), ("dbname", database), ("user", user), ("password", password)
+    )
+    for word, part in parts:
+        if part is not None:
+            words[word] = str(part)
     for key, value in options:
         if not re.fullmatch(r"[a-z_]+", key):
             raise ConfigurationError(
