@@ -311,59 +311,64 @@ def test_a_url_for_another_engine_is_refused() -> None:
         PostgresBackend("postgresql://127.0.0.1:1/x", max_size=0)
 
 
-def test_a_stopped_server_gives_a_clear_error_then_a_restart_is_survived(tmp_path: Path, pg_server: pgserver.Server) -> None:
-    if pg_server.root is None:
-        pytest.skip("CYLLAMA_TEST_PG_URL names an external server: no throwaway one to stop")
-    second = pgserver.start(tmp_path)
+@pytest.fixture
+def second(tmp_path: Path) -> Iterator[pgserver.Server]:
+    """A server of this test's own, to stop and start (also when CYLLAMA_TEST_PG_URL is set)."""
     try:
-        be = PostgresBackend(_with_password(second.url), busy_timeout=2, connect_timeout=3)
-        with be.transaction() as conn:
-            conn.execute("CREATE TABLE t (a INT)")
-            conn.execute("INSERT INTO t VALUES (1)")
-        # stopped between two operations: the stale connection is retried once, and the
-        # retry cannot connect: an error naming the server
+        server = pgserver.start(tmp_path)
+    except pgserver.NoServerBinaries as exc:
+        pytest.skip(str(exc))
+    except pgserver.ServerStartError as exc:
+        pytest.fail(f"the PostgreSQL server binaries exist but the server did not start:\n{exc}", pytrace=False)
+    yield server
+    server.stop()
+
+
+def test_a_stopped_server_gives_a_clear_error_then_a_restart_is_survived(
+    second: pgserver.Server, request: pytest.FixtureRequest
+) -> None:
+    be = PostgresBackend(_with_password(second.url), busy_timeout=2, connect_timeout=3)
+    request.addfinalizer(be.close)
+    with be.transaction() as conn:
+        conn.execute("CREATE TABLE t (a INT)")
+        conn.execute("INSERT INTO t VALUES (1)")
+    # stopped between two operations: the stale connection is retried once, and the
+    # retry cannot connect: an error naming the server
+    second.pause()
+    with pytest.raises(DatabaseError) as info, be.read() as conn:
+        conn.execute("SELECT count(*) FROM t")
+    message = str(info.value)
+    assert f"127.0.0.1:{second.port}" in message and PASSWORD not in message
+    # stopped in the middle of a transaction: it fails, and nothing of it is written
+    second.resume()
+    with pytest.raises(DatabaseError) as info, be.transaction() as conn:
+        conn.execute("INSERT INTO t VALUES (2)")
         second.pause()
-        with pytest.raises(DatabaseError) as info, be.read() as conn:
-            conn.execute("SELECT count(*) FROM t")
-        message = str(info.value)
-        assert f"127.0.0.1:{second.port}" in message and PASSWORD not in message
-        # stopped in the middle of a transaction: it fails, and nothing of it is written
-        second.resume()
-        with pytest.raises(DatabaseError) as info, be.transaction() as conn:
+        conn.execute("INSERT INTO t VALUES (3)")
+    assert f"127.0.0.1:{second.port}" in str(info.value) and PASSWORD not in str(info.value)
+    assert "nothing of it was written" in str(info.value)
+    # the server restarts: the next operation reconnects by itself (retried once)
+    second.resume()
+    with be.read() as conn:
+        assert conn.execute("SELECT array_agg(a ORDER BY a) FROM t").fetchone() == ([1],)
+
+
+def test_a_restart_between_operations_is_retried_once(
+    second: pgserver.Server, caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest
+) -> None:
+    be = PostgresBackend(second.url, busy_timeout=2, connect_timeout=3)
+    request.addfinalizer(be.close)
+    with be.transaction() as conn:
+        conn.execute("CREATE TABLE t (a INT)")
+        conn.execute("INSERT INTO t VALUES (1)")
+    second.pause()
+    second.resume()
+    with caplog.at_level(logging.WARNING, logger="cyllama_db"):
+        with be.transaction() as conn:  # BEGIN on the dead connection: replaced, retried
             conn.execute("INSERT INTO t VALUES (2)")
-            second.pause()
-            conn.execute("INSERT INTO t VALUES (3)")
-        assert f"127.0.0.1:{second.port}" in str(info.value) and PASSWORD not in str(info.value)
-        assert "nothing of it was written" in str(info.value)
-        # the server restarts: the next operation reconnects by itself (retried once)
-        second.resume()
         with be.read() as conn:
-            assert conn.execute("SELECT array_agg(a ORDER BY a) FROM t").fetchone() == ([1],)
-        be.close()
-    finally:
-        second.stop()
-
-
-def test_a_restart_between_operations_is_retried_once(pg_url: str, pg_server: pgserver.Server, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    if pg_server.root is None:
-        pytest.skip("CYLLAMA_TEST_PG_URL names an external server: no throwaway one to restart")
-    second = pgserver.start(tmp_path)
-    try:
-        be = PostgresBackend(second.url, busy_timeout=2, connect_timeout=3)
-        with be.transaction() as conn:
-            conn.execute("CREATE TABLE t (a INT)")
-            conn.execute("INSERT INTO t VALUES (1)")
-        second.pause()
-        second.resume()
-        with caplog.at_level(logging.WARNING, logger="cyllama_db"):
-            with be.transaction() as conn:  # BEGIN on the dead connection: replaced, retried
-                conn.execute("INSERT INTO t VALUES (2)")
-            with be.read() as conn:
-                assert conn.execute("SELECT count(*) FROM t").fetchone() == (2,)
-        assert any("reconnected" in r.getMessage() for r in caplog.records)
-        be.close()
-    finally:
-        second.stop()
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (2,)
+    assert any("reconnected" in r.getMessage() for r in caplog.records)
 
 
 # -- locks, waits and the pool ---------------------------------------------------------------------
