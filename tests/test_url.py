@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from cyllama_db.db.url import DatabaseURL, is_url, parse_url, redact, redact_text
@@ -167,6 +167,7 @@ def test_redact_never_raises() -> None:
 _names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_", min_size=1, max_size=12)
 
 
+@settings(max_examples=200, deadline=None)
 @given(
     user=_names,
     password=st.text(min_size=1, max_size=40),
@@ -192,6 +193,7 @@ def test_redaction_round_trip(user: str, password: str, host: str, port: int, da
     assert (again.user, again.host, again.port, again.database, again.password) == (user, host, port, database, "****")
 
 
+@settings(max_examples=200, deadline=None)
 @given(
     password=st.text(alphabet=st.characters(blacklist_categories=("Zs", "Zl", "Zp", "Cc")), min_size=1, max_size=30),
     prefix=st.text(alphabet="abcdefghij ,.:", max_size=20),
