@@ -296,8 +296,8 @@ def test_an_unreachable_port_names_host_and_port_not_the_password() -> None:
     url = f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/nothing"
     started = time.perf_counter()
     with pytest.raises(DatabaseError) as info:
-        PostgresBackend(url, connect_timeout=3)
-    assert time.perf_counter() - started < 3, "a refused connection must not wait for the timeout"
+        PostgresBackend(url, connect_timeout=20)
+    assert time.perf_counter() - started < 10, "a refused connection must not wait for the timeout"
     message = str(info.value)
     assert f"127.0.0.1:{port}" in message and "cannot reach the PostgreSQL server" in message
     assert "pg_isready" in message
@@ -400,14 +400,14 @@ def test_a_row_lock_held_past_the_busy_timeout_is_database_busy(backend: Postgre
         with pytest.raises(DatabaseBusyError) as info, waiter.transaction() as conn:
             conn.execute("UPDATE kv SET n = 2 WHERE k = 'row'")
         waited = time.perf_counter() - started
-        assert 0.4 < waited < 3, waited
+        assert 0.4 < waited < 4, waited
         assert isinstance(info.value, TimeoutError) and PASSWORD not in str(info.value)
         # no_wait: at once, even with a long busy timeout
         with backend.no_wait():
             started = time.perf_counter()
             with pytest.raises(DatabaseBusyError), backend.transaction() as conn:
                 conn.execute("UPDATE kv SET n = 3 WHERE k = 'row'")
-            assert time.perf_counter() - started < 0.4
+            assert time.perf_counter() - started < 2, "no_wait waited (the busy timeout is 5 s)"
     finally:
         leave.set()
         holder.join(10)
@@ -438,7 +438,7 @@ def test_advisory_lock_excludes_a_second_connection(backend: PostgresBackend) ->
         started = time.perf_counter()
         with pytest.raises(DatabaseBusyError), other.transaction() as conn:
             advisory_lock(conn, "single-flight:abc")
-        assert 0.4 < time.perf_counter() - started < 3
+        assert 0.4 < time.perf_counter() - started < 4
         # released when the holder's transaction ends: the waiter gets it then
         got = threading.Event()
 
