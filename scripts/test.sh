@@ -30,5 +30,24 @@ if ! have_browser; then
         echo "no Chromium and no way to install it (needs root and apt-get): the browser test will be skipped"
     fi
 fi
+echo "== postgresql"
+# The PostgreSQL tests start a throwaway server from Debian's postgresql package
+# (tests/pgserver.py); install it when missing and possible, else they skip and say why.
+# CYLLAMA_TEST_PG_URL=postgresql://... runs them against an existing server instead.
+have_postgres() {
+    local bindir
+    bindir="$(pg_config --bindir 2>/dev/null || true)"
+    [ -n "$bindir" ] && [ -x "$bindir/initdb" ] && return 0
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+}
+if [ -z "${CYLLAMA_TEST_PG_URL:-}" ] && ! have_postgres; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "installing postgresql for the PostgreSQL tests"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
+            || echo "could not install postgresql: the PostgreSQL tests will be skipped"
+    else
+        echo "no PostgreSQL server binaries and no way to install them: the PostgreSQL tests will be skipped"
+    fi
+fi
 echo "== pytest"
 exec .venv/bin/python -m pytest "$@"
