@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import cyllama_db.stores.stats as stats_module
+import cyllama_db.db.deferred as deferred_module
 from cyllama_db import CyllamaDB, DatabaseClosedError
 from cyllama_db.stores.stats import (
     BUCKET_SECONDS,
@@ -683,7 +683,7 @@ def test_db_stats_counts_rows(any_db: CyllamaDB) -> None:
 @pytest.fixture
 def slow_flush(monkeypatch: pytest.MonkeyPatch) -> None:
     """The background writer waits an hour: rows are written only when something asks."""
-    monkeypatch.setattr(stats_module, "HIT_FLUSH_SECONDS", 3600.0)
+    monkeypatch.setattr(deferred_module, "FLUSH_SECONDS", 3600.0)
 
 
 def raw_count(path: Path) -> int:
@@ -772,8 +772,8 @@ def test_hits_are_written_at_exit_without_close(db_path: Path, tmp_path: Path) -
     import sys
 
     code = (
-        "import cyllama_db.stores.stats as s\n"
-        "s.HIT_FLUSH_SECONDS = 3600.0\n"
+        "import cyllama_db.db.deferred as s\n"
+        "s.FLUSH_SECONDS = 3600.0\n"
         "from cyllama_db import CyllamaDB\n"
         f"db = CyllamaDB({str(db_path)!r})\n"
         "for _ in range(9):\n"
@@ -798,7 +798,7 @@ def test_hits_of_a_collected_database_are_written(db_path: Path, slow_flush: Non
 def test_background_writer_writes_after_the_interval(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(stats_module, "HIT_FLUSH_SECONDS", 0.05)
+    monkeypatch.setattr(deferred_module, "FLUSH_SECONDS", 0.05)
     with CyllamaDB(db_path) as db:
         for k in range(3):
             record_at(db, T0 + k, hit=True)
@@ -807,20 +807,20 @@ def test_background_writer_writes_after_the_interval(
 
 def test_background_writer_writes_a_full_batch(db_path: Path, slow_flush: None) -> None:
     with CyllamaDB(db_path) as db:
-        for k in range(stats_module.HIT_FLUSH_ROWS):
+        for k in range(deferred_module.FLUSH_ITEMS):
             record_at(db, T0 + k, hit=True)
-        assert wait_for(lambda: raw_count(db_path) == stats_module.HIT_FLUSH_ROWS)
+        assert wait_for(lambda: raw_count(db_path) == deferred_module.FLUSH_ITEMS)
 
 
 def test_a_locked_file_does_not_block_hits(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(stats_module, "HIT_FLUSH_SECONDS", 0.01)  # the writer retries often
+    monkeypatch.setattr(deferred_module, "FLUSH_SECONDS", 0.01)  # the writer retries often
     with CyllamaDB(db_path, busy_timeout=10) as db:
         done = threading.Event()
 
         def hits() -> None:
-            for k in range(stats_module.HIT_FLUSH_ROWS + 50):
+            for k in range(deferred_module.FLUSH_ITEMS + 50):
                 record_at(db, T0 + k, hit=True)
             done.set()
 
@@ -837,14 +837,14 @@ def test_a_locked_file_does_not_block_hits(
             other.close()
             worker.join()
         assert finished
-        assert db.get_stats_summary()["cache_hits"] == stats_module.HIT_FLUSH_ROWS + 50
+        assert db.get_stats_summary()["cache_hits"] == deferred_module.FLUSH_ITEMS + 50
 
 
 def test_a_read_waits_for_the_writers_batch_in_flight(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(stats_module, "HIT_FLUSH_SECONDS", 0.01)
-    monkeypatch.setattr(stats_module, "_BACKGROUND_WAIT_SECONDS", 20.0)
+    monkeypatch.setattr(deferred_module, "FLUSH_SECONDS", 0.01)
+    monkeypatch.setattr(deferred_module, "BACKGROUND_WAIT_SECONDS", 20.0)
     with CyllamaDB(db_path, busy_timeout=30) as db:
         other = sqlite3.connect(db_path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
@@ -852,7 +852,7 @@ def test_a_read_waits_for_the_writers_batch_in_flight(
             for k in range(5):
                 record_at(db, T0 + k, hit=True)
             # The writer has taken the rows and waits for the lock with them.
-            assert wait_for(lambda: len(db._stats_hits) == 0)  # type: ignore[arg-type]
+            assert wait_for(lambda: len(db.deferred) == 0)
         finally:
             other.execute("ROLLBACK")
             other.close()
@@ -862,8 +862,8 @@ def test_a_read_waits_for_the_writers_batch_in_flight(
 def test_buffer_is_bounded(
     db_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(stats_module, "HIT_FLUSH_SECONDS", 3600.0)
-    monkeypatch.setattr(stats_module, "HIT_BUFFER_MAX", 20)
+    monkeypatch.setattr(deferred_module, "FLUSH_SECONDS", 3600.0)
+    monkeypatch.setattr(deferred_module, "BUFFER_MAX", 20)
     with CyllamaDB(db_path) as db:
         with caplog.at_level(logging.WARNING, logger="cyllama_db.stats"):
             for k in range(50):

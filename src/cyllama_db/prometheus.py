@@ -268,7 +268,7 @@ def prometheus_text(db: CyllamaDB | None = None) -> str:
         db = get_db()
     if not db.enabled:
         return ""
-    db._stats_flush_hits()
+    db.stats.flush()
     out = _Writer()
     with db.pool.read() as conn:
         try:

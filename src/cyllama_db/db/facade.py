@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta, tzinfo
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -21,12 +23,13 @@ from ..stores import views as _views  # noqa: F401  (registers migration 10)
 from ..stores.cache import CacheMixin
 from ..stores.config import ConfigStore
 from ..stores.export import ExportMixin
-from ..stores.logs import LogsMixin
+from ..stores.logs import LogStore
 from ..stores.metadata import MetadataStore
-from ..stores.metrics import MetricsMixin
+from ..stores.metrics import MetricsSampler, MetricsStore
 from ..stores.registry import RegistryMixin
-from ..stores.stats import StatsMixin
+from ..stores.stats import StatsStore
 from . import migrations as _migrations
+from .deferred import DeferredWrites
 from .settings import DEFAULT, Settings
 from .sqlite import SQLiteBackend
 from .store import DB_STATS_PROVIDERS, Store, StoreBase, db_op, delegate
@@ -42,9 +45,6 @@ class CyllamaDB(
     CacheMixin,
     RegistryMixin,
     ExportMixin,
-    MetricsMixin,
-    LogsMixin,
-    StatsMixin,
     StoreBase,
 ):
     """One SQLite file holding everything local llama.cpp inference should remember.
@@ -147,10 +147,21 @@ class CyllamaDB(
         )
         self._pool = None
         self.fallback_reason: str | None = None
+        #: The write-behind channels of the stores (db/deferred.py): one thread, one policy.
+        self.deferred = DeferredWrites(self)
         self.config = ConfigStore(self)
         self.metadata = MetadataStore(self)
+        self.stats = StatsStore(self)
+        self.logs = LogStore(self)
+        self.metrics = MetricsStore(self)
         #: Every store, in the order they are opened, flushed and closed.
-        self.stores: tuple[Store, ...] = (self.config, self.metadata)
+        self.stores: tuple[Store, ...] = (
+            self.config,
+            self.metadata,
+            self.stats,
+            self.logs,
+            self.metrics,
+        )
         self._close_lock = threading.Lock()
         if not self.enabled:
             return
@@ -229,6 +240,167 @@ class CyllamaDB(
     def mark_server_start(self) -> None:
         self.metadata.mark_server_start()
 
+    # -- stats (the flat API of db.stats) -------------------------------------------------
+
+    @delegate(StatsStore.record)
+    def record_generation(
+        self,
+        model_path: str | os.PathLike[str] | None,
+        response: Any,
+        config: Any = None,
+        cache_hit: bool = False,
+        *,
+        session_id: str | None = None,
+    ) -> int | None:
+        return self.stats.record(model_path, response, config, cache_hit, session_id=session_id)
+
+    @delegate(StatsStore.summary)
+    def get_stats_summary(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        since: datetime | timedelta | float | str | None = None,
+        until: datetime | timedelta | float | str | None = None,
+        *,
+        tz: tzinfo | None = None,
+    ) -> dict[str, Any]:
+        return self.stats.summary(model_path, since, until, tz=tz)
+
+    @delegate(StatsStore.series)
+    def get_stats_series(
+        self,
+        since: datetime | timedelta | float,
+        step: timedelta | float,
+        *,
+        until: datetime | timedelta | float | None = None,
+    ) -> dict[str, Any]:
+        return self.stats.series(since, step, until=until)
+
+    @delegate(StatsStore.history)
+    def get_generation_history(
+        self,
+        limit: int = 100,
+        offset: int = 0,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        session_id: str | None = None,
+        since: datetime | timedelta | float | str | None = None,
+        until: datetime | timedelta | float | str | None = None,
+    ) -> list[dict[str, Any]]:
+        return self.stats.history(limit, offset, model_path, session_id=session_id, since=since, until=until)
+
+    @delegate(StatsStore.prune)
+    def prune_stats(
+        self,
+        older_than: datetime | timedelta | float | str,
+        *,
+        model_path: str | os.PathLike[str] | None = None,
+    ) -> int:
+        return self.stats.prune(older_than, model_path=model_path)
+
+    @delegate(StatsStore.models)
+    def recorded_models(self) -> list[tuple[str, str | None]]:
+        return self.stats.models()
+
+    @delegate(StatsStore.usage)
+    def model_usage(self, model_paths: Iterable[str]) -> tuple[int, float | None]:
+        return self.stats.usage(model_paths)
+
+    @property
+    def session_id(self) -> str:
+        """The session new generations are recorded under (``db.stats.session_id``).
+
+        Defaults to one random id per process (a forked child gets a new
+        one). Assign a string to group generations your own way; assign
+        ``None`` to go back to the process's id.
+        """
+        return self.stats.session_id
+
+    @session_id.setter
+    def session_id(self, value: str | None) -> None:
+        self.stats.session_id = value
+
+    @property
+    def stats_max_age(self) -> timedelta | None:
+        """How long generation rows are kept (``db.stats.max_age``; ``None``: forever, the default).
+
+        Stored in the database's config, so it applies to every process
+        using the file. Set it to a ``timedelta``, a number of seconds or a
+        duration such as ``"90d"``; older rows are pruned at once and then
+        at most once an hour while generations are being recorded.
+        """
+        return self.stats.max_age
+
+    @stats_max_age.setter
+    def stats_max_age(self, value: timedelta | float | str | None) -> None:
+        self.stats.max_age = value
+
+    # -- logs (the flat API of db.logs) ---------------------------------------------------
+
+    @delegate(LogStore.log)
+    def log(
+        self,
+        level: str | int,
+        message: str,
+        category: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        error: BaseException | None = None,
+    ) -> int | None:
+        return self.logs.log(level, message, category, context, error)
+
+    @delegate(LogStore.query)
+    def get_logs(
+        self,
+        level: str | int | None = None,
+        category: str | None = None,
+        since: datetime | timedelta | float | str | None = None,
+        limit: int = 100,
+        *,
+        until: datetime | timedelta | float | str | None = None,
+        offset: int = 0,
+        search: str | None = None,
+    ) -> list[dict[str, Any]]:
+        return self.logs.query(level, category, since, limit, until=until, offset=offset, search=search)
+
+    @delegate(LogStore.prune)
+    def prune_logs(
+        self,
+        older_than: datetime | timedelta | float | str | None = None,
+        keep_last: int | None = None,
+    ) -> int:
+        return self.logs.prune(older_than, keep_last)
+
+    @property
+    def log_level(self) -> str:
+        """The lowest level stored in the logs table (``db.logs.level``, ``settings.log_level``)."""
+        return self.logs.level
+
+    # -- metrics (the flat API of db.metrics) ---------------------------------------------
+
+    @delegate(MetricsStore.record)
+    def save_metrics(self, sample: Mapping[str, Any]) -> int | None:
+        return self.metrics.record(sample)
+
+    @delegate(MetricsStore.history)
+    def get_metrics_history(
+        self,
+        minutes: float | timedelta | str = 10,
+        *,
+        since: datetime | timedelta | float | str | None = None,
+        until: datetime | timedelta | float | str | None = None,
+    ) -> list[dict[str, Any]]:
+        return self.metrics.history(minutes, since=since, until=until)
+
+    @delegate(MetricsStore.start_sampler)
+    def start_metrics_sampler(
+        self,
+        interval: float = 1.0,
+        *,
+        nvml: Any = None,
+        disk_path: str | os.PathLike[str] | None = None,
+        process: int | str | None = None,
+    ) -> MetricsSampler:
+        return self.metrics.start_sampler(interval, nvml=nvml, disk_path=disk_path, process=process)
+
     # -- (sections for the other stores' flat APIs follow) --------------------------------
 
     # -- identity --------------------------------------------------------------------------
@@ -274,6 +446,7 @@ class CyllamaDB(
                 return
             try:
                 self._run_hooks("_store_close")
+                self.deferred.close()  # what a store left waiting; never raises
             finally:
                 self._pool.close()
 
