@@ -1093,3 +1093,51 @@ def test_unreadable_outputs_are_errors_never_null_rows(
     # total_tokens may be left out: it is the sum
     memory_db.record_generation("m.gguf", {**good, "usage": {"prompt_tokens": 2, "completion_tokens": 3}})
     assert memory_db.get_generation_history()[0]["total_tokens"] == 5
+
+
+# -- the store object ----------------------------------------------------------------------------
+
+
+def test_the_store_object(any_db: CyllamaDB, slow_flush: None) -> None:
+    from cyllama_db.stores.stats import StatsStore
+
+    stats = any_db.stats
+    assert isinstance(stats, StatsStore) and stats in any_db.stores and stats.name == "stats"
+    any_db.clock = lambda: T0  # type: ignore[method-assign]
+    rid = stats.record("a.gguf", response(), CONFIG)
+    assert isinstance(rid, int)
+    assert stats.record("a.gguf", response(), CONFIG, cache_hit=True) is None
+    assert len(any_db.deferred.channels["stats.hits"]) == 1  # the hit waits in the database's write-behind
+    assert stats.count() == 1  # a count writes nothing: the hit is not there yet
+    stats.flush()
+    assert len(any_db.deferred) == 0
+    assert stats.count() == 2 and stats.count(since=T0 + 1) == 0 and stats.count(since=T0) == 2
+    assert stats.summary() == any_db.get_stats_summary()
+    assert stats.summary()["cache_hits"] == 1
+    assert stats.history() == any_db.get_generation_history()
+    assert stats.models() == any_db.recorded_models() == [(ap("a.gguf"), "a.gguf")]
+    assert stats.usage([ap("a.gguf")]) == any_db.model_usage([ap("a.gguf")]) == (2, T0)
+    assert stats.series(T0 - 60, 60, until=T0 + 60)["overall"][0]["generations"] == 2
+    assert stats.prune(older_than=T0 + 1) == 2
+    assert any_db.get_db_stats()["stats_entries"] == 0
+
+
+def test_the_session_id_and_max_age_are_the_stores(any_db: CyllamaDB) -> None:
+    any_db.session_id = "mine"
+    assert any_db.stats.session_id == "mine"
+    any_db.stats.session_id = None
+    assert any_db.session_id == process_session_id()
+    any_db.stats.max_age = "2d"
+    assert any_db.stats_max_age == timedelta(days=2)
+    # The setting lives in the config store, under its documented key, as a float.
+    assert any_db.config.get("cyllama.stats_max_age_seconds") == 172800.0
+    any_db.stats_max_age = None
+    assert any_db.config.get("cyllama.stats_max_age_seconds") is None
+    assert any_db.stats.max_age is None
+
+
+def test_a_real_generation_notes_its_process_in_metadata(any_db: CyllamaDB) -> None:
+    record_at(any_db, T0)
+    pid, noted = any_db.metadata.get("inference_process").split()  # type: ignore[union-attr]
+    assert int(pid) == os.getpid() and float(noted) == T0
+

@@ -287,7 +287,9 @@ class Channel:
     def _background_write(self) -> None:
         """The thread's write: short lock wait, errors kept for a retry, then ``after_write``."""
         with self.flush_lock:  # close() waits for this
-            if self.closed or not self.items:
+            # Chosen as due a moment ago; not if the items were taken and
+            # given back meanwhile (a failed write of a store's own).
+            if self.closed or not self.items or self.next_due() > time.monotonic():
                 return
             wait = min(self.pool.busy_timeout, BACKGROUND_WAIT_SECONDS)
             if self._try_flush(wait) and self._after_write is not None:
