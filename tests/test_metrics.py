@@ -947,3 +947,15 @@ def test_sample_metrics_reads_the_other_stores_through_their_methods(memory_db: 
     assert sample["requests_per_minute"] == 2.0
     with pytest.raises(TypeError, match="CyllamaDB"):
         sample_metrics(object())  # type: ignore[arg-type]
+
+
+def test_latest_is_the_newest_sample(memory_db: CyllamaDB) -> None:
+    assert memory_db.metrics.latest() is None
+    memory_db.clock = lambda: T  # type: ignore[method-assign]
+    memory_db.save_metrics({"cpu_usage": 1.0, "timestamp": T_MS - 2 * MINUTE_MS})
+    newest = memory_db.save_metrics({"cpu_usage": 2.0, "gpus": [{"index": 0, "gpu_usage": 5.0}]})
+    memory_db.save_metrics({"cpu_usage": 3.0, "timestamp": T_MS - MINUTE_MS})
+    latest = memory_db.metrics.latest()
+    assert latest is not None and latest["id"] == newest and latest["cpu_usage"] == 2.0
+    assert latest["timestamp_ms"] == T_MS and latest["gpus"] == [{"index": 0, "gpu_usage": 5.0}]
+    assert latest == memory_db.get_metrics_history(5)[-1]

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cyllama_db.db.deferred as deferred_module
+import cyllama_db.stores.stats as stats_module
 from cyllama_db import CyllamaDB, DatabaseClosedError
 from cyllama_db.stores.stats import (
     BUCKET_SECONDS,
@@ -1141,3 +1142,19 @@ def test_a_real_generation_notes_its_process_in_metadata(any_db: CyllamaDB) -> N
     pid, noted = any_db.metadata.get("inference_process").split()  # type: ignore[union-attr]
     assert int(pid) == os.getpid() and float(noted) == T0
 
+
+
+def test_totals_are_running_totals(any_db: CyllamaDB, slow_flush: None) -> None:
+    record_at(any_db, T0, total_ms=3.0)
+    record_at(any_db, T0 + 1, hit=True, total_ms=0.5)
+    any_db.prune_stats(older_than=T0 + 10)  # never decremented
+    totals = any_db.stats.totals()  # the buffered hit is written first
+    assert [(t["model_path"], t["cache_hit"], t["generations"]) for t in totals] == [
+        (ap("a.gguf"), False, 1), (ap("a.gguf"), True, 1)
+    ]
+    miss = totals[0]
+    assert miss["model_name"] == "a.gguf" and miss["prompt_tokens"] == 10 and miss["generated_tokens"] == 20
+    assert miss["duration_count"] == 1 and miss["duration_sum_ms"] == 3.0
+    assert len(miss["buckets"]) == len(stats_module.LATENCY_BUCKETS)
+    # Cumulative: 3 ms is within every bound from 5 ms on.
+    assert miss["buckets"] == [0 if le < 0.003 else 1 for le in stats_module.LATENCY_BUCKETS]

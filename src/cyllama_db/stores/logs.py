@@ -27,7 +27,7 @@ import threading
 import traceback
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._time import from_timestamp
 from .._validate import check_text
@@ -44,6 +44,9 @@ from .search import (
     sync_index,
 )
 from .stats import _check_limit, _time_arg
+
+if TYPE_CHECKING:
+    from ..db.facade import CyllamaDB
 
 __all__ = ["LOG_COLUMNS", "CyllamaDBHandler", "LogStore", "level_name"]
 
@@ -220,7 +223,7 @@ class LogStore(Store):
     name = "logs"
     tables = ("logs",)
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: CyllamaDB) -> None:
         super().__init__(db)
         self._handler: CyllamaDBHandler | None = None
         #: log rows written by this store since it last brought the search index up to date

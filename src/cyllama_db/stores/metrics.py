@@ -116,6 +116,25 @@ _HISTORY_SQL = (
 )
 
 
+_LATEST_SQL = (
+    "SELECT id, timestamp, "
+    + ", ".join(_STORED_FIELDS)
+    + ", gpus_json, created_at FROM metrics_history ORDER BY timestamp DESC, id DESC LIMIT 1"
+)
+
+
+def _history_row(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A stored row (``_HISTORY_SQL``'s columns) as the dict :meth:`MetricsStore.history` returns."""
+    record: dict[str, Any] = {"id": row[0], "timestamp": _datetime_or_none(row[1]), "timestamp_ms": row[1]}
+    record.update(zip(_STORED_FIELDS, row[2:-2], strict=True))
+    try:
+        record["gpus"] = json.loads(row[-2]) if row[-2] else []
+    except ValueError:
+        record["gpus"] = []
+    record["created_at"] = _datetime_or_none(row[-1])
+    return record
+
+
 @migration(6, "metrics history")
 def _create_metrics_history(conn: sqlite3.Connection) -> None:
     # The seed's columns plus gpus_json (every GPU's readings). The seed's
@@ -307,7 +326,7 @@ class MetricsStore(Store):
     name = "metrics"
     tables = ("metrics_history",)
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: CyllamaDB) -> None:
         super().__init__(db)
         self._samplers: set[MetricsSampler] = set()
         self._lock = threading.Lock()
@@ -404,21 +423,26 @@ class MetricsStore(Store):
             rows = conn.execute(_HISTORY_SQL, (since_ms, end_ms)).fetchall()
         history = []
         for row in rows:
+            record = _history_row(row)
             # Rows come from other processes and imports too: one that no
             # datetime can hold is skipped rather than failing the whole history.
-            stamp = _datetime_or_none(row[1])
-            if stamp is None:
+            if record["timestamp"] is None:
                 logger.debug("metrics_history row %s has an unusable timestamp %r", row[0], row[1])
                 continue
-            record: dict[str, Any] = {"id": row[0], "timestamp": stamp, "timestamp_ms": row[1]}
-            record.update(zip(_STORED_FIELDS, row[2:-2], strict=True))
-            try:
-                record["gpus"] = json.loads(row[-2]) if row[-2] else []
-            except ValueError:
-                record["gpus"] = []
-            record["created_at"] = _datetime_or_none(row[-1])
             history.append(record)
         return history
+
+    @db_op()
+    def latest(self) -> dict[str, Any] | None:
+        """The newest sample (by its ``timestamp``), or ``None`` if there is none.
+
+        The same dict as a :meth:`history` row (``timestamp`` is ``None`` if
+        the stored value is not a usable time; ``timestamp_ms`` is what is
+        stored). One indexed read, for scrapes (:mod:`cyllama_db.prometheus`).
+        """
+        with self.pool.read() as conn:
+            row = conn.execute(_LATEST_SQL).fetchone()
+        return None if row is None else _history_row(row)
 
     def start_sampler(
         self,

@@ -43,6 +43,7 @@ from .keys import recent_model_identity
 
 if TYPE_CHECKING:
     from ..db.deferred import Channel
+    from ..db.facade import CyllamaDB
 
 __all__ = [
     "BUCKET_SECONDS",
@@ -91,6 +92,15 @@ STATS_COLUMNS = (
 
 _MAX_AGE_KEY = "cyllama.stats_max_age_seconds"
 _PRUNE_EVERY_SECONDS = 3600.0
+
+_TOTALS_COLUMNS = (
+    "model_path", "model_name", "cache_hit", "generations", "prompt_tokens", "generated_tokens",
+    "gen_tokens", "gen_time_ms", "duration_count", "duration_sum_ms",
+)
+_TOTALS_SQL = (
+    f"SELECT {', '.join(_TOTALS_COLUMNS)}, {', '.join(_HIST_COLUMNS)}"
+    " FROM stats_totals ORDER BY model_path, cache_hit"
+)
 
 # SQLite integers are 64-bit: a larger LIMIT/OFFSET cannot be bound.
 _INT64_MAX = 2**63 - 1
@@ -844,7 +854,7 @@ class StatsStore(Store):
     name = "stats"
     tables = ("stats", "stats_rollup", "stats_totals")
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: CyllamaDB) -> None:
         super().__init__(db)
         self._session_override: str | None = None
         self._next_prune = 0.0
@@ -1175,6 +1185,29 @@ class StatsStore(Store):
         low = _time_arg(since, "since", self.clock())
         with self.pool.read() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM stats WHERE created_at >= ?", (low,)).fetchone()[0])
+
+    @db_op(empty=list)
+    def totals(self) -> list[dict[str, Any]]:
+        """Running totals per ``(model_path, cache_hit)`` since the file was made (buffered hits written first).
+
+        Kept by a trigger on every insert and never decremented, so pruning
+        old rows does not make them go down (what Prometheus counters need;
+        :mod:`cyllama_db.prometheus` exposes them). Each dict: ``model_path``,
+        ``model_name``, ``cache_hit`` (bool), ``generations``,
+        ``prompt_tokens``, ``generated_tokens``, ``gen_tokens`` and
+        ``gen_time_ms`` (generated tokens and generation time of real
+        generations that measured it), ``duration_count``,
+        ``duration_sum_ms`` and ``buckets`` (cumulative counts of durations
+        within each of :data:`LATENCY_BUCKETS`); ordered by model path, misses
+        first.
+        """
+        self.flush()
+        with self.pool.read() as conn:
+            rows = conn.execute(_TOTALS_SQL).fetchall()
+        return [
+            {**dict(zip(_TOTALS_COLUMNS, row[:10], strict=True)), "cache_hit": bool(row[2]), "buckets": list(row[10:])}
+            for row in rows
+        ]
 
     def _flush_quietly(self) -> None:
         try:
