@@ -329,3 +329,40 @@ def test_a_forked_child_does_not_write_the_parents_items(db_path: Path, slow_flu
     assert tally(db_path)["a"] == (0, None)
     db.close()
     assert tally(db_path)["a"] == (5, 4.0)
+
+
+@pytest.mark.parametrize("where", ["memory", "file"])
+def test_flush_in_writes_inside_the_callers_transaction_without_waiting(
+    where: str, tmp_path: Path, slow_flush: None
+) -> None:
+    with CyllamaDB(":memory:" if where == "memory" else tmp_path / "in.db") as db:
+        _create_tally(db)
+        channel = db.deferred.channel("test.tally", write_tally)
+        channel.add(("a", 1.0))
+        channel.add(("a", 2.0))
+        with db.pool.transaction() as conn:
+            assert channel.flush_in(conn) == 2
+            assert conn.execute("SELECT hits FROM tally WHERE key = 'a'").fetchone()[0] == 2
+        assert len(channel) == 0
+        # While a flush (the thread's) holds the items, flush_in leaves them to it and returns at once.
+        channel.add(("b", 3.0))
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with channel.flush_lock:
+                held.set()
+                release.wait(10)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        try:
+            assert held.wait(10)
+            with db.pool.transaction() as conn:
+                assert channel.flush_in(conn) == 0
+        finally:
+            release.set()
+            holder.join()
+        assert len(channel) == 1
+        assert channel.flush() is True
+        with db.pool.read() as conn:
+            assert conn.execute("SELECT hits FROM tally WHERE key = 'b'").fetchone()[0] == 1

@@ -34,9 +34,11 @@ The policy, the same for every channel:
 
 A store registers a channel once its database is open::
 
-    self._hits = self.db.deferred.channel("stats.hits", _write_hit_rows, logger=logger, what="cache-hit statistics rows")
+    self._hits = self.db.deferred.channel("stats.hits", _write_hit_rows, what="cache-hit statistics rows")
     self._hits.add(row)                      # the hot path: no write
     self._hits.flush()                       # before a read that must see them
+    with self.pool.transaction() as conn:    # inside a write of the store's own:
+        self._hits.flush_in(conn)            # the waiting items in the same transaction
 
 ``flush(conn, items)`` runs inside one write transaction with the items in
 the order they were added; it must not hold the database (use a module-level
@@ -216,14 +218,18 @@ class Channel:
         if excess > 0:
             self.logger.warning("dropped the %d oldest %s", excess, self.what)
 
-    def flush(self, wait: float | None = None, lock_timeout: float = -1) -> bool:
+    def flush(self, wait: float | None = None, lock_timeout: float | None = None) -> bool:
         """Write the waiting items in one transaction; False if another flush held them.
 
         ``wait``: longest wait for another connection's write lock (None:
         the busy timeout). ``lock_timeout``: how long to wait for a flush
-        already running (the background thread's), -1 as long as it takes,
-        0 not at all. A failed write keeps the items and raises.
+        already running (the background thread's): None the busy timeout,
+        -1 as long as it takes, 0 not at all. A failed write keeps the items
+        and raises. Not from inside a write transaction: use
+        :meth:`flush_in` there.
         """
+        if lock_timeout is None:
+            lock_timeout = self.pool.busy_timeout
         if not self.flush_lock.acquire(timeout=lock_timeout):
             return False
         try:
@@ -267,6 +273,20 @@ class Channel:
         """Write ``items`` (from :meth:`taking`) with this channel's flush function on ``conn``."""
         if items:
             self._write(conn, items)
+
+    def flush_in(self, conn: sqlite3.Connection) -> int:
+        """Inside the caller's write transaction on ``conn``: write the waiting items there; how many.
+
+        Never waits: items a running flush (the background thread's) holds
+        are left to it. Use this, not :meth:`flush`, from inside a
+        transaction (e.g. an eviction that must see every hit in its LRU
+        order): :meth:`flush` would wait for the thread, which waits for the
+        caller's write lock. If the caller's transaction rolls back, the
+        items written in it are lost (bookkeeping, not data).
+        """
+        with self.taking() as items:
+            self.write_in(conn, items)
+        return len(items)
 
     def close(self) -> None:
         """Write what is waiting (waiting the busy timeout) and take no more; never raises."""
