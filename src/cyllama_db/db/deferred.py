@@ -248,26 +248,16 @@ class Channel:
         finally:
             self.flush_lock.release()
 
-    @contextlib.contextmanager
-    def taking(self) -> Iterator[list[Any]]:
-        """The waiting items, to write in the caller's own transaction (``[]`` if a flush has them).
+    def taking(self) -> _Taking:
+        """``with channel.taking() as items:`` the waiting items, to write in the caller's own
+        transaction (``[]`` if a flush has them).
 
         Inside the block the items are the caller's: write them with
         :meth:`write_in` in the transaction that holds the caller's own
-        write. If the block raises, they go back to the channel.
+        write. If the block raises, they go back to the channel. (A class,
+        not a generator: it is on the path of every real generation.)
         """
-        if not self.flush_lock.acquire(blocking=False):
-            yield []  # a flush (the thread's) holds them and writes them
-            return
-        items: list[Any] = []
-        try:
-            items = self.take()
-            yield items
-        except BaseException:
-            self.put_back(items)
-            raise
-        finally:
-            self.flush_lock.release()
+        return _Taking(self)
 
     def write_in(self, conn: sqlite3.Connection, items: list[Any]) -> None:
         """Write ``items`` (from :meth:`taking`) with this channel's flush function on ``conn``."""
@@ -329,6 +319,34 @@ class Channel:
             # (or the close()/exit flush, which waits the full busy timeout).
             self.logger.debug("%s not written yet (%s); retrying later", self.what, exc)
             return False
+
+
+class _Taking:
+    """The context manager of :meth:`Channel.taking`."""
+
+    __slots__ = ("channel", "items", "locked")
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.items: list[Any] = []
+        self.locked = False
+
+    def __enter__(self) -> list[Any]:
+        channel = self.channel
+        # Not waiting: a flush (the thread's) that holds the items writes them.
+        self.locked = channel.flush_lock.acquire(blocking=False)
+        if self.locked and channel.items:
+            self.items = channel.take()
+        return self.items
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if not self.locked:
+            return
+        try:
+            if exc_type is not None:
+                self.channel.put_back(self.items)
+        finally:
+            self.channel.flush_lock.release()
 
 
 def _weak_callable(fn: Callable[[], None]) -> Callable[[], Callable[[], None] | None]:

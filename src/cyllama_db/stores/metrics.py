@@ -685,6 +685,9 @@ def _running_models(db: CyllamaDB) -> list[str | None]:
     running_paths = getattr(getattr(db, "models", None), "running_paths", None)
     if callable(running_paths):  # the registry store (db.models)
         return list(running_paths())
+    # The registry's flat API (a listing with usage figures: skipped when nothing is registered).
+    if not db.registered_model_files():
+        return []
     return [record.get("model_path") for record in db.get_models(status="running")]
 
 

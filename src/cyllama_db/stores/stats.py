@@ -465,6 +465,9 @@ def process_session_id() -> str:
 # waiting hits.
 
 
+_NO_HITS: contextlib.nullcontext[list[Any]] = contextlib.nullcontext([])
+
+
 def _write_hit_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     """The ``stats.hits`` channel's flush: insert the buffered rows (inside its transaction)."""
     conn.executemany(_INSERT_SQL, rows)
@@ -1113,17 +1116,15 @@ class StatsStore(Store):
         # A real generation: write it now, with any hits waiting (unless a
         # flush already has them; the writer will get them then).
         note = self._process_noted != os.getpid()
-        with contextlib.ExitStack() as stack:
-            pending = stack.enter_context(hits.taking()) if hits is not None else []
-            with self.pool.transaction() as conn:
-                if hits is not None:
-                    hits.write_in(conn, pending)
-                cursor = conn.execute(_INSERT_SQL, row)
-                if note:
-                    # Which process generates: the metrics sampler (maybe in
-                    # another process) reports its RSS and CPU. Joins this
-                    # transaction (a nested transaction joins the outer one).
-                    self.db.metadata.set(_INFERENCE_PROCESS_KEY, f"{os.getpid()} {row[-1]!r}")
+        with hits.taking() if hits is not None else _NO_HITS as pending, self.pool.transaction() as conn:
+            if pending and hits is not None:
+                hits.write_in(conn, pending)
+            cursor = conn.execute(_INSERT_SQL, row)
+            if note:
+                # Which process generates: the metrics sampler (maybe in
+                # another process) reports its RSS and CPU. Joins this
+                # transaction (a nested transaction joins the outer one).
+                self.db.metadata.set(_INFERENCE_PROCESS_KEY, f"{os.getpid()} {row[-1]!r}")
         if note:
             self._process_noted = os.getpid()
         row_id = cursor.lastrowid
