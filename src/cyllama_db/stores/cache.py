@@ -316,6 +316,12 @@ def _add_cache_namespace(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration(8, "observability: stats totals, rollup latency histogram, cache evictions, process metrics")
+def _add_cache_evictions(conn: sqlite3.Connection) -> None:
+    # Evictions, counted where the cache evicts (a counter, never decremented).
+    conn.execute("ALTER TABLE cache_totals ADD COLUMN evictions INTEGER NOT NULL DEFAULT 0")
+
+
 @migration(9, "full-text search")
 def _create_cache_index(conn: sqlite3.Connection) -> None:
     # The cache's part of version 9 (the logs' index is search.py's part).
@@ -637,6 +643,7 @@ class CacheStore(Store):
 
     name = "cache"
     tables = ("cache", "cache_totals")
+    export_policy = EXPORT_POLICY
 
     def __init__(self, db: CyllamaDB) -> None:
         super().__init__(db)
