@@ -13,7 +13,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from ..errors import (
     DatabaseClosedError,
@@ -30,12 +30,15 @@ from ..stores.metrics import MetricsMixin
 from ..stores.registry import ModelRecord, ModelRef, ModelRegistry
 from ..stores.stats import StatsMixin
 from . import migrations as _migrations
+from . import pg_mirror as _pg_mirror  # noqa: F401  (PostgreSQL parts of versions 3, 4, 6)
 from .settings import DEFAULT, Settings
 from .sqlite import SQLiteBackend
 from .store import DB_STATS_PROVIDERS, Store, StoreBase, db_op, delegate
 
 if TYPE_CHECKING:
     from ..aio import AsyncCyllamaDB
+    from .backend import Backend
+    from .pool import ConnectionPool
     from ..types import GenerationConfig, Response
 
 __all__ = ["CyllamaDB", "configure_db", "get_db", "reset_db"]
@@ -92,6 +95,15 @@ class CyllamaDB(
             database (:attr:`fallback_reason` says why); ``"raise"`` raises
             :class:`~cyllama_db.errors.DatabaseFileError`. Default:
             ``$CYLLAMA_DB_FALLBACK`` or ``"memory"``.
+        url: a database URL instead of ``path`` (give one of them):
+            ``postgresql://user:password@host:5432/database`` keeps every
+            store on a PostgreSQL server that several machines share;
+            ``sqlite:///path.db`` is the same as ``path="path.db"``.
+            ``None``: ``$CYLLAMA_DB_URL``, else as ``path`` says. The
+            password never appears in :attr:`path`, ``repr()``, errors or
+            logs (``****``). A server that cannot be reached raises a
+            :class:`~cyllama_db.DatabaseError` naming its host and port;
+            there is no fallback to memory. Needs ``cyllama-db[postgres]``.
         auto_vacuum: keep the file from staying large after deletes. A new
             file is made with SQLite's incremental auto-vacuum, and when
             cleanup, eviction, invalidation or pruning leaves more than an
@@ -130,9 +142,11 @@ class CyllamaDB(
         readonly: bool = False,
         fallback: str | None = None,
         auto_vacuum: bool | None = None,
+        url: str | None = None,
     ) -> None:
         self.settings = Settings.resolve(
             path=path,
+            url=url,
             enabled=enabled,
             cache_ttl=cache_ttl,
             max_cache_size_mb=max_cache_size_mb,
@@ -162,8 +176,17 @@ class CyllamaDB(
         self._close_lock = threading.Lock()
         if not self.enabled:
             return
-        self.backend = SQLiteBackend.open(self.settings)
-        self._pool = self.backend.pool
+        if self.settings.engine == "postgresql":
+            from .postgres import PostgresBackend  # psycopg only when a server URL is used
+
+            backend = PostgresBackend.open(self.settings)
+            self.backend: Backend = backend
+            # The backend is its own pool: read/transaction/no_wait/closed/readonly.
+            self._pool = cast("ConnectionPool", backend)
+        else:
+            sqlite = SQLiteBackend.open(self.settings)
+            self.backend = sqlite
+            self._pool = sqlite.pool
         self.fallback_reason = self.backend.fallback_reason
         self._run_hooks("_store_init")
         if not self.settings.readonly:
@@ -479,6 +502,7 @@ class CyllamaDB(
         engine = self.backend.storage_stats()
         stats: dict[str, Any] = {
             "path": self.path,
+            "engine": self.backend.name,
             "file_size_mb": engine.pop("file_size_mb"),
             "schema_version": self.schema_version(),
             **engine,
