@@ -37,9 +37,9 @@ from .store import DB_STATS_PROVIDERS, Store, StoreBase, db_op, delegate
 
 if TYPE_CHECKING:
     from ..aio import AsyncCyllamaDB
+    from ..types import GenerationConfig, Response
     from .backend import Backend
     from .pool import ConnectionPool
-    from ..types import GenerationConfig, Response
 
 __all__ = ["CyllamaDB", "configure_db", "get_db", "reset_db"]
 
