@@ -254,6 +254,7 @@ def _closed_port() -> int:
 
 
 def test_unreachable_server_names_host_and_port_never_the_password() -> None:
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install '.[postgres]')")
     port = _closed_port()
     with pytest.raises(CyllamaDBError) as info:
         CyllamaDB(url=f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/nope?connect_timeout=2")
@@ -301,3 +302,31 @@ def test_url_precedence_and_sqlite_urls(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(ConfigurationError, match="CYLLAMA_DB_PATH"):
         Settings.resolve(environ={**env, "CYLLAMA_DB_PATH": str(file)})
     assert Settings.resolve(path=pg).engine == "postgresql"  # --db passes URLs as the path
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def test_cli_accepts_a_postgresql_url(pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from cyllama_db.cli import main
+
+    url = _with_password(pg_url)
+    with CyllamaDB(url=url) as db:
+        db.config.set("k", 1)
+    assert main(["--db", url, "info"]) == 0
+    out = capsys.readouterr().out
+    assert PASSWORD not in out and ":****@" in out and "config entries" in out
+    assert main(["info", "--db", url, "--json"]) == 0
+    out = capsys.readouterr().out
+    assert PASSWORD not in out and '"config_entries": 1' in out
+
+
+def test_cli_unreachable_server_is_one_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from cyllama_db.cli import main
+
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install '.[postgres]')")
+    port = _closed_port()
+    assert main(["--db", f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/x?connect_timeout=2", "info"]) == 1
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert f"127.0.0.1:{port}" in text and PASSWORD not in text
