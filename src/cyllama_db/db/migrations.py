@@ -212,20 +212,20 @@ def _has_version_table(conn: Any) -> bool:
     return row is not None
 
 
-def applied_versions(conn: sqlite3.Connection) -> list[int]:
+def applied_versions(conn: Any) -> list[int]:
     """The versions recorded in ``schema_version`` (empty for a fresh file)."""
     if not _has_version_table(conn):
         return []
     return [row[0] for row in conn.execute("SELECT version FROM schema_version ORDER BY version")]
 
 
-def schema_version(conn: sqlite3.Connection) -> int:
+def schema_version(conn: Any) -> int:
     """The highest applied version (0 for a fresh file)."""
     versions = applied_versions(conn)
     return versions[-1] if versions else 0
 
 
-def pending_versions(conn: sqlite3.Connection) -> list[int]:
+def pending_versions(conn: Any) -> list[int]:
     """Registered migrations not yet applied to this database."""
     applied = set(applied_versions(conn))
     return [m.version for m in registered_migrations() if m.version not in applied]
@@ -307,7 +307,7 @@ def _stamp(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
 
-def check_not_newer(conn: sqlite3.Connection, path: str) -> None:
+def check_not_newer(conn: Any, path: str) -> None:
     """Raise :class:`SchemaVersionError` if the file comes from a newer cyllama-db."""
     found = schema_version(conn)
     if found > latest_version():
