@@ -108,7 +108,7 @@ def measure_record(folder: str, n: int) -> dict[str, list[float]]:
         # Interleaved (same i, same moment): load from other processes hits all alike.
         base, bare_t, rec = interleaved([raw, bare, record], n)
         sel, hits = interleaved([select, hit], n)
-        db._stats_flush_hits()
+        db.stats.flush()
         other = sqlite3.connect(os.path.join(folder, "record.db"), isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another process holding the write lock
         try:

@@ -13,7 +13,8 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from cyllama_db import (
     generate_cache_key,
     model_identity,
 )
+from cyllama_db.db import deferred as deferred_module
 from cyllama_db.stores import cache as cache_module
 from cyllama_db.stores import keys as _cacheutil
 
@@ -934,36 +936,49 @@ def test_hit_counts_survive_close(tmp_path: Path, model: Path) -> None:
         assert db.get_cache_stats()["hits"] == 3
 
 
-def test_hit_buffer_flushes_when_it_grows(file_db: CyllamaDB, model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache_module, "_FLUSH_ENTRIES", 5)
-    for i in range(5):
-        file_db.cache_response(f"p{i}", model, CONFIG, _response())
-    with _other_connection(file_db) as conn:
-        for i in range(4):
-            file_db.get_cached_response(f"p{i}", model, CONFIG)
-        assert conn.execute("SELECT SUM(hit_count) FROM cache").fetchone()[0] == 0
-        file_db.get_cached_response("p4", model, CONFIG)
-        assert conn.execute("SELECT SUM(hit_count) FROM cache").fetchone()[0] == 5
+def _wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
 
 
-def test_hit_buffer_flushes_after_an_interval(
+def test_hit_counts_go_through_the_databases_one_write_behind(
     file_db: CyllamaDB, model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A hit buffers (key, time) on db.deferred's "cache.hits" channel; its thread writes a full batch."""
+    monkeypatch.setattr(deferred_module, "FLUSH_ITEMS", 5)
+    monkeypatch.setattr(deferred_module, "FLUSH_SECONDS", 3600.0)  # only the batch size triggers here
+    for i in range(3):
+        file_db.cache_response(f"p{i}", model, CONFIG, _response())
+    channel = file_db.deferred.channels["cache.hits"]
+    with _other_connection(file_db) as conn:
+        for i in (0, 1, 1, 2):
+            file_db.get_cached_response(f"p{i}", model, CONFIG)
+        assert len(channel) == 4  # waiting, not written by the caller
+        assert conn.execute("SELECT SUM(hit_count) FROM cache").fetchone()[0] == 0
+        file_db.get_cached_response("p1", model, CONFIG)  # the fifth: a full batch wakes the thread
+        assert _wait_for(lambda: conn.execute("SELECT SUM(hit_count) FROM cache").fetchone()[0] == 5)
+        counts = dict(conn.execute("SELECT prompt, hit_count FROM cache").fetchall())
+    assert counts == {"p0": 1, "p1": 3, "p2": 1}  # counted per key in one batch
+
+
+def test_hit_counts_are_written_after_an_interval(
+    file_db: CyllamaDB, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deferred_module, "FLUSH_SECONDS", 0.2)
     file_db.cache_response("p", model, CONFIG, _response())
-    ticks = [100.0]
-    monkeypatch.setattr(cache_module.time, "monotonic", lambda: ticks[0])
     with _other_connection(file_db) as conn:
         file_db.get_cached_response("p", model, CONFIG)
-        assert conn.execute("SELECT hit_count FROM cache").fetchone()[0] == 0
-        ticks[0] += cache_module._FLUSH_SECONDS
         file_db.get_cached_response("p", model, CONFIG)
-        assert conn.execute("SELECT hit_count FROM cache").fetchone()[0] == 2
+        assert _wait_for(lambda: conn.execute("SELECT hit_count FROM cache").fetchone()[0] == 2)
 
 
-def test_a_failing_flush_keeps_the_hit_working(
-    file_db: CyllamaDB, model: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_a_failing_write_keeps_the_hit_counts_and_the_hit_working(
+    file_db: CyllamaDB, model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cache_module, "_FLUSH_ENTRIES", 1)
     file_db.cache_response("p", model, CONFIG, _response())
 
     def broken() -> None:
@@ -971,9 +986,10 @@ def test_a_failing_flush_keeps_the_hit_working(
 
     monkeypatch.setattr(file_db.pool, "transaction", broken)
     assert file_db.get_cached_response("p", model, CONFIG) is not None
-    assert "could not write cache hit counts" in caplog.text
+    with pytest.raises(sqlite3.OperationalError):
+        file_db.cache.flush()
+    assert len(file_db.deferred.channels["cache.hits"]) == 1  # kept for the next write
     monkeypatch.undo()
-    file_db.get_db_stats()
     assert file_db.get_cache_stats()["hits"] == 1  # kept and written on the next flush
 
 
@@ -1219,14 +1235,6 @@ def test_flush_writes_the_buffered_hits_and_indexes_new_entries(
         file_db.cache.flush()
         assert conn.execute("SELECT SUM(hit_count) FROM cache").fetchone()[0] == 1
         assert conn.execute("SELECT COUNT(*) FROM cache_fts_docsize").fetchone()[0] == 2
-    # flush_due: whether the next hit writes the buffer (the async API runs that one in a thread).
-    assert not file_db.cache.flush_due()
-    file_db.get_cached_response("p", model, CONFIG)
-    assert not file_db.cache.flush_due()
-    monkeypatch.setattr(cache_module, "_FLUSH_ENTRIES", 2)
-    assert file_db.cache.flush_due()
-    file_db.cache.flush()
-    assert not file_db.cache.flush_due()
 
 
 def test_totals_are_the_gauges_for_monitoring(tmp_path: Path) -> None:

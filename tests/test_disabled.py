@@ -62,6 +62,7 @@ CALLS: dict[str, tuple[tuple[Any, ...], dict[str, Any], tuple[Any, ...]]] = {
     "start_metrics_sampler": ((), {}, ("sampler",)),
     "update_model": (("m",), {"ctx_size": 512}, (None,)),
     "vacuum": ((), {}, (None,)),
+    "flush": ((), {}, (None,)),
 }
 # Conversions of a stored model need the registry; with no database they say so.
 NEEDS_A_RECORD = {"to_llama_kwargs", "to_sampling_kwargs", "to_server_args"}

@@ -544,3 +544,50 @@ def test_time_and_paging_errors_name_the_argument(debug_db: CyllamaDB) -> None:
     assert debug_db.prune_logs(keep_last=10**30) == 0
     with pytest.raises(ValueError, match="keep_last"):
         debug_db.prune_logs(keep_last=-1)
+
+
+# -- the store object ----------------------------------------------------------------------------
+
+
+def test_the_store_object(debug_db: CyllamaDB) -> None:
+    from cyllama_db.stores.logs import LogStore
+
+    logs = debug_db.logs
+    assert isinstance(logs, LogStore) and logs in debug_db.stores and logs.name == "logs"
+    assert logs.level == debug_db.log_level == "DEBUG"
+    at(debug_db, T0)
+    first = logs.log("info", "started", category="app", context={"model_path": "m.gguf", "n": 1})
+    second = debug_db.log("ERROR", "failed", category="app.sub", error=ValueError("bad"))
+    assert isinstance(first, int) and isinstance(second, int) and second > first
+    rows = logs.query(category="app")
+    assert rows == debug_db.get_logs(category="app")
+    assert [r["message"] for r in rows] == ["failed", "started"]
+    assert rows[1]["model_path"] == "m.gguf" and rows[1]["context"] == {"n": 1}
+    assert rows[0]["error_type"] == "ValueError"
+    assert [r["message"] for r in logs.query(level="ERROR")] == ["failed"]
+    assert logs.prune(keep_last=1) == 1
+    assert [r["message"] for r in debug_db.get_logs()] == ["failed"]
+    assert debug_db.get_db_stats()["log_entries"] == 1
+
+
+def test_write_is_what_handlers_use(memory_db: CyllamaDB) -> None:
+    # write() stores the row as given: no threshold (the handler applies it), the record's own time.
+    row_id = memory_db.logs.write("DEBUG", "as given", category="x", created_at=T0)
+    assert isinstance(row_id, int)
+    (row,) = memory_db.logs.query()
+    assert row["level"] == "DEBUG" and row["created_at"] == datetime.fromtimestamp(T0, timezone.utc)
+    logger = logging.Logger("writeapp", logging.DEBUG)
+    logger.addHandler(CyllamaDBHandler(memory_db))
+    logger.warning("through the handler")
+    assert memory_db.logs.query(level="WARNING")[0]["message"] == "through the handler"
+    with pytest.raises(TypeError, match="CyllamaDB"):
+        CyllamaDBHandler(object())
+
+
+def test_log_to_db_logs_the_migrations_it_applied(tmp_path: Path) -> None:
+    with CyllamaDB(tmp_path / "new.db", log_to_db=True) as db:
+        messages = [r["message"] for r in db.logs.query(category="cyllama_db.migrations", limit=1000)]
+    assert messages and all(m.startswith("applied migration ") for m in messages)
+    assert any(m.startswith("applied migration 1 (config and metadata tables)") for m in messages)
+    with CyllamaDB(tmp_path / "new.db", log_to_db=True) as again:  # nothing new to apply
+        assert len(again.logs.query(category="cyllama_db.migrations", limit=1000)) == len(messages)

@@ -899,3 +899,71 @@ def test_another_process_that_generates_is_found(db_path: Path, monkeypatch: pyt
         child.communicate("", timeout=30)
     with CyllamaDB(db_path) as db:  # the generating process is gone: nothing to report
         assert sample_metrics(db)["process_pid"] is None
+
+
+# -- the store object ----------------------------------------------------------------------------
+
+
+def test_the_store_object(memory_db: CyllamaDB) -> None:
+    from cyllama_db.stores.metrics import MetricsStore
+
+    metrics = memory_db.metrics
+    assert isinstance(metrics, MetricsStore) and metrics in memory_db.stores and metrics.name == "metrics"
+    memory_db.clock = lambda: T  # type: ignore[method-assign]
+    row_id = metrics.record({"cpu_usage": 12.5, "timestamp": T_MS - MINUTE_MS})
+    assert isinstance(row_id, int)
+    assert memory_db.save_metrics({"cpu_usage": 50.0}) == row_id + 1
+    history = metrics.history(5)
+    assert history == memory_db.get_metrics_history(5)
+    assert [r["cpu_usage"] for r in history] == [12.5, 50.0]
+    assert [r["cpu_usage"] for r in metrics.history(since=T - 30)] == [50.0]
+    assert memory_db.get_db_stats()["metrics_samples"] == 2
+
+
+def test_a_sampler_registers_with_the_store_and_close_stops_it(tmp_path: Path) -> None:
+    pytest.importorskip("psutil")
+    db = CyllamaDB(tmp_path / "s.db")
+    sampler = db.metrics.start_sampler(interval=0.1, nvml=FakeNVML([]))
+    try:
+        assert sampler.running and sampler in db.metrics._samplers
+        # The sampling process is the "server": uptime counts from its start.
+        assert db.metadata.get("server_start_time") is not None
+        assert sampler.wait_for_samples(1, timeout=30)
+        sample = db.metrics.history(1)[-1]
+        assert sample["uptime"] is not None and sample["requests_per_minute"] == 0.0
+    finally:
+        db.close()
+    assert not sampler.running and sampler not in db.metrics._samplers
+    other = MetricsSampler(CyllamaDB(":memory:"), 1.0)
+    other.db.metrics.register_sampler(other, True)
+    assert other in other.db.metrics._samplers
+    other.db.metrics.register_sampler(other, False)
+    assert other not in other.db.metrics._samplers
+    other.db.close()
+
+
+def test_sample_metrics_reads_the_other_stores_through_their_methods(memory_db: CyllamaDB) -> None:
+    pytest.importorskip("psutil")
+    memory_db.clock = lambda: T  # type: ignore[method-assign]
+    memory_db.metadata.set("server_start_time", str(T_MS - 90_000))
+    for k in range(3):  # two in the last minute
+        memory_db.clock = lambda k=k: T - 90 + 40 * k  # type: ignore[misc]
+        memory_db.record_generation("m.gguf", {"stats": None}, None)
+    memory_db.clock = lambda: T  # type: ignore[method-assign]
+    sample = sample_metrics(memory_db, nvml=FakeNVML([]))
+    assert sample["uptime"] == 90
+    assert sample["requests_per_minute"] == 2.0
+    with pytest.raises(TypeError, match="CyllamaDB"):
+        sample_metrics(object())  # type: ignore[arg-type]
+
+
+def test_latest_is_the_newest_sample(memory_db: CyllamaDB) -> None:
+    assert memory_db.metrics.latest() is None
+    memory_db.clock = lambda: T  # type: ignore[method-assign]
+    memory_db.save_metrics({"cpu_usage": 1.0, "timestamp": T_MS - 2 * MINUTE_MS})
+    newest = memory_db.save_metrics({"cpu_usage": 2.0, "gpus": [{"index": 0, "gpu_usage": 5.0}]})
+    memory_db.save_metrics({"cpu_usage": 3.0, "timestamp": T_MS - MINUTE_MS})
+    latest = memory_db.metrics.latest()
+    assert latest is not None and latest["id"] == newest and latest["cpu_usage"] == 2.0
+    assert latest["timestamp_ms"] == T_MS and latest["gpus"] == [{"index": 0, "gpu_usage": 5.0}]
+    assert latest == memory_db.get_metrics_history(5)[-1]

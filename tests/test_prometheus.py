@@ -183,3 +183,23 @@ def test_scrape_a_running_dashboard_after_real_generations(tiny_model_path: Path
     assert _value(families, "cyllama_tokens_total", cache="miss", kind="generated") + _value(
         families, "cyllama_tokens_total", cache="hit", kind="generated") == generated
     assert _value(families, "cyllama_cache_entries") == 2
+
+
+def test_a_missing_table_leaves_its_metrics_out(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "edited.db"
+    with CyllamaDB(path) as db:
+        db.record_generation("m.gguf", {"stats": None}, None)
+        db.save_metrics({"cpu_usage": 10.0})
+        assert "cyllama_generations_total" in prometheus_text(db)
+        assert "cyllama_cpu_usage_ratio" in prometheus_text(db)
+    with sqlite3.connect(path) as conn:  # edited by hand
+        conn.execute("DROP TRIGGER stats_totals_insert")
+        conn.execute("DROP TABLE stats_totals")
+        conn.execute("DROP VIEW IF EXISTS metrics")
+        conn.execute("DROP TABLE metrics_history")
+    with CyllamaDB(path) as db:
+        text = prometheus_text(db)
+    assert "cyllama_generations_total{" not in text and "cyllama_cpu_usage_ratio" not in text
+    assert "cyllama_cache_entries 0" in text

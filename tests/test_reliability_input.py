@@ -222,7 +222,7 @@ WRONG: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], type[Exception], st
 ANY_VALUE = {("get_config", "default"), ("start_metrics_sampler", "nvml")}
 # No arguments, so no wrong ones.
 NO_ARGUMENTS = {
-    "cleanup_cache", "close", "delete_all_models", "get_all_config", "get_all_metadata",
+    "cleanup_cache", "close", "flush", "delete_all_models", "get_all_config", "get_all_metadata",
     "get_cache_stats", "get_database_size", "get_db_stats", "mark_server_start",
     "migration_status", "schema_version", "vacuum", "recorded_models", "cached_models",
     "registered_model_files",

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import cyllama_db.db.deferred as deferred_module
 import cyllama_db.stores.stats as stats_module
 from cyllama_db import CyllamaDB, DatabaseClosedError
 from cyllama_db.stores.stats import (
@@ -683,7 +684,7 @@ def test_db_stats_counts_rows(any_db: CyllamaDB) -> None:
 @pytest.fixture
 def slow_flush(monkeypatch: pytest.MonkeyPatch) -> None:
     """The background writer waits an hour: rows are written only when something asks."""
-    monkeypatch.setattr(stats_module, "HIT_FLUSH_SECONDS", 3600.0)
+    monkeypatch.setattr(deferred_module, "FLUSH_SECONDS", 3600.0)
 
 
 def raw_count(path: Path) -> int:
@@ -772,8 +773,8 @@ def test_hits_are_written_at_exit_without_close(db_path: Path, tmp_path: Path) -
     import sys
 
     code = (
-        "import cyllama_db.stores.stats as s\n"
-        "s.HIT_FLUSH_SECONDS = 3600.0\n"
+        "import cyllama_db.db.deferred as s\n"
+        "s.FLUSH_SECONDS = 3600.0\n"
         "from cyllama_db import CyllamaDB\n"
         f"db = CyllamaDB({str(db_path)!r})\n"
         "for _ in range(9):\n"
@@ -798,7 +799,7 @@ def test_hits_of_a_collected_database_are_written(db_path: Path, slow_flush: Non
 def test_background_writer_writes_after_the_interval(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(stats_module, "HIT_FLUSH_SECONDS", 0.05)
+    monkeypatch.setattr(deferred_module, "FLUSH_SECONDS", 0.05)
     with CyllamaDB(db_path) as db:
         for k in range(3):
             record_at(db, T0 + k, hit=True)
@@ -807,20 +808,20 @@ def test_background_writer_writes_after_the_interval(
 
 def test_background_writer_writes_a_full_batch(db_path: Path, slow_flush: None) -> None:
     with CyllamaDB(db_path) as db:
-        for k in range(stats_module.HIT_FLUSH_ROWS):
+        for k in range(deferred_module.FLUSH_ITEMS):
             record_at(db, T0 + k, hit=True)
-        assert wait_for(lambda: raw_count(db_path) == stats_module.HIT_FLUSH_ROWS)
+        assert wait_for(lambda: raw_count(db_path) == deferred_module.FLUSH_ITEMS)
 
 
 def test_a_locked_file_does_not_block_hits(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(stats_module, "HIT_FLUSH_SECONDS", 0.01)  # the writer retries often
+    monkeypatch.setattr(deferred_module, "FLUSH_SECONDS", 0.01)  # the writer retries often
     with CyllamaDB(db_path, busy_timeout=10) as db:
         done = threading.Event()
 
         def hits() -> None:
-            for k in range(stats_module.HIT_FLUSH_ROWS + 50):
+            for k in range(deferred_module.FLUSH_ITEMS + 50):
                 record_at(db, T0 + k, hit=True)
             done.set()
 
@@ -837,14 +838,14 @@ def test_a_locked_file_does_not_block_hits(
             other.close()
             worker.join()
         assert finished
-        assert db.get_stats_summary()["cache_hits"] == stats_module.HIT_FLUSH_ROWS + 50
+        assert db.get_stats_summary()["cache_hits"] == deferred_module.FLUSH_ITEMS + 50
 
 
 def test_a_read_waits_for_the_writers_batch_in_flight(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(stats_module, "HIT_FLUSH_SECONDS", 0.01)
-    monkeypatch.setattr(stats_module, "_BACKGROUND_WAIT_SECONDS", 20.0)
+    monkeypatch.setattr(deferred_module, "FLUSH_SECONDS", 0.01)
+    monkeypatch.setattr(deferred_module, "BACKGROUND_WAIT_SECONDS", 20.0)
     with CyllamaDB(db_path, busy_timeout=30) as db:
         other = sqlite3.connect(db_path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
@@ -852,7 +853,7 @@ def test_a_read_waits_for_the_writers_batch_in_flight(
             for k in range(5):
                 record_at(db, T0 + k, hit=True)
             # The writer has taken the rows and waits for the lock with them.
-            assert wait_for(lambda: len(db._stats_hits) == 0)  # type: ignore[arg-type]
+            assert wait_for(lambda: len(db.deferred) == 0)
         finally:
             other.execute("ROLLBACK")
             other.close()
@@ -862,8 +863,8 @@ def test_a_read_waits_for_the_writers_batch_in_flight(
 def test_buffer_is_bounded(
     db_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(stats_module, "HIT_FLUSH_SECONDS", 3600.0)
-    monkeypatch.setattr(stats_module, "HIT_BUFFER_MAX", 20)
+    monkeypatch.setattr(deferred_module, "FLUSH_SECONDS", 3600.0)
+    monkeypatch.setattr(deferred_module, "BUFFER_MAX", 20)
     with CyllamaDB(db_path) as db:
         with caplog.at_level(logging.WARNING, logger="cyllama_db.stats"):
             for k in range(50):
@@ -1093,3 +1094,67 @@ def test_unreadable_outputs_are_errors_never_null_rows(
     # total_tokens may be left out: it is the sum
     memory_db.record_generation("m.gguf", {**good, "usage": {"prompt_tokens": 2, "completion_tokens": 3}})
     assert memory_db.get_generation_history()[0]["total_tokens"] == 5
+
+
+# -- the store object ----------------------------------------------------------------------------
+
+
+def test_the_store_object(any_db: CyllamaDB, slow_flush: None) -> None:
+    from cyllama_db.stores.stats import StatsStore
+
+    stats = any_db.stats
+    assert isinstance(stats, StatsStore) and stats in any_db.stores and stats.name == "stats"
+    any_db.clock = lambda: T0  # type: ignore[method-assign]
+    rid = stats.record("a.gguf", response(), CONFIG)
+    assert isinstance(rid, int)
+    assert stats.record("a.gguf", response(), CONFIG, cache_hit=True) is None
+    assert len(any_db.deferred.channels["stats.hits"]) == 1  # the hit waits in the database's write-behind
+    assert stats.count() == 1  # a count writes nothing: the hit is not there yet
+    stats.flush()
+    assert len(any_db.deferred) == 0
+    assert stats.count() == 2 and stats.count(since=T0 + 1) == 0 and stats.count(since=T0) == 2
+    assert stats.summary() == any_db.get_stats_summary()
+    assert stats.summary()["cache_hits"] == 1
+    assert stats.history() == any_db.get_generation_history()
+    assert stats.models() == any_db.recorded_models() == [(ap("a.gguf"), "a.gguf")]
+    assert stats.usage([ap("a.gguf")]) == any_db.model_usage([ap("a.gguf")]) == (2, T0)
+    assert stats.series(T0 - 60, 60, until=T0 + 60)["overall"][0]["generations"] == 2
+    assert stats.prune(older_than=T0 + 1) == 2
+    assert any_db.get_db_stats()["stats_entries"] == 0
+
+
+def test_the_session_id_and_max_age_are_the_stores(any_db: CyllamaDB) -> None:
+    any_db.session_id = "mine"
+    assert any_db.stats.session_id == "mine"
+    any_db.stats.session_id = None
+    assert any_db.session_id == process_session_id()
+    any_db.stats.max_age = "2d"
+    assert any_db.stats_max_age == timedelta(days=2)
+    # The setting lives in the config store, under its documented key, as a float.
+    assert any_db.config.get("cyllama.stats_max_age_seconds") == 172800.0
+    any_db.stats_max_age = None
+    assert any_db.config.get("cyllama.stats_max_age_seconds") is None
+    assert any_db.stats.max_age is None
+
+
+def test_a_real_generation_notes_its_process_in_metadata(any_db: CyllamaDB) -> None:
+    record_at(any_db, T0)
+    pid, noted = any_db.metadata.get("inference_process").split()  # type: ignore[union-attr]
+    assert int(pid) == os.getpid() and float(noted) == T0
+
+
+
+def test_totals_are_running_totals(any_db: CyllamaDB, slow_flush: None) -> None:
+    record_at(any_db, T0, total_ms=3.0)
+    record_at(any_db, T0 + 1, hit=True, total_ms=0.5)
+    any_db.prune_stats(older_than=T0 + 10)  # never decremented
+    totals = any_db.stats.totals()  # the buffered hit is written first
+    assert [(t["model_path"], t["cache_hit"], t["generations"]) for t in totals] == [
+        (ap("a.gguf"), False, 1), (ap("a.gguf"), True, 1)
+    ]
+    miss = totals[0]
+    assert miss["model_name"] == "a.gguf" and miss["prompt_tokens"] == 10 and miss["generated_tokens"] == 20
+    assert miss["duration_count"] == 1 and miss["duration_sum_ms"] == 3.0
+    assert len(miss["buckets"]) == len(stats_module.LATENCY_BUCKETS)
+    # Cumulative: 3 ms is within every bound from 5 ms on.
+    assert miss["buckets"] == [0 if le < 0.003 else 1 for le in stats_module.LATENCY_BUCKETS]

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from .errors import Cancelled, GenerationTimeoutError, ModelBusyError
 from .llm.locks import _UNSET, _ModelLock, _wait_timeout
 from .llm.model import LLM, _Plan
-from .llm.options import _OWN_DB, CacheArg, DBArg, Messages, _pop_passthrough, _resolve_db
+from .llm.options import CacheArg, DBArg, Messages, _pop_passthrough
 from .llm.shared import _model_target
 from .llm.status import _record
 from .llm.stream import replay_stream
@@ -289,22 +289,12 @@ async def _warm(llm: LLM) -> None:
     _warm_paths.add(path)
 
 
-def _flush_due(db: Any) -> bool:
-    """Whether a lookup on ``db`` may write its buffered hit counts (a write transaction,
-    which can wait for another writer): such a lookup runs in a thread."""
-    cache = getattr(db, "cache", None)
-    return cache is not None and cache.flush_due()
-
-
 async def _plan(llm: LLM, kind: str, payload: Any, stream: bool, request: Mapping[str, Any]) -> _Plan:
-    """:meth:`LLM._prepare` (arguments, key, lookup) on the loop, or in a thread when it may block."""
+    """:meth:`LLM._prepare` (arguments, key, lookup) on the loop: a lookup is one indexed read."""
     await _warm(llm)
-    db = request.get("db", _OWN_DB)
-    database = _resolve_db(llm._db if db is _OWN_DB else db)
-    prepare = functools.partial(llm._prepare, kind, payload, stream, **request)  # type: ignore[arg-type]
-    if database is not None and _flush_due(database):
-        return await asyncio.to_thread(prepare)
-    return prepare()
+    # A lookup never writes (its hit is counted by db.deferred's thread): it
+    # runs on the loop, as fast as the SELECT that finds it.
+    return llm._prepare(kind, payload, stream, **request)  # type: ignore[arg-type]
 
 
 # -- requests ------------------------------------------------------------------------------------

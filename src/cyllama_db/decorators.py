@@ -377,10 +377,7 @@ class AsyncCachedFunction(CachedFunction[R]):
             return await fn(*args, **kwargs)
         args_json = self._args_json(args, kwargs)
         key = function_key(self.function_name, args_json)
-        if aio._flush_due(database):
-            found, value = await asyncio.to_thread(self._lookup, database, key)
-        else:
-            found, value = self._lookup(database, key)
+        found, value = self._lookup(database, key)  # never writes: runs on the loop
         if found:
             return value
         state = aio._state()

@@ -6,13 +6,14 @@ it). Every figure comes from small tables, so a scrape costs about the same
 at a million generations as at ten:
 
 * counters (generations, tokens, generation time, the duration histogram)
-  come from ``stats_totals``, running totals kept by a trigger on the
+  come from ``db.stats.totals()``, running totals kept by a trigger on the
   ``stats`` table and never decremented: pruning old rows
   (``prune_stats``, ``stats_max_age``) does not make them go down, as
   Prometheus's ``rate()`` requires;
-* cache gauges from ``db.cache.totals()`` (entries, size, evictions: ``cache_totals``);
-* host and process gauges from the latest metrics sample (the dashboard's
-  sampler, or ``db.start_metrics_sampler()`` in the inference process).
+* cache gauges from ``db.cache.totals()`` (entries, size, evictions);
+* host and process gauges from the latest metrics sample,
+  ``db.metrics.latest()`` (the dashboard's sampler, or
+  ``db.start_metrics_sampler()`` in the inference process).
 
 Serve it from your own web server::
 
@@ -27,14 +28,13 @@ labels are listed in ``docs/observability.md``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sqlite3
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .stores.stats import _HIST_COLUMNS, LATENCY_BUCKETS
+from .errors import DatabaseFileError
+from .stores.stats import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from .db.facade import CyllamaDB
@@ -44,18 +44,6 @@ __all__ = ["CONTENT_TYPE", "prometheus_text"]
 #: The Content-Type of :func:`prometheus_text`'s output.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-_TOTALS_SQL = (
-    "SELECT model_path, model_name, cache_hit, generations, prompt_tokens, generated_tokens,"
-    " gen_tokens, gen_time_ms, duration_count, duration_sum_ms, "
-    + ", ".join(_HIST_COLUMNS)
-    + " FROM stats_totals ORDER BY model_path, cache_hit"
-)
-_SAMPLE_SQL = (
-    "SELECT timestamp, cpu_usage, memory_usage, disk_usage, gpu_usage, gpu_temperature,"
-    " gpu_memory_used, gpu_memory_total, gpu_power_usage, active_models, requests_per_minute,"
-    " gpus_json, process_rss_bytes, process_cpu_usage, process_pid"
-    " FROM metrics_history ORDER BY timestamp DESC LIMIT 1"
-)
 _MIB = 1024 * 1024
 
 
@@ -113,7 +101,15 @@ def _model_label(path: str, name: str | None) -> str:
     return name or os.path.basename(path.rstrip("/\\")) or path
 
 
-def _write_stats(out: _Writer, rows: list[tuple[Any, ...]]) -> None:
+def _write_stats(out: _Writer, totals: list[dict[str, Any]]) -> None:
+    # The rows of db.stats.totals(), as tuples in its column order (then the buckets).
+    rows = [
+        (t["model_path"], t["model_name"], t["cache_hit"], t["generations"], t["prompt_tokens"],
+         t["generated_tokens"], t["gen_tokens"], t["gen_time_ms"], t["duration_count"], t["duration_sum_ms"],
+         *t["buckets"])
+        for t in totals
+    ]
+
     def model(row: tuple[Any, ...]) -> list[tuple[str, str]]:
         return [("model", _model_label(row[0], row[1])), ("model_path", row[0])]
 
@@ -188,11 +184,15 @@ def _ratio(value: Any) -> float | None:
     return None if value is None else float(value) / 100.0
 
 
-def _write_sample(out: _Writer, row: tuple[Any, ...] | None) -> None:
-    if row is None:
+def _write_sample(out: _Writer, sample: dict[str, Any] | None) -> None:
+    if sample is None:
         return
-    (timestamp, cpu, memory, disk, gpu, temp, mem_used, mem_total, power, models, rpm, gpus_json,
-     rss, proc_cpu, pid) = row
+    timestamp = sample["timestamp_ms"]
+    cpu, memory, disk = sample["cpu_usage"], sample["memory_usage"], sample["disk_usage"]
+    gpu, temp, power = sample["gpu_usage"], sample["gpu_temperature"], sample["gpu_power_usage"]
+    mem_used, mem_total = sample["gpu_memory_used"], sample["gpu_memory_total"]
+    models, rpm = sample["active_models"], sample["requests_per_minute"]
+    rss, proc_cpu, pid = sample["process_rss_bytes"], sample["process_cpu_usage"], sample["process_pid"]
     out.gauge(
         "cyllama_metrics_sample_timestamp_seconds",
         "When the host and process gauges below were sampled (Unix seconds).",
@@ -217,10 +217,7 @@ def _write_sample(out: _Writer, row: tuple[Any, ...] | None) -> None:
             _ratio(proc_cpu),
             labels,
         )
-    try:
-        gpus = json.loads(gpus_json) if gpus_json else []
-    except ValueError:
-        gpus = []
+    gpus = sample["gpus"]
     if not isinstance(gpus, list) or not all(isinstance(g, dict) for g in gpus):
         gpus = []
     if not gpus and any(v is not None for v in (gpu, temp, mem_used, mem_total, power)):
@@ -263,18 +260,20 @@ def prometheus_text(db: CyllamaDB | None = None) -> str:
         db = get_db()
     if not db.enabled:
         return ""
-    db._stats_flush_hits()
     out = _Writer()
-    with db.pool.read() as conn:
-        try:
-            totals = conn.execute(_TOTALS_SQL).fetchall()
-        except sqlite3.OperationalError:
-            totals = []
-        try:
-            sample_row = conn.execute(_SAMPLE_SQL).fetchone()
-        except sqlite3.OperationalError:
-            sample_row = None
+    try:
+        totals = db.stats.totals()  # writes the buffered hit rows first
+    except DatabaseFileError:  # the table is missing (a file edited by hand)
+        totals = []
+    try:
+        cache_totals = db.cache.totals()
+    except DatabaseFileError:
+        cache_totals = None
+    try:
+        sample = db.metrics.latest()
+    except DatabaseFileError:
+        sample = None
     _write_stats(out, totals)
-    _write_cache(out, db.cache.totals(), int(db.settings.max_cache_size_mb * _MIB))
-    _write_sample(out, sample_row)
+    _write_cache(out, cache_totals, int(db.settings.max_cache_size_mb * _MIB))
+    _write_sample(out, sample)
     return out.text()

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta, tzinfo
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -24,33 +25,29 @@ from ..stores.cache import CacheStore
 from ..stores.config import ConfigStore
 from ..stores.export import Exporter, ProgressCallback
 from ..stores.importer import DEFAULT_IMPORT_TIMEOUT, Importer
-from ..stores.logs import LogsMixin
+from ..stores.logs import LogStore
 from ..stores.metadata import MetadataStore
-from ..stores.metrics import MetricsMixin
+from ..stores.metrics import MetricsSampler, MetricsStore
 from ..stores.registry import ModelRecord, ModelRef, ModelRegistry
-from ..stores.stats import StatsMixin
+from ..stores.stats import StatsStore
 from . import migrations as _migrations
 from . import pg_mirror as _pg_mirror  # noqa: F401  (PostgreSQL parts of versions 3, 4, 6)
+from .deferred import DeferredWrites
+from .pool import ConnectionPool
 from .settings import DEFAULT, Settings
 from .sqlite import SQLiteBackend
-from .store import DB_STATS_PROVIDERS, Store, StoreBase, db_op, delegate
+from .store import Store, db_op, delegate
 
 if TYPE_CHECKING:
     from ..aio import AsyncCyllamaDB
     from ..types import GenerationConfig, Response
     from .backend import Backend
-    from .pool import ConnectionPool
 
 __all__ = ["CyllamaDB", "configure_db", "get_db", "reset_db"]
 
 logger = logging.getLogger("cyllama_db")
 
-class CyllamaDB(
-    MetricsMixin,
-    LogsMixin,
-    StatsMixin,
-    StoreBase,
-):
+class CyllamaDB:
     """One SQLite file holding everything local llama.cpp inference should remember.
 
     Args:
@@ -162,16 +159,24 @@ class CyllamaDB(
         )
         self._pool = None
         self.fallback_reason: str | None = None
+        #: The write-behind channels of the stores (db/deferred.py): one thread, one policy.
+        self.deferred = DeferredWrites(self)
         self.config = ConfigStore(self)
         self.metadata = MetadataStore(self)
         self.models = ModelRegistry(self)
         self.cache = CacheStore(self)
+        self.stats = StatsStore(self)
+        self.logs = LogStore(self)
+        self.metrics = MetricsStore(self)
         #: Every store, in the order they are opened, flushed and closed.
         self.stores: tuple[Store, ...] = (
             self.config,
             self.metadata,
             self.models,
             self.cache,
+            self.stats,
+            self.logs,
+            self.metrics,
         )
         self._close_lock = threading.Lock()
         if not self.enabled:
@@ -188,7 +193,8 @@ class CyllamaDB(
             self.backend = sqlite
             self._pool = sqlite.pool
         self.fallback_reason = self.backend.fallback_reason
-        self._run_hooks("_store_init")
+        for store in self.stores:
+            store.open()
         if not self.settings.readonly:
             self._record_open()
 
@@ -203,22 +209,57 @@ class CyllamaDB(
         except Exception as exc:  # pragma: no cover - a read-only race; not worth failing for
             logger.debug("could not record open in metadata: %s", exc)
 
-    def _run_hooks(self, name: str) -> None:
-        """Call ``name`` on every store mixin that defines it (init and close hooks)."""
-        for cls in reversed(type(self).__mro__):
-            hook = cls.__dict__.get(name)
-            if hook is not None:
-                hook(self)
+    # -- what every store reads ---------------------------------------------------------
+
+    #: Seconds since the epoch; tests replace it to move time (TTL, retention).
+    clock: Callable[[], float] = staticmethod(time.time)
+
+    @property
+    def enabled(self) -> bool:
+        """False when the database was disabled: every call is then a no-op."""
+        return self.settings.enabled
+
+    @property
+    def pool(self) -> ConnectionPool:
+        """The connection pool (raises :class:`~cyllama_db.DatabaseClosedError` once closed)."""
+        if self._pool is None or self._pool.closed:
+            raise DatabaseClosedError(self.path)
+        return self._pool
+
+    def flush(self) -> None:
+        """Write every store's buffered bookkeeping now (cache hit counts, hit statistics
+        rows, search indexes); waits for the write lock up to the busy timeout.
+
+        Reads that must see those rows (``get_cache_stats()``,
+        ``get_stats_summary()``...) already write them first; call this
+        before reading the file with another tool.
+        """
+        if not self.enabled:
+            return
+        pool = self.pool
+        if pool.readonly:
+            return
         for store in self.stores:
-            if name == "_store_init":
-                store.open()
-            elif name == "_store_flush":
-                store.flush()
-            elif name == "_store_close":
-                try:
-                    store.close()
-                except Exception as exc:  # closing must not fail over one store's bookkeeping
-                    logger.warning("closing the %s store: %s", store.name, exc)
+            store.flush()
+
+    def _flush_for_read(self, *flushers: Callable[[], Any]) -> None:
+        """Write buffered bookkeeping before a read, if that needs no wait; never raises.
+
+        Runs ``flushers`` (default: every store's ``flush``) with this
+        thread's connection set not to wait for another connection's write
+        lock. Locked, full, read-only: the buffered rows stay buffered for a
+        later write, and the read goes on without them (a read never waits
+        on, or fails for, a write).
+        """
+        pool = self._pool
+        if pool is None or pool.closed or pool.readonly:
+            return
+        for flush in flushers or tuple(store.flush for store in self.stores):
+            try:
+                with pool.no_wait():
+                    flush()
+            except Exception as exc:
+                logger.debug("buffered bookkeeping not written before a read (%s); it stays buffered", exc)
 
     # -- config (the flat API of db.config) -----------------------------------------------
 
@@ -406,6 +447,166 @@ class CyllamaDB(
         return self.cache.search(
             query, limit, model_path=model_path, namespace=namespace, include_expired=include_expired
         )
+    # -- stats (the flat API of db.stats) -------------------------------------------------
+
+    @delegate(StatsStore.record)
+    def record_generation(
+        self,
+        model_path: str | os.PathLike[str] | None,
+        response: Any,
+        config: Any = None,
+        cache_hit: bool = False,
+        *,
+        session_id: str | None = None,
+    ) -> int | None:
+        return self.stats.record(model_path, response, config, cache_hit, session_id=session_id)
+
+    @delegate(StatsStore.summary)
+    def get_stats_summary(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        since: datetime | timedelta | float | str | None = None,
+        until: datetime | timedelta | float | str | None = None,
+        *,
+        tz: tzinfo | None = None,
+    ) -> dict[str, Any]:
+        return self.stats.summary(model_path, since, until, tz=tz)
+
+    @delegate(StatsStore.series)
+    def get_stats_series(
+        self,
+        since: datetime | timedelta | float,
+        step: timedelta | float,
+        *,
+        until: datetime | timedelta | float | None = None,
+    ) -> dict[str, Any]:
+        return self.stats.series(since, step, until=until)
+
+    @delegate(StatsStore.history)
+    def get_generation_history(
+        self,
+        limit: int = 100,
+        offset: int = 0,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        session_id: str | None = None,
+        since: datetime | timedelta | float | str | None = None,
+        until: datetime | timedelta | float | str | None = None,
+    ) -> list[dict[str, Any]]:
+        return self.stats.history(limit, offset, model_path, session_id=session_id, since=since, until=until)
+
+    @delegate(StatsStore.prune)
+    def prune_stats(
+        self,
+        older_than: datetime | timedelta | float | str,
+        *,
+        model_path: str | os.PathLike[str] | None = None,
+    ) -> int:
+        return self.stats.prune(older_than, model_path=model_path)
+
+    @delegate(StatsStore.models)
+    def recorded_models(self) -> list[tuple[str, str | None]]:
+        return self.stats.models()
+
+    @delegate(StatsStore.usage)
+    def model_usage(self, model_paths: Iterable[str]) -> tuple[int, float | None]:
+        return self.stats.usage(model_paths)
+
+    @property
+    def session_id(self) -> str:
+        """The session new generations are recorded under (``db.stats.session_id``).
+
+        Defaults to one random id per process (a forked child gets a new
+        one). Assign a string to group generations your own way; assign
+        ``None`` to go back to the process's id.
+        """
+        return self.stats.session_id
+
+    @session_id.setter
+    def session_id(self, value: str | None) -> None:
+        self.stats.session_id = value
+
+    @property
+    def stats_max_age(self) -> timedelta | None:
+        """How long generation rows are kept (``db.stats.max_age``; ``None``: forever, the default).
+
+        Stored in the database's config, so it applies to every process
+        using the file. Set it to a ``timedelta``, a number of seconds or a
+        duration such as ``"90d"``; older rows are pruned at once and then
+        at most once an hour while generations are being recorded.
+        """
+        return self.stats.max_age
+
+    @stats_max_age.setter
+    def stats_max_age(self, value: timedelta | float | str | None) -> None:
+        self.stats.max_age = value
+
+    # -- logs (the flat API of db.logs) ---------------------------------------------------
+
+    @delegate(LogStore.log)
+    def log(
+        self,
+        level: str | int,
+        message: str,
+        category: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        error: BaseException | None = None,
+    ) -> int | None:
+        return self.logs.log(level, message, category, context, error)
+
+    @delegate(LogStore.query)
+    def get_logs(
+        self,
+        level: str | int | None = None,
+        category: str | None = None,
+        since: datetime | timedelta | float | str | None = None,
+        limit: int = 100,
+        *,
+        until: datetime | timedelta | float | str | None = None,
+        offset: int = 0,
+        search: str | None = None,
+    ) -> list[dict[str, Any]]:
+        return self.logs.query(level, category, since, limit, until=until, offset=offset, search=search)
+
+    @delegate(LogStore.prune)
+    def prune_logs(
+        self,
+        older_than: datetime | timedelta | float | str | None = None,
+        keep_last: int | None = None,
+    ) -> int:
+        return self.logs.prune(older_than, keep_last)
+
+    @property
+    def log_level(self) -> str:
+        """The lowest level stored in the logs table (``db.logs.level``, ``settings.log_level``)."""
+        return self.logs.level
+
+    # -- metrics (the flat API of db.metrics) ---------------------------------------------
+
+    @delegate(MetricsStore.record)
+    def save_metrics(self, sample: Mapping[str, Any]) -> int | None:
+        return self.metrics.record(sample)
+
+    @delegate(MetricsStore.history)
+    def get_metrics_history(
+        self,
+        minutes: float | timedelta | str = 10,
+        *,
+        since: datetime | timedelta | float | str | None = None,
+        until: datetime | timedelta | float | str | None = None,
+    ) -> list[dict[str, Any]]:
+        return self.metrics.history(minutes, since=since, until=until)
+
+    @delegate(MetricsStore.start_sampler)
+    def start_metrics_sampler(
+        self,
+        interval: float = 1.0,
+        *,
+        nvml: Any = None,
+        disk_path: str | os.PathLike[str] | None = None,
+        process: int | str | None = None,
+    ) -> MetricsSampler:
+        return self.metrics.start_sampler(interval, nvml=nvml, disk_path=disk_path, process=process)
 
     # -- (sections for the other stores' flat APIs follow) --------------------------------
 
@@ -451,7 +652,12 @@ class CyllamaDB(
             if self._pool is None or self._pool.closed:
                 return
             try:
-                self._run_hooks("_store_close")
+                for store in self.stores:
+                    try:
+                        store.close()
+                    except Exception as exc:  # closing must not fail over one store's bookkeeping
+                        logger.warning("closing the %s store: %s", store.name, exc)
+                self.deferred.close()  # what a store left waiting; never raises
             finally:
                 self._pool.close()
 
@@ -482,7 +688,7 @@ class CyllamaDB(
         if not self.enabled:
             return
         self.pool.check_writable()
-        self._run_hooks("_store_flush")
+        self.flush()
         self.backend.vacuum()
 
     @db_op(empty=int)  # maps sqlite3 errors to the library's (issue 13)
@@ -510,8 +716,6 @@ class CyllamaDB(
         with self.pool.read() as conn:
             for store in self.stores:
                 stats.update(store.counts(conn))
-            for provider in DB_STATS_PROVIDERS:
-                stats.update(provider(conn))
         return stats
 
     @db_op(empty=int)  # maps sqlite3 errors to the library's (issue 13)

@@ -1,11 +1,12 @@
-"""What every store mixin of :class:`~cyllama_db.CyllamaDB` shares.
+"""What every store shares: the :class:`Store` base class, :func:`db_op`, the error mapping.
 
-Each store module (``config.py``, ``cache.py``, ...) defines a mixin class
-deriving from :class:`StoreBase`; ``CyllamaDB`` is the composition of them.
-A store reaches the database only through ``self._pool`` and decorates each
-public method with :func:`db_op`, which turns it into a no-op returning the
-empty answer when the database is disabled, and raises a clear error after
-``close()``.
+Each store module (``stores/config.py``, ``stores/cache.py``, ...) defines
+one :class:`Store` subclass; :class:`~cyllama_db.CyllamaDB` creates one of
+each (``db.config``, ``db.cache``, ...) and keeps them in ``db.stores``. A
+store decorates each public method with :func:`db_op`, which turns it into
+a no-op returning the empty answer when the database is disabled, raises a
+clear error after ``close()``, and maps the engine's errors to the
+library's; :func:`delegate` marks the facade's flat methods.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import functools
 import logging
 import sqlite3
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
@@ -31,6 +31,7 @@ from ..errors import (
 if TYPE_CHECKING:
     from .backend import Backend
     from .facade import CyllamaDB
+    from .policy import TablePolicy
     from .pool import ConnectionPool
     from .settings import Settings
 
@@ -39,9 +40,7 @@ __all__ = [
     "RECLAIM_MIN_PAGES",
     "Closing",
     "Store",
-    "StoreBase",
     "db_op",
-    "db_stats_provider",
     "delegate",
     "library_error",
     "reclaim_free_pages",
@@ -99,23 +98,12 @@ def reclaim_free_pages(conn: sqlite3.Connection) -> int:
     return free - int(conn.execute("PRAGMA freelist_count").fetchone()[0])
 
 
-#: Functions ``(conn) -> dict`` whose results ``get_db_stats()`` merges.
-DB_STATS_PROVIDERS: list[Callable[[sqlite3.Connection], dict[str, Any]]] = []
-
-
-def db_stats_provider(fn: Callable[[sqlite3.Connection], dict[str, Any]]) -> Callable[[sqlite3.Connection], dict[str, Any]]:
-    """Register a store's contribution to ``get_db_stats()`` (e.g. its row count)."""
-    if fn not in DB_STATS_PROVIDERS:
-        DB_STATS_PROVIDERS.append(fn)
-    return fn
-
-
 def db_op(empty: Callable[[], Any] | None = None) -> Callable[[F], F]:
     """Decorate a public store method: disabled -> ``empty()``; closed -> error."""
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
-        def wrapper(self: StoreBase, *args: Any, **kwargs: Any) -> Any:
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
             if not self.enabled:
                 return empty() if empty is not None else None
             if self._pool is None or self._pool.closed:
@@ -178,63 +166,6 @@ def library_error(exc: BaseException, path: str, busy_timeout: float = 0.0) -> E
     return DatabaseError(path, text, "The operation was rolled back; nothing was written.")
 
 
-class StoreBase:
-    """Attributes the facade provides to every store mixin."""
-
-    settings: Settings
-    _pool: ConnectionPool | None
-
-    #: Seconds since the epoch; tests replace it to move time (TTL, retention).
-    clock: Callable[[], float] = staticmethod(time.time)
-
-    @property
-    def enabled(self) -> bool:
-        """False when the database was disabled: every call is then a no-op."""
-        return self.settings.enabled
-
-    @property
-    def path(self) -> str:
-        """The resolved database path (``":memory:"`` for in-memory databases)."""
-        return self.settings.path
-
-    @property
-    def pool(self) -> ConnectionPool:
-        """The connection pool (raises once closed)."""
-        if self._pool is None or self._pool.closed:
-            raise DatabaseClosedError(self.path)
-        return self._pool
-
-    def _reclaim(self, conn: sqlite3.Connection) -> None:
-        """After a delete, inside its write transaction: :func:`reclaim_free_pages` if ``auto_vacuum`` is on."""
-        if self.settings.auto_vacuum:
-            freed = reclaim_free_pages(conn)
-            if freed:
-                logger.debug("gave %d free pages back to the file system", freed)
-
-    def _flush_for_read(self, *flushers: Callable[[], Any]) -> None:
-        """Write buffered bookkeeping before a read, if that needs no wait; never raises.
-
-        Runs ``flushers`` (default: every store's ``_store_flush`` hook)
-        with this thread's connection set not to wait for another
-        connection's write lock. Locked, full, read-only: the buffered rows
-        stay buffered for a later write, and the read goes on without them
-        (a read never waits on, or fails for, a write).
-        """
-        pool = self._pool
-        if pool is None or pool.closed or pool.readonly:
-            return
-        if not flushers:
-            hooks = [cls.__dict__.get("_store_flush") for cls in reversed(type(self).__mro__)]
-            flushers = tuple(functools.partial(hook, self) for hook in hooks if hook is not None)
-            flushers += tuple(store.flush for store in getattr(self, "stores", ()))
-        for flush in flushers:
-            try:
-                with pool.no_wait():
-                    flush()
-            except Exception as exc:
-                logger.debug("buffered bookkeeping not written before a read (%s); it stays buffered", exc)
-
-
 class Store:
     """A store: one object owning its tables, reached as an attribute of the database.
 
@@ -254,6 +185,8 @@ class Store:
     name: ClassVar[str] = ""
     #: The tables this store owns.
     tables: ClassVar[tuple[str, ...]] = ()
+    #: How export and import treat each of those tables (:class:`~cyllama_db.db.policy.TablePolicy`).
+    export_policy: ClassVar[tuple[TablePolicy, ...]] = ()
 
     def __init__(self, db: CyllamaDB) -> None:
         self.db = db

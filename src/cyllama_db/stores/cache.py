@@ -45,7 +45,6 @@ from ~1.4x to ~1.2x a bare ``INSERT`` of the same key.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import dataclasses
 import functools
@@ -57,7 +56,6 @@ import os
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -65,6 +63,7 @@ from typing import TYPE_CHECKING, Any, Final
 from .._time import from_timestamp, parse_duration, time_arg
 from .._validate import check_path
 from ..db import policy as _policy
+from ..db.deferred import Channel
 from ..db.migrations import execute_script, migration
 from ..db.store import Store, db_op, library_error
 from ..errors import DatabaseClosedError, DatabaseError, SearchUnavailableError
@@ -170,10 +169,6 @@ EVICT_TO_FRACTION: Final = 0.98
 #: by anyone into ``cache_totals`` (a range scan of those rows only).
 SYNC_FRACTION: Final = 0.01
 
-# Hit bookkeeping is flushed when this many distinct entries have pending
-# hits, or this many seconds after the oldest pending hit.
-_FLUSH_ENTRIES: Final = 256
-_FLUSH_SECONDS: Final = 5.0
 
 # Rough per-row overhead (rowid, numbers, index entries) added to the text
 # sizes so that many tiny entries still count for something.
@@ -404,6 +399,12 @@ def _add_cache_namespace(conn: sqlite3.Connection) -> None:
         CREATE INDEX IF NOT EXISTS idx_cache_namespace ON cache(namespace) WHERE namespace != '';
         """,
     )
+
+
+@migration(8, "observability: stats totals, rollup latency histogram, cache evictions, process metrics")
+def _add_cache_evictions(conn: sqlite3.Connection) -> None:
+    # Evictions, counted where the cache evicts (a counter, never decremented).
+    conn.execute("ALTER TABLE cache_totals ADD COLUMN evictions INTEGER NOT NULL DEFAULT 0")
 
 
 @migration(9, "full-text search")
@@ -688,15 +689,27 @@ class _SizeEstimate:
             self.total = None
 
 
-# Stores with buffered hits, flushed once more at interpreter exit.
-_pending_stores: weakref.WeakSet[CacheStore] = weakref.WeakSet()
+_HIT_COUNT_SQL: Final = _HITS_SQL  # SQLite's; other engines' from _engine_statements
 
 
-@atexit.register
-def _flush_at_exit() -> None:  # pragma: no cover - runs at interpreter exit
-    for store in list(_pending_stores):
-        with contextlib.suppress(Exception):
-            store._flush_hits()
+def _write_hit_counts(conn: sqlite3.Connection, hits: list[tuple[str, float]]) -> None:
+    """The ``cache.hits`` channel's flush: one UPDATE per entry hit, with its count and latest time.
+
+    A hit only buffers ``(key, time)`` (``db.deferred``, the one write-behind
+    of the database); counting per key here makes a batch of hits on a few
+    hot entries a few UPDATEs.
+    """
+    tally: dict[str, list[Any]] = {}
+    for key, when in hits:
+        pending = tally.get(key)
+        if pending is None:
+            tally[key] = [1, when]
+        else:
+            pending[0] += 1
+            if when > pending[1]:
+                pending[1] = when
+    sql = _HIT_COUNT_SQL if isinstance(conn, sqlite3.Connection) else _engine_statements(conn.backend)[2]
+    conn.executemany(sql, [(count, last, last, key) for key, (count, last) in tally.items()])
 
 
 _ENTRY_COLUMNS: Final = (
@@ -727,6 +740,7 @@ class CacheStore(Store):
 
     name = "cache"
     tables = ("cache", "cache_totals")
+    export_policy = EXPORT_POLICY
 
     def __init__(self, db: CyllamaDB) -> None:
         super().__init__(db)
@@ -734,18 +748,19 @@ class CacheStore(Store):
         # never change; the pool is bound when the database opens).
         self._settings = db.settings
         self._conn_pool: ConnectionPool | None = None
-        #: key -> [pending hits, latest hit time], written in batches
-        self._hits: dict[str, list[float]] = {}
-        self._hits_lock = threading.Lock()
-        self._hits_since = 0.0
+        #: the hits waiting to be counted (``db.deferred``'s channel "cache.hits"), from open()
+        self._hits: Channel | None = None
         self._size = _SizeEstimate()
-        self._put_sql, self._subtract_sql, self._hits_sql = _PUT_SQL, _SUBTRACT_SQL, _HITS_SQL
+        self._put_sql, self._subtract_sql = _PUT_SQL, _SUBTRACT_SQL
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def open(self) -> None:
         self._conn_pool = self.pool
-        self._put_sql, self._subtract_sql, self._hits_sql = _engine_statements(self.backend)
+        self._put_sql, self._subtract_sql, _ = _engine_statements(self.backend)
+        self._hits = self.db.deferred.channel(
+            "cache.hits", _write_hit_counts, logger=logger, what="cache hit counts"
+        )
 
     def flush(self) -> None:
         """Write the buffered hit counts and index the entries stored since the last sync for search."""
@@ -753,10 +768,8 @@ class CacheStore(Store):
         self._refresh_index()
 
     def close(self) -> None:
-        try:
-            self._flush_hits()
-        except Exception as exc:  # closing must not fail over bookkeeping
-            logger.warning("could not write buffered cache hit counts: %s", exc)
+        if self._hits is not None:
+            self._hits.close()  # writes what is waiting; never raises
         try:
             self._refresh_index()
         except Exception as exc:
@@ -1418,8 +1431,10 @@ class CacheStore(Store):
         total = int(conn.execute(_COUNTED_SQL).fetchone()[0])
         if total <= limit:
             return 0, total
-        # The LRU order must include the hits still in the buffer.
-        self._flush_hits()
+        # The LRU order must include the hits still waiting, written in this
+        # transaction (a flush of its own would wait for this very write lock).
+        if self._hits is not None:
+            self._hits.flush_in(conn)
         evicted, freed = self._evict(conn, total=total, target=target, keep_key=keep_key)
         if evicted:
             sync_index(conn, CACHE_INDEX)
@@ -1479,60 +1494,12 @@ class CacheStore(Store):
 
     # -- hit bookkeeping (a write-behind buffer) -------------------------------------------------
 
-    def flush_due(self) -> bool:
-        """Whether the next hit may write the buffered hit counts (a write transaction, which
-        can wait for another writer): the async API runs such a lookup in a thread."""
-        hits = self._hits
-        if not hits:
-            return False
-        return len(hits) + 1 >= _FLUSH_ENTRIES or time.monotonic() - self._hits_since >= _FLUSH_SECONDS
-
     def _count_hit(self, key: str, now: float) -> None:
-        with self._hits_lock:
-            hits = self._hits
-            pending = hits.get(key)
-            if pending is None:
-                if not hits:
-                    self._hits_since = time.monotonic()
-                    _pending_stores.add(self)
-                hits[key] = [1, now]
-            else:
-                pending[0] += 1
-                if now > pending[1]:
-                    pending[1] = now
-            due = len(hits) >= _FLUSH_ENTRIES or time.monotonic() - self._hits_since >= _FLUSH_SECONDS
-        if due:
-            try:
-                self._flush_hits()
-            except Exception as exc:
-                # Bookkeeping only: a locked or read-only file must not turn a hit into an error.
-                logger.warning("could not write cache hit counts: %s", exc)
+        hits = self._hits
+        if hits is not None:
+            hits.add((key, now))  # never a write here: db.deferred's thread writes it
 
-    def _flush_hits(self) -> int:
-        """Write the buffered hit counts; returns how many entries were updated."""
-        if not self._hits or not self._settings.enabled:
-            return 0
-        with self._hits_lock:
-            pending, self._hits = self._hits, {}
-        if not pending:
-            return 0
-        rows = [(int(count), last, last, key) for key, (count, last) in pending.items()]
-        try:
-            with self.pool.transaction() as conn:
-                conn.executemany(self._hits_sql, rows)
-        except Exception:
-            # Keep the counts for the next attempt, merged with any new ones.
-            with self._hits_lock:
-                for key, (count, last) in pending.items():
-                    current = self._hits.get(key)
-                    if current is None:
-                        self._hits[key] = [count, last]
-                    else:
-                        current[0] += count
-                        current[1] = max(current[1], last)
-                # Start the flush interval again rather than retrying on every hit.
-                self._hits_since = time.monotonic()
-                if len(self._hits) > 16 * _FLUSH_ENTRIES:
-                    self._hits.clear()  # give up: it is bookkeeping, not data
-            raise
-        return len(rows)
+    def _flush_hits(self) -> None:
+        """Write the waiting hit counts now (waiting the busy timeout); raises on failure."""
+        if self._hits is not None and self._settings.enabled:
+            self._hits.flush()

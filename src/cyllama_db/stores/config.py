@@ -148,6 +148,7 @@ class ConfigStore(Store):
 
     name = "config"
     tables = ("config",)
+    export_policy = EXPORT_POLICY
 
     def counts(self, conn: sqlite3.Connection) -> dict[str, Any]:
         return {"config_entries": conn.execute("SELECT COUNT(*) FROM config").fetchone()[0]}

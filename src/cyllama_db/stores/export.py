@@ -57,10 +57,13 @@ def policies(db: CyllamaDB | None = None) -> list[TablePolicy]:
     logs, metrics); tables no store declares are merged after them,
     alphabetically.
     """
+    if db is not None:
+        return [p for store in db.stores for p in type(store).export_policy]
     from . import cache, config, logs, metadata, metrics, registry, stats
 
-    stores = (config, metadata, registry, cache, stats, logs, metrics)
-    return [p for store in stores for p in store.EXPORT_POLICY]
+    classes = (config.ConfigStore, metadata.MetadataStore, registry.ModelRegistry, cache.CacheStore,
+               stats.StatsStore, logs.LogStore, metrics.MetricsStore)
+    return [p for store in classes for p in store.export_policy]
 
 
 def policy_of(found: Mapping[str, TablePolicy], table: str) -> TablePolicy:

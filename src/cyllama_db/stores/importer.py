@@ -465,7 +465,7 @@ class Importer(Store):
             copy = os.path.join(workdir, "import.db")
             source_version, skipped = self._snapshot_for_import(source, copy, deadline, found)
             # Buffered bookkeeping (e.g. cache hit counts) is written before the merge.
-            self.db._run_hooks("_store_flush")
+            self.db.flush()
             report = self._merge(copy, on_conflict, progress, deadline, found)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)

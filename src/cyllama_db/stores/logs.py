@@ -1,6 +1,7 @@
 """Structured logs: the seed design's ``logs`` table, and a ``logging`` handler writing to it.
 
-``db.log(...)`` writes one row; :class:`CyllamaDBHandler` turns records of
+The store is :class:`LogStore`, reached as ``db.logs``: ``db.logs.log(...)``
+(the flat ``db.log(...)``) writes one row; :class:`CyllamaDBHandler` turns records of
 Python's :mod:`logging` into rows (level, logger name as ``category``,
 ``extra`` fields as ``context``, ``exc_info`` as the error columns).  With
 ``log_to_db`` set, the database attaches a handler to the library's own
@@ -26,14 +27,14 @@ import threading
 import traceback
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._time import from_timestamp
 from .._validate import check_text
 from ..db import policy as _policy
 from ..db.migrations import execute_script, migration
 from ..db.settings import LOG_LEVELS
-from ..db.store import StoreBase, db_op, db_stats_provider
+from ..db.store import Store, db_op
 from .search import (
     LOGS_FTS,
     LOGS_INDEX,
@@ -45,7 +46,10 @@ from .search import (
 )
 from .stats import _check_limit, _time_arg
 
-__all__ = ["EXPORT_POLICY", "LOG_COLUMNS", "CyllamaDBHandler", "LogsMixin", "level_name"]
+if TYPE_CHECKING:
+    from ..db.facade import CyllamaDB
+
+__all__ = ["EXPORT_POLICY", "LOG_COLUMNS", "CyllamaDBHandler", "LogStore", "level_name"]
 
 
 #: How the ``logs`` table is exported and imported (``db/policy.py``): appended.
@@ -64,7 +68,7 @@ LOG_INDEX_BATCH = 256
 #: Characters of a prompt kept in ``prompt_preview``.
 PROMPT_PREVIEW_CHARS = 100
 
-#: The fields of a row returned by ``get_logs``.
+#: The fields of a row returned by ``db.logs.query()`` (``get_logs``).
 LOG_COLUMNS = (
     "id",
     "level",
@@ -109,11 +113,6 @@ def _create_logs_table(conn: sqlite3.Connection) -> None:
         CREATE INDEX IF NOT EXISTS idx_logs_created ON logs(created_at);
         """,
     )
-
-
-@db_stats_provider
-def _logs_counts(conn: sqlite3.Connection) -> dict[str, Any]:
-    return {"log_entries": conn.execute("SELECT COUNT(*) FROM logs").fetchone()[0]}
 
 
 def level_name(level: str | int, argument: str = "level") -> str:
@@ -222,45 +221,63 @@ def _in_write() -> bool:
     return bool(getattr(_writing, "active", False))
 
 
-class LogsMixin(StoreBase):
-    """``log``, ``get_logs``, ``prune_logs``; attaches the library logger with ``log_to_db``."""
+class LogStore(Store):
+    """Structured logs: ``db.logs.log``, ``query``, ``prune``, ``write`` (for handlers).
 
-    _log_handler: CyllamaDBHandler | None = None
-    #: log rows written by this object since it last brought the search index up to date
-    _logs_unindexed: int = 0
+    With ``log_to_db`` it attaches the library's logger while the database
+    is open. The flat ``db.log`` / ``get_logs`` / ``prune_logs`` and the
+    ``db.log_level`` property are the same.
+    """
 
-    def _store_flush(self) -> None:
-        self._logs_refresh_index()
+    name = "logs"
+    tables = ("logs",)
+    export_policy = EXPORT_POLICY
 
-    def _logs_refresh_index(self) -> None:
+    def __init__(self, db: CyllamaDB) -> None:
+        super().__init__(db)
+        self._handler: CyllamaDBHandler | None = None
+        #: log rows written by this store since it last brought the search index up to date
+        self._unindexed = 0
+
+    def counts(self, conn: sqlite3.Connection) -> dict[str, Any]:
+        return {"log_entries": conn.execute("SELECT COUNT(*) FROM logs").fetchone()[0]}
+
+    # -- lifecycle hooks -------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Index the log rows written since the last sync (full-text search)."""
+        self._refresh_index()
+
+    def _refresh_index(self) -> None:
         """Index the log rows written since the last sync (full-text search); a no-op if none."""
-        if self._pool is not None and not self._pool.closed and not self._pool.readonly:
-            refresh(self._pool, LOGS_INDEX)
-            self._logs_unindexed = 0
+        pool = self._pool
+        if pool is not None and not pool.closed and not pool.readonly:
+            refresh(pool, LOGS_INDEX)
+            self._unindexed = 0
 
-    def _store_init(self) -> None:
+    def open(self) -> None:
         if self.settings.log_to_db:
-            self._log_handler = _attach_library_logger(self)
+            self._handler = _attach_library_logger(self.db)
             try:
                 self._log_open_events()
             except Exception as exc:  # bookkeeping; never fail an open over it
                 logging.getLogger(LIBRARY_LOGGER).debug("could not log the open: %s", exc)
 
-    def _store_close(self) -> None:
-        handler, self._log_handler = self._log_handler, None
+    def close(self) -> None:
+        handler, self._handler = self._handler, None
         if handler is not None:
             _detach_library_logger(handler)
         try:
-            self._logs_refresh_index()
+            self._refresh_index()
         except Exception as exc:  # closing must not fail over the search index
             logging.getLogger(LIBRARY_LOGGER).debug("log search index not brought up to date: %s", exc)
 
     def _log_open_events(self) -> None:
         """Write what happened while opening, before the handler could be attached."""
         threshold = LOG_LEVELS[self.settings.log_level]
-        fallback = getattr(self, "fallback_reason", None)
+        fallback = getattr(self.db, "fallback_reason", None)
         if fallback is not None and threshold <= logging.WARNING:
-            self._write_log(
+            self.write(
                 "WARNING",
                 f"cannot use database {self.settings.path}; fell back to an in-memory database",
                 category=LIBRARY_LOGGER,
@@ -270,15 +287,15 @@ class LogsMixin(StoreBase):
             return
         # metadata.db_version still holds the version of the previous open
         # (it is updated after the store hooks): anything newer ran just now.
-        with self.pool.read() as conn:
-            row = conn.execute("SELECT value FROM metadata WHERE key = 'db_version'").fetchone()
-            previous = int(row[0]) if row is not None and str(row[0]).isdigit() else 0
-            applied = conn.execute(
-                "SELECT version, name FROM schema_version WHERE version > ? ORDER BY version",
-                (previous,),
-            ).fetchall()
+        value = self.db.metadata.get("db_version")
+        previous = int(value) if value is not None and value.isdigit() else 0
+        applied = [
+            (m["version"], m["name"])
+            for m in self.db.migration_status()
+            if m["applied"] and m["version"] > previous
+        ]
         for version, name in applied:
-            self._write_log(
+            self.write(
                 "INFO",
                 f"applied migration {version} ({name}) to {self.path}",
                 category=f"{LIBRARY_LOGGER}.migrations",
@@ -287,7 +304,7 @@ class LogsMixin(StoreBase):
     # -- writing ---------------------------------------------------------------------------
 
     @property
-    def log_level(self) -> str:
+    def level(self) -> str:
         """The lowest level stored (``settings.log_level``)."""
         return self.settings.log_level
 
@@ -300,7 +317,7 @@ class LogsMixin(StoreBase):
         context: Mapping[str, Any] | None = None,
         error: BaseException | None = None,
     ) -> int | None:
-        """Write one log row; return its id, or ``None`` if ``level`` is below :attr:`log_level`.
+        """Write one log row; return its id, or ``None`` if ``level`` is below :attr:`level`.
 
         Args:
             level: ``"DEBUG"``, ``"INFO"``, ``"WARNING"``, ``"ERROR"``,
@@ -330,7 +347,7 @@ class LogsMixin(StoreBase):
         if LOG_LEVELS[name] < LOG_LEVELS[self.settings.log_level]:
             return None
         error_type, error_message, trace = _error_fields(error)
-        return self._write_log(
+        return self.write(
             name,
             message,
             category=category,
@@ -340,7 +357,8 @@ class LogsMixin(StoreBase):
             stack_trace=trace,
         )
 
-    def _write_log(
+    @db_op()
+    def write(
         self,
         level: str,
         message: str,
@@ -352,6 +370,14 @@ class LogsMixin(StoreBase):
         stack_trace: str | None = None,
         created_at: float | None = None,
     ) -> int | None:
+        """Write one row as given (for logging handlers); return its id.
+
+        Unlike :meth:`log` it neither checks its arguments nor applies the
+        level threshold: ``level`` must already be a standard level name
+        (:func:`level_name`) and the text checked. ``created_at`` (Unix
+        seconds) defaults to now. A record the database itself emits while
+        this row is written is dropped by :class:`CyllamaDBHandler`.
+        """
         context_json, model_path, preview = _split_context(context)
         outer = _in_write()
         _writing.active = True
@@ -376,10 +402,10 @@ class LogsMixin(StoreBase):
                 )
                 # New rows are indexed for search in batches, not one by one
                 # (a commit per row would write an FTS5 segment per row).
-                self._logs_unindexed += 1
-                if self._logs_unindexed >= LOG_INDEX_BATCH:
+                self._unindexed += 1
+                if self._unindexed >= LOG_INDEX_BATCH:
                     sync_index(conn, LOGS_INDEX)
-                    self._logs_unindexed = 0
+                    self._unindexed = 0
         finally:
             _writing.active = outer
         return cursor.lastrowid
@@ -387,7 +413,7 @@ class LogsMixin(StoreBase):
     # -- reading ---------------------------------------------------------------------------
 
     @db_op(empty=list)
-    def get_logs(
+    def query(
         self,
         level: str | int | None = None,
         category: str | None = None,
@@ -453,7 +479,7 @@ class LogsMixin(StoreBase):
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         if search is not None:
             # Best effort, as every read's bookkeeping: a read never waits on a write.
-            self._flush_for_read(self._logs_refresh_index)
+            self._flush_for_read(self._refresh_index)
         with self.pool.read() as conn:
             if search is not None:
                 require_index(conn, LOGS_FTS)
@@ -474,7 +500,7 @@ class LogsMixin(StoreBase):
     # -- retention -------------------------------------------------------------------------
 
     @db_op(empty=int)
-    def prune_logs(
+    def prune(
         self,
         older_than: datetime | timedelta | float | str | None = None,
         keep_last: int | None = None,
@@ -537,7 +563,7 @@ class CyllamaDBHandler(logging.Handler):
             super().__init__(level)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"level must be a logging level (an int or a name such as 'INFO'): {exc}") from None
-        if db is not None and not callable(getattr(db, "_write_log", None)):
+        if db is not None and not isinstance(getattr(db, "logs", None), LogStore):
             raise TypeError(f"db must be a CyllamaDB or None (the global database), got {type(db).__name__}")
         self.db = db
 
@@ -575,7 +601,7 @@ class CyllamaDBHandler(logging.Handler):
                 error_type, error_message, trace = _error_fields(record.exc_info[1])
             if record.stack_info:
                 trace = f"{trace}\n{record.stack_info}" if trace else record.stack_info
-            db._write_log(
+            db.logs.write(
                 name,
                 record.getMessage(),
                 category=record.name,

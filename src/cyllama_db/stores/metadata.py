@@ -81,6 +81,7 @@ class MetadataStore(Store):
 
     name = "metadata"
     tables = ("metadata",)
+    export_policy = EXPORT_POLICY
 
     def counts(self, conn: sqlite3.Connection) -> dict[str, Any]:
         return {"metadata_entries": conn.execute("SELECT COUNT(*) FROM metadata").fetchone()[0]}

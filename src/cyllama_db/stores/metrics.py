@@ -7,6 +7,11 @@ active, uptime and requests per minute.  Rows older than the retention window
 (``CYLLAMA_METRICS_RETENTION``, 10 minutes by default) are removed by every
 insert with one indexed range delete, so the table stays a few hundred rows.
 
+The store is :class:`MetricsStore`, reached as ``db.metrics``
+(``db.metrics.record(sample)``, ``db.metrics.history("1h")``,
+``db.metrics.start_sampler()``); the flat ``db.save_metrics`` /
+``get_metrics_history`` / ``start_metrics_sampler`` are the same methods.
+
 psutil and pynvml are imported only when a sample is taken.  Without psutil,
 sampling raises :class:`~cyllama_db.errors.MissingDependencyError` naming the
 ``[metrics]`` extra; without NVML, a GPU or a working NVML call, the GPU
@@ -33,11 +38,11 @@ from .._time import from_timestamp, parse_duration, time_arg
 from .._validate import check_path
 from ..db import policy as _policy
 from ..db.migrations import execute_script, migration
-from ..db.store import StoreBase, db_op, db_stats_provider
+from ..db.store import Store, db_op
 from ..errors import DatabaseClosedError, MissingDependencyError
 
 if TYPE_CHECKING:
-    from ..db.pool import ConnectionPool
+    from ..db.facade import CyllamaDB
 
 __all__ = [
     "EXPORT_POLICY",
@@ -46,8 +51,8 @@ __all__ = [
     "METRICS_FIELDS",
     "MIN_SAMPLER_INTERVAL",
     "PROCESS_FIELDS",
-    "MetricsMixin",
     "MetricsSampler",
+    "MetricsStore",
     "sample_metrics",
 ]
 
@@ -104,7 +109,7 @@ _MAX_FUTURE_MS = 86_400_000
 MIN_SAMPLER_INTERVAL = 0.1
 #: Longest sampler interval, seconds (one day).
 MAX_SAMPLER_INTERVAL = 86_400.0
-#: Longest window :meth:`MetricsMixin.get_metrics_history` accepts, minutes (about 1000 years).
+#: Longest window :meth:`MetricsStore.history` accepts, minutes (about 1000 years).
 MAX_HISTORY_MINUTES = 365_250 * 24 * 60
 
 _INSERT_SQL = (
@@ -123,6 +128,25 @@ _HISTORY_SQL = (
     + ", gpus_json, created_at FROM metrics_history"
     " WHERE timestamp >= ? AND timestamp <= ? ORDER BY timestamp, id"
 )
+
+
+_LATEST_SQL = (
+    "SELECT id, timestamp, "
+    + ", ".join(_STORED_FIELDS)
+    + ", gpus_json, created_at FROM metrics_history ORDER BY timestamp DESC, id DESC LIMIT 1"
+)
+
+
+def _history_row(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A stored row (``_HISTORY_SQL``'s columns) as the dict :meth:`MetricsStore.history` returns."""
+    record: dict[str, Any] = {"id": row[0], "timestamp": _datetime_or_none(row[1]), "timestamp_ms": row[1]}
+    record.update(zip(_STORED_FIELDS, row[2:-2], strict=True))
+    try:
+        record["gpus"] = json.loads(row[-2]) if row[-2] else []
+    except ValueError:
+        record["gpus"] = []
+    record["created_at"] = _datetime_or_none(row[-1])
+    return record
 
 
 @migration(6, "metrics history")
@@ -155,9 +179,16 @@ def _create_metrics_history(conn: sqlite3.Connection) -> None:
     )
 
 
-@db_stats_provider
-def _metrics_counts(conn: sqlite3.Connection) -> dict[str, Any]:
-    return {"metrics_samples": conn.execute("SELECT COUNT(*) FROM metrics_history").fetchone()[0]}
+@migration(8, "observability: stats totals, rollup latency histogram, cache evictions, process metrics")
+def _add_process_columns(conn: sqlite3.Connection) -> None:
+    # The sampled process's own memory and CPU, next to the host's (this
+    # store's part of version 8; the statistics' part is in stats.py).
+    for statement in (
+        "ALTER TABLE metrics_history ADD COLUMN process_rss_bytes INTEGER",
+        "ALTER TABLE metrics_history ADD COLUMN process_cpu_usage REAL",
+        "ALTER TABLE metrics_history ADD COLUMN process_pid INTEGER",
+    ):
+        conn.execute(statement)
 
 
 # -- validation ----------------------------------------------------------------------------
@@ -299,40 +330,44 @@ def _check_minutes(minutes: Any) -> float:
 # -- the store -----------------------------------------------------------------------------
 
 
-class MetricsMixin(StoreBase):
-    """``save_metrics`` / ``get_metrics_history`` / ``start_metrics_sampler``."""
+class MetricsStore(Store):
+    """Host and process samples: ``db.metrics.record``, ``history``, ``start_sampler``.
 
-    _metrics_samplers: set[MetricsSampler]
-    _metrics_lock: threading.Lock
+    The flat ``db.save_metrics`` / ``get_metrics_history`` /
+    ``start_metrics_sampler`` are the same methods.
+    """
 
-    def _store_init(self) -> None:
-        self._metrics_samplers = set()
-        self._metrics_lock = threading.Lock()
+    name = "metrics"
+    tables = ("metrics_history",)
+    export_policy = EXPORT_POLICY
 
-    def _store_close(self) -> None:
+    def __init__(self, db: CyllamaDB) -> None:
+        super().__init__(db)
+        self._samplers: set[MetricsSampler] = set()
+        self._lock = threading.Lock()
+
+    def counts(self, conn: sqlite3.Connection) -> dict[str, Any]:
+        return {"metrics_samples": conn.execute("SELECT COUNT(*) FROM metrics_history").fetchone()[0]}
+
+    def close(self) -> None:
         # Stop samplers before the connections close, so none is cut off in
         # the middle of a write (a sampler that outlives its join timeout
         # exits on its next DatabaseClosedError).
-        lock = getattr(self, "_metrics_lock", None)
-        if lock is None:
-            return
-        with lock:
-            samplers = list(self._metrics_samplers)
+        with self._lock:
+            samplers = list(self._samplers)
         for sampler in samplers:
             sampler.stop()
 
-    def _register_sampler(self, sampler: MetricsSampler, active: bool) -> None:
-        lock = getattr(self, "_metrics_lock", None)
-        if lock is None:  # disabled databases never start samplers
-            return
-        with lock:
-            if active:
-                self._metrics_samplers.add(sampler)
+    def register_sampler(self, sampler: MetricsSampler, running: bool) -> None:
+        """Note that ``sampler`` started (``running``) or stopped: ``close()`` stops the running ones."""
+        with self._lock:
+            if running:
+                self._samplers.add(sampler)
             else:
-                self._metrics_samplers.discard(sampler)
+                self._samplers.discard(sampler)
 
     @db_op()
-    def save_metrics(self, sample: Mapping[str, Any]) -> int | None:
+    def record(self, sample: Mapping[str, Any]) -> int | None:
         """Store one sample; return its row id (``None`` when the database is disabled).
 
         ``sample`` is a dict with any of :data:`METRICS_FIELDS` and
@@ -361,7 +396,7 @@ class MetricsMixin(StoreBase):
         return cursor.lastrowid
 
     @db_op(empty=list)
-    def get_metrics_history(
+    def history(
         self,
         minutes: float | timedelta | str = 10,
         *,
@@ -403,23 +438,28 @@ class MetricsMixin(StoreBase):
             rows = conn.execute(_HISTORY_SQL, (since_ms, end_ms)).fetchall()
         history = []
         for row in rows:
+            record = _history_row(row)
             # Rows come from other processes and imports too: one that no
             # datetime can hold is skipped rather than failing the whole history.
-            stamp = _datetime_or_none(row[1])
-            if stamp is None:
+            if record["timestamp"] is None:
                 logger.debug("metrics_history row %s has an unusable timestamp %r", row[0], row[1])
                 continue
-            record: dict[str, Any] = {"id": row[0], "timestamp": stamp, "timestamp_ms": row[1]}
-            record.update(zip(_STORED_FIELDS, row[2:-2], strict=True))
-            try:
-                record["gpus"] = json.loads(row[-2]) if row[-2] else []
-            except ValueError:
-                record["gpus"] = []
-            record["created_at"] = _datetime_or_none(row[-1])
             history.append(record)
         return history
 
-    def start_metrics_sampler(
+    @db_op()
+    def latest(self) -> dict[str, Any] | None:
+        """The newest sample (by its ``timestamp``), or ``None`` if there is none.
+
+        The same dict as a :meth:`history` row (``timestamp`` is ``None`` if
+        the stored value is not a usable time; ``timestamp_ms`` is what is
+        stored). One indexed read, for scrapes (:mod:`cyllama_db.prometheus`).
+        """
+        with self.pool.read() as conn:
+            row = conn.execute(_LATEST_SQL).fetchone()
+        return None if row is None else _history_row(row)
+
+    def start_sampler(
         self,
         interval: float = 1.0,
         *,
@@ -436,7 +476,7 @@ class MetricsMixin(StoreBase):
         when this database is closed.  On a disabled database it is returned
         without starting (no thread, no cost).
         """
-        return MetricsSampler(self, interval, nvml=nvml, disk_path=disk_path, process=process).start()
+        return MetricsSampler(self.db, interval, nvml=nvml, disk_path=disk_path, process=process).start()
 
 
 # -- sampling ------------------------------------------------------------------------------
@@ -605,25 +645,24 @@ _process_state = threading.local()
 INFERENCE_PROCESS_KEY = "inference_process"
 
 
-def _inference_pid(pool: ConnectionPool | None, psutil: Any) -> int | None:
+def _inference_pid(db: CyllamaDB | None, psutil: Any) -> int | None:
     """The process to report RSS/CPU for: this one if it loaded a model through
     cyllama_db, else the one that recorded the latest real generation (if alive)."""
     if _loaded_model_paths():
         return os.getpid()
-    if pool is None:
+    if db is None:
         return None
-    with pool.read() as conn:
-        row = conn.execute("SELECT value FROM metadata WHERE key = ?", (INFERENCE_PROCESS_KEY,)).fetchone()
-    if row is None:
+    value = db.metadata.get(INFERENCE_PROCESS_KEY)
+    if value is None:
         return None
     try:
-        pid_text, noted_text = str(row[0]).split()
+        pid_text, noted_text = str(value).split()
         pid, noted = int(pid_text), float(noted_text)
         # A process started after the note cannot be the one that wrote it (pid reuse).
         if psutil.Process(pid).create_time() > noted + 1:
             return None
     except Exception as exc:  # gone, unreadable, or malformed
-        logger.debug("inference process %r not available: %s", row[0], exc)
+        logger.debug("inference process %r not available: %s", value, exc)
         return None
     return pid
 
@@ -656,44 +695,50 @@ def _norm_path(path: str) -> str:
     return os.path.normcase(os.path.abspath(path))
 
 
-def _library_figures(pool: ConnectionPool | None, now: float) -> tuple[list[str | None], int | None, float | None]:
+def _running_models(db: CyllamaDB) -> list[str | None]:
+    """The ``model_path`` of every registry model whose status is ``running``."""
+    return list(db.models.running_paths())
+
+
+def _library_figures(db: CyllamaDB | None, now: float) -> tuple[list[str | None], int | None, float | None]:
     """Registry models running, uptime seconds and requests in the last minute, from the database."""
-    if pool is None:
+    if db is None:
         return [], None, None
     running: list[str | None] = []
     uptime = None
     rpm = None
-    with pool.read() as conn:
-        row = conn.execute("SELECT value FROM metadata WHERE key = 'server_start_time'").fetchone()
-        if row is not None:
-            try:
-                uptime = max(0, round(now - int(row[0]) / 1000))
-            except ValueError:
-                logger.debug("server_start_time metadata is not Unix ms: %r", row[0])
-        # Opening a CyllamaDB migrates every store's tables into the file, so
-        # these only fail on a file edited by hand: then the figure is left out
-        # (no per-sample schema check: this runs every second).
+    start = db.metadata.get("server_start_time")
+    if start is not None:
         try:
-            running = [r[0] for r in conn.execute("SELECT model_path FROM models WHERE status = 'running'")]
-        except sqlite3.OperationalError as exc:
-            logger.debug("no running models from the registry: %s", exc)
-        try:
-            rpm = float(
-                conn.execute("SELECT COUNT(*) FROM stats WHERE created_at >= ?", (now - 60,)).fetchone()[0]
-            )
-        except sqlite3.OperationalError as exc:
-            logger.debug("no requests per minute from the statistics: %s", exc)
+            uptime = max(0, round(now - int(start) / 1000))
+        except ValueError:
+            logger.debug("server_start_time metadata is not Unix ms: %r", start)
+    # Opening a CyllamaDB migrates every store's tables into the file, so
+    # these only fail on a file edited by hand: then the figure is left out
+    # (no per-sample schema check: this runs every second).
+    try:
+        running = _running_models(db)
+    except DatabaseClosedError:
+        raise
+    except Exception as exc:
+        logger.debug("no running models from the registry: %s", exc)
+    try:
+        rpm = float(db.stats.count(since=now - 60))
+    except DatabaseClosedError:
+        raise
+    except Exception as exc:
+        logger.debug("no requests per minute from the statistics: %s", exc)
     return running, uptime, rpm
 
 
 def sample_metrics(
-    db: MetricsMixin | None = None,
+    db: CyllamaDB | None = None,
     *,
     nvml: Any = None,
     disk_path: str | os.PathLike[str] | None = None,
     process: int | str | None = None,
 ) -> dict[str, Any]:
-    """Take one sample of this machine, ready for :meth:`save_metrics`.
+    """Take one sample of this machine, ready for :meth:`MetricsStore.record` (``db.save_metrics``).
 
     Args:
         db: the database whose ``uptime`` (since its ``server_start_time``),
@@ -725,14 +770,15 @@ def sample_metrics(
     """
     psutil = _import_psutil()
     _check_process(process)
-    if db is not None and not isinstance(db, MetricsMixin):
+    if db is not None and not isinstance(getattr(db, "metrics", None), MetricsStore):
         raise TypeError(f"db must be a CyllamaDB or None, got {type(db).__name__}")
     if disk_path is not None:
         disk_path = check_path(disk_path, "disk_path")
     clock = db.clock if db is not None else time.time
-    pool = None
+    source = None  # the database the library's figures come from
     if db is not None and db.enabled:
-        pool = db.pool  # raises DatabaseClosedError if closed
+        db.pool  # noqa: B018 - raises DatabaseClosedError if closed
+        source = db
     if disk_path is None:
         if db is not None and db.enabled and db.path != ":memory:":
             disk_path = os.path.dirname(db.path)
@@ -751,7 +797,7 @@ def sample_metrics(
         sample[field] = first.get(field)
 
     now = clock()
-    running, uptime, rpm = _library_figures(pool, now)
+    running, uptime, rpm = _library_figures(source, now)
     loaded = {_norm_path(p) for p in _loaded_model_paths()}
     # A registry entry for a model this process also loaded counts once.
     extra = [p for p in running if p is None or _norm_path(p) not in loaded]
@@ -761,8 +807,10 @@ def sample_metrics(
     pid = os.getpid() if process == "self" else process if isinstance(process, int) else None
     if process is None:
         try:
-            pid = _inference_pid(pool, psutil)
-        except sqlite3.Error as exc:
+            pid = _inference_pid(source, psutil)
+        except DatabaseClosedError:
+            raise
+        except Exception as exc:
             logger.debug("no inference process from the database: %s", exc)
     sample.update(_process_figures(psutil, pid))
     sample["gpus"] = gpus
@@ -807,14 +855,14 @@ class MetricsSampler:
 
     def __init__(
         self,
-        db: MetricsMixin,
+        db: CyllamaDB,
         interval: float = 1.0,
         *,
         nvml: Any = None,
         disk_path: str | os.PathLike[str] | None = None,
         process: int | str | None = None,
     ) -> None:
-        if not isinstance(db, MetricsMixin):
+        if not isinstance(getattr(db, "metrics", None), MetricsStore):
             raise TypeError(f"db must be a CyllamaDB, got {type(db).__name__}")
         self.db = db
         self.interval = _check_interval(interval)
@@ -866,11 +914,9 @@ class MetricsSampler:
                 name="cyllama-metrics-sampler",
                 daemon=True,
             )
-            self.db._register_sampler(self, True)
+            self.db.metrics.register_sampler(self, True)
             # The sampling process is the "server" whose uptime is reported.
-            mark_start = getattr(self.db, "mark_server_start", None)
-            if mark_start is not None:
-                mark_start()
+            self.db.metadata.mark_server_start()
             self._thread.start()
         return self
 
@@ -886,7 +932,7 @@ class MetricsSampler:
             thread.join(timeout)
             if thread.is_alive():
                 logger.warning("metrics sampler did not stop within %s s", timeout)
-        self.db._register_sampler(self, False)
+        self.db.metrics.register_sampler(self, False)
 
     def wait_for_samples(self, count: int, timeout: float | None = None) -> bool:
         """Block until ``samples_taken >= count`` (or the sampler stopped); return whether reached."""
@@ -935,7 +981,7 @@ class MetricsSampler:
         try:
             # Looked up at call time so tests can replace the module's function.
             sample = sample_metrics(self.db, nvml=self.nvml, disk_path=self.disk_path, process=self.process)
-            self.db.save_metrics(sample)
+            self.db.metrics.record(sample)
         except DatabaseClosedError:
             logger.debug("database closed: metrics sampler stops")
             return False

@@ -493,6 +493,7 @@ class ModelRegistry(Store):
 
     name = "models"
     tables = ("models",)
+    export_policy = EXPORT_POLICY
 
     def open(self) -> None:
         """Add the columns of parameters that :data:`PARAMS` gained since the file was made."""

@@ -13,14 +13,18 @@ zone.  Latency percentiles are read from an index ordered by
 ``total_time_ms`` (one ``LIMIT 2 OFFSET k`` walk per percentile).
 
 A cache hit must stay about as cheap as the lookup that found it, so its
-row is buffered in memory and written in batches by a background thread
-(see ``_HitBuffer``); model paths are stored and filtered in absolute form,
-as ``complete()`` and ``LLM`` record them.
+row is buffered in memory and written in batches by the database's
+write-behind (:mod:`cyllama_db.db.deferred`, the ``stats.hits`` channel);
+model paths are stored and filtered in absolute form, as ``complete()`` and
+``LLM`` record them.
+
+The store is :class:`StatsStore`, reached as ``db.stats``
+(``db.stats.record(...)``, ``db.stats.summary()``, ...); the flat
+``db.record_generation`` / ``get_stats_summary`` / ... are the same methods.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import math
@@ -28,30 +32,26 @@ import numbers
 import os
 import sqlite3
 import threading
-import time
-import weakref
-from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import date, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from .._time import from_timestamp, parse_duration, time_arg
 from ..db import policy as _policy
 from ..db.migrations import execute_script, migration
-from ..db.store import StoreBase, db_op, db_stats_provider
+from ..db.store import Store, db_op
 from .keys import recent_model_identity
 
 if TYPE_CHECKING:
-    from ..db.pool import ConnectionPool
+    from ..db.deferred import Channel
+    from ..db.facade import CyllamaDB
 
 __all__ = [
     "BUCKET_SECONDS",
     "EXPORT_POLICY",
-    "HIT_FLUSH_ROWS",
-    "HIT_FLUSH_SECONDS",
     "LATENCY_BUCKETS",
     "STATS_COLUMNS",
-    "StatsMixin",
+    "StatsStore",
     "model_name_for",
     "process_session_id",
 ]
@@ -104,17 +104,14 @@ STATS_COLUMNS = (
 _MAX_AGE_KEY = "cyllama.stats_max_age_seconds"
 _PRUNE_EVERY_SECONDS = 3600.0
 
-#: Buffered cache-hit rows are written once this many are waiting ...
-HIT_FLUSH_ROWS = 256
-#: ... or once the oldest has waited this many seconds (also the retry delay
-#: after a write that found the file locked).
-HIT_FLUSH_SECONDS = 2.0
-#: Past this many waiting rows (the file stayed locked for a long time) the
-#: oldest tenth is dropped, with a WARNING.
-HIT_BUFFER_MAX = 100_000
-#: How long the background writer waits for another connection's write lock
-#: (at most the database's busy_timeout) before it retries later.
-_BACKGROUND_WAIT_SECONDS = 0.5
+_TOTALS_COLUMNS = (
+    "model_path", "model_name", "cache_hit", "generations", "prompt_tokens", "generated_tokens",
+    "gen_tokens", "gen_time_ms", "duration_count", "duration_sum_ms",
+)
+_TOTALS_SQL = (
+    f"SELECT {', '.join(_TOTALS_COLUMNS)}, {', '.join(_HIST_COLUMNS)}"
+    " FROM stats_totals ORDER BY model_path, cache_hit"
+)
 
 # SQLite integers are 64-bit: a larger LIMIT/OFFSET cannot be bound.
 _INT64_MAX = 2**63 - 1
@@ -127,11 +124,9 @@ _INSERT_SQL = (
 )
 
 
-# metrics.INFERENCE_PROCESS_KEY: the process that recorded the latest real generation.
-_NOTE_PROCESS_SQL = (
-    "INSERT INTO metadata (key, value, updated_at) VALUES ('inference_process', ?, ?)"
-    " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
-)
+# metrics.INFERENCE_PROCESS_KEY: the metadata key naming the process that
+# recorded the latest real generation ("<pid> <unix seconds>").
+_INFERENCE_PROCESS_KEY = "inference_process"
 
 
 @migration(3, "generation statistics")
@@ -235,11 +230,6 @@ def _create_stats_tables(conn: sqlite3.Connection) -> None:
         END;
         """,
     )
-
-
-@db_stats_provider
-def _stats_counts(conn: sqlite3.Connection) -> dict[str, Any]:
-    return {"stats_entries": conn.execute("SELECT COUNT(*) FROM stats").fetchone()[0]}
 
 
 # -- migration 8: observability --------------------------------------------------------------
@@ -444,13 +434,9 @@ def _add_observability(conn: sqlite3.Connection) -> None:
             misses_only_hist=False,
         )
         + " GROUP BY model_path, cache_hit",
-        # Evictions, counted where the cache evicts (a counter, never decremented).
-        "ALTER TABLE cache_totals ADD COLUMN evictions INTEGER NOT NULL DEFAULT 0",
-        # The sampled process's own memory and CPU, next to the host's.
-        "ALTER TABLE metrics_history ADD COLUMN process_rss_bytes INTEGER",
-        "ALTER TABLE metrics_history ADD COLUMN process_cpu_usage REAL",
-        "ALTER TABLE metrics_history ADD COLUMN process_pid INTEGER",
     ]
+    # The cache's part of this version (evictions) is in cache.py, the metrics
+    # store's (process columns) in metrics.py.
     for statement in statements:
         conn.execute(statement)
     execute_script(conn, _rollup_triggers())
@@ -481,283 +467,19 @@ def process_session_id() -> str:
 #
 # A cache hit must cost about as much as the SELECT that found it, so its
 # stats row is not written by the caller: it waits in the database's
-# _HitBuffer and one background thread writes waiting rows in batches, one
-# transaction per batch. That thread waits only briefly for another
-# connection's write lock and retries later, so a locked file delays the rows,
-# never the hits. Real generations (misses) take seconds anyway: they write
-# their row at once, together with any waiting hits.
+# write-behind channel "stats.hits" (db/deferred.py: one background thread
+# writes waiting rows in batches, one transaction per batch, and waits only
+# briefly for another connection's write lock). Real generations (misses)
+# take seconds anyway: they write their row at once, together with any
+# waiting hits.
 
 
-@contextlib.contextmanager
-def _lock_wait(pool: ConnectionPool, wait: float | None) -> Iterator[None]:
-    """Inside the block, this thread's connection waits at most ``wait`` s for the write lock."""
-    if wait is None or pool.memory or wait >= pool.busy_timeout:
-        # None: the pool's own busy timeout. A memory database has one
-        # connection, guarded by a Python lock: no SQLite lock to wait for.
-        yield
-        return
-    with pool.read() as conn:  # the connection transaction() uses on this thread
-        conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
-        try:
-            yield
-        finally:
-            with contextlib.suppress(sqlite3.Error):  # closed meanwhile: nothing to restore
-                conn.execute(f"PRAGMA busy_timeout = {int(pool.busy_timeout * 1000)}")
+_NO_HITS: contextlib.nullcontext[list[Any]] = contextlib.nullcontext([])
 
 
-class _HitBuffer:
-    """One database's cache-hit rows waiting to be written, and the writing of them."""
-
-    def __init__(self, pool: ConnectionPool, owner: StatsMixin) -> None:
-        self.pool = pool
-        self.owner = weakref.ref(owner)
-        self.rows: deque[tuple[Any, ...]] = deque()
-        self._reset_locks()
-        self.oldest = 0.0  # time.monotonic() when the oldest waiting row came
-        self.retry_after = 0.0  # no write before this (after a failed one)
-        self.prune_due = False  # retention is due: the writer applies it after a write
-        self.closed = False
-
-    def _reset_locks(self) -> None:
-        self.lock = threading.Lock()  # guards rows, oldest, retry_after
-        # Held while rows are written, and by the writer thread whenever it
-        # uses the pool: close() takes it, so the pool never closes under the
-        # writer. Re-entrant: pruning under it flushes again.
-        self.flush_lock = threading.RLock()
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def add(self, row: tuple[Any, ...]) -> bool:
-        """Buffer one row; True when the writer should be woken now."""
-        dropped = 0
-        with self.lock:
-            rows = self.rows
-            first = not rows
-            if first:
-                self.oldest = time.monotonic()
-            rows.append(row)
-            if len(rows) > HIT_BUFFER_MAX:
-                dropped = len(rows) - HIT_BUFFER_MAX + max(1, HIT_BUFFER_MAX // 10)
-                for _ in range(dropped):
-                    rows.popleft()
-            full = len(rows) == HIT_FLUSH_ROWS
-        if dropped:
-            logger.warning(
-                "dropped the %d oldest cache-hit statistics rows: %s has been locked by another"
-                " connection for too long to write them",
-                dropped,
-                self.pool.path,
-            )
-        return first or full
-
-    def next_due(self) -> float:
-        """The time.monotonic() at which the waiting rows should be written."""
-        if not self.rows:
-            return 0.0  # nothing waiting: the writer drops the buffer from its list
-        if len(self.rows) >= HIT_FLUSH_ROWS:
-            return self.retry_after
-        return max(self.oldest + HIT_FLUSH_SECONDS, self.retry_after)
-
-    def take(self) -> list[tuple[Any, ...]]:
-        with self.lock:
-            rows = list(self.rows)
-            self.rows.clear()
-        return rows
-
-    def put_back(self, rows: list[tuple[Any, ...]]) -> None:
-        """Return rows a failed write took, ahead of any that came meanwhile."""
-        if not rows:
-            return
-        with self.lock:
-            self.rows.extendleft(reversed(rows))
-            now = time.monotonic()
-            self.oldest = now
-            self.retry_after = now + HIT_FLUSH_SECONDS  # not on every hit while locked
-            excess = len(self.rows) - HIT_BUFFER_MAX
-            for _ in range(max(0, excess)):
-                self.rows.popleft()
-        if excess > 0:
-            logger.warning("dropped the %d oldest cache-hit statistics rows", excess)
-
-    def flush(self, wait: float | None, lock_timeout: float = -1) -> bool:
-        """Write the waiting rows in one transaction; False if another flush held them.
-
-        ``wait``: longest wait for another connection's write lock (None:
-        the busy timeout). A failed write keeps the rows and raises.
-        """
-        if not self.flush_lock.acquire(timeout=lock_timeout):
-            return False
-        try:
-            if self.closed:
-                return True
-            rows = self.take()
-            if not rows:
-                return True
-            try:
-                with _lock_wait(self.pool, wait), self.pool.transaction() as conn:
-                    conn.executemany(_INSERT_SQL, rows)
-            except BaseException:
-                self.put_back(rows)
-                raise
-            return True
-        finally:
-            self.flush_lock.release()
-
-
-def _flush_on_exit(buffer: _HitBuffer) -> None:
-    """weakref.finalize callback: the database was collected, or the interpreter exits."""
-    if buffer.closed:
-        return
-    try:
-        buffer.flush(None, lock_timeout=buffer.pool.busy_timeout)
-    except Exception as exc:
-        logger.warning(
-            "could not write %d cache-hit statistics rows to %s: %s",
-            len(buffer),
-            buffer.pool.path,
-            exc,
-        )
-
-
-class _HitWriter:
-    """The background thread that writes every database's waiting hit rows.
-
-    It stops for good when the interpreter starts shutting down (the main
-    thread has finished, or :meth:`stop` ran at exit): from then on the
-    main thread's exit flush writes the rows, and a daemon thread still
-    touching SQLite while the interpreter tears down could crash it.
-    """
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.pending: weakref.WeakSet[_HitBuffer] = weakref.WeakSet()
-        self.thread: threading.Thread | None = None
-        self.stopping = False
-        self.busy = False  # writing: stop() waits for the end of it
-        self.stop_registered = False
-
-    def wake(self, buffer: _HitBuffer) -> None:
-        """``buffer`` got its first waiting row, or a full batch: (re)consider it."""
-        with self.cond:
-            if not self._quit():
-                self.pending.add(buffer)
-                if self.thread is not None and self.thread.is_alive():
-                    self.cond.notify()
-                    return
-                try:
-                    thread = threading.Thread(
-                        target=self._run, name="cyllama-db-stats-writer", daemon=True
-                    )
-                    thread.start()
-                except RuntimeError:  # "can't create new thread at interpreter shutdown"
-                    self.pending.discard(buffer)
-                else:
-                    self.thread = thread
-                    if not self.stop_registered:
-                        # Registered after the databases' exit flush (atexit
-                        # runs last-in first-out), so it runs before it.
-                        atexit.register(self.stop)
-                        self.stop_registered = True
-                    return
-        # No writer thread (the interpreter is shutting down, or the main
-        # thread has finished while others go on): the caller writes full
-        # batches, if the lock is free; the exit flush writes the rest.
-        if len(buffer) >= HIT_FLUSH_ROWS:
-            _try_flush(buffer, 0.0)
-
-    def discard(self, buffer: _HitBuffer) -> None:
-        with self.cond:
-            self.pending.discard(buffer)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread, after the write it is doing (at interpreter exit)."""
-        with self.cond:
-            self.stopping = True
-            self.cond.notify_all()
-            deadline = time.monotonic() + timeout
-            while self.busy:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self.cond.wait(left)
-
-    def _quit(self) -> bool:
-        return self.stopping or not threading.main_thread().is_alive()
-
-    def _run(self) -> None:  # pragma: no cover - exercised through the tests' flush waits
-        while True:
-            with self.cond:
-                while True:
-                    if self._quit():
-                        return
-                    if not self.pending:
-                        self.cond.wait()
-                        continue
-                    due = min(b.next_due() for b in self.pending)
-                    delay = due - time.monotonic()
-                    if delay <= 0:
-                        break
-                    self.cond.wait(delay)
-                now = time.monotonic()
-                buffers = [b for b in self.pending if b.next_due() <= now]
-                self.busy = True
-            try:
-                for buffer in buffers:
-                    if self._quit():
-                        break
-                    self._write(buffer)
-            finally:
-                with self.cond:
-                    self.busy = False
-                    for buffer in buffers:
-                        if not buffer.rows or buffer.closed:
-                            self.pending.discard(buffer)
-                    self.cond.notify_all()
-            del buffers
-
-    @staticmethod
-    def _write(buffer: _HitBuffer) -> None:
-        with buffer.flush_lock:  # close() waits for this
-            if buffer.closed or not buffer.rows:
-                return
-            wait = min(buffer.pool.busy_timeout, _BACKGROUND_WAIT_SECONDS)
-            if _try_flush(buffer, wait) and buffer.prune_due:
-                buffer.prune_due = False
-                owner = buffer.owner()
-                if owner is not None:
-                    with contextlib.suppress(Exception):  # logged by the owner
-                        owner._apply_stats_max_age()
-
-
-def _try_flush(buffer: _HitBuffer, wait: float) -> bool:
-    """Write the waiting rows if the lock comes within ``wait``; never raises."""
-    try:
-        return buffer.flush(wait, lock_timeout=0)
-    except Exception as exc:
-        # Locked, read-only or closed: the rows wait for the next attempt
-        # (or the close()/exit flush, which waits the full busy timeout).
-        logger.debug("cache-hit statistics not written yet (%s); retrying later", exc)
-        return False
-
-
-_writer = _HitWriter()
-_all_buffers: weakref.WeakSet[_HitBuffer] = weakref.WeakSet()
-
-
-def _reset_after_fork() -> None:
-    # The child has no writer thread, and the parent writes its own waiting
-    # rows: the child must not write them a second time. Locks held by the
-    # parent's other threads at fork time would never be released here.
-    global _writer
-    _writer = _HitWriter()
-    for buffer in list(_all_buffers):
-        buffer.rows.clear()
-        buffer._reset_locks()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+def _write_hit_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """The ``stats.hits`` channel's flush: insert the buffered rows (inside its transaction)."""
+    conn.executemany(_INSERT_SQL, rows)
 
 
 # -- model names -----------------------------------------------------------------------------
@@ -1130,66 +852,75 @@ class _Agg:
         }
 
 
-class StatsMixin(StoreBase):
-    """``record_generation``, ``get_stats_summary``, ``get_generation_history``, ``prune_stats``."""
+class StatsStore(Store):
+    """Generation statistics: ``db.stats.record``, ``summary``, ``series``, ``history``, ``prune``.
 
-    _session_override: str | None = None
-    _stats_next_prune: float = 0.0
-    _stats_hits: _HitBuffer | None = None
-    _stats_finalizer: weakref.finalize | None = None
-    _stats_process_noted: int = 0
+    Also ``models`` and ``usage`` (what is recorded per model),
+    :attr:`session_id`, :attr:`max_age` (retention) and :meth:`flush` (write
+    the buffered cache-hit rows). The flat ``db.record_generation`` /
+    ``get_stats_summary`` / ``get_stats_series`` / ``get_generation_history``
+    / ``prune_stats`` / ``recorded_models`` / ``model_usage`` and the
+    ``db.session_id`` / ``db.stats_max_age`` properties are the same.
+    """
+
+    name = "stats"
+    tables = ("stats", "stats_rollup", "stats_totals")
+    export_policy = EXPORT_POLICY
+
+    def __init__(self, db: CyllamaDB) -> None:
+        super().__init__(db)
+        self._session_override: str | None = None
+        self._next_prune = 0.0
+        self._prune_due = False  # retention is due: applied after the next background write
+        self._hits: Channel | None = None
+        self._process_noted = 0
+
+    def counts(self, conn: sqlite3.Connection) -> dict[str, Any]:
+        return {"stats_entries": conn.execute("SELECT COUNT(*) FROM stats").fetchone()[0]}
 
     # -- lifecycle hooks -------------------------------------------------------------------
 
-    def _store_init(self) -> None:
-        buffer = _HitBuffer(self.pool, self)
-        self._stats_hits = buffer
-        _all_buffers.add(buffer)
-        # Writes the waiting rows if the database is collected unclosed, or
-        # at interpreter exit; holds the buffer (and pool), never the database.
-        self._stats_finalizer = weakref.finalize(self, _flush_on_exit, buffer)
+    def open(self) -> None:
+        self._hits = self.db.deferred.channel(
+            "stats.hits",
+            _write_hit_rows,
+            logger=logger,
+            what="cache-hit statistics rows",
+            after_write=self._after_hits_written,
+        )
 
-    def _store_flush(self) -> None:
-        self._stats_flush_hits()
+    def close(self) -> None:
+        """Write the buffered hit rows (waiting the busy timeout) and take no more; never raises."""
+        if self._hits is not None:
+            self._hits.close()
 
-    def _store_close(self) -> None:
-        buffer = self._stats_hits
-        if buffer is None:
-            return
-        # Taking the flush lock waits for the writer thread to be done with
-        # the pool, and keeps it away afterwards (the pool closes next).
-        with buffer.flush_lock:
+    def _after_hits_written(self) -> None:
+        """After the background thread wrote hit rows: the retention pass, if one is due."""
+        if self._prune_due:
+            self._prune_due = False
             try:
-                buffer.flush(None)
-            except Exception as exc:  # closing must not fail over statistics
-                logger.warning(
-                    "could not write %d cache-hit statistics rows to %s: %s",
-                    len(buffer),
-                    self.path,
-                    exc,
-                )
-            buffer.closed = True
-        _writer.discard(buffer)
-        if self._stats_finalizer is not None:
-            self._stats_finalizer.detach()
+                self._apply_max_age()
+            except Exception as exc:  # housekeeping: never fatal to the writer
+                logger.warning("could not prune old generation records: %s", exc)
 
-    def _stats_flush_hits(self) -> None:
-        """Write the buffered cache-hit rows before this store reads or prunes the table.
+    def flush(self) -> None:
+        """Write the buffered cache-hit rows (before a read that must see them, a vacuum...).
 
         Waits up to the busy timeout for the write lock, as any write does;
-        if the rows still cannot be written they stay buffered and the read
-        goes on without them.
+        if the rows still cannot be written they stay buffered (a WARNING)
+        and the read goes on without them. Inside ``pool.no_wait()`` (a
+        read's best-effort flush) it neither waits nor warns, and raises.
         """
-        buffer = self._stats_hits
-        if buffer is None:
+        hits = self._hits
+        if hits is None or not self.enabled:
             return
         if not self.pool.waits():  # a read's best-effort flush: no wait, no warning
-            buffer.flush(None, lock_timeout=0)
+            hits.flush(None, lock_timeout=0)
             return
         # Even with no rows waiting: the writer thread may hold some it is
         # writing right now, and the flush lock waits for that write.
         try:
-            done = buffer.flush(None, lock_timeout=self.pool.busy_timeout)
+            done = hits.flush(None, lock_timeout=self.pool.busy_timeout)
         except Exception as exc:
             logger.warning("could not write buffered cache-hit statistics yet: %s", exc)
             return
@@ -1217,31 +948,33 @@ class StatsMixin(StoreBase):
     # -- retention -------------------------------------------------------------------------
 
     @property
-    def stats_max_age(self) -> timedelta | None:
+    def max_age(self) -> timedelta | None:
         """How long generation rows are kept (``None``: forever, the default).
 
-        Stored in the database's config, so it applies to every process
+        Stored in the database's config (``db.config``, key
+        ``cyllama.stats_max_age_seconds``), so it applies to every process
         using the file. Set it to a ``timedelta``, a number of seconds or a
-        duration such as ``"90d"``; older rows are pruned at most once an
-        hour while generations are being recorded.
+        duration such as ``"90d"``; older rows are pruned at once and then
+        at most once an hour while generations are being recorded.
         """
         if not self.enabled:
             return None
-        with self.pool.read() as conn:
-            row = conn.execute("SELECT value FROM config WHERE key = ?", (_MAX_AGE_KEY,)).fetchone()
-        if row is None:
+        value = self.db.config.get(_MAX_AGE_KEY)
+        if value is None or isinstance(value, bool):
             return None
         try:
-            return timedelta(seconds=float(row[0]))
-        except (TypeError, ValueError):
+            return timedelta(seconds=float(value))
+        except (TypeError, ValueError, OverflowError):
             return None
 
-    @stats_max_age.setter
-    def stats_max_age(self, value: timedelta | float | str | None) -> None:
+    @max_age.setter
+    def max_age(self, value: timedelta | float | str | None) -> None:
+        # The setting and the prune are separate writes, as before: the
+        # setting is one upsert (db.config.set), and the prune reads it back
+        # like every later retention pass does.
         if value is None:
             if self.enabled:
-                with self.pool.transaction() as conn:
-                    conn.execute("DELETE FROM config WHERE key = ?", (_MAX_AGE_KEY,))
+                self.db.config.delete(_MAX_AGE_KEY)
             return
         try:
             age = parse_duration(value)
@@ -1253,33 +986,25 @@ class StatsMixin(StoreBase):
             raise ValueError(f"stats_max_age={value!r} must be positive (or None to keep forever)")
         if not self.enabled:
             return
-        now = self.clock()
-        with self.pool.transaction() as conn:
-            conn.execute(
-                "INSERT INTO config (key, value, value_type, created_at, updated_at)"
-                " VALUES (?, ?, 'float', ?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
-                " value_type = excluded.value_type, updated_at = excluded.updated_at",
-                (_MAX_AGE_KEY, repr(age.total_seconds()), now, now),
-            )
-        self._stats_next_prune = 0.0
-        self._apply_stats_max_age()
+        self.db.config.set(_MAX_AGE_KEY, float(age.total_seconds()))
+        self._next_prune = 0.0
+        self._apply_max_age()
 
-    def _apply_stats_max_age(self) -> None:
+    def _apply_max_age(self) -> None:
         now = self.clock()
-        if now < self._stats_next_prune:
+        if now < self._next_prune:
             return
-        self._stats_next_prune = now + _PRUNE_EVERY_SECONDS
-        age = self.stats_max_age
+        self._next_prune = now + _PRUNE_EVERY_SECONDS
+        age = self.max_age
         if age is not None:
-            removed = self.prune_stats(older_than=age)
+            removed = self.prune(older_than=age)
             if removed:
                 logger.info("pruned %d generation records older than %s", removed, age)
 
     # -- writing ---------------------------------------------------------------------------
 
     @db_op()
-    def record_generation(
+    def record(
         self,
         model_path: str | os.PathLike[str] | None,
         response: Any,
@@ -1319,8 +1044,8 @@ class StatsMixin(StoreBase):
         it cannot be read).
 
         A cache hit is not written at once: its row is buffered and written
-        in a batch (every :data:`HIT_FLUSH_ROWS` rows or
-        :data:`HIT_FLUSH_SECONDS` seconds, by a background thread; before
+        in a batch (every :data:`~cyllama_db.db.deferred.FLUSH_ITEMS` rows or
+        :data:`~cyllama_db.db.deferred.FLUSH_SECONDS` seconds, by a background thread; before
         this database reads or prunes the table; on ``close()``; at exit),
         so a hit costs no write transaction and never waits for another
         connection's lock. For a hit the result is therefore ``None``; for a
@@ -1390,48 +1115,32 @@ class StatsMixin(StoreBase):
                 input_tokens=prompt_tokens, output_tokens=generated, finish_reason=finish,
                 cache_hit=hit, duration_ms=timings[2], config=config,
             )
-        prune_due = row[-1] >= self._stats_next_prune
-        buffer = self._stats_hits
-        if hit and buffer is not None:
+        prune_due = row[-1] >= self._next_prune
+        hits = self._hits
+        if hit and hits is not None:
             if prune_due:
-                buffer.prune_due = True  # applied by the writer, after its next write
-            # Only the first waiting row and a full batch need the writer's
-            # attention: it is already waiting for the rest.
-            if buffer.add(row):
-                _writer.wake(buffer)
+                self._prune_due = True  # applied after the next background write
+            hits.add(row)
             return None
 
         # A real generation: write it now, with any hits waiting (unless a
         # flush already has them; the writer will get them then).
-        pending: list[tuple[Any, ...]] = []
-        have_buffer = buffer is not None and buffer.flush_lock.acquire(blocking=False)
-        try:
-            if have_buffer and buffer is not None:
-                pending = buffer.take()
-            note = self._stats_process_noted != os.getpid()
-            try:
-                with self.pool.transaction() as conn:
-                    if pending:
-                        conn.executemany(_INSERT_SQL, pending)
-                    cursor = conn.execute(_INSERT_SQL, row)
-                    if note:
-                        # Which process generates: the metrics sampler (maybe in
-                        # another process) reports its RSS and CPU.
-                        now = row[-1]
-                        conn.execute(_NOTE_PROCESS_SQL, (f"{os.getpid()} {now!r}", int(now * 1000)))
-                if note:
-                    self._stats_process_noted = os.getpid()
-            except BaseException:
-                if buffer is not None:
-                    buffer.put_back(pending)
-                raise
-        finally:
-            if have_buffer and buffer is not None:
-                buffer.flush_lock.release()
+        note = self._process_noted != os.getpid()
+        with hits.taking() if hits is not None else _NO_HITS as pending, self.pool.transaction() as conn:
+            if pending and hits is not None:
+                hits.write_in(conn, pending)
+            cursor = conn.execute(_INSERT_SQL, row)
+            if note:
+                # Which process generates: the metrics sampler (maybe in
+                # another process) reports its RSS and CPU. Joins this
+                # transaction (a nested transaction joins the outer one).
+                self.db.metadata.set(_INFERENCE_PROCESS_KEY, f"{os.getpid()} {row[-1]!r}")
+        if note:
+            self._process_noted = os.getpid()
         row_id = cursor.lastrowid
         if prune_due:
             try:
-                self._apply_stats_max_age()
+                self._apply_max_age()
             except Exception as exc:  # retention is housekeeping; never fail a record for it
                 logger.warning("could not prune old generation records: %s", exc)
         return row_id
@@ -1445,9 +1154,9 @@ class StatsMixin(StoreBase):
         return low, high
 
     @db_op(empty=list)
-    def recorded_models(self) -> list[tuple[str, str | None]]:
+    def models(self) -> list[tuple[str, str | None]]:
         """Every model with recorded generations: ``(model_path, model_name)`` pairs."""
-        self._stats_flush_hits_quietly()
+        self._flush_quietly()
         with self.pool.read() as conn:
             return [
                 (str(path), name)
@@ -1457,14 +1166,14 @@ class StatsMixin(StoreBase):
             ]
 
     @db_op(empty=lambda: (0, None))
-    def model_usage(self, model_paths: Iterable[str]) -> tuple[int, float | None]:
+    def usage(self, model_paths: Iterable[str]) -> tuple[int, float | None]:
         """``(generations, last one's Unix time)`` recorded for these model paths (hits included)."""
         if isinstance(model_paths, (str, bytes, os.PathLike)) or not hasattr(model_paths, "__iter__"):
             raise TypeError(f"model_paths must be an iterable of paths, got {type(model_paths).__name__}")
         paths = sorted({_check_model_path(p) for p in model_paths})
         if not paths:
             return 0, None
-        self._stats_flush_hits_quietly()
+        self._flush_quietly()
         marks = ", ".join("?" * len(paths))
         with self.pool.read() as conn:
             count = conn.execute(
@@ -1473,9 +1182,47 @@ class StatsMixin(StoreBase):
             last = conn.execute(f"SELECT MAX(created_at) FROM stats WHERE model_path IN ({marks})", paths).fetchone()[0]
         return int(count), None if last is None else float(last)
 
-    def _stats_flush_hits_quietly(self) -> None:
+    @db_op(empty=int)
+    def count(self, since: datetime | timedelta | float | str | None = None) -> int:
+        """Generation rows recorded at or after ``since`` (every row: ``None``), hits included.
+
+        A cheap indexed count that writes nothing: cache-hit rows still
+        buffered (for up to :data:`~cyllama_db.db.deferred.FLUSH_SECONDS`)
+        are not counted yet. The metrics sampler's ``requests_per_minute``.
+        """
+        if since is None:
+            with self.pool.read() as conn:
+                return int(conn.execute("SELECT COUNT(*) FROM stats").fetchone()[0])
+        low = _time_arg(since, "since", self.clock())
+        with self.pool.read() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM stats WHERE created_at >= ?", (low,)).fetchone()[0])
+
+    @db_op(empty=list)
+    def totals(self) -> list[dict[str, Any]]:
+        """Running totals per ``(model_path, cache_hit)`` since the file was made (buffered hits written first).
+
+        Kept by a trigger on every insert and never decremented, so pruning
+        old rows does not make them go down (what Prometheus counters need;
+        :mod:`cyllama_db.prometheus` exposes them). Each dict: ``model_path``,
+        ``model_name``, ``cache_hit`` (bool), ``generations``,
+        ``prompt_tokens``, ``generated_tokens``, ``gen_tokens`` and
+        ``gen_time_ms`` (generated tokens and generation time of real
+        generations that measured it), ``duration_count``,
+        ``duration_sum_ms`` and ``buckets`` (cumulative counts of durations
+        within each of :data:`LATENCY_BUCKETS`); ordered by model path, misses
+        first.
+        """
+        self.flush()
+        with self.pool.read() as conn:
+            rows = conn.execute(_TOTALS_SQL).fetchall()
+        return [
+            {**dict(zip(_TOTALS_COLUMNS, row[:10], strict=True)), "cache_hit": bool(row[2]), "buckets": list(row[10:])}
+            for row in rows
+        ]
+
+    def _flush_quietly(self) -> None:
         try:
-            self._stats_flush_hits()
+            self.flush()
         except Exception as exc:  # a read must not fail over buffered bookkeeping
             logger.debug("buffered hit rows not written before a read: %s", exc)
 
@@ -1485,10 +1232,10 @@ class StatsMixin(StoreBase):
         from .modelref import select_model
 
         _check_model_path(model)  # the type and emptiness checks
-        return sorted(select_model(self, model).paths)
+        return sorted(select_model(self.db, model).paths)
 
     @db_op(empty=_empty_summary)
-    def get_stats_summary(
+    def summary(
         self,
         model_path: str | os.PathLike[str] | None = None,
         since: datetime | timedelta | float | str | None = None,
@@ -1533,7 +1280,7 @@ class StatsMixin(StoreBase):
         summary = _empty_summary()
         if high <= low:
             return summary
-        self._stats_flush_hits()
+        self.flush()
 
         # Buckets wholly inside [low, high) come from the rollup, the rest
         # (at most one partial bucket per edge) from the raw rows; SQLite
@@ -1672,7 +1419,7 @@ class StatsMixin(StoreBase):
         return out
 
     @db_op(empty=lambda: {"step_seconds": 0, "start": 0.0, "end": 0.0, "exact": True, "models": [], "overall": []})
-    def get_stats_series(
+    def series(
         self,
         since: datetime | timedelta | float,
         step: timedelta | float,
@@ -1711,7 +1458,7 @@ class StatsMixin(StoreBase):
             raise ValueError(f"step must be a positive duration, got {step!r}")
         if (high - low) / step_s > 10_000:
             raise ValueError(f"step={step!r} gives more than 10000 points over this range; use a longer step")
-        self._stats_flush_hits()
+        self.flush()
         exact = step_s < BUCKET_SECONDS
         if not exact:
             step_s = max(BUCKET_SECONDS, round(step_s / BUCKET_SECONDS) * BUCKET_SECONDS)
@@ -1786,7 +1533,7 @@ class StatsMixin(StoreBase):
                 "models": models, "overall": overall}
 
     @db_op(empty=list)
-    def get_generation_history(
+    def history(
         self,
         limit: int = 100,
         offset: int = 0,
@@ -1804,7 +1551,7 @@ class StatsMixin(StoreBase):
         (non-negative ints; beyond 2**63 - 1 they mean "no limit");
         ``model_path`` (made absolute, like the recorded paths),
         ``session_id`` and the window ``[since, until)`` filter it (as for
-        :meth:`get_stats_summary`: ``since="24h"``, a datetime, ...).
+        :meth:`summary`: ``since="24h"``, a datetime, ...).
         """
         limit = _check_limit(limit, "limit")
         offset = _check_limit(offset, "offset")
@@ -1827,7 +1574,7 @@ class StatsMixin(StoreBase):
             clauses.append("created_at < ?")
             args.append(_time_arg(until, "until", now))
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        self._stats_flush_hits()
+        self.flush()
         with self.pool.read() as conn:
             rows = conn.execute(
                 f"SELECT {', '.join(STATS_COLUMNS)} FROM stats{where}"
@@ -1845,7 +1592,7 @@ class StatsMixin(StoreBase):
     # -- retention -------------------------------------------------------------------------
 
     @db_op(empty=int)
-    def prune_stats(
+    def prune(
         self,
         older_than: datetime | timedelta | float | str,
         *,
@@ -1870,7 +1617,7 @@ class StatsMixin(StoreBase):
             paths = self._model_paths(model_path)
             clause += f" AND model_path IN ({', '.join('?' * len(paths))})"
             args.extend(paths)
-        self._stats_flush_hits()
+        self.flush()
         with self.pool.transaction() as conn:
             cursor = conn.execute(f"DELETE FROM stats WHERE {clause}", args)
             if cursor.rowcount > 0:
