@@ -114,7 +114,7 @@ def test_connects_and_never_shows_the_password(backend: PostgresBackend) -> None
     assert backend.name == "postgresql" and not backend.is_memory
     assert PASSWORD not in backend.location and ":****@" in backend.location
     assert PASSWORD not in repr(backend.url)
-    assert backend.search_available()
+    assert not backend.search_available()  # the stores' search is FTS5-only for now (cache.search raises)
 
 
 def test_statements_behave_like_sqlite3(backend: PostgresBackend) -> None:

@@ -99,8 +99,8 @@ def _command(
     parser.set_defaults(handler=handler)
     # Also accepted after the command (`cyllama-db info --db x.db`); SUPPRESS
     # keeps a --db given before the command when this one is absent.
-    parser.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS,
-                        help="database file (same as the global --db)")
+    parser.add_argument("--db", metavar="PATH|URL", default=argparse.SUPPRESS,
+                        help="database file or URL (same as the global --db)")
     # Every command prints something, so every command takes --json.
     _add_json(parser)
     return parser
@@ -123,12 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Inspect and maintain a cyllama-db database (cache, statistics, logs, "
         "models, metrics, config).",
-        epilog="The database is --db PATH, else $CYLLAMA_DB_PATH, else the per-user default.",
+        epilog="The database is --db PATH (or URL), else $CYLLAMA_DB_URL or $CYLLAMA_DB_PATH, "
+        "else the per-user default.",
     )
     parser.add_argument(
         "--db",
-        metavar="PATH",
-        help="database file (default: $CYLLAMA_DB_PATH, else the per-user data dir)",
+        metavar="PATH|URL",
+        help="database file, or a URL: postgresql://user:password@host:5432/db for a shared server, "
+        "sqlite:///file.db (default: $CYLLAMA_DB_URL or $CYLLAMA_DB_PATH, else the per-user data dir)",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--json", action="store_true",

@@ -31,6 +31,12 @@ class _Held(logging.Filter):
         return False
 
 
+def _is_url(path: str) -> bool:
+    from ..db.url import SCHEMES, is_url
+
+    return is_url(path) and path.split("://", 1)[0].lower() in SCHEMES
+
+
 def _construct(path: str | None, readonly: bool = False) -> CyllamaDB:
     """``CyllamaDB(path)``, its "falling back to memory" warning kept off stderr.
 
@@ -47,7 +53,11 @@ def _construct(path: str | None, readonly: bool = False) -> CyllamaDB:
     try:
         # The command line is an explicit request to use the database, so
         # CYLLAMA_DB_ENABLED=0 (meant for library calls) does not turn it off.
-        db = CyllamaDB(path, enabled=True, readonly=readonly)
+        if path is not None and _is_url(path):
+            # --db postgresql://... (or sqlite:///...): a URL, its password never shown.
+            db = CyllamaDB(url=path, enabled=True, readonly=readonly)
+        else:
+            db = CyllamaDB(path, enabled=True, readonly=readonly)
     finally:
         library_logger.removeFilter(held)
     if db.fallback_reason is None:

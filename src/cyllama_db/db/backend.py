@@ -7,8 +7,8 @@ numeric Unix-second timestamps) with ``?`` placeholders, and ask the
 placeholder translation, upserts, the current time in SQL, full-text
 search, schema introspection, sizes and maintenance, and the mapping of the
 engine's errors to the library's. SQLite (:class:`~cyllama_db.db.sqlite.SQLiteBackend`)
-is the one implementation; a second engine implements this class and no
-store changes. The contract is written out in ``docs/index.md``.
+and PostgreSQL (:class:`~cyllama_db.db.postgres.PostgresBackend`) implement
+it. The contract is written out in ``docs/index.md``.
 """
 
 from __future__ import annotations
@@ -91,6 +91,22 @@ class Backend(ABC):
             "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in changed) if changed else "DO NOTHING"
         )
         return f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT({', '.join(key)}) {action}"
+
+    def least(self, *expressions: str) -> str:
+        """SQL for the smallest of ``expressions`` (SQLite's scalar ``MIN(a, b)``, PostgreSQL's ``LEAST``).
+
+        NULLs differ: SQLite's gives NULL if any is NULL, ``LEAST`` ignores
+        them; callers pass non-NULL expressions (``COALESCE``).
+        """
+        return f"MIN({', '.join(expressions)})"
+
+    def greatest(self, *expressions: str) -> str:
+        """SQL for the largest of ``expressions`` (``MAX(a, b)`` / ``GREATEST``; NULLs as in :meth:`least`)."""
+        return f"MAX({', '.join(expressions)})"
+
+    def next_id_sql(self, table: str) -> str:
+        """SQL for a fresh ``id`` above every other in ``table`` (moving a row to the end of id order)."""
+        return f"(SELECT MAX(id) FROM {table}) + 1"
 
     @abstractmethod
     def now_sql(self) -> str:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, tzinfo
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from ..errors import (
     DatabaseClosedError,
@@ -31,6 +31,7 @@ from ..stores.metrics import MetricsSampler, MetricsStore
 from ..stores.registry import ModelRecord, ModelRef, ModelRegistry
 from ..stores.stats import StatsStore
 from . import migrations as _migrations
+from . import pg_mirror as _pg_mirror  # noqa: F401  (PostgreSQL parts of versions 3, 4, 6)
 from .deferred import DeferredWrites
 from .pool import ConnectionPool
 from .settings import DEFAULT, Settings
@@ -40,6 +41,7 @@ from .store import Store, db_op, delegate
 if TYPE_CHECKING:
     from ..aio import AsyncCyllamaDB
     from ..types import GenerationConfig, Response
+    from .backend import Backend
 
 __all__ = ["CyllamaDB", "configure_db", "get_db", "reset_db"]
 
@@ -90,6 +92,15 @@ class CyllamaDB:
             database (:attr:`fallback_reason` says why); ``"raise"`` raises
             :class:`~cyllama_db.errors.DatabaseFileError`. Default:
             ``$CYLLAMA_DB_FALLBACK`` or ``"memory"``.
+        url: a database URL instead of ``path`` (give one of them):
+            ``postgresql://user:password@host:5432/database`` keeps every
+            store on a PostgreSQL server that several machines share;
+            ``sqlite:///path.db`` is the same as ``path="path.db"``.
+            ``None``: ``$CYLLAMA_DB_URL``, else as ``path`` says. The
+            password never appears in :attr:`path`, ``repr()``, errors or
+            logs (``****``). A server that cannot be reached raises a
+            :class:`~cyllama_db.DatabaseError` naming its host and port;
+            there is no fallback to memory. Needs ``cyllama-db[postgres]``.
         auto_vacuum: keep the file from staying large after deletes. A new
             file is made with SQLite's incremental auto-vacuum, and when
             cleanup, eviction, invalidation or pruning leaves more than an
@@ -128,9 +139,11 @@ class CyllamaDB:
         readonly: bool = False,
         fallback: str | None = None,
         auto_vacuum: bool | None = None,
+        url: str | None = None,
     ) -> None:
         self.settings = Settings.resolve(
             path=path,
+            url=url,
             enabled=enabled,
             cache_ttl=cache_ttl,
             max_cache_size_mb=max_cache_size_mb,
@@ -168,8 +181,17 @@ class CyllamaDB:
         self._close_lock = threading.Lock()
         if not self.enabled:
             return
-        self.backend = SQLiteBackend.open(self.settings)
-        self._pool = self.backend.pool
+        if self.settings.engine == "postgresql":
+            from .postgres import PostgresBackend  # psycopg only when a server URL is used
+
+            backend = PostgresBackend.open(self.settings)
+            self.backend: Backend = backend
+            # The backend is its own pool: read/transaction/no_wait/closed/readonly.
+            self._pool = cast("ConnectionPool", backend)
+        else:
+            sqlite = SQLiteBackend.open(self.settings)
+            self.backend = sqlite
+            self._pool = sqlite.pool
         self.fallback_reason = self.backend.fallback_reason
         for store in self.stores:
             store.open()
@@ -686,6 +708,7 @@ class CyllamaDB:
         engine = self.backend.storage_stats()
         stats: dict[str, Any] = {
             "path": self.path,
+            "engine": self.backend.name,
             "file_size_mb": engine.pop("file_size_mb"),
             "schema_version": self.schema_version(),
             **engine,

@@ -24,6 +24,18 @@ Version numbers handed out so far (add new ones at the end, never reuse):
 6  metrics history
 == ====================================
 
+**Engines.** A migration's parts are per engine. ``@migration(v, name)``
+registers a SQLite part (the default); ``@migration(v, name,
+engine="postgresql")`` registers the PostgreSQL DDL of the same version.
+Every version is recorded on every engine, so version numbers agree: a
+version without a part for an engine is recorded there without a change
+(the PostgreSQL parts of the early versions create the current tables, so
+later versions that only altered SQLite tables have nothing to do there).
+On PostgreSQL, :func:`migrate_backend` runs the pending versions, each with
+its ``schema_version`` row in one transaction, under the advisory lock
+:data:`MIGRATION_LOCK`, so machines opening a fresh database at the same
+moment apply each version once.
+
 Every file is stamped with ``PRAGMA application_id`` = :data:`APPLICATION_ID`
 (the ASCII bytes of ``"CyDB"``) in the transaction of its first migration.
 A file from before the stamp is recognised by the exact shape of its
@@ -40,6 +52,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ForeignDatabaseError, MigrationError, SchemaVersionError
 
@@ -51,6 +64,7 @@ __all__ = [
     "execute_script",
     "latest_version",
     "migrate",
+    "migrate_backend",
     "migration",
     "pending_versions",
     "read_versions",
@@ -60,7 +74,13 @@ __all__ = [
 
 logger = logging.getLogger("cyllama_db.migrations")
 
-MigrationFunc = Callable[[sqlite3.Connection], None]
+MigrationFunc = Callable[[Any], None]
+
+#: The engines a migration can have a part for.
+ENGINES = ("sqlite", "postgresql")
+
+#: The advisory lock (PostgreSQL) that serialises migrations across machines.
+MIGRATION_LOCK = "cyllama-db migrations"
 
 #: ``PRAGMA application_id`` of every cyllama-db file: ``"CyDB"`` in ASCII, 0x43794442.
 APPLICATION_ID = int.from_bytes(b"CyDB", "big")
@@ -73,48 +93,76 @@ _VERSION_TABLE_SQL = (
     " applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,"
     " name TEXT)"
 )
+# The same table on PostgreSQL; applied_at is text in SQLite's CURRENT_TIMESTAMP format.
+_PG_VERSION_TABLE_SQL = (
+    "CREATE TABLE IF NOT EXISTS schema_version ("
+    " version INTEGER PRIMARY KEY,"
+    " applied_at TEXT DEFAULT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'),"
+    " name TEXT)"
+)
 
 
 @dataclass(frozen=True)
 class Migration:
-    """One schema version: its name and the steps that make it, run in one transaction."""
+    """One schema version: its name and the steps that make it, run in one transaction.
+
+    ``parts`` are the SQLite steps; ``engine_parts`` holds the steps of the
+    other engines, as ``((engine, steps), ...)``.
+    """
 
     version: int
     name: str
     parts: tuple[MigrationFunc, ...]
+    engine_parts: tuple[tuple[str, tuple[MigrationFunc, ...]], ...] = ()
 
-    def apply(self, conn: sqlite3.Connection) -> None:
-        """Run every part, in registration order (inside the caller's transaction)."""
-        for part in self.parts:
+    def parts_for(self, engine: str) -> tuple[MigrationFunc, ...]:
+        """The steps of this version on ``engine`` (``()``: recorded without a change)."""
+        if engine == "sqlite":
+            return self.parts
+        return dict(self.engine_parts).get(engine, ())
+
+    def apply(self, conn: Any, engine: str = "sqlite") -> None:
+        """Run every part for ``engine``, in registration order (inside the caller's transaction)."""
+        for part in self.parts_for(engine):
             part(conn)
 
 
 _MIGRATIONS: dict[int, Migration] = {}
 
 
-def migration(version: int, name: str) -> Callable[[MigrationFunc], MigrationFunc]:
-    """Register ``fn(conn)`` as schema migration number ``version``.
+def migration(version: int, name: str, engine: str = "sqlite") -> Callable[[MigrationFunc], MigrationFunc]:
+    """Register ``fn(conn)`` as schema migration number ``version`` on ``engine``.
 
     Each store registers the steps that create or change its own tables.
     When one version changed the tables of several stores (version 1 made
     ``config`` and ``metadata``), each store registers its part under the
     same number and name; the parts run together, in one transaction, and
-    the version is recorded once.
+    the version is recorded once. ``engine="postgresql"`` registers the
+    PostgreSQL part of the version (the default is SQLite's).
     """
     if not isinstance(version, int) or version < 1:
         raise ValueError(f"migration version must be a positive int, got {version!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"migration engine must be one of {ENGINES}, got {engine!r}")
 
     def register(fn: MigrationFunc) -> MigrationFunc:
         existing = _MIGRATIONS.get(version)
         if existing is None:
-            _MIGRATIONS[version] = Migration(version, name, (fn,))
-            return fn
-        if existing.name != name:
+            existing = Migration(version, name, ())
+        elif existing.name != name:
             raise ValueError(f"migration {version} is already registered as {existing.name!r}")
         # Re-importing a module (e.g. importlib.reload) registers the same
         # function again: it replaces itself rather than running twice.
-        parts = tuple(part for part in existing.parts if part.__qualname__ != fn.__qualname__ or part.__module__ != fn.__module__)
-        _MIGRATIONS[version] = Migration(version, name, (*parts, fn))
+        parts = tuple(
+            part
+            for part in existing.parts_for(engine)
+            if part.__qualname__ != fn.__qualname__ or part.__module__ != fn.__module__
+        )
+        if engine == "sqlite":
+            _MIGRATIONS[version] = Migration(version, name, (*parts, fn), existing.engine_parts)
+        else:
+            others = tuple((e, p) for e, p in existing.engine_parts if e != engine)
+            _MIGRATIONS[version] = Migration(version, name, existing.parts, (*others, (engine, (*parts, fn))))
         return fn
 
     return register
@@ -147,27 +195,37 @@ def execute_script(conn: sqlite3.Connection, script: str) -> None:
         raise MigrationError(f"incomplete SQL statement in migration: {statement.strip()[:80]}")
 
 
-def _has_version_table(conn: sqlite3.Connection) -> bool:
+def _engine_backend(conn: Any) -> Any:
+    """The backend of a non-SQLite connection (a PostgreSQL one), else None."""
+    if isinstance(conn, sqlite3.Connection):
+        return None
+    return getattr(conn, "backend", None)
+
+
+def _has_version_table(conn: Any) -> bool:
+    backend = _engine_backend(conn)
+    if backend is not None:
+        return bool(backend.has_table(conn, "schema_version"))
     row = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_version'"
     ).fetchone()
     return row is not None
 
 
-def applied_versions(conn: sqlite3.Connection) -> list[int]:
+def applied_versions(conn: Any) -> list[int]:
     """The versions recorded in ``schema_version`` (empty for a fresh file)."""
     if not _has_version_table(conn):
         return []
     return [row[0] for row in conn.execute("SELECT version FROM schema_version ORDER BY version")]
 
 
-def schema_version(conn: sqlite3.Connection) -> int:
+def schema_version(conn: Any) -> int:
     """The highest applied version (0 for a fresh file)."""
     versions = applied_versions(conn)
     return versions[-1] if versions else 0
 
 
-def pending_versions(conn: sqlite3.Connection) -> list[int]:
+def pending_versions(conn: Any) -> list[int]:
     """Registered migrations not yet applied to this database."""
     applied = set(applied_versions(conn))
     return [m.version for m in registered_migrations() if m.version not in applied]
@@ -249,7 +307,7 @@ def _stamp(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
 
-def check_not_newer(conn: sqlite3.Connection, path: str) -> None:
+def check_not_newer(conn: Any, path: str) -> None:
     """Raise :class:`SchemaVersionError` if the file comes from a newer cyllama-db."""
     found = schema_version(conn)
     if found > latest_version():
@@ -321,6 +379,52 @@ def migrate(conn: sqlite3.Connection, path: str = "database") -> list[int]:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+    return applied_now
+
+
+def migrate_backend(backend: Any) -> list[int]:
+    """Apply every pending migration's parts for ``backend``'s engine (PostgreSQL); returns the versions applied.
+
+    One runner for every machine: each pending version runs with its
+    ``schema_version`` row in one transaction that first takes the advisory
+    lock :data:`MIGRATION_LOCK` (waiting at most the busy timeout), and
+    re-reads the applied versions under it, so machines opening at the same
+    moment apply each version once. A database whose schema is newer than
+    this code is refused (:class:`SchemaVersionError`) before anything is
+    written. SQLite files use :func:`migrate`.
+    """
+    engine = backend.name
+    where = backend.location
+    with backend.read() as conn:
+        check_not_newer(conn, where)
+        pending = set(pending_versions(conn))
+    applied_now: list[int] = []
+    for mig in registered_migrations():
+        if mig.version not in pending:
+            continue
+        with backend.transaction() as conn:
+            backend.advisory_lock(conn, MIGRATION_LOCK)
+            conn.execute(_PG_VERSION_TABLE_SQL)
+            # Re-read under the lock: another machine may have applied it.
+            if schema_version(conn) > latest_version():
+                raise SchemaVersionError(where, schema_version(conn), latest_version())
+            done = conn.execute("SELECT 1 FROM schema_version WHERE version = ?", (mig.version,)).fetchone()
+            if done is not None:
+                continue
+            started = time.perf_counter()
+            try:
+                mig.apply(conn, engine)
+            except Exception as exc:
+                raise MigrationError(
+                    f"migration {mig.version} ({mig.name}) failed on {where}: {exc}; "
+                    "the database was left at the previous version"
+                ) from exc
+            conn.execute("INSERT INTO schema_version (version, name) VALUES (?, ?)", (mig.version, mig.name))
+            applied_now.append(mig.version)
+            logger.info(
+                "applied migration %d (%s) to %s in %.1f ms",
+                mig.version, mig.name, where, (time.perf_counter() - started) * 1000,
+            )
     return applied_now
 
 

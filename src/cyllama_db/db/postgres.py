@@ -58,6 +58,7 @@ from ..errors import (
     ReadOnlyDatabaseError,
 )
 from .backend import Backend
+from .settings import Settings
 from .url import DatabaseURL, parse_url, redact_text
 
 try:
@@ -279,6 +280,10 @@ class PostgresCursor:
         """The result's columns (``name`` first in each, as in sqlite3), or None."""
         return self._cursor.description
 
+    def close(self) -> None:
+        """Like sqlite3's: release the rows (they were fetched with the statement)."""
+        self._cursor.close()
+
     @property
     def lastrowid(self) -> Any:
         raise DatabaseError(
@@ -482,15 +487,69 @@ class PostgresBackend(Backend):
             raise self._unreachable(f"the pool could not open {min_size} connection(s): {exc}") from None
 
     @classmethod
-    def open(cls, url: str | DatabaseURL, **options: Any) -> PostgresBackend:
+    def open(cls, url: str | DatabaseURL | Settings, **options: Any) -> PostgresBackend:
         """Connect to the database ``url`` names (keyword options as for the class).
 
+        Given a :class:`~cyllama_db.db.settings.Settings` (what
+        :class:`~cyllama_db.CyllamaDB` does), connects to its ``url`` with
+        its busy timeout and read-only flag and brings the schema up to date
+        (:func:`~cyllama_db.db.migrations.migrate_backend`: one runner,
+        serialised across machines by an advisory lock; a newer schema is
+        refused with :class:`~cyllama_db.SchemaVersionError`, untouched).
+        Given a URL, only connects: migrations are then the caller's.
+
         Raises a :class:`~cyllama_db.DatabaseError` naming the host and port
-        (never the password) when the server cannot be reached. Migrations
-        are the caller's: run them inside :meth:`transaction` under
-        :func:`advisory_lock` so that machines opening at once apply each once.
+        (never the password) when the server cannot be reached; there is no
+        fallback to memory.
         """
-        return cls(url, **options)
+        if not isinstance(url, Settings):
+            return cls(url, **options)
+        settings = url
+        if settings.url is None:
+            raise ConfigurationError(
+                f"PostgresBackend.open() needs settings with a postgresql:// URL, got the path {settings.path!r}"
+            )
+        backend = cls(settings.url, busy_timeout=settings.busy_timeout, readonly=settings.readonly, **options)
+        try:
+            if settings.readonly:
+                backend._check_readonly_schema()
+            else:
+                from . import migrations as _migrations
+
+                _migrations.migrate_backend(backend)
+        except BaseException:
+            backend.close()
+            raise
+        return backend
+
+    def _check_readonly_schema(self) -> None:
+        """Read-only: refuse a newer schema, or one that needs migrations this connection cannot run."""
+        from . import migrations as _migrations
+
+        with self.read() as conn:
+            _migrations.check_not_newer(conn, self.location)
+            if _migrations.pending_versions(conn):
+                raise ReadOnlyDatabaseError(
+                    f"database {self.location!r} has schema version {_migrations.schema_version(conn)} "
+                    f"and this cyllama-db needs {_migrations.latest_version()}; readonly=True cannot "
+                    "upgrade it. Open it once without readonly=True to upgrade it."
+                )
+
+    # -- what the stores use of a connection pool ----------------------------------------------
+
+    #: Never an in-memory database (the stores' fast paths ask).
+    memory: ClassVar[bool] = False
+
+    def fetchone(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
+        """One row of a read on this thread's connection (the stores' hot read path)."""
+        with self.read() as conn:
+            return conn.execute(sql, parameters).fetchone()
+
+    def execute_write(self, sql: str, parameters: Sequence[Any] = ()) -> int:
+        """One statement as its own transaction (autocommit); returns the rows it changed."""
+        self.check_writable()
+        with self.read() as conn:
+            return int(conn.execute(sql, parameters).rowcount)
 
     # -- connections ------------------------------------------------------------------------
 
@@ -716,6 +775,15 @@ class PostgresBackend(Backend):
     def now_sql(self) -> str:
         return "(extract(epoch from clock_timestamp())::double precision)"
 
+    def least(self, *expressions: str) -> str:
+        return f"LEAST({', '.join(expressions)})"
+
+    def greatest(self, *expressions: str) -> str:
+        return f"GREATEST({', '.join(expressions)})"
+
+    def next_id_sql(self, table: str) -> str:
+        return f"nextval(pg_get_serial_sequence('{table}', 'id'))"
+
     # -- schema introspection ---------------------------------------------------------------------
 
     def columns(self, conn: Any, table: str) -> list[str]:
@@ -764,11 +832,15 @@ class PostgresBackend(Backend):
                 "SELECT COALESCE(sum(n_dead_tup), 0) FROM pg_stat_user_tables WHERE schemaname = current_schema()"
             ).fetchone()[0]
         pool = self.pool.get_stats()
+        tables_bytes = self.size_bytes()
         return {
+            # What get_db_stats() reports as the file's size: our tables' (no file of ours).
+            "file_size_mb": round(tables_bytes / 1_048_576, 4),
+            "file_bytes": tables_bytes,
             "server": self.url.server,
             "server_version": str(version),
             "database_size_mb": round(int(database_bytes) / 1_048_576, 4),
-            "tables_size_mb": round(self.size_bytes() / 1_048_576, 4),
+            "tables_size_mb": round(tables_bytes / 1_048_576, 4),
             "dead_rows": int(dead),
             "pool_size": int(pool.get("pool_size", 0)),
             "pool_available": int(pool.get("pool_available", 0)),
@@ -878,8 +950,11 @@ class PostgresBackend(Backend):
     # -- full-text search ---------------------------------------------------------------------------
 
     def search_available(self) -> bool:
-        """Always: PostgreSQL's full-text search (``tsvector``) is built in."""
-        return True
+        """False: the stores' full-text search is built on SQLite FTS5 and not yet on ``tsvector``.
+
+        ``db.cache.search()`` raises :class:`~cyllama_db.errors.SearchUnavailableError` here.
+        """
+        return False
 
 
 def _quote_identifier(name: str) -> str:

@@ -16,12 +16,17 @@ from typing import Any
 
 from .._time import parse_duration
 from ..errors import ConfigurationError, ConfigurationTypeError
+from .url import SCHEMES, DatabaseURL, is_url, parse_url
 
 __all__ = ["DEFAULT", "ENV_VARS", "FALLBACKS", "LOG_LEVELS", "Settings", "default_db_path"]
 
 #: Every environment variable cyllama-db reads, with what it means.
 ENV_VARS: dict[str, str] = {
     "CYLLAMA_DB_PATH": "database file (default: the platform's user data dir /cyllama/cyllama.db)",
+    "CYLLAMA_DB_URL": (
+        "database URL instead of a path: postgresql://user:password@host:5432/db (a server shared "
+        "by several machines) or sqlite:///path.db; set this or CYLLAMA_DB_PATH, not both"
+    ),
     "CYLLAMA_DB_ENABLED": "1 (default) or 0: 0 makes every call a no-op and creates no file",
     "CYLLAMA_CACHE_TTL": "default cache entry lifetime: seconds or 30m/24h/7d; 'none' = never expires",
     "CYLLAMA_CACHE_MAX_SIZE_MB": "cache size limit in MB (default 100)",
@@ -213,6 +218,14 @@ class Settings:
     fallback: str = "memory"
     #: new files get incremental auto-vacuum; freed pages are returned after deletes
     auto_vacuum: bool = True
+    #: the parsed ``postgresql://`` URL of a server database (``path`` is then its
+    #: redacted form), None for SQLite; its repr never shows the password
+    url: DatabaseURL | None = None
+
+    @property
+    def engine(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``: the engine the database runs on."""
+        return "sqlite" if self.url is None else self.url.engine
 
     @classmethod
     def resolve(
@@ -221,6 +234,7 @@ class Settings:
         path: str | os.PathLike[str] | None = None,
         enabled: bool | None = None,
         cache_ttl: Any = DEFAULT,
+        url: str | None = None,
         max_cache_size_mb: float | None = None,
         log_level: str | int | None = None,
         log_to_db: bool | None = None,
@@ -233,8 +247,35 @@ class Settings:
         auto_vacuum: bool | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
-        """Build settings from arguments, then the environment, then defaults."""
+        """Build settings from arguments, then the environment, then defaults.
+
+        The database is ``url`` or ``path`` (giving both is an error), else
+        ``$CYLLAMA_DB_URL`` or ``$CYLLAMA_DB_PATH`` (both set is an error),
+        else the default file. A ``sqlite:///`` URL is the same as its path;
+        a path argument that is a URL is read as one.
+        """
         env = os.environ if environ is None else environ
+        server_url: DatabaseURL | None = None
+        if url is not None:
+            if path is not None:
+                raise ConfigurationError(
+                    "give path= or url=, not both: path names a SQLite file, url= a database "
+                    "URL (postgresql://... or sqlite:///...)"
+                )
+            if not isinstance(url, str):
+                raise ConfigurationTypeError(f"url must be a str, got {type(url).__name__}")
+            path, server_url = _from_url(url)
+        elif isinstance(path, str) and is_url(path) and path.split("://", 1)[0].lower() in SCHEMES:
+            path, server_url = _from_url(path)
+        elif path is None:
+            raw_url = _env(env, "CYLLAMA_DB_URL")
+            if raw_url is not None:
+                if _env(env, "CYLLAMA_DB_PATH") is not None:
+                    raise ConfigurationError(
+                        "both CYLLAMA_DB_URL and CYLLAMA_DB_PATH are set: unset one of them "
+                        "(or pass path= or url=, which take precedence)"
+                    )
+                path, server_url = _from_url(raw_url)
 
         if enabled is None:
             raw = _env(env, "CYLLAMA_DB_ENABLED")
@@ -255,7 +296,9 @@ class Settings:
             raise ConfigurationTypeError(
                 f"path must be a str or os.PathLike, got {type(path).__name__}"
             )
-        if resolved != ":memory:":
+        if server_url is not None:
+            resolved = server_url.redacted
+        elif resolved != ":memory:":
             resolved = os.path.abspath(os.path.expanduser(resolved))
 
         if cache_ttl is DEFAULT:
@@ -326,4 +369,13 @@ class Settings:
             readonly=readonly,
             fallback=answer,
             auto_vacuum=vacuum,
+            url=server_url,
         )
+
+
+def _from_url(url: str) -> tuple[str | None, DatabaseURL | None]:
+    """``(path, None)`` for a ``sqlite:///`` URL, ``(None, parsed)`` for a server URL."""
+    parsed = parse_url(url)
+    if parsed.engine == "sqlite":
+        return parsed.path, None
+    return None, parsed

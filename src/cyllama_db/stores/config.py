@@ -65,6 +65,21 @@ def _create_config_table(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration(1, "config and metadata tables", engine="postgresql")
+def _create_config_table_pg(conn: Any) -> None:
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS config (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            value_type TEXT NOT NULL CHECK (value_type IN ('str','int','float','bool','json')),
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )
+        """
+    )
+
+
 def _check_key(key: object) -> str:
     if not isinstance(key, str):
         raise TypeError(f"config key must be a str, got {type(key).__name__}")

@@ -50,6 +50,19 @@ def _create_metadata_table(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration(1, "config and metadata tables", engine="postgresql")
+def _create_metadata_table_pg(conn: Any) -> None:
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS metadata (
+            key TEXT PRIMARY KEY NOT NULL,
+            value TEXT NOT NULL,
+            updated_at BIGINT NOT NULL
+        )
+        """
+    )
+
+
 def _check_key(key: object) -> str:
     if not isinstance(key, str):
         raise TypeError(f"metadata key must be a str, got {type(key).__name__}")

@@ -151,6 +151,11 @@ class _Index:
         """
 
 
+def _fts_engine(conn: object) -> bool:
+    """Whether ``conn`` is SQLite's (the FTS5 indexes exist only there; elsewhere the index calls do nothing)."""
+    return isinstance(conn, sqlite3.Connection)
+
+
 def sync_index(conn: sqlite3.Connection, index: _Index) -> int:
     """Bring ``index`` up to date, inside the caller's write transaction; returns rows indexed.
 
@@ -159,6 +164,8 @@ def sync_index(conn: sqlite3.Connection, index: _Index) -> int:
     place). Does nothing where the index does not exist (no FTS5).
     """
     n, t = index.name, index.table
+    if not _fts_engine(conn):
+        return 0
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (n,)).fetchone() is None:
         return 0
     pending = [row[0] for row in conn.execute(f"SELECT id FROM {n}_pending")]
@@ -243,6 +250,8 @@ def create_cache_index(conn: sqlite3.Connection) -> None:
 def index_is_behind(conn: sqlite3.Connection, index: _Index) -> bool:
     """Whether :func:`sync_index` has work to do (reads only; False without the index)."""
     n = index.name
+    if not _fts_engine(conn):
+        return False
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (n,)).fetchone() is None:
         return False
     return bool(
