@@ -107,7 +107,11 @@ def is_loopback(host: str) -> bool:
 class DashboardServer(ThreadingHTTPServer):
     """A threading HTTP server bound to one database; ``url`` is where it listens."""
 
-    daemon_threads = True
+    # Handler threads are joined by server_close() (each is bounded by the
+    # request timeout): the database closes right after, and closing a
+    # connection under a thread still reading from it can crash SQLite.
+    daemon_threads = False
+    block_on_close = True
     allow_reuse_address = True
 
     def __init__(
