@@ -96,9 +96,10 @@ def test_table_has_the_seed_columns_plus_gpus_json(any_db: CyllamaDB) -> None:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(metrics_history)")]
         indexes = {r[1]: r for r in conn.execute("PRAGMA index_list(metrics_history)")}
         indexed = [r[2] for r in conn.execute("PRAGMA index_info(idx_metrics_timestamp)")]
-    # Schema 8 appends the inference process's own figures after the seed's columns.
-    assert columns[-3:] == ["process_rss_bytes", "process_cpu_usage", "process_pid"]
-    columns = columns[:-3]
+    # Schema 8 appends the inference process's own figures after the seed's columns,
+    # schema 11 the host that took the sample.
+    assert columns[-4:] == ["process_rss_bytes", "process_cpu_usage", "process_pid", "host"]
+    columns = columns[:-4]
     assert [c for c in columns if c != "gpus_json"] == SEED_COLUMNS
     assert "gpus_json" in columns
     assert "idx_metrics_timestamp" in indexes
