@@ -826,6 +826,10 @@ class PostgresBackend(Backend):
                 "Open it without readonly=True to change it."
             )
 
+    def waits(self) -> bool:
+        """False inside :meth:`no_wait` on this thread (as :meth:`ConnectionPool.waits`)."""
+        return not self._local.no_wait
+
     @contextmanager
     def no_wait(self) -> Iterator[None]:
         """Inside the block, this thread's lock waits fail at once with ``DatabaseBusyError``."""
