@@ -252,3 +252,53 @@ def test_many_rounds_of_racing_machines_generate_each_prompt_once(
         assert _scalar(db, "SELECT COUNT(*) FROM stats WHERE cache_hit = 0 AND max_tokens = ?", (MAX_TOKENS,)) == 3
     finally:
         db.close()
+
+
+# -- the lock itself ---------------------------------------------------------------------------
+
+
+def test_the_flight_lock_is_held_across_connections_and_waits_bounded(pg_url: str) -> None:
+    # Two CyllamaDB objects: two backends, two server sessions (as two machines have).
+    one, two = CyllamaDB(url=pg_url), CyllamaDB(url=pg_url)
+    try:
+        with one.backend.flight("some key", 5.0) as held:
+            assert held is True
+            started = time.monotonic()
+            with two.backend.flight("some key", 0.3) as held_too:
+                waited = time.monotonic() - started
+                assert held_too is False  # gave up: the block runs without the lock
+            assert 0.25 <= waited < 3.0
+            with two.backend.flight("another key", 0.3) as other:
+                assert other is True  # one lock per request
+        started = time.monotonic()
+        with two.backend.flight("some key", 5.0) as held:
+            assert held is True and time.monotonic() - started < 1.0  # released at the end of the block
+        # Released even when the block raises.
+        with pytest.raises(RuntimeError), two.backend.flight("some key", 5.0):
+            raise RuntimeError("generation failed")
+        with one.backend.flight("some key", 0.5) as held:
+            assert held is True
+    finally:
+        one.close()
+        two.close()
+
+
+def test_sqlite_flight_is_a_no_op(tmp_path: Path) -> None:
+    # One machine holds a SQLite file: the in-process single flight covers it.
+    db = CyllamaDB(tmp_path / "one.db")
+    try:
+        with db.backend.flight("k", 0.0) as held, db.backend.flight("k", 0.0) as again:
+            assert held is True and again is True
+    finally:
+        db.close()
+
+
+def test_metrics_samples_of_several_hosts_on_one_server(pg_url: str) -> None:
+    db = CyllamaDB(url=pg_url)
+    try:
+        first = db.save_metrics({"cpu_usage": 1.0, "host": "box-a"})
+        second = db.save_metrics({"cpu_usage": 2.0, "host": "box-b"})
+        assert [(h["id"], h["host"]) for h in db.get_metrics_history()] == [(first, "box-a"), (second, "box-b")]
+        assert [h["cpu_usage"] for h in db.get_metrics_history(host="box-b")] == [2.0]
+    finally:
+        db.close()
