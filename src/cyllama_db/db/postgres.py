@@ -75,10 +75,10 @@ except ImportError as exc:  # pragma: no cover - exercised where psycopg is abse
     ) from exc
 
 __all__ = [
+    "FLIGHT_LOCK_PREFIX",
     "MIN_SERVER_VERSION",
     "PostgresBackend",
     "PostgresConnection",
-    "FLIGHT_LOCK_PREFIX",
     "advisory_key",
     "advisory_lock",
     "translate_placeholders",
