@@ -96,9 +96,10 @@ def test_table_has_the_seed_columns_plus_gpus_json(any_db: CyllamaDB) -> None:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(metrics_history)")]
         indexes = {r[1]: r for r in conn.execute("PRAGMA index_list(metrics_history)")}
         indexed = [r[2] for r in conn.execute("PRAGMA index_info(idx_metrics_timestamp)")]
-    # Schema 8 appends the inference process's own figures after the seed's columns.
-    assert columns[-3:] == ["process_rss_bytes", "process_cpu_usage", "process_pid"]
-    columns = columns[:-3]
+    # Schema 8 appends the inference process's own figures after the seed's columns,
+    # schema 11 the host that took the sample.
+    assert columns[-4:] == ["process_rss_bytes", "process_cpu_usage", "process_pid", "host"]
+    columns = columns[:-4]
     assert [c for c in columns if c != "gpus_json"] == SEED_COLUMNS
     assert "gpus_json" in columns
     assert "idx_metrics_timestamp" in indexes
@@ -967,3 +968,48 @@ def test_latest_is_the_newest_sample(memory_db: CyllamaDB) -> None:
     assert latest is not None and latest["id"] == newest and latest["cpu_usage"] == 2.0
     assert latest["timestamp_ms"] == T_MS and latest["gpus"] == [{"index": 0, "gpu_usage": 5.0}]
     assert latest == memory_db.get_metrics_history(5)[-1]
+
+
+# -- host (schema 11) -----------------------------------------------------------------------
+
+
+def test_each_sample_records_the_host_that_took_it(any_db: CyllamaDB) -> None:
+    import socket
+
+    any_db.clock = lambda: T
+    mine = any_db.save_metrics({"cpu_usage": 1.0})
+    other = any_db.save_metrics({"cpu_usage": 2.0, "host": "gpu-box-2"})
+    history = any_db.get_metrics_history(minutes=1)
+    assert [(h["id"], h["host"]) for h in history] == [(mine, socket.gethostname()), (other, "gpu-box-2")]
+    assert [h["id"] for h in any_db.get_metrics_history(minutes=1, host="gpu-box-2")] == [other]
+    assert [h["id"] for h in any_db.metrics.history(1, host=socket.gethostname())] == [mine]
+    assert any_db.get_metrics_history(minutes=1, host="nobody") == []
+    assert any_db.metrics.latest()["host"] == "gpu-box-2"
+    with any_db.pool.read() as conn:  # the readable view shows it
+        assert [r[0] for r in conn.execute("SELECT host FROM metrics ORDER BY id")] == [socket.gethostname(), "gpu-box-2"]
+
+
+@pytest.mark.parametrize("bad", ["", "a" * 256, "tab\there"])
+def test_a_bad_host_is_refused(memory_db: CyllamaDB, bad: str) -> None:
+    with pytest.raises(ValueError, match="host"):
+        memory_db.save_metrics({"cpu_usage": 1.0, "host": bad})
+    with pytest.raises(ValueError, match="host"):
+        memory_db.get_metrics_history(host=bad)
+    with pytest.raises(TypeError, match="host"):
+        memory_db.save_metrics({"host": 3})
+    assert memory_db.get_metrics_history() == []
+
+
+def test_cli_metrics_history_filters_and_names_hosts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cyllama_db.cli import main
+
+    path = tmp_path / "hosts.db"
+    with CyllamaDB(path) as db:
+        db.save_metrics({"cpu_usage": 11.5, "host": "box-a"})
+        db.save_metrics({"cpu_usage": 22.5, "host": "box-b"})
+    assert main(["--db", str(path), "metrics", "history"]) == 0
+    out = capsys.readouterr().out
+    assert "host" in out and "box-a" in out and "box-b" in out
+    assert main(["--db", str(path), "metrics", "history", "--host", "box-b"]) == 0
+    out = capsys.readouterr().out
+    assert "22.50" in out and "11.50" not in out and "box-a" not in out

@@ -90,6 +90,8 @@ WRONG: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], type[Exception], st
         (("an hour",), {}, ValueError, "minutes"),
         ((), {"since": "soon"}, ValueError, "since"),
         ((), {"until": b"1h"}, TypeError, "until"),
+        ((), {"host": 1}, TypeError, "host"),
+        ((), {"host": ""}, ValueError, "host"),
     ],
     "get_model": [(("1",), {}, TypeError, "id"), ((True,), {}, TypeError, "id")],
     "get_model_by_name": [((1,), {}, TypeError, "name")],

@@ -52,6 +52,13 @@ _RESPONSE_TAG = "__cyllama_db.Response__"
 _flights: SingleFlight[Any] = SingleFlight()
 
 
+def _flight_wait() -> float | None:
+    """How long a miss waits for another machine computing the same call: the model wait timeout."""
+    from .llm.locks import _UNSET, _wait_timeout
+
+    return _wait_timeout(_UNSET)
+
+
 def _check_ttl(ttl: Any) -> timedelta | None:
     if ttl is None:
         return None
@@ -267,19 +274,22 @@ class CachedFunction(Generic[R]):
             return value
 
         def compute() -> Any:
-            found_now, value_now = self._lookup(database, key)
-            if found_now:
-                return value_now
-            result = self.__wrapped__(*args, **kwargs)
-            try:
-                text = _encode_value(result, self.function_name + "()")
-            except UncacheableError as exc:
-                if self.strict:
-                    raise
-                self._not_stored(exc)
+            # Across machines too (PostgreSQL: an advisory lock, waited for as
+            # long as a model is: $CYLLAMA_MODEL_WAIT_TIMEOUT); re-checked under it.
+            with database.backend.flight("@cached:" + key, _flight_wait()):
+                found_now, value_now = self._lookup(database, key)
+                if found_now:
+                    return value_now
+                result = self.__wrapped__(*args, **kwargs)
+                try:
+                    text = _encode_value(result, self.function_name + "()")
+                except UncacheableError as exc:
+                    if self.strict:
+                        raise
+                    self._not_stored(exc)
+                    return result
+                self._store(database, key, args_json, text)
                 return result
-            self._store(database, key, args_json, text)
-            return result
 
         result, _shared = _flights.run(key, compute)
         return result

@@ -53,6 +53,7 @@ from cyllama_db import (  # noqa: E402
     generate_cache_key,
     model_identity,
 )
+from cyllama_db.db import facade as _facade  # noqa: E402, F401  (loads every store's migrations)
 from cyllama_db.db import migrations  # noqa: E402
 
 MANIFEST = HERE / "schema_samples.json"
@@ -533,6 +534,9 @@ BUILDERS: dict[int, Builder] = {
     # by the migration itself), v10 the readable views: no table of their own to fill.
     9: lambda conn, version: {},
     10: lambda conn, version: {},
+    # v11 adds metrics_history.host (NULL in the v6 builder's rows, as in every
+    # file from before v11) and shows it in the metrics view.
+    11: lambda conn, version: {},
 }
 
 

@@ -86,15 +86,22 @@ def cmd_metrics_watch(args: argparse.Namespace) -> int:
 def cmd_metrics_history(args: argparse.Namespace) -> int:
     """``cyllama-db metrics history`` (see docs/cli.md); returns the exit code."""
     with open_db(args, reads=True) as db:
-        rows = require(db, "get_metrics_history", "metrics")(minutes=args.minutes)
+        host = getattr(args, "host", None)
+        rows = require(db, "get_metrics_history", "metrics")(minutes=args.minutes, host=host)
     if args.json:
         print_json(rows)
         return 0
     if not rows:
-        print(f"no samples in the last {format_value(args.minutes)} minutes "
-              f"(start one: {PROG} metrics watch, or {PROG} dashboard)")
+        print(f"no samples in the last {format_value(args.minutes)} minutes"
+              + (f" from host {host!r}" if host else "")
+              + f" (start one: {PROG} metrics watch, or {PROG} dashboard)")
         return 0
-    print_table([_metric_row(r) for r in rows], ["time", *(h for _, h in _METRIC_COLUMNS)], decimals=2)
+    headers = ["time", *(h for _, h in _METRIC_COLUMNS)]
+    table = [_metric_row(r) for r in rows]
+    if len({r.get("host") for r in rows}) > 1:  # several machines' samples: say whose each is
+        headers.append("host")
+        table = [[*line, r.get("host")] for line, r in zip(table, rows, strict=True)]
+    print_table(table, headers, decimals=2)
     return 0
 
 

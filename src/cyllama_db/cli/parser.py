@@ -293,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                  read=True)
     p.add_argument("--minutes", type=float_between(0, MAX_HISTORY_MINUTES, exclusive_min=True),
                    default=10.0, help="how far back (default 10)")
+    p.add_argument("--host", metavar="NAME",
+                   help="only the samples this machine took (its host name); default: every machine's")
 
     # dashboard
     p = _command(sub, "dashboard", dashboard.cmd_dashboard,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar, Protocol
 
 __all__ = ["Backend", "Connection"]
@@ -75,6 +75,25 @@ class Backend(ABC):
     @abstractmethod
     def is_memory(self) -> bool:
         """Whether the data lives in this process only."""
+
+    # -- single flight across machines ------------------------------------------------------------
+
+    def flight(self, key: str, timeout: float | None) -> AbstractContextManager[bool]:
+        """Hold the cross-machine lock of the identical request ``key`` for the block.
+
+        The miss path of a cached call (``LLM``, ``@cached``) generates inside
+        it, after looking the cache up once more: a machine that waited here
+        for another one to generate the same request finds its answer then.
+        The lock is waited for at most ``timeout`` seconds (None: for ever);
+        the block then runs without it and the context value is False (it
+        is True while the lock is held).
+
+        This default is for engines whose data one machine holds (SQLite):
+        the in-process single flight (``llm/locks.py``) already covers it,
+        and this returns a no-op. PostgreSQL holds a session-level advisory
+        lock on a connection of its own (:meth:`PostgresBackend.flight`).
+        """
+        return nullcontext(True)
 
     # -- SQL dialect ----------------------------------------------------------------------------
 

@@ -95,7 +95,7 @@ FlushFunction = Callable[[sqlite3.Connection, list[Any]], None]
 @contextlib.contextmanager
 def _lock_wait(pool: ConnectionPool, wait: float | None) -> Iterator[None]:
     """Inside the block, this thread's connection waits at most ``wait`` s for the write lock."""
-    if wait is None or pool.memory or wait >= pool.busy_timeout:
+    if wait is None or pool.memory or wait >= pool.busy_timeout or getattr(pool, "name", "sqlite") != "sqlite":
         # None: the pool's own busy timeout. A memory database has one
         # connection, guarded by a Python lock: no SQLite lock to wait for.
         yield

@@ -594,8 +594,9 @@ class CyllamaDB:
         *,
         since: datetime | timedelta | float | str | None = None,
         until: datetime | timedelta | float | str | None = None,
+        host: str | None = None,
     ) -> list[dict[str, Any]]:
-        return self.metrics.history(minutes, since=since, until=until)
+        return self.metrics.history(minutes, since=since, until=until, host=host)
 
     @delegate(MetricsStore.start_sampler)
     def start_metrics_sampler(

@@ -39,8 +39,10 @@ import contextlib
 import functools
 import hashlib
 import logging
+import os
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -73,6 +75,7 @@ except ImportError as exc:  # pragma: no cover - exercised where psycopg is abse
     ) from exc
 
 __all__ = [
+    "FLIGHT_LOCK_PREFIX",
     "MIN_SERVER_VERSION",
     "PostgresBackend",
     "PostgresConnection",
@@ -86,6 +89,12 @@ logger = logging.getLogger("cyllama_db")
 
 #: The oldest server this backend runs on (``server_version_num``): PostgreSQL 12.
 MIN_SERVER_VERSION = 120000
+
+#: The advisory lock of a single flight is named this followed by the request's cache key.
+FLIGHT_LOCK_PREFIX = "cyllama-db flight:"
+
+#: Seconds between two tries for a flight lock another machine holds (doubling from the first).
+_FLIGHT_POLL = (0.01, 0.25)
 
 #: ``lock_timeout`` inside :meth:`PostgresBackend.no_wait` (0 would mean "wait forever").
 NO_WAIT_LOCK_TIMEOUT_MS = 1
@@ -234,6 +243,97 @@ def try_advisory_lock(conn: PostgresConnection, name: str) -> bool:
     _needs_transaction(conn, "try_advisory_lock")
     row = conn.execute("SELECT pg_try_advisory_xact_lock(?)", (advisory_key(name),)).fetchone()
     return bool(row and row[0])
+
+
+class _FlightLocks:
+    """The session-level advisory locks of :meth:`PostgresBackend.flight`, on one connection of their own.
+
+    A flight's lock must outlive the transactions of the generation it
+    guards, so it is a session lock (``pg_try_advisory_lock``, released by
+    ``pg_advisory_unlock``), held on a connection outside the pool. One such
+    connection serves every flight of the backend (a session holds any
+    number of advisory locks): concurrent misses of different requests do
+    not take a server connection each. Since several threads share it, a
+    lock held by another machine is waited for by trying again (10 ms, then
+    doubling up to 250 ms) rather than by a blocking ``pg_advisory_lock``.
+
+    If that connection is lost (a server restart), its locks are gone with
+    it: the holders carry on (their answers are stored as usual) and the
+    next flight opens a new connection. A forked child never uses its
+    parent's connection.
+    """
+
+    def __init__(self, backend: PostgresBackend) -> None:
+        self.backend = backend
+        self._lock = threading.Lock()
+        self._raw: psycopg.Connection[Any] | None = None
+        self._pid = 0
+        self._session = 0  # bumped each time a new connection replaces the old one
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        """The flights' connection (under ``self._lock``), opened or replaced when needed."""
+        raw = self._raw
+        if raw is not None and self._pid == os.getpid() and not raw.closed and not raw.broken:
+            return raw
+        if raw is not None and self._pid == os.getpid():
+            with contextlib.suppress(Exception):
+                raw.close()
+        self._raw = None
+        raw = self.backend._connect_direct().raw
+        self._raw, self._pid = raw, os.getpid()
+        self._session += 1
+        return raw
+
+    def _try(self, key: int) -> int:
+        """The session number if ``pg_try_advisory_lock(key)`` took the lock, else 0."""
+        with self._lock:
+            for attempt in (1, 2):
+                raw = self._connection()
+                try:
+                    row = raw.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+                except psycopg.Error as exc:
+                    if attempt == 2 or not raw.broken:
+                        raise self.backend.error(exc) from exc
+                    continue  # the server dropped it: once more on a new connection
+                return self._session if row and row[0] else 0
+        return 0  # pragma: no cover - the loop returns or raises
+
+    def acquire(self, key: int, timeout: float | None) -> int:
+        """Take the lock ``key``, waiting at most ``timeout`` seconds: its session number, or 0 (not taken)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = _FLIGHT_POLL[0]
+        while True:
+            session = self._try(key)
+            if session:
+                return session
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return 0
+                delay = min(delay, left)
+            time.sleep(delay)
+            delay = min(delay * 2, _FLIGHT_POLL[1])
+
+    def release(self, key: int, session: int) -> None:
+        """Give the lock ``key`` back (nothing to do if its connection has gone since)."""
+        with self._lock:
+            raw = self._raw
+            if raw is None or session != self._session or self._pid != os.getpid() or raw.closed or raw.broken:
+                return  # the session that held it is gone, and its locks with it
+            try:
+                raw.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            except psycopg.Error as exc:
+                # The connection failed: closing it ends the session, which releases the lock.
+                logger.warning("could not release a single-flight lock on %s: %s", self.backend.location, exc)
+                with contextlib.suppress(Exception):
+                    raw.close()
+
+    def close(self) -> None:
+        with self._lock:
+            raw, self._raw = self._raw, None
+            if raw is not None and self._pid == os.getpid():
+                with contextlib.suppress(Exception):
+                    raw.close()
 
 
 # -- the connection a store sees ---------------------------------------------------------------
@@ -451,6 +551,7 @@ class PostgresBackend(Backend):
         self.server_version = 0
         self._local = _State()
         self._closed = False
+        self._flights = _FlightLocks(self)
         self._secrets = [parsed.password] if parsed.password else []
         options = {key for key, _ in parsed.options}
         self._kwargs: dict[str, Any] = {"autocommit": True}
@@ -725,6 +826,10 @@ class PostgresBackend(Backend):
                 "Open it without readonly=True to change it."
             )
 
+    def waits(self) -> bool:
+        """False inside :meth:`no_wait` on this thread (as :meth:`ConnectionPool.waits`)."""
+        return not self._local.no_wait
+
     @contextmanager
     def no_wait(self) -> Iterator[None]:
         """Inside the block, this thread's lock waits fail at once with ``DatabaseBusyError``."""
@@ -754,6 +859,7 @@ class PostgresBackend(Backend):
         if self._closed:
             return
         self._closed = True
+        self._flights.close()
         with contextlib.suppress(Exception):
             self.pool.close(timeout=5.0)
 
@@ -869,6 +975,42 @@ class PostgresBackend(Backend):
     def try_advisory_lock(self, conn: PostgresConnection, name: str) -> bool:
         """:func:`try_advisory_lock`: take the lock ``name`` if free; never waits."""
         return try_advisory_lock(conn, name)
+
+    @contextmanager
+    def flight(self, key: str, timeout: float | None) -> Iterator[bool]:
+        """Hold the cluster-wide lock of the identical request ``key`` (a cache key) for the block.
+
+        Every machine missing the same request takes the same lock: one
+        generates while the others wait, then find its answer when they look
+        the cache up again inside the block (the caller's part). The lock is
+        a session-level advisory lock on a connection outside the pool (see
+        :class:`_FlightLocks`), so it spans the generation and the
+        transactions that store it, and is released when the block ends,
+        however it ends. A wait longer than ``timeout`` seconds (None: for
+        ever) gives up: the block runs without the lock (value False), as a
+        caller in one process does after waiting that long for an identical
+        request. A server that cannot be reached for the lock does the same,
+        with a warning: a lost lock costs a duplicate generation, never the
+        call.
+        """
+        if self._closed:
+            raise DatabaseClosedError(self.location)
+        lock = advisory_key(FLIGHT_LOCK_PREFIX + key)
+        try:
+            session = self._flights.acquire(lock, timeout)
+        except CyllamaDBError as exc:
+            logger.warning("single flight across machines is off for this call (%s); generating without it", exc)
+            session = 0
+        else:
+            if not session:
+                logger.info(
+                    "gave up waiting %ss for another machine's identical request; running it separately", timeout
+                )
+        try:
+            yield bool(session)
+        finally:
+            if session:
+                self._flights.release(lock, session)
 
     # -- errors ---------------------------------------------------------------------------------
 

@@ -526,15 +526,18 @@ class LLM(Closing):
             return live_stream(self, kind, payload, config, database, entry, extra, chunks, wait)
 
         def lead() -> Response:
-            # Re-check under the flight: a leader that finished just before
-            # this call registered has already stored its answer.
-            again = self._lookup(database, entry, started)
-            if again is not None:
-                return again
-            response = self._generate(kind, payload, config, extra, wait, cancel)
-            response._key = entry.key
-            self._store(database, entry, config, response)
-            return response
+            # Across machines too (PostgreSQL: an advisory lock; SQLite: nothing
+            # more). Re-check under both flights: a leader that finished just
+            # before this call registered (here or on another machine) has
+            # already stored its answer.
+            with database.backend.flight(entry.key, wait):
+                again = self._lookup(database, entry, started)
+                if again is not None:
+                    return again
+                response = self._generate(kind, payload, config, extra, wait, cancel)
+                response._key = entry.key
+                self._store(database, entry, config, response)
+                return response
 
         response, shared = _flights.run(flight_key, lead, timeout=wait)
         if shared or response.cache_hit:

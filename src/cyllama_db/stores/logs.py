@@ -386,7 +386,7 @@ class LogStore(Store):
                 cursor = conn.execute(
                     "INSERT INTO logs (level, category, message, context_json, model_path,"
                     " prompt_preview, error_type, error_message, stack_trace, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (
                         level,
                         None if category is None else _escaped(category),
@@ -400,15 +400,16 @@ class LogStore(Store):
                         self.clock() if created_at is None else created_at,
                     ),
                 )
+                row_id = int(cursor.fetchone()[0])
                 # New rows are indexed for search in batches, not one by one
                 # (a commit per row would write an FTS5 segment per row).
                 self._unindexed += 1
-                if self._unindexed >= LOG_INDEX_BATCH:
+                if self._unindexed >= LOG_INDEX_BATCH and self.backend.search_available():
                     sync_index(conn, LOGS_INDEX)
                     self._unindexed = 0
         finally:
             _writing.active = outer
-        return cursor.lastrowid
+        return row_id
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -2,8 +2,10 @@
 
 One row per sample: CPU, memory and disk use (psutil), the first GPU's
 utilisation, temperature, memory and power (NVML, through ``nvidia-ml-py``),
-every GPU's readings as JSON, and three figures of this library: models
-active, uptime and requests per minute.  Rows older than the retention window
+every GPU's readings as JSON, three figures of this library (models
+active, uptime and requests per minute) and the host that took the sample
+(``socket.gethostname()``, schema 11), so the samples of several machines
+sharing one database (PostgreSQL) can be told apart.  Rows older than the retention window
 (``CYLLAMA_METRICS_RETENTION``, 10 minutes by default) are removed by every
 insert with one indexed range delete, so the table stays a few hundred rows.
 
@@ -25,6 +27,7 @@ import logging
 import math
 import numbers
 import os
+import socket
 import sqlite3
 import sys
 import threading
@@ -95,7 +98,9 @@ _GPU_FIELDS = (
     "gpu_memory_total",
     "gpu_power_usage",
 )
-_ACCEPTED_KEYS = frozenset(_STORED_FIELDS) | {"timestamp", "gpus"}
+_ACCEPTED_KEYS = frozenset(_STORED_FIELDS) | {"timestamp", "gpus", "host"}
+#: Longest ``host`` a sample may carry (a DNS name is at most 253 characters).
+MAX_HOST_LENGTH = 255
 
 _MIB = 1024 * 1024
 # Unix milliseconds below this (1973-03-03) are almost surely Unix seconds
@@ -115,38 +120,40 @@ MAX_HISTORY_MINUTES = 365_250 * 24 * 60
 _INSERT_SQL = (
     "INSERT INTO metrics_history (timestamp, "
     + ", ".join(_STORED_FIELDS)
-    + ", gpus_json, created_at) VALUES ("
-    + ", ".join("?" * (len(_STORED_FIELDS) + 3))
-    + ")"
+    + ", gpus_json, created_at, host) VALUES ("
+    + ", ".join("?" * (len(_STORED_FIELDS) + 4))
+    + ") RETURNING id"
 )
 #: The retention delete run by every insert: two ranges on ``idx_metrics_timestamp``
 #: (older than the window, or stamped more than a day ahead, e.g. by an import).
 RETENTION_SQL = "DELETE FROM metrics_history WHERE timestamp < ? OR timestamp > ?"
-_HISTORY_SQL = (
-    "SELECT id, timestamp, "
-    + ", ".join(_STORED_FIELDS)
-    + ", gpus_json, created_at FROM metrics_history"
-    " WHERE timestamp >= ? AND timestamp <= ? ORDER BY timestamp, id"
-)
-
-
-_LATEST_SQL = (
-    "SELECT id, timestamp, "
-    + ", ".join(_STORED_FIELDS)
-    + ", gpus_json, created_at FROM metrics_history ORDER BY timestamp DESC, id DESC LIMIT 1"
-)
+_COLUMNS_SQL = "SELECT id, timestamp, " + ", ".join(_STORED_FIELDS) + ", gpus_json, created_at, host FROM metrics_history"
+_HISTORY_SQL = _COLUMNS_SQL + " WHERE timestamp >= ? AND timestamp <= ? ORDER BY timestamp, id"
+_HOST_HISTORY_SQL = _COLUMNS_SQL + " WHERE timestamp >= ? AND timestamp <= ? AND host = ? ORDER BY timestamp, id"
+_LATEST_SQL = _COLUMNS_SQL + " ORDER BY timestamp DESC, id DESC LIMIT 1"
 
 
 def _history_row(row: tuple[Any, ...]) -> dict[str, Any]:
     """A stored row (``_HISTORY_SQL``'s columns) as the dict :meth:`MetricsStore.history` returns."""
     record: dict[str, Any] = {"id": row[0], "timestamp": _datetime_or_none(row[1]), "timestamp_ms": row[1]}
-    record.update(zip(_STORED_FIELDS, row[2:-2], strict=True))
+    record.update(zip(_STORED_FIELDS, row[2:-3], strict=True))
     try:
-        record["gpus"] = json.loads(row[-2]) if row[-2] else []
+        record["gpus"] = json.loads(row[-3]) if row[-3] else []
     except ValueError:
         record["gpus"] = []
-    record["created_at"] = _datetime_or_none(row[-1])
+    record["created_at"] = _datetime_or_none(row[-2])
+    record["host"] = row[-1]
     return record
+
+
+def _check_host(host: Any, what: str) -> str:
+    if not isinstance(host, str):
+        raise TypeError(f"{what} must be a host name (str), got {type(host).__name__}")
+    if not host or len(host) > MAX_HOST_LENGTH or not host.isprintable():
+        raise ValueError(
+            f"{what} must be 1 to {MAX_HOST_LENGTH} printable characters (a host name), got {host!r}"
+        )
+    return host
 
 
 @migration(6, "metrics history")
@@ -189,6 +196,23 @@ def _add_process_columns(conn: sqlite3.Connection) -> None:
         "ALTER TABLE metrics_history ADD COLUMN process_pid INTEGER",
     ):
         conn.execute(statement)
+
+
+@migration(11, "metrics host")
+def _add_host_column(conn: sqlite3.Connection) -> None:
+    # The host that took each sample, so several machines' samples can be told
+    # apart (NULL in rows from before: one machine's). The readable view shows it.
+    from .views import recreate_metrics_view
+
+    conn.execute("ALTER TABLE metrics_history ADD COLUMN host TEXT")
+    recreate_metrics_view(conn)
+
+
+@migration(11, "metrics host", engine="postgresql")
+def _add_host_column_pg(conn: Any) -> None:
+    # A database created at version 6 on this code already has the column
+    # (db/pg_mirror.py mirrors the latest SQLite shape); an older one gets it now.
+    conn.execute("ALTER TABLE metrics_history ADD COLUMN IF NOT EXISTS host TEXT")
 
 
 # -- validation ----------------------------------------------------------------------------
@@ -274,7 +298,7 @@ def _check_sample(sample: Any) -> Mapping[str, Any]:
     if unknown:
         raise ValueError(
             f"unknown metrics key(s) {', '.join(map(repr, unknown))}; "
-            f"accepted keys: timestamp, gpus, {', '.join(_STORED_FIELDS)}"
+            f"accepted keys: timestamp, gpus, host, {', '.join(_STORED_FIELDS)}"
         )
     return sample
 
@@ -373,17 +397,22 @@ class MetricsStore(Store):
         ``sample`` is a dict with any of :data:`METRICS_FIELDS` and
         :data:`PROCESS_FIELDS` (missing ones are
         stored as NULL), optionally ``timestamp`` (Unix milliseconds or a
-        datetime; default now) and ``gpus`` (a list of per-GPU dicts, stored
-        as JSON).  :func:`sample_metrics` returns exactly such a dict.  Rows
-        older than ``settings.metrics_retention`` are deleted in the same
-        transaction (an indexed range delete).
+        datetime; default now), ``gpus`` (a list of per-GPU dicts, stored
+        as JSON) and ``host`` (the machine that took it; default this one's
+        ``socket.gethostname()``).  :func:`sample_metrics` returns exactly
+        such a dict.  Rows older than ``settings.metrics_retention`` are
+        deleted in the same transaction (an indexed range delete); on a
+        database several machines share, that is every machine's rows.
 
         Raises:
             TypeError: ``sample`` is not a dict, or a value is not a number/None.
-            ValueError: an unknown key, a non-finite value, or a timestamp that
-                is not Unix milliseconds or is more than a day in the future.
+            ValueError: an unknown key, a non-finite value, a timestamp that
+                is not Unix milliseconds or is more than a day in the future,
+                or an empty or unprintable ``host``.
         """
         _check_sample(sample)
+        raw_host = sample.get("host")
+        host = socket.gethostname() if raw_host is None else _check_host(raw_host, "metrics 'host'")
         values = [_number(key, sample.get(key)) for key in _STORED_FIELDS]
         gpus_json = _gpus_json(sample.get("gpus"))
         now_ms = round(self.clock() * 1000)
@@ -391,9 +420,9 @@ class MetricsStore(Store):
         timestamp = now_ms if raw_ts is None else _timestamp_ms(raw_ts, now_ms)
         cutoff = now_ms - round(self.settings.metrics_retention.total_seconds() * 1000)
         with self.pool.transaction() as conn:
-            cursor = conn.execute(_INSERT_SQL, (timestamp, *values, gpus_json, now_ms))
+            row = conn.execute(_INSERT_SQL, (timestamp, *values, gpus_json, now_ms, host)).fetchone()
             conn.execute(RETENTION_SQL, (cutoff, now_ms + _MAX_FUTURE_MS))
-        return cursor.lastrowid
+        return int(row[0])
 
     @db_op(empty=list)
     def history(
@@ -402,6 +431,7 @@ class MetricsStore(Store):
         *,
         since: datetime | timedelta | float | str | None = None,
         until: datetime | timedelta | float | str | None = None,
+        host: str | None = None,
     ) -> list[dict[str, Any]]:
         """The samples of the last ``minutes`` minutes, oldest first.
 
@@ -410,21 +440,26 @@ class MetricsStore(Store):
         replaces ``minutes``) and ``until`` take what every ``since`` of the
         API takes: a datetime, Unix seconds, a timedelta or duration text
         meaning "that long ago" (``since="2h"``), or ISO-8601 text.
+        ``host`` keeps only the samples that machine took (its
+        ``socket.gethostname()``); by default every machine's come back.
 
         Each row is a plain dict: ``id``, ``timestamp`` (aware UTC datetime),
         ``timestamp_ms`` (the stored Unix milliseconds, for JSON), the
         :data:`METRICS_FIELDS` and :data:`PROCESS_FIELDS` (``None`` where not
         measured), ``gpus`` (list of
-        per-GPU dicts, ``[]`` if none) and ``created_at`` (datetime, ``None``
-        if the stored value is not a usable time).  Rows stamped more than a
+        per-GPU dicts, ``[]`` if none), ``created_at`` (datetime, ``None``
+        if the stored value is not a usable time) and ``host`` (the machine
+        that took it; ``None`` for samples stored before schema 11).  Rows stamped more than a
         day ahead of the clock are left out (the next insert deletes them).
 
         Raises:
-            TypeError: ``minutes`` is not a number.
+            TypeError: ``minutes`` is not a number, or ``host`` not a str.
             ValueError: ``minutes`` is not positive, not finite or more than
                 :data:`MAX_HISTORY_MINUTES` (about 1000 years).
         """
         window = _check_minutes(minutes)
+        if host is not None:
+            _check_host(host, "host")
         now = self.clock()
         now_ms = round(now * 1000)
         if since is None:
@@ -435,7 +470,10 @@ class MetricsStore(Store):
         if until is not None:
             end_ms = min(end_ms, _ms(time_arg(until, "until", now)) - 1)  # until is excluded
         with self.pool.read() as conn:
-            rows = conn.execute(_HISTORY_SQL, (since_ms, end_ms)).fetchall()
+            if host is None:
+                rows = conn.execute(_HISTORY_SQL, (since_ms, end_ms)).fetchall()
+            else:
+                rows = conn.execute(_HOST_HISTORY_SQL, (since_ms, end_ms, host)).fetchall()
         history = []
         for row in rows:
             record = _history_row(row)

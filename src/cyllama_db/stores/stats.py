@@ -122,6 +122,8 @@ _INSERT_SQL = (
     " total_time_ms, tokens_per_second, temperature, max_tokens, finish_reason,"
     " cache_hit, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# One generation's row, with its id (``cursor.lastrowid`` does not exist on PostgreSQL).
+_INSERT_RETURNING_SQL = _INSERT_SQL + " RETURNING id"
 
 
 # metrics.INFERENCE_PROCESS_KEY: the metadata key naming the process that
@@ -1129,7 +1131,7 @@ class StatsStore(Store):
         with hits.taking() if hits is not None else _NO_HITS as pending, self.pool.transaction() as conn:
             if pending and hits is not None:
                 hits.write_in(conn, pending)
-            cursor = conn.execute(_INSERT_SQL, row)
+            row_id = int(conn.execute(_INSERT_RETURNING_SQL, row).fetchone()[0])
             if note:
                 # Which process generates: the metrics sampler (maybe in
                 # another process) reports its RSS and CPU. Joins this
@@ -1137,7 +1139,6 @@ class StatsStore(Store):
                 self.db.metadata.set(_INFERENCE_PROCESS_KEY, f"{os.getpid()} {row[-1]!r}")
         if note:
             self._process_noted = os.getpid()
-        row_id = cursor.lastrowid
         if prune_due:
             try:
                 self._apply_max_age()

@@ -16,7 +16,8 @@ view               rows of               spelled out
                                          ``registry_name``, ``status`` =
                                          ``'live'``/``'expired'``
 ``log_entries``    ``logs``              ISO-8601 times
-``metrics``        ``metrics_history``   ISO-8601 times (from milliseconds)
+``metrics``        ``metrics_history``   ISO-8601 times (from milliseconds),
+                                         ``host`` (schema 11)
 =================  ====================  =====================================
 
 Times are UTC with milliseconds, ``2024-05-31T16:08:37.123Z``, so they sort
@@ -145,3 +146,32 @@ FROM metrics_history AS h;
 @migration(10, "readable views")
 def _create_views(conn: sqlite3.Connection) -> None:
     execute_script(conn, _VIEWS_SQL)
+
+
+# Schema 11: the metrics view as above, with the host that took each sample at the end.
+_METRICS_VIEW_V11 = f"""
+DROP VIEW IF EXISTS metrics;
+CREATE VIEW metrics AS
+SELECT
+    h.id,
+    {_iso("h.timestamp / 1000.0")} AS time,
+    h.cpu_usage,
+    h.memory_usage,
+    h.disk_usage,
+    h.gpu_usage,
+    h.gpu_temperature,
+    h.gpu_memory_used,
+    h.gpu_memory_total,
+    h.gpu_power_usage,
+    h.active_models,
+    h.uptime,
+    h.requests_per_minute,
+    h.gpus_json,
+    h.host
+FROM metrics_history AS h;
+"""
+
+
+def recreate_metrics_view(conn: sqlite3.Connection) -> None:
+    """Migration 11's part (run from ``stores/metrics.py`` after it adds the column): the ``metrics`` view with ``host``."""
+    execute_script(conn, _METRICS_VIEW_V11)
