@@ -975,9 +975,10 @@ class PostgresBackend(Backend):
     # -- full-text search ---------------------------------------------------------------------------
 
     def search_available(self) -> bool:
-        """False: the stores' full-text search is built on SQLite FTS5 and not yet on ``tsvector``.
+        """False: the cache's full-text search is built on SQLite FTS5 and not yet on ``tsvector``.
 
-        ``db.cache.search()`` raises :class:`~cyllama_db.errors.SearchUnavailableError` here.
+        ``db.cache.search()`` raises :class:`~cyllama_db.errors.SearchUnavailableError` here;
+        ``db.logs.query(search=...)`` searches with ``tsvector`` (see ``stores/logs.py``).
         """
         return False
 
