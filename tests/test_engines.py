@@ -618,3 +618,22 @@ def test_db_stats_counts_stats_logs_metrics(engine_db: CyllamaDB, tmp_path: Path
     engine_db.save_metrics({"cpu_usage": 2.0})
     stats = engine_db.get_db_stats()
     assert (stats["stats_entries"], stats["log_entries"], stats["metrics_samples"]) == (2, 1, 2)
+
+
+def test_sampler_reads_on_each_engine(engine_db: CyllamaDB, tmp_path: Path) -> None:
+    pytest.importorskip("psutil", reason="psutil is not installed (pip install '.[metrics]')")
+    import time
+
+    from cyllama_db.stores.metrics import sample_metrics
+
+    now = time.time()
+    engine_db.clock = lambda: now  # type: ignore[method-assign]
+    engine_db.models.save("m", model_path=_model(tmp_path), status="running")
+    engine_db.record_generation(_model(tmp_path), _response())
+    engine_db.record_generation(_model(tmp_path), _response(), cache_hit=True)
+    engine_db.stats.flush()
+    sample = sample_metrics(engine_db)  # on PostgreSQL: no file, the root drive's use
+    assert sample["requests_per_minute"] == 2.0 and sample["active_models"] == 1
+    assert isinstance(sample["uptime"], int) and sample["cpu_usage"] is not None and sample["disk_usage"] > 0
+    assert isinstance(engine_db.save_metrics(sample), int)
+    assert engine_db.get_metrics_history(1)[-1]["requests_per_minute"] == 2.0

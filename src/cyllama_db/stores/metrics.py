@@ -788,7 +788,8 @@ def sample_metrics(
         nvml: an NVML module to read GPUs with (default: ``pynvml`` from
             ``nvidia-ml-py``, imported here); tests pass a fake.
         disk_path: the filesystem whose use is ``disk_usage`` (default: the
-            database file's, else the root of the current drive).
+            database file's, else (in memory, or on a PostgreSQL server) the
+            root of the current drive).
         process: whose RSS and CPU are ``process_rss_bytes`` and
             ``process_cpu_usage``: a pid, ``"self"``, or ``None`` (default)
             for the inference process: this one if it has loaded a model
@@ -819,7 +820,8 @@ def sample_metrics(
         db.pool  # noqa: B018 - raises DatabaseClosedError if closed
         source = db
     if disk_path is None:
-        if db is not None and db.enabled and db.path != ":memory:":
+        # A server's database (PostgreSQL) has no file here: this machine's root drive.
+        if db is not None and db.enabled and db.path != ":memory:" and db.backend.name == "sqlite":
             disk_path = os.path.dirname(db.path)
         else:
             disk_path = os.path.abspath(os.sep)
