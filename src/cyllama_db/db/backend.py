@@ -123,6 +123,14 @@ class Backend(ABC):
         """SQL for the largest of ``expressions`` (``MAX(a, b)`` / ``GREATEST``; NULLs as in :meth:`least`)."""
         return f"MAX({', '.join(expressions)})"
 
+    def trunc_int(self, expression: str) -> str:
+        """SQL for ``expression`` (a number) truncated toward zero to an integer.
+
+        SQLite's ``CAST(x AS INTEGER)``; a cast to an integer rounds on
+        PostgreSQL, so it writes ``trunc(x)::bigint``.
+        """
+        return f"CAST({expression} AS INTEGER)"
+
     def next_id_sql(self, table: str) -> str:
         """SQL for a fresh ``id`` above every other in ``table`` (moving a row to the end of id order)."""
         return f"(SELECT MAX(id) FROM {table}) + 1"

@@ -100,6 +100,11 @@ def _lock_wait(pool: ConnectionPool, wait: float | None) -> Iterator[None]:
         # connection, guarded by a Python lock: no SQLite lock to wait for.
         yield
         return
+    engine_wait = getattr(pool, "lock_wait", None)
+    if engine_wait is not None:  # another engine (PostgreSQL: lock_timeout)
+        with engine_wait(wait):
+            yield
+        return
     with pool.read() as conn:  # the connection transaction() uses on this thread
         conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
         try:

@@ -31,7 +31,6 @@ from ..stores.metrics import MetricsSampler, MetricsStore
 from ..stores.registry import ModelRecord, ModelRef, ModelRegistry
 from ..stores.stats import StatsStore
 from . import migrations as _migrations
-from . import pg_mirror as _pg_mirror  # noqa: F401  (PostgreSQL parts of versions 3, 4, 6)
 from .deferred import DeferredWrites
 from .pool import ConnectionPool
 from .settings import DEFAULT, Settings

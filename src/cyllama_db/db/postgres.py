@@ -854,6 +854,25 @@ class PostgresBackend(Backend):
                 with contextlib.suppress(psycopg.Error):  # an aborted transaction: reset at release
                     current.set_lock_timeout(self._busy_ms())
 
+
+    @contextmanager
+    def lock_wait(self, seconds: float) -> Iterator[None]:
+        """Inside the block, this thread's lock waits last at most ``seconds`` (then ``DatabaseBusyError``).
+
+        For the write-behind's background flush, which waits only briefly
+        for another connection's lock (SQLite: ``PRAGMA busy_timeout``).
+        """
+        with self.read() as conn:
+            conn.set_lock_timeout(max(1, int(seconds * 1000)))
+            try:
+                yield
+            finally:
+                if not conn.raw.broken:
+                    with contextlib.suppress(psycopg.Error):  # an aborted transaction: reset at release
+                        conn.set_lock_timeout(
+                            NO_WAIT_LOCK_TIMEOUT_MS if self._local.no_wait else self._busy_ms()
+                        )
+
     def close(self) -> None:
         """Close the pool and every connection in it; idempotent."""
         if self._closed:
@@ -886,6 +905,9 @@ class PostgresBackend(Backend):
 
     def greatest(self, *expressions: str) -> str:
         return f"GREATEST({', '.join(expressions)})"
+
+    def trunc_int(self, expression: str) -> str:
+        return f"trunc({expression})::bigint"
 
     def next_id_sql(self, table: str) -> str:
         return f"nextval(pg_get_serial_sequence('{table}', 'id'))"
@@ -1092,9 +1114,10 @@ class PostgresBackend(Backend):
     # -- full-text search ---------------------------------------------------------------------------
 
     def search_available(self) -> bool:
-        """False: the stores' full-text search is built on SQLite FTS5 and not yet on ``tsvector``.
+        """False: the cache's full-text search is built on SQLite FTS5 and not yet on ``tsvector``.
 
-        ``db.cache.search()`` raises :class:`~cyllama_db.errors.SearchUnavailableError` here.
+        ``db.cache.search()`` raises :class:`~cyllama_db.errors.SearchUnavailableError` here;
+        ``db.logs.query(search=...)`` searches with ``tsvector`` (see ``stores/logs.py``).
         """
         return False
 

@@ -123,7 +123,6 @@ _INSERT_SQL = (
     " cache_hit, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # One generation's row, with its id (``cursor.lastrowid`` does not exist on PostgreSQL).
-_INSERT_RETURNING_SQL = _INSERT_SQL + " RETURNING id"
 
 
 # metrics.INFERENCE_PROCESS_KEY: the metadata key naming the process that
@@ -443,6 +442,204 @@ def _add_observability(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
     execute_script(conn, _rollup_triggers())
     execute_script(conn, _totals_trigger())
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+#
+# The PostgreSQL part of version 3 creates the tables in their current shape
+# (version 8's columns and stats_totals included; version 8 has nothing to do
+# there): DOUBLE PRECISION times, a BIGINT identity id, and the rollup and
+# totals upkeep as plpgsql trigger functions doing what the SQLite triggers
+# do. ``trunc(x)::bigint`` is SQLite's ``CAST(x AS INTEGER)`` (a cast to an
+# integer rounds on PostgreSQL).
+
+
+def _pg_bucket(row: str) -> str:
+    return f"trunc({row}.created_at / {BUCKET_SECONDS})::bigint"
+
+
+def _pg_hist_terms(value: str) -> list[str]:
+    """:func:`_hist_terms` for PostgreSQL (no boolean-as-integer)."""
+    return [f"CASE WHEN {value} <= {le * 1000!r} THEN 1 ELSE 0 END" for le in LATENCY_BUCKETS]
+
+
+def _pg_trigger_functions() -> str:
+    hist = ", ".join(_HIST_COLUMNS)
+    gen_ok = "NEW.cache_hit = 0 AND NEW.generated_tokens IS NOT NULL AND NEW.generation_time_ms > 0"
+    old_gen_ok = gen_ok.replace("NEW.", "OLD.")
+    miss_hist = ", ".join(
+        f"CASE WHEN NEW.cache_hit = 0 THEN {term} ELSE 0 END" for term in _pg_hist_terms("NEW.total_time_ms")
+    )
+    rollup_hist_update = ", ".join(f"{c} = r.{c} + excluded.{c}" for c in _HIST_COLUMNS)
+    totals_hist_update = ", ".join(f"{c} = t.{c} + excluded.{c}" for c in _HIST_COLUMNS)
+    old_hist = ", ".join(
+        f"{c} = {c} - CASE WHEN OLD.cache_hit = 0 THEN {term} ELSE 0 END"
+        for c, term in zip(_HIST_COLUMNS, _pg_hist_terms("OLD.total_time_ms"), strict=True)
+    )
+    return f"""
+        CREATE OR REPLACE FUNCTION stats_after_insert() RETURNS trigger LANGUAGE plpgsql AS $body$
+        BEGIN
+            INSERT INTO stats_rollup AS r
+                (bucket, model_path, model_name, generations, cache_hits, tokens, tps_sum,
+                 tps_count, latency_count, gen_tokens, gen_time_ms, latency_sum_ms, {hist})
+            VALUES (
+                {_pg_bucket("NEW")},
+                NEW.model_path,
+                NEW.model_name,
+                1,
+                NEW.cache_hit,
+                COALESCE(NEW.total_tokens, 0),
+                CASE WHEN NEW.cache_hit = 0 THEN COALESCE(NEW.tokens_per_second, 0) ELSE 0 END,
+                CASE WHEN NEW.cache_hit = 0 AND NEW.tokens_per_second IS NOT NULL THEN 1 ELSE 0 END,
+                CASE WHEN NEW.cache_hit = 0 AND NEW.total_time_ms IS NOT NULL THEN 1 ELSE 0 END,
+                CASE WHEN {gen_ok} THEN NEW.generated_tokens ELSE 0 END,
+                CASE WHEN {gen_ok} THEN NEW.generation_time_ms ELSE 0 END,
+                {_miss("NEW.total_time_ms")},
+                {miss_hist}
+            )
+            ON CONFLICT (model_path, bucket) DO UPDATE SET
+                model_name = COALESCE(excluded.model_name, r.model_name),
+                generations = r.generations + excluded.generations,
+                cache_hits = r.cache_hits + excluded.cache_hits,
+                tokens = r.tokens + excluded.tokens,
+                tps_sum = r.tps_sum + excluded.tps_sum,
+                tps_count = r.tps_count + excluded.tps_count,
+                latency_count = r.latency_count + excluded.latency_count,
+                gen_tokens = r.gen_tokens + excluded.gen_tokens,
+                gen_time_ms = r.gen_time_ms + excluded.gen_time_ms,
+                latency_sum_ms = r.latency_sum_ms + excluded.latency_sum_ms,
+                {rollup_hist_update};
+            INSERT INTO stats_totals AS t
+                (model_path, cache_hit, model_name, generations, prompt_tokens, generated_tokens,
+                 gen_tokens, gen_time_ms, duration_count, duration_sum_ms, {hist})
+            VALUES (
+                NEW.model_path, NEW.cache_hit, NEW.model_name, 1,
+                COALESCE(NEW.prompt_tokens, 0), COALESCE(NEW.generated_tokens, 0),
+                CASE WHEN {gen_ok} THEN NEW.generated_tokens ELSE 0 END,
+                CASE WHEN {gen_ok} THEN NEW.generation_time_ms ELSE 0 END,
+                CASE WHEN NEW.total_time_ms IS NOT NULL THEN 1 ELSE 0 END, COALESCE(NEW.total_time_ms, 0),
+                {", ".join(_pg_hist_terms("NEW.total_time_ms"))}
+            )
+            ON CONFLICT (model_path, cache_hit) DO UPDATE SET
+                model_name = COALESCE(excluded.model_name, t.model_name),
+                generations = t.generations + 1,
+                prompt_tokens = t.prompt_tokens + excluded.prompt_tokens,
+                generated_tokens = t.generated_tokens + excluded.generated_tokens,
+                gen_tokens = t.gen_tokens + excluded.gen_tokens,
+                gen_time_ms = t.gen_time_ms + excluded.gen_time_ms,
+                duration_count = t.duration_count + excluded.duration_count,
+                duration_sum_ms = t.duration_sum_ms + excluded.duration_sum_ms,
+                {totals_hist_update};
+            RETURN NULL;
+        END
+        $body$;
+
+        CREATE OR REPLACE FUNCTION stats_after_delete() RETURNS trigger LANGUAGE plpgsql AS $body$
+        BEGIN
+            UPDATE stats_rollup SET
+                generations = generations - 1,
+                cache_hits = cache_hits - OLD.cache_hit,
+                tokens = tokens - COALESCE(OLD.total_tokens, 0),
+                tps_sum = tps_sum - CASE WHEN OLD.cache_hit = 0
+                                         THEN COALESCE(OLD.tokens_per_second, 0) ELSE 0 END,
+                tps_count = tps_count - CASE WHEN OLD.cache_hit = 0
+                                             AND OLD.tokens_per_second IS NOT NULL THEN 1 ELSE 0 END,
+                latency_count = latency_count - CASE WHEN OLD.cache_hit = 0
+                                                     AND OLD.total_time_ms IS NOT NULL THEN 1 ELSE 0 END,
+                gen_tokens = gen_tokens - CASE WHEN {old_gen_ok} THEN OLD.generated_tokens ELSE 0 END,
+                gen_time_ms = gen_time_ms - CASE WHEN {old_gen_ok} THEN OLD.generation_time_ms ELSE 0 END,
+                latency_sum_ms = latency_sum_ms - CASE WHEN OLD.cache_hit = 0
+                                                       THEN COALESCE(OLD.total_time_ms, 0) ELSE 0 END,
+                {old_hist}
+            WHERE bucket = {_pg_bucket("OLD")} AND model_path = OLD.model_path;
+            DELETE FROM stats_rollup
+            WHERE bucket = {_pg_bucket("OLD")} AND model_path = OLD.model_path AND generations <= 0;
+            RETURN NULL;
+        END
+        $body$;
+
+        CREATE OR REPLACE FUNCTION stats_no_update() RETURNS trigger LANGUAGE plpgsql AS $body$
+        BEGIN
+            RAISE EXCEPTION 'stats rows are immutable: delete and re-insert instead'
+                USING ERRCODE = 'integrity_constraint_violation';
+        END
+        $body$;
+
+        DROP TRIGGER IF EXISTS stats_rollup_insert ON stats;
+        CREATE TRIGGER stats_rollup_insert AFTER INSERT ON stats
+            FOR EACH ROW EXECUTE FUNCTION stats_after_insert();
+        DROP TRIGGER IF EXISTS stats_rollup_delete ON stats;
+        CREATE TRIGGER stats_rollup_delete AFTER DELETE ON stats
+            FOR EACH ROW EXECUTE FUNCTION stats_after_delete();
+        DROP TRIGGER IF EXISTS stats_no_update ON stats;
+        CREATE TRIGGER stats_no_update BEFORE UPDATE ON stats
+            FOR EACH ROW EXECUTE FUNCTION stats_no_update();
+    """
+
+
+@migration(3, "generation statistics", engine="postgresql")
+def _create_stats_tables_pg(conn: Any) -> None:
+    hist_defs = ", ".join(f"{c} BIGINT NOT NULL DEFAULT 0" for c in _HIST_COLUMNS)
+    conn.execute(
+        f"""
+        CREATE TABLE IF NOT EXISTS stats (
+            id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+            session_id TEXT,
+            model_path TEXT NOT NULL,
+            model_name TEXT,
+            prompt_tokens BIGINT,
+            generated_tokens BIGINT,
+            total_tokens BIGINT,
+            prompt_time_ms DOUBLE PRECISION,
+            generation_time_ms DOUBLE PRECISION,
+            total_time_ms DOUBLE PRECISION,
+            tokens_per_second DOUBLE PRECISION,
+            temperature DOUBLE PRECISION,
+            max_tokens BIGINT,
+            finish_reason TEXT,
+            cache_hit BIGINT NOT NULL DEFAULT 0 CHECK (cache_hit IN (0, 1)),
+            created_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS idx_stats_model ON stats(model_path, created_at);
+        CREATE INDEX IF NOT EXISTS idx_stats_latency
+            ON stats(model_path, cache_hit, total_time_ms, created_at);
+        CREATE INDEX IF NOT EXISTS idx_stats_session ON stats(session_id);
+        CREATE INDEX IF NOT EXISTS idx_stats_created ON stats(created_at);
+
+        CREATE TABLE IF NOT EXISTS stats_rollup (
+            bucket BIGINT NOT NULL,
+            model_path TEXT NOT NULL,
+            model_name TEXT,
+            generations BIGINT NOT NULL,
+            cache_hits BIGINT NOT NULL,
+            tokens BIGINT NOT NULL,
+            tps_sum DOUBLE PRECISION NOT NULL,
+            tps_count BIGINT NOT NULL,
+            latency_count BIGINT NOT NULL,
+            gen_tokens BIGINT NOT NULL DEFAULT 0,
+            gen_time_ms DOUBLE PRECISION NOT NULL DEFAULT 0,
+            latency_sum_ms DOUBLE PRECISION NOT NULL DEFAULT 0,
+            {hist_defs},
+            PRIMARY KEY (model_path, bucket)
+        );
+
+        CREATE TABLE IF NOT EXISTS stats_totals (
+            model_path TEXT NOT NULL,
+            cache_hit BIGINT NOT NULL,
+            model_name TEXT,
+            generations BIGINT NOT NULL DEFAULT 0,
+            prompt_tokens BIGINT NOT NULL DEFAULT 0,
+            generated_tokens BIGINT NOT NULL DEFAULT 0,
+            gen_tokens BIGINT NOT NULL DEFAULT 0,
+            gen_time_ms DOUBLE PRECISION NOT NULL DEFAULT 0,
+            duration_count BIGINT NOT NULL DEFAULT 0,
+            duration_sum_ms DOUBLE PRECISION NOT NULL DEFAULT 0,
+            {hist_defs},
+            PRIMARY KEY (model_path, cache_hit)
+        );
+        """
+        + _pg_trigger_functions()
+    )
 
 
 # -- session ids -----------------------------------------------------------------------------
@@ -876,6 +1073,10 @@ class StatsStore(Store):
         self._prune_due = False  # retention is due: applied after the next background write
         self._hits: Channel | None = None
         self._process_noted = 0
+        # The engine's statements where they differ from SQLite's (chosen at open()).
+        self._record_sql = _INSERT_SQL
+        self._returning = False  # PostgreSQL: the new id comes from RETURNING, not lastrowid
+        self._latency_table = "stats INDEXED BY idx_stats_latency"
 
     def counts(self, conn: sqlite3.Connection) -> dict[str, Any]:
         return {"stats_entries": conn.execute("SELECT COUNT(*) FROM stats").fetchone()[0]}
@@ -883,6 +1084,10 @@ class StatsStore(Store):
     # -- lifecycle hooks -------------------------------------------------------------------
 
     def open(self) -> None:
+        if self.backend.name != "sqlite":
+            self._record_sql = _INSERT_SQL + " RETURNING id"
+            self._returning = True
+            self._latency_table = "stats"  # INDEXED BY is SQLite's; the planner picks the index
         self._hits = self.db.deferred.channel(
             "stats.hits",
             _write_hit_rows,
@@ -1131,7 +1336,8 @@ class StatsStore(Store):
         with hits.taking() if hits is not None else _NO_HITS as pending, self.pool.transaction() as conn:
             if pending and hits is not None:
                 hits.write_in(conn, pending)
-            row_id = int(conn.execute(_INSERT_RETURNING_SQL, row).fetchone()[0])
+            cursor = conn.execute(self._record_sql, row)
+            row_id = cursor.fetchone()[0] if self._returning else cursor.lastrowid
             if note:
                 # Which process generates: the metrics sampler (maybe in
                 # another process) reports its RSS and CPU. Joins this
@@ -1291,7 +1497,7 @@ class StatsStore(Store):
         model_sql = "" if paths is None else f" AND model_path IN ({', '.join('?' * len(paths))})"
         model_arg: list[Any] = [] if paths is None else list(paths)
         raw_sql = (
-            f"SELECT CAST(created_at / {BUCKET_SECONDS} AS INTEGER), model_path, COUNT(*),"
+            f"SELECT {self.backend.trunc_int(f'created_at / {BUCKET_SECONDS}')}, model_path, COUNT(*),"
             " SUM(cache_hit), SUM(COALESCE(total_tokens, 0)),"
             " SUM(CASE WHEN cache_hit = 0 THEN COALESCE(tokens_per_second, 0) ELSE 0 END),"
             " SUM(CASE WHEN cache_hit = 0 AND tokens_per_second IS NOT NULL THEN 1 ELSE 0 END),"
@@ -1341,7 +1547,7 @@ class StatsStore(Store):
                 agg.add(*sums)
                 total.add(*sums)
                 p50, p95 = self._latency_percentiles(
-                    conn, mpath, low, high, agg.latency_count, (0.5, 0.95)
+                    conn, mpath, low, high, agg.latency_count, (0.5, 0.95), self._latency_table
                 )
                 name_row = conn.execute(
                     "SELECT model_name FROM stats_rollup WHERE model_path = ?"
@@ -1376,6 +1582,7 @@ class StatsStore(Store):
         high: float,
         n: int,
         qs: tuple[float, ...],
+        table: str = "stats INDEXED BY idx_stats_latency",
     ) -> list[float | None]:
         """Exact percentiles (linear interpolation) of total_time_ms of real generations."""
         where = (
@@ -1394,7 +1601,7 @@ class StatsStore(Store):
                 values = [
                     r[0]
                     for r in conn.execute(
-                        f"SELECT total_time_ms FROM stats INDEXED BY idx_stats_latency WHERE {where}"
+                        f"SELECT total_time_ms FROM {table} WHERE {where}"
                         " ORDER BY total_time_ms LIMIT 2 OFFSET ?",
                         (*args, index),
                     )
@@ -1404,7 +1611,7 @@ class StatsStore(Store):
                 values = [
                     r[0]
                     for r in conn.execute(
-                        f"SELECT total_time_ms FROM stats INDEXED BY idx_stats_latency WHERE {where}"
+                        f"SELECT total_time_ms FROM {table} WHERE {where}"
                         " ORDER BY total_time_ms DESC LIMIT 2 OFFSET ?",
                         (*args, n - 1 - upper),
                     )
@@ -1467,10 +1674,11 @@ class StatsStore(Store):
         # (model, index) -> [generations, hits, tokens, gen_tokens, gen_time_ms, latencies or histogram]
         cells: dict[tuple[str, int], list[Any]] = {}
         names: dict[str, str | None] = {}
+        step_index = self.backend.trunc_int("(created_at - ?) / ?")
         with self.pool.read() as conn:
             if exact:
                 for mpath, i, n, hits, tokens, gtok, gtime in conn.execute(
-                    f"SELECT model_path, CAST((created_at - ?) / ? AS INTEGER), COUNT(*), SUM(cache_hit),"
+                    f"SELECT model_path, {step_index}, COUNT(*), SUM(cache_hit),"
                     f" SUM(COALESCE(total_tokens, 0)), SUM(CASE WHEN {_GEN_OK} THEN generated_tokens ELSE 0 END),"
                     f" SUM(CASE WHEN {_GEN_OK} THEN generation_time_ms ELSE 0 END)"
                     " FROM stats WHERE created_at >= ? AND created_at < ? GROUP BY 1, 2",
@@ -1478,7 +1686,7 @@ class StatsStore(Store):
                 ):
                     cells[(mpath, i)] = [n, hits, tokens, gtok, gtime, []]
                 for mpath, i, ms in conn.execute(
-                    "SELECT model_path, CAST((created_at - ?) / ? AS INTEGER), total_time_ms FROM stats"
+                    f"SELECT model_path, {step_index}, total_time_ms FROM stats"
                     " WHERE created_at >= ? AND created_at < ? AND cache_hit = 0 AND total_time_ms IS NOT NULL",
                     (start, step_s, low, high),
                 ):
@@ -1486,7 +1694,8 @@ class StatsStore(Store):
             else:
                 hist_sums = ", ".join(f"SUM({c})" for c in _HIST_COLUMNS)
                 for mpath, i, n, hits, tokens, gtok, gtime, lat_n, *hist in conn.execute(
-                    f"SELECT model_path, CAST((bucket * {BUCKET_SECONDS} - ?) / ? AS INTEGER), SUM(generations),"
+                    f"SELECT model_path, {self.backend.trunc_int(f'(bucket * {BUCKET_SECONDS} - ?) / ?')},"
+                    " SUM(generations),"
                     " SUM(cache_hits), SUM(tokens), SUM(gen_tokens), SUM(gen_time_ms), SUM(latency_count),"
                     f" {hist_sums} FROM stats_rollup WHERE bucket >= ? AND bucket < ? GROUP BY 1, 2",
                     (start, step_s, int(start // BUCKET_SECONDS), math.ceil(high / BUCKET_SECONDS)),
