@@ -14,7 +14,7 @@ it. The contract is written out in ``docs/index.md``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar, Protocol
 
@@ -148,6 +148,38 @@ class Backend(ABC):
     @abstractmethod
     def has_table(self, conn: Any, table: str) -> bool:
         """Whether ``table`` exists."""
+
+    @abstractmethod
+    def table_names(self, conn: Any) -> list[str]:
+        """Every table of the database (ours, ``schema_version`` included), sorted."""
+
+    @abstractmethod
+    def has_triggers(self, conn: Any, table: str) -> bool:
+        """Whether ``table`` has triggers of its own (code the engine runs on its writes)."""
+
+    # -- moving rows between engines (export and import, ``stores/transfer.py``) -----------------
+
+    def snapshot(self) -> AbstractContextManager[Any]:
+        """A connection that sees one fixed, committed state of the database for the whole block
+        (reads only). The default is :meth:`read`; engines that can pin a snapshot do."""
+        return self.read()
+
+    def stream(self, conn: Any, sql: str, parameters: Sequence[Any] = (), size: int = 5000) -> Iterator[list[Any]]:
+        """The rows of a query in lists of at most ``size``, without holding them all in memory."""
+        cursor = conn.execute(self.sql(sql), parameters)
+        while True:
+            rows = cursor.fetchmany(size)
+            if not rows:
+                return
+            yield rows
+
+    def insert_rows(self, conn: Any, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """Insert ``rows`` (values of ``columns``) into ``table`` as fast as the engine can.
+
+        ``table`` and ``columns`` are quoted by the caller where needed; no conflict handling.
+        """
+        marks = ", ".join("?" for _ in columns)
+        conn.executemany(self.sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"), rows)
 
     # -- sizes and maintenance ------------------------------------------------------------------------
 

@@ -937,6 +937,60 @@ class PostgresBackend(Backend):
         names = [str(row[0]) for row in rows]
         return names if self.tables is None else [n for n in names if n in self.tables]
 
+    def table_names(self, conn: Any) -> list[str]:
+        return self._table_names(conn)
+
+    def has_triggers(self, conn: Any, table: str) -> bool:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+            " WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ? AND NOT t.tgisinternal)",
+            (table,),
+        ).fetchone()
+        return bool(row[0])
+
+    # -- moving rows between engines ----------------------------------------------------------------
+
+    @contextmanager
+    def snapshot(self) -> Iterator[PostgresConnection]:
+        """A ``REPEATABLE READ READ ONLY`` transaction: every read inside sees the state at its first one."""
+        with self.read() as conn:
+            if self._in_transaction(conn) or conn.in_transaction:
+                yield conn  # inside a transaction of this thread: its view is the snapshot
+                return
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                yield conn
+            finally:
+                self._finish(conn, commit=False)
+
+    def stream(
+        self, conn: Any, sql: str, parameters: Sequence[Any] = (), size: int = 5000
+    ) -> Iterator[list[Any]]:
+        """A server-side cursor inside a transaction (:meth:`snapshot`), else the base class's fetches."""
+        if not conn.in_transaction:
+            yield from super().stream(conn, sql, parameters, size)
+            return
+        try:
+            with conn.raw.cursor(name=f"cyllama_stream_{threading.get_ident()}") as cursor:
+                cursor.itersize = size
+                cursor.execute(translate_placeholders(sql), _parameters(parameters))
+                while True:
+                    rows = cursor.fetchmany(size)
+                    if not rows:
+                        return
+                    yield rows
+        except psycopg.Error as exc:
+            raise self.error(exc) from exc
+
+    def insert_rows(self, conn: Any, table: str, columns: Sequence[str], rows: Any) -> None:
+        """``COPY ... FROM STDIN``: one round trip for all the rows."""
+        try:
+            with conn.raw.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(_parameters(row))
+        except psycopg.Error as exc:
+            raise self.error(exc) from exc
+
     # -- sizes and maintenance --------------------------------------------------------------------
 
     def size_bytes(self) -> int:

@@ -213,6 +213,18 @@ class SQLiteBackend(Backend):
         row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
         return row is not None
 
+    def table_names(self, conn: sqlite3.Connection) -> list[str]:
+        return [
+            str(r[0]) for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
+
+    def has_triggers(self, conn: sqlite3.Connection, table: str) -> bool:
+        return conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?", (table,)
+        ).fetchone() is not None
+
     def size_bytes(self) -> int:
         with self.pool.read() as conn:
             page_count = conn.execute("PRAGMA page_count").fetchone()[0]

@@ -332,6 +332,11 @@ class Exporter(Store):
             raise TypeError(f"path must be a str or os.PathLike for format='sqlite', got {type(path).__name__}")
         dest = self._prepare_destination(path, overwrite)
         self._flush_for_read()  # a read: never waits on, or fails for, a write
+        if self.backend.name != "sqlite":
+            # A server: no backup API; the rows are copied into a new file (transfer.py).
+            from .transfer import export_to_sqlite
+
+            return export_to_sqlite(self, dest, include_secrets, progress)
         tmp = _files.export_temp_name(dest)
         _new_private_file(tmp)
         try:
@@ -406,7 +411,10 @@ class Exporter(Store):
     ) -> dict[str, Any]:
         self._flush_for_read()  # a read: never waits on, or fails for, a write
         with self.pool.read() as conn:
-            tables = _user_tables(conn)
+            if self.backend.name == "sqlite":
+                tables = _user_tables(conn)
+            else:
+                tables = [t for t in self.backend.table_names(conn) if t not in _INTERNAL_TABLES]
         if table not in tables:
             raise ValueError(f"no table {table!r} in the database; tables: {', '.join(tables)}")
         if isinstance(path, (str, os.PathLike)):
@@ -452,12 +460,23 @@ class Exporter(Store):
         scan_text = redacting and policy.redact_text_except is not None
         marker = _redacted_marker()
         written = 0
-        with self._snapshot_source() as conn:
+        server = self.backend.name != "sqlite"
+        with self.backend.snapshot() if server else self._snapshot_source() as conn:
             version = _migrations.schema_version(conn)
             total = int(conn.execute(f"SELECT COUNT(*) FROM {_quote(table)}").fetchone()[0])
-            cursor = conn.execute(f"SELECT * FROM {_quote(table)} ORDER BY rowid")
-            names = [d[0] for d in cursor.description]
-            for row in cursor:
+            if server:
+                names = self.backend.columns(conn, table)
+                order = "id" if "id" in names else "1"
+                rows: Iterable[Any] = (
+                    row
+                    for chunk in self.backend.stream(conn, f"SELECT * FROM {_quote(table)} ORDER BY {order}")
+                    for row in chunk
+                )
+            else:
+                cursor = conn.execute(f"SELECT * FROM {_quote(table)} ORDER BY rowid")
+                names = [d[0] for d in cursor.description]
+                rows = cursor
+            for row in rows:
                 record = {
                     name: (marker if name in secrets and value is not None else _jsonable(value))
                     for name, value in zip(names, row, strict=True)

@@ -229,6 +229,7 @@ class _Functions:
         self.conn = conn
         self.names: dict[tuple[int, int], str] = {}
         conn.create_function("cyllama_json_ok", 1, _json_ok, deterministic=True)
+        conn.create_function("cyllama_utf8_ok", 1, _utf8_ok, deterministic=True)
 
     def __call__(self, fn: Callable[..., Any], nargs: int) -> str:
         """The SQL name of ``fn`` taking ``nargs`` arguments (registered on first use)."""
@@ -244,8 +245,18 @@ def _sql_text(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _utf8_ok(data: Any) -> int:
+    if not isinstance(data, bytes):
+        return 1
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return 0
+    return 1
+
+
 def _row_rules(
-    table: _TableSchema, present: set[str], policy: TablePolicy, fns: _Functions
+    table: _TableSchema, present: set[str], policy: TablePolicy, fns: _Functions, server: bool = False
 ) -> list[tuple[str, str]]:
     """``(reason, SQL that is 1 for a bad row)`` for each check of one table, first failing first."""
     from .._time import MAX_TIMESTAMP, MIN_TIMESTAMP
@@ -270,6 +281,16 @@ def _row_rules(
             rules.append((f"{name}: not a finite number", f"{q} IS NOT NULL AND abs({q}) > {_FINITE!r}"))
         elif declared == "TEXT":
             rules.append((f"{name}: not text", f"typeof({q}) NOT IN ('text', 'null')"))
+            if server:
+                # What SQLite stores but a server's text type refuses (it would fail the whole import).
+                rules.append((
+                    f"{name}: not valid UTF-8 text",
+                    f"typeof({q}) = 'text' AND NOT cyllama_utf8_ok(CAST({q} AS BLOB))",
+                ))
+                rules.append((
+                    f"{name}: holds a NUL character, which PostgreSQL cannot store",
+                    f"typeof({q}) = 'text' AND instr(CAST({q} AS BLOB), x'00') > 0",
+                ))
         if name in times:
             # Out of the years 1-9999 a time cannot become a datetime (it broke every listing).
             scale = times[name]
@@ -302,11 +323,16 @@ def _key_of(row: tuple[Any, ...]) -> Any:
 
 
 def _validate_copy(
-    conn: sqlite3.Connection, schema: dict[str, _TableSchema], found: Mapping[str, TablePolicy]
+    conn: sqlite3.Connection,
+    schema: dict[str, _TableSchema],
+    found: Mapping[str, TablePolicy],
+    server: bool = False,
 ) -> _Skipped:
     """Delete the rows of the import copy that this database could not hold; report them.
 
     Runs on the private copy, before the merge takes the write lock.
+    ``server``: the rows go to a database server (PostgreSQL), whose text
+    columns refuse what SQLite's take (invalid UTF-8, NUL characters).
     """
     skipped = _Skipped()
     fns = _Functions(conn)
@@ -322,7 +348,7 @@ def _validate_copy(
             key_sql = (
                 ", ".join(_quote(k) for k in key_cols) if key_cols and set(key_cols) <= present else "rowid"
             )
-            rules = _row_rules(table, present, policy, fns)
+            rules = _row_rules(table, present, policy, fns, server)
             t = _quote(name)
             if rules:
                 case = " ".join(f"WHEN {sql} THEN {_sql_text(reason)}" for reason, sql in rules)
@@ -359,6 +385,31 @@ def _validate_copy(
             conn.execute("ROLLBACK")
         raise
     return skipped
+
+
+def _schema_of(conn: sqlite3.Connection, found: Mapping[str, TablePolicy]) -> dict[str, _TableSchema]:
+    """The tables of a SQLite schema (not the derived ones), as the import's checks need them."""
+    derived = _derived_tables(conn, found.values())
+    schema = {}
+    for table in _user_tables(conn, "main"):
+        if table in derived:
+            continue
+        sql = conn.execute(
+            "SELECT sql FROM main.sqlite_master WHERE type = 'table' AND name = ?", (table,)
+        ).fetchone()[0]
+        rows = conn.execute(f"PRAGMA main.table_info({_quote(table)})").fetchall()
+        columns = [(r[1], str(r[2] or "").upper(), bool(r[3]), int(r[5])) for r in rows]
+        alias = _rowid_alias([(c[0], c[1], c[3]) for c in columns])
+        unique: list[tuple[str, ...]] = []
+        for index in conn.execute(f"PRAGMA main.index_list({_quote(table)})").fetchall():
+            if int(index[2]) != 1:
+                continue
+            info = conn.execute(f"PRAGMA main.index_info({_quote(index[1])})").fetchall()
+            names = tuple(r[2] for r in sorted(info, key=lambda r: r[0]))
+            if names and all(n is not None for n in names) and names != (alias,):
+                unique.append(names)
+        schema[table] = _TableSchema(table, columns, alias, unique, _check_clauses(str(sql or "")))
+    return schema
 
 
 def _natural_key(
@@ -491,29 +542,21 @@ class Importer(Store):
         return report
 
     def _main_schema(self, found: Mapping[str, TablePolicy]) -> dict[str, _TableSchema]:
-        """This database's own tables: what every imported row is checked against."""
+        """This database's own tables: what every imported row is checked against.
+
+        On a server (PostgreSQL) it is this version's SQLite schema, which
+        the server's tables mirror (:func:`~cyllama_db.stores.transfer.our_schema`).
+        """
+        if self.backend.name != "sqlite":
+            from .transfer import our_schema
+
+            ours = our_schema()
+            try:
+                return _schema_of(ours, found)
+            finally:
+                ours.close()
         with self.pool.read() as conn:
-            derived = _derived_tables(conn, found.values())
-            schema = {}
-            for table in _user_tables(conn, "main"):
-                if table in derived:
-                    continue
-                sql = conn.execute(
-                    "SELECT sql FROM main.sqlite_master WHERE type = 'table' AND name = ?", (table,)
-                ).fetchone()[0]
-                rows = conn.execute(f"PRAGMA main.table_info({_quote(table)})").fetchall()
-                columns = [(r[1], str(r[2] or "").upper(), bool(r[3]), int(r[5])) for r in rows]
-                alias = _rowid_alias([(c[0], c[1], c[3]) for c in columns])
-                unique: list[tuple[str, ...]] = []
-                for index in conn.execute(f"PRAGMA main.index_list({_quote(table)})").fetchall():
-                    if int(index[2]) != 1:
-                        continue
-                    info = conn.execute(f"PRAGMA main.index_info({_quote(index[1])})").fetchall()
-                    names = tuple(r[2] for r in sorted(info, key=lambda r: r[0]))
-                    if names and all(n is not None for n in names) and names != (alias,):
-                        unique.append(names)
-                schema[table] = _TableSchema(table, columns, alias, unique, _check_clauses(str(sql or "")))
-        return schema
+            return _schema_of(conn, found)
 
     def _snapshot_for_import(
         self, source: str, copy: str, deadline: _Deadline, found: Mapping[str, TablePolicy]
@@ -544,7 +587,9 @@ class Importer(Store):
                     _drop_code(dst)
                     _migrations.migrate(dst, copy)
                     _drop_code(dst)
-                    skipped = _validate_copy(dst, self._main_schema(found), found)
+                    skipped = _validate_copy(
+                        dst, self._main_schema(found), found, server=self.backend.name != "sqlite"
+                    )
             finally:
                 dst.close()
         except sqlite3.Error as exc:
@@ -565,6 +610,15 @@ class Importer(Store):
         deadline: _Deadline,
         found: Mapping[str, TablePolicy],
     ) -> dict[str, Any]:
+        if self.backend.name != "sqlite":
+            # A server cannot ATTACH the file: its rows are sent over (transfer.py).
+            from .transfer import merge_into_server, our_schema
+
+            ours = our_schema()
+            try:
+                return merge_into_server(self.backend, ours, copy, on_conflict, progress, deadline, found)
+            finally:
+                ours.close()
         with self.pool.read() as conn:
             conn.execute(f"ATTACH DATABASE ? AS {_ALIAS}", (copy,))
             trusted = conn.execute("PRAGMA trusted_schema").fetchone()[0]

@@ -384,6 +384,17 @@ def _check_minutes(minutes: Any) -> float:
 # -- the store -----------------------------------------------------------------------------
 
 
+_host: str | None = None
+
+
+def _this_host() -> str:
+    """This machine's name, asked once per process (a system call per sample otherwise)."""
+    global _host
+    if _host is None:
+        _host = socket.gethostname()
+    return _host
+
+
 class MetricsStore(Store):
     """Host and process samples: ``db.metrics.record``, ``history``, ``start_sampler``.
 
@@ -447,7 +458,7 @@ class MetricsStore(Store):
         """
         _check_sample(sample)
         raw_host = sample.get("host")
-        host = socket.gethostname() if raw_host is None else _check_host(raw_host, "metrics 'host'")
+        host = _this_host() if raw_host is None else _check_host(raw_host, "metrics 'host'")
         values = [_number(key, sample.get(key)) for key in _STORED_FIELDS]
         gpus_json = _gpus_json(sample.get("gpus"))
         now_ms = round(self.clock() * 1000)
