@@ -64,8 +64,8 @@ from .url import DatabaseURL, parse_url, redact_text
 try:
     import psycopg
     import psycopg_pool
-    from psycopg.adapt import Loader
     from psycopg import pq
+    from psycopg.adapt import Loader
     from psycopg.pq import TransactionStatus
 except ImportError as exc:  # pragma: no cover - exercised where psycopg is absent
     raise MissingDependencyError(
