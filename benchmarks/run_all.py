@@ -15,7 +15,10 @@ and ``<!-- results:end -->`` with the machine, the table and the date, and
 leaves the rest of the file alone. ``--json FILE`` writes the rows as JSON.
 
 An optional dependency that is missing (llama-cpp-python, diskcache, gguf,
-psutil) turns its rows into "skipped: ... not installed"; a benchmark that
+psutil, psycopg) turns its rows into "skipped: ... not installed", and so
+does a machine without a PostgreSQL server for the PostgreSQL rows (they
+start a throwaway one with tests/pgserver.py, or use
+``$CYLLAMA_BENCH_PG_URL``: a scratch database); a benchmark that
 fails turns its rows into "failed: ..." (traceback on stderr); neither stops
 the others.
 """
@@ -76,6 +79,7 @@ class Profile:
     misses: int
     hits: int
     demo_model: bool
+    scale_seconds: float  # each client's window in the hits/s scaling rows
 
 
 PROFILES = {
@@ -84,12 +88,14 @@ PROFILES = {
         summary_sizes=(10_000, 100_000, 1_000_000), summary_skip_largest=False, summary_repeat=5,
         n_vocab=150_000, gguf_runs=9, reader_runs=3, import_runs=15,
         sampler_seconds=30.0, sampler_interval=1.0, misses=30, hits=2000, demo_model=True,
+        scale_seconds=3.0,
     ),
     "quick": Profile(
         name="--quick", ops=1000, cache_entries=10_000, record_ops=1000, metrics_ops=500,
         summary_sizes=(10_000, 100_000, 1_000_000), summary_skip_largest=True, summary_repeat=3,
         n_vocab=150_000, gguf_runs=5, reader_runs=1, import_runs=7,
         sampler_seconds=8.0, sampler_interval=1.0, misses=10, hits=500, demo_model=False,
+        scale_seconds=1.5,
     ),
     # For tests/test_benchmarks.py: every row, at sizes that take seconds in all.
     "smoke": Profile(
@@ -97,6 +103,7 @@ PROFILES = {
         summary_sizes=(300, 1000, 3000), summary_skip_largest=False, summary_repeat=1,
         n_vocab=3000, gguf_runs=2, reader_runs=1, import_runs=2,
         sampler_seconds=0.6, sampler_interval=0.1, misses=2, hits=10, demo_model=False,
+        scale_seconds=0.3,
     ),
 }
 
@@ -108,7 +115,8 @@ PROFILES = {
 class Row:
     """One line of the table: ``ours`` next to ``base``, both in ``unit``.
 
-    ``unit`` "s": seconds (shown in µs/ms/s); "core": a fraction of one CPU core.
+    ``unit`` "s": seconds (shown in µs/ms/s); "core": a fraction of one CPU core;
+    "hits/s": a throughput (its ratio is a speed-up: above 1, more per second).
     """
 
     key: str
@@ -153,6 +161,8 @@ def fmt_value(value: float | None, unit: str) -> str:
         return "—"
     if unit == "core":
         return f"{100 * value:.3f}% of a core"
+    if unit == "hits/s":
+        return f"{value:,.0f} hits/s"
     if value < 1e-3:
         us = value * 1e6
         return f"{us:.1f} µs" if us < 100 else f"{us:.0f} µs"
@@ -478,6 +488,78 @@ def bench_async(p: Profile, folder: Path, rows: Rows, notes: list[str]) -> None:
         unload_models()
 
 
+def _pg_server(folder: Path) -> tuple[str | None, Any, str]:
+    """(URL, server to stop or None, how it was found); URL None with a skip reason when there is none."""
+    why = _missing("psycopg", "psycopg")
+    if why:
+        return None, None, f"skipped: {why}"
+    import pg_bench
+
+    url, server, how = pg_bench.server_url(str(folder))
+    if url is None:
+        return None, None, f"skipped: {how}"
+    return url, server, how
+
+
+def bench_postgres(p: Profile, folder: Path, rows: Rows, notes: list[str]) -> None:
+    url, server, how = _pg_server(folder)
+    if url is None:
+        for row in rows.values():
+            row.skipped = how
+        return
+    import pg_bench
+    from _util import pct
+
+    try:
+        t = pg_bench.measure_cache(url, folder, p.ops, entries=p.cache_entries)
+    finally:
+        if server is not None:
+            server.stop()
+    rows["pg_cache_hit"].ours, rows["pg_cache_hit"].base = _us(t["hit"]), _us(t["raw_select"])
+    rows["pg_cache_put"].ours, rows["pg_cache_put"].base = _us(t["put"]), _us(t["raw_upsert"])
+    notes.append(
+        f"PostgreSQL ({how}; loopback TCP): {p.cache_entries:,} entries of ~1 KB on each"
+        f" side, {p.ops:,} operations each; p99 hit {pct(t['hit'], 0.99):.0f} µs (raw SELECT"
+        f" {pct(t['raw_select'], 0.99):.0f} µs), p99 put {pct(t['put'], 0.99):.0f} µs (raw upsert"
+        f" {pct(t['raw_upsert'], 0.99):.0f} µs)."
+    )
+
+
+def bench_scaling(p: Profile, folder: Path, rows: Rows, notes: list[str]) -> None:
+    import scale_bench
+    from cache_bench import _model_file
+
+    model = str(_model_file(folder))
+    figures: list[str] = []
+
+    def fill(engine: str, target: dict[str, Any]) -> None:
+        _progress(f"scaling: {engine}, 1/4/8 client processes")
+        s = scale_bench.measure(target, model, p.cache_entries, p.scale_seconds)
+        for n in (4, 8):
+            rows[f"{engine}_scale_{n}"].ours, rows[f"{engine}_scale_{n}"].base = s[n], s[1]
+        figures.append(
+            f"{'SQLite' if engine == 'sqlite' else 'PostgreSQL'} "
+            + " / ".join(f"{s[n]:,.0f}" for n in scale_bench.PROCESSES)
+        )
+
+    fill("sqlite", {"path": str(folder / "scale.db")})
+    url, server, how = _pg_server(folder)
+    if url is None:
+        rows["pg_scale_4"].skipped = rows["pg_scale_8"].skipped = how
+    else:
+        try:
+            fill("pg", {"url": url})
+        finally:
+            if server is not None:
+                server.stop()
+    notes.append(
+        f"scaling: hits/s summed over 1 / 4 / 8 client processes ({', '.join(figures)}); each"
+        f" process is its own interpreter with its own CyllamaDB on a warm cache of"
+        f" {p.cache_entries:,} entries and hits for {p.scale_seconds:g} s once all have started;"
+        f" the PostgreSQL server shares the machine's {os.cpu_count()} cores with the clients."
+    )
+
+
 @dataclasses.dataclass
 class Section:
     name: str
@@ -513,6 +595,22 @@ def sections(p: Profile) -> list[Section]:
             Row("cache_put_diskcache", "cache put: cache_response", "diskcache.set"),
             Row("cache_put_full", "cache put into a full cache (mean, evicts LRU)",
                 "cache put, not full (mean)"),
+        ]),
+        Section("postgres", bench_postgres, [
+            Row("pg_cache_hit", "PostgreSQL cache hit: get_cached_response (target <= 1.5x)",
+                "raw psycopg SELECT by key, same server"),
+            Row("pg_cache_put", "PostgreSQL cache put: cache_response (target <= 2x)",
+                "raw psycopg upsert (INSERT ... ON CONFLICT, autocommit), same server"),
+        ]),
+        Section("scaling", bench_scaling, [
+            Row("sqlite_scale_4", "SQLite: cache hits/s, 4 client processes (summed)",
+                "the same, 1 process", unit="hits/s"),
+            Row("sqlite_scale_8", "SQLite: cache hits/s, 8 client processes (summed)",
+                "the same, 1 process", unit="hits/s"),
+            Row("pg_scale_4", "PostgreSQL: cache hits/s, 4 client processes (summed)",
+                "the same, 1 process", unit="hits/s"),
+            Row("pg_scale_8", "PostgreSQL: cache hits/s, 8 client processes (summed)",
+                "the same, 1 process", unit="hits/s"),
         ]),
         Section("config", bench_config, [
             Row("config_set", "set_config", "raw sqlite3 INSERT OR REPLACE (BEGIN IMMEDIATE)"),
@@ -646,7 +744,8 @@ def render(report: Report) -> str:
     lines += [
         "",
         "Ratio = cyllama-db / baseline (below 1: faster than the baseline; 1/N: N times"
-        " faster). Per-operation figures are medians (p50).",
+        " faster). Per-operation figures are medians (p50). In the hits/s rows the ratio is the"
+        " speed-up over one client process (above 1: more hits per second).",
         "",
         *[f"- {note}" for note in report.notes],
     ]

@@ -39,6 +39,10 @@ REQUIRED = (
     "sampler_cpu",
     "complete_tiny",
 )
+# The rows issue 16 asks for.
+PG_ROWS = ("pg_cache_hit", "pg_cache_put", "pg_scale_4", "pg_scale_8")
+SCALE_ROWS = ("sqlite_scale_4", "sqlite_scale_8", "pg_scale_4", "pg_scale_8")
+REQUIRED += PG_ROWS + SCALE_ROWS
 # Which optional package each row needs (a row may be skipped only when it is missing).
 NEEDS = {
     "cache_hit_diskcache": ["diskcache"],
@@ -53,14 +57,25 @@ NEEDS = {
     "async_hit": ["llama_cpp", "gguf", "numpy"],
     "async_hit_thread": ["llama_cpp", "gguf", "numpy"],
     "async_loop_lag": ["llama_cpp", "gguf", "numpy"],
+    **{key: ["psycopg"] for key in PG_ROWS},  # and a server: see _pg_server_missing
 }
 TABLE_HEADER = "| figure | cyllama-db | baseline | baseline value | ratio |"
-VALUE = re.compile(r"^\d[\d.,]*( µs| ms| s|% of a core)$")
+VALUE = re.compile(r"^\d[\d.,]*( µs| ms| s|% of a core| hits/s)$")
 RATIO = re.compile(r"^(\d+\.\d\dx|1/[\d,]+)$")
 
 
 def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
+
+
+def _pg_server_missing() -> bool:
+    """No PostgreSQL server binaries here (the PostgreSQL rows may then say "skipped: ...")."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        import pgserver
+    finally:
+        sys.path.remove(str(ROOT / "tests"))
+    return pgserver.find_bindir() is None
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -120,6 +135,8 @@ def test_every_required_row_has_numbers_or_a_reason(smoke: dict[str, Any]) -> No
             if key == "complete_demo":
                 continue  # the demo model never runs in --smoke
             absent = [m for m in NEEDS.get(key, []) if not _importable(m)]
+            if key in PG_ROWS and _pg_server_missing():
+                absent.append("a PostgreSQL server")
             assert absent, f"{key} was skipped although everything it needs is installed: {skipped}"
             continue
         for field in ("ours", "base", "ratio"):
@@ -226,8 +243,12 @@ def test_formatting(run_all: ModuleType) -> None:
     ("hidden", "expected"),
     [
         (
-            ("llama_cpp", "diskcache", "psutil"),
+            ("llama_cpp", "diskcache", "psutil", "psycopg"),
             {
+                "pg_cache_hit": "skipped: psycopg not installed",
+                "pg_cache_put": "skipped: psycopg not installed",
+                "pg_scale_4": "skipped: psycopg not installed",
+                "pg_scale_8": "skipped: psycopg not installed",
                 "complete_tiny": "skipped: llama-cpp-python not installed",
                 "gguf_vs_llama": "skipped: llama-cpp-python not installed",
                 "cache_hit_diskcache": "skipped: diskcache not installed",
@@ -239,7 +260,7 @@ def test_formatting(run_all: ModuleType) -> None:
         ),
         (("gguf",), {"gguf_vs_reader": "skipped: gguf not installed (needed to write the test file)"}),
     ],
-    ids=["llama_cpp-diskcache-psutil", "gguf"],
+    ids=["llama_cpp-diskcache-psutil-psycopg", "gguf"],
 )
 def test_missing_optional_packages_skip_their_rows_only(
     tmp_path: Path, hidden: tuple[str, ...], expected: dict[str, str]
@@ -251,9 +272,57 @@ def test_missing_optional_packages_skip_their_rows_only(
     for key, reason in expected.items():
         assert rows[key]["skipped"] == reason, (key, rows[key])
         assert f"| {reason} |" in result.stdout
-    for key in ("cache_hit_sqlite", "cache_put_sqlite", "record_generation", "summary_large", "import_time"):
+    for key in ("cache_hit_sqlite", "cache_put_sqlite", "record_generation", "summary_large", "import_time",
+                "sqlite_scale_4", "sqlite_scale_8"):
         assert rows[key]["ratio"] is not None, rows[key]
     assert not [r for r in rows.values() if (r["skipped"] or "").startswith("failed")]
+
+
+def test_postgres_rows_have_numbers(smoke: dict[str, Any]) -> None:
+    """Issue 16's rows: the cache on PostgreSQL against raw psycopg on the same server, and
+    hits/s with 1, 4 and 8 client processes on both engines (a throwaway server, --smoke sizes)."""
+    if not _importable("psycopg"):
+        pytest.skip("psycopg not installed (pip install '.[postgres]')")
+    if _pg_server_missing():
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+    rows = smoke["rows"]
+    for key in PG_ROWS + SCALE_ROWS:
+        row = rows[key]
+        assert row["skipped"] is None, (key, row["skipped"])
+        assert row["ours"] > 0 and row["base"] > 0, row
+    assert rows["pg_cache_hit"]["unit"] == rows["pg_cache_put"]["unit"] == "s"
+    assert "target <= 1.5x" in rows["pg_cache_hit"]["figure"]
+    assert "target <= 2x" in rows["pg_cache_put"]["figure"]
+    # Each engine's scaling baseline is its own one-process figure, the same in both rows.
+    assert rows["pg_scale_4"]["base"] == rows["pg_scale_8"]["base"]
+    assert rows["sqlite_scale_4"]["base"] == rows["sqlite_scale_8"]["base"]
+    assert rows["pg_scale_4"]["unit"] == "hits/s"
+    assert re.search(r"\| PostgreSQL: cache hits/s, 8 client processes \(summed\) \| [\d,]+ hits/s \|", smoke["stdout"])
+    notes = "\n".join(smoke["report"]["notes"])
+    assert "PostgreSQL (a throwaway PostgreSQL server" in notes
+    assert re.search(r"scaling: .*SQLite [\d,]+ / [\d,]+ / [\d,]+, PostgreSQL [\d,]+ / [\d,]+ / [\d,]+", notes)
+
+
+def test_postgres_rows_skip_without_a_server(
+    run_all: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No server binaries and no URL: the PostgreSQL rows say why, and nothing fails."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    monkeypatch.delenv("CYLLAMA_BENCH_PG_URL", raising=False)
+    monkeypatch.delenv("CYLLAMA_TEST_PG_URL", raising=False)
+    import pgserver
+
+    monkeypatch.setattr(pgserver, "find_bindir", lambda: None)
+    section = next(s for s in run_all.sections(run_all.PROFILES["smoke"]) if s.name == "postgres")
+    rows = {row.key: row for row in section.rows}
+    section.run(run_all.PROFILES["smoke"], tmp_path, rows, [])
+    expected = (
+        "skipped: no PostgreSQL server binaries" if _importable("psycopg") else "skipped: psycopg not installed"
+    )
+    for row in rows.values():
+        assert row.skipped is not None and row.skipped.startswith(expected), row
+        assert row.ours is None and row.base is None
 
 
 def test_naive_summary_baseline_gives_the_same_answers(tmp_path: Path) -> None:

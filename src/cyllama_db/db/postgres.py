@@ -66,6 +66,7 @@ from .url import DatabaseURL, parse_url, redact_text
 try:
     import psycopg
     import psycopg_pool
+    from psycopg import pq
     from psycopg.adapt import Loader
     from psycopg.pq import TransactionStatus
 except ImportError as exc:  # pragma: no cover - exercised where psycopg is absent
@@ -193,9 +194,22 @@ def _parameters(parameters: Any) -> Any:
     if isinstance(parameters, Mapping):
         return parameters
     values = tuple(parameters)
-    if any(v.__class__ is bool for v in values):
+    if bool in map(type, values):  # the loop runs in C: this is every statement's path
         values = tuple(int(v) if v.__class__ is bool else v for v in values)
     return values
+
+
+# The statuses of a result that has rows to read (what psycopg's ``description``
+# tests, without building its Column objects on every statement).
+_ROW_STATUSES = frozenset(
+    status for status in pq.ExecStatus if status.name in ("TUPLES_OK", "SINGLE_TUPLE", "TUPLES_CHUNK")
+)
+
+
+def _has_rows(cursor: psycopg.Cursor[Any]) -> bool:
+    """Whether ``cursor``'s current result has columns (``cursor.description is not None``), cheaply."""
+    res = cursor.pgresult
+    return res is not None and (res.nfields > 0 or res.status in _ROW_STATUSES)
 
 
 class _NumberLoader(Loader):
@@ -349,24 +363,25 @@ class PostgresCursor:
 
     def fetchone(self) -> Any:
         """The next row (a tuple), or None when there is none (or the statement returns no rows)."""
-        if self._cursor.description is None:
+        cursor = self._cursor
+        if not _has_rows(cursor):
             return None
-        return self._cursor.fetchone()
+        return cursor.fetchone()
 
     def fetchall(self) -> list[Any]:
         """The remaining rows ([] for a statement that returns none)."""
-        if self._cursor.description is None:
+        if not _has_rows(self._cursor):
             return []
         return self._cursor.fetchall()
 
     def fetchmany(self, size: int = 1) -> list[Any]:
         """Up to ``size`` more rows."""
-        if self._cursor.description is None:
+        if not _has_rows(self._cursor):
             return []
         return self._cursor.fetchmany(size)
 
     def __iter__(self) -> Iterator[Any]:
-        if self._cursor.description is None:
+        if not _has_rows(self._cursor):
             return iter(())
         return iter(self._cursor)
 
@@ -642,15 +657,38 @@ class PostgresBackend(Backend):
     memory: ClassVar[bool] = False
 
     def fetchone(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
-        """One row of a read on this thread's connection (the stores' hot read path)."""
-        with self.read() as conn:
+        """One row of a read on this thread's connection (the stores' hot read path).
+
+        What ``with self.read() as conn: conn.execute(...).fetchone()`` does,
+        without the context manager (a cache hit's path).
+        """
+        state = self._local
+        if state.conn is not None:  # inside read()/transaction(): its connection
+            return state.conn.execute(sql, parameters).fetchone()
+        conn = self._acquire()
+        state.conn, state.depth = conn, 1
+        try:
             return conn.execute(sql, parameters).fetchone()
+        finally:
+            state.conn, state.depth = None, 0
+            self._release(conn)
 
     def execute_write(self, sql: str, parameters: Sequence[Any] = ()) -> int:
-        """One statement as its own transaction (autocommit); returns the rows it changed."""
+        """One statement as its own transaction (autocommit); returns the rows it changed.
+
+        Inside a :meth:`transaction` of this thread it joins that transaction.
+        """
         self.check_writable()
-        with self.read() as conn:
+        state = self._local
+        if state.conn is not None:
+            return int(state.conn.execute(sql, parameters).rowcount)
+        conn = self._acquire()
+        state.conn, state.depth = conn, 1
+        try:
             return int(conn.execute(sql, parameters).rowcount)
+        finally:
+            state.conn, state.depth = None, 0
+            self._release(conn)
 
     # -- connections ------------------------------------------------------------------------
 

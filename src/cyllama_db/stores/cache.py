@@ -709,7 +709,10 @@ def _write_hit_counts(conn: sqlite3.Connection, hits: list[tuple[str, float]]) -
             if when > pending[1]:
                 pending[1] = when
     sql = _HIT_COUNT_SQL if isinstance(conn, sqlite3.Connection) else _engine_statements(conn.backend)[2]
-    conn.executemany(sql, [(count, last, last, key) for key, (count, last) in tally.items()])
+    # In key order: processes flushing the same entries at once (several
+    # machines on one PostgreSQL server) then lock their rows in the same
+    # order, so they wait for each other instead of deadlocking.
+    conn.executemany(sql, [(count, last, last, key) for key, (count, last) in sorted(tally.items())])
 
 
 _ENTRY_COLUMNS: Final = (
