@@ -21,7 +21,7 @@ its primary key, else a unique column, else appended.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -154,6 +154,16 @@ class TablePolicy:
     def checked_times(self) -> dict[str, int]:
         """``{column: scale}`` of the time columns: 1 for seconds, 1000 for milliseconds."""
         return {**dict.fromkeys(self.time_columns, 1), **dict.fromkeys(self.ms_time_columns, 1000)}
+
+    def compared(self, names: Sequence[str], key: Sequence[str]) -> tuple[list[str], str | None]:
+        """For a keyed merge over the columns ``names``: the columns whose difference is a
+        conflict (:attr:`content`, else all but the key and :attr:`bookkeeping`), and the
+        column ``on_conflict="newer"`` compares (None if the table lacks it)."""
+        if self.content:
+            content = [n for n in names if n not in key and n in self.content]
+        else:
+            content = [n for n in names if n not in key and n not in self.bookkeeping]
+        return content, (self.newer_by if self.newer_by in names else None)
 
     def recompute_inputs(self) -> set[str]:
         """Every column :attr:`recomputed` reads or writes."""

@@ -829,12 +829,8 @@ class Importer(Store):
         names = [c[0] for c in cols if c[0] != alias]
         col_list = ", ".join(_quote(n) for n in names)
         match = " AND ".join(f"m.{_quote(k)} = s.{_quote(k)}" for k in key)
-        if policy.content:
-            content = [n for n in names if n not in key and n in policy.content]
-        else:
-            content = [n for n in names if n not in key and n not in policy.bookkeeping]
+        content, stamp = policy.compared(names, key)
         same = " AND ".join(f"m.{_quote(n)} IS s.{_quote(n)}" for n in content) or "1"
-        stamp = policy.newer_by if policy.newer_by in names else None
         key_cols = ", ".join(f"s.{_quote(k)}" for k in key)
         stamps = f", m.{_quote(stamp)}, s.{_quote(stamp)}" if stamp else ", NULL, NULL"
 
