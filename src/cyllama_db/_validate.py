@@ -52,3 +52,16 @@ def check_text(value: str, name: str) -> None:
             f"{name} contains a lone surrogate ({value[exc.start]!r} at index {exc.start}), which has "
             "no UTF-8 form; decode the source text with errors='replace' or fix it"
         ) from None
+
+
+#: The largest integer SQLite (and PostgreSQL's BIGINT) holds.
+INT64_MAX = 2**63 - 1
+
+
+def check_count(value: Any, name: str) -> int:
+    """A non-negative int (a limit, an offset); values beyond 64-bit integers mean "no limit"."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {value}")
+    return min(value, INT64_MAX)

@@ -30,8 +30,8 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .._time import from_timestamp
-from .._validate import check_text
+from .._time import from_timestamp, time_arg
+from .._validate import check_count, check_text
 from ..db import policy as _policy
 from ..db.migrations import execute_script, migration
 from ..db.settings import LOG_LEVELS
@@ -45,7 +45,6 @@ from .search import (
     search_clause,
     sync_index,
 )
-from .stats import _check_limit, _time_arg
 
 if TYPE_CHECKING:
     from ..db.facade import CyllamaDB
@@ -539,8 +538,8 @@ class LogStore(Store):
         ``prompt_preview``, ``error_type``, ``error_message``,
         ``stack_trace`` and ``created_at`` (an aware UTC datetime).
         """
-        limit = _check_limit(limit, "limit")
-        offset = _check_limit(offset, "offset")
+        limit = check_count(limit, "limit")
+        offset = check_count(offset, "offset")
         clauses: list[str] = []
         args: list[Any] = []
         pg_search = search is not None and self._returning
@@ -565,10 +564,10 @@ class LogStore(Store):
         now = self.clock()
         if since is not None:
             clauses.append("created_at >= ?")
-            args.append(_time_arg(since, "since", now))
+            args.append(time_arg(since, "since", now))
         if until is not None:
             clauses.append("created_at < ?")
-            args.append(_time_arg(until, "until", now))
+            args.append(time_arg(until, "until", now))
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         if search is not None and not pg_search:
             # Best effort, as every read's bookkeeping: a read never waits on a write.
@@ -609,8 +608,8 @@ class LogStore(Store):
         if older_than is None and keep_last is None:
             raise TypeError("prune_logs() needs older_than=..., keep_last=... or both")
         if keep_last is not None:
-            keep_last = _check_limit(keep_last, "keep_last")
-        cutoff = None if older_than is None else _time_arg(older_than, "older_than", self.clock())
+            keep_last = check_count(keep_last, "keep_last")
+        cutoff = None if older_than is None else time_arg(older_than, "older_than", self.clock())
         removed = 0
         with self.pool.transaction() as conn:
             if cutoff is not None:

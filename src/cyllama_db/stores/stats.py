@@ -37,6 +37,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from .._time import from_timestamp, parse_duration, time_arg
+from .._validate import check_count
 from ..db import policy as _policy
 from ..db.migrations import execute_script, migration
 from ..db.store import Store, db_op
@@ -112,9 +113,6 @@ _TOTALS_SQL = (
     f"SELECT {', '.join(_TOTALS_COLUMNS)}, {', '.join(_HIST_COLUMNS)}"
     " FROM stats_totals ORDER BY model_path, cache_hit"
 )
-
-# SQLite integers are 64-bit: a larger LIMIT/OFFSET cannot be bound.
-_INT64_MAX = 2**63 - 1
 
 _INSERT_SQL = (
     "INSERT INTO stats (session_id, model_path, model_name, prompt_tokens,"
@@ -920,20 +918,6 @@ def _check_model_path(model_path: Any) -> str:
     return absolute
 
 
-def _check_limit(value: Any, name: str) -> int:
-    """A non-negative int; values beyond SQLite's 64-bit integers mean "no limit"."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must not be negative, got {value}")
-    return min(value, _INT64_MAX)
-
-
-def _time_arg(value: Any, name: str, now: float) -> float:
-    """``to_timestamp(value)``, with errors that name the argument (see :func:`._time.time_arg`)."""
-    return time_arg(value, name, now)
-
-
 def _check_flag(value: Any, name: str) -> bool:
     # bool(x) would count any non-empty string ("no"!) as a hit.
     if isinstance(value, bool):
@@ -1356,8 +1340,8 @@ class StatsStore(Store):
 
     def _window(self, since: Any, until: Any) -> tuple[float, float]:
         now = self.clock()
-        low = 0.0 if since is None else max(0.0, _time_arg(since, "since", now))
-        high = math.inf if until is None else _time_arg(until, "until", now)
+        low = 0.0 if since is None else max(0.0, time_arg(since, "since", now))
+        high = math.inf if until is None else time_arg(until, "until", now)
         return low, high
 
     @db_op(empty=list)
@@ -1400,7 +1384,7 @@ class StatsStore(Store):
         if since is None:
             with self.pool.read() as conn:
                 return int(conn.execute("SELECT COUNT(*) FROM stats").fetchone()[0])
-        low = _time_arg(since, "since", self.clock())
+        low = time_arg(since, "since", self.clock())
         with self.pool.read() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM stats WHERE created_at >= ?", (low,)).fetchone()[0])
 
@@ -1657,8 +1641,8 @@ class StatsStore(Store):
         have generations, oldest first.
         """
         now = self.clock()
-        low = max(0.0, _time_arg(since, "since", now))
-        high = now if until is None else _time_arg(until, "until", now)
+        low = max(0.0, time_arg(since, "since", now))
+        high = now if until is None else time_arg(until, "until", now)
         if isinstance(step, bool) or not isinstance(step, (int, float, timedelta, str)):
             raise TypeError(f"step must be a timedelta or seconds, got {type(step).__name__}")
         step_s = parse_duration(step).total_seconds() if not isinstance(step, (int, float)) else float(step)
@@ -1763,8 +1747,8 @@ class StatsStore(Store):
         ``session_id`` and the window ``[since, until)`` filter it (as for
         :meth:`summary`: ``since="24h"``, a datetime, ...).
         """
-        limit = _check_limit(limit, "limit")
-        offset = _check_limit(offset, "offset")
+        limit = check_count(limit, "limit")
+        offset = check_count(offset, "offset")
         clauses: list[str] = []
         args: list[Any] = []
         if model_path is not None:
@@ -1779,10 +1763,10 @@ class StatsStore(Store):
         now = self.clock()
         if since is not None:
             clauses.append("created_at >= ?")
-            args.append(_time_arg(since, "since", now))
+            args.append(time_arg(since, "since", now))
         if until is not None:
             clauses.append("created_at < ?")
-            args.append(_time_arg(until, "until", now))
+            args.append(time_arg(until, "until", now))
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         self.flush()
         with self.pool.read() as conn:
@@ -1820,7 +1804,7 @@ class StatsStore(Store):
             raise TypeError(
                 "prune_stats() needs older_than (a datetime, timedelta or Unix seconds)"
             )
-        cutoff = _time_arg(older_than, "older_than", self.clock())
+        cutoff = time_arg(older_than, "older_than", self.clock())
         clause = "created_at < ?"
         args: list[Any] = [cutoff]
         if model_path is not None:
