@@ -170,6 +170,38 @@ class TablePolicy:
         return {c for r in self.recomputed for c in (r.column, *r.inputs)}
 
 
+def incoming_wins(on_conflict: str, stored_stamp: Any, incoming_stamp: Any) -> bool:
+    """Whether a keyed conflict takes the incoming row: always for ``"replace"``, for
+    ``"newer"`` when its :attr:`TablePolicy.newer_by` stamp is later, never for ``"keep"``."""
+    return on_conflict == "replace" or (
+        on_conflict == "newer"
+        and incoming_stamp is not None
+        and (stored_stamp is None or incoming_stamp > stored_stamp)
+    )
+
+
+def conflict_record(table: str, key_values: Sequence[Any], replaced: bool) -> dict[str, Any]:
+    """One entry of an import report's conflict list."""
+    return {
+        "table": table,
+        "key": key_values[0] if len(key_values) == 1 else list(key_values),
+        "resolution": "replaced" if replaced else "kept",
+    }
+
+
+def keyed_report(key: Sequence[str], inserted: int, matched: int, conflicts: int, replaced: int) -> dict[str, Any]:
+    """A keyed table's line of an import report (the same on every engine)."""
+    return {
+        "mode": "key",
+        "key": list(key),
+        "inserted": inserted,
+        "unchanged": matched - conflicts,
+        "duplicates": 0,
+        "conflicts": conflicts,
+        "replaced": replaced,
+    }
+
+
 def by_table(policies: Iterable[TablePolicy]) -> Mapping[str, TablePolicy]:
     """``{table: policy}`` in the given order; a table declared twice is an error."""
     found: dict[str, TablePolicy] = {}

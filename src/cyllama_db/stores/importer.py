@@ -33,7 +33,7 @@ from typing import Any
 from .._validate import check_callable, check_path
 from ..db import files as _files
 from ..db import migrations as _migrations
-from ..db.policy import TablePolicy
+from ..db.policy import TablePolicy, conflict_record, incoming_wins, keyed_report
 from ..db.store import Store, db_op
 from .export import (
     ProgressCallback,
@@ -858,11 +858,7 @@ class Importer(Store):
         for row in differing:
             key_values = tuple(row[: len(key)])
             current_stamp, incoming_stamp = row[len(key)], row[len(key) + 1]
-            take = on_conflict == "replace" or (
-                on_conflict == "newer"
-                and incoming_stamp is not None
-                and (current_stamp is None or incoming_stamp > current_stamp)
-            )
+            take = incoming_wins(on_conflict, current_stamp, incoming_stamp)
             if take and updatable:
                 conn.execute(
                     f"UPDATE main.{t} SET {set_clause} FROM (SELECT * FROM {_ALIAS}.{t} AS s"
@@ -870,20 +866,5 @@ class Importer(Store):
                     key_values + key_values,
                 )
                 replaced += 1
-            found.append(
-                {
-                    "table": table,
-                    "key": key_values[0] if len(key_values) == 1 else list(key_values),
-                    "resolution": "replaced" if take else "kept",
-                }
-            )
-        entry = {
-            "mode": "key",
-            "key": list(key),
-            "inserted": inserted,
-            "unchanged": matched - len(differing),
-            "duplicates": 0,
-            "conflicts": len(differing),
-            "replaced": replaced,
-        }
-        return entry, found
+            found.append(conflict_record(table, key_values, take))
+        return keyed_report(key, inserted, matched, len(differing), replaced), found

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..db import files as _files
 from ..db import migrations as _migrations
-from ..db.policy import TablePolicy
+from ..db.policy import TablePolicy, conflict_record, incoming_wins, keyed_report
 from .export import (
     ProgressCallback,
     _columns,
@@ -331,32 +331,15 @@ class _Merge:
         for row in differing:
             key_values = tuple(row[: len(key)])
             current_stamp, incoming_stamp = row[len(key)], row[len(key) + 1]
-            take = self.on_conflict == "replace" or (
-                self.on_conflict == "newer"
-                and incoming_stamp is not None
-                and (current_stamp is None or incoming_stamp > current_stamp)
-            )
+            take = incoming_wins(self.on_conflict, current_stamp, incoming_stamp)
             if take and updatable:
                 conn.execute(
                     f"UPDATE {t} AS m SET {set_clause} FROM {tmp} AS s WHERE {match} AND {src_where}",
                     key_values,
                 )
                 replaced += 1
-            listed.append({
-                "table": policy.table,
-                "key": key_values[0] if len(key_values) == 1 else list(key_values),
-                "resolution": "replaced" if take else "kept",
-            })
-        entry = {
-            "mode": "key",
-            "key": list(key),
-            "inserted": inserted,
-            "unchanged": matched - len(differing),
-            "duplicates": 0,
-            "conflicts": len(differing),
-            "replaced": replaced,
-        }
-        return entry, listed
+            listed.append(conflict_record(policy.table, key_values, take))
+        return keyed_report(key, inserted, matched, len(differing), replaced), listed
 
     def append(self, table: str, tmp: str, names: list[str], required: set[str], rows: int) -> dict[str, Any]:
         """The rule of ``Importer._append``: new ids; a row identical to one already there is skipped."""
