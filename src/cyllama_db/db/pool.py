@@ -32,7 +32,7 @@ checkpoint runs every 1,000 pages; every :data:`WAL_CHECK_EVERY` commits a
 WAL over :data:`WAL_RESTART_BYTES` gets a ``wal_checkpoint(RESTART)`` that
 waits up to :data:`WAL_RESTART_WAIT` for readers (the automatic one never
 waits, so readers that never pause starve it); and :meth:`ConnectionPool.close`
-ends with a ``wal_checkpoint(TRUNCATE)`` that waits for no one.
+ends with a ``wal_checkpoint(TRUNCATE)`` that waits at most 0.2 s for a write in flight.
 """
 
 from __future__ import annotations
@@ -598,12 +598,17 @@ class ConnectionPool:
                     conn.close()
 
 
+#: How long close()'s checkpoint waits for a write in flight (another
+#: connection's, e.g. a background write of buffered hit counts) to end.
+CLOSE_CHECKPOINT_WAIT_MS = 200
+
+
 def _checkpoint(conn: sqlite3.Connection) -> None:
-    """``wal_checkpoint(TRUNCATE)`` without waiting for any lock; never raises."""
+    """``wal_checkpoint(TRUNCATE)``, waiting at most :data:`CLOSE_CHECKPOINT_WAIT_MS`; never raises."""
     try:
         if conn.in_transaction:
             return  # a thread is still inside a transaction: leave it to SQLite
-        conn.execute("PRAGMA busy_timeout = 0")
+        conn.execute(f"PRAGMA busy_timeout = {CLOSE_CHECKPOINT_WAIT_MS}")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     except sqlite3.Error:
         pass
